@@ -1,0 +1,33 @@
+# Developer entry points; everything runs from the project-local .venv.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: venv install run test bench migrate clean
+
+venv install: $(STAMP)
+
+# Re-install only when pyproject.toml is newer than the stamp.
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+# Embedded PostgreSQL when DATABASE_URL is unset; prints a dev token and serves.
+run: $(STAMP)
+	$(PY) -m service dev
+
+test: $(STAMP)
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+bench: $(STAMP)
+	@if [ -f bench/run.py ]; then $(PY) bench/run.py; else echo "no benchmark yet"; fi
+
+migrate: $(STAMP)
+	$(PY) -m service migrate
+
+# Keeps .data/ (embedded PostgreSQL clusters may still be running from it).
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

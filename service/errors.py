@@ -1,0 +1,56 @@
+"""Domain errors: raised by the store and the handlers, turned into HTTP in one middleware."""
+from __future__ import annotations
+
+from typing import Any
+
+
+class DomainError(Exception):
+    """Base class; `status` is the HTTP status the middleware answers with."""
+
+    status = 500
+    default_message = "internal error"
+
+    def __init__(self, message: str | None = None, content: Any = None):
+        super().__init__(message or self.default_message)
+        self.message = message or self.default_message
+        self.content = content
+
+
+class BadRequest(DomainError):
+    status = 400
+    default_message = "bad request"
+
+
+class Unauthorized(DomainError):
+    status = 401
+    default_message = "authentication credentials were not provided or are invalid"
+
+
+class Forbidden(DomainError):
+    status = 403
+    default_message = "the token lacks the scope this operation needs"
+
+
+class NotFound(DomainError):
+    status = 404
+    default_message = "not found"
+
+
+class Conflict(DomainError):
+    status = 409
+    default_message = "conflict"
+
+
+class PreconditionFailed(DomainError):
+    status = 412
+    default_message = "the resource has changed since the version given in If-Match"
+
+
+class UnsupportedMediaType(DomainError):
+    status = 415
+    default_message = "request body must be application/json"
+
+
+class Unavailable(DomainError):
+    status = 503
+    default_message = "the service is temporarily unavailable, retry later"

@@ -1,0 +1,1 @@
+"""HTTP plumbing: the response envelope, error translation, request ids, authentication."""

@@ -1,0 +1,29 @@
+"""Typed keys shared by the app, the middlewares and the handlers."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import asyncpg
+from aiohttp import web
+
+from ..config import Config
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling: the token's id, name, enterprise and scopes."""
+
+    token_id: int
+    name: str
+    enterprise_id: str
+    scopes: frozenset[str]
+
+
+CONFIG = web.AppKey("config", Config)
+POOL = web.AppKey("pool", asyncpg.Pool)
+TOKEN_CACHE = web.AppKey("token_cache", dict)
+
+PRINCIPAL = web.RequestKey("principal", Principal)
+REQUEST_ID = web.RequestKey("request_id", str)
+# Validated input by location ("match_info", "querystring", "json").
+PARSED = web.RequestKey("parsed", dict)

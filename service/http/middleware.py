@@ -1,0 +1,52 @@
+"""Request ids, and the one place where errors become HTTP envelopes."""
+from __future__ import annotations
+
+import logging
+import re
+import uuid
+
+from aiohttp import web
+
+from ..errors import DomainError
+from .envelope import envelope
+from .keys import REQUEST_ID
+
+log = logging.getLogger(__name__)
+
+_REQUEST_ID_OK = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+
+
+def request_id_of(request: web.Request) -> str:
+    """The caller's X-Request-ID when it is sane, else a fresh one."""
+    given = request.headers.get("X-Request-ID", "")
+    return given if _REQUEST_ID_OK.match(given) else uuid.uuid4().hex
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler) -> web.StreamResponse:
+    request_id = request_id_of(request)
+    request[REQUEST_ID] = request_id
+    try:
+        response = await handler(request)
+    except DomainError as exc:
+        response = envelope(exc.content, exc.status, exc.message)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        response = envelope(None, exc.status, _http_message(exc))
+        if exc.status == 405 and "Allow" in exc.headers:
+            response.headers["Allow"] = exc.headers["Allow"]
+    except Exception:
+        # Unknown failure: full detail to the log with the request id, nothing to the caller.
+        log.exception("unhandled error", extra={"request_id": request_id})
+        response = envelope(None, 500, "internal server error")
+    response.headers["X-Request-ID"] = request_id
+    return response
+
+
+def _http_message(exc: web.HTTPException) -> str:
+    if exc.status == 404:
+        return "not found"
+    if exc.status == 413:
+        return "request body too large"
+    return exc.reason.lower() if exc.reason else "error"

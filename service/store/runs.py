@@ -1,0 +1,264 @@
+"""Pipeline runs: every write appends its event and updates the projection in one statement.
+
+Ordering guarantees every write here keeps:
+- The run's projection row is locked first (FOR UPDATE), so each change is checked against
+  the run's current state and versions are 1..n without gaps.
+- The enterprise's feed lock (a transaction-scoped advisory lock) is taken last, right
+  before the event row gets its position, and held to commit. Appends of one enterprise
+  therefore commit in position order, which is what makes the change feed gap-safe
+  (see store/events.py). Taking it last keeps it short and deadlock-free: a transaction
+  holding it waits for nothing else.
+- The event's timestamp is taken after the row lock, so timestamps grow with versions.
+"""
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import asyncpg
+
+from .. import lifecycle
+from ..errors import Conflict, NotFound, PreconditionFailed
+
+FEED_LOCK_CLASS = 1701  # advisory-lock namespace of the per-enterprise feed lock
+
+RUN_COLUMNS = """
+    r.id, r.enterprise_id, r.run_number, r.pipeline_id, p.name AS pipeline_name, r.status,
+    r.status_meta, r.created_by, r.updated_by, r.created_at, r.updated_at, r.started_at,
+    r.ended_at, r.version
+"""
+RUN_JOIN = """
+    pipeline_runs r
+    JOIN pipelines p ON p.enterprise_id = r.enterprise_id AND p.id = r.pipeline_id
+                    AND p.deleted_at IS NULL
+"""
+
+CREATE_RUN = f"""
+WITH p AS (
+    UPDATE pipelines SET last_run_number = last_run_number + 1
+    WHERE enterprise_id = $1 AND id = $2 AND deleted_at IS NULL
+    RETURNING id, name, last_run_number, clock_timestamp() AS at
+), r AS (
+    INSERT INTO pipeline_runs (enterprise_id, id, pipeline_id, run_number, status, status_meta,
+                               created_by, updated_by, created_at, updated_at, version)
+    SELECT $1, $3, p.id, p.last_run_number, $4, '{{}}', $6, $6, p.at, p.at, 1 FROM p
+    RETURNING *
+), feed_lock AS (
+    SELECT pg_advisory_xact_lock({FEED_LOCK_CLASS}, hashtext($1)) FROM r
+), e AS (
+    INSERT INTO run_events (enterprise_id, pipeline_id, run_id, version, type, from_status,
+                            to_status, actor, actor_id, occurred_at, data)
+    SELECT r.enterprise_id, r.pipeline_id, r.id, 1, $7, NULL, r.status, $5, $6, r.created_at,
+           jsonb_build_object('run_number', r.run_number) || $8::jsonb
+    FROM r, feed_lock
+    RETURNING position
+)
+SELECT r.id, r.enterprise_id, r.run_number, r.pipeline_id, p.name AS pipeline_name, r.status,
+       r.status_meta, r.created_by, r.updated_by, r.created_at, r.updated_at, r.started_at,
+       r.ended_at, r.version, (SELECT position FROM e) AS position
+FROM r, p
+"""
+
+# One round trip: lock the row, check the move against the lifecycle's legal sources,
+# project, append. When nothing is updated the caller learns why from current_status.
+CHANGE_STATUS = f"""
+WITH cur AS (
+    SELECT r.id, r.status, r.version, clock_timestamp() AS at
+    FROM {RUN_JOIN}
+    WHERE r.enterprise_id = $1 AND r.pipeline_id = $2 AND r.id = $3
+    FOR UPDATE OF r
+), upd AS (
+    UPDATE pipeline_runs r SET
+        status = $4,
+        status_meta = $8,
+        version = r.version + 1,
+        updated_by = $10,
+        updated_at = cur.at,
+        started_at = CASE WHEN $6 THEN coalesce(r.started_at, cur.at) ELSE r.started_at END,
+        ended_at = CASE WHEN $7 THEN cur.at ELSE r.ended_at END
+    FROM cur
+    WHERE r.enterprise_id = $1 AND r.id = cur.id
+      AND cur.status = ANY($5::text[])
+      AND ($12::int IS NULL OR cur.version = $12)
+    RETURNING r.*, cur.status AS from_status
+), feed_lock AS (
+    SELECT pg_advisory_xact_lock({FEED_LOCK_CLASS}, hashtext($1)) FROM upd
+), e AS (
+    INSERT INTO run_events (enterprise_id, pipeline_id, run_id, version, type, from_status,
+                            to_status, actor, actor_id, occurred_at, data)
+    SELECT upd.enterprise_id, upd.pipeline_id, upd.id, upd.version, $13, upd.from_status,
+           upd.status, $9, $10, upd.updated_at, $11::jsonb
+    FROM upd, feed_lock
+    RETURNING position
+)
+SELECT cur.status AS current_status, cur.version AS current_version,
+       upd.id, upd.enterprise_id, upd.run_number, upd.pipeline_id, p.name AS pipeline_name,
+       upd.status, upd.status_meta, upd.created_by, upd.updated_by, upd.created_at,
+       upd.updated_at, upd.started_at, upd.ended_at, upd.version,
+       (SELECT position FROM e) AS position
+FROM cur
+LEFT JOIN upd ON true
+JOIN pipelines p ON p.enterprise_id = $1 AND p.id = $2
+"""
+
+DELETE_RUN = f"""
+WITH cur AS (
+    SELECT {RUN_COLUMNS}, clock_timestamp() AS at
+    FROM {RUN_JOIN}
+    WHERE r.enterprise_id = $1 AND r.pipeline_id = $2 AND r.id = $3
+    FOR UPDATE OF r
+), del AS (
+    DELETE FROM pipeline_runs r USING cur
+    WHERE r.enterprise_id = $1 AND r.id = cur.id AND ($7::int IS NULL OR cur.version = $7)
+    RETURNING r.enterprise_id, r.pipeline_id, r.id, r.version, r.status, cur.at
+), feed_lock AS (
+    SELECT pg_advisory_xact_lock({FEED_LOCK_CLASS}, hashtext($1)) FROM del
+), e AS (
+    INSERT INTO run_events (enterprise_id, pipeline_id, run_id, version, type, from_status,
+                            to_status, actor, actor_id, occurred_at, data)
+    SELECT del.enterprise_id, del.pipeline_id, del.id, del.version + 1, $8, del.status, NULL,
+           $4, $5, del.at, $6::jsonb
+    FROM del, feed_lock
+    RETURNING position
+)
+SELECT cur.*, (SELECT position FROM e) AS position FROM cur
+"""
+
+SELECT_RUN = f"""
+SELECT {RUN_COLUMNS} FROM {RUN_JOIN}
+WHERE r.enterprise_id = $1 AND r.pipeline_id = $2 AND r.id = $3
+"""
+
+_STATUS_RANK_SQL = "CASE r.status " + " ".join(
+    f"WHEN '{s}' THEN {i}" for i, s in enumerate(lifecycle.RUN_STATUSES)
+) + " END"
+
+# Whitelisted orderings: request text picks a key, never a piece of SQL. Every ordering
+# ends with r.id so ties are broken the same way on every page.
+RUN_ORDERINGS: dict[str | None, str] = {
+    None: "r.created_at DESC, r.id DESC",
+    "run_number": "r.run_number ASC, r.created_at ASC, r.id ASC",
+    "-run_number": "r.run_number DESC, r.created_at DESC, r.id DESC",
+    "status": f"{_STATUS_RANK_SQL} ASC, r.created_at DESC, r.id DESC",
+    "-status": f"{_STATUS_RANK_SQL} DESC, r.created_at DESC, r.id DESC",
+    "pipeline__name": "p.name ASC, r.run_number ASC, r.id ASC",
+    "-pipeline__name": "p.name DESC, r.run_number DESC, r.id DESC",
+    "started_at": "r.started_at ASC NULLS LAST, r.id ASC",
+    "-started_at": "r.started_at DESC NULLS LAST, r.id DESC",
+    "ended_at": "r.ended_at ASC NULLS LAST, r.id ASC",
+    "-ended_at": "r.ended_at DESC NULLS LAST, r.id DESC",
+}
+RUN_FILTERS = """
+WHERE r.enterprise_id = $1
+  AND ($2::uuid IS NULL OR r.pipeline_id = $2)
+  AND ($3::text IS NULL OR r.status = $3)
+  AND ($4::text IS NULL OR p.name = $4)
+"""
+LIST_RUNS = f"""
+SELECT {RUN_COLUMNS}, count(*) OVER () AS total_count
+FROM {RUN_JOIN}
+{RUN_FILTERS}
+ORDER BY {{order}}
+LIMIT $5 OFFSET $6
+"""
+COUNT_RUNS = f"SELECT count(*) FROM {RUN_JOIN} {RUN_FILTERS}"
+PIPELINE_EXISTS = """
+SELECT 1 FROM pipelines WHERE enterprise_id = $1 AND id = $2 AND deleted_at IS NULL
+"""
+
+
+def _run_not_found() -> NotFound:
+    return NotFound("pipeline run not found")
+
+
+def _event_data(request_id: str | None, reason: str | None = None) -> dict[str, Any]:
+    data: dict[str, Any] = {}
+    if request_id:
+        data["request_id"] = request_id
+    if reason:
+        data["reason"] = reason
+    return data
+
+
+async def create_run(conn: asyncpg.Connection, enterprise_id: str, pipeline_id: uuid.UUID,
+                     actor: str, actor_id: int | None,
+                     request_id: str | None = None) -> dict[str, Any]:
+    row = await conn.fetchrow(
+        CREATE_RUN, enterprise_id, pipeline_id, uuid.uuid4(), lifecycle.INITIAL_STATUS,
+        actor, actor_id, lifecycle.RUN_CREATED, _event_data(request_id),
+    )
+    if row is None:
+        raise NotFound("pipeline not found")
+    return _public(row)
+
+
+async def get_run(conn: asyncpg.Connection, enterprise_id: str, pipeline_id: uuid.UUID,
+                  run_id: uuid.UUID) -> dict[str, Any]:
+    row = await conn.fetchrow(SELECT_RUN, enterprise_id, pipeline_id, run_id)
+    if row is None:
+        raise _run_not_found()
+    return dict(row)
+
+
+async def change_status(conn: asyncpg.Connection, enterprise_id: str, pipeline_id: uuid.UUID,
+                        run_id: uuid.UUID, target: str, actor: str, actor_id: int | None, *,
+                        request_id: str | None = None, reason: str | None = None,
+                        expected_version: int | None = None) -> dict[str, Any]:
+    """Move a run to `target`; same status is a no-op answered with the run as it is."""
+    data = _event_data(request_id, reason)
+    row = await conn.fetchrow(
+        CHANGE_STATUS, enterprise_id, pipeline_id, run_id, target,
+        lifecycle.sources_of(target), lifecycle.stamps_started(target),
+        lifecycle.stamps_ended(target), lifecycle.status_meta(data), actor, actor_id, data,
+        expected_version, lifecycle.RUN_STATUS_CHANGED,
+    )
+    if row is None:
+        raise _run_not_found()
+    if row["id"] is not None:
+        return _public(row)
+    if expected_version is not None and row["current_version"] != expected_version:
+        raise PreconditionFailed(content={"current_version": row["current_version"]})
+    if row["current_status"] == target:
+        return await get_run(conn, enterprise_id, pipeline_id, run_id)
+    raise Conflict(
+        f"cannot change status from {row['current_status']} to {target}",
+        content={"current_status": row["current_status"], "requested_status": target},
+    )
+
+
+async def delete_run(conn: asyncpg.Connection, enterprise_id: str, pipeline_id: uuid.UUID,
+                     run_id: uuid.UUID, actor: str, actor_id: int | None, *,
+                     request_id: str | None = None,
+                     expected_version: int | None = None) -> dict[str, Any]:
+    row = await conn.fetchrow(
+        DELETE_RUN, enterprise_id, pipeline_id, run_id, actor, actor_id,
+        _event_data(request_id), expected_version, lifecycle.RUN_DELETED,
+    )
+    if row is None:
+        raise _run_not_found()
+    if row["position"] is None:
+        raise PreconditionFailed(content={"current_version": row["version"]})
+    return _public(row)
+
+
+async def list_runs(conn: asyncpg.Connection, enterprise_id: str, *,
+                    pipeline_id: uuid.UUID | None, status: str | None,
+                    pipeline_name: str | None, ordering: str | None, limit: int,
+                    offset: int) -> tuple[int, list[dict[str, Any]]]:
+    args = (enterprise_id, pipeline_id, status, pipeline_name)
+    rows = await conn.fetch(LIST_RUNS.format(order=RUN_ORDERINGS[ordering]), *args, limit, offset)
+    if rows:
+        return rows[0]["total_count"], [_public(r) for r in rows]
+    if pipeline_id is not None and await conn.fetchval(PIPELINE_EXISTS, enterprise_id, pipeline_id) is None:
+        raise NotFound("pipeline not found")
+    return await conn.fetchval(COUNT_RUNS, *args), []
+
+
+_INTERNAL = ("position", "total_count", "current_status", "current_version", "at")
+
+
+def _public(row: asyncpg.Record) -> dict[str, Any]:
+    run = dict(row)
+    for key in _INTERNAL:
+        run.pop(key, None)
+    return run
