@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import sys
+import time
 from typing import Iterator
 
 import asyncpg
@@ -13,6 +14,7 @@ from aiohttp import web
 
 from .app import create_app
 from .config import Config
+from .db import init_connection as _init
 from .db import redact_dsn
 from .store import meta
 from .store import tokens as token_store
@@ -85,6 +87,41 @@ def cmd_revoke_token(config: Config, args) -> int:
     return 0 if done else 1
 
 
+def cmd_replay(config: Config, args) -> int:
+    from .replay import replay
+
+    with database(config) as cfg:
+        report = asyncio.run(_with_conn(cfg.database_url, _migrated(replay)))
+    print(f"replayed {report.events} events of {report.runs} runs in {report.seconds:.2f}s "
+          f"({report.rate:,.0f} events/s); repaired {report.repaired} drifted rows, "
+          f"re-checked {report.caught_up} runs under the write lock")
+    return 0
+
+
+def cmd_verify(config: Config, args) -> int:
+    from .replay import verify
+
+    with database(config) as cfg:
+        started = time.perf_counter()
+        result = asyncio.run(_with_conn(cfg.database_url, _migrated(verify)))
+        seconds = time.perf_counter() - started
+    for drift in result.drifts:
+        enterprise_id, run_id = drift.run_key
+        print(f"DRIFT run {run_id} (enterprise {enterprise_id}): {', '.join(drift.fields)}")
+    print(f"verified {result.events} events of {result.runs} runs in {seconds:.2f}s: "
+          f"{len(result.drifts)} drifted")
+    return 1 if result.drifts else 0
+
+
+def _migrated(work):
+    async def run(conn):
+        await meta.migrate(conn)
+        await _init(conn)
+        return await work(conn)
+
+    return run
+
+
 def _serve(cfg: Config, host: str, port: int) -> None:
     asyncio.run(_with_conn(cfg.database_url, meta.migrate))
     web.run_app(create_app(cfg), host=host, port=port, print=None,
@@ -132,6 +169,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_create_token)
     sub.add_parser("list-tokens", help="list tokens (never their secret)").set_defaults(
         func=cmd_list_tokens)
+    sub.add_parser("replay", help="rebuild the projection from run_events").set_defaults(
+        func=cmd_replay)
+    sub.add_parser("verify", help="check the projection against run_events").set_defaults(
+        func=cmd_verify)
     p = sub.add_parser("revoke-token", help="revoke a token by id")
     p.add_argument("id", type=int)
     p.set_defaults(func=cmd_revoke_token)

@@ -9,10 +9,11 @@ from aiohttp import web
 from aiohttp_apispec import AiohttpApiSpec
 
 from . import db
-from .api import health, pipelines, runs
+from .api import events, health, pipelines, runs
 from .config import Config
 from .http.auth import auth_middleware
-from .http.keys import CONFIG, POOL, TOKEN_CACHE
+from .feedwait import FeedWaiters
+from .http.keys import CONFIG, FEED_WAITERS, POOL, TOKEN_CACHE
 from .http.middleware import error_middleware
 from .http.validation import validation_middleware
 from .store import meta
@@ -23,7 +24,7 @@ log = logging.getLogger(__name__)
 # `/api/pipelines/v0` (their server URL ends in /api); the seed also writes `/v0/runs`.
 CANONICAL_MOUNT = "/pipelines/v0"
 MOUNTS = (CANONICAL_MOUNT, "/api/pipelines/v0", "/v0")
-RESOURCE_ROUTES = (*pipelines.routes, *runs.routes)
+RESOURCE_ROUTES = (*pipelines.routes, *runs.routes, *events.routes)
 
 API_DESCRIPTION = """Esper pipelines-v0 Pipeline Runs API on an event-sourced store.
 
@@ -48,7 +49,13 @@ async def _pool_ctx(app: web.Application) -> AsyncIterator[None]:
         async with pool.acquire() as conn:
             await meta.ping(conn)
         app[POOL] = pool
-        yield
+        waiters = FeedWaiters(config.database_url)
+        await waiters.start()
+        app[FEED_WAITERS] = waiters
+        try:
+            yield
+        finally:
+            await waiters.stop()
     finally:
         await pool.close()
 

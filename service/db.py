@@ -21,7 +21,7 @@ def redact_dsn(dsn: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
-async def _init_connection(conn: asyncpg.Connection) -> None:
+async def init_connection(conn: asyncpg.Connection) -> None:
     # jsonb in and out as Python objects, so stores never json.dumps by hand.
     await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
 
@@ -31,7 +31,7 @@ async def create_pool(config: Config, dsn: str) -> asyncpg.Pool:
         dsn,
         min_size=config.pool_min,
         max_size=config.pool_max,
-        init=_init_connection,
+        init=init_connection,
         command_timeout=config.statement_timeout_ms / 1000 + 1,
         server_settings={
             "statement_timeout": str(config.statement_timeout_ms),

@@ -16,6 +16,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
+from yarl import URL
 
 sys.path.insert(0, str(Path(__file__).parent))
 
@@ -106,9 +107,9 @@ def config(db_dsn) -> Config:
 async def db(db_dsn):
     """A direct connection to the app's database, for setup and for checking what was stored."""
     conn = await asyncpg.connect(db_dsn)
-    from service.db import _init_connection
+    from service.db import init_connection
 
-    await _init_connection(conn)
+    await init_connection(conn)
     yield conn
     await conn.close()
 
@@ -145,7 +146,12 @@ class Api:
         return Api(self.client, self.token, mount)
 
     def url(self, path: str) -> str:
-        return path if path.startswith(("/health", "/api/docs", "http")) else self.mount + path
+        if path.startswith("http"):
+            # Absolute links from the service (next/previous) must point at this server.
+            url = URL(path)
+            assert (url.host, url.port) == (self.client.host, self.client.port), path
+            return url.path_qs
+        return path if path.startswith(("/health", "/api/docs")) else self.mount + path
 
     async def call(self, method: str, path: str, status: int = 200, *, json: Any = None,
                    headers: dict[str, str] | None = None, data: Any = None, **kwargs) -> Any:

@@ -5,6 +5,8 @@ from aiohttp import web
 
 from ..errors import BadRequest
 from ..http.envelope import envelope
+from ..http.auth import require_scope
+from ..store import events as event_store
 from ..store import runs as store
 from . import schemas as s
 from .common import body, connection, operation, page, path, principal, query, request_id
@@ -63,13 +65,21 @@ async def create_run(request: web.Request) -> web.Response:
     return _with_etag(run, "Created Pipeline Run")
 
 
-@operation(scope=READ, tag=TAG, summary="Get a pipeline run", path=s.RunPath,
-           response=s.PipelineRunEnvelope)
+@operation(scope=READ, tag=TAG, summary="Get a pipeline run, now or as of a past instant",
+           description="With as_of (needs audit:read) the run is folded from its events up to "
+                       "that instant; 404 if it did not exist then.",
+           path=s.RunPath, query=s.RunGetQuery, response=s.PipelineRunEnvelope)
 async def get_run(request: web.Request) -> web.Response:
-    p = path(request)
+    p, as_of = path(request), query(request).get("as_of")
+    enterprise_id = principal(request).enterprise_id
+    if as_of is not None:
+        require_scope(request, "audit:read")
+        async with connection(request) as conn:
+            run = await event_store.run_as_of(conn, enterprise_id, p["pipeline_id"],
+                                              p["pipeline_run_id"], as_of)
+        return envelope(run)
     async with connection(request) as conn:
-        run = await store.get_run(conn, principal(request).enterprise_id, p["pipeline_id"],
-                                  p["pipeline_run_id"])
+        run = await store.get_run(conn, enterprise_id, p["pipeline_id"], p["pipeline_run_id"])
     return _with_etag(run)
 
 

@@ -233,3 +233,55 @@ StageEnvelope = _envelope_of("StageEnvelope", fields.Nested(Stage))
 StageListEnvelope = _page_of("Stage", Stage)
 PipelineRunEnvelope = _envelope_of("PipelineRunEnvelope", fields.Nested(PipelineRun))
 PipelineRunListEnvelope = _page_of("PipelineRun", PipelineRun)
+
+
+# --- audit: history, as_of, feed -------------------------------------------------------
+
+class RunGetQuery(Schema):
+    class Meta:
+        unknown = EXCLUDE
+
+    as_of = fields.AwareDateTime(metadata={
+        "description": "RFC 3339 instant: the run exactly as it was then (scope audit:read)"})
+
+
+class FeedQuery(Schema):
+    class Meta:
+        unknown = EXCLUDE
+
+    after = fields.Integer(load_default=0, validate=validate.Range(0, 2**63 - 1),
+                           metadata={"description": "Position to read after (exclusive)"})
+    limit = fields.Integer(load_default=100, validate=validate.Range(1, 1000))
+    pipeline_id = fields.UUID()
+    run_id = fields.UUID()
+    type = Text(validate=validate.Length(max=100))
+    actor = Text(validate=validate.Length(max=255))
+    since = fields.AwareDateTime(metadata={"description": "occurred_at >= since (RFC 3339)"})
+    until = fields.AwareDateTime(metadata={"description": "occurred_at < until (RFC 3339)"})
+    wait = fields.Float(load_default=0, validate=validate.Range(0, 30),
+                        metadata={"description": "Long-poll: seconds to wait for new events"})
+
+
+class Event(Schema):
+    id = fields.UUID()
+    position = fields.Integer()
+    run_id = fields.UUID()
+    pipeline_id = fields.UUID()
+    version = fields.Integer()
+    type = fields.String()
+    from_status = fields.String(allow_none=True)
+    to_status = fields.String(allow_none=True)
+    actor = fields.String()
+    occurred_at = fields.DateTime()
+    request_id = fields.String(allow_none=True)
+    data = fields.Dict()
+
+
+class FeedPage(Schema):
+    results = fields.List(fields.Nested(Event))
+    next_after = fields.Integer(metadata={"description": "The cursor to resume from"})
+    next = fields.Url(metadata={"description": "URL of the next read (after=next_after)"})
+
+
+EventListEnvelope = _page_of("Event", Event)
+FeedEnvelope = _envelope_of("FeedEnvelope", fields.Nested(FeedPage))

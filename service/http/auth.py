@@ -59,3 +59,9 @@ async def auth_middleware(request: web.Request, handler) -> web.StreamResponse:
         raise Forbidden(f"this operation needs the scope {scope}")
     request[PRINCIPAL] = principal
     return await handler(request)
+
+
+def require_scope(request: web.Request, scope: str) -> None:
+    """For operations whose scope depends on their parameters (e.g. GET with as_of)."""
+    if scope not in request[PRINCIPAL].scopes:
+        raise Forbidden(f"this operation needs the scope {scope}")

@@ -22,6 +22,7 @@ class Principal:
 CONFIG = web.AppKey("config", Config)
 POOL = web.AppKey("pool", asyncpg.Pool)
 TOKEN_CACHE = web.AppKey("token_cache", dict)
+FEED_WAITERS = web.AppKey("feed_waiters", object)  # service.feedwait.FeedWaiters
 
 PRINCIPAL = web.RequestKey("principal", Principal)
 REQUEST_ID = web.RequestKey("request_id", str)

@@ -21,6 +21,11 @@ from .. import lifecycle
 from ..errors import Conflict, NotFound, PreconditionFailed
 
 FEED_LOCK_CLASS = 1701  # advisory-lock namespace of the per-enterprise feed lock
+FEED_CHANNEL = "run_events"  # NOTIFY channel; the payload is the enterprise id
+# Taken right before an event gets its position ($1 is always the enterprise id). The
+# NOTIFY is delivered at commit and wakes long-polling feed readers.
+FEED_LOCK = (f"pg_advisory_xact_lock({FEED_LOCK_CLASS}, hashtext($1)), "
+             f"pg_notify('{FEED_CHANNEL}', $1)")
 
 RUN_COLUMNS = """
     r.id, r.enterprise_id, r.run_number, r.pipeline_id, p.name AS pipeline_name, r.status,
@@ -44,7 +49,7 @@ WITH p AS (
     SELECT $1, $3, p.id, p.last_run_number, $4, '{{}}', $6, $6, p.at, p.at, 1 FROM p
     RETURNING *
 ), feed_lock AS (
-    SELECT pg_advisory_xact_lock({FEED_LOCK_CLASS}, hashtext($1)) FROM r
+    SELECT {FEED_LOCK} FROM r
 ), e AS (
     INSERT INTO run_events (enterprise_id, pipeline_id, run_id, version, type, from_status,
                             to_status, actor, actor_id, occurred_at, data)
@@ -82,7 +87,7 @@ WITH cur AS (
       AND ($12::int IS NULL OR cur.version = $12)
     RETURNING r.*, cur.status AS from_status
 ), feed_lock AS (
-    SELECT pg_advisory_xact_lock({FEED_LOCK_CLASS}, hashtext($1)) FROM upd
+    SELECT {FEED_LOCK} FROM upd
 ), e AS (
     INSERT INTO run_events (enterprise_id, pipeline_id, run_id, version, type, from_status,
                             to_status, actor, actor_id, occurred_at, data)
@@ -112,7 +117,7 @@ WITH cur AS (
     WHERE r.enterprise_id = $1 AND r.id = cur.id AND ($7::int IS NULL OR cur.version = $7)
     RETURNING r.enterprise_id, r.pipeline_id, r.id, r.version, r.status, cur.at
 ), feed_lock AS (
-    SELECT pg_advisory_xact_lock({FEED_LOCK_CLASS}, hashtext($1)) FROM del
+    SELECT {FEED_LOCK} FROM del
 ), e AS (
     INSERT INTO run_events (enterprise_id, pipeline_id, run_id, version, type, from_status,
                             to_status, actor, actor_id, occurred_at, data)
