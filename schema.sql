@@ -103,9 +103,37 @@ CREATE TABLE IF NOT EXISTS pipeline_runs (
     started_at    timestamptz,
     ended_at      timestamptz,
     version       integer     NOT NULL,
+    -- created_at + the pipeline's timeout at creation; the sweeper times out runs past it.
+    deadline      timestamptz NOT NULL,
     PRIMARY KEY (enterprise_id, id),
     UNIQUE (enterprise_id, pipeline_id, run_number)
 );
 CREATE INDEX IF NOT EXISTS pipeline_runs_newest ON pipeline_runs (enterprise_id, created_at DESC, id DESC);
 CREATE INDEX IF NOT EXISTS pipeline_runs_by_pipeline ON pipeline_runs (enterprise_id, pipeline_id, created_at DESC, id DESC);
 CREATE INDEX IF NOT EXISTS pipeline_runs_by_status ON pipeline_runs (enterprise_id, status, created_at DESC, id DESC);
+CREATE INDEX IF NOT EXISTS pipeline_runs_deadline ON pipeline_runs (deadline)
+    WHERE ended_at IS NULL;
+
+-- Projection: the stage runs of each live run, a snapshot of the pipeline's stages taken
+-- when the run was created (carried in its run.created event).
+CREATE TABLE IF NOT EXISTS stage_runs (
+    enterprise_id   text        NOT NULL,
+    id              uuid        NOT NULL,
+    run_id          uuid        NOT NULL,
+    pipeline_id     uuid        NOT NULL,
+    stage_id        uuid        NOT NULL,
+    ordinal         integer     NOT NULL,
+    stage_meta      jsonb       NOT NULL,
+    timeout_seconds integer     NOT NULL,
+    status          text        NOT NULL,
+    created_by      bigint,
+    updated_by      bigint,
+    created_at      timestamptz NOT NULL,
+    updated_at      timestamptz NOT NULL,
+    started_at      timestamptz,
+    ended_at        timestamptz,
+    PRIMARY KEY (enterprise_id, id),
+    UNIQUE (enterprise_id, run_id, ordinal)
+);
+CREATE INDEX IF NOT EXISTS stage_runs_running ON stage_runs (started_at)
+    WHERE status = 'running';

@@ -9,7 +9,7 @@ from aiohttp import web
 from aiohttp_apispec import AiohttpApiSpec
 
 from . import db
-from .api import events, health, pipelines, runs
+from .api import events, health, pipelines, runs, stage_runs
 from .config import Config
 from .http.auth import auth_middleware
 from .feedwait import FeedWaiters
@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 # `/api/pipelines/v0` (their server URL ends in /api); the seed also writes `/v0/runs`.
 CANONICAL_MOUNT = "/pipelines/v0"
 MOUNTS = (CANONICAL_MOUNT, "/api/pipelines/v0", "/v0")
-RESOURCE_ROUTES = (*pipelines.routes, *runs.routes, *events.routes)
+RESOURCE_ROUTES = (*pipelines.routes, *runs.routes, *stage_runs.routes, *events.routes)
 
 API_DESCRIPTION = """Esper pipelines-v0 Pipeline Runs API on an event-sourced store.
 

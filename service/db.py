@@ -21,9 +21,19 @@ def redact_dsn(dsn: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
+def _encode_jsonb(value) -> bytes:
+    return b"\x01" + json.dumps(value).encode()  # binary jsonb: version byte 1, then text
+
+
+def _decode_jsonb(data: bytes):
+    return json.loads(data[1:])
+
+
 async def init_connection(conn: asyncpg.Connection) -> None:
-    # jsonb in and out as Python objects, so stores never json.dumps by hand.
-    await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+    # jsonb in and out as Python objects, so stores never json.dumps by hand. Binary format,
+    # so jsonb inside composite values (replay reads stage_runs rows whole) decodes too.
+    await conn.set_type_codec("jsonb", encoder=_encode_jsonb, decoder=_decode_jsonb,
+                              schema="pg_catalog", format="binary")
 
 
 async def create_pool(config: Config, dsn: str) -> asyncpg.Pool:

@@ -13,7 +13,7 @@ from collections import defaultdict
 
 import asyncpg
 
-from .store.runs import FEED_CHANNEL
+from .store.feedlock import FEED_CHANNEL
 
 log = logging.getLogger(__name__)
 

@@ -1,12 +1,14 @@
-"""The run lifecycle, pure: statuses, legal transitions, and how each event changes a run.
+"""The run lifecycle, pure: statuses, legal moves, automatic moves, and how events fold.
 
-The live write path and replay/as_of both use this module, so they cannot drift:
-the write path asks it which moves are legal and what a move stamps, replay folds
-events with `apply`.
+The live write path and replay/as_of both use this module, so they cannot drift: writes
+ask `plan_*` which events a change produces (cascades and derived outcomes included) and
+`apply` what those events make of the run; replay folds the stored events with `apply`.
 """
 from __future__ import annotations
 
-from datetime import datetime
+import uuid
+from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any, Iterable, Mapping
 
 # Lifecycle order: also the sort order of `ordering=status`.
@@ -16,7 +18,10 @@ RUN_STATUSES: tuple[str, ...] = (
 )
 STAGE_RUN_STATUSES: tuple[str, ...] = tuple(s for s in RUN_STATUSES if s != "waiting")
 TERMINAL: frozenset[str] = frozenset({"success", "failure", "cancelled", "timeout", "invalid"})
+# Not complete and not terminal: what the timeout sweeper looks at.
+OPEN_RUN_STATUSES: tuple[str, ...] = ("pending", "queued", "processing", "running", "waiting")
 STATUS_RANK: dict[str, int] = {s: i for i, s in enumerate(RUN_STATUSES)}
+INITIAL_STATUS = "pending"
 
 RUN_TRANSITIONS: dict[str, frozenset[str]] = {
     "pending": frozenset({"queued", "processing", "running", "cancelled", "timeout", "invalid"}),
@@ -31,13 +36,22 @@ RUN_TRANSITIONS: dict[str, frozenset[str]] = {
 STAGE_RUN_TRANSITIONS: dict[str, frozenset[str]] = {
     s: targets - {"waiting"} for s, targets in RUN_TRANSITIONS.items() if s != "waiting"
 }
+# Moves a caller's change needs no help for: no cascade, no derived outcome. The write
+# path does these in one statement; every other move goes through plan_run_change.
+SIMPLE_RUN_TARGETS: frozenset[str] = frozenset({"queued", "processing", "running", "waiting"})
 
-INITIAL_STATUS = "pending"
+DEFAULT_RUN_TIMEOUT_SECONDS = 21 * 24 * 3600  # the seed's default: 21 days
+DEFAULT_STAGE_TIMEOUT_SECONDS = 7 * 24 * 3600
 
 RUN_CREATED = "run.created"
 RUN_STATUS_CHANGED = "run.status_changed"
 RUN_DELETED = "run.deleted"
-EVENT_TYPES: tuple[str, ...] = (RUN_CREATED, RUN_STATUS_CHANGED, RUN_DELETED)
+STAGE_RUN_STATUS_CHANGED = "stage_run.status_changed"
+EVENT_TYPES: tuple[str, ...] = (RUN_CREATED, RUN_STATUS_CHANGED, RUN_DELETED,
+                                STAGE_RUN_STATUS_CHANGED)
+SYSTEM = "system"
+NO_STAGES_REASON = "pipeline has no stages"
+TIMEOUT_REASON = "timed out"
 
 
 class IllegalTransition(Exception):
@@ -79,37 +93,124 @@ def stamps_ended(target: str) -> bool:
     return target in TERMINAL
 
 
+def status_meta(data: Mapping[str, Any] | None) -> dict[str, Any]:
+    """A run's status_meta: the reason of its last status change, if the event had one."""
+    reason = (data or {}).get("reason")
+    return {"reason": reason} if reason else {}
+
+
+# --- planning: which events a change produces --------------------------------------------
+
+@dataclass(frozen=True)
+class Draft:
+    """An event to append, before it has a version, a position or a time."""
+
+    type: str
+    from_status: str | None
+    to_status: str | None
+    system: bool = False  # appended by the service itself (actor `system`)
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+def _run_move(run: Mapping, target: str, *, system: bool, reason: str | None = None) -> Draft:
+    return Draft(RUN_STATUS_CHANGED, run["status"], target, system,
+                 {"reason": reason} if reason else {})
+
+
+def _stage_move(stage_run: Mapping, target: str, *, system: bool,
+                reason: str | None = None) -> Draft:
+    data: dict[str, Any] = {"stage_run_id": str(stage_run["id"])}
+    if reason:
+        data["reason"] = reason
+    return Draft(STAGE_RUN_STATUS_CHANGED, stage_run["status"], target, system, data)
+
+
+def plan_run_change(run: Mapping, target: str, *, system: bool = False,
+                    reason: str | None = None) -> list[Draft]:
+    """A run's move, then what follows from it. Raises IllegalTransition."""
+    check_transition(run["status"], target)
+    return _then_follow(run, [_run_move(run, target, system=system, reason=reason)])
+
+
+def plan_stage_change(run: Mapping, stage_run_id: str, target: str, *,
+                      system: bool = False, reason: str | None = None) -> list[Draft]:
+    """A stage run's move, then what follows for its run. Raises IllegalTransition/KeyError."""
+    stage_run = next(s for s in run["stage_runs"] if str(s["id"]) == str(stage_run_id))
+    check_transition(stage_run["status"], target, STAGE_RUN_TRANSITIONS)
+    return _then_follow(run, [_stage_move(stage_run, target, system=system, reason=reason)])
+
+
+def plan_creation(run: Mapping) -> list[Draft]:
+    """What follows a run's creation: a pipeline without stages makes it invalid at once."""
+    if run["stage_runs"]:
+        return []
+    return [_run_move(run, "invalid", system=True, reason=NO_STAGES_REASON)]
+
+
+def _then_follow(run: Mapping, drafts: list[Draft]) -> list[Draft]:
+    """Append the automatic moves (cascades, derived outcomes) until none is left."""
+    state = preview(run, drafts)
+    while True:
+        more = _automatic(state)
+        if not more:
+            return drafts
+        drafts = drafts + more
+        state = preview(state, more)
+
+
+def _automatic(run: Mapping) -> list[Draft]:
+    stages = run["stage_runs"]
+    status = run["status"]
+    if status in TERMINAL:
+        # A finished run leaves no stage run open: cancel (or time out) what can be.
+        target = status if status in ("timeout", "invalid") else "cancelled"
+        return [_stage_move(s, target, system=True) for s in stages
+                if is_legal(s["status"], target, STAGE_RUN_TRANSITIONS)]
+    if not stages:
+        return []
+    if all(s["status"] in TERMINAL for s in stages):
+        # Every stage run is processed: complete, then success only if all succeeded. A run
+        # still pending/queued/processing first moves to running, along the legal path.
+        if status == "complete":
+            outcome = "success" if all(s["status"] == "success" for s in stages) else "failure"
+            return [_run_move(run, outcome, system=True)]
+        step = "complete" if status in ("running", "waiting") else "running"
+        return [_run_move(run, step, system=True)]
+    if status in ("pending", "queued", "processing") and any(
+            s["status"] == "running" for s in stages):
+        return [_run_move(run, "running", system=True)]  # a stage started, so has the run
+    return []
+
+
+def preview(run: Mapping, drafts: Iterable[Draft]) -> dict[str, Any]:
+    """The run after the drafts, folded with the same `apply` as stored events."""
+    state = dict(run)
+    at, version = state["updated_at"], state["version"]
+    for draft in drafts:
+        version += 1
+        state = apply(state, {"type": draft.type, "from_status": draft.from_status,
+                              "to_status": draft.to_status, "data": draft.data,
+                              "occurred_at": at, "version": version, "actor_id": None})
+    return state
+
+
+# --- folding: what an event makes of a run -------------------------------------------------
+
 def apply(run: dict[str, Any] | None, event: Mapping[str, Any]) -> dict[str, Any] | None:
     """Fold one event into a run's state (None = not created yet, or deleted).
 
-    The state has the projection's columns; every timestamp comes from the event.
+    The state has the projection's columns, plus `stage_runs` (the stage_runs rows in
+    stage order); every timestamp comes from the event.
     """
     kind = event["type"]
-    at: datetime = event["occurred_at"]
     if kind == RUN_CREATED:
-        data = event.get("data") or {}
-        return {
-            "id": event["run_id"],
-            "enterprise_id": event["enterprise_id"],
-            "pipeline_id": event["pipeline_id"],
-            "run_number": data["run_number"],
-            "status": event["to_status"],
-            "status_meta": status_meta(event.get("data")),
-            "created_by": event.get("actor_id"),
-            "updated_by": event.get("actor_id"),
-            "created_at": at,
-            "updated_at": at,
-            "started_at": None,
-            "ended_at": None,
-            "version": event["version"],
-        }
-    if run is None:
+        return _created(event)
+    if run is None or kind == RUN_DELETED:
         return None
-    if kind == RUN_DELETED:
-        return None
+    run = dict(run)
+    run["version"] = event["version"]
     if kind == RUN_STATUS_CHANGED:
-        target = event["to_status"]
-        run = dict(run)
+        at, target = event["occurred_at"], event["to_status"]
         run["status"] = target
         run["status_meta"] = status_meta(event.get("data"))
         run["updated_by"] = event.get("actor_id")
@@ -118,18 +219,68 @@ def apply(run: dict[str, Any] | None, event: Mapping[str, Any]) -> dict[str, Any
             run["started_at"] = at
         if stamps_ended(target):
             run["ended_at"] = at
-        run["version"] = event["version"]
-        return run
-    # Unknown event types leave the run as it was but still count as a version.
-    run = dict(run)
-    run["version"] = event["version"]
+    elif kind == STAGE_RUN_STATUS_CHANGED:
+        run["stage_runs"] = [_stage_changed(s, event) for s in run["stage_runs"]]
     return run
 
 
-def status_meta(data: Mapping[str, Any] | None) -> dict[str, Any]:
-    """A run's status_meta: the reason of its last status change, if the event had one."""
-    reason = (data or {}).get("reason")
-    return {"reason": reason} if reason else {}
+def _created(event: Mapping[str, Any]) -> dict[str, Any]:
+    data = event.get("data") or {}
+    at, actor_id = event["occurred_at"], event.get("actor_id")
+    stage_runs = [{
+        "enterprise_id": event["enterprise_id"],
+        "id": _uuid(s["id"]),
+        "run_id": event["run_id"],
+        "pipeline_id": event["pipeline_id"],
+        "stage_id": _uuid(s["stage_id"]),
+        "ordinal": s["ordinal"],
+        "stage_meta": {"name": s["name"], "description": s["description"],
+                       "created_by": s["created_by"]},
+        "timeout_seconds": s["timeout_seconds"],
+        "status": INITIAL_STATUS,
+        "created_by": actor_id,
+        "updated_by": actor_id,
+        "created_at": at,
+        "updated_at": at,
+        "started_at": None,
+        "ended_at": None,
+    } for s in data.get("stage_runs", ())]
+    return {
+        "id": event["run_id"],
+        "enterprise_id": event["enterprise_id"],
+        "pipeline_id": event["pipeline_id"],
+        "run_number": data["run_number"],
+        "status": event["to_status"],
+        "status_meta": status_meta(data),
+        "created_by": actor_id,
+        "updated_by": actor_id,
+        "created_at": at,
+        "updated_at": at,
+        "started_at": None,
+        "ended_at": None,
+        "version": event["version"],
+        "deadline": at + timedelta(seconds=data["timeout_seconds"]),
+        "stage_runs": stage_runs,
+    }
+
+
+def _stage_changed(stage_run: dict[str, Any], event: Mapping[str, Any]) -> dict[str, Any]:
+    if str(stage_run["id"]) != (event.get("data") or {}).get("stage_run_id"):
+        return stage_run
+    at, target = event["occurred_at"], event["to_status"]
+    stage_run = dict(stage_run)
+    stage_run["status"] = target
+    stage_run["updated_by"] = event.get("actor_id")
+    stage_run["updated_at"] = at
+    if stamps_started(target) and stage_run["started_at"] is None:
+        stage_run["started_at"] = at
+    if stamps_ended(target):
+        stage_run["ended_at"] = at
+    return stage_run
+
+
+def _uuid(value):
+    return value if isinstance(value, uuid.UUID) else uuid.UUID(str(value))
 
 
 def fold(events: Iterable[Mapping[str, Any]]) -> dict[str, Any] | None:

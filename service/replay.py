@@ -39,14 +39,24 @@ class Scan:
     drifts: list[Drift] = field(default_factory=list)
 
 
+def _stage_row(record) -> dict:
+    return dict(record)
+
+
 def _projection_of(record: asyncpg.Record) -> dict | None:
     if not record["has_row"]:
         return None
-    return {c: record["p_" + c] for c in sql.PROJECTION_COLUMNS}
+    row = {c: record["p_" + c] for c in sql.PROJECTION_COLUMNS}
+    row["stage_runs"] = [_stage_row(s) for s in record["p_stage_runs"]]
+    return row
 
 
 def _expected(run: dict | None) -> dict | None:
-    return None if run is None else {c: run[c] for c in sql.PROJECTION_COLUMNS}
+    if run is None:
+        return None
+    row = {c: run[c] for c in sql.PROJECTION_COLUMNS}
+    row["stage_runs"] = [{c: s[c] for c in sql.STAGE_RUN_COLUMNS} for s in run["stage_runs"]]
+    return row
 
 
 def _compare(key, expected: dict | None, actual: dict | None) -> Drift | None:
@@ -56,6 +66,8 @@ def _compare(key, expected: dict | None, actual: dict | None) -> Drift | None:
         fields = ["<row missing>" if actual is None else "<row not explained by events>"]
     else:
         fields = [c for c in sql.PROJECTION_COLUMNS if expected[c] != actual[c]]
+        if expected["stage_runs"] != actual["stage_runs"]:
+            fields.append("stage_runs")
     return Drift(key, fields, expected, actual)
 
 
@@ -85,13 +97,27 @@ async def scan(conn: asyncpg.Connection) -> Scan:
                 heads[record["enterprise_id"]] = record["position"]
         finish()
         for row in await conn.fetch(sql.ORPHAN_ROWS):
-            result.drifts.append(_compare((row["enterprise_id"], row["id"]), None, dict(row)))
+            actual = {**dict(row), "stage_runs": []}
+            result.drifts.append(_compare((row["enterprise_id"], row["id"]), None, actual))
+        known = {d.run_key for d in result.drifts}
+        for row in await conn.fetch(sql.ORPHAN_STAGE_RUN_KEYS):
+            key = (row["enterprise_id"], row["run_id"])
+            if key not in known:
+                result.drifts.append(Drift(key, ["<stage runs without their run>"], None, None))
     return result
 
 
 async def _refold(conn: asyncpg.Connection, enterprise_id: str, run_id) -> dict | None:
     events = await conn.fetch(sql.RUN_EVENTS, enterprise_id, run_id)
     return _expected(lifecycle.fold(events))
+
+
+async def _actual(conn: asyncpg.Connection, enterprise_id: str, run_id) -> dict | None:
+    row = await conn.fetchrow(sql.SELECT_ROW, enterprise_id, run_id)
+    stages = [dict(s) for s in await conn.fetch(sql.SELECT_STAGE_ROWS, enterprise_id, run_id)]
+    if row is None:
+        return None if not stages else {"stage_runs": stages}
+    return {**dict(row), "stage_runs": stages}
 
 
 @dataclass
@@ -120,38 +146,28 @@ async def replay(conn: asyncpg.Connection) -> ReplayReport:
 async def _replay(conn: asyncpg.Connection) -> ReplayReport:
     started = time.perf_counter()
     result = await scan(conn)
-    upserts = [{**d.expected, "_seen_version": (d.actual or {}).get("version")}
-               for d in result.drifts if d.expected is not None]
-    deletes = [(*d.run_key, d.actual["version"]) for d in result.drifts if d.expected is None]
-    for i in range(0, max(len(upserts), len(deletes)), BATCH):
+    items = [(d.run_key, d.expected, (d.actual or {}).get("version")) for d in result.drifts]
+    skipped: list[tuple] = []
+    for i in range(0, len(items), BATCH):
         async with conn.transaction():
-            await sql.patch_rows(conn, upserts[i:i + BATCH], deletes[i:i + BATCH], guarded=True)
-    caught_up = await _catch_up(conn, result)
+            skipped += await sql.patch_runs(conn, items[i:i + BATCH], guarded=True)
+    caught_up = await _catch_up(conn, result.heads, {item[0] for item in skipped})
     return ReplayReport(result.events, result.runs, len(result.drifts), caught_up,
                         time.perf_counter() - started)
 
 
-async def _catch_up(conn: asyncpg.Connection, result: Scan) -> int:
-    """Under a short write lock: re-fold runs changed since the scan, and the drifted ones."""
+async def _catch_up(conn: asyncpg.Connection, heads: dict[str, int], keys: set) -> int:
+    """Under a short write lock: re-fold the runs changed since the scan, and the skipped."""
     async with conn.transaction():
         await conn.execute(sql.LOCK_WRITES)
-        heads = list(result.heads.items())
-        changed = await conn.fetch(sql.RUNS_CHANGED_SINCE, [h[0] for h in heads],
-                                   [h[1] for h in heads])
-        keys = {(r["enterprise_id"], r["run_id"]) for r in changed}
-        keys |= {d.run_key for d in result.drifts}
-        upserts, deletes = [], []
+        changed = await conn.fetch(sql.RUNS_CHANGED_SINCE, list(heads), list(heads.values()))
+        keys = keys | {(r["enterprise_id"], r["run_id"]) for r in changed}
+        items = []
         for enterprise_id, run_id in keys:
             expected = await _refold(conn, enterprise_id, run_id)
-            row = await conn.fetchrow(sql.SELECT_ROW, enterprise_id, run_id)
-            actual = None if row is None else dict(row)
-            if expected == actual:
-                continue
-            if expected is None:
-                deletes.append((enterprise_id, run_id))
-            else:
-                upserts.append(expected)
-        await sql.patch_rows(conn, upserts, deletes, guarded=False)
+            if expected != await _actual(conn, enterprise_id, run_id):
+                items.append(((enterprise_id, run_id), expected, None))
+        await sql.patch_runs(conn, items, guarded=False)
         return len(keys)
 
 

@@ -59,10 +59,15 @@ async def test_history_pages_and_survives_delete(api):
     await api.delete(_run_path(run))
     await api.get(_run_path(run), status=404)
     first = await api.get(_run_path(run) + "events/?limit=4")
-    assert first["count"] == 7 and len(first["results"]) == 4
+    # 1 created + 5 moves + 2 stage runs cancelled by the cascade + 1 deleted
+    assert first["count"] == 9 and len(first["results"]) == 4
     rest = await api.get(first["next"])
-    assert [e["version"] for e in first["results"] + rest["results"]] == list(range(1, 8))
-    last = rest["results"][-1]
+    rest_more = await api.get(rest["next"])
+    events = first["results"] + rest["results"] + rest_more["results"]
+    assert [e["version"] for e in events] == list(range(1, 10))
+    assert [e["type"] for e in events[6:8]] == ["stage_run.status_changed"] * 2
+    assert {e["actor"] for e in events[6:8]} == {"system"}
+    last = events[-1]
     assert last["type"] == "run.deleted" and last["from_status"] == "success"
     assert last["to_status"] is None
 
@@ -129,7 +134,8 @@ async def test_feed_serves_the_enterprise_in_position_order(api, db):
     await api.move(run, "running", "cancelled")
     feed = await api.get("/events/")
     events = feed["results"]
-    assert [(e["run_id"], e["version"]) for e in events] == [(run["id"], v) for v in (1, 2, 3)]
+    # created, running, cancelled, then the cascade cancels the two stage runs
+    assert [(e["run_id"], e["version"]) for e in events] == [(run["id"], v) for v in range(1, 6)]
     assert feed["next_after"] == events[-1]["position"]
     assert f"after={feed['next_after']}" in feed["next"]
     empty = await api.get(feed["next"])

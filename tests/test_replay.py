@@ -105,7 +105,8 @@ async def test_row_without_events_is_removed(api, db, enterprise):
     pipeline = await api.pipeline()
     await db.execute(
         "INSERT INTO pipeline_runs (enterprise_id, id, pipeline_id, run_number, status, "
-        "created_at, updated_at, version) VALUES ($1, $2, $3, 99, 'running', now(), now(), 1)",
+        "created_at, updated_at, version, deadline) "
+        "VALUES ($1, $2, $3, 99, 'running', now(), now(), 1, now())",
         enterprise, uuid.uuid4(), uuid.UUID(pipeline["id"]))
     assert [d.fields for d in (await verify(db)).drifts] == [["<row not explained by events>"]]
     await replay(db)
@@ -159,6 +160,6 @@ def test_cli_verify_and_replay(db_dsn):
     assert f"DRIFT run {run_id} (enterprise cli): run_number" in bad.stdout
     fixed = subprocess.run([*cli, "replay"], env=env, capture_output=True, text=True, timeout=60)
     assert fixed.returncode == 0, fixed.stderr
-    assert "replayed 1 events of 1 runs" in fixed.stdout and "events/s" in fixed.stdout
+    assert "replayed 2 events of 1 runs" in fixed.stdout  # created, then invalid: no stages and "events/s" in fixed.stdout
     good = subprocess.run([*cli, "verify"], env=env, capture_output=True, text=True, timeout=60)
     assert good.returncode == 0 and "0 drifted" in good.stdout

@@ -15,4 +15,4 @@ async def test_esper_client_flow(api):
     cancelled = await esper.put(f"/pipelines/{pipeline['id']}/runs/{run['id']}/",
                                 {"status": "CANCELLED"})
     assert cancelled["status"] == "cancelled" and cancelled["ended_at"] is not None
-    assert cancelled["version"] == 2
+    assert cancelled["version"] == 3  # the cancel, then its cascade to the stage run

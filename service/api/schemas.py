@@ -285,3 +285,48 @@ class FeedPage(Schema):
 
 EventListEnvelope = _page_of("Event", Event)
 FeedEnvelope = _envelope_of("FeedEnvelope", fields.Nested(FeedPage))
+
+
+# --- stage runs ----------------------------------------------------------------------
+
+class StageRunListPath(Schema):
+    pipeline_run_id = fields.UUID(required=True, metadata={"description": "ID of the Pipeline run"})
+
+
+class StageRunPath(StageRunListPath):
+    stage_run_id = fields.UUID(required=True, metadata={"description": "ID of the Stage run"})
+
+
+class StageRunListQuery(PageQuery):
+    status = Status(allowed=lifecycle.STAGE_RUN_STATUSES,
+                    metadata={"description": "Filter by stage run status (any letter case)"})
+
+
+class StageRunPut(Schema):
+    status = Status(allowed=lifecycle.STAGE_RUN_STATUSES, required=True)
+
+
+class StageMeta(Schema):
+    name = fields.String()
+    description = fields.String()
+    created_by = fields.Integer(allow_none=True)
+
+
+class StageRun(Schema):
+    id = fields.UUID()
+    enterprise_id = fields.String()
+    pipeline_id = fields.UUID()
+    pipeline_run_id = fields.UUID()
+    stage_id = fields.UUID()
+    stage_meta = fields.Nested(StageMeta)
+    status = fields.String(metadata={"enum": list(lifecycle.STAGE_RUN_STATUSES)})
+    created_by = fields.Integer(allow_none=True)
+    updated_by = fields.Integer(allow_none=True)
+    created_at = fields.DateTime()
+    updated_at = fields.DateTime()
+    started_at = fields.DateTime(allow_none=True)
+    ended_at = fields.DateTime(allow_none=True)
+
+
+StageRunEnvelope = _envelope_of("StageRunEnvelope", fields.Nested(StageRun))
+StageRunListEnvelope = _page_of("StageRun", StageRun)

@@ -21,6 +21,7 @@ import asyncpg
 
 from .. import lifecycle
 from ..errors import NotFound
+from .runs import public_run
 
 EVENT_COLUMNS = """
     e.id, e.position, e.enterprise_id, e.run_id, e.pipeline_id, e.version, e.type,
@@ -83,8 +84,7 @@ async def run_as_of(conn: asyncpg.Connection, enterprise_id: str, pipeline_id: u
     run = lifecycle.fold(_prefix_until(events, at))
     if run is None:
         raise NotFound("pipeline run did not exist at that time")
-    run["pipeline_name"] = await conn.fetchval(PIPELINE_NAME, enterprise_id, pipeline_id)
-    return run
+    return public_run(run, await conn.fetchval(PIPELINE_NAME, enterprise_id, pipeline_id))
 
 
 def _prefix_until(events, at: datetime):

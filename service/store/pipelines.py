@@ -79,8 +79,10 @@ INSERT INTO stages AS s (enterprise_id, id, pipeline_id, name, description, time
 SELECT $1, $3, $2, $4, $5, $6, p.last_stage_ordinal, $7, $7 FROM p
 RETURNING {STAGE_COLUMNS}
 """
+# Joined with the live pipeline: a deleted pipeline's stages are not listed.
 LIST_STAGES = f"""
 SELECT {STAGE_COLUMNS}, count(*) OVER () AS total_count FROM stages s
+JOIN pipelines p ON p.enterprise_id = s.enterprise_id AND p.id = s.pipeline_id AND p.deleted_at IS NULL
 WHERE s.enterprise_id = $1 AND s.pipeline_id = $2
 ORDER BY s.ordinal
 LIMIT $3 OFFSET $4

@@ -1,16 +1,12 @@
 """SQL for replay and verify: stream every run's events with its projection row, patch rows."""
 from __future__ import annotations
 
-from typing import Any, Iterable
-
 import asyncpg
 
 REPLAY_LOCK = 1703  # advisory-lock key: one replay at a time
 
-PROJECTION_COLUMNS = (
-    "enterprise_id", "id", "pipeline_id", "run_number", "status", "status_meta", "created_by",
-    "updated_by", "created_at", "updated_at", "started_at", "ended_at", "version",
-)
+from .changes import RUN_STATE_COLUMNS as PROJECTION_COLUMNS
+from .changes import STAGE_RUN_COLUMNS
 _P = ", ".join(f"p.{c} AS p_{c}" for c in PROJECTION_COLUMNS)
 
 # Every event in run order; the run's projection row rides along on its first event, so
@@ -18,17 +14,27 @@ _P = ", ".join(f"p.{c} AS p_{c}" for c in PROJECTION_COLUMNS)
 EVENTS_WITH_PROJECTION = f"""
 SELECT e.enterprise_id, e.pipeline_id, e.run_id, e.version, e.type, e.from_status,
        e.to_status, e.actor_id, e.occurred_at, e.data, e.position,
-       p.id IS NOT NULL AS has_row, {_P}
+       p.id IS NOT NULL AS has_row, {_P},
+       CASE WHEN p.id IS NOT NULL THEN ARRAY(
+           SELECT s FROM stage_runs s
+           WHERE s.enterprise_id = e.enterprise_id AND s.run_id = e.run_id ORDER BY s.ordinal)
+       END AS p_stage_runs
 FROM run_events e
 LEFT JOIN pipeline_runs p ON e.version = 1 AND p.enterprise_id = e.enterprise_id
                          AND p.id = e.run_id
 ORDER BY e.enterprise_id, e.run_id, e.version
 """
-# Projection rows with no events at all cannot be explained by the log.
+# Projection rows with no events at all cannot be explained by the log (stage runs
+# without a run row are caught here too: their run key has no events or no row).
 ORPHAN_ROWS = f"""
 SELECT {', '.join('p.' + c for c in PROJECTION_COLUMNS)} FROM pipeline_runs p
 WHERE NOT EXISTS (SELECT 1 FROM run_events e
                   WHERE e.enterprise_id = p.enterprise_id AND e.run_id = p.id)
+"""
+ORPHAN_STAGE_RUN_KEYS = """
+SELECT DISTINCT s.enterprise_id, s.run_id FROM stage_runs s
+WHERE NOT EXISTS (SELECT 1 FROM pipeline_runs p
+                  WHERE p.enterprise_id = s.enterprise_id AND p.id = s.run_id)
 """
 # Runs with events committed after the scan's snapshot: positions beyond each enterprise's
 # head (appends are serialized per enterprise), or any event of an enterprise not seen.
@@ -49,6 +55,10 @@ FROM run_events WHERE enterprise_id = $1 AND run_id = $2 ORDER BY version
 SELECT_ROW = f"""
 SELECT {', '.join(PROJECTION_COLUMNS)} FROM pipeline_runs WHERE enterprise_id = $1 AND id = $2
 """
+SELECT_STAGE_ROWS = f"""
+SELECT {', '.join(STAGE_RUN_COLUMNS)} FROM stage_runs
+WHERE enterprise_id = $1 AND run_id = $2 ORDER BY ordinal
+"""
 # Writers take ROW EXCLUSIVE on pipeline_runs before appending, so this lock freezes the
 # log and the projection together while reads go on.
 LOCK_WRITES = "LOCK TABLE pipeline_runs IN SHARE ROW EXCLUSIVE MODE"
@@ -62,33 +72,44 @@ UPSERT_ROW = f"""
 INSERT INTO pipeline_runs ({_COLS}) VALUES ({_ARGS})
 ON CONFLICT (enterprise_id, id) DO UPDATE SET {_SETS}
 """
-# Guarded by the version seen in the scan: a row a live write moved on since is left for
-# the locked catch-up pass.
-UPDATE_ROW_IF_VERSION = f"""
-INSERT INTO pipeline_runs ({_COLS}) VALUES ({_ARGS})
-ON CONFLICT (enterprise_id, id) DO UPDATE SET {_SETS}
-WHERE pipeline_runs.version = ${len(PROJECTION_COLUMNS) + 1}
+INSERT_STAGE_ROW = f"""
+INSERT INTO stage_runs ({', '.join(STAGE_RUN_COLUMNS)})
+VALUES ({', '.join(f"${i + 1}" for i in range(len(STAGE_RUN_COLUMNS)))})
 """
 DELETE_ROW = "DELETE FROM pipeline_runs WHERE enterprise_id = $1 AND id = $2"
-DELETE_ROW_IF_VERSION = DELETE_ROW + " AND version = $3"
+DELETE_STAGE_ROWS = "DELETE FROM stage_runs WHERE enterprise_id = $1 AND run_id = $2"
+# Row locks of the runs a guarded patch is about to write, with their current version.
+LOCK_VERSIONS = """
+SELECT r.enterprise_id, r.id, r.version FROM pipeline_runs r
+JOIN unnest($1::text[], $2::uuid[]) AS k(enterprise_id, id)
+  ON r.enterprise_id = k.enterprise_id AND r.id = k.id
+FOR UPDATE OF r
+"""
 
 
-def row_args(row: dict[str, Any]) -> list[Any]:
-    return [row[c] for c in PROJECTION_COLUMNS]
+async def patch_runs(conn: asyncpg.Connection, items: list[tuple], guarded: bool) -> list[tuple]:
+    """Make each run's rows what its events say; items are (key, expected, seen_version).
 
-
-async def patch_rows(conn: asyncpg.Connection, upserts: Iterable[dict], deletes: Iterable[tuple],
-                     guarded: bool) -> None:
-    """Write expected rows / remove unexplained ones; `guarded` checks the seen version."""
-    upserts, deletes = list(upserts), list(deletes)
-    if guarded:
-        if upserts:
-            await conn.executemany(UPDATE_ROW_IF_VERSION,
-                                   [[*row_args(r), r["_seen_version"]] for r in upserts])
-        if deletes:
-            await conn.executemany(DELETE_ROW_IF_VERSION, deletes)
-        return
+    Guarded, a run whose row moved on since it was seen is skipped (and returned), so a
+    patch never overwrites a live write. The caller owns the transaction.
+    """
+    skipped: list[tuple] = []
+    if guarded and items:
+        keys = [item[0] for item in items]
+        current = {(r["enterprise_id"], r["id"]): r["version"] for r in await conn.fetch(
+            LOCK_VERSIONS, [k[0] for k in keys], [k[1] for k in keys])}
+        kept = []
+        for item in items:
+            (skipped if current.get(item[0]) != item[2] else kept).append(item)
+        items = kept
+    if not items:
+        return skipped
+    await conn.executemany(DELETE_STAGE_ROWS, [key for key, _, _ in items])
+    await conn.executemany(DELETE_ROW, [key for key, expected, _ in items if expected is None])
+    upserts = [expected for _, expected, _ in items if expected is not None]
     if upserts:
-        await conn.executemany(UPSERT_ROW, [row_args(r) for r in upserts])
-    if deletes:
-        await conn.executemany(DELETE_ROW, [d[:2] for d in deletes])
+        await conn.executemany(UPSERT_ROW, [[r[c] for c in PROJECTION_COLUMNS] for r in upserts])
+        stage_rows = [[s[c] for c in STAGE_RUN_COLUMNS] for r in upserts for s in r["stage_runs"]]
+        if stage_rows:
+            await conn.executemany(INSERT_STAGE_ROW, stage_rows)
+    return skipped

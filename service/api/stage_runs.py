@@ -1,0 +1,52 @@
+"""Stage runs: Esper's /runs/{pipeline_run_id}/stageruns/ resources."""
+from __future__ import annotations
+
+from aiohttp import web
+
+from ..http.envelope import envelope
+from ..store import stage_runs as store
+from . import schemas as s
+from .common import body, connection, operation, page, path, principal, query, request_id
+
+TAG = "Stage Runs"
+
+
+@operation(scope="runs:read", tag=TAG, summary="Get the stage runs of a pipeline run, in stage order",
+           path=s.StageRunListPath, query=s.StageRunListQuery, response=s.StageRunListEnvelope)
+async def list_stage_runs(request: web.Request) -> web.Response:
+    q = query(request)
+    async with connection(request) as conn:
+        total, items = await store.list_stage_runs(
+            conn, principal(request).enterprise_id, path(request)["pipeline_run_id"],
+            q.get("status"), q["limit"], q["offset"])
+    return page(request, total, items, q["limit"], q["offset"])
+
+
+@operation(scope="runs:read", tag=TAG, summary="Get a stage run", path=s.StageRunPath,
+           response=s.StageRunEnvelope)
+async def get_stage_run(request: web.Request) -> web.Response:
+    p = path(request)
+    async with connection(request) as conn:
+        stage_run = await store.get_stage_run(conn, principal(request).enterprise_id,
+                                              p["pipeline_run_id"], p["stage_run_id"])
+    return envelope(stage_run)
+
+
+@operation(scope="runs:write", tag=TAG, summary="Change a stage run's status",
+           description="Legal moves as for runs, without waiting. When the last open stage run "
+                       "finishes, the run moves to complete, then success or failure.",
+           path=s.StageRunPath, body=s.StageRunPut, response=s.StageRunEnvelope, errors=(409,))
+async def update_stage_run(request: web.Request) -> web.Response:
+    who, p = principal(request), path(request)
+    async with connection(request) as conn:
+        stage_run = await store.change_status(
+            conn, who.enterprise_id, p["pipeline_run_id"], p["stage_run_id"],
+            body(request)["status"], who.name, who.token_id, request_id=request_id(request))
+    return envelope(stage_run, message="Updated Stage Run")
+
+
+routes = [
+    ("GET", "/runs/{pipeline_run_id}/stageruns/", list_stage_runs),
+    ("GET", "/runs/{pipeline_run_id}/stageruns/{stage_run_id}/", get_stage_run),
+    ("PUT", "/runs/{pipeline_run_id}/stageruns/{stage_run_id}/", update_stage_run),
+]

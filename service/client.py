@@ -1,0 +1,342 @@
+"""Async Python client for the pipelines-v0 Pipeline Runs API (needs only aiohttp)."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import uuid
+from datetime import datetime
+from types import TracebackType
+from typing import Any, AsyncIterator, Iterable, Mapping
+
+import aiohttp
+
+__all__ = [
+    "PipelineRunsClient", "ApiError", "BadRequest", "Unauthorized", "Forbidden", "NotFound",
+    "Conflict", "PreconditionFailed", "PayloadTooLarge", "UnsupportedMediaType",
+    "UnprocessableEntity", "ServiceUnavailable", "ServerError",
+]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MOUNT = "/api/pipelines/v0"
+MAX_DELAY = 30.0  # seconds: the longest pause between two attempts
+
+
+# --- errors ----------------------------------------------------------------------------
+
+class ApiError(Exception):
+    """An error envelope `{code, message, content}` (or a non-envelope error response)."""
+
+    def __init__(self, code: int, message: str, content: Any = None, *,
+                 request_id: str | None = None):
+        super().__init__(f"{code} {message}")
+        self.code = code
+        self.message = message
+        self.content = content
+        self.request_id = request_id
+
+
+class BadRequest(ApiError):
+    """400: invalid input; `content["errors"]` names the fields."""
+
+
+class Unauthorized(ApiError):
+    """401: missing or unknown token."""
+
+
+class Forbidden(ApiError):
+    """403: the token lacks the scope the operation needs."""
+
+
+class NotFound(ApiError):
+    """404: not found in the caller's enterprise."""
+
+
+class Conflict(ApiError):
+    """409: illegal status change; content names current_status and requested_status."""
+
+
+class PreconditionFailed(ApiError):
+    """412: If-Match is stale; content names current_version."""
+
+
+class PayloadTooLarge(ApiError):
+    """413: request body too large."""
+
+
+class UnsupportedMediaType(ApiError):
+    """415: request body is not JSON."""
+
+
+class UnprocessableEntity(ApiError):
+    """422: well-formed but unprocessable request."""
+
+
+class ServiceUnavailable(ApiError):
+    """503: the service (or its database) is unavailable; retried before being raised."""
+
+
+class ServerError(ApiError):
+    """Any other 5xx."""
+
+
+_ERRORS: dict[int, type[ApiError]] = {
+    400: BadRequest, 401: Unauthorized, 403: Forbidden, 404: NotFound, 409: Conflict,
+    412: PreconditionFailed, 413: PayloadTooLarge, 415: UnsupportedMediaType,
+    422: UnprocessableEntity, 503: ServiceUnavailable,
+}
+
+
+def error_for(code: int, message: str, content: Any = None,
+              request_id: str | None = None) -> ApiError:
+    """The typed exception for an HTTP status."""
+    kind = _ERRORS.get(code) or (ServerError if code >= 500 else ApiError)
+    return kind(code, message, content, request_id=request_id)
+
+
+_RETRYABLE = (aiohttp.ClientConnectionError, asyncio.TimeoutError, ServiceUnavailable)
+
+
+# --- helpers ---------------------------------------------------------------------------
+
+def _etag(version: int | str) -> str:
+    """An If-Match value: a run version becomes "<v>"; a ready ETag passes unchanged."""
+    text = str(version).strip()
+    if text == "*" or text.startswith(('"', "W/")):
+        return text
+    return f'"{text}"'
+
+
+def _instant(value: datetime | str) -> str:
+    """An RFC 3339 instant for a query string (the URL layer encodes `+`)."""
+    if isinstance(value, str):
+        return value
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise ValueError("as_of must be timezone-aware (RFC 3339 needs an offset)")
+    return value.isoformat()
+
+
+def _query_value(value: Any) -> str | int | float:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, datetime):
+        return _instant(value)
+    if isinstance(value, (int, float, str)):
+        return value
+    return str(value)
+
+
+def _params(values: Mapping[str, Any]) -> dict[str, str | int | float]:
+    """Query parameters without the ones left as None."""
+    return {k: _query_value(v) for k, v in values.items() if v is not None}
+
+
+def _stage(stage: str | Mapping[str, Any]) -> dict[str, Any]:
+    return {"name": stage} if isinstance(stage, str) else dict(stage)
+
+
+async def _envelope(resp: aiohttp.ClientResponse) -> tuple[int, str, Any]:
+    """(code, message, content) of a response, whether or not it is an envelope."""
+    text = await resp.text()
+    try:
+        body = await resp.json(content_type=None)
+    except ValueError:
+        body = None
+    if isinstance(body, dict) and {"code", "message", "content"} <= body.keys():
+        return resp.status, str(body["message"]), body["content"]
+    if resp.status < 400:
+        raise ApiError(resp.status, "response is not a {code, message, content} envelope",
+                       text[:1000])
+    return resp.status, resp.reason or "error", text[:1000]
+
+
+# --- the client ------------------------------------------------------------------------
+
+class PipelineRunsClient:
+    """One aiohttp session to the service; use it as `async with PipelineRunsClient(...)`.
+
+    `last_etag` and `last_request_id` describe the last completed call; share one client
+    between concurrent tasks only if you do not rely on them.
+    """
+
+    def __init__(self, base_url: str, token: str, *, timeout: float = 10.0, retries: int = 3,
+                 backoff: float = 0.2, mount: str = DEFAULT_MOUNT):
+        self.base_url = base_url.rstrip("/")
+        self.mount = "/" + mount.strip("/") if mount.strip("/") else ""
+        self.timeout = timeout
+        self.retries = max(0, retries)
+        self.backoff = backoff
+        self._token = token
+        self._session: aiohttp.ClientSession | None = None
+        self.last_etag: str | None = None
+        self.last_request_id: str | None = None
+
+    async def __aenter__(self) -> "PipelineRunsClient":
+        self._session = aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=self.timeout),
+            headers={"Authorization": f"Bearer {self._token}", "Accept": "application/json"},
+        )
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None,
+                        exc: BaseException | None, tb: TracebackType | None) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Close the HTTP session (done by `async with`)."""
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    # --- pipelines and stages --------------------------------------------------------
+
+    async def create_pipeline(self, name: str,
+                              stages: Iterable[str | Mapping[str, Any]] | None = None,
+                              **fields: Any) -> dict[str, Any]:
+        """Create a pipeline; `stages` are names or stage dicts, created in order."""
+        body: dict[str, Any] = {"name": name, **fields}
+        if stages is not None:
+            body["stages"] = [_stage(s) for s in stages]
+        return await self._call("POST", "/pipelines/", json=body)
+
+    async def get_pipeline(self, pipeline_id: str) -> dict[str, Any]:
+        """A pipeline with its stages."""
+        return await self._call("GET", f"/pipelines/{pipeline_id}/")
+
+    async def create_stage(self, pipeline_id: str, name: str, **fields: Any) -> dict[str, Any]:
+        """Add a stage at the end of a pipeline."""
+        return await self._call("POST", f"/pipelines/{pipeline_id}/stages/",
+                                json={"name": name, **fields})
+
+    # --- runs ------------------------------------------------------------------------
+
+    async def create_run(self, pipeline_id: str) -> dict[str, Any]:
+        """Create a run (status pending); retries reuse one Idempotency-Key."""
+        return await self._call("POST", f"/pipelines/{pipeline_id}/runs/", json={})
+
+    async def get_run(self, pipeline_id: str, run_id: str,
+                      as_of: datetime | str | None = None) -> dict[str, Any]:
+        """A run now, or as it was at `as_of` (aware datetime or RFC 3339 string)."""
+        params = {} if as_of is None else {"as_of": _instant(as_of)}
+        return await self._call("GET", self._run_path(pipeline_id, run_id), params=params)
+
+    async def update_status(self, pipeline_id: str, run_id: str, status: str,
+                            if_match: int | str | None = None) -> dict[str, Any]:
+        """Move a run to `status`; with `if_match` only if the run is at that version."""
+        return await self._call("PUT", self._run_path(pipeline_id, run_id),
+                                json={"status": status}, if_match=if_match)
+
+    async def delete_run(self, pipeline_id: str, run_id: str,
+                         if_match: int | str | None = None) -> dict[str, Any]:
+        """Delete a run (its events are kept); answers the run as it was."""
+        return await self._call("DELETE", self._run_path(pipeline_id, run_id),
+                                if_match=if_match)
+
+    async def list_runs(self, pipeline_id: str | None = None, *, page_size: int = 100,
+                        **filters: Any) -> AsyncIterator[dict[str, Any]]:
+        """Every run of a pipeline (or of the enterprise), following `next` page by page.
+
+        Filters are the API's query parameters, e.g. status="running", ordering="-run_number".
+        """
+        path = "/runs/" if pipeline_id is None else f"/pipelines/{pipeline_id}/runs/"
+        async for run in self._pages(path, page_size, filters):
+            yield run
+
+    # --- stage runs ------------------------------------------------------------------
+
+    async def stage_runs(self, run_id: str, *, page_size: int = 100) -> list[dict[str, Any]]:
+        """All stage runs of a run (every page)."""
+        return [s async for s in self._pages(f"/runs/{run_id}/stageruns/", page_size, {})]
+
+    async def update_stage_run(self, run_id: str, stage_run_id: str,
+                               status: str) -> dict[str, Any]:
+        """Move a stage run to `status`."""
+        return await self._call("PUT", f"/runs/{run_id}/stageruns/{stage_run_id}/",
+                                json={"status": status})
+
+    # --- audit -----------------------------------------------------------------------
+
+    async def run_events(self, pipeline_id: str, run_id: str, *,
+                         page_size: int = 100) -> list[dict[str, Any]]:
+        """A run's whole history (every page), in version order; kept after delete."""
+        path = self._run_path(pipeline_id, run_id) + "events/"
+        return [e async for e in self._pages(path, page_size, {})]
+
+    async def feed(self, after: int = 0, wait: float = 20,
+                   **filters: Any) -> AsyncIterator[dict[str, Any]]:
+        """Tail the enterprise change feed forever (long-poll); break out when done.
+
+        Filters: pipeline_id, run_id, type, actor, since, until, limit.
+        """
+        params = _params(filters)
+        while True:
+            content = await self._call("GET", "/events/", timeout=wait + self.timeout,
+                                       params={**params, "after": after, "wait": wait})
+            for event in content["results"]:
+                yield event
+            after = content["next_after"]
+
+    # --- transport -------------------------------------------------------------------
+
+    def _run_path(self, pipeline_id: str, run_id: str) -> str:
+        return f"/pipelines/{pipeline_id}/runs/{run_id}/"
+
+    def _url(self, path: str) -> str:
+        if path.startswith(("http://", "https://")):
+            return path  # a `next` link, absolute and already encoded by the server
+        return self.base_url + self.mount + path
+
+    async def _pages(self, path: str, page_size: int,
+                     filters: Mapping[str, Any]) -> AsyncIterator[dict[str, Any]]:
+        content = await self._call("GET", path, params={**_params(filters), "limit": page_size})
+        while True:
+            if isinstance(content, list):  # an unpaged list answer
+                for item in content:
+                    yield item
+                return
+            for item in content["results"]:
+                yield item
+            if not content.get("next"):
+                return
+            content = await self._call("GET", content["next"])
+
+    async def _call(self, method: str, path: str, *, params: Mapping[str, Any] | None = None,
+                    json: Any = None, if_match: int | str | None = None,
+                    timeout: float | None = None) -> Any:
+        """One API call with retries; answers the envelope's content or raises ApiError."""
+        headers = {"X-Request-ID": uuid.uuid4().hex}
+        if method == "POST":
+            headers["Idempotency-Key"] = str(uuid.uuid4())  # the same on every retry
+        if if_match is not None:
+            headers["If-Match"] = _etag(if_match)
+        for attempt in range(self.retries + 1):
+            try:
+                return await self._once(method, self._url(path), params, json, headers, timeout)
+            except _RETRYABLE as exc:
+                if attempt >= self.retries:
+                    raise
+                delay = self._delay(attempt)
+                log.warning("%s %s failed (%s); retry %d/%d in %.2fs", method, path,
+                            type(exc).__name__, attempt + 1, self.retries, delay)
+                await asyncio.sleep(delay)
+        raise AssertionError("unreachable")
+
+    async def _once(self, method: str, url: str, params: Mapping[str, Any] | None, json: Any,
+                    headers: dict[str, str], timeout: float | None) -> Any:
+        if self._session is None:
+            raise RuntimeError("use the client as `async with PipelineRunsClient(...)`")
+        extra = {} if timeout is None else {"timeout": aiohttp.ClientTimeout(total=timeout)}
+        async with self._session.request(method, url, params=params or None, json=json,
+                                         headers=headers, **extra) as resp:
+            code, message, content = await _envelope(resp)
+            self.last_etag = resp.headers.get("ETag")
+            self.last_request_id = resp.headers.get("X-Request-ID", headers["X-Request-ID"])
+        if code >= 400:
+            raise error_for(code, message, content, self.last_request_id)
+        return content
+
+    def _delay(self, attempt: int) -> float:
+        """Exponential backoff with jitter: between half and all of backoff * 2**attempt."""
+        base = min(self.backoff * 2 ** attempt, MAX_DELAY)
+        return base / 2 + random.uniform(0, base / 2)
