@@ -1,6 +1,8 @@
 """create_app(config): middlewares, the routes of every mount, OpenAPI, the pool's lifecycle."""
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import warnings
 from typing import AsyncIterator
@@ -17,6 +19,7 @@ from .http.keys import CONFIG, FEED_WAITERS, POOL, TOKEN_CACHE
 from .http.middleware import error_middleware
 from .http.validation import validation_middleware
 from .store import meta
+from .sweeper import run_forever
 
 log = logging.getLogger(__name__)
 
@@ -52,9 +55,13 @@ async def _pool_ctx(app: web.Application) -> AsyncIterator[None]:
         waiters = FeedWaiters(config.database_url)
         await waiters.start()
         app[FEED_WAITERS] = waiters
+        sweeper = asyncio.create_task(run_forever(pool, config.timeout_sweep_seconds))
         try:
             yield
         finally:
+            sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sweeper
             await waiters.stop()
     finally:
         await pool.close()

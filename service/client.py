@@ -14,7 +14,7 @@ import aiohttp
 __all__ = [
     "PipelineRunsClient", "ApiError", "BadRequest", "Unauthorized", "Forbidden", "NotFound",
     "Conflict", "PreconditionFailed", "PayloadTooLarge", "UnsupportedMediaType",
-    "UnprocessableEntity", "ServiceUnavailable", "ServerError",
+    "UnprocessableEntity", "ServiceUnavailable", "ServerError", "error_for",
 ]
 
 log = logging.getLogger(__name__)
@@ -310,17 +310,18 @@ class PipelineRunsClient:
             headers["Idempotency-Key"] = str(uuid.uuid4())  # the same on every retry
         if if_match is not None:
             headers["If-Match"] = _etag(if_match)
-        for attempt in range(self.retries + 1):
+        attempt = 0
+        while True:
             try:
                 return await self._once(method, self._url(path), params, json, headers, timeout)
             except _RETRYABLE as exc:
                 if attempt >= self.retries:
                     raise
                 delay = self._delay(attempt)
+                attempt += 1
                 log.warning("%s %s failed (%s); retry %d/%d in %.2fs", method, path,
-                            type(exc).__name__, attempt + 1, self.retries, delay)
+                            type(exc).__name__, attempt, self.retries, delay)
                 await asyncio.sleep(delay)
-        raise AssertionError("unreachable")
 
     async def _once(self, method: str, url: str, params: Mapping[str, Any] | None, json: Any,
                     headers: dict[str, str], timeout: float | None) -> Any:
