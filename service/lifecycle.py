@@ -210,15 +210,8 @@ def apply(run: dict[str, Any] | None, event: Mapping[str, Any]) -> dict[str, Any
     run = dict(run)
     run["version"] = event["version"]
     if kind == RUN_STATUS_CHANGED:
-        at, target = event["occurred_at"], event["to_status"]
-        run["status"] = target
+        _moved(run, event)
         run["status_meta"] = status_meta(event.get("data"))
-        run["updated_by"] = event.get("actor_id")
-        run["updated_at"] = at
-        if stamps_started(target) and run["started_at"] is None:
-            run["started_at"] = at
-        if stamps_ended(target):
-            run["ended_at"] = at
     elif kind == STAGE_RUN_STATUS_CHANGED:
         run["stage_runs"] = [_stage_changed(s, event) for s in run["stage_runs"]]
     return run
@@ -267,16 +260,21 @@ def _created(event: Mapping[str, Any]) -> dict[str, Any]:
 def _stage_changed(stage_run: dict[str, Any], event: Mapping[str, Any]) -> dict[str, Any]:
     if str(stage_run["id"]) != (event.get("data") or {}).get("stage_run_id"):
         return stage_run
-    at, target = event["occurred_at"], event["to_status"]
     stage_run = dict(stage_run)
-    stage_run["status"] = target
-    stage_run["updated_by"] = event.get("actor_id")
-    stage_run["updated_at"] = at
-    if stamps_started(target) and stage_run["started_at"] is None:
-        stage_run["started_at"] = at
-    if stamps_ended(target):
-        stage_run["ended_at"] = at
+    _moved(stage_run, event)
     return stage_run
+
+
+def _moved(item: dict[str, Any], event: Mapping[str, Any]) -> None:
+    """A status change of a run or a stage run: the same stamps for both."""
+    at, target = event["occurred_at"], event["to_status"]
+    item["status"] = target
+    item["updated_by"] = event.get("actor_id")
+    item["updated_at"] = at
+    if stamps_started(target) and item["started_at"] is None:
+        item["started_at"] = at
+    if stamps_ended(target):
+        item["ended_at"] = at
 
 
 def _uuid(value):

@@ -4,16 +4,35 @@ from __future__ import annotations
 import asyncio
 
 from aiohttp import web
+from aiohttp_apispec import docs
+from marshmallow import Schema, fields
 
 from ..http.envelope import envelope
 from ..http.keys import CONFIG, POOL
 from ..store import meta
+from .schemas import Envelope
 
 
+class Health(Schema):
+    status = fields.String()
+
+
+HealthEnvelope = type("HealthEnvelope", (Envelope,), {"content": fields.Nested(Health)})
+
+
+def _documented(summary: str):
+    return docs(tags=["Health"], summary=summary, security=[], responses={
+        200: {"schema": HealthEnvelope, "description": "OK"},
+        503: {"schema": HealthEnvelope, "description": "Database unavailable"},
+    })
+
+
+@_documented("Liveness: 200 while the process runs")
 async def live(request: web.Request) -> web.Response:
     return envelope({"status": "live"})
 
 
+@_documented("Readiness: 200 when the database answers SELECT 1, else 503")
 async def ready(request: web.Request) -> web.Response:
     timeout = request.app[CONFIG].pool_acquire_timeout
     try:
