@@ -11,7 +11,7 @@ venv install: $(STAMP)
 # Re-install only when pyproject.toml is newer than the stamp.
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -e '.[test,fast]'
 	touch $(STAMP)
 
 # Embedded PostgreSQL when DATABASE_URL is unset; prints a dev token and serves.
@@ -21,8 +21,12 @@ run: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
+# Service vs a lean reference (bench/run.py); e.g. make bench BENCH_ARGS="--workers 1,2".
+# Then the service at scale (bench/scale.py): 1M runs seeded, list latency, replay rate;
+# e.g. make bench SCALE_ARGS="--runs 100000".
 bench: $(STAMP)
-	@if [ -f bench/run.py ]; then $(PY) bench/run.py; else echo "no benchmark yet"; fi
+	$(PY) bench/run.py $(BENCH_ARGS)
+	$(PY) bench/scale.py $(SCALE_ARGS)
 
 migrate: $(STAMP)
 	$(PY) -m service migrate

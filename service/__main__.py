@@ -10,12 +10,13 @@ import time
 from typing import Iterator
 
 import asyncpg
-from aiohttp import web
 
+from . import runtime
 from .app import create_app
 from .config import Config
 from .db import init_connection as _init
 from .db import redact_dsn
+from .logs import setup_logging
 from .store import meta
 from .store import tokens as token_store
 
@@ -93,8 +94,12 @@ def cmd_replay(config: Config, args) -> int:
     with database(config) as cfg:
         report = asyncio.run(_with_conn(cfg.database_url, _migrated(replay)))
     print(f"replayed {report.events} events of {report.runs} runs in {report.seconds:.2f}s "
-          f"({report.rate:,.0f} events/s); repaired {report.repaired} drifted rows, "
-          f"re-checked {report.caught_up} runs under the write lock")
+          f"({report.rate:,.0f} events/s); repaired {report.repaired} drifted rows and "
+          f"{report.counters_repaired} counters, re-checked {report.caught_up} runs under the "
+          f"write lock")
+    if report.version_drifts:
+        print(f"{report.version_drifts} runs have non-consecutive event versions: "
+              f"see `python -m service verify`")
     return 0
 
 
@@ -108,9 +113,36 @@ def cmd_verify(config: Config, args) -> int:
     for drift in result.drifts:
         enterprise_id, run_id = drift.run_key
         print(f"DRIFT run {run_id} (enterprise {enterprise_id}): {', '.join(drift.fields)}")
+    for enterprise_id, run_id in result.version_drifts:
+        print(f"DRIFT run {run_id} (enterprise {enterprise_id}): event versions not consecutive")
+    for c in result.counter_drifts:
+        enterprise_id, pipeline_id, status = c.key
+        print(f"DRIFT run_counts {pipeline_id} {status} (enterprise {enterprise_id}): "
+              f"{c.actual}, the events give {c.expected}")
     print(f"verified {result.events} events of {result.runs} runs in {seconds:.2f}s: "
-          f"{len(result.drifts)} drifted")
-    return 1 if result.drifts else 0
+          f"{len(result.drifts)} drifted, {len(result.counter_drifts)} counters drifted, "
+          f"{len(result.version_drifts)} with non-consecutive versions")
+    return 0 if result.clean else 1
+
+
+def cmd_seed(config: Config, args) -> int:
+    from .seed import seed
+
+    def progress(report) -> None:
+        print(f"  {report.runs:,} runs, {report.events:,} events in {report.seconds:.1f}s "
+              f"({report.rate:,.0f} runs/s)", flush=True)
+
+    async def work(conn):
+        return await seed(conn, args.enterprise, args.pipelines, args.runs, days=args.days,
+                          seed=args.seed, batch=args.batch, progress=progress)
+
+    with database(config) as cfg:
+        report = asyncio.run(_with_conn(cfg.database_url, _migrated(work)))
+    print(f"seeded enterprise {report.enterprise_id}: {report.pipelines} pipelines, "
+          f"{report.runs:,} runs ({report.live_runs:,} live, {report.stage_runs:,} stage runs), "
+          f"{report.events:,} events in {report.seconds:.1f}s ({report.rate:,.0f} runs/s)")
+    print("outcomes: " + ", ".join(f"{k} {v:,}" for k, v in report.outcomes.items()))
+    return 0
 
 
 def _migrated(work):
@@ -122,16 +154,18 @@ def _migrated(work):
     return run
 
 
-def _serve(cfg: Config, host: str, port: int) -> None:
+def _serve(cfg: Config, host: str, port: int, workers: int | None = None) -> int:
     asyncio.run(_with_conn(cfg.database_url, meta.migrate))
-    web.run_app(create_app(cfg), host=host, port=port, print=None,
-                access_log=None, shutdown_timeout=10)
+    # One access line per request comes from http/observe.py, not aiohttp's access logger.
+    # runtime: uvloop when installed; with workers > 1, N processes on the one port.
+    cfg = cfg.with_(host=host, port=port, workers=workers or cfg.workers)
+    return runtime.serve(create_app, cfg)
 
 
 def cmd_serve(config: Config, args) -> int:
     with database(config) as cfg:
-        _serve(cfg, args.host or cfg.host, args.port or cfg.port)
-    return 0
+        port = cfg.port if args.port is None else args.port
+        return _serve(cfg, args.host or cfg.host, port, args.workers)
 
 
 def cmd_dev(config: Config, args) -> int:
@@ -148,8 +182,7 @@ def cmd_dev(config: Config, args) -> int:
         print(f"Dev token: {token}", flush=True)
         print(f"Try: curl -s -H 'Authorization: Bearer {token}' {base}/runs/", flush=True)
         print(f"API docs: http://{host}:{port}/api/docs", flush=True)
-        _serve(cfg, host, port)
-    return 0
+        return _serve(cfg, host, port, args.workers)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -160,6 +193,8 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_)
         p.add_argument("--host")
         p.add_argument("--port", type=int)
+        p.add_argument("--workers", type=int,
+                       help="processes serving the port (SO_REUSEPORT); default WORKERS or 1")
         p.set_defaults(func=func)
     sub.add_parser("migrate", help="apply schema.sql").set_defaults(func=cmd_migrate)
     p = sub.add_parser("create-token", help="create an API token (printed as the last line)")
@@ -173,6 +208,14 @@ def build_parser() -> argparse.ArgumentParser:
         func=cmd_replay)
     sub.add_parser("verify", help="check the projection against run_events").set_defaults(
         func=cmd_verify)
+    p = sub.add_parser("seed", help="bulk-generate runs with full event histories (COPY)")
+    p.add_argument("--enterprise", required=True)
+    p.add_argument("--pipelines", type=int, default=10, help="new pipelines to create")
+    p.add_argument("--runs", type=int, default=1000, help="runs spread over them")
+    p.add_argument("--days", type=float, default=30.0, help="runs start over the last DAYS")
+    p.add_argument("--seed", type=int, default=0, help="random seed (same seed, same data)")
+    p.add_argument("--batch", type=int, default=5000, help="runs per COPY transaction")
+    p.set_defaults(func=cmd_seed)
     p = sub.add_parser("revoke-token", help="revoke a token by id")
     p.add_argument("id", type=int)
     p.set_defaults(func=cmd_revoke_token)
@@ -182,8 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     config = Config.from_env()
-    logging.basicConfig(level=config.log_level, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    setup_logging(config)
     return args.func(config, args)
 
 

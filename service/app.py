@@ -15,9 +15,14 @@ from .api import events, health, pipelines, runs, stage_runs
 from .config import Config
 from .http.auth import auth_middleware
 from .feedwait import FeedWaiters
-from .http.keys import CONFIG, FEED_WAITERS, POOL, TOKEN_CACHE
+from .groupcommit import GroupCommit
+from .http.keys import (CONFIG, FEED_WAITERS, GROUP_COMMIT, METRICS, METRICS_RUNNER, POOL,
+                        TOKEN_CACHE)
 from .http.middleware import error_middleware
+from .http.observe import observe_middleware
 from .http.validation import validation_middleware
+from .metrics import Metrics, metrics_app
+from .metrics import handler as metrics_handler
 from .store import meta
 from .sweeper import run_forever
 
@@ -40,8 +45,14 @@ class _CanonicalApiSpec(AiohttpApiSpec):
 
     def _register_route(self, route, method, view):
         path = route.resource.canonical if route.resource else ""
-        if path.startswith(CANONICAL_MOUNT + "/") and path.endswith("/"):
-            super()._register_route(route, method, view)
+        canonical = path.startswith(CANONICAL_MOUNT + "/") and path.endswith("/")
+        if (canonical or path.startswith("/health/")) and hasattr(view, "__apispec__"):
+            # The library pops and extends the handler's own declaration; hand it a copy so
+            # every app built in this process (tests build many) documents the same thing.
+            data = view.__apispec__
+            declared = {**data, "schemas": list(data["schemas"]),
+                        "parameters": list(data["parameters"]), "responses": dict(data["responses"])}
+            self._update_paths(declared, method, self.prefix + path)
 
 
 async def _pool_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -52,10 +63,14 @@ async def _pool_ctx(app: web.Application) -> AsyncIterator[None]:
         async with pool.acquire() as conn:
             await meta.ping(conn)
         app[POOL] = pool
-        waiters = FeedWaiters(config.database_url)
+        app[METRICS].pool = pool
+        app[GROUP_COMMIT] = (GroupCommit(pool, config.pool_acquire_timeout)
+                             if config.group_commit else None)
+        waiters = FeedWaiters(config.database_url, config.db_connect_timeout)
         await waiters.start()
         app[FEED_WAITERS] = waiters
-        sweeper = asyncio.create_task(run_forever(pool, config.timeout_sweep_seconds))
+        sweeper = asyncio.create_task(run_forever(pool, config.timeout_sweep_seconds,
+                                                   app[METRICS]))
         try:
             yield
         finally:
@@ -64,17 +79,68 @@ async def _pool_ctx(app: web.Application) -> AsyncIterator[None]:
                 await sweeper
             await waiters.stop()
     finally:
-        await pool.close()
+        await db.close_pool(pool, config.pool_acquire_timeout)
+
+
+async def _wake_long_polls(app: web.Application) -> None:
+    """on_shutdown (after the listening sockets closed): long-polls answer now, not at wait."""
+    waiters = app.get(FEED_WAITERS)
+    if waiters is not None:
+        waiters.wake_all()
+
+
+async def _metrics_server_ctx(app: web.Application) -> AsyncIterator[None]:
+    """METRICS_PORT set: /metrics is served there (and not on the API port)."""
+    config = app[CONFIG]
+    runner = web.AppRunner(metrics_app(app[METRICS]), access_log=None)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, config.host, config.metrics_port).start()
+        app[METRICS_RUNNER] = runner
+        log.info("metrics on http://%s:%d/metrics", config.host, runner.addresses[0][1])
+        yield
+    finally:
+        await runner.cleanup()
 
 
 def _add_routes(app: web.Application) -> None:
     for method, path, handler in health.routes:
         app.router.add_route(method, path, handler)
+    # One resource per path with all its methods, and the run routes first: the router
+    # tries a prefix's resources in order (a regex each), so the hot paths match early.
+    methods: dict[str, list] = {}
+    for method, path, handler in (*runs.routes, *RESOURCE_ROUTES):
+        if (method, handler) not in methods.setdefault(path, []):
+            methods[path].append((method, handler))
     for mount in MOUNTS:
-        for method, path, handler in RESOURCE_ROUTES:
-            full = mount + path
-            app.router.add_route(method, full, handler)
-            app.router.add_route(method, full.rstrip("/"), handler)
+        for path, routes in methods.items():
+            for variant in (mount + path, (mount + path).rstrip("/")):
+                resource = app.router.add_resource(variant)
+                for method, handler in routes:
+                    resource.add_route(method, handler)
+
+
+def _openapi3_only(document: dict) -> dict:
+    """Turn the Swagger 2 leftovers of aiohttp-apispec into OpenAPI 3.
+
+    It adds `produces` to every operation and documents JSON bodies as `in: body`
+    parameters; OpenAPI 3 wants a requestBody instead.
+    """
+    schemas = document.get("components", {}).get("schemas", {})
+    for operations in document.get("paths", {}).values():
+        for operation in operations.values():
+            if not isinstance(operation, dict):
+                continue
+            operation.pop("produces", None)
+            params = operation.get("parameters", [])
+            for body in [p for p in params if p.get("in") == "body"]:
+                params.remove(body)
+                name = body["schema"].get("$ref", "").rsplit("/", 1)[-1]
+                operation["requestBody"] = {
+                    "required": bool(schemas.get(name, {}).get("required")),
+                    "content": {"application/json": {"schema": body["schema"]}},
+                }
+    return document
 
 
 def _setup_openapi(app: web.Application) -> None:
@@ -91,19 +157,27 @@ def _register_openapi(app: web.Application) -> None:
         info={"description": API_DESCRIPTION},
     )
     spec.spec.components.security_scheme("SCAPIAuthToken", {"type": "http", "scheme": "bearer"})
-    app["swagger_dict"] = spec.swagger_dict()
+    app["swagger_dict"] = _openapi3_only(spec.swagger_dict())
 
 
 def create_app(config: Config) -> web.Application:
     if not config.database_url:
         raise ValueError("config.database_url is required (the CLI starts embedded PostgreSQL)")
+    metrics = Metrics()
     app = web.Application(
-        middlewares=[error_middleware, auth_middleware, validation_middleware],
+        middlewares=[observe_middleware(metrics), error_middleware, auth_middleware,
+                     validation_middleware],
         client_max_size=config.max_body_bytes,
     )
     app[CONFIG] = config
+    app[METRICS] = metrics
     app[TOKEN_CACHE] = {}
     _add_routes(app)
     _setup_openapi(app)
     app.cleanup_ctx.append(_pool_ctx)
+    app.on_shutdown.append(_wake_long_polls)
+    if config.metrics_port is None:
+        app.router.add_get("/metrics", metrics_handler(metrics))
+    else:
+        app.cleanup_ctx.append(_metrics_server_ctx)
     return app

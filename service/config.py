@@ -11,6 +11,18 @@ def _int(env: Mapping[str, str], name: str, default: int) -> int:
     return default if raw in (None, "") else int(raw)
 
 
+def _optional_int(env: Mapping[str, str], name: str) -> int | None:
+    raw = env.get(name)
+    return None if raw in (None, "") else int(raw)
+
+
+def _choice(env: Mapping[str, str], name: str, default: str, choices: tuple[str, ...]) -> str:
+    value = (env.get(name) or default).lower()
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(choices)}, not {value!r}")
+    return value
+
+
 def _float(env: Mapping[str, str], name: str, default: float) -> float:
     raw = env.get(name)
     return default if raw in (None, "") else float(raw)
@@ -23,13 +35,20 @@ class Config:
     port: int = 8080
     data_dir: str = ".data"
     log_level: str = "INFO"
+    log_format: str = "json"  # one JSON object per line; "text" for humans
+    metrics_port: int | None = None  # None: /metrics on the API port; else only on this one
     pool_min: int = 2
     pool_max: int = 10
     pool_acquire_timeout: float = 5.0
+    db_connect_timeout: float = 5.0  # asyncpg's own default is 60 s
     statement_timeout_ms: int = 5000
+    shutdown_timeout: float = 10.0  # SIGTERM: how long in-flight requests may finish
     token_cache_seconds: float = 2.0
     timeout_sweep_seconds: float = 60.0
     max_body_bytes: int = 1024 * 1024
+    event_loop: str = "auto"  # uvloop when installed (the `fast` extra); or uvloop / asyncio
+    workers: int = 1  # serve: processes sharing the port (SO_REUSEPORT)
+    group_commit: bool = True  # concurrent simple status changes share a commit (groupcommit.py)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Config":
@@ -40,12 +59,19 @@ class Config:
             port=_int(env, "PORT", 8080),
             data_dir=env.get("DATA_DIR") or ".data",
             log_level=env.get("LOG_LEVEL") or "INFO",
+            log_format=_choice(env, "LOG_FORMAT", "json", ("json", "text")),
+            metrics_port=_optional_int(env, "METRICS_PORT"),
             pool_min=_int(env, "DB_POOL_MIN", 2),
             pool_max=_int(env, "DB_POOL_MAX", 10),
             pool_acquire_timeout=_float(env, "DB_ACQUIRE_TIMEOUT", 5.0),
+            db_connect_timeout=_float(env, "DB_CONNECT_TIMEOUT", 5.0),
+            shutdown_timeout=_float(env, "SHUTDOWN_TIMEOUT", 10.0),
             statement_timeout_ms=_int(env, "DB_STATEMENT_TIMEOUT_MS", 5000),
             token_cache_seconds=_float(env, "TOKEN_CACHE_SECONDS", 2.0),
             timeout_sweep_seconds=_float(env, "TIMEOUT_SWEEP_SECONDS", 60.0),
+            event_loop=_choice(env, "EVENT_LOOP", "auto", ("auto", "uvloop", "asyncio")),
+            workers=_int(env, "WORKERS", 1),
+            group_commit=_choice(env, "GROUP_COMMIT", "on", ("on", "off")) == "on",
         )
 
     def with_(self, **changes) -> "Config":

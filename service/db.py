@@ -1,8 +1,10 @@
 """asyncpg pool lifecycle and connection setup."""
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import weakref
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
@@ -25,7 +27,19 @@ def _encode_jsonb(value) -> bytes:
     return b"\x01" + json.dumps(value).encode()  # binary jsonb: version byte 1, then text
 
 
+try:  # the `fast` extra: replay/verify decode a jsonb value per run, millions of them
+    from orjson import JSONDecodeError as _FastError
+    from orjson import loads as _fast_loads
+except ImportError:  # pragma: no cover - orjson is optional
+    _fast_loads = None
+
+
 def _decode_jsonb(data: bytes):
+    if _fast_loads is not None:
+        try:
+            return _fast_loads(data[1:])
+        except _FastError:  # e.g. an integer past 64 bits: the standard library has no limit
+            pass
     return json.loads(data[1:])
 
 
@@ -36,15 +50,53 @@ async def init_connection(conn: asyncpg.Connection) -> None:
                               schema="pg_catalog", format="binary")
 
 
+# Pooled connections that took session state (a session advisory lock): see keeps_session_state.
+_SESSION_STATE: weakref.WeakSet[asyncpg.Connection] = weakref.WeakSet()
+
+
+def keeps_session_state(conn) -> None:
+    """Mark a pooled connection that took session state: released, it gets asyncpg's full reset.
+
+    asyncpg resets every connection it takes back (pg_advisory_unlock_all, CLOSE ALL,
+    UNLISTEN *, RESET ALL): one more round trip per request. Request handlers leave no
+    session state behind (transaction-scoped locks only, no SET, LISTEN or open cursors), so
+    the pool skips it, except for connections marked here (the sweeper's session lock).
+    """
+    _SESSION_STATE.add(getattr(conn, "_con", None) or conn)  # the pool hands out proxies
+
+
+async def _reset_connection(conn: asyncpg.Connection) -> None:
+    # The pool has already rolled back an open transaction and dropped listeners.
+    if conn in _SESSION_STATE:
+        _SESSION_STATE.discard(conn)
+        await conn.execute(conn.get_reset_query())
+
+
 async def create_pool(config: Config, dsn: str) -> asyncpg.Pool:
     return await asyncpg.create_pool(
         dsn,
         min_size=config.pool_min,
         max_size=config.pool_max,
         init=init_connection,
+        reset=_reset_connection,
+        # Every wait on the database is bounded: connecting (DB_CONNECT_TIMEOUT, else
+        # asyncpg waits 60 s for a server that accepts TCP but never answers), acquiring
+        # (DB_ACQUIRE_TIMEOUT, at the call sites), each statement (statement_timeout on
+        # the server, lock waits included) and, should the server not answer at all, on
+        # the client one second later (command_timeout).
+        timeout=config.db_connect_timeout,
         command_timeout=config.statement_timeout_ms / 1000 + 1,
         server_settings={
             "statement_timeout": str(config.statement_timeout_ms),
             "application_name": "pipeline-runs",
         },
     )
+
+
+async def close_pool(pool: asyncpg.Pool, timeout: float) -> None:
+    """Close gracefully; a database that does not answer the goodbye gets its sockets cut."""
+    try:
+        await asyncio.wait_for(pool.close(), timeout)
+    except (asyncio.TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        log.warning("closing the pool failed (%s); terminating it", type(exc).__name__)
+        pool.terminate()

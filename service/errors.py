@@ -46,6 +46,11 @@ class PreconditionFailed(DomainError):
     default_message = "the resource has changed since the version given in If-Match"
 
 
+class Unprocessable(DomainError):
+    status = 422
+    default_message = "the request cannot be processed as sent"
+
+
 class UnsupportedMediaType(DomainError):
     status = 415
     default_message = "request body must be application/json"

@@ -6,6 +6,7 @@ ask `plan_*` which events a change produces (cascades and derived outcomes inclu
 """
 from __future__ import annotations
 
+import functools
 import uuid
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -213,8 +214,32 @@ def apply(run: dict[str, Any] | None, event: Mapping[str, Any]) -> dict[str, Any
         _moved(run, event)
         run["status_meta"] = status_meta(event.get("data"))
     elif kind == STAGE_RUN_STATUS_CHANGED:
-        run["stage_runs"] = [_stage_changed(s, event) for s in run["stage_runs"]]
+        named = _names_stage_run((event.get("data") or {}).get("stage_run_id"))
+        run["stage_runs"] = [_stage_changed(s, event) if named(s["id"]) else s
+                             for s in run["stage_runs"]]
     return run
+
+
+def _names_stage_run(wanted: Any):
+    """Whether a stage run id is the one an event names (its str() equals the event's text).
+
+    Replay and the seeder fold millions of these: UUID ids are compared as UUIDs (a stage
+    run's events name it a few times, so the parse is cached) instead of formatting every
+    stage run's id for every event.
+    """
+    parsed = _canonical_uuid(wanted) if isinstance(wanted, str) else None
+    if parsed is None:  # not a UUID's canonical text: compare as text
+        return lambda value: str(value) == wanted
+    return lambda value: value == parsed if type(value) is uuid.UUID else str(value) == wanted
+
+
+@functools.lru_cache(maxsize=4096)
+def _canonical_uuid(text: str) -> uuid.UUID | None:
+    try:
+        parsed = uuid.UUID(text)
+    except ValueError:
+        return None
+    return parsed if str(parsed) == text else None
 
 
 def _created(event: Mapping[str, Any]) -> dict[str, Any]:
@@ -258,8 +283,6 @@ def _created(event: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _stage_changed(stage_run: dict[str, Any], event: Mapping[str, Any]) -> dict[str, Any]:
-    if str(stage_run["id"]) != (event.get("data") or {}).get("stage_run_id"):
-        return stage_run
     stage_run = dict(stage_run)
     _moved(stage_run, event)
     return stage_run

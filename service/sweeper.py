@@ -16,63 +16,91 @@ import asyncpg
 
 from . import lifecycle
 from .errors import Conflict, NotFound
-from .store import runs, stage_runs, timeouts
+from .metrics import Metrics
+from .store import idempotency, partitions, runs, stage_runs, timeouts
+from .store.appended import appended_events
 
 log = logging.getLogger(__name__)
 
 BATCH = 200
 
 
-async def sweep_once(pool: asyncpg.Pool) -> int | None:
+async def sweep_once(pool: asyncpg.Pool, metrics: Metrics | None = None) -> int | None:
     """One sweep; the number of runs and stage runs timed out, None if another process swept."""
     async with pool.acquire() as conn:
         if not await timeouts.try_lock(conn):
             return None
         try:
-            return await _sweep_runs(conn) + await _sweep_stage_runs(conn)
+            runs_moved = await _sweep_runs(conn, metrics)
+            stage_runs_moved = await _sweep_stage_runs(conn, metrics)
+            await idempotency.purge_expired(conn)  # Idempotency-Keys older than 24 h
+            await _ensure_partitions(conn)
         finally:
             await timeouts.unlock(conn)
+    if metrics is not None:
+        metrics.sweeps += 1
+        metrics.timed_out["run"] += runs_moved
+        metrics.timed_out["stage_run"] += stage_runs_moved
+    return runs_moved + stage_runs_moved
 
 
-async def _in_batches(fetch, move) -> int:
+async def _ensure_partitions(conn: asyncpg.Connection) -> None:
+    """run_events' partitions for the months ahead (store/partitions.py); never fatal."""
+    try:
+        made = await partitions.ensure_ahead(conn)
+    except (asyncpg.PostgresError, OSError) as exc:  # e.g. lock_timeout: next sweep retries
+        log.warning("run_events partitions not made ahead this time: %s", exc)
+        return
+    if made:
+        log.info("created %d run_events partitions ahead", made)
+
+
+async def _in_batches(fetch, move, metrics: Metrics | None) -> int:
     total = 0
     while True:
         batch = await fetch()
         moved = 0
         for row in batch:
-            with contextlib.suppress(Conflict, NotFound):  # a caller moved it first
-                await move(row)
+            with contextlib.suppress(Conflict, NotFound), appended_events() as appended:
+                await move(row)  # its own transaction: committed when it returns
                 moved += 1
+                if metrics is not None:
+                    metrics.count_appended(appended)
         total += moved
         if len(batch) < BATCH or moved == 0:  # no progress: never spin on the same rows
             return total
 
 
-async def _sweep_runs(conn: asyncpg.Connection) -> int:
+async def _sweep_runs(conn: asyncpg.Connection, metrics: Metrics | None) -> int:
     return await _in_batches(
         lambda: timeouts.overdue_runs(conn, lifecycle.OPEN_RUN_STATUSES, BATCH),
         lambda row: runs.change_status(
             conn, row["enterprise_id"], row["pipeline_id"], row["id"], "timeout",
-            lifecycle.SYSTEM, None, reason=lifecycle.TIMEOUT_REASON, system=True))
+            lifecycle.SYSTEM, None, reason=lifecycle.TIMEOUT_REASON, system=True),
+        metrics)
 
 
-async def _sweep_stage_runs(conn: asyncpg.Connection) -> int:
+async def _sweep_stage_runs(conn: asyncpg.Connection, metrics: Metrics | None) -> int:
     return await _in_batches(
         lambda: timeouts.overdue_stage_runs(conn, BATCH),
         lambda row: stage_runs.change_status(
             conn, row["enterprise_id"], row["run_id"], row["id"], "timeout",
-            lifecycle.SYSTEM, None, system=True, reason=lifecycle.TIMEOUT_REASON))
+            lifecycle.SYSTEM, None, system=True, reason=lifecycle.TIMEOUT_REASON),
+        metrics)
 
 
-async def run_forever(pool: asyncpg.Pool, every_seconds: float) -> None:
+async def run_forever(pool: asyncpg.Pool, every_seconds: float,
+                      metrics: Metrics | None = None) -> None:
     """The background task: sweep, sleep, repeat; a failed sweep is logged and retried."""
     while True:
         try:
-            moved = await sweep_once(pool)
+            moved = await sweep_once(pool, metrics)
             if moved:
                 log.info("timed out %d runs and stage runs", moved)
         except asyncio.CancelledError:
             raise
         except Exception:
+            if metrics is not None:
+                metrics.sweep_failures += 1
             log.exception("timeout sweep failed; retrying in %.0fs", every_seconds)
         await asyncio.sleep(every_seconds)

@@ -209,7 +209,8 @@ async def test_pipeline_name_filter_and_combined_filters(api):
     assert [r["id"] for r in both["results"]] == [
         r["id"] for r in runs if (r["pipeline_name"], r["status"]) == ("alpha", "running")]
     none = await api.get("/runs/?pipeline_name=gamma")
-    assert none == {"count": 0, "next": None, "previous": None, "results": []}
+    assert none == {"count": 0, "count_exact": True, "next": None, "previous": None,
+                    "next_cursor": None, "results": []}
 
 
 @pytest.mark.parametrize("query,field", [

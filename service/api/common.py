@@ -1,6 +1,7 @@
 """What every resource module shares: the operation decorator, paging, request context."""
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from typing import Any, AsyncIterator, Callable
 
@@ -10,6 +11,7 @@ from aiohttp_apispec import docs, json_schema, match_info_schema, querystring_sc
 
 from ..http.auth import requires
 from ..http.envelope import envelope
+from ..http.idempotency import HEADER_DOC, TX_CONNECTION, idempotent as _idempotent
 from ..http.keys import CONFIG, PARSED, POOL, PRINCIPAL, REQUEST_ID, Principal
 from ..store.errors import translated
 from . import schemas
@@ -22,6 +24,7 @@ _ERRORS = {
     409: "Illegal status change: content names the current and requested status",
     412: "If-Match does not match the run's current version",
     413: "Request body larger than 1 MiB",
+    422: "Idempotency-Key already used for a different request",
     500: "Unexpected failure (logged with the request id)",
     503: "Database unavailable; retry",
 }
@@ -30,8 +33,14 @@ _COMMON = (400, 401, 403, 404, 500, 503)
 
 def operation(*, scope: str, summary: str, tag: str, response: type, path: type | None = None,
               query: type | None = None, body: type | None = None, errors: tuple[int, ...] = (),
-              description: str | None = None, headers: list[dict] | None = None) -> Callable:
-    """Document, validate and protect one handler in a single declaration."""
+              description: str | None = None, headers: list[dict] | None = None,
+              idempotent: bool = False) -> Callable:
+    """Document, validate and protect one handler in a single declaration.
+
+    idempotent: the handler honours an Idempotency-Key header (http/idempotency.py).
+    """
+    if idempotent:
+        headers, errors = [*(headers or []), HEADER_DOC], (*errors, 422)
     responses: dict[int | str, dict[str, Any]] = {
         200: {"schema": response, "description": "Success"},
     }
@@ -39,6 +48,8 @@ def operation(*, scope: str, summary: str, tag: str, response: type, path: type 
         responses[code] = {"schema": schemas.ErrorEnvelope, "description": _ERRORS[code]}
 
     def wrap(handler):
+        if idempotent:
+            handler = _idempotent(handler)
         handler = requires(scope)(handler)
         handler = docs(tags=[tag], summary=summary, description=description or summary,
                        security=[{"SCAPIAuthToken": []}], responses=responses,
@@ -92,8 +103,26 @@ def page(request: web.Request, total: int, items: list, limit: int, offset: int,
 
 @contextlib.asynccontextmanager
 async def connection(request: web.Request) -> AsyncIterator[asyncpg.Connection]:
-    """A pooled connection; a database that does not answer becomes a 503."""
+    """A pooled connection; a database that does not answer becomes a 503.
+
+    Under an Idempotency-Key: the request's own connection, inside its transaction.
+    """
     config = request.app[CONFIG]
+    shared = request.get(TX_CONNECTION)
     with translated():
-        async with request.app[POOL].acquire(timeout=config.pool_acquire_timeout) as conn:
+        if shared is not None:
+            yield shared
+            return
+        # asyncio.timeout, not acquire(timeout=): that one costs a task per request.
+        pool = request.app[POOL]
+        async with asyncio.timeout(config.pool_acquire_timeout):
+            conn = await pool.acquire()
+        try:
             yield conn
+        except asyncio.TimeoutError:
+            # command_timeout: the server stopped answering. Drop the connection rather than
+            # have release() wait up to command_timeout again for the query's cancellation.
+            conn.terminate()
+            raise
+        finally:
+            await pool.release(conn)

@@ -44,7 +44,7 @@ async def feed(request: web.Request) -> web.Response:
                     pipeline_id=q.get("pipeline_id"), run_id=q.get("run_id"), type_=q.get("type"),
                     actor=q.get("actor"), since=q.get("since"), until=q.get("until"))
             remaining = deadline - time.monotonic()
-            if results or remaining <= 0:
+            if results or remaining <= 0 or waiters.closing:  # closing: shutting down
                 break
             await waiters.wait(woken, remaining)
     next_after = results[-1]["position"] if results else q["after"]

@@ -24,7 +24,7 @@ async def list_pipelines(request: web.Request) -> web.Response:
 
 
 @operation(scope=WRITE, tag=PIPELINES, summary="Create a pipeline (optionally with its stages)",
-           body=s.PipelinePost, response=s.PipelineEnvelope)
+           body=s.PipelinePost, response=s.PipelineEnvelope, idempotent=True)
 async def create_pipeline(request: web.Request) -> web.Response:
     who = principal(request)
     async with connection(request) as conn:
@@ -72,7 +72,7 @@ async def list_stages(request: web.Request) -> web.Response:
 
 
 @operation(scope=WRITE, tag=STAGES, summary="Add a stage at the end of a pipeline",
-           path=s.PipelinePath, body=s.StagePost, response=s.StageEnvelope)
+           path=s.PipelinePath, body=s.StagePost, response=s.StageEnvelope, idempotent=True)
 async def create_stage(request: web.Request) -> web.Response:
     who = principal(request)
     async with connection(request) as conn:

@@ -1,19 +1,28 @@
 """Pipeline runs: the seed's /runs/ and /pipelines/{id}/runs/ resources."""
 from __future__ import annotations
 
+import re
+
 from aiohttp import web
 
+from .. import lifecycle
 from ..errors import BadRequest
 from ..http.envelope import envelope
 from ..http.auth import require_scope
 from ..store import events as event_store
+from ..http.idempotency import TX_CONNECTION
+from ..http.keys import GROUP_COMMIT
 from ..store import runs as store
+from ..store.errors import translated
 from . import schemas as s
-from .common import body, connection, operation, page, path, principal, query, request_id
+from .common import body, connection, operation, path, principal, query, request_id
 
 READ, WRITE = "runs:read", "runs:write"
 TAG = "Pipeline Runs"
-IF_MATCH = [{"in": "header", "name": "If-Match", "required": False, "schema": {"type": "string"},
+IF_MATCH_PATTERN = r'^\s*(\*|(W/)?"?[0-9]{1,9}"?)\s*$'
+_IF_MATCH = re.compile(IF_MATCH_PATTERN, re.ASCII)
+IF_MATCH = [{"in": "header", "name": "If-Match", "required": False,
+             "schema": {"type": "string", "pattern": IF_MATCH_PATTERN},
              "description": 'Only act if the run is still at this version (its ETag, e.g. "3")'}]
 
 
@@ -22,41 +31,74 @@ def _with_etag(run: dict, message: str = "OK") -> web.Response:
 
 
 def _if_match(request: web.Request) -> int | None:
+    """The version an If-Match header names; None when absent or `*`."""
     raw = request.headers.get("If-Match")
-    if raw is None or raw.strip() == "*":
+    if raw is None:
         return None
-    value = raw.strip().removeprefix("W/").strip('"')
-    if not value.isdigit() or len(value) > 9:
+    if not _IF_MATCH.match(raw):
         raise BadRequest("If-Match must be a run version ETag such as \"3\"")
-    return int(value)
+    value = raw.strip().removeprefix("W/").strip('"')
+    return None if value == "*" else int(value)
+
+
+LIST_DESCRIPTION = (
+    "Pages by offset (limit/offset, `next`/`previous` links) or by keyset: pass a page's "
+    "`next_cursor` as `cursor` for the page after it, in constant time at any depth (with "
+    "the same ordering; `next` then carries the cursor). Every ordering reads index ranges "
+    "only, and `count` comes from maintained counters, except with created_/updated_ "
+    "ranges: then it is counted up to 10000 (`count_exact`). Ranges are half-open: "
+    "*_after is inclusive, *_before exclusive.")
+_DATES = ("created_after", "created_before", "updated_after", "updated_before")
+
+
+def _run_page(request: web.Request, result, q: dict) -> web.Response:
+    """The list envelope of run lists: offset links, or cursor links on cursor pages."""
+    limit, offset, url = q["limit"], q["offset"], request.url
+    if q.get("cursor"):
+        following = (str(url.without_query_params("offset").update_query(
+            cursor=result.next_cursor)) if result.next_cursor else None)
+        previous = None
+    else:
+        following = (str(url.update_query(limit=limit, offset=offset + limit))
+                     if result.has_more else None)
+        previous = (str(url.update_query(limit=limit, offset=max(offset - limit, 0)))
+                    if offset > 0 else None)
+    return envelope({"count": result.count, "count_exact": result.count_exact,
+                     "next": following, "previous": previous,
+                     "next_cursor": result.next_cursor, "results": result.items})
 
 
 @operation(scope=READ, tag=TAG, summary="Get all runs of the pipelines in the enterprise",
-           query=s.RunListQuery, response=s.PipelineRunListEnvelope)
+           description=LIST_DESCRIPTION, query=s.RunListQuery,
+           response=s.PipelineRunListEnvelope)
 async def list_enterprise_runs(request: web.Request) -> web.Response:
     q = query(request)
     async with connection(request) as conn:
-        total, items = await store.list_runs(
+        result = await store.list_runs(
             conn, principal(request).enterprise_id, pipeline_id=None, status=q.get("status"),
             pipeline_name=q.get("pipeline_name"), ordering=q.get("ordering"),
-            limit=q["limit"], offset=q["offset"])
-    return page(request, total, items, q["limit"], q["offset"])
+            limit=q["limit"], offset=q["offset"], cursor=q.get("cursor") or None,
+            **{d: q.get(d) for d in _DATES})
+    return _run_page(request, result, q)
 
 
 @operation(scope=READ, tag=TAG, summary="Get all runs of a pipeline",
-           path=s.PipelinePath, query=s.PipelineRunListQuery, response=s.PipelineRunListEnvelope)
+           description=LIST_DESCRIPTION, path=s.PipelinePath, query=s.PipelineRunListQuery,
+           response=s.PipelineRunListEnvelope)
 async def list_pipeline_runs(request: web.Request) -> web.Response:
     q = query(request)
     async with connection(request) as conn:
-        total, items = await store.list_runs(
+        result = await store.list_runs(
             conn, principal(request).enterprise_id, pipeline_id=path(request)["pipeline_id"],
             status=q.get("status"), pipeline_name=None, ordering=q.get("ordering"),
-            limit=q["limit"], offset=q["offset"])
-    return page(request, total, items, q["limit"], q["offset"])
+            limit=q["limit"], offset=q["offset"], cursor=q.get("cursor") or None,
+            **{d: q.get(d) for d in _DATES})
+    return _run_page(request, result, q)
 
 
 @operation(scope=WRITE, tag=TAG, summary="Create a pipeline run (status pending)",
-           path=s.PipelinePath, body=s.PipelineRunPost, response=s.PipelineRunEnvelope)
+           path=s.PipelinePath, body=s.PipelineRunPost, response=s.PipelineRunEnvelope,
+           idempotent=True)
 async def create_run(request: web.Request) -> web.Response:
     who = principal(request)
     async with connection(request) as conn:
@@ -90,11 +132,23 @@ async def get_run(request: web.Request) -> web.Response:
            errors=(409, 412), headers=IF_MATCH)
 async def update_run(request: web.Request) -> web.Response:
     who, p = principal(request), path(request)
-    expected = _if_match(request)
-    async with connection(request) as conn:
-        run = await store.change_status(
-            conn, who.enterprise_id, p["pipeline_id"], p["pipeline_run_id"], body(request)["status"],
+    expected, target = _if_match(request), body(request)["status"]
+
+    def change(conn):
+        return store.change_status(
+            conn, who.enterprise_id, p["pipeline_id"], p["pipeline_run_id"], target,
             who.name, who.token_id, request_id=request_id(request), expected_version=expected)
+
+    # A simple move (one statement) may share its commit with the enterprise's concurrent
+    # ones (groupcommit.py); any other runs on a connection of its own.
+    group = request.app.get(GROUP_COMMIT)
+    if (group is not None and target in lifecycle.SIMPLE_RUN_TARGETS
+            and request.get(TX_CONNECTION) is None):
+        with translated():
+            run = await group.run(who.enterprise_id, p["pipeline_run_id"], change)
+    else:
+        async with connection(request) as conn:
+            run = await change(conn)
     return _with_etag(run, "Updated Pipeline Run")
 
 

@@ -1,7 +1,9 @@
 """Marshmallow schemas: request validation and the OpenAPI document's shapes."""
 from __future__ import annotations
 
-from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate
+from datetime import timezone
+
+from marshmallow import EXCLUDE, RAISE, Schema, ValidationError, fields, validate
 
 from .. import lifecycle
 
@@ -13,12 +15,18 @@ TEXT = validate.Length(max=10_000)
 def _no_nul(value: str) -> None:
     if "\x00" in value:
         raise ValidationError("must not contain NUL characters")
+    try:
+        value.encode()
+    except UnicodeEncodeError:  # a lone surrogate (JSON "\ud800"): not encodable as UTF-8
+        raise ValidationError("must be valid Unicode text") from None
 
 
 class Text(fields.String):
-    """A string without NUL bytes (PostgreSQL text cannot hold them)."""
+    """A string PostgreSQL text can hold: valid Unicode, no NUL characters."""
 
     def __init__(self, *args, **kwargs):
+        # Documented, so generated clients and fuzzers know NUL is refused.
+        kwargs["metadata"] = {"pattern": "^[^\u0000]*$", **kwargs.get("metadata", {})}
         kwargs.setdefault("validate", [])
         if not isinstance(kwargs["validate"], list):
             kwargs["validate"] = [kwargs["validate"]]
@@ -49,6 +57,21 @@ class StrictBool(fields.Boolean):
         if not isinstance(value, bool):
             raise ValidationError("Not a valid boolean.")
         return value
+
+
+class Instant(fields.AwareDateTime):
+    """An RFC 3339 instant with offset that stays in range once moved to UTC.
+
+    (0001-01-01T00:00:00+14:00 is a valid datetime whose UTC value is not.)
+    """
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        instant = super()._deserialize(value, attr, data, **kwargs)
+        try:
+            instant.astimezone(timezone.utc)
+        except OverflowError:
+            raise ValidationError("Not a valid datetime: out of range.") from None
+        return instant
 
 
 def Ordering(choices) -> fields.String:
@@ -85,7 +108,7 @@ class PageQuery(Schema):
 
 
 class PipelineListQuery(PageQuery):
-    name = Text(validate=TEXT, metadata={"description": "Filter by name"})
+    name = Text(validate=NAME, metadata={"description": "Filter by name"})
     default = fields.Boolean(metadata={"description": "Filter by is_default"})
     ordering = Ordering(["name", "-name"])
 
@@ -99,30 +122,49 @@ ENTERPRISE_RUN_ORDERINGS = [*PIPELINE_RUN_ORDERINGS[:4], "pipeline__name", "-pip
 class PipelineRunListQuery(PageQuery):
     status = Status(metadata={"description": "Filter by pipeline run status (any letter case)"})
     ordering = Ordering(PIPELINE_RUN_ORDERINGS)
+    # Keyset paging and date ranges (store/run_lists.py).
+    cursor = fields.String(validate=validate.Length(max=4096), metadata={
+        "description": "Keyset paging: the `next_cursor` of the previous page (same "
+                       "ordering). Answers the runs after that page's last run, however "
+                       "deep, in constant time; offset then counts from there. Opaque; "
+                       "empty means the first page, anything else not made by the service "
+                       "is a 400."})
+    created_after = Instant(metadata={"description": "created_at >= this instant (RFC 3339)"})
+    created_before = Instant(metadata={"description": "created_at < this instant (RFC 3339)"})
+    updated_after = Instant(metadata={"description": "updated_at >= this instant (RFC 3339)"})
+    updated_before = Instant(metadata={"description": "updated_at < this instant (RFC 3339)"})
 
 
 class RunListQuery(PipelineRunListQuery):
-    pipeline_name = Text(validate=TEXT, metadata={"description": "Filter by pipeline name"})
+    pipeline_name = Text(validate=NAME, metadata={"description": "Filter by pipeline name"})
     ordering = Ordering(ENTERPRISE_RUN_ORDERINGS)
 
 
 # --- request bodies --------------------------------------------------------------------
 
-class StagePost(Schema):
+class Body(Schema):
+    """Request bodies ignore fields they do not know (so clients that send more, e.g. a
+    whole Esper object back, keep working); the known ones are validated strictly."""
+
+    class Meta:
+        unknown = EXCLUDE
+
+
+class StagePost(Body):
     name = Text(required=True, validate=NAME)
     description = Text(validate=TEXT)
     timeout_seconds = fields.Integer(strict=True, validate=validate.Range(1, INT32_MAX),
                                      allow_none=True)
 
 
-class StagePut(Schema):
+class StagePut(Body):
     name = Text(validate=NAME)
     description = Text(validate=TEXT)
     timeout_seconds = fields.Integer(strict=True, validate=validate.Range(1, INT32_MAX),
                                      allow_none=True)
 
 
-class PipelinePost(Schema):
+class PipelinePost(Body):
     name = Text(required=True, validate=NAME)
     description = Text(validate=TEXT)
     timeout_seconds = fields.Integer(strict=True, validate=validate.Range(1, INT32_MAX),
@@ -134,7 +176,7 @@ class PipelinePost(Schema):
                          metadata={"description": "Extension: stages created with the pipeline"})
 
 
-class PipelinePut(Schema):
+class PipelinePut(Body):
     name = Text(validate=NAME)
     description = Text(validate=TEXT)
     timeout_seconds = fields.Integer(strict=True, validate=validate.Range(1, INT32_MAX),
@@ -150,7 +192,7 @@ class PipelineRunPost(Schema):
         unknown = EXCLUDE
 
 
-class PipelineRunPut(Schema):
+class PipelineRunPut(Body):
     status = Status(required=True)
 
 
@@ -232,7 +274,21 @@ PipelineListEnvelope = _page_of("Pipeline", Pipeline)
 StageEnvelope = _envelope_of("StageEnvelope", fields.Nested(Stage))
 StageListEnvelope = _page_of("Stage", Stage)
 PipelineRunEnvelope = _envelope_of("PipelineRunEnvelope", fields.Nested(PipelineRun))
-PipelineRunListEnvelope = _page_of("PipelineRun", PipelineRun)
+PipelineRunPage = type("PipelineRunPage", (Schema,), {
+    "count": fields.Integer(metadata={
+        "description": "Runs matching the filters (all pages). With a created_/updated_ "
+                       "range it is counted up to 10000: see count_exact"}),
+    "count_exact": fields.Boolean(metadata={
+        "description": "False when count stopped at 10000 (date-range filters only)"}),
+    "next": fields.Url(allow_none=True, metadata={
+        "description": "The next page: by offset, or by cursor when this page was"}),
+    "previous": fields.Url(allow_none=True, metadata={
+        "description": "The previous page by offset; null on cursor pages"}),
+    "next_cursor": fields.String(allow_none=True, metadata={
+        "description": "Pass as `cursor` for the page after this one; null at the end"}),
+    "results": fields.List(fields.Nested(PipelineRun)),
+})
+PipelineRunListEnvelope = _envelope_of("PipelineRunListEnvelope", fields.Nested(PipelineRunPage))
 
 
 # --- audit: history, as_of, feed -------------------------------------------------------
@@ -241,7 +297,7 @@ class RunGetQuery(Schema):
     class Meta:
         unknown = EXCLUDE
 
-    as_of = fields.AwareDateTime(metadata={
+    as_of = Instant(metadata={
         "description": "RFC 3339 instant: the run exactly as it was then (scope audit:read)"})
 
 
@@ -256,8 +312,8 @@ class FeedQuery(Schema):
     run_id = fields.UUID()
     type = Text(validate=validate.Length(max=100))
     actor = Text(validate=validate.Length(max=255))
-    since = fields.AwareDateTime(metadata={"description": "occurred_at >= since (RFC 3339)"})
-    until = fields.AwareDateTime(metadata={"description": "occurred_at < until (RFC 3339)"})
+    since = Instant(metadata={"description": "occurred_at >= since (RFC 3339)"})
+    until = Instant(metadata={"description": "occurred_at < until (RFC 3339)"})
     wait = fields.Float(load_default=0, validate=validate.Range(0, 30),
                         metadata={"description": "Long-poll: seconds to wait for new events"})
 
@@ -302,7 +358,7 @@ class StageRunListQuery(PageQuery):
                     metadata={"description": "Filter by stage run status (any letter case)"})
 
 
-class StageRunPut(Schema):
+class StageRunPut(Body):
     status = Status(allowed=lifecycle.STAGE_RUN_STATUSES, required=True)
 
 

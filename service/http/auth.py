@@ -1,6 +1,7 @@
 """Bearer-token authentication and scope checks, with a short-lived token cache."""
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Callable
 
@@ -32,9 +33,14 @@ async def _principal(request: web.Request, token: str) -> Principal | None:
     hit = cache.get(key)
     if hit is not None and hit[1] > now:
         return hit[0]
+    timeout = request.app[CONFIG].pool_acquire_timeout  # bounds connecting too: 503, no hang
     with translated():
-        async with request.app[POOL].acquire() as conn:
-            row = await token_store.find_token(conn, token)
+        async with request.app[POOL].acquire(timeout=timeout) as conn:
+            try:
+                row = await token_store.find_token(conn, token)
+            except asyncio.TimeoutError:  # not answering: drop it (see api/common.connection)
+                conn.terminate()
+                raise
     principal = None if row is None else Principal(
         row["id"], row["name"], row["enterprise_id"], frozenset(row["scopes"]))
     if len(cache) > 10_000:

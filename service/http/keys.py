@@ -23,6 +23,9 @@ CONFIG = web.AppKey("config", Config)
 POOL = web.AppKey("pool", asyncpg.Pool)
 TOKEN_CACHE = web.AppKey("token_cache", dict)
 FEED_WAITERS = web.AppKey("feed_waiters", object)  # service.feedwait.FeedWaiters
+GROUP_COMMIT = web.AppKey("group_commit", object)  # service.groupcommit.GroupCommit or None
+METRICS = web.AppKey("metrics", object)  # service.metrics.Metrics
+METRICS_RUNNER = web.AppKey("metrics_runner", web.AppRunner)  # the METRICS_PORT server
 
 PRINCIPAL = web.RequestKey("principal", Principal)
 REQUEST_ID = web.RequestKey("request_id", str)

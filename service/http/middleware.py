@@ -24,7 +24,7 @@ def request_id_of(request: web.Request) -> str:
 
 @web.middleware
 async def error_middleware(request: web.Request, handler) -> web.StreamResponse:
-    request_id = request_id_of(request)
+    request_id = request.get(REQUEST_ID) or request_id_of(request)  # observe.py sets it first
     request[REQUEST_ID] = request_id
     try:
         response = await handler(request)

@@ -1,18 +1,38 @@
 """webargs parser whose failures are domain errors (and so envelopes), not bare 422s."""
 from __future__ import annotations
 
+import json
 from typing import Any, NoReturn
 
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web_protocol import RequestPayloadError
 from webargs.aiohttpparser import AIOHTTPParser, is_json_request
+from webargs.core import missing
 
 from ..errors import BadRequest, NotFound, UnsupportedMediaType
 
 
+def _not_json(constant: str) -> NoReturn:
+    raise ValueError(f"{constant} is not JSON")
+
+
 class Parser(AIOHTTPParser):
     async def load_json(self, req, schema) -> Any:
-        if req.body_exists and not is_json_request(req):
+        """Strict JSON (no NaN/Infinity); every unreadable body is a 4xx, never a 500."""
+        if not req.body_exists:
+            return missing
+        if not is_json_request(req):
             raise UnsupportedMediaType()
-        return await super().load_json(req, schema)
+        try:
+            text = await req.text()
+            return json.loads(text, parse_constant=_not_json) if text else missing
+        # Bad JSON or UTF-8, an int past Python's digit limit (ValueError); deep nesting.
+        except (ValueError, RecursionError):
+            raise BadRequest("malformed JSON body") from None
+        except LookupError:  # Content-Type: application/json; charset=<unknown>
+            raise UnsupportedMediaType("unknown charset in Content-Type") from None
+        except (HttpProcessingError, RequestPayloadError):  # e.g. a gzip body that is not
+            raise BadRequest("malformed request body") from None
 
     def _handle_invalid_json_error(self, error, req, *args, **kwargs) -> NoReturn:
         raise BadRequest("malformed JSON body")

@@ -1,12 +1,32 @@
-"""Validate each request against the schemas its handler declared (via aiohttp-apispec)."""
+"""Validate each request against the schemas its handler declared (via aiohttp-apispec).
+
+Hot path: the common, valid shapes of the hottest requests (ids in the path, no query
+string, a `{"status": ...}` body) are loaded by a fast loader compiled once per schema.
+A fast loader accepts only input the schema would accept, and gives the very result the
+schema would; anything else (every error included) goes through webargs, so the error
+envelopes are webargs' own. tests/test_validation_fastpath.py holds them to that.
+"""
 from __future__ import annotations
 
-from aiohttp import web
+import json
+import uuid
+from typing import Any, Callable
 
+from aiohttp import web
+from aiohttp.web_protocol import RequestPayloadError
+from marshmallow import Schema, ValidationError
+from marshmallow import fields as ma_fields
+from webargs.aiohttpparser import is_json_request
+
+from ..api.schemas import Status
 from .keys import PARSED
 from .parser import Parser
 
 _PARSER = Parser()  # stateless; shared by every app
+_SLOW = object()  # a fast loader's "not mine: let webargs decide"
+
+FastLoader = Callable[[web.Request], Any]
+_LOADERS: dict[int, tuple[Schema, FastLoader | None]] = {}
 
 
 @web.middleware
@@ -15,7 +35,114 @@ async def validation_middleware(request: web.Request, handler) -> web.StreamResp
     # storing results under a typed request key instead of the library's string keys.
     parsed: dict = {}
     for schema in getattr(request.match_info.handler, "__schemas__", ()):
-        parsed[schema["put_into"]] = await _PARSER.parse(
-            schema["schema"], request, location=schema["location"], unknown=None)
+        parsed[schema["put_into"]] = await _load(request, schema["schema"], schema["location"])
     request[PARSED] = parsed
     return await handler(request)
+
+
+async def _load(request: web.Request, schema: Schema, location: str) -> Any:
+    fast = _fast_loader(schema, location)
+    if fast is not None:
+        result = fast(request)
+        if location == "json":
+            result = await result
+        if result is not _SLOW:
+            return result
+    return await _PARSER.parse(schema, request, location=location, unknown=None)
+
+
+def _fast_loader(schema: Schema, location: str) -> FastLoader | None:
+    entry = _LOADERS.get(id(schema))
+    if entry is None or entry[0] is not schema:
+        entry = _LOADERS[id(schema)] = (schema, _compile(schema, location))
+    return entry[1]
+
+
+def _plain(field: ma_fields.Field) -> bool:
+    """No validators, renames or hooks: the field's value is its type's conversion."""
+    return (not field.validators and field.data_key is None and field.attribute is None
+            and not field.load_only and not field.dump_only)
+
+
+def _compile(schema: Schema, location: str) -> FastLoader | None:
+    if any(schema._hooks.values()) or schema.many or schema.partial or schema.only:
+        return None
+    fields = dict(schema.fields)
+    if location == "match_info":
+        return _uuid_path(fields)
+    if location == "querystring":
+        return _empty_query(schema)
+    if location == "json":
+        return _status_body(fields)
+    return None
+
+
+def _uuid_path(fields: dict[str, ma_fields.Field]) -> FastLoader | None:
+    """Path ids: exactly the declared UUID parameters, each one `uuid.UUID` parses."""
+    if not fields or not all(type(f) is ma_fields.UUID and f.required and _plain(f)
+                             for f in fields.values()):
+        return None
+    names = tuple(fields)
+
+    def load(request: web.Request):
+        info = request.match_info
+        if len(info) != len(names):
+            return _SLOW
+        try:
+            # marshmallow's UUID field converts a string with this very call.
+            return {name: uuid.UUID(info[name]) for name in names}
+        except (KeyError, ValueError, TypeError):
+            return _SLOW
+
+    return load
+
+
+def _empty_query(schema: Schema) -> FastLoader | None:
+    """No query string at all: the schema's defaults, computed once (when they are constants)."""
+    if any(callable(f.load_default) for f in schema.fields.values()):
+        return None
+    try:
+        defaults = schema.load({})
+    except ValidationError:  # a required parameter: an empty query is an error, webargs' own
+        return None
+
+    def load(request: web.Request):
+        return _SLOW if request.query_string else dict(defaults)
+
+    return load
+
+
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not JSON")
+
+
+def _status_body(fields: dict[str, ma_fields.Field]) -> FastLoader | None:
+    """A JSON object with exactly the declared, required Status fields, each a known status."""
+    if not fields or not all(type(f) is Status and f.required and not f.allow_none and _plain(f)
+                             for f in fields.values()):
+        return None
+    items = tuple(fields.items())
+
+    async def load(request: web.Request):
+        if not (request.body_exists and is_json_request(request)):
+            return _SLOW
+        try:
+            # As strict as the parser (http/parser.py): no NaN / Infinity constants.
+            body = json.loads(await request.text(), parse_constant=_no_constant)
+        except (ValueError, RecursionError, LookupError, RequestPayloadError):
+            # malformed JSON, text, charset or encoding: webargs words that error
+            return _SLOW
+        if type(body) is not dict or len(body) != len(items):
+            return _SLOW
+        result = {}
+        for name, field in items:
+            value = body.get(name)
+            if type(value) is not str:
+                return _SLOW
+            try:
+                result[name] = field.deserialize(value)
+            except ValidationError:
+                return _SLOW
+        return result
+
+    return load

@@ -13,6 +13,9 @@ import asyncpg
 
 from .. import lifecycle
 from ..errors import Conflict, PreconditionFailed
+from .appended import note_appended
+from . import counts
+from .counts import COUNT_DELTAS
 from .feedlock import FEED_LOCK
 
 RUN_STATE_COLUMNS = (
@@ -52,7 +55,12 @@ UPDATE stage_runs SET status = $3, updated_by = $4, updated_at = $5, started_at 
 WHERE enterprise_id = $1 AND id = $2
 """
 APPEND_EVENTS = f"""
-WITH feed_lock AS (SELECT {FEED_LOCK})
+WITH feed_lock AS (SELECT {FEED_LOCK}), counted AS (
+    {COUNT_DELTAS.format(rows='''
+    SELECT $1, $2, d.status, d.delta FROM feed_lock,
+           unnest($12::text[], $13::int[]) AS d(status, delta)
+    ORDER BY d.status''')}
+)
 INSERT INTO run_events (enterprise_id, pipeline_id, run_id, version, type, from_status,
                         to_status, actor, actor_id, occurred_at, data)
 SELECT $1, $2, $3, ev.version, ev.type, ev.from_status, ev.to_status, ev.actor, ev.actor_id,
@@ -105,10 +113,15 @@ async def commit_drafts(conn: asyncpg.Connection, before: dict, drafts: list[lif
         state = lifecycle.apply(state, event)
         events.append(event)
     await _write_state(conn, before, state)
+    # The run_counts deltas (store/counts.py) ride on the append, after its feed lock.
+    deltas = sorted(counts.transition(None, None, before["status"], state["status"]).items())
     await conn.execute(
         APPEND_EVENTS, state["enterprise_id"], state["pipeline_id"], state["id"], at,
         *([e[k] for e in events] for k in ("version", "type", "from_status", "to_status",
-                                            "actor", "actor_id", "data")))
+                                            "actor", "actor_id", "data")),
+        [k[2] for k, _ in deltas], [v for _, v in deltas])
+    for event in events:
+        note_appended(event["type"])
     return state
 
 

@@ -1,7 +1,11 @@
 """SQL for replay and verify: stream every run's events with its projection row, patch rows."""
 from __future__ import annotations
 
+from collections import Counter
+
 import asyncpg
+
+from . import counts
 
 REPLAY_LOCK = 1703  # advisory-lock key: one replay at a time
 
@@ -9,21 +13,40 @@ from .changes import RUN_STATE_COLUMNS as PROJECTION_COLUMNS
 from .changes import STAGE_RUN_COLUMNS
 _P = ", ".join(f"p.{c} AS p_{c}" for c in PROJECTION_COLUMNS)
 
-# Every event in run order; the run's projection row rides along on its first event, so
-# one pass compares the fold with the projection without sorting either side in Python.
-EVENTS_WITH_PROJECTION = f"""
-SELECT e.enterprise_id, e.pipeline_id, e.run_id, e.version, e.type, e.from_status,
-       e.to_status, e.actor_id, e.occurred_at, e.data, e.position,
+# One row per run: its events as parallel arrays (in version order: the subquery sorts
+# them, and scan() re-sorts in the rare case an array comes out of order), with the run's
+# projection row and stage runs alongside. Arrays instead of a row per event: ~13 times
+# fewer rows to decode and one JSON parse per run instead of one per event. The
+# pipeline_id is only sent for run.created, the one event the fold reads it from.
+RUNS_WITH_PROJECTION = f"""
+SELECT g.enterprise_id, g.run_id, g.head, g.versions, g.types, g.statuses, g.actors, g.ats,
+       g.pipelines, g.datas,
        p.id IS NOT NULL AS has_row, {_P},
        CASE WHEN p.id IS NOT NULL THEN ARRAY(
            SELECT s FROM stage_runs s
-           WHERE s.enterprise_id = e.enterprise_id AND s.run_id = e.run_id ORDER BY s.ordinal)
+           WHERE s.enterprise_id = g.enterprise_id AND s.run_id = g.run_id ORDER BY s.ordinal)
        END AS p_stage_runs
-FROM run_events e
-LEFT JOIN pipeline_runs p ON e.version = 1 AND p.enterprise_id = e.enterprise_id
-                         AND p.id = e.run_id
-ORDER BY e.enterprise_id, e.run_id, e.version
+FROM (
+    SELECT e.enterprise_id, e.run_id, max(e.position) AS head,
+           array_agg(e.version) AS versions, array_agg(e.type) AS types,
+           array_agg(e.to_status) AS statuses, array_agg(e.actor_id) AS actors,
+           array_agg(e.occurred_at) AS ats,
+           array_agg(CASE WHEN e.type = 'run.created' THEN e.pipeline_id END) AS pipelines,
+           jsonb_agg(e.data) AS datas
+    FROM (SELECT enterprise_id, run_id, version, type, to_status, actor_id, occurred_at,
+                 pipeline_id, data, position
+          FROM run_events ORDER BY enterprise_id, run_id, version) AS e
+    GROUP BY e.enterprise_id, e.run_id
+) AS g
+LEFT JOIN pipeline_runs p ON p.enterprise_id = g.enterprise_id AND p.id = g.run_id
 """
+# The scan's session: one long sort, no parallel workers (they would mix the arrays' order).
+SCAN_SETTINGS = """
+SET LOCAL work_mem = '256MB';
+SET LOCAL max_parallel_workers_per_gather = 0;
+"""
+PREFETCH = 2000  # runs per round trip of the scan's cursor
+
 # Projection rows with no events at all cannot be explained by the log (stage runs
 # without a run row are caught here too: their run key has no events or no row).
 ORPHAN_ROWS = f"""
@@ -78,9 +101,9 @@ VALUES ({', '.join(f"${i + 1}" for i in range(len(STAGE_RUN_COLUMNS)))})
 """
 DELETE_ROW = "DELETE FROM pipeline_runs WHERE enterprise_id = $1 AND id = $2"
 DELETE_STAGE_ROWS = "DELETE FROM stage_runs WHERE enterprise_id = $1 AND run_id = $2"
-# Row locks of the runs a guarded patch is about to write, with their current version.
+# Row locks of the runs a patch is about to write, with what their counters count.
 LOCK_VERSIONS = """
-SELECT r.enterprise_id, r.id, r.version FROM pipeline_runs r
+SELECT r.enterprise_id, r.id, r.version, r.pipeline_id, r.status FROM pipeline_runs r
 JOIN unnest($1::text[], $2::uuid[]) AS k(enterprise_id, id)
   ON r.enterprise_id = k.enterprise_id AND r.id = k.id
 FOR UPDATE OF r
@@ -91,19 +114,31 @@ async def patch_runs(conn: asyncpg.Connection, items: list[tuple], guarded: bool
     """Make each run's rows what its events say; items are (key, expected, seen_version).
 
     Guarded, a run whose row moved on since it was seen is skipped (and returned), so a
-    patch never overwrites a live write. The caller owns the transaction.
+    patch never overwrites a live write. run_counts moves with the rows (store/counts.py).
+    The caller owns the transaction.
     """
     skipped: list[tuple] = []
-    if guarded and items:
-        keys = [item[0] for item in items]
-        current = {(r["enterprise_id"], r["id"]): r["version"] for r in await conn.fetch(
-            LOCK_VERSIONS, [k[0] for k in keys], [k[1] for k in keys])}
+    if not items:
+        return skipped
+    keys = [item[0] for item in items]
+    current = {(r["enterprise_id"], r["id"]): r for r in await conn.fetch(
+        LOCK_VERSIONS, [k[0] for k in keys], [k[1] for k in keys])}
+    if guarded:
         kept = []
         for item in items:
-            (skipped if current.get(item[0]) != item[2] else kept).append(item)
+            row = current.get(item[0])
+            version = row["version"] if row is not None else None
+            (skipped if version != item[2] else kept).append(item)
         items = kept
     if not items:
         return skipped
+    deltas: Counter = Counter()
+    for (enterprise_id, run_id), expected, _seen in items:
+        row = current.get((enterprise_id, run_id))
+        if row is not None:
+            deltas[(enterprise_id, row["pipeline_id"], row["status"])] -= 1
+        if expected is not None:
+            deltas[(enterprise_id, expected["pipeline_id"], expected["status"])] += 1
     await conn.executemany(DELETE_STAGE_ROWS, [key for key, _, _ in items])
     await conn.executemany(DELETE_ROW, [key for key, expected, _ in items if expected is None])
     upserts = [expected for _, expected, _ in items if expected is not None]
@@ -112,4 +147,5 @@ async def patch_runs(conn: asyncpg.Connection, items: list[tuple], guarded: bool
         stage_rows = [[s[c] for c in STAGE_RUN_COLUMNS] for r in upserts for s in r["stage_runs"]]
         if stage_rows:
             await conn.executemany(INSERT_STAGE_ROW, stage_rows)
+    await counts.apply_deltas(conn, deltas)
     return skipped

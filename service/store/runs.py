@@ -19,7 +19,9 @@ import asyncpg
 
 from .. import lifecycle
 from ..errors import NotFound, PreconditionFailed
-from . import changes
+from . import changes, run_lists
+from .appended import note_appended
+from .counts import COUNT_DELTAS
 from .feedlock import FEED_LOCK
 
 RUN_COLUMNS = """
@@ -63,6 +65,9 @@ WITH p AS (
     FROM s, r
 ), feed_lock AS (
     SELECT {FEED_LOCK} FROM r
+), counted AS (
+    {COUNT_DELTAS.format(
+        rows="SELECT r.enterprise_id, r.pipeline_id, r.status, 1 FROM r, feed_lock")}
 ), e AS (
     INSERT INTO run_events (enterprise_id, pipeline_id, run_id, version, type, from_status,
                             to_status, actor, actor_id, occurred_at, data)
@@ -110,6 +115,12 @@ WITH cur AS (
     RETURNING r.*, cur.status AS from_status
 ), feed_lock AS (
     SELECT {FEED_LOCK} FROM upd
+), counted AS (
+    {COUNT_DELTAS.format(rows='''
+    SELECT upd.enterprise_id, upd.pipeline_id, d.status, d.delta
+    FROM upd, feed_lock,
+         LATERAL (VALUES (upd.from_status, -1), (upd.status, 1)) AS d(status, delta)
+    ORDER BY d.status''')}
 ), e AS (
     INSERT INTO run_events (enterprise_id, pipeline_id, run_id, version, type, from_status,
                             to_status, actor, actor_id, occurred_at, data)
@@ -142,6 +153,9 @@ WITH cur AS (
     DELETE FROM stage_runs s USING del WHERE s.enterprise_id = $1 AND s.run_id = del.id
 ), feed_lock AS (
     SELECT {FEED_LOCK} FROM del
+), counted AS (
+    {COUNT_DELTAS.format(
+        rows="SELECT del.enterprise_id, del.pipeline_id, del.status, -1 FROM del, feed_lock")}
 ), e AS (
     INSERT INTO run_events (enterprise_id, pipeline_id, run_id, version, type, from_status,
                             to_status, actor, actor_id, occurred_at, data)
@@ -158,42 +172,7 @@ SELECT {RUN_COLUMNS} FROM {RUN_JOIN}
 WHERE r.enterprise_id = $1 AND r.pipeline_id = $2 AND r.id = $3
 """
 
-_STATUS_RANK_SQL = "CASE r.status " + " ".join(
-    f"WHEN '{s}' THEN {i}" for i, s in enumerate(lifecycle.RUN_STATUSES)
-) + " END"
-
-# Whitelisted orderings: request text picks a key, never a piece of SQL. Every ordering
-# ends with r.id so ties are broken the same way on every page.
-RUN_ORDERINGS: dict[str | None, str] = {
-    None: "r.created_at DESC, r.id DESC",
-    "run_number": "r.run_number ASC, r.created_at ASC, r.id ASC",
-    "-run_number": "r.run_number DESC, r.created_at DESC, r.id DESC",
-    "status": f"{_STATUS_RANK_SQL} ASC, r.created_at DESC, r.id DESC",
-    "-status": f"{_STATUS_RANK_SQL} DESC, r.created_at DESC, r.id DESC",
-    "pipeline__name": "p.name ASC, r.run_number ASC, r.id ASC",
-    "-pipeline__name": "p.name DESC, r.run_number DESC, r.id DESC",
-    "started_at": "r.started_at ASC NULLS LAST, r.id ASC",
-    "-started_at": "r.started_at DESC NULLS LAST, r.id DESC",
-    "ended_at": "r.ended_at ASC NULLS LAST, r.id ASC",
-    "-ended_at": "r.ended_at DESC NULLS LAST, r.id DESC",
-}
-RUN_FILTERS = """
-WHERE r.enterprise_id = $1
-  AND ($2::uuid IS NULL OR r.pipeline_id = $2)
-  AND ($3::text IS NULL OR r.status = $3)
-  AND ($4::text IS NULL OR p.name = $4)
-"""
-LIST_RUNS = f"""
-SELECT {RUN_COLUMNS}, count(*) OVER () AS total_count
-FROM {RUN_JOIN}
-{RUN_FILTERS}
-ORDER BY {{order}}
-LIMIT $5 OFFSET $6
-"""
-COUNT_RUNS = f"SELECT count(*) FROM {RUN_JOIN} {RUN_FILTERS}"
-PIPELINE_EXISTS = """
-SELECT 1 FROM pipelines WHERE enterprise_id = $1 AND id = $2 AND deleted_at IS NULL
-"""
+# Lists (every ordering x filter, keyset cursors, counts from run_counts): store/run_lists.py.
 
 
 def _run_not_found() -> NotFound:
@@ -221,6 +200,7 @@ async def create_run(conn: asyncpg.Connection, enterprise_id: str, pipeline_id: 
         )
         if row is None:
             raise NotFound("pipeline not found")
+        note_appended(lifecycle.RUN_CREATED)
         if row["stage_count"] > 0:
             return _public(row)
         return await _change(conn, enterprise_id, row["id"], pipeline_id, actor, actor_id,
@@ -291,11 +271,18 @@ async def _change_simple(conn: asyncpg.Connection, enterprise_id: str, pipeline_
     if row is None:
         raise _run_not_found()
     if row["id"] is not None:
+        note_appended(lifecycle.RUN_STATUS_CHANGED)
         return _public(row)
     if expected_version is not None and row["current_version"] != expected_version:
         raise PreconditionFailed(content={"current_version": row["current_version"]})
     if row["current_status"] == target:
-        return await get_run(conn, enterprise_id, pipeline_id, run_id)
+        run = await get_run(conn, enterprise_id, pipeline_id, run_id)
+        if run["version"] == row["current_version"]:
+            return run
+        # Moved on between the two reads: answer the move against the run as it is now,
+        # never a no-op 200 showing another status than the one asked for.
+        return await _change_simple(conn, enterprise_id, pipeline_id, run_id, target, actor,
+                                    actor_id, data, expected_version)
     raise changes.conflict(lifecycle.IllegalTransition(row["current_status"], target))
 
 
@@ -311,20 +298,19 @@ async def delete_run(conn: asyncpg.Connection, enterprise_id: str, pipeline_id: 
         raise _run_not_found()
     if row["position"] is None:
         raise PreconditionFailed(content={"current_version": row["version"]})
+    note_appended(lifecycle.RUN_DELETED)
     return _public(row)
 
 
 async def list_runs(conn: asyncpg.Connection, enterprise_id: str, *,
                     pipeline_id: uuid.UUID | None, status: str | None,
                     pipeline_name: str | None, ordering: str | None, limit: int,
-                    offset: int) -> tuple[int, list[dict[str, Any]]]:
-    args = (enterprise_id, pipeline_id, status, pipeline_name)
-    rows = await conn.fetch(LIST_RUNS.format(order=RUN_ORDERINGS[ordering]), *args, limit, offset)
-    if rows:
-        return rows[0]["total_count"], [_public(r) for r in rows]
-    if pipeline_id is not None and await conn.fetchval(PIPELINE_EXISTS, enterprise_id, pipeline_id) is None:
-        raise NotFound("pipeline not found")
-    return await conn.fetchval(COUNT_RUNS, *args), []
+                    offset: int, cursor: str | None = None,
+                    **dates) -> run_lists.Page:
+    """A page of runs; dates: created_after/_before, updated_after/_before (None: unset)."""
+    filters = run_lists.Filters(enterprise_id, pipeline_id, pipeline_name, status, **dates)
+    return await run_lists.list_runs(conn, filters, ordering=ordering, limit=limit,
+                                     offset=offset, cursor=cursor)
 
 
 _INTERNAL = ("position", "total_count", "current_status", "current_version", "at",

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import asyncpg
 
+from ..db import keeps_session_state
+
 SWEEP_LOCK = 1704  # advisory-lock key: one sweeper at a time across processes
 
 TRY_LOCK = f"SELECT pg_try_advisory_lock({SWEEP_LOCK})"
@@ -31,6 +33,7 @@ LIMIT $1
 
 
 async def try_lock(conn: asyncpg.Connection) -> bool:
+    keeps_session_state(conn)  # a session lock: the pool resets this connection in full
     return await conn.fetchval(TRY_LOCK)
 
 

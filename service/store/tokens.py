@@ -31,7 +31,8 @@ UPDATE api_tokens SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL RE
 
 
 def hash_token(token: str) -> bytes:
-    return hashlib.sha256(token.encode()).digest()
+    # surrogateescape: a header with bytes that are not UTF-8 hashes (and matches nothing).
+    return hashlib.sha256(token.encode(errors="surrogateescape")).digest()
 
 
 def new_token() -> str:

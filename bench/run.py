@@ -1,0 +1,578 @@
+"""`make bench`: the service against a lean reference, under the same load, alternately.
+
+1. A scratch database (dropped at the end): the service schema plus the reference's own
+   two tables; N runs for each, all `running`.
+2. The service (`python -m service serve`) and the reference (bench/reference.py), each a
+   process of its own on its own port, loaded alternately, A B A B, with the same load:
+   PUT status (legal moves only: running <-> waiting) and GET of a run, C connections.
+   The service does everything it always does: auth, validation, the transition check
+   and the event append under the feed lock; the reference does BEGIN / UPDATE / INSERT /
+   COMMIT and nothing else.
+3. The service's RSS is sampled under load; with --workers 1,2 the service is also
+   measured at each worker count.
+4. A table on stdout; the same results in bench/RESULTS.md.
+
+    .venv/bin/python bench/run.py [--runs 1000] [--seconds 10] [--rounds 2] [--workers 1,2]
+
+The database: BENCH_ADMIN_DSN or DATABASE_URL (used to CREATE DATABASE), else PostgreSQL
+at 127.0.0.1:5432 as postgres, else an embedded PostgreSQL under .data/bench.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import os
+import platform
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+import uuid
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+import asyncpg  # noqa: E402
+
+import load  # noqa: E402
+import reference  # noqa: E402
+from service.db import init_connection  # noqa: E402
+from service.store import meta  # noqa: E402
+from service.store import pipelines as pipeline_store  # noqa: E402
+from service.store import runs as run_store  # noqa: E402
+from service.store import tokens as token_store  # noqa: E402
+
+ENTERPRISE = "bench"
+MOUNT = "/pipelines/v0"
+RSS_TARGET_MB = 150
+TARGETS = {"PUT": 1.2, "GET": 0.9}
+OTHER = load.OTHER
+
+
+# --- database ----------------------------------------------------------------------------
+
+def _dsn_for(admin_dsn: str, dbname: str) -> str:
+    return urlunsplit(urlsplit(admin_dsn)._replace(path="/" + dbname))
+
+
+def _can_connect(dsn: str) -> bool:
+    async def probe():
+        conn = await asyncpg.connect(dsn, timeout=2)
+        await conn.close()
+
+    try:
+        asyncio.run(probe())
+        return True
+    except Exception:
+        return False
+
+
+@contextmanager
+def admin_dsn():
+    dsn = os.environ.get("BENCH_ADMIN_DSN") or os.environ.get("DATABASE_URL")
+    if dsn:
+        yield dsn
+        return
+    dsn = "postgresql://postgres@127.0.0.1:5432/postgres"
+    if _can_connect(dsn):
+        yield dsn
+        return
+    from service.embedded import start_embedded
+
+    server = start_embedded(str(ROOT / ".data" / "bench"))
+    try:
+        yield server.dsn
+    finally:
+        server.stop()
+
+
+async def _admin(dsn: str, sql: str) -> None:
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+@dataclass
+class Seeded:
+    token: str
+    service_runs: list[tuple[str, str, str]]  # (pipeline_id, run_id, the token of its enterprise)
+    reference_runs: list[str]
+
+
+async def seed(dsn: str, n: int, enterprises: int = 1) -> Seeded:
+    conn = await asyncpg.connect(dsn)
+    try:
+        await init_connection(conn)
+        await meta.migrate(conn)
+        await reference.create_tables(conn)
+        tenants = []
+        for k in range(enterprises):
+            enterprise = ENTERPRISE if enterprises == 1 else f"{ENTERPRISE}-{k}"
+            token_id, token = await token_store.create_token(conn, enterprise, "bench")
+            pipeline = await pipeline_store.create_pipeline(
+                conn, enterprise, token_id,
+                {"name": "bench", "stages": [{"name": "build"}, {"name": "test"}]})
+            tenants.append((enterprise, token_id, token, pipeline["id"]))
+        service_runs = []
+        for i in range(n):
+            enterprise, token_id, token, pipeline_id = tenants[i % enterprises]
+            run = await run_store.create_run(conn, enterprise, pipeline_id, "bench", token_id)
+            await run_store.change_status(conn, enterprise, pipeline_id, run["id"], "running",
+                                          "bench", token_id)
+            service_runs.append((str(pipeline_id), str(run["id"]), token))
+        reference_runs = [str(uuid.uuid4()) for _ in range(n)]
+        pid = uuid.uuid4()
+        await conn.executemany(
+            "INSERT INTO ref_runs (id, pipeline_id, run_number, status) VALUES ($1, $2, $3, 'running')",
+            [(rid, pid, i + 1) for i, rid in enumerate(reference_runs)])
+        await conn.execute("VACUUM ANALYZE")
+        return Seeded(tenants[0][2], service_runs, reference_runs)
+    finally:
+        await conn.close()
+
+
+async def _statuses(dsn: str, sql: str) -> dict[str, str]:
+    conn = await asyncpg.connect(dsn)
+    try:
+        # Between phases: the tables of both sides get the same maintenance.
+        await conn.execute("VACUUM ANALYZE pipeline_runs, stage_runs, ref_runs")
+        return {str(r[0]): r[1] for r in await conn.fetch(sql)}
+    finally:
+        await conn.close()
+
+
+# --- processes -----------------------------------------------------------------------------
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Server:
+    name: str
+    proc: subprocess.Popen
+    port: int
+    log: Path
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def pids(self) -> list[int]:
+        """The process and its children (the workers of `serve --workers N`)."""
+        pids = [self.proc.pid]
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                try:
+                    stat = (entry / "stat").read_text()
+                except OSError:
+                    continue
+                ppid = int(stat.rsplit(")", 1)[1].split()[1])
+                if ppid == self.proc.pid:
+                    pids.append(int(entry.name))
+        return pids
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def _wait_ready(server: Server, path: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.proc.poll() is not None:
+            raise RuntimeError(f"{server.name} exited:\n{server.log.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(server.base + path, timeout=2) as resp:
+                if resp.status < 500:
+                    return
+        except urllib.error.HTTPError as exc:
+            if exc.code < 500:
+                return
+        except OSError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"{server.name} not ready after {timeout}s")
+
+
+def start_service(dsn: str, workdir: Path, workers: int = 1) -> Server:
+    port = free_port()
+    log = workdir / f"service-{port}.log"
+    env = {**os.environ, "DATABASE_URL": dsn}
+    cmd = [sys.executable, "-m", "service", "serve", "--host", "127.0.0.1", "--port", str(port)]
+    if workers != 1:
+        cmd += ["--workers", str(workers)]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
+    server = Server(f"service x{workers}", proc, port, log)
+    _wait_ready(server, "/health/ready")
+    if workers > 1:
+        time.sleep(1.0)  # let every worker bind before measuring
+    return server
+
+
+def start_reference(dsn: str, workdir: Path, use_uvloop: bool = False) -> Server:
+    port = free_port()
+    log = workdir / f"reference-{port}.log"
+    cmd = [sys.executable, str(ROOT / "bench" / "reference.py"), "--dsn", dsn, "--port", str(port)]
+    if use_uvloop:
+        cmd.append("--uvloop")
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log.open("w"), stderr=subprocess.STDOUT)
+    server = Server("reference", proc, port, log)
+    _wait_ready(server, f"/runs/{uuid.uuid4()}")
+    return server
+
+
+async def _backend_pids(dsn: str, side: str) -> list[int]:
+    """The PostgreSQL backends serving one side (the service names its connections)."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        rows = await conn.fetch("""
+            SELECT pid, application_name FROM pg_stat_activity
+            WHERE datname = current_database() AND backend_type = 'client backend'
+              AND pid <> pg_backend_pid() AND query NOT ILIKE 'LISTEN%'""")
+    finally:
+        await conn.close()
+    mine = "pipeline-runs" if side == "service" else ""
+    return [r["pid"] for r in rows if r["application_name"] == mine]
+
+
+def _cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU time of the processes (those still there)."""
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+class RssSampler:
+    """Peak VmRSS (MB) of a server's processes while a load runs: per process and summed."""
+
+    def __init__(self, server: Server, interval: float = 0.25):
+        self.server, self.interval = server, interval
+        self.peak_process = 0.0
+        self.peak_total = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    @staticmethod
+    def _rss_mb(pid: int) -> float:
+        try:
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+        except OSError:
+            pass
+        return 0.0
+
+    def _run(self) -> None:
+        pids = self.server.pids()
+        while not self._stop.wait(self.interval):
+            sizes = [self._rss_mb(p) for p in pids]
+            # A supervisor is not a worker: per-process peak counts the workers only.
+            workers = sizes[1:] if len(sizes) > 1 else sizes
+            self.peak_process = max(self.peak_process, *workers, 0.0)
+            self.peak_total = max(self.peak_total, sum(sizes))
+
+    def __enter__(self) -> "RssSampler":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+# --- the measurement ---------------------------------------------------------------------------
+
+@dataclass
+class Phase:
+    side: str
+    method: str
+    rounds: list[load.LoadResult] = field(default_factory=list)
+    rss_process: float = 0.0
+    rss_total: float = 0.0
+    cpu_us: list[float] = field(default_factory=list)  # server CPU time per request, per round
+    db_cpu_us: list[float] = field(default_factory=list)  # its PostgreSQL backends' CPU time
+
+    @property
+    def rps(self) -> float:
+        return statistics.mean(r.rps for r in self.rounds) if self.rounds else 0.0
+
+    @property
+    def non_2xx(self) -> int:
+        return sum(r.non_2xx for r in self.rounds)
+
+    @property
+    def errors(self) -> int:
+        return sum(r.errors for r in self.rounds)
+
+    def pct(self, attr: str) -> float | None:
+        values = [getattr(r, attr) for r in self.rounds if getattr(r, attr) is not None]
+        return statistics.mean(values) if values else None
+
+
+class Bench:
+    def __init__(self, args, dsn: str, seeded: Seeded, workdir: Path):
+        self.args, self.dsn, self.seeded, self.workdir = args, dsn, seeded, workdir
+        self.tool = args.load
+
+    def state_file(self, side: str) -> Path:
+        path = self.workdir / f"{side}.tsv"
+        if side == "service":
+            statuses = asyncio.run(_statuses(
+                self.dsn, f"SELECT id, status FROM pipeline_runs WHERE enterprise_id LIKE '{ENTERPRISE}%'"))
+            items = [(f"{MOUNT}/pipelines/{p}/runs/{r}/", OTHER.get(statuses[r], "running"), token)
+                     for p, r, token in self.seeded.service_runs]
+        else:
+            statuses = asyncio.run(_statuses(self.dsn, "SELECT id, status FROM ref_runs"))
+            items = [(f"/runs/{r}", OTHER.get(statuses[r], "running"))
+                     for r in self.seeded.reference_runs]
+        load.write_state(path, items)
+        return path
+
+    def measure(self, server: Server, side: str, method: str, phase: Phase) -> load.LoadResult:
+        token = self.seeded.token if side == "service" else ""
+        if self.args.warmup > 0:
+            load.run_load(self.tool, server.base, method, self.state_file(side), token,
+                          connections=self.args.connections, seconds=self.args.warmup)
+            time.sleep(0.3)  # requests cut off by the end of a load finish before the next
+        state = self.state_file(side)
+        pids = server.pids()
+        backends = asyncio.run(_backend_pids(self.dsn, side))  # the pool is warm by now
+        cpu_before, db_before = _cpu_seconds(pids), _cpu_seconds(backends)
+        with RssSampler(server) as rss:
+            result = load.run_load(self.tool, server.base, method, state, token,
+                                   connections=self.args.connections, seconds=self.args.seconds)
+        cpu, db_cpu = _cpu_seconds(pids) - cpu_before, _cpu_seconds(backends) - db_before
+        time.sleep(0.3)
+        phase.rounds.append(result)
+        phase.cpu_us.append(cpu * 1e6 / result.requests if result.requests else 0.0)
+        phase.db_cpu_us.append(db_cpu * 1e6 / result.requests if result.requests else 0.0)
+        phase.rss_process = max(phase.rss_process, rss.peak_process)
+        phase.rss_total = max(phase.rss_total, rss.peak_total)
+        print(f"  {side:<10} {method:<4} {result.rps:>9,.0f} req/s  "
+              f"CPU {phase.cpu_us[-1]:,.0f} us/req (+ database {phase.db_cpu_us[-1]:,.0f})  "
+              f"p50 {_f(result.p50_ms)} ms  p99 {_f(result.p99_ms)} ms  "
+              f"non-2xx {result.non_2xx}  errors {result.errors}  RSS {rss.peak_total:.0f} MB",
+              flush=True)
+        return result
+
+    def compare(self) -> dict[str, dict[str, Phase]]:
+        phases = {m: {s: Phase(s, m) for s in ("service", "reference")} for m in ("PUT", "GET")}
+        service = start_service(self.dsn, self.workdir)
+        reference_ = start_reference(self.dsn, self.workdir, self.args.reference_uvloop)
+        try:
+            for n in range(1, self.args.rounds + 1):
+                print(f"round {n}/{self.args.rounds}", flush=True)
+                for method in ("PUT", "GET"):
+                    for side, server in (("service", service), ("reference", reference_)):
+                        self.measure(server, side, method, phases[method][side])
+        finally:
+            service.stop()
+            reference_.stop()
+        return phases
+
+    def workers(self, counts: list[int]) -> dict[int, dict[str, Phase]]:
+        out: dict[int, dict[str, Phase]] = {}
+        for count in counts:
+            print(f"service with {count} worker(s)", flush=True)
+            server = start_service(self.dsn, self.workdir, count)
+            try:
+                out[count] = {}
+                for method in ("PUT", "GET"):
+                    phase = Phase(f"x{count}", method)
+                    for _ in range(self.args.rounds):
+                        self.measure(server, "service", method, phase)
+                    out[count][method] = phase
+            finally:
+                server.stop()
+        return out
+
+
+def _mean(values: list[float]) -> float:
+    return statistics.mean(values) if values else 0.0
+
+
+def _f(value: float | None, digits: int = 1) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+# --- report ----------------------------------------------------------------------------------
+
+def report(args, phases, workers, started: dt.datetime, tool_version: str) -> str:
+    lines = []
+    rss = max(phases[m]["service"].rss_process for m in phases)
+    lines += [
+        f"Date: {started:%Y-%m-%d %H:%M} UTC. Machine: {os.cpu_count()} cores, "
+        f"{_mem_gb():.0f} GB, {platform.system()} {platform.release()}; "
+        f"Python {platform.python_version()}; PostgreSQL {args.pg_version} (local, fsync on).",
+        f"Load: {tool_version}, {args.connections} connections, {args.seconds:g} s per "
+        f"measurement after {args.warmup:g} s warm-up, {args.rounds} rounds alternating "
+        f"service / reference (A B A B); {args.runs} runs per side, the service's in "
+        f"{args.enterprises} enterprise{'s' if args.enterprises > 1 else ''}.",
+        f"Command: `{args.command}`",
+        f"Machine load (1-minute load average) at start / end: {args.load_start} / "
+        f"{_loadavg()}; anything well above 1 means other work shared the 2 cores.",
+        f"Service config (from the environment): {_service_config()}; reference: "
+        f"{'uvloop' if args.reference_uvloop else 'asyncio'} loop, no log.",
+        "",
+        "| operation | service req/s | reference req/s | ratio | target | service p50 / p99 ms "
+        "| reference p50 / p99 ms | CPU us/req, app + database (service / reference) "
+        "| non-2xx (service / reference) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for method, label in (("PUT", "PUT status (running <-> waiting)"), ("GET", "GET a run")):
+        s, r = phases[method]["service"], phases[method]["reference"]
+        ratio = s.rps / r.rps if r.rps else float("nan")
+        ok = "ok" if ratio >= TARGETS[method] else "MISSED"
+        lines.append(
+            f"| {label} | {s.rps:,.0f} | {r.rps:,.0f} | {ratio:.2f}x | >= {TARGETS[method]}x {ok} "
+            f"| {_f(s.pct('p50_ms'))} / {_f(s.pct('p99_ms'))} "
+            f"| {_f(r.pct('p50_ms'))} / {_f(r.pct('p99_ms'))} "
+            f"| {_mean(s.cpu_us):,.0f} + {_mean(s.db_cpu_us):,.0f} / "
+            f"{_mean(r.cpu_us):,.0f} + {_mean(r.db_cpu_us):,.0f} "
+            f"| {s.non_2xx + s.errors} / {r.non_2xx + r.errors} |")
+    lines += ["", "Per round (req/s): " + "; ".join(
+        f"{m} service {', '.join(f'{x.rps:,.0f}' for x in phases[m]['service'].rounds)} vs "
+        f"reference {', '.join(f'{x.rps:,.0f}' for x in phases[m]['reference'].rounds)}"
+        for m in ("PUT", "GET"))]
+    lines += ["", f"Service RSS under load (peak VmRSS): {rss:.0f} MB "
+                  f"(target < {RSS_TARGET_MB} MB: {'ok' if rss < RSS_TARGET_MB else 'MISSED'})."]
+    if workers:
+        lines += ["", "| service workers | PUT req/s | GET req/s | CPU us/req PUT / GET "
+                      "| peak RSS per worker / all MB | non-2xx |", "|---:|---:|---:|---:|---:|---:|"]
+        for count, ph in workers.items():
+            lines.append(
+                f"| {count} | {ph['PUT'].rps:,.0f} | {ph['GET'].rps:,.0f} "
+                f"| {_mean(ph['PUT'].cpu_us):,.0f} / {_mean(ph['GET'].cpu_us):,.0f} "
+                f"| {max(p.rss_process for p in ph.values()):.0f} / "
+                f"{max(p.rss_total for p in ph.values()):.0f} "
+                f"| {sum(p.non_2xx + p.errors for p in ph.values())} |")
+    return "\n".join(lines)
+
+
+def _service_config() -> str:
+    from service.config import Config
+
+    config = Config.from_env()
+    try:
+        import uvloop  # noqa: F401
+        loop = "uvloop" if config.event_loop != "asyncio" else "asyncio"
+    except ImportError:
+        loop = "asyncio"
+    return (f"{loop} loop, group commit {'on' if config.group_commit else 'off'}, "
+            f"log level {config.log_level} ({config.log_format}, one access line per request "
+            f"at INFO), pool {config.pool_max}")
+
+
+def _loadavg() -> str:
+    try:
+        return Path("/proc/loadavg").read_text().split()[0]
+    except OSError:
+        return "?"
+
+
+def _mem_gb() -> float:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                return int(line.split()[1]) / 1024 / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+def _tool_version(tool: str) -> str:
+    if tool == "wrk":
+        out = subprocess.run(["wrk", "--version"], capture_output=True, text=True)
+        first = (out.stdout or out.stderr).splitlines()[0]
+        return " ".join(first.split()[:2])
+    return "bench/load.py (Python aiohttp client)"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--runs", type=int, default=1000)
+    parser.add_argument("--enterprises", type=int, default=1,
+                        help="spread the service's runs over this many enterprises (tokens)")
+    parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--seconds", type=float, default=10)
+    parser.add_argument("--warmup", type=float, default=3)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--workers", default="",
+                        help="also measure the service at these worker counts, e.g. 1,2")
+    parser.add_argument("--load", choices=["wrk", "python"],
+                        default="wrk" if load.wrk_available() else "python")
+    parser.add_argument("--reference-uvloop", action="store_true",
+                        help="run the reference on uvloop too")
+    parser.add_argument("--results", type=Path, default=ROOT / "bench" / "RESULTS.md",
+                        help="where to save the results ('-' for nowhere)")
+    parser.add_argument("--keep-db", action="store_true")
+    args = parser.parse_args(argv)
+    args.command = "bench/run.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    args.command = args.command.strip()
+    worker_counts = [int(w) for w in args.workers.split(",") if w.strip()]
+    if args.load == "python":
+        print("wrk not found: the Python load generator drives the load (it takes a core of "
+              "its own; `apt-get install wrk` for a lighter one)", flush=True)
+    started = dt.datetime.now(dt.timezone.utc)
+    args.load_start = _loadavg()
+    with admin_dsn() as admin, tempfile.TemporaryDirectory(prefix="bench-") as tmp:
+        name = f"pr_bench_{uuid.uuid4().hex[:8]}"
+        asyncio.run(_admin(admin, f'CREATE DATABASE "{name}"'))
+        dsn = _dsn_for(admin, name)
+        try:
+            print(f"seeding {args.runs} runs per side into {name} ...", flush=True)
+            seeded = asyncio.run(seed(dsn, args.runs, args.enterprises))
+            args.pg_version = asyncio.run(_pg_version(dsn))
+            bench = Bench(args, dsn, seeded, Path(tmp))
+            phases = bench.compare()
+            workers = bench.workers(worker_counts) if worker_counts else {}
+        finally:
+            if not args.keep_db:
+                asyncio.run(_admin(admin, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    text = report(args, phases, workers, started, _tool_version(args.load))
+    print()
+    print(text)
+    if str(args.results) != "-":
+        args.results.write_text("# Benchmark results\n\nWritten by `make bench` "
+                                "(bench/run.py); the last run is kept here.\n\n" + text + "\n")
+        print(f"\nsaved to {args.results}")
+    bad = sum(p.non_2xx + p.errors for m in phases.values() for p in m.values())
+    return 1 if bad else 0
+
+
+async def _pg_version(dsn: str) -> str:
+    conn = await asyncpg.connect(dsn)
+    try:
+        return (await conn.fetchval("SHOW server_version")).split()[0]
+    finally:
+        await conn.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

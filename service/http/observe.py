@@ -1,0 +1,63 @@
+"""The outermost middleware: request id, metrics and the one access log line per request."""
+from __future__ import annotations
+
+import asyncio
+import logging
+from time import perf_counter
+
+from aiohttp import web
+
+from .. import logs
+from ..metrics import UNMATCHED, Metrics
+from ..store.appended import APPENDED
+from .keys import PRINCIPAL, REQUEST_ID
+from .middleware import request_id_of
+
+access_log = logging.getLogger("service.access")
+
+CLIENT_CLOSED = 499  # the status recorded when the caller went away mid-request
+
+
+def observe_middleware(metrics: Metrics):
+    """Bound to one app's metrics, so the hot path looks nothing up on the app."""
+    observe = metrics.observe_request
+    count_appended = metrics.count_appended
+
+    @web.middleware
+    async def observe_requests(request: web.Request, handler) -> web.StreamResponse:
+        started = perf_counter()
+        request_id = request_id_of(request)
+        request[REQUEST_ID] = request_id
+        id_token = logs.REQUEST_ID.set(request_id)
+        pending: list = []
+        appended_token = APPENDED.set(pending)
+        status = 500
+        try:
+            response = await handler(request)
+            status = response.status
+            return response
+        except web.HTTPException as exc:  # redirects (errors became envelopes inside)
+            status = exc.status
+            raise
+        except asyncio.CancelledError:
+            status = CLIENT_CLOSED
+            raise
+        finally:
+            seconds = perf_counter() - started
+            resource = request.match_info.route.resource
+            route = UNMATCHED if resource is None else resource.canonical
+            observe(request.method, route, status, seconds)
+            if pending and status < 400:  # >= 400: the transaction rolled back
+                count_appended(pending)
+            if access_log.isEnabledFor(logging.INFO):
+                principal = request.get(PRINCIPAL)
+                access_log.info("request", extra={
+                    "method": request.method, "route": route, "path": request.path,
+                    "status": status, "duration_ms": round(seconds * 1000, 3),
+                    "enterprise": principal.enterprise_id if principal else None,
+                    "actor": principal.name if principal else None,
+                })
+            APPENDED.reset(appended_token)
+            logs.REQUEST_ID.reset(id_token)
+
+    return observe_requests

@@ -1,0 +1,136 @@
+"""Prometheus metrics, per app: plain counters on the hot path, rendered only when scraped.
+
+A request costs a few dict updates and one bisect: no locks (one event loop updates them),
+no label formatting, no prometheus_client objects. At scrape time a collector registered
+on the app's own CollectorRegistry (never the global default one: tests build many apps)
+turns the counters into metric families, and reads the pool's gauges from asyncpg.
+
+Events appended are counted from what the write paths report (store/appended.py; no extra
+query), once their unit of work succeeded: a request answered < 400, or a sweeper move
+that returned (the store functions own those transactions).
+"""
+from __future__ import annotations
+
+from bisect import bisect_left
+from typing import Iterable, Iterator
+
+import asyncpg
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+)
+
+# Request duration buckets (seconds): the API answers in milliseconds; long-polls wait ~25s.
+BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+_BUCKET_LABELS = (*(repr(b) for b in BUCKETS), "+Inf")
+UNMATCHED = "unmatched"  # the route label of requests no route matched (404, 405)
+OTHER_METHOD = "OTHER"  # any method but these, so callers cannot mint label values
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
+class Metrics:
+    """The counters of one app, and the registry that exposes them."""
+
+    def __init__(self) -> None:
+        self.requests: dict[tuple[str, str, int], int] = {}  # (method, route, status)
+        # route -> [count per bucket (the last is +Inf)..., sum of seconds]
+        self.durations: dict[str, list] = {}
+        self.appended: dict[str, int] = {}
+        self.sweeps = 0
+        self.sweep_failures = 0
+        self.timed_out = {"run": 0, "stage_run": 0}
+        self.pool: asyncpg.Pool | None = None
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(self)
+
+    # --- hot path -------------------------------------------------------------------
+
+    def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
+        if method not in _METHODS:
+            method = OTHER_METHOD
+        key = (method, route, status)
+        requests = self.requests
+        requests[key] = requests.get(key, 0) + 1
+        histogram = self.durations.get(route)
+        if histogram is None:
+            histogram = self.durations[route] = [0] * (len(BUCKETS) + 1) + [0.0]
+        histogram[bisect_left(BUCKETS, seconds)] += 1
+        histogram[-1] += seconds
+
+    def count_appended(self, pending: Iterable[tuple[str, int]]) -> None:
+        appended = self.appended
+        for event_type, count in pending:
+            appended[event_type] = appended.get(event_type, 0) + count
+
+    # --- scrape time ----------------------------------------------------------------
+
+    def collect(self) -> Iterator:
+        requests = CounterMetricFamily(
+            "pipeline_runs_http_requests_total", "HTTP requests answered, by route template",
+            labels=("method", "route", "status"))
+        for (method, route, status), count in self.requests.items():
+            requests.add_metric((method, route, str(status)), count)
+        yield requests
+
+        durations = HistogramMetricFamily(
+            "pipeline_runs_http_request_duration_seconds", "HTTP request duration, by route",
+            labels=("route",))
+        for route, histogram in self.durations.items():
+            cumulative, buckets = 0, []
+            for label, count in zip(_BUCKET_LABELS, histogram):
+                cumulative += count
+                buckets.append((label, cumulative))
+            durations.add_metric((route,), buckets, histogram[-1])
+        yield durations
+
+        appended = CounterMetricFamily(
+            "pipeline_runs_events_appended_total", "Events appended to run_events, by type",
+            labels=("type",))
+        for event_type, count in self.appended.items():
+            appended.add_metric((event_type,), count)
+        yield appended
+
+        yield CounterMetricFamily(
+            "pipeline_runs_sweeps_total", "Timeout sweeps this process ran", value=self.sweeps)
+        yield CounterMetricFamily(
+            "pipeline_runs_sweep_failures_total", "Timeout sweeps that failed",
+            value=self.sweep_failures)
+        timed_out = CounterMetricFamily(
+            "pipeline_runs_timed_out_total", "Runs and stage runs the sweeper timed out",
+            labels=("kind",))
+        for kind, count in self.timed_out.items():
+            timed_out.add_metric((kind,), count)
+        yield timed_out
+
+        pool = self.pool
+        if pool is not None:
+            size = pool.get_size()
+            yield GaugeMetricFamily(
+                "pipeline_runs_db_pool_size", "Open connections in the pool", value=size)
+            yield GaugeMetricFamily(
+                "pipeline_runs_db_pool_in_use", "Pool connections checked out",
+                value=size - pool.get_idle_size())
+            yield GaugeMetricFamily(
+                "pipeline_runs_db_pool_max", "The pool's maximum size", value=pool.get_max_size())
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+def handler(metrics: Metrics):
+    """GET /metrics: the Prometheus text format; no token (a scraper has none)."""
+
+    async def serve_metrics(request: web.Request) -> web.Response:
+        return web.Response(body=metrics.render(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    return serve_metrics
+
+
+def metrics_app(metrics: Metrics) -> web.Application:
+    """The app served on METRICS_PORT: /metrics only."""
+    app = web.Application()
+    app.router.add_get("/metrics", handler(metrics))
+    return app

@@ -1,0 +1,174 @@
+"""Running the app: the event loop (uvloop when installed) and `serve --workers N`.
+
+One worker: the app runs in this process. N workers: this process becomes a supervisor
+that forks N workers, each serving the app on the same host:port with SO_REUSEPORT (the
+kernel spreads connections over them), and
+- forwards SIGTERM / SIGINT to every worker, then waits for them to finish their
+  in-flight requests (the app's shutdown_timeout), killing any that outlive it;
+- restarts a worker that dies on its own, unless workers keep dying right after start
+  (then it stops them all and exits non-zero instead of spinning).
+Every worker runs the whole app: its own pool (DB_POOL_MAX connections each), feed
+listener and timeout sweeper (an advisory lock lets one sweep at a time). With
+METRICS_PORT set, worker i serves /metrics on METRICS_PORT + i.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import multiprocessing
+import os
+import signal
+import socket
+import time
+from multiprocessing.connection import wait
+from typing import Callable
+
+from aiohttp import web
+
+from .config import Config
+
+log = logging.getLogger(__name__)
+
+RESTART_WINDOW = 10.0  # a worker that dies sooner than this after starting "failed to start"
+MAX_QUICK_DEATHS = 5  # that many in a row: stop restarting
+
+
+def new_event_loop(config: Config) -> asyncio.AbstractEventLoop:
+    """uvloop for EVENT_LOOP=auto (when installed) or uvloop; else asyncio's own."""
+    if config.event_loop != "asyncio":
+        try:
+            import uvloop
+        except ImportError:
+            if config.event_loop == "uvloop":
+                raise RuntimeError("EVENT_LOOP=uvloop, but uvloop is not installed "
+                                   "(pip install '.[fast]')") from None
+        else:
+            return uvloop.new_event_loop()
+    return asyncio.new_event_loop()
+
+
+AppFactory = Callable[[Config], web.Application]
+
+
+def run(factory: AppFactory, config: Config, *, reuse_port: bool = False) -> None:
+    """Serve the app in this process until SIGTERM / SIGINT."""
+    loop = new_event_loop(config)
+    log.info("serving on http://%s:%d (pid %d, %s)", config.host, config.port, os.getpid(),
+             type(loop).__module__.split(".")[0])
+    web.run_app(factory(config), host=config.host, port=config.port, print=None,
+                access_log=None, shutdown_timeout=config.shutdown_timeout,
+                reuse_port=reuse_port or None, loop=loop)
+
+
+def serve(factory: AppFactory, config: Config) -> int:
+    """`serve`: the app in this process, or config.workers worker processes."""
+    if config.workers <= 1:
+        run(factory, config)
+        return 0
+    return Supervisor(factory, config).run()
+
+
+def _worker_main(factory: AppFactory, config: Config) -> None:
+    # A fresh process image as far as signals go: run_app installs its own handlers.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    run(factory, config, reuse_port=True)
+
+
+class Supervisor:
+    def __init__(self, factory: AppFactory, config: Config):
+        self.factory = factory
+        self.config = config
+        self.workers: dict[int, tuple[multiprocessing.Process, float]] = {}  # index -> (p, start)
+        self.stopping = False
+        self.quick_deaths = 0
+        self._reserved: socket.socket | None = None
+        self._ctx = multiprocessing.get_context("fork")
+
+    def run(self) -> int:
+        config = self.config
+        if config.port == 0:  # one port for all: pick it here, hold it while we run
+            self._reserved = _reserve_port(config.host)
+            self.config = config = config.with_(port=self._reserved.getsockname()[1])
+        previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            log.info("supervisor %d: %d workers on http://%s:%d", os.getpid(), config.workers,
+                     config.host, config.port)
+            for index in range(config.workers):
+                self._start(index)
+            failed = self._supervise()
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            if self._reserved is not None:
+                self._reserved.close()
+        return 1 if failed else 0
+
+    def _worker_config(self, index: int) -> Config:
+        config = self.config.with_(workers=1)
+        if config.metrics_port:
+            config = config.with_(metrics_port=config.metrics_port + index)
+        return config
+
+    def _start(self, index: int) -> None:
+        process = self._ctx.Process(target=_worker_main, name=f"worker-{index}",
+                                    args=(self.factory, self._worker_config(index)), daemon=False)
+        process.start()
+        self.workers[index] = (process, time.monotonic())
+        log.info("worker %d started (pid %d)", index, process.pid)
+
+    def _on_signal(self, signum, frame) -> None:
+        if not self.stopping:
+            log.info("supervisor: %s, stopping %d workers", signal.Signals(signum).name,
+                     len(self.workers))
+        self.stopping = True
+        self._signal_all(signal.SIGTERM)
+
+    def _signal_all(self, sig: int) -> None:
+        for process, _ in self.workers.values():
+            if process.is_alive():
+                try:
+                    os.kill(process.pid, sig)
+                except ProcessLookupError:
+                    pass
+
+    def _supervise(self) -> bool:
+        """Until every worker is gone; True when the supervisor gave up on crashing workers."""
+        failed = False
+        deadline = None
+        while self.workers:
+            sentinels = {p.sentinel: i for i, (p, _) in self.workers.items()}
+            ready = wait(list(sentinels), timeout=0.5)
+            for sentinel in ready:
+                index = sentinels[sentinel]
+                process, started = self.workers.pop(index)
+                process.join()
+                if self.stopping:
+                    continue
+                lived = time.monotonic() - started
+                log.error("worker %d (pid %d) exited with %s after %.1fs", index, process.pid,
+                          process.exitcode, lived)
+                self.quick_deaths = self.quick_deaths + 1 if lived < RESTART_WINDOW else 0
+                if self.quick_deaths >= MAX_QUICK_DEATHS:
+                    log.error("workers keep dying at start; stopping")
+                    failed = True
+                    self.stopping = True
+                    self._signal_all(signal.SIGTERM)
+                    continue
+                self._start(index)
+            if self.stopping and self.workers:
+                if deadline is None:
+                    deadline = time.monotonic() + self.config.shutdown_timeout + 5
+                elif time.monotonic() > deadline:
+                    log.error("workers still running after the shutdown timeout; killing them")
+                    self._signal_all(signal.SIGKILL)
+                    deadline = time.monotonic() + 5
+        return failed
+
+
+def _reserve_port(host: str) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, 0))  # bound, never listening: it takes no connections, only the port
+    return sock

@@ -1,0 +1,81 @@
+"""SQL of the bulk seeder (service/seed.py): plain inserts for pipelines, COPY for the rest."""
+from __future__ import annotations
+
+import contextlib
+from collections import Counter
+from datetime import datetime
+from typing import AsyncIterator, Iterable, Sequence
+
+import asyncpg
+
+from ..db import _decode_jsonb, init_connection
+from . import counts
+
+try:
+    import orjson
+except ImportError:  # optional (the `fast` extra): json.dumps does the same, slower
+    orjson = None
+from .changes import RUN_STATE_COLUMNS, STAGE_RUN_COLUMNS
+from .feedlock import FEED_LOCK
+
+EVENT_COLUMNS = ("enterprise_id", "pipeline_id", "run_id", "version", "type", "from_status",
+                 "to_status", "actor", "actor_id", "occurred_at", "data")
+
+INSERT_PIPELINE = """
+INSERT INTO pipelines (enterprise_id, id, name, description, timeout_seconds, is_active,
+                       is_default, last_run_number, last_stage_ordinal, created_by, updated_by,
+                       created_at, updated_at)
+VALUES ($1, $2, $3, $4, $5, true, false, $6, $7, $8, $8, $9, $9)
+"""
+INSERT_STAGE = """
+INSERT INTO stages (enterprise_id, id, pipeline_id, name, description, timeout_seconds, ordinal,
+                    created_by, updated_by, created_at, updated_at)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8, $9, $9)
+"""
+# Held to commit, as every append holds it: the batch's positions commit in order. Its
+# NOTIFY wakes long-polling feed readers at commit.
+TAKE_FEED_LOCK = f"SELECT {FEED_LOCK}"
+
+
+# run_events is partitioned by month: the months the seeded events fall in must exist.
+ENSURE_PARTITIONS = "SELECT run_events_ensure_partitions($1, $2)"
+
+
+async def ensure_partitions(conn: asyncpg.Connection, first: datetime, last: datetime) -> None:
+    await conn.fetchval(ENSURE_PARTITIONS, first, last)
+
+
+@contextlib.asynccontextmanager
+async def fast_jsonb(conn: asyncpg.Connection) -> AsyncIterator[None]:
+    """jsonb encoded by orjson on this connection meanwhile (the same JSON values)."""
+    if orjson is None:
+        yield
+        return
+    await conn.set_type_codec("jsonb", encoder=lambda value: b"\x01" + orjson.dumps(value),
+                              decoder=_decode_jsonb, schema="pg_catalog", format="binary")
+    try:
+        yield
+    finally:
+        await init_connection(conn)  # the service's codecs again
+
+
+async def insert_pipelines(conn: asyncpg.Connection, pipelines: Iterable[Sequence],
+                           stages: Iterable[Sequence]) -> None:
+    await conn.executemany(INSERT_PIPELINE, pipelines)
+    await conn.executemany(INSERT_STAGE, stages)
+
+
+async def copy_batch(conn: asyncpg.Connection, enterprise_id: str, events: list[tuple],
+                     runs: list[tuple], stage_runs: list[tuple], run_counts: Counter) -> None:
+    """One batch in one transaction: the events (positions in list order), their projection
+    and its counters (run_counts deltas, keyed (enterprise_id, pipeline_id, status))."""
+    async with conn.transaction():
+        await conn.fetchval(TAKE_FEED_LOCK, enterprise_id)
+        await conn.copy_records_to_table("run_events", records=events, columns=EVENT_COLUMNS)
+        if runs:
+            await conn.copy_records_to_table("pipeline_runs", records=runs,
+                                             columns=RUN_STATE_COLUMNS)
+        if stage_runs:
+            await conn.copy_records_to_table("stage_runs", records=stage_runs,
+                                             columns=STAGE_RUN_COLUMNS)
+        await counts.apply_deltas(conn, run_counts)

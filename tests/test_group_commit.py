@@ -1,0 +1,104 @@
+"""Group commit: concurrent simple status changes of an enterprise share a transaction."""
+from __future__ import annotations
+
+import asyncio
+
+import asyncpg
+import pytest
+
+from service.db import create_pool
+from service.groupcommit import GroupCommit
+from service.http.keys import GROUP_COMMIT
+from service.replay import verify
+
+
+@pytest.fixture
+def db_dsn(own_db):
+    return own_db
+
+
+async def _runs(api, n: int) -> list[dict]:
+    pipeline = await api.pipeline()
+    runs = [await api.run(pipeline["id"]) for _ in range(n)]
+    return [await api.move(r, "running") for r in runs]
+
+
+def _url(run: dict) -> str:
+    return f"/pipelines/{run['pipeline_id']}/runs/{run['id']}/"
+
+
+async def test_concurrent_changes_share_commits_and_stay_exact(api, client, db, enterprise):
+    runs = await _runs(api, 30)
+    group = client.server.app[GROUP_COMMIT]
+    before = group.groups
+    for target in ("waiting", "running", "waiting"):
+        moved = await asyncio.gather(*(api.put(_url(r), {"status": target}) for r in runs))
+        assert {m["status"] for m in moved} == {target}
+    assert group.groups > before  # some of them were committed together
+
+    versions = await db.fetch("""
+        SELECT run_id, array_agg(version ORDER BY version) AS v, count(*) AS n
+        FROM run_events WHERE enterprise_id = $1 GROUP BY run_id""", enterprise)
+    assert all(r["v"] == list(range(1, r["n"] + 1)) for r in versions)
+    assert {r["n"] for r in versions} == {1 + 1 + 3}  # created, running, the 3 moves
+    # The feed has every event once, in position order.
+    feed = await api.get("/events/?limit=1000")
+    positions = [e["position"] for e in feed["results"]]
+    assert positions == sorted(positions) and len(positions) == len(set(positions))
+    assert len(positions) == sum(r["n"] for r in versions)
+    assert (await verify(db)).drifts == []
+
+
+async def test_same_run_in_one_group_behaves_as_one_after_the_other(api, db, enterprise):
+    (run,) = await _runs(api, 1)
+    answers = await asyncio.gather(*(api.put(_url(run), {"status": "waiting"})
+                                     for _ in range(12)))
+    assert {a["status"] for a in answers} == {"waiting"}
+    # One change, the others are no-ops on the run as it then was.
+    assert await db.fetchval("""
+        SELECT count(*) FROM run_events
+        WHERE enterprise_id = $1 AND run_id = $2 AND to_status = 'waiting'""",
+        enterprise, run["id"]) == 1
+    # If-Match: of many changes expecting the same version, exactly one wins.
+    current = await api.get(_url(run))
+    results = await asyncio.gather(*(
+        api.put(_url(run), {"status": s}, headers={"If-Match": f'"{current["version"]}"'},
+                status=(200, 412))
+        for s in ("running", "running", "running", "running")))
+    assert sum(1 for r in results if r.get("status") == "running") == 1
+    assert (await verify(db)).drifts == []
+
+
+async def test_a_refused_change_leaves_its_group_alone(api):
+    runs = await _runs(api, 10)
+    done = await asyncio.gather(
+        *(api.put(_url(r), {"status": "waiting"}) for r in runs[:9]),
+        api.put(_url(runs[9]), {"status": "queued"}, status=409),  # running -> queued: illegal
+        api.put(f"/pipelines/{runs[0]['pipeline_id']}/runs/{runs[0]['pipeline_id']}/",
+                {"status": "waiting"}, status=404))
+    assert [d["status"] for d in done[:9]] == ["waiting"] * 9
+    assert done[9]["current_status"] == "running"
+
+
+async def test_a_failing_group_is_retried_change_by_change(config, db_dsn):
+    pool = await create_pool(config, db_dsn)
+    group = GroupCommit(pool, 5)
+    try:
+        def work(n: int, always_fail: bool = False):
+            async def run(conn):
+                # Fails inside a shared transaction only: alone, it succeeds.
+                if always_fail or conn.is_in_transaction():
+                    if n % 3 == 0 or always_fail:
+                        await conn.execute("SELECT 1 / 0")
+                return await conn.fetchval("SELECT $1::int", n)
+            return run
+
+        import uuid
+        outcomes = await asyncio.gather(
+            *(group.run("ent", uuid.uuid4(), work(n)) for n in range(1, 9)),
+            group.run("ent", uuid.uuid4(), work(99, always_fail=True)),
+            return_exceptions=True)
+        assert outcomes[:8] == list(range(1, 9))
+        assert isinstance(outcomes[8], asyncpg.DivisionByZeroError)
+    finally:
+        await pool.close()

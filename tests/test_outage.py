@@ -1,0 +1,273 @@
+"""Database outages and slow queries: 503 envelopes within seconds, then recovery by itself.
+
+The outage tests run the app against a private PostgreSQL cluster (tests/pgcluster.py) the
+test stops, restarts on the same port, or freezes with SIGSTOP (TCP still accepts, nothing
+answers: the case only timeouts can bound). The statement-timeout test needs no outage and
+runs on the shared database.
+"""
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+
+import asyncpg
+import pytest
+
+import pgcluster
+from conftest import SCHEMA, make_token
+from service.config import Config
+from service.feedwait import FeedWaiters
+from service.http.keys import FEED_WAITERS
+from service.store import meta
+
+# Small timeouts, so an outage answers fast. Budget per request: connect 1 s, acquire 2 s
+# (connecting included), statement 0.8 s, and 1.8 s (asyncpg's command_timeout) for a pooled
+# connection whose server does not answer at all. Without DB_CONNECT_TIMEOUT a token lookup
+# waited asyncpg's default 60 s; without dropping the silent connection, ~3.6 s.
+TIMEOUTS = dict(pool_min=1, pool_max=5, pool_acquire_timeout=2.0, db_connect_timeout=1.0,
+                statement_timeout_ms=800)
+MAX_503_SECONDS = 3.5
+SLOW_STATEMENT_MS = 1500  # the lock test: long enough to show the other requests pass by
+
+
+@pytest.fixture
+def config(db_dsn) -> Config:
+    # The token cache is long so the handler's own database path is exercised while the
+    # database is down; a fresh token exercises the token lookup.
+    return Config(database_url=db_dsn, token_cache_seconds=60,
+                  **{**TIMEOUTS, "statement_timeout_ms": SLOW_STATEMENT_MS})
+
+
+async def timed(coro) -> tuple[object, float]:
+    started = time.monotonic()
+    result = await coro
+    return result, time.monotonic() - started
+
+
+async def wait_until_ready(api, seconds: float = 15) -> float:
+    """Seconds until /health/ready answers 200 (polling every 0.1 s)."""
+    started = time.monotonic()
+    while True:
+        resp = await api.client.get("/health/ready")
+        await resp.read()
+        if resp.status == 200:
+            return time.monotonic() - started
+        assert resp.status == 503
+        assert time.monotonic() - started < seconds, "did not recover"
+        await asyncio.sleep(0.1)
+
+
+def run_path(run: dict) -> str:
+    return f"/pipelines/{run['pipeline_id']}/runs/{run['id']}/"
+
+
+async def test_slow_query_answers_503_and_the_worker_is_free(api, db, db_dsn):
+    """A run row locked by someone else: the PUT waits at most statement_timeout, then 503."""
+    pipeline = await api.pipeline()
+    run = await api.run(pipeline["id"])
+    # Status changes of one enterprise may share a transaction (groupcommit.py), so the
+    # concurrent change below is another enterprise's.
+    elsewhere = api.with_token(await make_token(db, f"ent-{uuid.uuid4().hex[:12]}"))
+    other = await elsewhere.run((await elsewhere.pipeline())["id"])
+    locker = await asyncpg.connect(db_dsn)
+    try:
+        lock = locker.transaction()
+        await lock.start()
+        await locker.execute("SELECT 1 FROM pipeline_runs WHERE id = $1 FOR UPDATE",
+                             uuid.UUID(run["id"]))
+        blocked = asyncio.create_task(timed(api.put(run_path(run), {"status": "running"}, 503)))
+        await asyncio.sleep(0.1)
+        # While one request waits on the lock, others are served.
+        moved, created, read = await asyncio.gather(
+            elsewhere.put(run_path(other), {"status": "running"}), api.run(pipeline["id"]),
+            api.get(run_path(run)))
+        assert moved["status"] == "running" and created["run_number"] == 2
+        assert read["version"] == 1 and not blocked.done()
+        _, waited = await blocked
+        print(f"PUT on a locked row: 503 after {waited:.3f}s")
+        assert SLOW_STATEMENT_MS / 1000 - 0.1 <= waited < SLOW_STATEMENT_MS / 1000 + 1, waited
+        await lock.rollback()
+    finally:
+        await locker.close()
+    moved = await api.put(run_path(run), {"status": "running"})
+    assert moved["version"] == 2  # the cancelled PUT wrote nothing
+    history = await api.get(run_path(run) + "events/")
+    assert [e["version"] for e in history["results"]] == [1, 2]
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    reason = pgcluster.available()
+    if reason is not None:
+        pytest.skip(reason)
+    pg = pgcluster.PrivatePostgres()
+    try:
+        pg.start()
+
+        async def load_schema():
+            conn = await asyncpg.connect(pg.dsn)
+            try:
+                await meta.migrate(conn, SCHEMA)
+            finally:
+                await conn.close()
+
+        asyncio.run(load_schema())
+        yield pg
+    finally:
+        pg.destroy()
+
+
+class TestPrivateCluster:
+    @pytest.fixture
+    def pg(self, cluster):
+        yield cluster
+        try:  # leave it running for the next test
+            cluster.thaw()
+        except Exception:
+            pass
+        if not (cluster.data / "postmaster.pid").exists():
+            cluster.start()
+
+    @pytest.fixture
+    def db_dsn(self, pg):
+        return pg.dsn
+
+    @pytest.fixture
+    def config(self, db_dsn) -> Config:
+        return Config(database_url=db_dsn, token_cache_seconds=60, timeout_sweep_seconds=0.3,
+                      **TIMEOUTS)
+
+    async def test_outage_answers_503_then_recovers_by_itself(self, api, pg, db, enterprise,
+                                                              client):
+        swept = await api.pipeline("swept", timeout_seconds=2)
+        doomed = await api.move(await api.run(swept["id"]), "running")  # overdue in 2 s
+        pipeline = await api.pipeline()
+        run = await api.run(pipeline["id"])
+        fresh = api.with_token(await make_token(db, enterprise, "fresh"))  # not cached yet
+        due = time.monotonic() + 2
+
+        # A request in flight when the server shuts down: blocked on a row lock, then the
+        # administrator's shutdown ends its session. It answers 503 at once.
+        await db.execute("BEGIN")
+        locked = await db.fetchval("SELECT id FROM pipeline_runs WHERE id = $1 FOR UPDATE",
+                                   uuid.UUID(run["id"]))
+        assert str(locked) == run["id"]
+        in_flight = asyncio.create_task(api.put(run_path(run), {"status": "running"}, 503))
+        # And a long-poll waiting for events: its next re-query (every second) answers 503.
+        waiting = asyncio.create_task(timed(api.get(f"/events/?run_id={run['id']}&after="
+                                                    f"{2**62}&wait=10", 503)))
+        await asyncio.sleep(0.2)
+        stopped = time.monotonic()
+        pg.stop()
+        _, took = await timed(in_flight)
+        assert took < 1, took
+        await waiting
+        assert time.monotonic() - stopped < 2.5  # a tick (1 s), pg_ctl stop, the re-query
+
+        down = {
+            "get": api.get(run_path(run), 503),
+            "list": api.get(f"/pipelines/{pipeline['id']}/runs/", 503),
+            "create": api.post(f"/pipelines/{pipeline['id']}/runs/", {}, 503),
+            "keyed create": api.post(f"/pipelines/{pipeline['id']}/runs/", {}, 503,
+                                     headers={"Idempotency-Key": "outage-1"}),
+            "put": api.put(run_path(run), {"status": "running"}, 503),
+            "feed": api.get("/events/?wait=2", 503),
+            "token lookup": fresh.get(run_path(run), 503),
+            "ready": api.get("/health/ready", 503),
+        }
+        took = {name: (await timed(call))[1] for name, call in down.items()}
+        print("503 while stopped (s):", {k: round(v, 3) for k, v in took.items()})
+        assert max(took.values()) < 1, took  # refused: nothing to wait for
+        assert (await api.get("/health/live"))["status"] == "live"
+
+        await asyncio.sleep(max(0.0, due + 0.5 - time.monotonic()))  # sweeps fail meanwhile
+        pg.start()
+        recovered = await wait_until_ready(api)
+        print(f"ready {recovered:.3f}s after the restart")
+        assert recovered < 2, recovered
+
+        # Served again, with the same pool, listener and sweeper.
+        assert (await fresh.get(run_path(run)))["version"] == 1  # nothing half-written
+        await api.move(run, "running")
+        deadline = time.monotonic() + 5
+        while (await api.get(run_path(doomed)))["status"] != "timeout":
+            assert time.monotonic() < deadline, "the sweeper did not come back"
+            await asyncio.sleep(0.1)
+        await self._long_poll_wakes(api, client, run)
+
+    async def _long_poll_wakes(self, api, client, run) -> None:
+        after = (await api.get(f"/events/?run_id={run['id']}"))["next_after"]
+        poll = asyncio.create_task(api.get(f"/events/?run_id={run['id']}&after={after}&wait=5"))
+        await asyncio.sleep(0.3)
+        assert not poll.done()
+        started = time.monotonic()
+        await api.move(run, "waiting")
+        woke = await poll
+        latency = time.monotonic() - started
+        print(f"long-poll woke {latency:.3f}s after the commit")
+        assert [e["to_status"] for e in woke["results"]] == ["waiting"]
+        assert latency < 1
+        waiters = client.server.app[FEED_WAITERS]
+        deadline = time.monotonic() + 3
+        while not waiters.listening:  # LISTEN is re-established in the background
+            assert time.monotonic() < deadline, "the feed listener did not reconnect"
+            await asyncio.sleep(0.1)
+
+    async def test_unresponsive_database_answers_503_within_the_timeouts(self, api, pg, db,
+                                                                          enterprise):
+        pipeline = await api.pipeline()
+        run = await api.run(pipeline["id"])
+        tokens = [api.with_token(await make_token(db, enterprise, f"t{i}")) for i in range(2)]
+        await db.close()  # it would be frozen too
+
+        # 1. Pooled connections whose server stopped answering: statement/command timeouts.
+        pg.freeze()
+        try:
+            took = await self._all_503(api, tokens[0], pipeline, run)
+        finally:
+            pg.thaw()
+        print("503 while frozen, pooled connections (s):", took)
+        assert max(took.values()) < MAX_503_SECONDS, took
+        await wait_until_ready(api)
+
+        # 2. No usable pooled connection and a server that accepts TCP but never answers the
+        # startup message: the connect timeout (asyncpg's default is 60 s).
+        pg.stop()
+        pg.start()
+        pg.freeze()
+        try:
+            took = await self._all_503(api, tokens[1], pipeline, run)
+            await self._listener_reconnects_in_the_background(pg.dsn)
+        finally:
+            pg.thaw()
+        print("503 while frozen, connecting (s):", took)
+        assert max(took.values()) < MAX_503_SECONDS, took
+        recovered = await wait_until_ready(api)
+        print(f"ready {recovered:.3f}s after the thaw")
+        assert recovered < 3, recovered
+        assert (await api.move(run, "running"))["version"] == 2
+
+    async def _listener_reconnects_in_the_background(self, dsn: str) -> None:
+        """A long-poll's wait never waits on the feed listener's (re)connect."""
+        waiters = FeedWaiters(dsn, connect_timeout=10)
+        with waiters.subscribe("nobody") as event:
+            _, took = await timed(waiters.wait(event, 0.3))
+        assert took < 0.5, took
+        assert not waiters.listening
+        _, took = await timed(waiters.stop())  # and stopping does not wait on it either
+        assert took < 0.5, took
+
+    async def _all_503(self, api, fresh, pipeline, run) -> dict[str, float]:
+        calls = {
+            "token lookup": fresh.get(run_path(run), 503),
+            "get": api.get(run_path(run), 503),
+            "put": api.put(run_path(run), {"status": "running"}, 503),
+            "feed": api.get("/events/?wait=1", 503),
+            "ready": api.get("/health/ready", 503),
+        }
+        names = list(calls)
+        results = await asyncio.gather(*(timed(c) for c in calls.values()))
+        _, live_took = await timed(api.get("/health/live"))
+        assert live_took < 0.5
+        return {name: round(took, 3) for name, (_, took) in zip(names, results)}

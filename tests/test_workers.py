@@ -1,0 +1,114 @@
+"""`serve --workers N`: N processes on one port, supervised; SIGTERM stops them all."""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from service.config import Config
+from service.runtime import new_event_loop
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def db_dsn(own_db):
+    return own_db
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _children(pid: int) -> set[int]:
+    out = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                out.add(int(entry.name))
+    return out
+
+
+def _ready(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health/ready", timeout=2) as r:
+            return r.status == 200
+    except OSError:
+        return False
+
+
+def _wait(predicate, timeout: float = 30.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def test_two_workers_share_the_port_restart_and_stop_on_sigterm(db_dsn, tmp_path):
+    port = _free_port()
+    log = (tmp_path / "serve.log").open("w")
+    env = {**os.environ, "DATABASE_URL": db_dsn, "LOG_FORMAT": "text", "SHUTDOWN_TIMEOUT": "2"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "service", "serve", "--port", str(port), "--workers", "2"],
+        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        assert _wait(lambda: len(_children(proc.pid)) == 2 and _ready(port)), \
+            (tmp_path / "serve.log").read_text()
+        workers = _children(proc.pid)
+        # Both workers listen on the port (SO_REUSEPORT): each one answers on its own too.
+        for _ in range(20):
+            assert _ready(port)
+
+        # A worker that dies is replaced.
+        victim = min(workers)
+        os.kill(victim, signal.SIGKILL)
+        assert _wait(lambda: len(_children(proc.pid) - {victim}) == 2), \
+            (tmp_path / "serve.log").read_text()
+        assert _wait(lambda: _ready(port))
+
+        # SIGTERM to the supervisor stops every worker, and the supervisor exits 0.
+        survivors = _children(proc.pid)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0, (tmp_path / "serve.log").read_text()
+        assert _wait(lambda: not any(Path(f"/proc/{p}").exists() for p in survivors), 10)
+        assert not _ready(port)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        log.close()
+    text = (tmp_path / "serve.log").read_text()
+    assert "2 workers" in text and "exited with" in text
+
+
+def test_event_loop_choice():
+    import asyncio
+
+    loop = new_event_loop(Config(event_loop="asyncio"))
+    try:
+        assert type(loop).__module__.startswith("asyncio")
+    finally:
+        loop.close()
+    uvloop = pytest.importorskip("uvloop")
+    for choice in ("auto", "uvloop"):
+        loop = new_event_loop(Config(event_loop=choice))
+        try:
+            assert isinstance(loop, uvloop.Loop)
+        finally:
+            loop.close()
+    assert isinstance(asyncio.get_event_loop_policy(), asyncio.AbstractEventLoopPolicy)
