@@ -460,6 +460,12 @@ def report(args, phases, workers, started: dt.datetime, tool_version: str) -> st
         f"{m} service {', '.join(f'{x.rps:,.0f}' for x in phases[m]['service'].rounds)} vs "
         f"reference {', '.join(f'{x.rps:,.0f}' for x in phases[m]['reference'].rounds)}"
         for m in ("PUT", "GET"))]
+    lines += ["", "Reading it: req/s moves with whatever else shares the 2 cores (see the load "
+                  "average above); CPU time per request (the server's process, then its "
+                  "PostgreSQL backends) moves much less, so it is the figure to compare "
+                  "between runs. PUT is one legal status change with its event appended "
+                  "(service: auth, validation, transition check, feed lock, counters; "
+                  "reference: BEGIN / UPDATE / INSERT / COMMIT)."]
     lines += ["", f"Service RSS under load (peak VmRSS): {rss:.0f} MB "
                   f"(target < {RSS_TARGET_MB} MB: {'ok' if rss < RSS_TARGET_MB else 'MISSED'})."]
     if workers:
