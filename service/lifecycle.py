@@ -242,6 +242,12 @@ def _canonical_uuid(text: str) -> uuid.UUID | None:
     return parsed if str(parsed) == text else None
 
 
+def _fresh(actor_id, at) -> dict[str, Any]:
+    """The stamps of a run or stage run just created: by its creator, never started."""
+    return {"created_by": actor_id, "updated_by": actor_id, "created_at": at,
+            "updated_at": at, "started_at": None, "ended_at": None}
+
+
 def _created(event: Mapping[str, Any]) -> dict[str, Any]:
     data = event.get("data") or {}
     at, actor_id = event["occurred_at"], event.get("actor_id")
@@ -256,12 +262,7 @@ def _created(event: Mapping[str, Any]) -> dict[str, Any]:
                        "created_by": s["created_by"]},
         "timeout_seconds": s["timeout_seconds"],
         "status": INITIAL_STATUS,
-        "created_by": actor_id,
-        "updated_by": actor_id,
-        "created_at": at,
-        "updated_at": at,
-        "started_at": None,
-        "ended_at": None,
+        **_fresh(actor_id, at),
     } for s in data.get("stage_runs", ())]
     return {
         "id": event["run_id"],
@@ -270,12 +271,7 @@ def _created(event: Mapping[str, Any]) -> dict[str, Any]:
         "run_number": data["run_number"],
         "status": event["to_status"],
         "status_meta": status_meta(data),
-        "created_by": actor_id,
-        "updated_by": actor_id,
-        "created_at": at,
-        "updated_at": at,
-        "started_at": None,
-        "ended_at": None,
+        **_fresh(actor_id, at),
         "version": event["version"],
         "deadline": at + timedelta(seconds=data["timeout_seconds"]),
         "stage_runs": stage_runs,
