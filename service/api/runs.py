@@ -47,7 +47,8 @@ LIST_DESCRIPTION = (
     "the same ordering; `next` then carries the cursor). Every ordering reads index ranges "
     "only, and `count` comes from maintained counters, except with created_/updated_ "
     "ranges: then it is counted up to 10000 (`count_exact`). Ranges are half-open: "
-    "*_after is inclusive, *_before exclusive.")
+    "*_after is inclusive, *_before exclusive. An offset page reads offset + limit rows "
+    "per index range it merges: past a few thousand runs, page by cursor.")
 _DATES = ("created_after", "created_before", "updated_after", "updated_before")
 
 
