@@ -34,16 +34,16 @@ import threading
 import time
 import urllib.request
 import uuid
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 import asyncpg  # noqa: E402
+
+import scratchdb  # noqa: E402
 
 import load  # noqa: E402
 import reference  # noqa: E402
@@ -62,47 +62,8 @@ OTHER = load.OTHER
 
 # --- database ----------------------------------------------------------------------------
 
-def _dsn_for(admin_dsn: str, dbname: str) -> str:
-    return urlunsplit(urlsplit(admin_dsn)._replace(path="/" + dbname))
-
-
-def _can_connect(dsn: str) -> bool:
-    async def probe():
-        conn = await asyncpg.connect(dsn, timeout=2)
-        await conn.close()
-
-    try:
-        asyncio.run(probe())
-        return True
-    except Exception:
-        return False
-
-
-@contextmanager
-def admin_dsn():
-    dsn = os.environ.get("BENCH_ADMIN_DSN") or os.environ.get("DATABASE_URL")
-    if dsn:
-        yield dsn
-        return
-    dsn = "postgresql://postgres@127.0.0.1:5432/postgres"
-    if _can_connect(dsn):
-        yield dsn
-        return
-    from service.embedded import start_embedded
-
-    server = start_embedded(str(ROOT / ".data" / "bench"))
-    try:
-        yield server.dsn
-    finally:
-        server.stop()
-
-
-async def _admin(dsn: str, sql: str) -> None:
-    conn = await asyncpg.connect(dsn)
-    try:
-        await conn.execute(sql)
-    finally:
-        await conn.close()
+_dsn_for, _can_connect, admin_dsn, _admin = (
+    scratchdb.dsn_for, scratchdb.can_connect, scratchdb.admin_dsn, scratchdb.admin)
 
 
 @dataclass

@@ -1,0 +1,55 @@
+"""Where the benchmarks make their scratch databases: an admin DSN and small helpers."""
+from __future__ import annotations
+
+import asyncio
+import os
+from contextlib import contextmanager
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def dsn_for(admin_dsn: str, dbname: str) -> str:
+    return urlunsplit(urlsplit(admin_dsn)._replace(path="/" + dbname))
+
+
+def can_connect(dsn: str) -> bool:
+    async def probe():
+        conn = await asyncpg.connect(dsn, timeout=2)
+        await conn.close()
+
+    try:
+        asyncio.run(probe())
+        return True
+    except Exception:
+        return False
+
+
+@contextmanager
+def admin_dsn():
+    dsn = os.environ.get("BENCH_ADMIN_DSN") or os.environ.get("DATABASE_URL")
+    if dsn:
+        yield dsn
+        return
+    dsn = "postgresql://postgres@127.0.0.1:5432/postgres"
+    if can_connect(dsn):
+        yield dsn
+        return
+    from service.embedded import start_embedded
+
+    server = start_embedded(str(ROOT / ".data" / "bench"))
+    try:
+        yield server.dsn
+    finally:
+        server.stop()
+
+
+async def admin(dsn: str, sql: str) -> None:
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
