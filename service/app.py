@@ -23,7 +23,7 @@ from .http.observe import observe_middleware
 from .http.validation import validation_middleware
 from .metrics import Metrics, metrics_app
 from .metrics import handler as metrics_handler
-from .store import meta
+from .store import meta, moves
 from .sweeper import run_forever
 
 log = logging.getLogger(__name__)
@@ -64,7 +64,8 @@ async def _pool_ctx(app: web.Application) -> AsyncIterator[None]:
             await meta.ping(conn)
         app[POOL] = pool
         app[METRICS].pool = pool
-        app[GROUP_COMMIT] = (GroupCommit(pool, config.pool_acquire_timeout)
+        app[GROUP_COMMIT] = (GroupCommit(pool, config.pool_acquire_timeout,
+                                         moves.change_statuses)
                              if config.group_commit else None)
         waiters = FeedWaiters(config.database_url, config.db_connect_timeout)
         await waiters.start()

@@ -1,25 +1,24 @@
-"""Group commit: concurrent status changes of one enterprise share one transaction.
+"""Group commit: concurrent status changes of one enterprise share one statement and commit.
 
 Why: every append holds its enterprise's feed lock until commit (store/events.py: that is
 what makes the feed gap-safe), and a commit waits for its WAL flush. So one enterprise's
-writes commit one at a time, one flush each: its write rate is capped near 1 / fsync time,
-however many connections write. Here, the simple status changes (lifecycle.
-SIMPLE_RUN_TARGETS: one statement, no cascade) that arrive while a change of the same
-enterprise is running are queued and then run together, one after the other, in one
-transaction: one feed lock acquisition and one flush for all of them.
+writes commit one at a time, one flush each: its write rate is capped near 1 / (round
+trip + flush), however many connections write. Here, the simple status changes
+(lifecycle.SIMPLE_RUN_TARGETS: no cascade) that arrive while a change of the same
+enterprise is in flight are queued, and then sent together as ONE statement
+(store/moves.py): one round trip, one feed lock acquisition and one flush for all of them.
 
 Nothing a single change guarantees is lost:
-- Each change is the same statement as alone (store.runs.change_status), with the same
-  checks; the changes of a group run in arrival order, each seeing the ones before it (two
-  changes of one run behave as two requests one after the other).
-- A change answers only once its transaction has committed. A change refused by its checks
-  (404, 409, 412) has written nothing, so it leaves the others alone.
-- If any statement of a group fails in the database (the transaction is then aborted),
-  the group is rolled back and each change runs again alone, as it would have without
-  grouping; a failure then reaches only the change that causes it.
-- Lock order stays "run rows, then the feed lock": a group of several first locks all its
-  runs' rows, in id order, and only then takes the feed lock (with its first append). A
-  transaction holding the feed lock still waits for nothing.
+- A group runs the very statement a change alone runs, with the same checks per change;
+  each change is checked against its run's current (locked) state.
+- A group holds at most one change per run: a second change of a run waits for the next
+  group, so two changes of one run behave as two requests one after the other. Groups
+  keep arrival order, and within a group events get positions in arrival order.
+- A change answers only once its statement has committed. A change refused by its checks
+  (404, 409, 412) writes nothing and leaves the others alone.
+- If the statement fails in the database, nothing of it was written; each change then
+  runs again alone, as it would have without grouping, so a failure reaches only the
+  change that causes it.
 - A group's first change starts at once (a change alone is never delayed); the next group
   is what queued up meanwhile, so groups grow with load and latency does not.
 """
@@ -28,50 +27,43 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
-import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Awaitable, Callable
 
 import asyncpg
 
-from .errors import DomainError
-from .store.appended import APPENDED
-
 log = logging.getLogger(__name__)
 
 MAX_GROUP = 64
-LOCK_RUNS = """
-SELECT id FROM pipeline_runs WHERE enterprise_id = $1 AND id = ANY($2::uuid[])
-ORDER BY id FOR UPDATE
-"""
 
-Work = Callable[[asyncpg.Connection], Awaitable[Any]]
+# execute(conn, enterprise_id, items) -> one result per item: a value, or the DomainError
+# that refused it (it wrote nothing). Raising means the whole statement failed.
+Execute = Callable[[asyncpg.Connection, str, list], Awaitable[list]]
 
 
 @dataclass
 class _Change:
-    run_id: uuid.UUID
-    work: Work
+    item: Any  # has .run_id
     future: asyncio.Future
-    context: contextvars.Context = field(default_factory=contextvars.copy_context)
 
 
 class GroupCommit:
     """Per process: a queue per enterprise, drained by one leader task at a time."""
 
-    def __init__(self, pool: asyncpg.Pool, acquire_timeout: float):
+    def __init__(self, pool: asyncpg.Pool, acquire_timeout: float, execute: Execute):
         self.pool = pool
         self.acquire_timeout = acquire_timeout
+        self.execute = execute
         self._queues: dict[str, list[_Change]] = {}
         self._leaders: set[asyncio.Task] = set()
-        self.groups = 0  # transactions committed with more than one change (for tests)
+        self.groups = 0  # statements that carried more than one change (for tests)
 
-    async def run(self, enterprise_id: str, run_id: uuid.UUID, work: Work) -> Any:
-        """work(conn) in a transaction shared with the enterprise's concurrent changes.
+    async def run(self, enterprise_id: str, item: Any) -> Any:
+        """Execute item in a statement shared with the enterprise's concurrent ones.
 
-        Returns (or raises) what work returns (raises), once its transaction committed.
+        Returns its result (raises its refusal or the failure) once committed.
         """
-        change = _Change(run_id, work, asyncio.get_running_loop().create_future())
+        change = _Change(item, asyncio.get_running_loop().create_future())
         queue = self._queues.get(enterprise_id)
         if queue is None:
             self._queues[enterprise_id] = [change]
@@ -88,7 +80,7 @@ class GroupCommit:
         group: list[_Change] = []
         try:
             while queue:
-                group, queue[:] = queue[:MAX_GROUP], queue[MAX_GROUP:]
+                group = _take_group(queue)
                 await self._commit(enterprise_id, group)
                 group = []
         except BaseException as exc:  # cancelled at shutdown: nobody may wait for ever
@@ -106,10 +98,9 @@ class GroupCommit:
             for change in group:
                 _settle(change, exc)
             return
-        marks = [_appended_mark(change) for change in group]
         try:
             try:
-                results = await self._together(conn, enterprise_id, group)
+                results = await self.execute(conn, enterprise_id, [c.item for c in group])
             except Exception as exc:
                 if isinstance(exc, asyncio.TimeoutError):
                     # command_timeout: the server stopped answering; drop the connection
@@ -119,51 +110,36 @@ class GroupCommit:
                     for change in group:
                         _settle(change, exc)
                     return
-                # Rolled back: each change again, alone, as it would have run without us.
                 log.info("a group of %d changes failed (%s: %s); running them one by one",
                          len(group), type(exc).__name__, exc)
-                results = []
-                for change, appended in zip(group, marks):
-                    if appended is not None:  # what it reported in the rolled-back try
-                        del appended[0][appended[1]:]
-                    try:
-                        (result,) = await self._together(conn, enterprise_id, [change])
-                    except Exception as alone:
-                        result = alone
-                    results.append(result)
+                results = [await self._alone(conn, enterprise_id, c) for c in group]
+            else:
+                self.groups += len(group) > 1
             for change, result in zip(group, results):
                 _settle(change, result)
         finally:
             await self.pool.release(conn)
 
-    async def _together(self, conn: asyncpg.Connection, enterprise_id: str,
-                        group: list[_Change]) -> list:
-        """Run the group's works, committed together; a DomainError is a work's result."""
-        if len(group) == 1:  # alone: exactly the statement(s) it would run without us
-            return [await _in_context(group[0], conn)]
-        results = []
-        async with conn.transaction():
-            await conn.execute(LOCK_RUNS, enterprise_id,
-                               sorted({change.run_id for change in group}))
-            for change in group:
-                results.append(await _in_context(change, conn))
-        self.groups += 1
-        return results
+    async def _alone(self, conn: asyncpg.Connection, enterprise_id: str,
+                     change: _Change) -> Any:
+        try:
+            (result,) = await self.execute(conn, enterprise_id, [change.item])
+        except Exception as exc:
+            result = exc
+        return result
 
 
-async def _in_context(change: _Change, conn: asyncpg.Connection) -> Any:
-    """The work in its caller's context (request id for logs, what it appended for metrics)."""
-    task = asyncio.get_running_loop().create_task(change.work(conn), context=change.context)
-    try:
-        return await task
-    except DomainError as refused:  # refused by its checks: wrote nothing
-        return refused
-
-
-def _appended_mark(change: _Change) -> tuple[list, int] | None:
-    """The change's list of appended events (metrics) and its length now."""
-    pending = change.context.get(APPENDED)
-    return None if pending is None else (pending, len(pending))
+def _take_group(queue: list[_Change]) -> list[_Change]:
+    """The next group: queued changes in arrival order, up to a second change of a run."""
+    runs: set = set()
+    size = 0
+    for change in queue[:MAX_GROUP]:
+        if change.item.run_id in runs:
+            break
+        runs.add(change.item.run_id)
+        size += 1
+    group, queue[:] = queue[:size], queue[size:]
+    return group
 
 
 def _settle(change: _Change, result: Any) -> None:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 
 import asyncpg
 import pytest
@@ -82,23 +83,50 @@ async def test_a_refused_change_leaves_its_group_alone(api):
 
 async def test_a_failing_group_is_retried_change_by_change(config, db_dsn):
     pool = await create_pool(config, db_dsn)
-    group = GroupCommit(pool, 5)
-    try:
-        def work(n: int, always_fail: bool = False):
-            async def run(conn):
-                # Fails inside a shared transaction only: alone, it succeeds.
-                if always_fail or conn.is_in_transaction():
-                    if n % 3 == 0 or always_fail:
-                        await conn.execute("SELECT 1 / 0")
-                return await conn.fetchval("SELECT $1::int", n)
-            return run
 
-        import uuid
+    async def execute(conn, enterprise_id, items):
+        # One statement for the whole group; it fails when an item is 0 or (only in a
+        # group of several) a multiple of 3: alone, those succeed.
+        failing = [i.n for i in items if i.n == 0 or (len(items) > 1 and i.n % 3 == 0)]
+        divisor = 0 if failing else 1
+        return await conn.fetchval("SELECT array_agg(n / $2) FROM unnest($1::int[]) n",
+                                   [i.n for i in items], divisor)
+
+    group = GroupCommit(pool, 5, execute)
+    try:
         outcomes = await asyncio.gather(
-            *(group.run("ent", uuid.uuid4(), work(n)) for n in range(1, 9)),
-            group.run("ent", uuid.uuid4(), work(99, always_fail=True)),
+            *(group.run("ent", Item(n)) for n in range(1, 9)), group.run("ent", Item(0)),
             return_exceptions=True)
         assert outcomes[:8] == list(range(1, 9))
         assert isinstance(outcomes[8], asyncpg.DivisionByZeroError)
+        assert group.groups == 0  # every group of several failed
+    finally:
+        await pool.close()
+
+
+@dataclass
+class Item:
+    n: int
+
+    @property
+    def run_id(self) -> int:
+        return self.n
+
+
+async def test_a_second_change_of_a_run_waits_for_the_next_group(config, db_dsn):
+    pool = await create_pool(config, db_dsn)
+    seen: list[list[int]] = []
+
+    async def execute(conn, enterprise_id, items):
+        seen.append([i.n for i in items])
+        await conn.execute("SELECT pg_sleep(0.05)")
+        return [i.n for i in items]
+
+    group = GroupCommit(pool, 5, execute)
+    try:
+        outcomes = await asyncio.gather(*(group.run("ent", Item(n)) for n in (1, 2, 3, 2, 4)))
+        assert outcomes == [1, 2, 3, 2, 4]
+        # All queued before the leader ran: the first group stops before run 2's second.
+        assert seen == [[1, 2, 3], [2, 4]]
     finally:
         await pool.close()

@@ -135,21 +135,22 @@ async def update_run(request: web.Request) -> web.Response:
     who, p = principal(request), path(request)
     expected, target = _if_match(request), body(request)["status"]
 
-    def change(conn):
-        return store.change_status(
-            conn, who.enterprise_id, p["pipeline_id"], p["pipeline_run_id"], target,
-            who.name, who.token_id, request_id=request_id(request), expected_version=expected)
-
-    # A simple move (one statement) may share its commit with the enterprise's concurrent
-    # ones (groupcommit.py); any other runs on a connection of its own.
+    # A simple move (one statement) may share its statement and commit with the
+    # enterprise's concurrent ones (groupcommit.py); any other runs on a connection alone.
     group = request.app.get(GROUP_COMMIT)
     if (group is not None and target in lifecycle.SIMPLE_RUN_TARGETS
             and request.get(TX_CONNECTION) is None):
+        change = store.simple_change(p["pipeline_id"], p["pipeline_run_id"], target, who.name,
+                                     who.token_id, request_id=request_id(request),
+                                     expected_version=expected)
         with translated():
-            run = await group.run(who.enterprise_id, p["pipeline_run_id"], change)
+            run = await group.run(who.enterprise_id, change)
     else:
         async with connection(request) as conn:
-            run = await change(conn)
+            run = await store.change_status(
+                conn, who.enterprise_id, p["pipeline_id"], p["pipeline_run_id"], target,
+                who.name, who.token_id, request_id=request_id(request),
+                expected_version=expected)
     return _with_etag(run, "Updated Pipeline Run")
 
 

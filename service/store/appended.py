@@ -15,9 +15,15 @@ from typing import Iterator
 APPENDED: ContextVar[list | None] = ContextVar("appended_events", default=None)
 
 
-def note_appended(event_type: str, count: int = 1) -> None:
-    """Called by the store's write paths for the events they append."""
-    pending = APPENDED.get()
+def collection() -> list | None:
+    """The current unit of work's collection (to hand to work done in another task)."""
+    return APPENDED.get()
+
+
+def note_appended(event_type: str, count: int = 1, into: list | None = None) -> None:
+    """Called by the store's write paths for the events they append (`into`: a collection
+    taken earlier with collection(), for work done on behalf of another task)."""
+    pending = APPENDED.get() if into is None else into
     if pending is not None:
         pending.append((event_type, count))
 

@@ -18,8 +18,8 @@ from typing import Any
 import asyncpg
 
 from .. import lifecycle
-from ..errors import NotFound, PreconditionFailed
-from . import changes, run_lists
+from ..errors import DomainError, NotFound, PreconditionFailed
+from . import changes, moves, run_lists
 from .appended import note_appended
 from .counts import COUNT_DELTAS
 from .feedlock import FEED_LOCK
@@ -89,54 +89,6 @@ SELECT r.id, r.enterprise_id, r.run_number, r.pipeline_id, p.name AS pipeline_na
        r.ended_at, r.version, (SELECT count(*) FROM s) AS stage_count,
        (SELECT position FROM e) AS position
 FROM r, p
-"""
-
-# One round trip: lock the row, check the move against the lifecycle's legal sources,
-# project, append. When nothing is updated the caller learns why from current_status.
-CHANGE_STATUS = f"""
-WITH cur AS (
-    SELECT r.id, r.status, r.version, clock_timestamp() AS at
-    FROM {RUN_JOIN}
-    WHERE r.enterprise_id = $1 AND r.pipeline_id = $2 AND r.id = $3
-    FOR UPDATE OF r
-), upd AS (
-    UPDATE pipeline_runs r SET
-        status = $4,
-        status_meta = $8,
-        version = r.version + 1,
-        updated_by = $10,
-        updated_at = cur.at,
-        started_at = CASE WHEN $6 THEN coalesce(r.started_at, cur.at) ELSE r.started_at END,
-        ended_at = CASE WHEN $7 THEN cur.at ELSE r.ended_at END
-    FROM cur
-    WHERE r.enterprise_id = $1 AND r.id = cur.id
-      AND cur.status = ANY($5::text[])
-      AND ($12::int IS NULL OR cur.version = $12)
-    RETURNING r.*, cur.status AS from_status
-), feed_lock AS (
-    SELECT {FEED_LOCK} FROM upd
-), counted AS (
-    {COUNT_DELTAS.format(rows='''
-    SELECT upd.enterprise_id, upd.pipeline_id, d.status, d.delta
-    FROM upd, feed_lock,
-         LATERAL (VALUES (upd.from_status, -1), (upd.status, 1)) AS d(status, delta)
-    ORDER BY d.status''')}
-), e AS (
-    INSERT INTO run_events (enterprise_id, pipeline_id, run_id, version, type, from_status,
-                            to_status, actor, actor_id, occurred_at, data)
-    SELECT upd.enterprise_id, upd.pipeline_id, upd.id, upd.version, $13, upd.from_status,
-           upd.status, $9, $10, upd.updated_at, $11::jsonb
-    FROM upd, feed_lock
-    RETURNING position
-)
-SELECT cur.status AS current_status, cur.version AS current_version,
-       upd.id, upd.enterprise_id, upd.run_number, upd.pipeline_id, p.name AS pipeline_name,
-       upd.status, upd.status_meta, upd.created_by, upd.updated_by, upd.created_at,
-       upd.updated_at, upd.started_at, upd.ended_at, upd.version,
-       (SELECT position FROM e) AS position
-FROM cur
-LEFT JOIN upd ON true
-JOIN pipelines p ON p.enterprise_id = $1 AND p.id = $2
 """
 
 DELETE_RUN = f"""
@@ -261,29 +213,21 @@ def public_run(state: dict[str, Any], pipeline_name: str | None) -> dict[str, An
 async def _change_simple(conn: asyncpg.Connection, enterprise_id: str, pipeline_id: uuid.UUID,
                          run_id: uuid.UUID, target: str, actor: str, actor_id: int | None,
                          data: dict[str, Any], expected_version: int | None) -> dict[str, Any]:
-    """One round trip for moves with no cascade (lifecycle.SIMPLE_RUN_TARGETS)."""
-    row = await conn.fetchrow(
-        CHANGE_STATUS, enterprise_id, pipeline_id, run_id, target,
-        lifecycle.sources_of(target), lifecycle.stamps_started(target),
-        lifecycle.stamps_ended(target), lifecycle.status_meta(data), actor, actor_id, data,
-        expected_version, lifecycle.RUN_STATUS_CHANGED,
-    )
-    if row is None:
-        raise _run_not_found()
-    if row["id"] is not None:
-        note_appended(lifecycle.RUN_STATUS_CHANGED)
-        return _public(row)
-    if expected_version is not None and row["current_version"] != expected_version:
-        raise PreconditionFailed(content={"current_version": row["current_version"]})
-    if row["current_status"] == target:
-        run = await get_run(conn, enterprise_id, pipeline_id, run_id)
-        if run["version"] == row["current_version"]:
-            return run
-        # Moved on between the two reads: answer the move against the run as it is now,
-        # never a no-op 200 showing another status than the one asked for.
-        return await _change_simple(conn, enterprise_id, pipeline_id, run_id, target, actor,
-                                    actor_id, data, expected_version)
-    raise changes.conflict(lifecycle.IllegalTransition(row["current_status"], target))
+    """One statement for moves with no cascade (lifecycle.SIMPLE_RUN_TARGETS): store/moves.py."""
+    change = moves.StatusChange(pipeline_id, run_id, target, actor, actor_id, data,
+                                expected_version)
+    (outcome,) = await moves.change_statuses(conn, enterprise_id, [change])
+    if isinstance(outcome, DomainError):
+        raise outcome
+    return outcome
+
+
+def simple_change(pipeline_id: uuid.UUID, run_id: uuid.UUID, target: str, actor: str,
+                  actor_id: int | None, *, request_id: str | None = None,
+                  expected_version: int | None = None) -> moves.StatusChange:
+    """A simple move as a value, for callers that batch them (service/groupcommit.py)."""
+    return moves.StatusChange(pipeline_id, run_id, target, actor, actor_id,
+                              _event_data(request_id), expected_version)
 
 
 async def delete_run(conn: asyncpg.Connection, enterprise_id: str, pipeline_id: uuid.UUID,
