@@ -65,7 +65,7 @@ async def _pool_ctx(app: web.Application) -> AsyncIterator[None]:
         app[POOL] = pool
         app[METRICS].pool = pool
         app[GROUP_COMMIT] = (GroupCommit(pool, config.pool_acquire_timeout,
-                                         moves.change_statuses)
+                                         moves.grouped_change_statuses)
                              if config.group_commit else None)
         waiters = FeedWaiters(config.database_url, config.db_connect_timeout)
         await waiters.start()
@@ -125,7 +125,8 @@ def _openapi3_only(document: dict) -> dict:
     """Turn the Swagger 2 leftovers of aiohttp-apispec into OpenAPI 3.
 
     It adds `produces` to every operation and documents JSON bodies as `in: body`
-    parameters; OpenAPI 3 wants a requestBody instead.
+    parameters; OpenAPI 3 wants a requestBody instead. Bodies accept unknown fields (and
+    ignore them), which apispec leaves unsaid for EXCLUDE schemas.
     """
     schemas = document.get("components", {}).get("schemas", {})
     for operations in document.get("paths", {}).values():
@@ -137,6 +138,8 @@ def _openapi3_only(document: dict) -> dict:
             for body in [p for p in params if p.get("in") == "body"]:
                 params.remove(body)
                 name = body["schema"].get("$ref", "").rsplit("/", 1)[-1]
+                # Bodies ignore the fields they do not know (api/schemas.py Body): say so.
+                schemas.get(name, {})["additionalProperties"] = True
                 operation["requestBody"] = {
                     "required": bool(schemas.get(name, {}).get("required")),
                     "content": {"application/json": {"schema": body["schema"]}},

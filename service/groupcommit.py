@@ -19,6 +19,9 @@ Nothing a single change guarantees is lost:
 - If the statement fails in the database, nothing of it was written; each change then
   runs again alone, as it would have without grouping, so a failure reaches only the
   change that causes it.
+- A group never waits behind one busy run: a run another transaction has locked (a
+  longer change of it in flight) is passed over, and its change runs alone on its
+  caller's connection (store/moves.py BUSY), waiting for the row as it would anyway.
 - A group's first change starts at once (a change alone is never delayed); the next group
   is what queued up meanwhile, so groups grow with load and latency does not.
 """

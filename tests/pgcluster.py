@@ -101,12 +101,17 @@ class PrivatePostgres:
 
     def freeze(self) -> None:
         """SIGSTOP the postmaster and its backends: TCP still accepts, nothing answers."""
-        for process in self._processes():
-            process.send_signal(signal.SIGSTOP)
+        self._signal(signal.SIGSTOP)
 
     def thaw(self) -> None:
+        self._signal(signal.SIGCONT)
+
+    def _signal(self, sig: int) -> None:
         for process in self._processes():
-            process.send_signal(signal.SIGCONT)
+            try:
+                process.send_signal(sig)
+            except psutil.NoSuchProcess:  # a backend that exited since it was listed
+                pass
 
     def destroy(self) -> None:
         if (self.data / "postmaster.pid").exists():

@@ -130,3 +130,24 @@ async def test_a_second_change_of_a_run_waits_for_the_next_group(config, db_dsn)
         assert seen == [[1, 2, 3], [2, 4]]
     finally:
         await pool.close()
+
+
+async def test_a_busy_run_does_not_hold_up_the_others(api, db_dsn):
+    runs = await _runs(api, 5)
+    holder = await asyncpg.connect(db_dsn)
+    try:
+        # Another transaction holds the first run's row (as a long general-path change would).
+        tx = holder.transaction()
+        await tx.start()
+        await holder.execute("SELECT 1 FROM pipeline_runs WHERE id = $1 FOR UPDATE",
+                             runs[0]["id"])
+        blocked = asyncio.ensure_future(api.put(_url(runs[0]), {"status": "waiting"}))
+        await asyncio.sleep(0.2)  # it is in flight (a group's first change) before the others
+        others = [await asyncio.wait_for(api.put(_url(r), {"status": "waiting"}), 10)
+                  for r in runs[1:]]
+        assert [o["status"] for o in others] == ["waiting"] * 4
+        assert not blocked.done()  # it waits for the row, alone
+        await tx.commit()
+        assert (await asyncio.wait_for(blocked, 10))["status"] == "waiting"
+    finally:
+        await holder.close()

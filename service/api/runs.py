@@ -13,6 +13,7 @@ from ..store import events as event_store
 from ..http.idempotency import TX_CONNECTION
 from ..http.keys import GROUP_COMMIT
 from ..store import runs as store
+from ..store.moves import BUSY
 from ..store.errors import translated
 from . import schemas as s
 from .common import body, connection, operation, path, principal, query, request_id
@@ -136,8 +137,9 @@ async def update_run(request: web.Request) -> web.Response:
     expected, target = _if_match(request), body(request)["status"]
 
     # A simple move (one statement) may share its statement and commit with the
-    # enterprise's concurrent ones (groupcommit.py); any other runs on a connection alone.
-    group = request.app.get(GROUP_COMMIT)
+    # enterprise's concurrent ones (groupcommit.py); any other, or one whose run was busy
+    # (locked by another transaction: a group never waits for it), runs on its own.
+    group, run = request.app.get(GROUP_COMMIT), BUSY
     if (group is not None and target in lifecycle.SIMPLE_RUN_TARGETS
             and request.get(TX_CONNECTION) is None):
         change = store.simple_change(p["pipeline_id"], p["pipeline_run_id"], target, who.name,
@@ -145,7 +147,7 @@ async def update_run(request: web.Request) -> web.Response:
                                      expected_version=expected)
         with translated():
             run = await group.run(who.enterprise_id, change)
-    else:
+    if run is BUSY:
         async with connection(request) as conn:
             run = await store.change_status(
                 conn, who.enterprise_id, p["pipeline_id"], p["pipeline_run_id"], target,

@@ -39,7 +39,7 @@ _RUN = ("id", "enterprise_id", "run_number", "pipeline_id", "pipeline_name", "st
 _ANSWER = ",\n       ".join(
     f"CASE WHEN upd.id IS NULL THEN cur.{col} ELSE upd.{col} END AS {col}" for col in _RUN)
 
-CHANGE_STATUSES = f"""
+_CHANGE_STATUSES = f"""
 WITH c AS (
     SELECT * FROM unnest($2::uuid[], $3::uuid[], $4::text[], $5::text[], $6::int[],
                          $7::jsonb[], $8::jsonb[], $9::int[])
@@ -53,7 +53,7 @@ WITH c AS (
                     AND p.deleted_at IS NULL
     WHERE r.enterprise_id = $1
     ORDER BY r.id
-    FOR UPDATE OF r
+    FOR UPDATE OF r {{skip}}
 ), upd AS (
     UPDATE pipeline_runs r SET
         status = c.target,
@@ -88,12 +88,22 @@ WITH c AS (
 )
 SELECT c.ord, cur.status AS current_status, cur.version AS current_version,
        upd.id IS NOT NULL AS changed,
+       cur.ord IS NULL AND EXISTS (
+           SELECT FROM pipeline_runs r
+           WHERE r.enterprise_id = $1 AND r.id = c.run_id AND r.pipeline_id = c.pipeline_id
+       ) AS busy,
        {_ANSWER}
 FROM c
 LEFT JOIN cur ON cur.ord = c.ord
 LEFT JOIN upd ON upd.ord = c.ord
 ORDER BY c.ord
 """
+# Waits for rows other transactions hold (a change alone), or passes them over: a group
+# must not wait behind one busy run; its changes of busy runs are handed back (BUSY).
+CHANGE_STATUSES = _CHANGE_STATUSES.format(skip="")
+CHANGE_STATUSES_SKIP_LOCKED = _CHANGE_STATUSES.format(skip="SKIP LOCKED")
+# The outcome of a change whose run another transaction had locked (with skip_locked).
+BUSY = object()
 
 
 @dataclass(frozen=True)
@@ -112,13 +122,15 @@ class StatusChange:
 
 
 async def change_statuses(conn: asyncpg.Connection, enterprise_id: str,
-                          changes_: list[StatusChange]) -> list[dict[str, Any] | DomainError]:
+                          changes_: list[StatusChange], *,
+                          skip_locked: bool = False) -> list[dict[str, Any] | DomainError]:
     """Apply the changes (distinct runs) in one statement; per change its run or refusal.
 
     Outside a transaction the statement commits by itself: all or none of the changes.
+    With skip_locked, a change of a run another transaction holds is left undone: BUSY.
     """
     rows = await conn.fetch(
-        CHANGE_STATUSES, enterprise_id, [c.pipeline_id for c in changes_],
+        CHANGE_STATUSES_SKIP_LOCKED if skip_locked else CHANGE_STATUSES, enterprise_id, [c.pipeline_id for c in changes_],
         [c.run_id for c in changes_], [c.target for c in changes_],
         [c.actor for c in changes_], [c.actor_id for c in changes_],
         [c.data for c in changes_], [lifecycle.status_meta(c.data) for c in changes_],
@@ -127,12 +139,20 @@ async def change_statuses(conn: asyncpg.Connection, enterprise_id: str,
     return [_outcome(change, row) for change, row in zip(changes_, rows)]
 
 
+async def grouped_change_statuses(conn: asyncpg.Connection, enterprise_id: str,
+                                  changes_: list[StatusChange]) -> list[Any]:
+    """For groupcommit.py: never waits for a run's lock (its callers then go alone)."""
+    return await change_statuses(conn, enterprise_id, changes_, skip_locked=True)
+
+
 _STARTS = sorted(t for t in lifecycle.SIMPLE_RUN_TARGETS if lifecycle.stamps_started(t))
 _ENDS = sorted(t for t in lifecycle.SIMPLE_RUN_TARGETS if lifecycle.stamps_ended(t))
 
 
-def _outcome(change: StatusChange, row: asyncpg.Record) -> dict[str, Any] | DomainError:
+def _outcome(change: StatusChange, row: asyncpg.Record) -> Any:
     """What the caller of one change learns: the run, or why nothing changed."""
+    if row["busy"]:
+        return BUSY
     if row["current_status"] is None:
         return NotFound("pipeline run not found")
     if row["changed"]:
