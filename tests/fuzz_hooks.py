@@ -1,9 +1,11 @@
 """schemathesis hooks for tests/test_fuzz.py.
 
-An Idempotency-Key means "the same logical request": a generator that sends the value "0"
-with two different bodies is rightly refused with a 422. OpenAPI cannot say "unique per
-request", so valid generated keys get a unique suffix when the case is generated (they
-stay valid); invalid ones are kept, so the negative cases still test the validation.
+An Idempotency-Key means "the same logical request": a generator that sends one key with
+two different requests (its coverage phase sends the same boundary values, e.g. "0" or
+255 x "0", to every operation) is rightly refused with a 422. OpenAPI cannot say "unique
+per request", so each valid generated key is made unique when the case is generated,
+keeping it valid and keeping its length where it is at the 255-character boundary;
+invalid keys are kept as they are, so the negative cases still test the validation.
 The headers dict is edited in place: schemathesis keeps a reference to it for its
 missing-authentication check.
 """
@@ -12,12 +14,23 @@ import uuid
 
 import schemathesis
 
-_VALID_SHORT = re.compile(r"[\x21-\x7e]{1,200}")
+from service.http.idempotency import KEY_HEADER, KEY_PATTERN
+
+_KEY_OK = re.compile(KEY_PATTERN)
+_KEY_MAX = 255
+
+
+def unique_key(key: str) -> str:
+    """A key as valid as `key` (and as long, near the limit) that no other case shares."""
+    unique = uuid.uuid4().hex
+    if len(key) + 1 + len(unique) <= _KEY_MAX:
+        return f"{key}-{unique}"
+    return key[:len(key) - len(unique)] + unique  # keeps the first character and the length
 
 
 @schemathesis.hook
 def map_case(ctx, case):
-    key = (case.headers or {}).get("Idempotency-Key")
-    if isinstance(key, str) and _VALID_SHORT.fullmatch(key):
-        case.headers["Idempotency-Key"] = f"{key}-{uuid.uuid4().hex}"
+    key = (case.headers or {}).get(KEY_HEADER)
+    if isinstance(key, str) and _KEY_OK.fullmatch(key):
+        case.headers[KEY_HEADER] = unique_key(key)
     return case

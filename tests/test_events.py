@@ -115,6 +115,29 @@ async def test_as_of_needs_an_rfc3339_instant(api, value):
     assert "as_of" in content["errors"]
 
 
+# RFC 3339 instants Python cannot hold in UTC (before year 1, after 9999), and "t"/"z".
+EARLIEST, LATEST = "0001-01-01T00:00:00+14:00", "9999-12-31T23:59:59-23:59"
+
+
+async def test_every_rfc3339_instant_is_accepted_and_means_what_it_says(api):
+    pipeline = await api.pipeline()
+    run = await api.move(await api.run(pipeline["id"]), "running")
+    path = _run_path(run)
+    await api.get(f"{path}?as_of={_at(EARLIEST)}", status=404)  # before the run existed
+    assert await api.get(f"{path}?as_of={_at(LATEST)}") == {**run, "version": 2}
+    lower = run["updated_at"].replace("T", "t").replace("+00:00", "z")
+    assert (await api.get(f"{path}?as_of={_at(lower)}"))["status"] == "running"
+
+    runs = f"/pipelines/{pipeline['id']}/runs/?"
+    assert (await api.get(f"{runs}created_after={_at(EARLIEST)}"))["count"] == 1
+    assert (await api.get(f"{runs}created_before={_at(EARLIEST)}"))["count"] == 0
+    assert (await api.get(f"{runs}updated_before={_at(LATEST)}"))["count"] == 1
+    assert (await api.get(f"{runs}updated_after={_at(LATEST)}"))["count"] == 0
+    feed = f"/events/?run_id={run['id']}&"
+    assert len((await api.get(f"{feed}since={_at(EARLIEST)}&until={_at(LATEST)}"))["results"]) == 2
+    assert (await api.get(f"{feed}until={_at(EARLIEST)}"))["results"] == []
+
+
 async def test_as_of_and_history_need_audit_scope(api, db, enterprise):
     pipeline = await api.pipeline()
     run = await api.run(pipeline["id"])

@@ -4,6 +4,7 @@ from __future__ import annotations
 import io
 import re
 
+import jsonschema_rs
 import pytest
 
 from conftest import MOUNTS
@@ -213,6 +214,27 @@ async def test_openapi_documents_every_operation_of_the_canonical_mount(client):
         assert {"200", "401"} <= set(operation["responses"]), (method, path)
         in_path = {p["name"] for p in operation.get("parameters", []) if p["in"] == "path"}
         assert in_path == set(re.findall(r"{(\w+)}", path)), (method, path)
+
+
+async def test_openapi_describes_what_request_bodies_and_statuses_accept(client):
+    """What schemathesis holds the service to: the document's "valid" is the service's."""
+    spec = await (await client.get("/api/docs/swagger.json")).json()
+    schemas = spec["components"]["schemas"]
+    bodies = [(path, method, operation["requestBody"])
+              for path, operations in spec["paths"].items()
+              for method, operation in operations.items() if "requestBody" in operation]
+    assert len(bodies) == 7
+    for path, method, body in bodies:
+        name = body["content"]["application/json"]["schema"]["$ref"].rsplit("/", 1)[-1]
+        assert schemas[name]["additionalProperties"] is True, name  # unknown fields: ignored
+        responses = spec["paths"][path][method]["responses"]
+        assert {"400", "413", "415"} <= set(responses), (path, method)
+    # A status in any letter case (the seed writes PENDING); nothing else.
+    status = jsonschema_rs.validator_for(schemas["PipelineRunPut"]["properties"]["status"])
+    assert all(status.is_valid(s) for s in ("pending", "PENDING", "Running", "cancelled"))
+    assert not any(status.is_valid(s) for s in ("pend", " pending", "pending\n", "done", ""))
+    stage_status = jsonschema_rs.validator_for(schemas["StageRunPut"]["properties"]["status"])
+    assert stage_status.is_valid("Success") and not stage_status.is_valid("waiting")
 
 
 async def test_swagger_ui_is_served_as_html(client):

@@ -24,6 +24,7 @@ _ERRORS = {
     409: "Illegal status change: content names the current and requested status",
     412: "If-Match does not match the run's current version",
     413: "Request body larger than 1 MiB",
+    415: "Request body is not JSON (Content-Type application/json)",
     422: "Idempotency-Key already used for a different request",
     500: "Unexpected failure (logged with the request id)",
     503: "Database unavailable; retry",
@@ -41,6 +42,8 @@ def operation(*, scope: str, summary: str, tag: str, response: type, path: type 
     """
     if idempotent:
         headers, errors = [*(headers or []), HEADER_DOC], (*errors, 422)
+    if body is not None:  # answered before the handler runs (aiohttp, http/parser.py)
+        errors = (*errors, 413, 415)
     responses: dict[int | str, dict[str, Any]] = {
         200: {"schema": response, "description": "Success"},
     }

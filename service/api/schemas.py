@@ -1,7 +1,8 @@
 """Marshmallow schemas: request validation and the OpenAPI document's shapes."""
 from __future__ import annotations
 
-from datetime import timezone
+import re
+from datetime import datetime, timezone
 
 from marshmallow import EXCLUDE, RAISE, Schema, ValidationError, fields, validate
 
@@ -34,12 +35,23 @@ class Text(fields.String):
         super().__init__(*args, **kwargs)
 
 
+def any_letter_case(words) -> str:
+    """A portable (ECMA 262) pattern matching exactly `words` in any letter case."""
+    def letters(word: str) -> str:
+        return "".join(f"[{c.upper()}{c.lower()}]" if c.isalpha() else re.escape(c) for c in word)
+    return "^(" + "|".join(letters(w) for w in words) + ")$"
+
+
 class Status(fields.String):
     """A status in any letter case, answered in lower case."""
 
     def __init__(self, allowed=lifecycle.RUN_STATUSES, **kwargs):
         self.allowed = tuple(allowed)
-        metadata = {"enum": list(self.allowed), **kwargs.pop("metadata", {})}
+        # Documented as accepted: the statuses as answered (the enum clients generate from),
+        # or in any letter case (the seed spells them PENDING, ...).
+        metadata = {"anyOf": [{"enum": list(self.allowed)},
+                              {"pattern": any_letter_case(self.allowed)}],
+                    **kwargs.pop("metadata", {})}
         super().__init__(metadata=metadata, **kwargs)
 
     def _deserialize(self, value, attr, data, **kwargs):
@@ -60,17 +72,28 @@ class StrictBool(fields.Boolean):
 
 
 class Instant(fields.AwareDateTime):
-    """An RFC 3339 instant with offset that stays in range once moved to UTC.
+    """An RFC 3339 instant with offset (date-time), as a UTC-comparable datetime.
 
-    (0001-01-01T00:00:00+14:00 is a valid datetime whose UTC value is not.)
+    Every RFC 3339 date-time (the document's format) is accepted, as schemathesis holds
+    it to: "t" and "z" in lower case (RFC 3339 5.6), and the instants Python cannot hold
+    in UTC, e.g. 0001-01-01T00:00:00+14:00 (before year 1 UTC) or
+    9999-12-31T23:59:59-23:59 (after 9999). Those are clamped to the first or last instant
+    Python holds: no stored timestamp lies beyond them, so every filter (>=, <) and as_of
+    answers exactly as with the instant given. (Year 0000 and leap seconds, which Python
+    cannot parse, remain a 400.)
     """
 
+    EARLIEST = datetime.min.replace(tzinfo=timezone.utc)
+    LATEST = datetime.max.replace(tzinfo=timezone.utc)
+
     def _deserialize(self, value, attr, data, **kwargs):
+        if isinstance(value, str):
+            value = value.upper()  # a date-time's only letters are T and Z
         instant = super()._deserialize(value, attr, data, **kwargs)
         try:
             instant.astimezone(timezone.utc)
         except OverflowError:
-            raise ValidationError("Not a valid datetime: out of range.") from None
+            return self.EARLIEST if instant.year == 1 else self.LATEST
         return instant
 
 
