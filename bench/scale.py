@@ -247,9 +247,9 @@ async def replay_and_verify(dsn: str) -> dict:
     conn = await asyncpg.connect(dsn)
     try:
         await init_connection(conn)
-        report = await replay(conn)
+        report = await replay(conn, dsn)  # the dsn: the scan may be split across processes
         started = time.perf_counter()
-        scan = await verify(conn)
+        scan = await verify(conn, dsn)
         verify_seconds = time.perf_counter() - started
     finally:
         await conn.close()

@@ -92,7 +92,9 @@ def cmd_replay(config: Config, args) -> int:
     from .replay import replay
 
     with database(config) as cfg:
-        report = asyncio.run(_with_conn(cfg.database_url, _migrated(replay)))
+        # The dsn lets a large scan be split across processes (service/scan_parts.py).
+        report = asyncio.run(_with_conn(cfg.database_url, _migrated(
+            lambda conn: replay(conn, cfg.database_url))))
     print(f"replayed {report.events} events of {report.runs} runs in {report.seconds:.2f}s "
           f"({report.rate:,.0f} events/s); repaired {report.repaired} drifted rows and "
           f"{report.counters_repaired} counters, re-checked {report.caught_up} runs under the "
@@ -108,7 +110,8 @@ def cmd_verify(config: Config, args) -> int:
 
     with database(config) as cfg:
         started = time.perf_counter()
-        result = asyncio.run(_with_conn(cfg.database_url, _migrated(verify)))
+        result = asyncio.run(_with_conn(cfg.database_url, _migrated(
+            lambda conn: verify(conn, cfg.database_url))))
         seconds = time.perf_counter() - started
     for drift in result.drifts:
         enterprise_id, run_id = drift.run_key

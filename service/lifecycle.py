@@ -197,49 +197,86 @@ def preview(run: Mapping, drafts: Iterable[Draft]) -> dict[str, Any]:
 
 # --- folding: what an event makes of a run -------------------------------------------------
 
-def apply(run: dict[str, Any] | None, event: Mapping[str, Any]) -> dict[str, Any] | None:
+# An event's fields as `step` takes them, in this order (fold_rows' tuples too).
+EVENT_FIELDS: tuple[str, ...] = ("type", "version", "to_status", "actor_id", "occurred_at",
+                                 "data", "enterprise_id", "run_id", "pipeline_id")
+
+
+def apply(run: Mapping[str, Any] | None, event: Mapping[str, Any]) -> dict[str, Any] | None:
     """Fold one event into a run's state (None = not created yet, or deleted).
 
     The state has the projection's columns, plus `stage_runs` (the stage_runs rows in
-    stage order); every timestamp comes from the event.
+    stage order); every timestamp comes from the event. `run` itself is left unchanged.
     """
-    kind = event["type"]
-    if kind == RUN_CREATED:
-        return _created(event)
-    if run is None or kind == RUN_DELETED:
-        return None
-    run = dict(run)
-    run["version"] = event["version"]
-    if kind == RUN_STATUS_CHANGED:
-        _moved(run, event)
-        run["status_meta"] = status_meta(event.get("data"))
-    elif kind == STAGE_RUN_STATUS_CHANGED:
-        named = _names_stage_run((event.get("data") or {}).get("stage_run_id"))
-        run["stage_runs"] = [_stage_changed(s, event) if named(s["id"]) else s
-                             for s in run["stage_runs"]]
+    if run is not None:  # step changes the dict and list it gets, never a stage run's dict
+        run = {**run, "stage_runs": list(run["stage_runs"])}
+    return step(run, *(event.get(f) for f in EVENT_FIELDS))
+
+
+def fold(events: Iterable[Mapping[str, Any]]) -> dict[str, Any] | None:
+    return fold_rows(tuple(e.get(f) for f in EVENT_FIELDS) for e in events)
+
+
+def fold_rows(rows: Iterable[tuple]) -> dict[str, Any] | None:
+    """fold() of events given as tuples of EVENT_FIELDS (replay folds millions of these)."""
+    run = None
+    for row in rows:
+        run = step(run, *row)  # in place: the state is the fold's own
     return run
 
 
-def _names_stage_run(wanted: Any):
-    """Whether a stage run id is the one an event names (its str() equals the event's text).
+def step(run: dict[str, Any] | None, kind: str, version: int, to_status: str | None,
+         actor_id: int | None, at, data: Mapping[str, Any] | None, enterprise_id: str,
+         run_id, pipeline_id) -> dict[str, Any] | None:
+    """apply(), changing `run` (its dict and stage_runs list) in place: the one fold."""
+    if kind == RUN_CREATED:
+        return _created(data or {}, at, actor_id, version, to_status, enterprise_id, run_id,
+                        pipeline_id)
+    if run is None or kind == RUN_DELETED:
+        return None
+    run["version"] = version
+    if kind == RUN_STATUS_CHANGED:
+        _moved(run, to_status, actor_id, at)
+        run["status_meta"] = status_meta(data)
+    elif kind == STAGE_RUN_STATUS_CHANGED:
+        stage_runs = run["stage_runs"]
+        for n in _named_stage_runs(stage_runs, (data or {}).get("stage_run_id")):
+            stage_runs[n] = stage_run = dict(stage_runs[n])
+            _moved(stage_run, to_status, actor_id, at)
+    return run
 
-    Replay and the seeder fold millions of these: UUID ids are compared as UUIDs (a stage
+
+def _named_stage_runs(stage_runs: list, wanted: Any) -> list[int]:
+    """Which stage runs an event names: those whose id's str() equals the event's text.
+
+    Replay and the seeder fold millions of these: UUID ids are compared as numbers (a stage
     run's events name it a few times, so the parse is cached) instead of formatting every
     stage run's id for every event.
     """
     parsed = _canonical_uuid(wanted) if isinstance(wanted, str) else None
     if parsed is None:  # not a UUID's canonical text: compare as text
-        return lambda value: str(value) == wanted
-    return lambda value: value == parsed if type(value) is uuid.UUID else str(value) == wanted
+        return [n for n, s in enumerate(stage_runs) if str(s["id"]) == wanted]
+    number = parsed.int
+    return [n for n, s in enumerate(stage_runs)
+            if (s["id"].int == number if type(s["id"]) is uuid.UUID else str(s["id"]) == wanted)]
 
 
 @functools.lru_cache(maxsize=4096)
 def _canonical_uuid(text: str) -> uuid.UUID | None:
     try:
-        parsed = uuid.UUID(text)
+        parsed = _parsed_uuid(text)
     except ValueError:
         return None
     return parsed if str(parsed) == text else None
+
+
+# Stage ids repeat in every run of a pipeline, and a stage run's id is parsed again when
+# its first event names it: both hit this cache.
+_parsed_uuid = functools.lru_cache(maxsize=4096)(uuid.UUID)
+
+
+def _uuid(value):
+    return value if isinstance(value, uuid.UUID) else _parsed_uuid(str(value))
 
 
 def _fresh(actor_id, at) -> dict[str, Any]:
@@ -248,14 +285,13 @@ def _fresh(actor_id, at) -> dict[str, Any]:
             "updated_at": at, "started_at": None, "ended_at": None}
 
 
-def _created(event: Mapping[str, Any]) -> dict[str, Any]:
-    data = event.get("data") or {}
-    at, actor_id = event["occurred_at"], event.get("actor_id")
+def _created(data: Mapping[str, Any], at, actor_id, version, to_status, enterprise_id,
+             run_id, pipeline_id) -> dict[str, Any]:
     stage_runs = [{
-        "enterprise_id": event["enterprise_id"],
+        "enterprise_id": enterprise_id,
         "id": _uuid(s["id"]),
-        "run_id": event["run_id"],
-        "pipeline_id": event["pipeline_id"],
+        "run_id": run_id,
+        "pipeline_id": pipeline_id,
         "stage_id": _uuid(s["stage_id"]),
         "ordinal": s["ordinal"],
         "stage_meta": {"name": s["name"], "description": s["description"],
@@ -265,43 +301,25 @@ def _created(event: Mapping[str, Any]) -> dict[str, Any]:
         **_fresh(actor_id, at),
     } for s in data.get("stage_runs", ())]
     return {
-        "id": event["run_id"],
-        "enterprise_id": event["enterprise_id"],
-        "pipeline_id": event["pipeline_id"],
+        "id": run_id,
+        "enterprise_id": enterprise_id,
+        "pipeline_id": pipeline_id,
         "run_number": data["run_number"],
-        "status": event["to_status"],
+        "status": to_status,
         "status_meta": status_meta(data),
         **_fresh(actor_id, at),
-        "version": event["version"],
+        "version": version,
         "deadline": at + timedelta(seconds=data["timeout_seconds"]),
         "stage_runs": stage_runs,
     }
 
 
-def _stage_changed(stage_run: dict[str, Any], event: Mapping[str, Any]) -> dict[str, Any]:
-    stage_run = dict(stage_run)
-    _moved(stage_run, event)
-    return stage_run
-
-
-def _moved(item: dict[str, Any], event: Mapping[str, Any]) -> None:
+def _moved(item: dict[str, Any], target: str, actor_id, at) -> None:
     """A status change of a run or a stage run: the same stamps for both."""
-    at, target = event["occurred_at"], event["to_status"]
     item["status"] = target
-    item["updated_by"] = event.get("actor_id")
+    item["updated_by"] = actor_id
     item["updated_at"] = at
     if stamps_started(target) and item["started_at"] is None:
         item["started_at"] = at
     if stamps_ended(target):
         item["ended_at"] = at
-
-
-def _uuid(value):
-    return value if isinstance(value, uuid.UUID) else uuid.UUID(str(value))
-
-
-def fold(events: Iterable[Mapping[str, Any]]) -> dict[str, Any] | None:
-    run: dict[str, Any] | None = None
-    for event in events:
-        run = apply(run, event)
-    return run

@@ -195,3 +195,23 @@ def test_fold_equals_applying_each_event_in_turn():
     assert run["ended_at"] == T0 + timedelta(minutes=2)
     assert lc.fold([]) is None
     assert lc.fold([*events, event(lc.RUN_DELETED, 4, None, 3)]) is None
+
+
+def test_apply_leaves_its_input_alone_and_fold_rows_folds_the_same():
+    stage = {"id": str(uuid.uuid4()), "stage_id": str(uuid.uuid4()), "ordinal": 1,
+             "name": "build", "description": "", "created_by": 7, "timeout_seconds": 60}
+    created = {**CREATED, "data": {**CREATED["data"], "stage_runs": [stage]}}
+    named = {"stage_run_id": stage["id"]}
+    events = [created, event(lc.STAGE_RUN_STATUS_CHANGED, 2, "running", 1, data=named),
+              event(lc.RUN_STATUS_CHANGED, 3, "running", 1, data={}),
+              event(lc.STAGE_RUN_STATUS_CHANGED, 4, "success", 2, data=named)]
+    run = lc.apply(None, created)
+    before = {**run, "stage_runs": [dict(s) for s in run["stage_runs"]]}
+    moved = lc.apply(run, events[1])
+    assert run == before  # neither the run nor its stage runs changed
+    assert moved["stage_runs"][0]["status"] == "running" and moved["version"] == 2
+    folded = lc.fold(events)
+    assert folded == lc.fold_rows(tuple(e.get(f) for f in lc.EVENT_FIELDS) for e in events)
+    assert folded["stage_runs"][0]["status"] == "success"
+    assert folded["stage_runs"][0]["id"] == uuid.UUID(stage["id"])
+    assert folded["stage_runs"][0]["ended_at"] == T0 + timedelta(minutes=2)

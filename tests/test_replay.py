@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from service import lifecycle
+from service import lifecycle, scan_parts
 from service.db import init_connection
 from service.errors import Conflict, NotFound
 from service.replay import replay, verify
@@ -114,7 +114,10 @@ async def test_row_without_events_is_removed(api, db, enterprise):
     assert (await api.get(f"/pipelines/{pipeline['id']}/runs/"))["count"] == 0
 
 
-async def test_replay_while_writes_go_on(api, db, db_dsn):
+@pytest.mark.parametrize("split", [False, True], ids=["one process", "two processes"])
+async def test_replay_while_writes_go_on(api, db, db_dsn, split, monkeypatch):
+    if split:
+        monkeypatch.setattr(scan_parts, "parts_for", lambda events, cpus: 2)
     pipeline = await api.pipeline()
     failures: list[str] = []
 
@@ -127,7 +130,7 @@ async def test_replay_while_writes_go_on(api, db, db_dsn):
         conn = await _connect(db_dsn)
         try:
             for _ in range(4):
-                await replay(conn)
+                await replay(conn, db_dsn if split else None)
         finally:
             await conn.close()
 
@@ -163,3 +166,47 @@ def test_cli_verify_and_replay(db_dsn):
     assert "replayed 2 events of 1 runs" in fixed.stdout  # created, then invalid: no stages and "events/s" in fixed.stdout
     good = subprocess.run([*cli, "verify"], env=env, capture_output=True, text=True, timeout=60)
     assert good.returncode == 0 and "0 drifted" in good.stdout
+
+
+def test_parts_cover_every_run_id_once():
+    assert scan_parts.bounds(1) == [(uuid.UUID(int=0), uuid.UUID(int=2**128 - 1))]
+    (low, mid), (above, high) = scan_parts.bounds(2)
+    assert (low.int, mid.int + 1, above.int, high.int) == (0, 2**127, 2**127, 2**128 - 1)
+    assert scan_parts.parts_for(10, 2) == 1 and scan_parts.parts_for(10**7, 2) == 2
+    assert scan_parts.parts_for(10**7, 1) == 1
+
+
+async def test_split_scan_sees_every_run_in_one_snapshot(api, db, db_dsn, monkeypatch):
+    """Two processes, one exported snapshot: every run is folded once, drifts in either
+    half are found and repaired, and the result is the one-process scan's."""
+    pipeline = await api.pipeline(stages=("build", "test"))
+    runs = []
+    while len({uuid.UUID(r["id"]).int >> 127 for r in runs}) < 2 or len(runs) < 6:
+        run = await api.run(pipeline["id"])
+        stage_runs = (await api.get(f"/runs/{run['id']}/stageruns/"))["results"]
+        await api.put(f"/runs/{run['id']}/stageruns/{stage_runs[0]['id']}/",
+                      {"status": "running"})
+        runs.append(run)
+    lower = next(r for r in runs if uuid.UUID(r["id"]).int >> 127 == 0)
+    upper = next(r for r in runs if uuid.UUID(r["id"]).int >> 127 == 1)
+    await db.execute("UPDATE pipeline_runs SET run_number = 99 WHERE id = $1",
+                     uuid.UUID(lower["id"]))
+    await db.execute("UPDATE stage_runs SET status = 'success' WHERE run_id = $1",
+                     uuid.UUID(upper["id"]))
+    one = await verify(db)
+    monkeypatch.setattr(scan_parts, "parts_for", lambda events, cpus: 2)
+    two = await verify(db, db_dsn)
+
+    assert (one.parts, two.parts) == (1, 2)
+    drifted = {str(d.run_key[1]): d.fields for d in two.drifts}
+    assert drifted == {lower["id"]: ["run_number"], upper["id"]: ["stage_runs"]}
+    assert (two.events, two.runs, two.heads) == (one.events, one.runs, one.heads)
+    assert two.events == await db.fetchval("SELECT count(*) FROM run_events")
+    assert sorted(d.run_key for d in two.drifts) == sorted(d.run_key for d in one.drifts)
+    assert two.counter_drifts == one.counter_drifts == []
+
+    report = await replay(db, db_dsn)
+    assert report.repaired == 2
+    assert (await verify(db, db_dsn)).clean
+    assert (await api.get(f"/pipelines/{pipeline['id']}/runs/{lower['id']}/"))["run_number"] \
+        == lower["run_number"]

@@ -1,6 +1,7 @@
 """SQL for replay and verify: stream every run's events with its projection row, patch rows."""
 from __future__ import annotations
 
+import re
 from collections import Counter
 
 import asyncpg
@@ -13,17 +14,20 @@ from .changes import RUN_STATE_COLUMNS as PROJECTION_COLUMNS
 from .changes import STAGE_RUN_COLUMNS
 _P = ", ".join(f"p.{c} AS p_{c}" for c in PROJECTION_COLUMNS)
 
-# One row per run: its events as parallel arrays (in version order: the subquery sorts
+# One row per run (of the runs with ids in [$1, $2]: a part of the scan, see
+# service/scan_parts.py): its events as parallel arrays (in version order: the subquery sorts
 # them, and scan() re-sorts in the rare case an array comes out of order), with the run's
-# projection row and stage runs alongside. Arrays instead of a row per event: ~13 times
-# fewer rows to decode and one JSON parse per run instead of one per event. The
-# pipeline_id is only sent for run.created, the one event the fold reads it from.
+# projection row and stage runs alongside, as plain rows in the column orders of
+# PROJECTION_COLUMNS and STAGE_RUN_COLUMNS (scan() compares them as tuples). Arrays instead
+# of a row per event: ~13 times fewer rows to decode and one JSON parse per run instead of
+# one per event. The pipeline_id is only sent for run.created, the one event the fold
+# reads it from.
 RUNS_WITH_PROJECTION = f"""
 SELECT g.enterprise_id, g.run_id, g.head, g.versions, g.types, g.statuses, g.actors, g.ats,
        g.pipelines, g.datas,
        p.id IS NOT NULL AS has_row, {_P},
        CASE WHEN p.id IS NOT NULL THEN ARRAY(
-           SELECT s FROM stage_runs s
+           SELECT ROW({', '.join('s.' + c for c in STAGE_RUN_COLUMNS)}) FROM stage_runs s
            WHERE s.enterprise_id = g.enterprise_id AND s.run_id = g.run_id ORDER BY s.ordinal)
        END AS p_stage_runs
 FROM (
@@ -35,17 +39,41 @@ FROM (
            jsonb_agg(e.data) AS datas
     FROM (SELECT enterprise_id, run_id, version, type, to_status, actor_id, occurred_at,
                  pipeline_id, data, position
-          FROM run_events ORDER BY enterprise_id, run_id, version) AS e
+          FROM run_events WHERE run_id BETWEEN $1 AND $2
+          ORDER BY enterprise_id, run_id, version) AS e
     GROUP BY e.enterprise_id, e.run_id
 ) AS g
 LEFT JOIN pipeline_runs p ON p.enterprise_id = g.enterprise_id AND p.id = g.run_id
 """
-# The scan's session: one long sort, no parallel workers (they would mix the arrays' order).
+# Where the projection row's columns start in a RUNS_WITH_PROJECTION record, and end.
+ROW_AT = 11
+STAGE_RUNS_AT = ROW_AT + len(PROJECTION_COLUMNS)
+# The scan's transaction: no parallel workers (they would mix the arrays' order), and the
+# events read in the index's order, never sorted whole: rows then stream from the first
+# one, so the server makes the next batch while the client folds this one, and no sort of
+# the whole log spills to disk (the planner prefers the sort for a part of the run ids).
 SCAN_SETTINGS = """
 SET LOCAL work_mem = '256MB';
 SET LOCAL max_parallel_workers_per_gather = 0;
+SET LOCAL enable_sort = off;
 """
 PREFETCH = 2000  # runs per round trip of the scan's cursor
+# The scan's parts share the snapshot of the first: exported there, imported by the others.
+EXPORT_SNAPSHOT = "SELECT pg_export_snapshot()"
+# How many events there are, about (the planner's statistics): is the scan worth splitting?
+ESTIMATED_EVENTS = """
+SELECT coalesce(sum(c.reltuples) FILTER (WHERE c.reltuples > 0), 0)::bigint
+FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+WHERE i.inhparent = 'run_events'::regclass
+"""
+
+
+def set_snapshot(snapshot_id: str) -> str:
+    """SET TRANSACTION SNAPSHOT takes no parameter: the id (hex digits and dashes, as
+    pg_export_snapshot() makes them) is checked, then written in."""
+    if not re.fullmatch(r"[0-9A-Fa-f-]+", snapshot_id):
+        raise ValueError(f"not a snapshot id: {snapshot_id!r}")
+    return f"SET TRANSACTION SNAPSHOT '{snapshot_id}'"
 
 # Projection rows with no events at all cannot be explained by the log (stage runs
 # without a run row are caught here too: their run key has no events or no row).
