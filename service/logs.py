@@ -75,26 +75,77 @@ class JsonFormatter(logging.Formatter):
         self._second_text = ""
 
     def format(self, record: logging.LogRecord) -> str:
-        second = int(record.created)
+        extras = _extras(record).items() if len(record.__dict__) > _PLAIN_RECORD_SIZE else ()
+        return self.line(record.created, record.levelname, record.getMessage(), record.name,
+                         getattr(record, "request_id", None), extras,
+                         self.formatException(record.exc_info) if record.exc_info else None,
+                         self.formatStack(record.stack_info) if record.stack_info else None)
+
+    def line(self, created: float, level: str, message: str, logger: str,
+             request_id: str | None, extras, exc_text: str | None = None,
+             stack_text: str | None = None) -> str:
+        """The JSON line of a record (or of the access fast path: log_access)."""
+        second = int(created)
         if second != self._second:
             self._second_text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
             self._second = second
         parts = [
-            '{"timestamp": "', self._second_text, ".%03dZ" % record.msecs,
-            '", "level": ', _string(record.levelname),
-            ', "message": ', _string(record.getMessage()),
-            ', "logger": ', _string(record.name),
-            ', "request_id": ', _json(getattr(record, "request_id", None)),
+            '{"timestamp": "', self._second_text, ".%03dZ" % int((created - second) * 1000),
+            '", "level": ', _string(level),
+            ', "message": ', _string(message),
+            ', "logger": ', _string(logger),
+            ', "request_id": ', _json(request_id),
         ]
-        if len(record.__dict__) > _PLAIN_RECORD_SIZE:
-            for key, value in _extras(record).items():
-                parts += (", ", _string(key), ": ", _json(value))
-        if record.exc_info:
-            parts += (', "exc_info": ', _string(self.formatException(record.exc_info)))
-        if record.stack_info:
-            parts += (', "stack_info": ', _string(self.formatStack(record.stack_info)))
+        for key, value in extras:
+            parts += (", ", _string(key), ": ", _json(value))
+        if exc_text:
+            parts += (', "exc_info": ', _string(exc_text))
+        if stack_text:
+            parts += (', "stack_info": ', _string(stack_text))
         parts.append("}")
         return "".join(parts)
+
+
+ACCESS = logging.getLogger("service.access")
+
+
+def log_access(fields: dict) -> None:
+    """The access line of a request (INFO "request" on service.access, `fields` as extras).
+
+    When our JSON handler is the only one the line would reach (as in `serve`), the line is
+    written straight to it: the same line, without building a LogRecord and walking the
+    logging machinery, which was a tenth of a GET's CPU. Anything else: plain logging.
+    """
+    handler = _sole_json_handler()
+    if handler is None:
+        ACCESS.info("request", extra=fields)
+        return
+    line = handler.formatter.line(time.time(), "INFO", "request", ACCESS.name,
+                                  REQUEST_ID.get(), fields.items())
+    handler.acquire()  # what Handler.handle does around emit
+    try:
+        handler.stream.write(line + handler.terminator)
+        handler.flush()
+    finally:
+        handler.release()
+
+
+def _sole_json_handler() -> logging.StreamHandler | None:
+    """Our JSON handler when it is all that service.access's INFO records would reach."""
+    logger: logging.Logger | None = ACCESS
+    if not ACCESS.isEnabledFor(logging.INFO):
+        return None
+    while logger.parent is not None:  # up to the root: nothing may add or filter on the way
+        if logger.handlers or logger.filters or not logger.propagate:
+            return None
+        logger = logger.parent
+    if len(logger.handlers) != 1 or logger.filters:
+        return None
+    handler = logger.handlers[0]
+    if (getattr(handler, "_pipeline_runs", False) and type(handler.formatter) is JsonFormatter
+            and handler.level <= logging.INFO and len(handler.filters) == 1):
+        return handler  # type: ignore[return-value]
+    return None
 
 
 class TextFormatter(logging.Formatter):

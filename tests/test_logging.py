@@ -11,7 +11,8 @@ from aiohttp import web
 
 from conftest import Api
 from service.app import create_app
-from service.logs import JsonFormatter, setup_logging
+from service.logs import (REQUEST_ID, JsonFormatter, _sole_json_handler, log_access,
+                          setup_logging)
 
 ROUTE = "/pipelines/v0/pipelines/{pipeline_id}/runs/"
 
@@ -179,3 +180,29 @@ def test_json_lines_stay_one_valid_json_object_whatever_is_logged():
     assert [parsed[k] for k in ("count", "ratio", "nan", "flag")] == [3, 0.5, "nan", True]
     assert parsed["nested"] == {"a": [1, None]} and parsed["thing"].startswith("<object")
     assert parsed["none"] is None
+
+
+def test_the_direct_access_line_is_the_line_logging_would_write(logs):
+    read = logs()
+    fields = {"method": "GET", "route": "/r/{id}", "path": "/r/\u2603\"x", "status": 200,
+              "duration_ms": 1.25, "enterprise": None, "actor": "ci"}
+    root = logging.getLogger()
+    ours, others = root.handlers[-1], root.handlers[:-1]  # pytest's capture handlers
+    token = REQUEST_ID.set("direct-1")
+    try:
+        for handler in others:  # ours alone, as in `serve`: the direct path
+            root.removeHandler(handler)
+        assert _sole_json_handler() is ours
+        log_access(fields)
+    finally:
+        for handler in others:
+            root.addHandler(handler)
+    try:
+        assert others and _sole_json_handler() is None  # more handlers: plain logging
+        log_access(fields)
+    finally:
+        REQUEST_ID.reset(token)
+    direct, plain = (json.loads(line) for line in read())
+    assert direct.pop("timestamp")[:16] == plain.pop("timestamp")[:16]
+    assert direct == plain == {"level": "INFO", "message": "request",
+                               "logger": "service.access", "request_id": "direct-1", **fields}

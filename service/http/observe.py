@@ -13,8 +13,6 @@ from ..store.appended import APPENDED
 from .keys import PRINCIPAL, REQUEST_ID
 from .middleware import request_id_of
 
-access_log = logging.getLogger("service.access")
-
 CLIENT_CLOSED = 499  # the status recorded when the caller went away mid-request
 
 
@@ -49,9 +47,9 @@ def observe_middleware(metrics: Metrics):
             observe(request.method, route, status, seconds)
             if pending and status < 400:  # >= 400: the transaction rolled back
                 count_appended(pending)
-            if access_log.isEnabledFor(logging.INFO):
+            if logs.ACCESS.isEnabledFor(logging.INFO):
                 principal = request.get(PRINCIPAL)
-                access_log.info("request", extra={
+                logs.log_access({
                     "method": request.method, "route": route, "path": request.path,
                     "status": status, "duration_ms": round(seconds * 1000, 3),
                     "enterprise": principal.enterprise_id if principal else None,
