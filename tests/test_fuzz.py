@@ -53,4 +53,7 @@ async def test_every_check_passes(config, api, unused_tcp_port):
     (4xx); unsupported methods 405; no token 401. One run keeps CI short."""
     code, text = await _schemathesis(config, api, unused_tcp_port)
     assert code == 0, text[-20000:]
-    assert f"Tested: {OPERATIONS}\n" in text, text[-20000:]  # it did run, every operation
+    # It did run: every operation, and each phase (examples: those the document has).
+    assert f"Tested: {OPERATIONS}\n" in text, text[-20000:]
+    for phase in ("Examples", "Coverage", "Fuzzing"):
+        assert f"✅ {phase}\n" in text, text[-20000:]

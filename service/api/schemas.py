@@ -173,26 +173,32 @@ class Body(Schema):
         unknown = EXCLUDE
 
 
+# Examples: what the document shows, and what schemathesis' examples phase sends.
+STAGE_NAME = {"example": "build"}
+PIPELINE_NAME = {"example": "deploy"}
+TIMEOUT = {"example": 3600}
+
+
 class StagePost(Body):
-    name = Text(required=True, validate=NAME)
+    name = Text(required=True, validate=NAME, metadata=STAGE_NAME)
     description = Text(validate=TEXT)
     timeout_seconds = fields.Integer(strict=True, validate=validate.Range(1, INT32_MAX),
                                      allow_none=True)
 
 
 class StagePut(Body):
-    name = Text(validate=NAME)
+    name = Text(validate=NAME, metadata=STAGE_NAME)
     description = Text(validate=TEXT)
     timeout_seconds = fields.Integer(strict=True, validate=validate.Range(1, INT32_MAX),
                                      allow_none=True)
 
 
 class PipelinePost(Body):
-    name = Text(required=True, validate=NAME)
+    name = Text(required=True, validate=NAME, metadata=PIPELINE_NAME)
     description = Text(validate=TEXT)
     timeout_seconds = fields.Integer(strict=True, validate=validate.Range(1, INT32_MAX),
-                                     allow_none=True,
-                                     metadata={"description": "Run timeout; unset means 21 days"})
+                                     allow_none=True, metadata={
+                                         **TIMEOUT, "description": "Run timeout; unset means 21 days"})
     is_active = StrictBool()
     is_default = StrictBool()
     stages = fields.List(fields.Nested(StagePost), validate=validate.Length(max=100),
@@ -200,10 +206,10 @@ class PipelinePost(Body):
 
 
 class PipelinePut(Body):
-    name = Text(validate=NAME)
+    name = Text(validate=NAME, metadata=PIPELINE_NAME)
     description = Text(validate=TEXT)
     timeout_seconds = fields.Integer(strict=True, validate=validate.Range(1, INT32_MAX),
-                                     allow_none=True)
+                                     allow_none=True, metadata=TIMEOUT)
     is_active = StrictBool()
     is_default = StrictBool()
 
@@ -216,7 +222,7 @@ class PipelineRunPost(Schema):
 
 
 class PipelineRunPut(Body):
-    status = Status(required=True)
+    status = Status(required=True, metadata={"example": "running"})
 
 
 # --- responses (documentation) ---------------------------------------------------------
@@ -382,7 +388,8 @@ class StageRunListQuery(PageQuery):
 
 
 class StageRunPut(Body):
-    status = Status(allowed=lifecycle.STAGE_RUN_STATUSES, required=True)
+    status = Status(allowed=lifecycle.STAGE_RUN_STATUSES, required=True,
+                    metadata={"example": "running"})
 
 
 class StageMeta(Schema):
