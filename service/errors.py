@@ -46,6 +46,11 @@ class PreconditionFailed(DomainError):
     default_message = "the resource has changed since the version given in If-Match"
 
 
+class UriTooLong(DomainError):
+    status = 414
+    default_message = "request URL too long"
+
+
 class Unprocessable(DomainError):
     status = 422
     default_message = "the request cannot be processed as sent"

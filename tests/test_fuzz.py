@@ -10,6 +10,7 @@ import pytest
 from aiohttp import web
 
 from service.app import RESOURCE_ROUTES, create_app
+from service.runtime import PARSER_LIMITS
 
 CONFIG_FILE = Path(__file__).with_name("schemathesis.toml")
 # Raise them for a deeper local run, e.g. FUZZ_MAX_EXAMPLES=100 FUZZ_SEED=1.
@@ -28,7 +29,7 @@ async def _schemathesis(config, api, port: int) -> tuple[int, str]:
     pipeline = await api.pipeline(stages=("build", "test"))
     run = await api.run(pipeline["id"])
     await api.move(run, "running")
-    runner = web.AppRunner(create_app(config))
+    runner = web.AppRunner(create_app(config), **PARSER_LIMITS)  # as served (runtime.run)
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", port).start()
     try:

@@ -7,8 +7,10 @@ import re
 import jsonschema_rs
 import pytest
 
-from conftest import MOUNTS
-from service.app import RESOURCE_ROUTES
+from conftest import MOUNTS, Api
+from service.app import RESOURCE_ROUTES, create_app
+from service.http.middleware import MAX_URL_BYTES
+from service.runtime import PARSER_LIMITS
 
 MIB = 1024 * 1024
 CORE_ROUTES = [
@@ -143,6 +145,27 @@ async def test_body_over_one_mib_is_413(api):
         assert await api.call(method, path, 413, data=big,
                               headers=raw(api, "application/json")) is None
     assert (await api.get("/pipelines/"))["count"] == 1
+
+
+@pytest.fixture
+async def served(aiohttp_server, aiohttp_client, config, token):
+    """The app behind the parser limits it is served with (runtime.run), not the defaults."""
+    server = await aiohttp_server(create_app(config), **PARSER_LIMITS)
+    return Api(await aiohttp_client(server), token)
+
+
+async def test_url_over_8190_bytes_is_a_414_envelope(served):
+    base = "/runs/?pad="  # an unknown parameter: ignored, so only the length matters
+    pad = MAX_URL_BYTES - len(served.url(base))
+    assert (await served.get(base + "x" * pad))["count"] == 0  # exactly 8190 bytes
+    for extra in (1, 30_000):
+        assert await served.get(base + "x" * (pad + extra), status=414) is None
+        assert served.last.headers["X-Request-ID"]
+    # Before the token is looked at, like the parser's own limit was.
+    assert await served.with_token(None).get(base + "x" * MAX_URL_BYTES, status=414) is None
+    # Past the parser's raised limit the parser still answers, plain text, before the app.
+    resp = await served.client.get("/pipelines/v0" + base + "x" * PARSER_LIMITS["max_line_size"])
+    assert resp.status == 400 and resp.content_type == "text/plain"
 
 
 async def test_body_just_under_one_mib_is_read_and_validated(api):

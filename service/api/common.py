@@ -24,12 +24,13 @@ _ERRORS = {
     409: "Illegal status change: content names the current and requested status",
     412: "If-Match does not match the run's current version",
     413: "Request body larger than 1 MiB",
+    414: "URL (path and query) longer than 8190 bytes",
     415: "Request body is not JSON (Content-Type application/json)",
     422: "Idempotency-Key already used for a different request",
     500: "Unexpected failure (logged with the request id)",
     503: "Database unavailable; retry",
 }
-_COMMON = (400, 401, 403, 404, 500, 503)
+_COMMON = (400, 401, 403, 404, 414, 500, 503)
 
 
 def operation(*, scope: str, summary: str, tag: str, response: type, path: type | None = None,

@@ -7,13 +7,18 @@ import re
 
 from aiohttp import web
 
-from ..errors import DomainError
+from ..errors import DomainError, UriTooLong
 from .envelope import envelope
 from .keys import REQUEST_ID
 
 log = logging.getLogger(__name__)
 
 _REQUEST_ID_OK = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+
+# The longest request target (path and query) answered; longer is a 414 envelope. aiohttp's
+# own limit is the same by default, refused with a plain-text 400 before the app: the
+# server raises it (runtime.PARSER_LIMITS) so that this limit is the one callers meet.
+MAX_URL_BYTES = 8190
 
 
 def request_id_of(request: web.Request) -> str:
@@ -22,11 +27,18 @@ def request_id_of(request: web.Request) -> str:
     return given if _REQUEST_ID_OK.match(given) else os.urandom(16).hex()  # a uuid4's size
 
 
+def _check_url_length(target: str) -> None:
+    # Characters first (cheap, and never more than the bytes); bytes when it may matter.
+    if len(target) > MAX_URL_BYTES and len(target.encode(errors="surrogateescape")) > MAX_URL_BYTES:
+        raise UriTooLong(f"request URL too long: at most {MAX_URL_BYTES} bytes")
+
+
 @web.middleware
 async def error_middleware(request: web.Request, handler) -> web.StreamResponse:
     request_id = request.get(REQUEST_ID) or request_id_of(request)  # observe.py sets it first
     request[REQUEST_ID] = request_id
     try:
+        _check_url_length(request.raw_path)
         response = await handler(request)
     except DomainError as exc:
         response = envelope(exc.content, exc.status, exc.message)
