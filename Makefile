@@ -25,6 +25,10 @@ test: $(STAMP)
 # Then the service at scale (bench/scale.py): 1M runs seeded, list latency, replay rate;
 # e.g. make bench SCALE_ARGS="--runs 100000".
 bench: $(STAMP)
+	@# wrk drives the load (Debian's package); without it bench/run.py falls back to a
+	@# Python load generator, which takes much of the 2 cores itself.
+	@command -v wrk >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+		apt-get install -y -q wrk >/dev/null 2>&1; } || echo "wrk not installed: Python load" >&2
 	$(PY) bench/run.py $(BENCH_ARGS)
 	$(PY) bench/scale.py $(SCALE_ARGS)
 

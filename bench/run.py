@@ -213,20 +213,25 @@ async def _backend_pids(dsn: str, side: str) -> list[int]:
               AND pid <> pg_backend_pid() AND query NOT ILIKE 'LISTEN%'""")
     finally:
         await conn.close()
-    mine = "pipeline-runs" if side == "service" else ""
+    mine = "pipeline-runs" if side == "service" else reference.APPLICATION_NAME
     return [r["pid"] for r in rows if r["application_name"] == mine]
 
 
-def _cpu_seconds(pids: list[int]) -> float:
-    """User + system CPU time of the processes (those still there)."""
-    total = 0
+def _cpu_seconds(pids: list[int]) -> dict[int, float]:
+    """User + system CPU time of each process (those still there)."""
+    times = {}
     for pid in pids:
         try:
             fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        total += int(fields[11]) + int(fields[12])
-    return total / os.sysconf("SC_CLK_TCK")
+        times[pid] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return times
+
+
+def _cpu_used(before: dict[int, float], after: dict[int, float]) -> float:
+    """CPU seconds spent between two readings, by the processes present at both."""
+    return sum(after[pid] - before[pid] for pid in before.keys() & after.keys())
 
 
 class RssSampler:
@@ -328,7 +333,8 @@ class Bench:
         with RssSampler(server) as rss:
             result = load.run_load(self.tool, server.base, method, state, token,
                                    connections=self.args.connections, seconds=self.args.seconds)
-        cpu, db_cpu = _cpu_seconds(pids) - cpu_before, _cpu_seconds(backends) - db_before
+        cpu = _cpu_used(cpu_before, _cpu_seconds(pids))
+        db_cpu = _cpu_used(db_before, _cpu_seconds(backends))
         time.sleep(0.3)
         phase.rounds.append(result)
         phase.cpu_us.append(cpu * 1e6 / result.requests if result.requests else 0.0)
