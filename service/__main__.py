@@ -42,8 +42,9 @@ def database(config: Config) -> Iterator[Config]:
         embedded.stop()
 
 
-async def _with_conn(dsn: str, work):
-    conn = await asyncpg.connect(dsn)
+async def _with_conn(cfg: Config, work):
+    # A bounded connect: a database that accepts TCP but never answers fails the command.
+    conn = await asyncpg.connect(cfg.database_url, timeout=cfg.db_connect_timeout)
     try:
         return await work(conn)
     finally:
@@ -52,7 +53,7 @@ async def _with_conn(dsn: str, work):
 
 def cmd_migrate(config: Config, args) -> int:
     with database(config) as cfg:
-        asyncio.run(_with_conn(cfg.database_url, meta.migrate))
+        asyncio.run(_with_conn(cfg, meta.migrate))
         print(f"schema applied to {redact_dsn(cfg.database_url)}")
     return 0
 
@@ -64,7 +65,7 @@ def cmd_create_token(config: Config, args) -> int:
             await meta.migrate(conn)
             return await token_store.create_token(conn, args.enterprise, args.name, scopes)
 
-        token_id, token = asyncio.run(_with_conn(cfg.database_url, work))
+        token_id, token = asyncio.run(_with_conn(cfg, work))
     print(f"token {token_id} for enterprise {args.enterprise} ({','.join(scopes)}):")
     print(token)
     return 0
@@ -72,7 +73,7 @@ def cmd_create_token(config: Config, args) -> int:
 
 def cmd_list_tokens(config: Config, args) -> int:
     with database(config) as cfg:
-        rows = asyncio.run(_with_conn(cfg.database_url, token_store.list_tokens))
+        rows = asyncio.run(_with_conn(cfg, token_store.list_tokens))
     print("id\tenterprise\tname\tscopes\tcreated_at\trevoked_at")
     for r in rows:
         print(f"{r['id']}\t{r['enterprise_id']}\t{r['name']}\t{','.join(r['scopes'])}\t"
@@ -93,7 +94,7 @@ def cmd_replay(config: Config, args) -> int:
 
     with database(config) as cfg:
         # The dsn lets a large scan be split across processes (service/scan_parts.py).
-        report = asyncio.run(_with_conn(cfg.database_url, _migrated(
+        report = asyncio.run(_with_conn(cfg, _migrated(
             lambda conn: replay(conn, cfg.database_url))))
     print(f"replayed {report.events} events of {report.runs} runs in {report.seconds:.2f}s "
           f"({report.rate:,.0f} events/s); repaired {report.repaired} drifted rows and "
@@ -110,7 +111,7 @@ def cmd_verify(config: Config, args) -> int:
 
     with database(config) as cfg:
         started = time.perf_counter()
-        result = asyncio.run(_with_conn(cfg.database_url, _migrated(
+        result = asyncio.run(_with_conn(cfg, _migrated(
             lambda conn: verify(conn, cfg.database_url))))
         seconds = time.perf_counter() - started
     for drift in result.drifts:
@@ -140,7 +141,7 @@ def cmd_seed(config: Config, args) -> int:
                           seed=args.seed, batch=args.batch, progress=progress)
 
     with database(config) as cfg:
-        report = asyncio.run(_with_conn(cfg.database_url, _migrated(work)))
+        report = asyncio.run(_with_conn(cfg, _migrated(work)))
     print(f"seeded enterprise {report.enterprise_id}: {report.pipelines} pipelines, "
           f"{report.runs:,} runs ({report.live_runs:,} live, {report.stage_runs:,} stage runs), "
           f"{report.events:,} events in {report.seconds:.1f}s ({report.rate:,.0f} runs/s)")
@@ -158,7 +159,7 @@ def _migrated(work):
 
 
 def _serve(cfg: Config, host: str, port: int, workers: int | None = None) -> int:
-    asyncio.run(_with_conn(cfg.database_url, meta.migrate))
+    asyncio.run(_with_conn(cfg, meta.migrate))
     # One access line per request comes from http/observe.py, not aiohttp's access logger.
     # runtime: uvloop when installed; with workers > 1, N processes on the one port.
     cfg = cfg.with_(host=host, port=port, workers=workers or cfg.workers)
@@ -179,7 +180,7 @@ def cmd_dev(config: Config, args) -> int:
             # Tokens are stored only as hashes, so the dev token is rotated on each start.
             return await token_store.rotate_token(conn, DEV_ENTERPRISE, DEV_TOKEN_NAME)
 
-        _, token = asyncio.run(_with_conn(cfg.database_url, work))
+        _, token = asyncio.run(_with_conn(cfg, work))
         host, port = args.host or cfg.host, args.port or cfg.port
         base = f"http://{host}:{port}/api/pipelines/v0"
         print(f"Dev token: {token}", flush=True)

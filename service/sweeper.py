@@ -19,6 +19,7 @@ from .errors import Conflict, NotFound
 from .metrics import Metrics
 from .store import idempotency, partitions, runs, stage_runs, timeouts
 from .store.appended import appended_events
+from .store.errors import UNAVAILABLE
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +100,11 @@ async def run_forever(pool: asyncpg.Pool, every_seconds: float,
                 log.info("timed out %d runs and stage runs", moved)
         except asyncio.CancelledError:
             raise
+        except UNAVAILABLE as exc:  # an outage: one line a tick, not a traceback a tick
+            if metrics is not None:
+                metrics.sweep_failures += 1
+            log.warning("timeout sweep: database unavailable (%s: %s); retrying in %.0fs",
+                        type(exc).__name__, exc, every_seconds)
         except Exception:
             if metrics is not None:
                 metrics.sweep_failures += 1

@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+
+import asyncpg
 
 import pytest
 
@@ -10,7 +13,8 @@ from service.config import Config
 from service.db import create_pool
 from service.http.keys import POOL
 from service.store import timeouts
-from service.sweeper import sweep_once
+from service.metrics import Metrics
+from service.sweeper import run_forever, sweep_once
 
 
 @pytest.fixture
@@ -109,3 +113,23 @@ async def test_sweep_is_idempotent_and_races_callers_safely(api, client, db, ent
         "SELECT run_id, count(*) FILTER (WHERE type = 'run.status_changed') AS moves "
         "FROM run_events WHERE enterprise_id = $1 GROUP BY run_id", enterprise)
     assert len(counts) == 6 and all(c["moves"] == 1 for c in counts), [dict(c) for c in counts]
+
+
+async def test_an_outage_logs_one_line_a_tick_not_a_traceback(caplog, unused_tcp_port):
+    # Nothing listens on the port: every sweep fails to connect, as in a database outage.
+    pool = await asyncpg.create_pool(f"postgresql://postgres@127.0.0.1:{unused_tcp_port}/x",
+                                     min_size=0, max_size=1, timeout=2)
+    metrics = Metrics()
+    sweeper = asyncio.create_task(run_forever(pool, 0.05, metrics))
+    try:
+        await asyncio.sleep(0.5)
+    finally:
+        sweeper.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await sweeper
+        await pool.close()
+    failures = [r for r in caplog.records if r.name == "service.sweeper"]
+    assert len(failures) >= 2 and metrics.sweep_failures == len(failures)
+    assert {r.levelname for r in failures} == {"WARNING"}
+    assert not [r for r in failures if r.exc_info]
+    assert "database unavailable" in failures[0].getMessage()

@@ -12,7 +12,7 @@ from ..errors import Unavailable
 log = logging.getLogger(__name__)
 
 # Failures that mean "the database is not answering right now", not "your request is wrong".
-_UNAVAILABLE = (
+UNAVAILABLE = (
     # 57xxx: statement_timeout (QueryCanceled), admin/crash shutdown, cannot connect now.
     asyncpg.exceptions.OperatorInterventionError,
     asyncpg.exceptions.PostgresConnectionError,  # 08xxx
@@ -32,6 +32,6 @@ def translated():
     """Run a store call; database outages become Unavailable (503)."""
     try:
         yield
-    except _UNAVAILABLE as exc:
+    except UNAVAILABLE as exc:
         log.warning("database unavailable: %s: %s", type(exc).__name__, exc)
         raise Unavailable() from exc
