@@ -84,7 +84,7 @@ def cmd_list_tokens(config: Config, args) -> int:
 def cmd_revoke_token(config: Config, args) -> int:
     with database(config) as cfg:
         done = asyncio.run(_with_conn(
-            cfg.database_url, lambda conn: token_store.revoke_token(conn, args.id)))
+            cfg, lambda conn: token_store.revoke_token(conn, args.id)))
     print(f"token {args.id} revoked" if done else f"token {args.id} not found or already revoked")
     return 0 if done else 1
 
