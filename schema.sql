@@ -244,6 +244,9 @@ CREATE INDEX IF NOT EXISTS pipeline_runs_pipeline_status_started
     ON pipeline_runs (enterprise_id, pipeline_id, status, started_at, id);
 CREATE INDEX IF NOT EXISTS pipeline_runs_pipeline_status_ended
     ON pipeline_runs (enterprise_id, pipeline_id, status, ended_at, id);
+-- updated_after / updated_before: a narrow range is read from here (store/run_lists.py);
+-- created_ ranges use the (enterprise_id, status, created_at) indexes above.
+CREATE INDEX IF NOT EXISTS pipeline_runs_updated ON pipeline_runs (enterprise_id, updated_at);
 CREATE INDEX IF NOT EXISTS pipeline_runs_deadline ON pipeline_runs (deadline)
     WHERE ended_at IS NULL;
 

@@ -2,7 +2,8 @@
 
 The live write path and replay/as_of both use this module, so they cannot drift: writes
 ask `plan_*` which events a change produces (cascades and derived outcomes included) and
-`apply` what those events make of the run; replay folds the stored events with `apply`.
+`apply` what those events make of the run; replay folds the stored events with `fold_rows`.
+All three are `step`, the one place an event's effect is written down.
 """
 from __future__ import annotations
 

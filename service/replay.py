@@ -3,7 +3,8 @@
 Replay is safe while the service runs:
 1. Scan: in one REPEATABLE READ snapshot, stream every run (its events as arrays in
    version order) with its projection row, fold each run with the lifecycle's fold and note
-   every row that differs; run_counts is compared with the fold's counts too.
+   every row that differs; run_counts is compared with the fold's counts too. A large
+   scan is split across 2 processes that share the snapshot (scan_parts.py).
 2. Patch without blocking anyone: write the differing rows, each guarded by the version
    seen in the scan, so a row a live write has moved on since is left alone.
 3. Catch up in one short transaction that blocks writers (not readers): re-fold the runs

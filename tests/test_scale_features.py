@@ -299,6 +299,33 @@ async def test_cursor_pages_visit_every_run_exactly_once_in_every_ordering(api):
             assert await _cursor_walk(api, path, 2) == expected, (ordering, filters)
 
 
+@pytest.mark.parametrize("plan", ["range first", "segments"])
+async def test_date_ranges_page_exactly_in_every_ordering_both_ways(api, monkeypatch, plan):
+    # A dated list is read range-first when its range is narrow, by the ordering's segments
+    # when wide: both must give exactly the order (and cursor walk) of the undated list.
+    monkeypatch.setattr(run_lists, "RANGE_CAP", 10**6 if plan == "range first" else -1)
+    world = await _cursor_world(api)
+    runs = world["runs"]
+    since = min(datetime.fromisoformat(r["created_at"]) for r in runs)
+    dated = f"created_after={_iso(since)}&updated_before=9999-01-01T00:00:00Z"
+    for ordering in [None, *ENTERPRISE_RUN_ORDERINGS]:
+        for filters in FILTERS:
+            query = "&".join(q for q in (filters, dated, f"ordering={ordering}" if ordering
+                                         else "") if q)
+            expected = _expected([r for r in runs if _matches(r, filters)], ordering)
+            page = await api.get(f"/runs/?{query}&limit=1000")
+            assert [r["id"] for r in page["results"]] == expected, (ordering, filters)
+            assert (page["count"], page["count_exact"]) == (len(expected), True)
+            for limit in (1, 3):
+                walked = await _cursor_walk(api, f"/runs/?{query}", limit)
+                assert walked == expected, (ordering, filters, limit)
+    alpha = world["alpha"]["id"]
+    for ordering in [None, *PIPELINE_RUN_ORDERINGS]:
+        query = dated + (f"&ordering={ordering}" if ordering else "")
+        expected = _expected([r for r in runs if r["pipeline_id"] == alpha], ordering)
+        assert await _cursor_walk(api, f"/pipelines/{alpha}/runs/?{query}", 2) == expected
+
+
 def _matches(run: dict, filters: str) -> bool:
     if not filters:
         return True

@@ -11,8 +11,12 @@ ordering needs an index of its own: `status` is the statuses read in lifecycle o
 LAST is the non-NULL part then the NULL part.
 
 `count` comes from run_counts (store/counts.py) in the same statement, so it agrees with the
-page. A created_/updated_ range cannot be answered by counters: then runs are counted up to
-COUNT_CAP and `count_exact` says whether the count was capped.
+page. A created_/updated_ range cannot be answered by counters: then its runs are counted
+first, up to COUNT_CAP (`count_exact` says whether the count was capped), from a date index
+range. That count also picks how the page is read: a range of at most RANGE_CAP runs is
+read whole from its date index and sorted (cost: the range, whatever the ordering); a wider
+one as above, its segments filtered by the dates (cost: rows skipped until the page fills,
+few when the range is wide; see README "Performance" for the orderings where it is not).
 
 The cursor is the last row's sort key and id, base64url JSON; the next page is the rows
 strictly after it in the ordering, read per segment with a row comparison on the index
@@ -36,6 +40,7 @@ from .. import lifecycle
 from ..errors import BadRequest, NotFound
 
 COUNT_CAP = 10_000  # date-filtered lists count their runs up to this many
+RANGE_CAP = 4_000  # ...and read a range of at most this many runs whole, then sort it
 
 STATUSES = lifecycle.RUN_STATUSES
 RANK = lifecycle.STATUS_RANK
@@ -245,7 +250,7 @@ def _status_segments(ordering: str | None, status: str | None,
 
 
 def build(f: Filters, ordering: str | None, limit: int, offset: int,
-          cursor: dict | None) -> tuple[str, list[Any]]:
+          cursor: dict | None, known_count: int | None = None) -> tuple[str, list[Any]]:
     """The one statement of a page: its rows (limit + 1 of them) and the count."""
     arg = _Params()
     ent = arg(f.enterprise_id, "text")
@@ -259,7 +264,8 @@ def build(f: Filters, ordering: str | None, limit: int, offset: int,
     else:
         segments = _by_status(f, ordering, order, cursor, arg, ent, need,
                               _pipelines(f, arg, ent), dates, ctes)
-    total = _count(f, arg, ent, status, dates)
+    total = (_count(f, arg, ent, status, dates) if known_count is None
+             else arg(known_count, "bigint"))
     exists = (f"EXISTS (SELECT 1 FROM pipelines WHERE enterprise_id = {ent} "
               f"AND id = {arg(f.pipeline_id, 'uuid')} AND deleted_at IS NULL)"
               if f.pipeline_id is not None else "true")
@@ -280,6 +286,72 @@ SELECT total.total_count, total.pipeline_live, {columns},
 FROM total LEFT JOIN page ON true
 ORDER BY {', '.join('page.' + part for part in order.final.split(', '))}"""
     return arg.finish(sql)
+
+
+def build_range(f: Filters, ordering: str | None, limit: int, offset: int,
+                cursor: dict | None, count: int) -> tuple[str, list[Any]]:
+    """A page of a narrow date range (at most RANGE_CAP runs): the range, then the sort.
+
+    The range is materialized first, so it is read from a date index whatever the
+    ordering; the page is the first rows of it in the ordering, after the cursor.
+    """
+    arg = _Params()
+    ent = arg(f.enterprise_id, "text")
+    order = ORDERS[ordering]
+    ranked = arg(sorted(STATUSES, key=RANK.get), "text[]")
+    conds = [f"r.enterprise_id = {ent}"]
+    if f.status is not None:
+        conds.append(f"r.status = {arg(f.status, 'text')}")
+    else:  # every status named, so the (enterprise, status, created_at) index range-scans
+        conds.append(f"r.status = ANY({arg(list(STATUSES), 'text[]')})")
+    if f.pipeline_id is not None:
+        conds.append(f"r.pipeline_id = {arg(f.pipeline_id, 'uuid')}")
+    if f.pipeline_name is not None:
+        conds.append(f"p.name = {arg(f.pipeline_name, 'text')}")
+    if cursor is not None:
+        conds.append(_after(ordering, order, cursor, arg, ranked))
+    exists = (f"EXISTS (SELECT 1 FROM pipelines WHERE enterprise_id = {ent} "
+              f"AND id = {arg(f.pipeline_id, 'uuid')} AND deleted_at IS NULL)"
+              if f.pipeline_id is not None else "true")
+    columns = ", ".join(f"page.{c}" for c in COLUMNS)
+    sql = f"""
+WITH range AS MATERIALIZED (
+    SELECT {_SELECT.format(name='p.name')},
+           array_position({ranked}, r.status) AS seg_rank
+    FROM pipeline_runs r {_LIVE_PIPELINE}
+    WHERE {' AND '.join(conds)}{_date_conditions(f, arg)}
+), page AS (
+    SELECT * FROM range
+    ORDER BY {order.final}
+    LIMIT {arg(limit + 1, 'bigint')} OFFSET {arg(offset, 'bigint')}
+)
+SELECT {arg(count, 'bigint')} AS total_count, {exists} AS pipeline_live, {columns}
+FROM (SELECT 1) AS one LEFT JOIN page ON true
+ORDER BY {', '.join('page.' + part for part in order.final.split(', '))}"""
+    return arg.finish(sql)
+
+
+def _after(ordering: str | None, order: Order, cursor: dict, arg: _Params,
+           ranked: str) -> str:
+    """Rows strictly after the cursor in the ordering, as one condition on a run row."""
+    def key(*names: str) -> str:
+        return ", ".join(arg(cursor[n], _TYPES.get(n, "text")) for n in names)
+
+    cmp = "<" if order.descending else ">"
+    if ordering in ("status", "-status"):
+        rank = f"array_position({ranked}, r.status)"
+        at = f"array_position({ranked}, {arg(cursor['status'], 'text')})"
+        return (f"({rank} {cmp} {at} OR ({rank} = {at} AND "
+                f"(r.created_at, r.id) < ({key('created_at', 'id')})))")
+    if ordering in ("pipeline__name", "-pipeline__name"):
+        return f"(p.name, r.run_number, r.id) {cmp} ({key('pipeline_name', 'run_number', 'id')})"
+    names = order.key
+    col = names[0]
+    if col in _NULLABLE:  # NULLS LAST both ways: the NULL part comes after every value
+        if cursor[col] is None:
+            return f"(r.{col} IS NULL AND r.id {cmp} {key('id')})"
+        return f"(r.{col} IS NULL OR (r.{col}, r.id) {cmp} ({key(col, 'id')}))"
+    return f"({', '.join('r.' + n for n in names)}) {cmp} ({key(*names)})"
 
 
 def _by_status(f, ordering, order, cursor, arg, ent, need, pipelines, dates, ctes) -> str:
@@ -437,12 +509,16 @@ def _count(f: Filters, arg: _Params, ent: str, status: str | None, dates: str) -
     conds = [f"r.enterprise_id = {ent}",
              # every status named, so the (enterprise, status, ...) indexes range-scan
              f"r.status = ANY({arg([f.status] if f.status else list(STATUSES), 'text[]')})"]
-    if f.pipeline_id is not None:
+    live = ""
+    if f.pipeline_id is not None:  # a deleted pipeline's list is a 404 anyway
         conds.append(f"r.pipeline_id = {arg(f.pipeline_id, 'uuid')}")
-    if f.pipeline_name is not None:
+    elif f.pipeline_name is not None:
+        live = _LIVE_PIPELINE
         conds.append(f"p.name = {arg(f.pipeline_name, 'text')}")
+    else:
+        conds.append(_NOT_GONE.format(ent=ent))
     return f"""SELECT count(*) FROM (
-        SELECT 1 FROM pipeline_runs r {_LIVE_PIPELINE}
+        SELECT 1 FROM pipeline_runs r {live}
         WHERE {' AND '.join(conds)}{dates}
         LIMIT {COUNT_CAP + 1}) AS capped"""
 
@@ -456,10 +532,26 @@ class Page:
     next_cursor: str | None
 
 
+def build_count(f: Filters) -> tuple[str, list[Any]]:
+    """A date range's runs, counted up to COUNT_CAP + 1 (from a date index range)."""
+    arg = _Params()
+    ent = arg(f.enterprise_id, "text")
+    status = arg(f.status, "text") if f.status is not None else None
+    return arg.finish(_count(f, arg, ent, status, _date_conditions(f, arg)))
+
+
 async def list_runs(conn: asyncpg.Connection, f: Filters, *, ordering: str | None, limit: int,
                     offset: int, cursor: str | None = None) -> Page:
     keys = decode_cursor(cursor, ordering) if cursor is not None else None
-    sql, args = build(f, ordering, limit, offset, keys)
+    if f.dated:
+        # Two statements (the caller's connection; a page is a read, no transaction needed
+        # for it to be consistent with itself): the count picks the plan of the page.
+        count_sql, count_args = build_count(f)
+        count = await conn.fetchval(count_sql, *count_args)
+        sql, args = (build_range if count <= RANGE_CAP else build)(
+            f, ordering, limit, offset, keys, count)
+    else:
+        sql, args = build(f, ordering, limit, offset, keys)
     rows = await conn.fetch(sql, *args)
     head = rows[0]
     if f.pipeline_id is not None and not head["pipeline_live"]:
