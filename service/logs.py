@@ -7,11 +7,13 @@ place that configures logging; `python -m service` calls it first.
 """
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import math
 import sys
 import time
+from collections import deque
 from contextvars import ContextVar
 from itertools import islice
 from json.encoder import encode_basestring_ascii as _string
@@ -113,24 +115,78 @@ def log_access(fields: dict) -> None:
     """The access line of a request (INFO "request" on service.access, `fields` as extras).
 
     When our JSON handler is the only one the line would reach (as in `serve`), the line is
-    written straight to it: the same line, without building a LogRecord and walking the
+    handed straight to it: the same line, without building a LogRecord and walking the
     logging machinery, which was a tenth of a GET's CPU. Anything else: plain logging.
     """
     handler = _sole_json_handler()
     if handler is None:
         ACCESS.info("request", extra=fields)
         return
-    line = handler.formatter.line(time.time(), "INFO", "request", ACCESS.name,
-                                  REQUEST_ID.get(), fields.items())
-    handler.acquire()  # what Handler.handle does around emit
-    try:
-        handler.stream.write(line + handler.terminator)
-        handler.flush()
-    finally:
-        handler.release()
+    handler.add_line(handler.formatter.line(time.time(), "INFO", "request", ACCESS.name,
+                                            REQUEST_ID.get(), fields.items()))
 
 
-def _sole_json_handler() -> logging.StreamHandler | None:
+class Handler(logging.StreamHandler):
+    """Our stream handler; access lines ending in one event-loop iteration are written once.
+
+    Why: each line was a write() system call of its own. Under load many requests end in
+    one iteration of the loop; their access lines are joined and written by a callback
+    scheduled (call_soon) when the first of them came: at the end of that iteration,
+    before the loop waits for I/O again, so a line is never held longer than that. Any
+    other record, and flush() (logging.shutdown calls it at exit), write the pending lines
+    first, so the lines keep their order.
+    """
+
+    _pipeline_runs = True  # setup_logging's mark: ours, replaced when it runs again
+    MAX_PENDING = 256  # more than this in one iteration: written at once
+
+    def __init__(self, stream: IO[str]):
+        super().__init__(stream)
+        # A deque: other threads may flush (drain) it while the loop thread appends.
+        self._pending: deque[str] = deque()
+        self._scheduled = False  # a flush callback is due on the loop (loop thread only)
+
+    def add_line(self, line: str) -> None:
+        pending = self._pending
+        pending.append(line)
+        if self._scheduled:
+            return
+        if len(pending) < self.MAX_PENDING:
+            try:
+                asyncio.get_running_loop().call_soon(self._flush_scheduled)
+            except RuntimeError:  # no event loop here: write it now
+                pass
+            else:
+                self._scheduled = True
+                return
+        self.flush()
+
+    def _flush_scheduled(self) -> None:
+        self._scheduled = False
+        self.flush()
+
+    def flush(self) -> None:
+        pending = self._pending
+        if pending:
+            self.acquire()
+            try:
+                lines = []
+                while pending:  # popleft: a line appended meanwhile is taken once, or later
+                    lines.append(pending.popleft())
+                self.stream.write(self.terminator.join(lines) + self.terminator)
+            except Exception:  # as emit() does: logging never raises
+                self.handleError(logging.makeLogRecord({"msg": "access lines"}))
+            finally:
+                self.release()
+        super().flush()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self._pending:
+            self.flush()
+        super().emit(record)
+
+
+def _sole_json_handler() -> Handler | None:
     """Our JSON handler when it is all that service.access's INFO records would reach."""
     logger: logging.Logger | None = ACCESS
     if not ACCESS.isEnabledFor(logging.INFO):
@@ -170,8 +226,8 @@ def setup_logging(config: Config, stream: IO[str] | None = None) -> logging.Hand
     root = logging.getLogger()
     for old in [h for h in root.handlers if getattr(h, "_pipeline_runs", False)]:
         root.removeHandler(old)
-    handler = logging.StreamHandler(sys.stderr if stream is None else stream)
-    handler._pipeline_runs = True  # type: ignore[attr-defined]
+        old.flush()
+    handler = Handler(sys.stderr if stream is None else stream)
     handler.addFilter(RequestIdFilter())
     handler.setFormatter(TextFormatter() if config.log_format == "text" else JsonFormatter())
     root.addHandler(handler)

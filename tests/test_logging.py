@@ -1,6 +1,7 @@
 """Logs: one JSON object per line, the request id on every line of a request, text on demand."""
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import logging
@@ -206,3 +207,32 @@ def test_the_direct_access_line_is_the_line_logging_would_write(logs):
     assert direct.pop("timestamp")[:16] == plain.pop("timestamp")[:16]
     assert direct == plain == {"level": "INFO", "message": "request",
                                "logger": "service.access", "request_id": "direct-1", **fields}
+
+
+async def test_access_lines_of_one_loop_iteration_are_written_together_and_in_order(logs):
+    read = logs()
+    root = logging.getLogger()
+    ours, others = root.handlers[-1], root.handlers[:-1]
+    writes: list[str] = []
+    stream_write = ours.stream.write
+    ours.stream.write = lambda text: (writes.append(text), stream_write(text))[1]
+    fields = {"method": "GET", "route": "/r", "path": "/r", "status": 200,
+              "duration_ms": 1.0, "enterprise": "e", "actor": "a"}
+    try:
+        for handler in others:  # ours alone, as in `serve`
+            root.removeHandler(handler)
+        for n in range(3):
+            log_access({**fields, "status": 200 + n})
+        assert read() == []  # held until the end of this loop iteration
+        await asyncio.sleep(0)
+        assert len(writes) == 1 and [json.loads(line)["status"] for line in read()] == [
+            200, 201, 202]
+        log_access({**fields, "status": 203})
+        logging.getLogger("other").warning("after the access line")
+        assert [json.loads(line).get("status") for line in read()][3:] == [203, None]
+        log_access({**fields, "status": 204})
+    finally:
+        for handler in others:
+            root.addHandler(handler)
+    ours.flush()  # what logging.shutdown does at exit: nothing pending is lost
+    assert json.loads(read()[-1])["status"] == 204

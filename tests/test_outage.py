@@ -62,6 +62,34 @@ def run_path(run: dict) -> str:
     return f"/pipelines/{run['pipeline_id']}/runs/{run['id']}/"
 
 
+async def test_a_busy_pool_answers_503_within_the_acquire_timeout_then_serves(
+        aiohttp_client, db_dsn, db, token):
+    # Every pooled connection held (by a test, as by long requests): a request waits
+    # DB_ACQUIRE_TIMEOUT for one, then answers 503; once one is free it is served again.
+    from service.app import create_app
+    from service.http.keys import POOL
+    from conftest import Api
+
+    config = Config(database_url=db_dsn, pool_min=1, pool_max=1, pool_acquire_timeout=0.5,
+                    token_cache_seconds=60)
+    api = Api(await aiohttp_client(create_app(config)), token)
+    pipeline = await api.pipeline()
+    run = await api.run(pipeline["id"])
+    pool = api.client.app[POOL]
+    held = await pool.acquire()
+    try:
+        for method, path, body in (("GET", run_path(run), None),
+                                   ("PUT", run_path(run), {"status": "running"}),
+                                   ("GET", "/runs/", None)):
+            content, seconds = await timed(api.call(method, path, 503, json=body))
+            assert content is None and 0.4 < seconds < MAX_503_SECONDS, (method, path, seconds)
+    finally:
+        await pool.release(held)
+    assert (await api.get(run_path(run)))["status"] == "pending"  # the PUT changed nothing
+    assert (await api.move(run, "running"))["version"] == 2
+    assert await db.fetchval("SELECT count(*) FROM run_events WHERE run_id = $1", run["id"]) == 2
+
+
 async def test_slow_query_answers_503_and_the_worker_is_free(api, db, db_dsn):
     """A run row locked by someone else: the PUT waits at most statement_timeout, then 503."""
     pipeline = await api.pipeline()

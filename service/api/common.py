@@ -2,8 +2,7 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from typing import Any, AsyncIterator, Callable
+from typing import Any, Callable
 
 import asyncpg
 from aiohttp import web
@@ -105,28 +104,49 @@ def page(request: web.Request, total: int, items: list, limit: int, offset: int,
     return envelope(content, message=message)
 
 
-@contextlib.asynccontextmanager
-async def connection(request: web.Request) -> AsyncIterator[asyncpg.Connection]:
+def connection(request: web.Request) -> "_Connection":
     """A pooled connection; a database that does not answer becomes a 503.
 
     Under an Idempotency-Key: the request's own connection, inside its transaction.
     """
-    config = request.app[CONFIG]
-    shared = request.get(TX_CONNECTION)
-    with translated():
-        if shared is not None:
-            yield shared
-            return
-        # asyncio.timeout, not acquire(timeout=): that one costs a task per request.
-        pool = request.app[POOL]
-        async with asyncio.timeout(config.pool_acquire_timeout):
-            conn = await pool.acquire()
-        try:
-            yield conn
-        except asyncio.TimeoutError:
-            # command_timeout: the server stopped answering. Drop the connection rather than
-            # have release() wait up to command_timeout again for the query's cancellation.
-            conn.terminate()
-            raise
-        finally:
-            await pool.release(conn)
+    return _Connection(request)
+
+
+class _Connection:
+    """connection()'s context manager: a class, as every request of the hot path takes one."""
+
+    __slots__ = ("request", "conn", "shared")
+
+    def __init__(self, request: web.Request):
+        self.request = request
+        self.conn: asyncpg.Connection | None = None
+        self.shared = request.get(TX_CONNECTION)
+
+    async def __aenter__(self) -> asyncpg.Connection:
+        if self.shared is not None:
+            return self.shared
+        app = self.request.app
+        pool = app[POOL]
+        with translated():
+            if pool.get_idle_size():
+                # A connection is free, so acquire() does not wait for a release (opening
+                # one is bounded by DB_CONNECT_TIMEOUT): the timer below is only paid when
+                # it may have to wait.
+                self.conn = await pool.acquire()
+            else:
+                # asyncio.timeout, not acquire(timeout=): that one costs a task per request.
+                async with asyncio.timeout(app[CONFIG].pool_acquire_timeout):
+                    self.conn = await pool.acquire()
+        return self.conn
+
+    async def __aexit__(self, kind, exc, tb) -> bool:
+        conn = self.conn
+        if conn is not None:
+            with translated():
+                if kind is not None and issubclass(kind, asyncio.TimeoutError):
+                    # command_timeout: the server stopped answering. Drop the connection
+                    # rather than have release() wait up to command_timeout again for the
+                    # query's cancellation.
+                    conn.terminate()
+                await self.request.app[POOL].release(conn)
+        return translated().__exit__(kind, exc, tb)  # the body's failure, translated too

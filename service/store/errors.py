@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 
 import asyncpg
@@ -27,11 +26,19 @@ UNAVAILABLE = (
 )
 
 
-@contextlib.contextmanager
-def translated():
-    """Run a store call; database outages become Unavailable (503)."""
-    try:
-        yield
-    except UNAVAILABLE as exc:
-        log.warning("database unavailable: %s: %s", type(exc).__name__, exc)
-        raise Unavailable() from exc
+class translated:
+    """`with translated():` runs a store call; database outages become Unavailable (503).
+
+    A class rather than a generator context manager: every request enters one or two.
+    """
+
+    __slots__ = ()
+
+    def __enter__(self) -> "translated":
+        return self
+
+    def __exit__(self, kind, exc, tb) -> bool:
+        if kind is not None and issubclass(kind, UNAVAILABLE):
+            log.warning("database unavailable: %s: %s", kind.__name__, exc)
+            raise Unavailable() from exc
+        return False
