@@ -17,7 +17,7 @@ from .http.auth import auth_middleware
 from .feedwait import FeedWaiters
 from .groupcommit import GroupCommit
 from .http.keys import (CONFIG, FEED_WAITERS, GROUP_COMMIT, METRICS, METRICS_RUNNER, POOL,
-                        TOKEN_CACHE)
+                        POOL_SLOTS, TOKEN_CACHE)
 from .http.middleware import error_middleware
 from .http.observe import observe_middleware
 from .http.validation import validation_middleware
@@ -63,6 +63,7 @@ async def _pool_ctx(app: web.Application) -> AsyncIterator[None]:
         async with pool.acquire() as conn:
             await meta.ping(conn)
         app[POOL] = pool
+        app[POOL_SLOTS] = asyncio.Semaphore(config.pool_max)
         app[METRICS].pool = pool
         app[GROUP_COMMIT] = (GroupCommit(pool, config.pool_acquire_timeout,
                                          moves.grouped_change_statuses)

@@ -7,6 +7,7 @@ import uuid
 import pytest
 
 from service import lifecycle as lc
+from service.app import create_app
 from test_runs import assert_projection, run_level, run_path
 
 
@@ -84,3 +85,35 @@ async def test_concurrent_stage_adds_get_distinct_ordinals(api):
     listed = (await api.get(path + "?limit=100"))["results"]
     assert [s["ordinal"] for s in listed] == list(range(1, 21))
     assert {s["id"] for s in listed} == {s["id"] for s in added}
+
+
+class _Request(dict):
+    """What api.common.connection reads of a request: its app, and no shared transaction."""
+
+    def __init__(self, app):
+        super().__init__()
+        self.app = app
+
+
+async def test_pool_connections_go_to_requests_in_arrival_order(aiohttp_client, db_dsn):
+    # 30 requests on a pool of 3, each asking again as soon as it is done: asyncpg's pool
+    # alone gives a just-released connection to whoever asks next, ahead of those already
+    # waiting (who then wait again, at the back): some requests starved for a second.
+    from service.api.common import connection
+    from service.config import Config
+
+    app = (await aiohttp_client(create_app(Config(database_url=db_dsn, pool_min=3,
+                                                  pool_max=3)))).app
+    request, arrivals, served = _Request(app), iter(range(10**6)), []
+
+    async def client():
+        for _ in range(20):
+            arrival = next(arrivals)  # the order in which requests ask for a connection
+            async with connection(request) as conn:
+                served.append(arrival)
+                await conn.fetchval("SELECT 1")
+
+    await asyncio.gather(*(client() for _ in range(30)))
+    assert len(served) == 600
+    overtaken = sum(1 for before, after in zip(served, served[1:]) if after < before)
+    assert overtaken == 0 and served == sorted(served)

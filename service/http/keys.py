@@ -1,6 +1,7 @@
 """Typed keys shared by the app, the middlewares and the handlers."""
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 
 import asyncpg
@@ -21,6 +22,8 @@ class Principal:
 
 CONFIG = web.AppKey("config", Config)
 POOL = web.AppKey("pool", asyncpg.Pool)
+# Request handlers take a pool connection in arrival order through this (api/common.py).
+POOL_SLOTS = web.AppKey("pool_slots", asyncio.Semaphore)
 TOKEN_CACHE = web.AppKey("token_cache", dict)
 FEED_WAITERS = web.AppKey("feed_waiters", object)  # service.feedwait.FeedWaiters
 GROUP_COMMIT = web.AppKey("group_commit", object)  # service.groupcommit.GroupCommit or None
