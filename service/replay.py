@@ -69,7 +69,7 @@ class Scan:
 
 
 _ROW = operator.itemgetter(*sql.PROJECTION_COLUMNS)
-_STAGE_ROW = operator.itemgetter(*sql.STAGE_RUN_COLUMNS)
+_STAGE_ROW = operator.itemgetter(*sql.STAGE_RUN_ARRAY_COLUMNS)
 _HAS_ROW = sql.ROW_AT - 1
 _P_PIPELINE = sql.ROW_AT + sql.PROJECTION_COLUMNS.index("pipeline_id")
 _P_STATUS = sql.ROW_AT + sql.PROJECTION_COLUMNS.index("status")
@@ -80,8 +80,16 @@ def _projection_of(record: asyncpg.Record) -> dict | None:
     if not record[_HAS_ROW]:
         return None
     row = dict(zip(sql.PROJECTION_COLUMNS, record[sql.ROW_AT:sql.STAGE_RUNS_AT]))
-    row["stage_runs"] = [dict(zip(sql.STAGE_RUN_COLUMNS, s)) for s in record[sql.STAGE_RUNS_AT]]
+    keys = {"enterprise_id": record[0], "run_id": record[1]}
+    row["stage_runs"] = [{**keys, **dict(zip(sql.STAGE_RUN_ARRAY_COLUMNS, s))}
+                         for s in _stage_rows(record)]
     return row
+
+
+def _stage_rows(record: asyncpg.Record) -> list[tuple]:
+    """The record's projected stage runs, each a tuple of STAGE_RUN_ARRAY_COLUMNS."""
+    arrays = record[sql.STAGE_RUNS_AT:]
+    return [] if arrays[0] is None else list(zip(*arrays))
 
 
 def _expected(run: dict | None) -> dict | None:
@@ -98,7 +106,7 @@ def _unchanged(run: dict | None, record: asyncpg.Record) -> bool:
     if run is None or not record[_HAS_ROW]:
         return run is None and not record[_HAS_ROW]
     return (_ROW(run) == record[sql.ROW_AT:sql.STAGE_RUNS_AT]
-            and list(map(_STAGE_ROW, run["stage_runs"])) == record[sql.STAGE_RUNS_AT])
+            and list(map(_STAGE_ROW, run["stage_runs"])) == _stage_rows(record))
 
 
 def _compare(key, expected: dict | None, actual: dict | None) -> Drift | None:
