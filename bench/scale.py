@@ -186,7 +186,7 @@ async def measure(base: str, token: str, cases: list[tuple[str, str]], requests:
                     if not tolerate:
                         raise SystemExit(f"{path}: {resp.status} {body}")
                     failed = f"{resp.status} {body.get('message')}"
-                if i >= warmup:
+                if i >= warmup or failed:  # a failure in the warm-up is reported too
                     samples.append(elapsed)
                 if failed:
                     break

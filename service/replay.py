@@ -70,6 +70,7 @@ class Scan:
 
 _ROW = operator.itemgetter(*sql.PROJECTION_COLUMNS)
 _STAGE_ROW = operator.itemgetter(*sql.STAGE_RUN_ARRAY_COLUMNS)
+_S_ORDINAL = sql.STAGE_RUN_ARRAY_COLUMNS.index("ordinal")
 _HAS_ROW = sql.ROW_AT - 1
 _P_PIPELINE = sql.ROW_AT + sql.PROJECTION_COLUMNS.index("pipeline_id")
 _P_STATUS = sql.ROW_AT + sql.PROJECTION_COLUMNS.index("status")
@@ -87,9 +88,16 @@ def _projection_of(record: asyncpg.Record) -> dict | None:
 
 
 def _stage_rows(record: asyncpg.Record) -> list[tuple]:
-    """The record's projected stage runs, each a tuple of STAGE_RUN_ARRAY_COLUMNS."""
+    """The record's projected stage runs in ordinal order, each a tuple of
+    STAGE_RUN_ARRAY_COLUMNS."""
     arrays = record[sql.STAGE_RUNS_AT:]
-    return [] if arrays[0] is None else list(zip(*arrays))
+    if arrays[0] is None:
+        return []
+    rows = list(zip(*arrays))
+    ordinals = arrays[_S_ORDINAL]
+    if any(a > b for a, b in zip(ordinals, ordinals[1:])):  # see RUNS_WITH_PROJECTION
+        rows.sort(key=operator.itemgetter(_S_ORDINAL))
+    return rows
 
 
 def _expected(run: dict | None) -> dict | None:

@@ -210,3 +210,18 @@ async def test_split_scan_sees_every_run_in_one_snapshot(api, db, db_dsn, monkey
     assert (await verify(db, db_dsn)).clean
     assert (await api.get(f"/pipelines/{pipeline['id']}/runs/{lower['id']}/"))["run_number"] \
         == lower["run_number"]
+
+
+def test_scan_lines_up_stage_run_arrays_in_ordinal_order_whatever_order_they_came_in():
+    # The scan's stage-run arrays are aggregated without a sort of their own: rows that came
+    # out of ordinal order are sorted, each row's columns staying together.
+    from service import replay as replay_module
+    from service.store import replay as replay_sql
+
+    columns = replay_sql.STAGE_RUN_ARRAY_COLUMNS
+    rows = [tuple(f"{c}-{n}" if c != "ordinal" else n for c in columns) for n in (3, 1, 2)]
+    record = (None,) * replay_sql.STAGE_RUNS_AT + tuple(list(col) for col in zip(*rows))
+    by_ordinal = sorted(rows, key=lambda row: row[columns.index("ordinal")])
+    assert replay_module._stage_rows(record) == by_ordinal
+    none = (None,) * (replay_sql.STAGE_RUNS_AT + len(columns))  # a run without stage runs
+    assert replay_module._stage_rows(none) == []

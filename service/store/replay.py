@@ -26,7 +26,11 @@ _P = ", ".join(f"p.{c} AS p_{c}" for c in PROJECTION_COLUMNS)
 # A stage run's enterprise_id and run_id are the run's (the join says so): not sent.
 STAGE_RUN_ARRAY_COLUMNS = tuple(c for c in STAGE_RUN_COLUMNS
                                 if c not in ("enterprise_id", "run_id"))
-_S = ", ".join(f"array_agg(s.{c} ORDER BY s.ordinal) AS s_{c}" for c in STAGE_RUN_ARRAY_COLUMNS)
+# Aggregated from rows read in ordinal order (the unique index's), without an ORDER BY in
+# each aggregate: that is a sort per column per run, a fifth of the scan's server time.
+# The arrays are one pass over the same rows, so they line up whatever their order; scan()
+# sorts a run's stage runs by ordinal in the rare case they came out of order.
+_S = ", ".join(f"array_agg(s.{c}) AS s_{c}" for c in STAGE_RUN_ARRAY_COLUMNS)
 RUNS_WITH_PROJECTION = f"""
 SELECT g.enterprise_id, g.run_id, g.head, g.versions, g.types, g.statuses, g.actors, g.ats,
        g.pipelines, g.datas,
@@ -46,8 +50,10 @@ FROM (
 ) AS g
 LEFT JOIN pipeline_runs p ON p.enterprise_id = g.enterprise_id AND p.id = g.run_id
 LEFT JOIN LATERAL (
-    SELECT {_S} FROM stage_runs s
-    WHERE s.enterprise_id = g.enterprise_id AND s.run_id = g.run_id
+    SELECT {_S} FROM (
+        SELECT * FROM stage_runs s
+        WHERE s.enterprise_id = g.enterprise_id AND s.run_id = g.run_id ORDER BY s.ordinal
+    ) AS s
 ) AS sa ON p.id IS NOT NULL
 """
 # Where the projection row's columns start in a RUNS_WITH_PROJECTION record, and end (the
