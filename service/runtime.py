@@ -61,9 +61,15 @@ def run(factory: AppFactory, config: Config, *, reuse_port: bool = False) -> Non
     loop = new_event_loop(config)
     log.info("serving on http://%s:%d (pid %d, %s)", config.host, config.port, os.getpid(),
              type(loop).__module__.split(".")[0])
-    web.run_app(factory(config), host=config.host, port=config.port, print=None,
-                access_log=None, shutdown_timeout=config.shutdown_timeout,
-                reuse_port=reuse_port or None, loop=loop, **PARSER_LIMITS)
+    try:
+        web.run_app(factory(config), host=config.host, port=config.port, print=None,
+                    access_log=None, shutdown_timeout=config.shutdown_timeout,
+                    reuse_port=reuse_port or None, loop=loop, **PARSER_LIMITS)
+    finally:
+        # Access lines of the loop's last iteration may still be pending (logs.Handler), and
+        # a forked worker ends with os._exit, which skips logging.shutdown's flush.
+        for handler in logging.getLogger().handlers:
+            handler.flush()
 
 
 def serve(factory: AppFactory, config: Config) -> int:

@@ -1,6 +1,7 @@
 """`serve --workers N`: N processes on one port, supervised; SIGTERM stops them all."""
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -112,3 +113,30 @@ def test_event_loop_choice():
         finally:
             loop.close()
     assert isinstance(asyncio.get_event_loop_policy(), asyncio.AbstractEventLoopPolicy)
+
+
+def test_every_answered_request_has_its_access_line_after_sigterm(db_dsn, tmp_path):
+    # Access lines are written once per event-loop iteration (service/logs.py Handler) and
+    # forked workers end with os._exit: none of them may be lost on the way out.
+    port = _free_port()
+    path = tmp_path / "serve.log"
+    env = {**os.environ, "DATABASE_URL": db_dsn, "LOG_FORMAT": "json", "LOG_LEVEL": "INFO",
+           "SHUTDOWN_TIMEOUT": "2"}
+    with path.open("w") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "service", "serve", "--port", str(port), "--workers", "2"],
+            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+        answered = 0
+        try:
+            assert _wait(lambda: len(_children(proc.pid)) == 2 and _ready(port)), path.read_text()
+            answered = 1 + sum(_ready(port) for _ in range(50))  # the first _ready too
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=30) == 0, path.read_text()
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    lines = [json.loads(line) for line in path.read_text().splitlines() if line.startswith("{")]
+    ready = [line for line in lines if line.get("message") == "request"
+             and line.get("route") == "/health/ready" and line.get("status") == 200]
+    assert len(ready) == answered == 51  # earlier polls were refused or answered 503
