@@ -149,17 +149,15 @@ class Handler(logging.StreamHandler):
     def add_line(self, line: str) -> None:
         pending = self._pending
         pending.append(line)
-        if self._scheduled:
-            return
-        if len(pending) < self.MAX_PENDING:
+        if len(pending) >= self.MAX_PENDING:
+            self.flush()  # a flush already scheduled then finds nothing left
+        elif not self._scheduled:
             try:
                 asyncio.get_running_loop().call_soon(self._flush_scheduled)
             except RuntimeError:  # no event loop here: write it now
-                pass
+                self.flush()
             else:
                 self._scheduled = True
-                return
-        self.flush()
 
     def _flush_scheduled(self) -> None:
         self._scheduled = False

@@ -230,6 +230,10 @@ async def test_access_lines_of_one_loop_iteration_are_written_together_and_in_or
         log_access({**fields, "status": 203})
         logging.getLogger("other").warning("after the access line")
         assert [json.loads(line).get("status") for line in read()][3:] == [203, None]
+        before = len(read())
+        for _ in range(ours.MAX_PENDING):  # a burst is written at its bound, not held
+            log_access(fields)
+        assert len(read()) == before + ours.MAX_PENDING
         log_access({**fields, "status": 204})
     finally:
         for handler in others:

@@ -15,10 +15,11 @@ import asyncpg
 import pytest
 
 import pgcluster
-from conftest import SCHEMA, make_token
+from conftest import SCHEMA, Api, make_token
+from service.app import create_app
 from service.config import Config
 from service.feedwait import FeedWaiters
-from service.http.keys import FEED_WAITERS
+from service.http.keys import FEED_WAITERS, POOL
 from service.store import meta
 
 # Small timeouts, so an outage answers fast. Budget per request: connect 1 s, acquire 2 s
@@ -66,10 +67,6 @@ async def test_a_busy_pool_answers_503_within_the_acquire_timeout_then_serves(
         aiohttp_client, db_dsn, db, token):
     # Every pooled connection held (by a test, as by long requests): a request waits
     # DB_ACQUIRE_TIMEOUT for one, then answers 503; once one is free it is served again.
-    from service.app import create_app
-    from service.http.keys import POOL
-    from conftest import Api
-
     config = Config(database_url=db_dsn, pool_min=1, pool_max=1, pool_acquire_timeout=0.5,
                     token_cache_seconds=60)
     api = Api(await aiohttp_client(create_app(config)), token)

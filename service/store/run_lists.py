@@ -266,9 +266,7 @@ def build(f: Filters, ordering: str | None, limit: int, offset: int,
                               _pipelines(f, arg, ent), dates, ctes)
     total = (_count(f, arg, ent, status, dates) if known_count is None
              else arg(known_count, "bigint"))
-    exists = (f"EXISTS (SELECT 1 FROM pipelines WHERE enterprise_id = {ent} "
-              f"AND id = {arg(f.pipeline_id, 'uuid')} AND deleted_at IS NULL)"
-              if f.pipeline_id is not None else "true")
+    exists = _pipeline_live(f, arg, ent)
     columns = ", ".join(f"page.{c}" for c in COLUMNS if c != "pipeline_name")
     sql = f"""
 WITH {''.join(c + ', ' for c in ctes)}page AS (
@@ -286,6 +284,14 @@ SELECT total.total_count, total.pipeline_live, {columns},
 FROM total LEFT JOIN page ON true
 ORDER BY {', '.join('page.' + part for part in order.final.split(', '))}"""
     return arg.finish(sql)
+
+
+def _pipeline_live(f: Filters, arg: "_Params", ent: str) -> str:
+    """Whether a pipeline's list still has its pipeline (deleted: the list is a 404)."""
+    if f.pipeline_id is None:
+        return "true"
+    return (f"EXISTS (SELECT 1 FROM pipelines WHERE enterprise_id = {ent} "
+            f"AND id = {arg(f.pipeline_id, 'uuid')} AND deleted_at IS NULL)")
 
 
 def build_range(f: Filters, ordering: str | None, limit: int, offset: int,
@@ -310,9 +316,7 @@ def build_range(f: Filters, ordering: str | None, limit: int, offset: int,
         conds.append(f"p.name = {arg(f.pipeline_name, 'text')}")
     if cursor is not None:
         conds.append(_after(ordering, order, cursor, arg, ranked))
-    exists = (f"EXISTS (SELECT 1 FROM pipelines WHERE enterprise_id = {ent} "
-              f"AND id = {arg(f.pipeline_id, 'uuid')} AND deleted_at IS NULL)"
-              if f.pipeline_id is not None else "true")
+    exists = _pipeline_live(f, arg, ent)
     columns = ", ".join(f"page.{c}" for c in COLUMNS)
     sql = f"""
 WITH range AS MATERIALIZED (
@@ -544,8 +548,8 @@ async def list_runs(conn: asyncpg.Connection, f: Filters, *, ordering: str | Non
                     offset: int, cursor: str | None = None) -> Page:
     keys = decode_cursor(cursor, ordering) if cursor is not None else None
     if f.dated:
-        # Two statements (the caller's connection; a page is a read, no transaction needed
-        # for it to be consistent with itself): the count picks the plan of the page.
+        # Two statements, no transaction: the count picks the plan of the page (and, taken
+        # a moment before it, may miss a run created in between; it is capped anyway).
         count_sql, count_args = build_count(f)
         count = await conn.fetchval(count_sql, *count_args)
         sql, args = (build_range if count <= RANGE_CAP else build)(
