@@ -47,7 +47,7 @@ import scratchdb  # noqa: E402
 
 import load  # noqa: E402
 import reference  # noqa: E402
-from service.db import init_connection  # noqa: E402
+from service.infra.db import init_connection  # noqa: E402
 from service.store import meta  # noqa: E402
 from service.store import pipelines as pipeline_store  # noqa: E402
 from service.store import runs as run_store  # noqa: E402

@@ -43,9 +43,9 @@ import asyncpg  # noqa: E402
 
 import scratchdb  # noqa: E402
 
-from service.api.schemas import ENTERPRISE_RUN_ORDERINGS, PIPELINE_RUN_ORDERINGS  # noqa: E402
-from service.db import init_connection  # noqa: E402
-from service.replay import replay, verify  # noqa: E402
+from service.web.schemas import ENTERPRISE_RUN_ORDERINGS, PIPELINE_RUN_ORDERINGS  # noqa: E402
+from service.infra.db import init_connection  # noqa: E402
+from service.app.replay import replay, verify  # noqa: E402
 from service.store import meta  # noqa: E402
 from service.store import tokens as token_store  # noqa: E402
 

@@ -38,7 +38,7 @@ def admin_dsn():
     if can_connect(dsn):
         yield dsn
         return
-    from service.embedded import start_embedded
+    from service.infra.embedded import start_embedded
 
     server = start_embedded(str(ROOT / ".data" / "bench"))
     try:

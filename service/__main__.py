@@ -11,14 +11,14 @@ from typing import Iterator
 
 import asyncpg
 
-from . import runtime
-from .app import create_app
-from .config import Config
-from .db import init_connection as _init
-from .db import redact_dsn
-from .logs import setup_logging
-from .store import meta
-from .store import tokens as token_store
+from service.infra import runtime
+from service.web.app import create_app
+from service.config import Config
+from service.infra.db import init_connection as _init
+from service.infra.db import redact_dsn
+from service.infra.logs import setup_logging
+from service.store import meta
+from service.store import tokens as token_store
 
 log = logging.getLogger("service")
 
@@ -32,7 +32,7 @@ def database(config: Config) -> Iterator[Config]:
     if config.database_url:
         yield config
         return
-    from .embedded import start_embedded  # imported lazily: only dev machines need it
+    from service.infra.embedded import start_embedded  # imported lazily: only dev machines need it
 
     embedded = start_embedded(config.data_dir)
     log.info("embedded PostgreSQL at %s", embedded.dsn)
@@ -90,7 +90,7 @@ def cmd_revoke_token(config: Config, args) -> int:
 
 
 def cmd_replay(config: Config, args) -> int:
-    from .replay import replay
+    from service.app.replay import replay
 
     with database(config) as cfg:
         # The dsn lets a large scan be split across processes (service/scan_parts.py).
@@ -107,7 +107,7 @@ def cmd_replay(config: Config, args) -> int:
 
 
 def cmd_verify(config: Config, args) -> int:
-    from .replay import verify
+    from service.app.replay import verify
 
     with database(config) as cfg:
         started = time.perf_counter()
@@ -130,7 +130,7 @@ def cmd_verify(config: Config, args) -> int:
 
 
 def cmd_seed(config: Config, args) -> int:
-    from .seed import seed
+    from service.app.seed import seed
 
     def progress(report) -> None:
         print(f"  {report.runs:,} runs, {report.events:,} events in {report.seconds:.1f}s "

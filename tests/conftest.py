@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from dsn import resolve_admin_dsn  # noqa: E402
 
-from service.app import create_app  # noqa: E402
+from service.web.app import create_app  # noqa: E402
 from service.config import Config  # noqa: E402
 from service.store import meta  # noqa: E402
 from service.store import tokens as token_store  # noqa: E402
@@ -107,7 +107,7 @@ def config(db_dsn) -> Config:
 async def db(db_dsn):
     """A direct connection to the app's database, for setup and for checking what was stored."""
     conn = await asyncpg.connect(db_dsn)
-    from service.db import init_connection
+    from service.infra.db import init_connection
 
     await init_connection(conn)
     yield conn

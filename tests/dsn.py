@@ -58,7 +58,7 @@ def resolve_admin_dsn(
     except OSError:
         pass
     # Imported here so DATABASE_URL / local-PG runs never touch pgserver.
-    from service.embedded import start_embedded
+    from service.infra.embedded import start_embedded
 
     server = start_embedded(str(embedded_dir))
     return server.dsn, server.stop

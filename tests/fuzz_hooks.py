@@ -14,7 +14,7 @@ import uuid
 
 import schemathesis
 
-from service.http.idempotency import KEY_HEADER, KEY_PATTERN
+from service.web.idempotency import KEY_HEADER, KEY_PATTERN
 
 _KEY_OK = re.compile(KEY_PATTERN)
 _KEY_MAX = 255

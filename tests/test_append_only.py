@@ -27,7 +27,7 @@ async def test_table_cannot_be_truncated(api, db, enterprise):
 
 
 async def test_the_services_own_pool_is_refused_too(client, api, enterprise):
-    from service.http.keys import POOL
+    from service.web.keys import POOL
 
     await api.run((await api.pipeline())["id"])
     async with client.app[POOL].acquire() as conn:

@@ -17,10 +17,20 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from conftest import make_token
-from service.app import create_app
+from service.web.app import create_app
 from service.client import (
-    ApiError, BadRequest, Conflict, Forbidden, NotFound, PayloadTooLarge, PipelineRunsClient,
-    PreconditionFailed, ServerError, ServiceUnavailable, Unauthorized, UnprocessableEntity,
+    ApiError,
+    BadRequest,
+    Conflict,
+    Forbidden,
+    NotFound,
+    PayloadTooLarge,
+    PipelineRunsClient,
+    PreconditionFailed,
+    ServerError,
+    ServiceUnavailable,
+    Unauthorized,
+    UnprocessableEntity,
     UnsupportedMediaType,
 )
 from service.config import Config

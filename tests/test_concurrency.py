@@ -6,8 +6,8 @@ import uuid
 
 import pytest
 
-from service import lifecycle as lc
-from service.app import create_app
+from service.domain import lifecycle as lc
+from service.web.app import create_app
 from test_runs import assert_projection, run_level, run_path
 
 
@@ -99,7 +99,7 @@ async def test_pool_connections_go_to_requests_in_arrival_order(aiohttp_client, 
     # 30 requests on a pool of 3, each asking again as soon as it is done: asyncpg's pool
     # alone gives a just-released connection to whoever asks next, ahead of those already
     # waiting (who then wait again, at the back): some requests starved for a second.
-    from service.api.common import connection
+    from service.web.handlers.common import connection
     from service.config import Config
 
     app = (await aiohttp_client(create_app(Config(database_url=db_dsn, pool_min=3,

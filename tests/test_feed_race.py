@@ -7,7 +7,7 @@ import uuid
 
 import pytest
 
-from service.http.keys import POOL
+from service.web.keys import POOL
 from service.store import runs
 
 

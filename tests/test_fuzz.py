@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-from service.app import RESOURCE_ROUTES, create_app
-from service.runtime import PARSER_LIMITS
+from service.web.app import RESOURCE_ROUTES, create_app
+from service.infra.runtime import PARSER_LIMITS
 
 CONFIG_FILE = Path(__file__).with_name("schemathesis.toml")
 # Raise them for a deeper local run, e.g. FUZZ_MAX_EXAMPLES=100 FUZZ_SEED=1.

@@ -7,10 +7,10 @@ from dataclasses import dataclass
 import asyncpg
 import pytest
 
-from service.db import create_pool
-from service.groupcommit import GroupCommit
-from service.http.keys import GROUP_COMMIT
-from service.replay import verify
+from service.infra.db import create_pool
+from service.app.groupcommit import GroupCommit
+from service.web.keys import GROUP_COMMIT
+from service.app.replay import verify
 
 
 @pytest.fixture

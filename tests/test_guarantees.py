@@ -24,9 +24,9 @@ from pathlib import Path
 import pytest
 
 from conftest import make_token
-from service import lifecycle as lc
-from service.api import schemas
-from service.app import RESOURCE_ROUTES
+from service.domain import lifecycle as lc
+from service.web import schemas
+from service.web.app import RESOURCE_ROUTES
 from service.config import Config
 from test_runs import assert_projection, events_of, run_path
 

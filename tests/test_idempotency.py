@@ -11,10 +11,10 @@ import pytest
 
 from conftest import make_token
 from service.config import Config
-from service.db import create_pool
-from service.http.idempotency import KEY_HEADER, REPLAYED_HEADER
+from service.infra.db import create_pool
+from service.web.idempotency import KEY_HEADER, REPLAYED_HEADER
 from service.store import idempotency as key_store
-from service.sweeper import sweep_once
+from service.app.sweeper import sweep_once
 
 
 def key() -> str:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from service import lifecycle as lc
+from service.domain import lifecycle as lc
 from test_lifecycle_unit import ALLOWED, REFUSED
 from test_runs import assert_projection, events_of, run_in, run_level, run_path, token_id, ts
 

@@ -8,7 +8,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from service import lifecycle as lc
+from service.domain import lifecycle as lc
 
 T0 = datetime(2024, 1, 1, tzinfo=timezone.utc)
 ALL_PAIRS = list(itertools.product(lc.RUN_STATUSES, repeat=2))

@@ -11,9 +11,14 @@ import pytest
 from aiohttp import web
 
 from conftest import Api
-from service.app import create_app
-from service.logs import (REQUEST_ID, JsonFormatter, _sole_json_handler, log_access,
-                          setup_logging)
+from service.web.app import create_app
+from service.infra.logs import (
+    REQUEST_ID,
+    JsonFormatter,
+    _sole_json_handler,
+    log_access,
+    setup_logging,
+)
 
 ROUTE = "/pipelines/v0/pipelines/{pipeline_id}/runs/"
 
@@ -124,7 +129,7 @@ async def test_unknown_failures_log_the_traceback_with_the_request_id(logs, aioh
 
     error, access = of_request([json.loads(line) for line in read()], "boom-1")
     assert (error["level"], error["logger"], error["message"]) == (
-        "ERROR", "service.http.middleware", "unhandled error")
+        "ERROR", "service.web.middleware", "unhandled error")
     assert error["exc_info"].startswith("Traceback (most recent call last):")
     assert "RuntimeError: kaboom: secret detail" in error["exc_info"]
     assert (access["route"], access["status"]) == ("/broken", 500)
@@ -156,7 +161,7 @@ async def test_text_format_keeps_tracebacks(logs, aiohttp_client, config):
     client = await aiohttp_client(app)
     assert (await client.get("/broken", headers={"X-Request-ID": "t-500"})).status == 500
     text = "\n".join(read())
-    assert "ERROR service.http.middleware [t-500] unhandled error" in text
+    assert "ERROR service.web.middleware [t-500] unhandled error" in text
     assert "Traceback (most recent call last):" in text and "KeyError: 'lost'" in text
 
 

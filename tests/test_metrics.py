@@ -11,9 +11,9 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import Api
-from service.app import create_app
+from service.web.app import create_app
 from service.config import Config
-from service.http.keys import METRICS_RUNNER
+from service.web.keys import METRICS_RUNNER
 
 RUN_ROUTE = "/pipelines/v0/pipelines/{pipeline_id}/runs/{pipeline_run_id}/"
 

@@ -16,10 +16,10 @@ import pytest
 
 import pgcluster
 from conftest import SCHEMA, Api, make_token
-from service.app import create_app
+from service.web.app import create_app
 from service.config import Config
-from service.feedwait import FeedWaiters
-from service.http.keys import FEED_WAITERS, POOL
+from service.infra.feedwait import FeedWaiters
+from service.web.keys import FEED_WAITERS, POOL
 from service.store import meta
 
 # Small timeouts, so an outage answers fast. Budget per request: connect 1 s, acquire 2 s

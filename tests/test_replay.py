@@ -11,10 +11,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from service import lifecycle, scan_parts
-from service.db import init_connection
-from service.errors import Conflict, NotFound
-from service.replay import replay, verify
+from service.domain import lifecycle
+from service.app import scan_parts
+from service.infra.db import init_connection
+from service.domain.errors import Conflict, NotFound
+from service.app.replay import replay, verify
 from service.store import pipelines as pipeline_store
 from service.store import runs as run_store
 
@@ -215,7 +216,7 @@ async def test_split_scan_sees_every_run_in_one_snapshot(api, db, db_dsn, monkey
 def test_scan_lines_up_stage_run_arrays_in_ordinal_order_whatever_order_they_came_in():
     # The scan's stage-run arrays are aggregated without a sort of their own: rows that came
     # out of ordinal order are sorted, each row's columns staying together.
-    from service import replay as replay_module
+    from service.app import replay as replay_module
     from service.store import replay as replay_sql
 
     columns = replay_sql.STAGE_RUN_ARRAY_COLUMNS

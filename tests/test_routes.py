@@ -8,9 +8,9 @@ import jsonschema_rs
 import pytest
 
 from conftest import MOUNTS, Api
-from service.app import RESOURCE_ROUTES, create_app
-from service.http.middleware import MAX_URL_BYTES
-from service.runtime import PARSER_LIMITS
+from service.web.app import RESOURCE_ROUTES, create_app
+from service.web.middleware import MAX_URL_BYTES
+from service.infra.runtime import PARSER_LIMITS
 
 MIB = 1024 * 1024
 CORE_ROUTES = [

@@ -8,8 +8,8 @@ import pytest
 from yarl import URL
 
 from conftest import make_token
-from service import lifecycle as lc
-from service.api.schemas import ENTERPRISE_RUN_ORDERINGS, PIPELINE_RUN_ORDERINGS
+from service.domain import lifecycle as lc
+from service.web.schemas import ENTERPRISE_RUN_ORDERINGS, PIPELINE_RUN_ORDERINGS
 from service.store import tokens as token_store
 from test_lifecycle_unit import legal_path
 

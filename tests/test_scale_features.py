@@ -16,11 +16,11 @@ import asyncpg
 import pytest
 
 from conftest import SCHEMA, _admin, dsn_for
-from service import lifecycle as lc
-from service.api.schemas import ENTERPRISE_RUN_ORDERINGS, PIPELINE_RUN_ORDERINGS
-from service.db import init_connection
-from service.errors import Conflict, NotFound, PreconditionFailed
-from service.replay import replay, verify
+from service.domain import lifecycle as lc
+from service.web.schemas import ENTERPRISE_RUN_ORDERINGS, PIPELINE_RUN_ORDERINGS
+from service.infra.db import init_connection
+from service.domain.errors import Conflict, NotFound, PreconditionFailed
+from service.app.replay import replay, verify
 from service.store import meta, partitions, run_lists
 from service.store import pipelines as pipeline_store
 from service.store import runs as run_store

@@ -7,9 +7,9 @@ from collections import Counter
 
 import pytest
 
-from service import lifecycle
-from service.replay import verify
-from service.seed import seed
+from service.domain import lifecycle
+from service.app.replay import verify
+from service.app.seed import seed
 
 from conftest import make_token
 

@@ -10,11 +10,11 @@ import asyncpg
 import pytest
 
 from service.config import Config
-from service.db import create_pool
-from service.http.keys import POOL
+from service.infra.db import create_pool
+from service.web.keys import POOL
 from service.store import timeouts
-from service.metrics import Metrics
-from service.sweeper import run_forever, sweep_once
+from service.infra.metrics import Metrics
+from service.app.sweeper import run_forever, sweep_once
 
 
 @pytest.fixture
@@ -128,7 +128,7 @@ async def test_an_outage_logs_one_line_a_tick_not_a_traceback(caplog, unused_tcp
         with contextlib.suppress(asyncio.CancelledError):
             await sweeper
         await pool.close()
-    failures = [r for r in caplog.records if r.name == "service.sweeper"]
+    failures = [r for r in caplog.records if r.name == "service.app.sweeper"]
     assert len(failures) >= 2 and metrics.sweep_failures == len(failures)
     assert {r.levelname for r in failures} == {"WARNING"}
     assert not [r for r in failures if r.exc_info]

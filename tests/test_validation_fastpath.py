@@ -7,9 +7,9 @@ import uuid
 import pytest
 from aiohttp import web
 
-from service.api import schemas as s
-from service.errors import DomainError
-from service.http import validation
+from service.web import schemas as s
+from service.domain.errors import DomainError
+from service.web import validation
 
 RUN_ID = uuid.uuid4()
 PIPELINE_ID = uuid.uuid4()

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from service.config import Config
-from service.runtime import new_event_loop
+from service.infra.runtime import new_event_loop
 
 ROOT = Path(__file__).resolve().parent.parent
 

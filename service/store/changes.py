@@ -11,12 +11,12 @@ from typing import Any
 
 import asyncpg
 
-from .. import lifecycle
-from ..errors import Conflict, PreconditionFailed
-from .appended import note_appended
-from . import counts
-from .counts import COUNT_DELTAS
-from .feedlock import FEED_LOCK
+from service.domain import lifecycle
+from service.domain.errors import Conflict, PreconditionFailed
+from service.store.appended import note_appended
+from service.store import counts
+from service.store.counts import COUNT_DELTAS
+from service.store.locks import FEED_LOCK
 
 RUN_STATE_COLUMNS = (
     "enterprise_id", "id", "pipeline_id", "run_number", "status", "status_meta", "created_by",

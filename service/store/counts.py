@@ -17,7 +17,7 @@ from typing import Iterable
 
 import asyncpg
 
-from .feedlock import FEED_LOCK_CLASS
+from service.store.locks import FEED_LOCK_CLASS
 
 # A data-modifying CTE body: `rows` yields (enterprise_id, pipeline_id, status, delta), at
 # most one row per key, and must read the statement's feed_lock CTE so the lock comes first.

@@ -6,7 +6,7 @@ import logging
 
 import asyncpg
 
-from ..errors import Unavailable
+from service.domain.errors import Unavailable
 
 log = logging.getLogger(__name__)
 

@@ -19,9 +19,9 @@ from typing import Any
 
 import asyncpg
 
-from .. import lifecycle
-from ..errors import NotFound
-from .runs import public_run
+from service.domain import lifecycle
+from service.domain.errors import NotFound
+from service.store.runs import public_run
 
 EVENT_COLUMNS = """
     e.id, e.position, e.enterprise_id, e.run_id, e.pipeline_id, e.version, e.type,

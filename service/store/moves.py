@@ -20,12 +20,12 @@ from typing import Any
 
 import asyncpg
 
-from .. import lifecycle
-from ..errors import DomainError, NotFound, PreconditionFailed
-from . import changes
-from .appended import collection, note_appended
-from .counts import COUNT_DELTAS
-from .feedlock import FEED_LOCK
+from service.domain import lifecycle
+from service.domain.errors import DomainError, NotFound, PreconditionFailed
+from service.store import changes
+from service.store.appended import collection, note_appended
+from service.store.counts import COUNT_DELTAS
+from service.store.locks import FEED_LOCK
 
 # Every legal simple move as 'from>to': the statement's transition check, from lifecycle.
 LEGAL_MOVES = sorted(f"{source}>{target}" for target in lifecycle.SIMPLE_RUN_TARGETS

@@ -6,7 +6,7 @@ from typing import Any
 
 import asyncpg
 
-from ..errors import NotFound
+from service.domain.errors import NotFound
 
 PIPELINE_COLUMNS = """
     p.id, p.enterprise_id, p.name, p.description, p.timeout_seconds, p.is_active, p.is_default,

@@ -6,12 +6,12 @@ from collections import Counter
 
 import asyncpg
 
-from . import counts
+from service.store import counts
 
 REPLAY_LOCK = 1703  # advisory-lock key: one replay at a time
 
-from .changes import RUN_STATE_COLUMNS as PROJECTION_COLUMNS
-from .changes import STAGE_RUN_COLUMNS
+from service.store.changes import RUN_STATE_COLUMNS as PROJECTION_COLUMNS
+from service.store.changes import STAGE_RUN_COLUMNS
 _P = ", ".join(f"p.{c} AS p_{c}" for c in PROJECTION_COLUMNS)
 
 # One row per run (of the runs with ids in [$1, $2]: a part of the scan, see

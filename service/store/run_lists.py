@@ -36,8 +36,8 @@ from typing import Any
 
 import asyncpg
 
-from .. import lifecycle
-from ..errors import BadRequest, NotFound
+from service.domain import lifecycle
+from service.domain.errors import BadRequest, NotFound
 
 COUNT_CAP = 10_000  # date-filtered lists count their runs up to this many
 RANGE_CAP = 4_000  # ...and read a range of at most this many runs whole, then sort it

@@ -17,12 +17,12 @@ from typing import Any
 
 import asyncpg
 
-from .. import lifecycle
-from ..errors import DomainError, NotFound, PreconditionFailed
-from . import changes, moves, run_lists
-from .appended import note_appended
-from .counts import COUNT_DELTAS
-from .feedlock import FEED_LOCK
+from service.domain import lifecycle
+from service.domain.errors import DomainError, NotFound, PreconditionFailed
+from service.store import changes, moves, run_lists
+from service.store.appended import note_appended
+from service.store.counts import COUNT_DELTAS
+from service.store.locks import FEED_LOCK
 
 RUN_COLUMNS = """
     r.id, r.enterprise_id, r.run_number, r.pipeline_id, p.name AS pipeline_name, r.status,

@@ -8,15 +8,15 @@ from typing import AsyncIterator, Iterable, Sequence
 
 import asyncpg
 
-from ..db import _decode_jsonb, init_connection
-from . import counts
+from service.infra.db import _decode_jsonb, init_connection
+from service.store import counts
 
 try:
     import orjson
 except ImportError:  # optional (the `fast` extra): json.dumps does the same, slower
     orjson = None
-from .changes import RUN_STATE_COLUMNS, STAGE_RUN_COLUMNS
-from .feedlock import FEED_LOCK
+from service.store.changes import RUN_STATE_COLUMNS, STAGE_RUN_COLUMNS
+from service.store.locks import FEED_LOCK
 
 EVENT_COLUMNS = ("enterprise_id", "pipeline_id", "run_id", "version", "type", "from_status",
                  "to_status", "actor", "actor_id", "occurred_at", "data")

@@ -6,9 +6,9 @@ from typing import Any
 
 import asyncpg
 
-from .. import lifecycle
-from ..errors import NotFound
-from . import changes
+from service.domain import lifecycle
+from service.domain.errors import NotFound
+from service.store import changes
 
 STAGE_RUN_COLUMNS = """
     s.id, s.enterprise_id, s.pipeline_id, s.run_id AS pipeline_run_id, s.stage_id, s.stage_meta,

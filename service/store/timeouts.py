@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import asyncpg
 
-from ..db import keeps_session_state
+from service.infra.db import keeps_session_state
 
 SWEEP_LOCK = 1704  # advisory-lock key: one sweeper at a time across processes
 

@@ -41,9 +41,9 @@ from typing import Any, Callable
 
 import asyncpg
 
-from . import lifecycle
-from .store import seed as sql
-from .store.changes import RUN_STATE_COLUMNS, STAGE_RUN_COLUMNS
+from service.domain import lifecycle
+from service.store import seed as sql
+from service.store.changes import RUN_STATE_COLUMNS, STAGE_RUN_COLUMNS
 
 APPS = ("api", "web", "billing", "search", "auth", "mobile", "worker", "gateway", "reports",
         "ingest", "notify", "ledger")

@@ -8,12 +8,12 @@ import asyncpg
 from aiohttp import web
 from aiohttp_apispec import docs, json_schema, match_info_schema, querystring_schema
 
-from ..http.auth import requires
-from ..http.envelope import envelope
-from ..http.idempotency import HEADER_DOC, TX_CONNECTION, idempotent as _idempotent
-from ..http.keys import CONFIG, PARSED, POOL, POOL_SLOTS, PRINCIPAL, REQUEST_ID, Principal
-from ..store.errors import translated
-from . import schemas
+from service.web.auth import requires
+from service.web.envelope import envelope
+from service.web.idempotency import HEADER_DOC, TX_CONNECTION, idempotent as _idempotent
+from service.web.keys import CONFIG, PARSED, POOL, POOL_SLOTS, PRINCIPAL, REQUEST_ID, Principal
+from service.store.errors import translated
+from service.web import schemas
 
 _ERRORS = {
     400: "Invalid input: content.errors has the field messages",

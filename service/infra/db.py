@@ -9,7 +9,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
-from .config import Config
+from service.config import Config
 
 log = logging.getLogger(__name__)
 

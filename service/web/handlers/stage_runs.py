@@ -3,10 +3,19 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from ..http.envelope import envelope
-from ..store import stage_runs as store
-from . import schemas as s
-from .common import body, connection, operation, page, path, principal, query, request_id
+from service.web.envelope import envelope
+from service.store import stage_runs as store
+from service.web import schemas as s
+from service.web.handlers.common import (
+    body,
+    connection,
+    operation,
+    page,
+    path,
+    principal,
+    query,
+    request_id,
+)
 
 TAG = "Stage Runs"
 

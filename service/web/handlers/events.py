@@ -5,11 +5,11 @@ import time
 
 from aiohttp import web
 
-from ..http.envelope import envelope
-from ..http.keys import FEED_WAITERS
-from ..store import events as store
-from . import schemas as s
-from .common import connection, operation, page, path, principal, query
+from service.web.envelope import envelope
+from service.web.keys import FEED_WAITERS
+from service.store import events as store
+from service.web import schemas as s
+from service.web.handlers.common import connection, operation, page, path, principal, query
 
 AUDIT = "audit:read"
 TAG = "Audit"

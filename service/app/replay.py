@@ -24,10 +24,11 @@ from typing import Any
 
 import asyncpg
 
-from . import lifecycle, scan_parts
-from .db import init_connection
-from .store import counts
-from .store import replay as sql
+from service.domain import lifecycle
+from service.app import scan_parts
+from service.infra.db import init_connection
+from service.store import counts
+from service.store import replay as sql
 
 BATCH = 1000
 

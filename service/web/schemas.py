@@ -6,7 +6,7 @@ from datetime import datetime, timezone
 
 from marshmallow import EXCLUDE, RAISE, Schema, ValidationError, fields, validate
 
-from .. import lifecycle
+from service.domain import lifecycle
 
 INT32_MAX = 2**31 - 1
 NAME = validate.Length(min=1, max=255)

@@ -14,12 +14,12 @@ import logging
 
 import asyncpg
 
-from . import lifecycle
-from .errors import Conflict, NotFound
-from .metrics import Metrics
-from .store import idempotency, partitions, runs, stage_runs, timeouts
-from .store.appended import appended_events
-from .store.errors import UNAVAILABLE
+from service.domain import lifecycle
+from service.domain.errors import Conflict, NotFound
+from service.infra.metrics import Metrics
+from service.store import idempotency, partitions, runs, stage_runs, timeouts
+from service.store.appended import appended_events
+from service.store.errors import UNAVAILABLE
 
 log = logging.getLogger(__name__)
 

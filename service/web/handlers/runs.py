@@ -5,18 +5,26 @@ import re
 
 from aiohttp import web
 
-from .. import lifecycle
-from ..errors import BadRequest
-from ..http.envelope import envelope
-from ..http.auth import require_scope
-from ..store import events as event_store
-from ..http.idempotency import TX_CONNECTION
-from ..http.keys import GROUP_COMMIT
-from ..store import runs as store
-from ..store.moves import BUSY
-from ..store.errors import translated
-from . import schemas as s
-from .common import body, connection, operation, path, principal, query, request_id
+from service.domain import lifecycle
+from service.domain.errors import BadRequest
+from service.web.envelope import envelope
+from service.web.auth import require_scope
+from service.store import events as event_store
+from service.web.idempotency import TX_CONNECTION
+from service.web.keys import GROUP_COMMIT
+from service.store import runs as store
+from service.store.moves import BUSY
+from service.store.errors import translated
+from service.web import schemas as s
+from service.web.handlers.common import (
+    body,
+    connection,
+    operation,
+    path,
+    principal,
+    query,
+    request_id,
+)
 
 READ, WRITE = "runs:read", "runs:write"
 TAG = "Pipeline Runs"

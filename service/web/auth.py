@@ -7,10 +7,10 @@ from typing import Callable
 
 from aiohttp import web
 
-from ..errors import Forbidden, Unauthorized
-from ..store import tokens as token_store
-from ..store.errors import translated
-from .keys import CONFIG, POOL, PRINCIPAL, TOKEN_CACHE, Principal
+from service.domain.errors import Forbidden, Unauthorized
+from service.store import tokens as token_store
+from service.store.errors import translated
+from service.web.keys import CONFIG, POOL, PRINCIPAL, TOKEN_CACHE, Principal
 
 PUBLIC_PREFIXES = ("/health/", "/api/docs", "/static/swagger")
 

@@ -10,21 +10,29 @@ from typing import AsyncIterator
 from aiohttp import web
 from aiohttp_apispec import AiohttpApiSpec
 
-from . import db
-from .api import events, health, pipelines, runs, stage_runs
-from .config import Config
-from .http.auth import auth_middleware
-from .feedwait import FeedWaiters
-from .groupcommit import GroupCommit
-from .http.keys import (CONFIG, FEED_WAITERS, GROUP_COMMIT, METRICS, METRICS_RUNNER, POOL,
-                        POOL_SLOTS, TOKEN_CACHE)
-from .http.middleware import error_middleware
-from .http.observe import observe_middleware
-from .http.validation import validation_middleware
-from .metrics import Metrics, metrics_app
-from .metrics import handler as metrics_handler
-from .store import meta, moves
-from .sweeper import run_forever
+from service.infra import db
+from service.web.handlers import events, health, pipelines, runs, stage_runs
+from service.config import Config
+from service.web.auth import auth_middleware
+from service.infra.feedwait import FeedWaiters
+from service.app.groupcommit import GroupCommit
+from service.web.keys import (
+    CONFIG,
+    FEED_WAITERS,
+    GROUP_COMMIT,
+    METRICS,
+    METRICS_RUNNER,
+    POOL,
+    POOL_SLOTS,
+    TOKEN_CACHE,
+)
+from service.web.middleware import error_middleware
+from service.web.observe import observe_middleware
+from service.web.validation import validation_middleware
+from service.infra.metrics import Metrics, metrics_app
+from service.infra.metrics import handler as metrics_handler
+from service.store import meta, moves
+from service.app.sweeper import run_forever
 
 log = logging.getLogger(__name__)
 

@@ -17,10 +17,10 @@ import re
 
 from aiohttp import web
 
-from ..errors import BadRequest, Unprocessable
-from ..store import idempotency as store
-from ..store.errors import translated
-from .keys import CONFIG, PARSED, POOL, PRINCIPAL
+from service.domain.errors import BadRequest, Unprocessable
+from service.store import idempotency as store
+from service.store.errors import translated
+from service.web.keys import CONFIG, PARSED, POOL, PRINCIPAL
 
 KEY_HEADER = "Idempotency-Key"
 REPLAYED_HEADER = "Idempotent-Replayed"

@@ -7,10 +7,10 @@ from aiohttp import web
 from aiohttp_apispec import docs
 from marshmallow import Schema, fields
 
-from ..http.envelope import envelope
-from ..http.keys import CONFIG, POOL
-from ..store import meta
-from .schemas import Envelope
+from service.web.envelope import envelope
+from service.web.keys import CONFIG, POOL
+from service.store import meta
+from service.web.schemas import Envelope
 
 
 class Health(Schema):

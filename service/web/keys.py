@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import asyncpg
 from aiohttp import web
 
-from ..config import Config
+from service.config import Config
 
 
 @dataclass(frozen=True)

@@ -7,9 +7,9 @@ import re
 
 from aiohttp import web
 
-from ..errors import DomainError, UriTooLong
-from .envelope import envelope
-from .keys import REQUEST_ID
+from service.domain.errors import DomainError, UriTooLong
+from service.web.envelope import envelope
+from service.web.keys import REQUEST_ID
 
 log = logging.getLogger(__name__)
 

@@ -25,7 +25,7 @@ from typing import Callable
 
 from aiohttp import web
 
-from .config import Config
+from service.config import Config
 
 log = logging.getLogger(__name__)
 

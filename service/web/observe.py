@@ -7,11 +7,11 @@ from time import perf_counter
 
 from aiohttp import web
 
-from .. import logs
-from ..metrics import UNMATCHED, Metrics
-from ..store.appended import APPENDED
-from .keys import PRINCIPAL, REQUEST_ID
-from .middleware import request_id_of
+from service.infra import logs
+from service.infra.metrics import UNMATCHED, Metrics
+from service.store.appended import APPENDED
+from service.web.keys import PRINCIPAL, REQUEST_ID
+from service.web.middleware import request_id_of
 
 CLIENT_CLOSED = 499  # the status recorded when the caller went away mid-request
 

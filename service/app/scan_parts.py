@@ -11,7 +11,7 @@ from typing import Callable
 
 import asyncpg
 
-from .store import replay as sql
+from service.store import replay as sql
 
 # Below this many events a second process costs more (its start, ~0.5 s) than it saves.
 MIN_EVENTS_PER_PART = 200_000

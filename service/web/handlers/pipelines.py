@@ -3,10 +3,18 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from ..http.envelope import envelope
-from ..store import pipelines as store
-from . import schemas as s
-from .common import body, connection, operation, page, path, principal, query
+from service.web.envelope import envelope
+from service.store import pipelines as store
+from service.web import schemas as s
+from service.web.handlers.common import (
+    body,
+    connection,
+    operation,
+    page,
+    path,
+    principal,
+    query,
+)
 
 READ, WRITE = "runs:read", "runs:write"
 PIPELINES, STAGES = "Pipelines", "Stages"

@@ -9,7 +9,7 @@ from aiohttp.web_protocol import RequestPayloadError
 from webargs.aiohttpparser import AIOHTTPParser, is_json_request
 from webargs.core import missing
 
-from ..errors import BadRequest, NotFound, UnsupportedMediaType
+from service.domain.errors import BadRequest, NotFound, UnsupportedMediaType
 
 
 def _not_json(constant: str) -> NoReturn:

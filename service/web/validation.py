@@ -18,9 +18,9 @@ from marshmallow import Schema, ValidationError
 from marshmallow import fields as ma_fields
 from webargs.aiohttpparser import is_json_request
 
-from ..api.schemas import Status
-from .keys import PARSED
-from .parser import Parser
+from service.web.schemas import Status
+from service.web.keys import PARSED
+from service.web.parser import Parser
 
 _PARSER = Parser()  # stateless; shared by every app
 _SLOW = object()  # a fast loader's "not mine: let webargs decide"

@@ -14,7 +14,7 @@ from collections import defaultdict
 
 import asyncpg
 
-from .store.feedlock import FEED_CHANNEL
+from service.store.locks import FEED_CHANNEL
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ from itertools import islice
 from json.encoder import encode_basestring_ascii as _string
 from typing import IO
 
-from .config import Config
+from service.config import Config
 
 # The id of the request being handled; None outside requests (startup, the sweeper).
 REQUEST_ID: ContextVar[str | None] = ContextVar("request_id", default=None)

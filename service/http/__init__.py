@@ -1,1 +1,0 @@
-"""HTTP plumbing: the response envelope, error translation, request ids, authentication."""

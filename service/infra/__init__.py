@@ -1,0 +1,1 @@
+"""Infrastructure: the connection pool, embedded PostgreSQL, logs, metrics, runtime, feed wake-ups."""
