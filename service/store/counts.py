@@ -54,6 +54,15 @@ SELECT enterprise_id, pipeline_id, status, count(*) FROM pipeline_runs
 GROUP BY enterprise_id, pipeline_id, status;
 """
 
+# Live runs per status of an enterprise (optionally of one pipeline name), for the Runs page.
+STATUS_COUNTS = """
+SELECT c.status, sum(c.n)::bigint AS n FROM run_counts c
+JOIN pipelines p ON p.enterprise_id = c.enterprise_id AND p.id = c.pipeline_id
+                AND p.deleted_at IS NULL
+WHERE c.enterprise_id = $1 AND ($2::text IS NULL OR p.name = $2)
+GROUP BY c.status
+"""
+
 Key = tuple  # (enterprise_id, pipeline_id, status)
 
 
@@ -83,3 +92,9 @@ async def rebuild(conn: asyncpg.Connection) -> None:
     """Recount every counter from pipeline_runs (after a bulk load of the projection)."""
     async with conn.transaction():
         await conn.execute(REBUILD)
+
+
+async def status_counts(conn: asyncpg.Connection, enterprise_id: str,
+                        pipeline_name: str | None) -> dict[str, int]:
+    rows = await conn.fetch(STATUS_COUNTS, enterprise_id, pipeline_name)
+    return {r["status"]: r["n"] for r in rows if r["n"]}

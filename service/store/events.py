@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Any
+from typing import Any, AsyncIterator
 
 import asyncpg
 
@@ -56,6 +56,20 @@ WHERE e.enterprise_id = $1 AND e.position > $2
 ORDER BY e.position
 LIMIT $9
 """
+# The feed newest first (the auditors' Activity page): positions before $2, backwards on
+# the primary key's (enterprise_id, position) prefix.
+FEED_NEWEST = f"""
+SELECT {EVENT_COLUMNS} FROM run_events e
+WHERE e.enterprise_id = $1 AND ($2::bigint IS NULL OR e.position < $2)
+  AND ($3::uuid IS NULL OR e.pipeline_id = $3)
+  AND ($4::text IS NULL OR e.type = $4)
+  AND ($5::text IS NULL OR e.actor = $5)
+  AND ($6::timestamptz IS NULL OR e.occurred_at >= $6)
+  AND ($7::timestamptz IS NULL OR e.occurred_at < $7)
+ORDER BY e.position DESC
+LIMIT $8
+"""
+EXPORT_BATCH = 500  # rows per round trip of an export's server-side cursor
 
 
 def public_event(row: asyncpg.Record | dict) -> dict[str, Any]:
@@ -87,6 +101,16 @@ async def run_as_of(conn: asyncpg.Connection, enterprise_id: str, pipeline_id: u
     return public_run(run, await conn.fetchval(PIPELINE_NAME, enterprise_id, pipeline_id))
 
 
+async def run_events(conn: asyncpg.Connection, enterprise_id: str, pipeline_id: uuid.UUID,
+                     run_id: uuid.UUID) -> tuple[list[dict], str | None]:
+    """All of a run's events in version order (deleted runs too), and its pipeline's name."""
+    rows = await conn.fetch(RUN_EVENTS, enterprise_id, pipeline_id, run_id)
+    if not rows:
+        raise NotFound("pipeline run not found")
+    name = await conn.fetchval(PIPELINE_NAME, enterprise_id, pipeline_id)
+    return [public_event(r) for r in rows], name
+
+
 def _prefix_until(events, at: datetime):
     # Versions are the truth of order; stop at the first event after the instant.
     for event in events:
@@ -102,3 +126,39 @@ async def feed(conn: asyncpg.Connection, enterprise_id: str, *, after: int, limi
     rows = await conn.fetch(FEED, enterprise_id, after, pipeline_id, run_id, type_, actor,
                             since, until, limit)
     return [public_event(r) for r in rows]
+
+
+async def feed_newest(conn: asyncpg.Connection, enterprise_id: str, *, before: int | None,
+                      limit: int, pipeline_id: uuid.UUID | None = None,
+                      type_: str | None = None, actor: str | None = None,
+                      since: datetime | None = None,
+                      until: datetime | None = None) -> list[dict]:
+    rows = await conn.fetch(FEED_NEWEST, enterprise_id, before, pipeline_id, type_, actor,
+                            since, until, limit)
+    return [public_event(r) for r in rows]
+
+
+async def export_run(conn: asyncpg.Connection, enterprise_id: str, pipeline_id: uuid.UUID,
+                     run_id: uuid.UUID) -> AsyncIterator[list[dict]]:
+    """A run's history in batches, from a server-side cursor (constant memory at any size)."""
+    async for batch in _batches(conn, RUN_EVENTS, enterprise_id, pipeline_id, run_id):
+        yield batch
+
+
+async def export_feed(conn: asyncpg.Connection, enterprise_id: str, *,
+                      since: datetime | None, until: datetime | None) -> AsyncIterator[list[dict]]:
+    """The feed of [since, until) in position order, in batches (LIMIT NULL: all of it)."""
+    async for batch in _batches(conn, FEED, enterprise_id, 0, None, None, None, None,
+                                since, until, None):
+        yield batch
+
+
+async def _batches(conn: asyncpg.Connection, query: str, *args) -> AsyncIterator[list[dict]]:
+    # A cursor lives in a transaction; REPEATABLE READ: one snapshot for the whole export.
+    async with conn.transaction(isolation="repeatable_read", readonly=True):
+        cursor = await conn.cursor(query, *args)
+        while True:
+            rows = await cursor.fetch(EXPORT_BATCH)
+            if not rows:
+                return
+            yield [public_event(r) for r in rows]

@@ -11,9 +11,11 @@ from aiohttp import web
 from aiohttp_apispec import AiohttpApiSpec
 
 from service.infra import db
-from service.web.handlers import events, health, pipelines, runs, stage_runs
+from service.web.handlers import events, exports, health, pipelines, runs, stage_runs
 from service.config import Config
+from service.web import pages
 from service.web.auth import auth_middleware
+from service.web.pages.session import ui_sessions
 from service.infra.feedwait import FeedWaiters
 from service.app.groupcommit import GroupCommit
 from service.web.keys import (
@@ -40,7 +42,8 @@ log = logging.getLogger(__name__)
 # `/api/pipelines/v0` (their server URL ends in /api); the seed also writes `/v0/runs`.
 CANONICAL_MOUNT = "/pipelines/v0"
 MOUNTS = (CANONICAL_MOUNT, "/api/pipelines/v0", "/v0")
-RESOURCE_ROUTES = (*pipelines.routes, *runs.routes, *stage_runs.routes, *events.routes)
+RESOURCE_ROUTES = (*pipelines.routes, *runs.routes, *stage_runs.routes, *events.routes,
+                   *exports.routes)
 
 API_DESCRIPTION = """Esper pipelines-v0 Pipeline Runs API on an event-sourced store.
 
@@ -170,7 +173,17 @@ def _register_openapi(app: web.Application) -> None:
         info={"description": API_DESCRIPTION},
     )
     spec.spec.components.security_scheme("SCAPIAuthToken", {"type": "http", "scheme": "bearer"})
-    app["swagger_dict"] = _openapi3_only(spec.swagger_dict())
+    app["swagger_dict"] = _other_media(_openapi3_only(spec.swagger_dict()))
+
+
+def _other_media(document: dict) -> dict:
+    """The 200 answers of handlers that stream other media (exports), as they declare."""
+    for method, path, handler in RESOURCE_ROUTES:
+        media, replacing = getattr(handler, "__produces__", ({}, False))
+        if media:
+            answer = document["paths"][CANONICAL_MOUNT + path][method.lower()]["responses"]["200"]
+            answer["content"] = {**({} if replacing else answer.get("content", {})), **media}
+    return document
 
 
 def create_app(config: Config) -> web.Application:
@@ -178,14 +191,15 @@ def create_app(config: Config) -> web.Application:
         raise ValueError("config.database_url is required (the CLI starts embedded PostgreSQL)")
     metrics = Metrics()
     app = web.Application(
-        middlewares=[observe_middleware(metrics), error_middleware, auth_middleware,
-                     validation_middleware],
+        middlewares=[observe_middleware(metrics), error_middleware, ui_sessions(config),
+                     auth_middleware, validation_middleware],
         client_max_size=config.max_body_bytes,
     )
     app[CONFIG] = config
     app[METRICS] = metrics
     app[TOKEN_CACHE] = {}
     _add_routes(app)
+    pages.setup(app)
     _setup_openapi(app)
     app.cleanup_ctx.append(_pool_ctx)
     app.on_shutdown.append(_wake_long_polls)

@@ -49,6 +49,11 @@ async def _principal(request: web.Request, token: str) -> Principal | None:
     return principal
 
 
+async def principal_for(request: web.Request, token: str) -> Principal | None:
+    """Who a token is (None: unknown or revoked); the pages resolve their session's token."""
+    return await _principal(request, token)
+
+
 @web.middleware
 async def auth_middleware(request: web.Request, handler) -> web.StreamResponse:
     scope = getattr(request.match_info.handler, "__scope__", None)

@@ -368,6 +368,26 @@ class FeedPage(Schema):
     next = fields.Url(metadata={"description": "URL of the next read (after=next_after)"})
 
 
+EXPORT_FORMATS = ("csv", "ndjson")
+
+
+class RunEventsQuery(PageQuery):
+    format = fields.String(validate=validate.OneOf(EXPORT_FORMATS), metadata={
+        "description": "Export the whole history instead of a page, streamed: `csv` "
+                       "(text/csv, a header row) or `ndjson` (one event per line, as in "
+                       "`results`); limit/offset are then ignored"})
+
+
+class EventExportQuery(Schema):
+    class Meta:
+        unknown = EXCLUDE
+
+    since = Instant(metadata={"description": "occurred_at >= since (RFC 3339)"})
+    until = Instant(metadata={"description": "occurred_at < until (RFC 3339)"})
+    format = fields.String(load_default="ndjson", validate=validate.OneOf(EXPORT_FORMATS),
+                           metadata={"description": "`csv` or `ndjson` (default)"})
+
+
 EventListEnvelope = _page_of("Event", Event)
 FeedEnvelope = _envelope_of("FeedEnvelope", fields.Nested(FeedPage))
 

@@ -9,6 +9,7 @@ from service.web.envelope import envelope
 from service.web.keys import FEED_WAITERS
 from service.store import events as store
 from service.web import schemas as s
+from service.web.handlers import exports
 from service.web.handlers.common import connection, operation, page, path, principal, query
 
 AUDIT = "audit:read"
@@ -16,9 +17,13 @@ TAG = "Audit"
 
 
 @operation(scope=AUDIT, tag=TAG, summary="A run's events in version order (kept after delete)",
-           path=s.RunPath, query=s.PageQuery, response=s.EventListEnvelope)
-async def run_events(request: web.Request) -> web.Response:
+           description="A page of events; with format=csv|ndjson the whole history, "
+                       "streamed (handlers/exports.py).",
+           path=s.RunPath, query=s.RunEventsQuery, response=s.EventListEnvelope)
+async def run_events(request: web.Request) -> web.StreamResponse:
     p, q = path(request), query(request)
+    if q.get("format"):
+        return await exports.run_history(request)
     async with connection(request) as conn:
         total, items = await store.run_history(
             conn, principal(request).enterprise_id, p["pipeline_id"], p["pipeline_run_id"],
@@ -51,6 +56,8 @@ async def feed(request: web.Request) -> web.Response:
     next_url = str(request.url.update_query(after=next_after))
     return envelope({"results": results, "next_after": next_after, "next": next_url})
 
+
+run_events.__produces__ = (exports.PRODUCES, False)
 
 routes = [
     ("GET", "/pipelines/{pipeline_id}/runs/{pipeline_run_id}/events/", run_events),
