@@ -5,6 +5,7 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import secrets
 import sys
 import time
 from typing import Iterator
@@ -163,6 +164,8 @@ def _serve(cfg: Config, host: str, port: int, workers: int | None = None) -> int
     # One access line per request comes from http/observe.py, not aiohttp's access logger.
     # runtime: uvloop when installed; with workers > 1, N processes on the one port.
     cfg = cfg.with_(host=host, port=port, workers=workers or cfg.workers)
+    if cfg.session_secret is None:  # random per start, the same in every worker of it
+        cfg = cfg.with_(session_secret=secrets.token_urlsafe(32))
     return runtime.serve(create_app, cfg)
 
 
@@ -186,6 +189,7 @@ def cmd_dev(config: Config, args) -> int:
         print(f"Dev token: {token}", flush=True)
         print(f"Try: curl -s -H 'Authorization: Bearer {token}' {base}/runs/", flush=True)
         print(f"API docs: http://{host}:{port}/api/docs", flush=True)
+        print(f"Pages: http://{host}:{port}/ui/ (sign in with the dev token)", flush=True)
         return _serve(cfg, host, port, args.workers)
 
 

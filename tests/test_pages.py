@@ -188,3 +188,21 @@ async def test_activity_is_newest_first_filtered_and_follows_new_events(client, 
     assert resp.status == 200 and rows.count("<tr data-position=") == 1
     assert "running → waiting" in rows
     assert int(resp.headers["X-Feed-Top"]) > positions[0]
+
+
+async def test_session_secret_comes_from_the_environment(aiohttp_client, config, token):
+    from service.config import Config
+    from service.web.app import create_app
+
+    assert Config.from_env({"SESSION_SECRET": "s3cret"}).session_secret == "s3cret"
+    assert Config.from_env({}).session_secret is None
+    # Two processes with one secret (workers) read each other's cookies; another key cannot.
+    one = await aiohttp_client(create_app(config.with_(session_secret="s3cret")))
+    two = await aiohttp_client(create_app(config.with_(session_secret="s3cret")))
+    other = await aiohttp_client(create_app(config.with_(session_secret="different")))
+    resp = await sign_in(one, token)
+    cookie = resp.cookies["pipeline_runs_session"].value
+    for client, status in ((two, 200), (other, 303)):
+        resp = await client.get("/ui/runs", allow_redirects=False,
+                                headers={"Cookie": f"pipeline_runs_session={cookie}"})
+        assert resp.status == status
