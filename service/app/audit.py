@@ -64,11 +64,12 @@ async def activity(conn: asyncpg.Connection, enterprise_id: str, *, before: int 
     return await events.feed_newest(conn, enterprise_id, before=before, limit=limit, **filters)
 
 
-async def newer(connect: Callable, waiters, enterprise_id: str, *, after: int, wait: float,
-                filters: dict[str, Any], limit: int = 100) -> list[dict]:
-    """Events after `after`, newest first; waits up to `wait` seconds for one to come.
+async def feed_wait(connect: Callable, waiters, enterprise_id: str, *, after: int,
+                    wait: float, limit: int, **filters) -> list[dict]:
+    """The feed after `after` (position order); with none yet, waits up to `wait` seconds.
 
-    connect(): a pooled connection's async context manager (released while waiting).
+    connect(): a pooled connection's async context manager (none is held while waiting).
+    filters: events.feed's (pipeline_id, run_id, type_, actor, since, until).
     """
     deadline = time.monotonic() + wait
     while True:
@@ -78,8 +79,8 @@ async def newer(connect: Callable, waiters, enterprise_id: str, *, after: int, w
                 found = await events.feed(conn, enterprise_id, after=after, limit=limit,
                                           **filters)
             remaining = deadline - time.monotonic()
-            if found or remaining <= 0 or waiters.closing:
-                return found[::-1]
+            if found or remaining <= 0 or waiters.closing:  # closing: shutting down
+                return found
             await waiters.wait(woken, remaining)
 
 

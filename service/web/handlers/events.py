@@ -1,10 +1,9 @@
 """Audit reads: a run's history and the enterprise change feed (with long-poll)."""
 from __future__ import annotations
 
-import time
-
 from aiohttp import web
 
+from service.app import audit
 from service.web.envelope import envelope
 from service.web.keys import FEED_WAITERS
 from service.store import events as store
@@ -37,21 +36,11 @@ async def run_events(request: web.Request) -> web.StreamResponse:
            query=s.FeedQuery, response=s.FeedEnvelope)
 async def feed(request: web.Request) -> web.Response:
     q = query(request)
-    enterprise_id = principal(request).enterprise_id
-    deadline = time.monotonic() + q["wait"]
-    waiters = request.app[FEED_WAITERS]
-    while True:
-        # Subscribe before reading, so a commit landing between read and wait wakes us.
-        with waiters.subscribe(enterprise_id) as woken:
-            async with connection(request) as conn:
-                results = await store.feed(
-                    conn, enterprise_id, after=q["after"], limit=q["limit"],
-                    pipeline_id=q.get("pipeline_id"), run_id=q.get("run_id"), type_=q.get("type"),
-                    actor=q.get("actor"), since=q.get("since"), until=q.get("until"))
-            remaining = deadline - time.monotonic()
-            if results or remaining <= 0 or waiters.closing:  # closing: shutting down
-                break
-            await waiters.wait(woken, remaining)
+    results = await audit.feed_wait(
+        lambda: connection(request), request.app[FEED_WAITERS], principal(request).enterprise_id,
+        after=q["after"], wait=q["wait"], limit=q["limit"], pipeline_id=q.get("pipeline_id"),
+        run_id=q.get("run_id"), type_=q.get("type"), actor=q.get("actor"),
+        since=q.get("since"), until=q.get("until"))
     next_after = results[-1]["position"] if results else q["after"]
     next_url = str(request.url.update_query(after=next_after))
     return envelope({"results": results, "next_after": next_after, "next": next_url})

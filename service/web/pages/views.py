@@ -252,9 +252,9 @@ async def activity_updates(request: web.Request) -> web.Response:
     raw = _form(request, ("since", "until"))
     q = ActivityQuery().load(raw)
     enterprise_id = request[PRINCIPAL].enterprise_id
-    items = await audit.newer(lambda: connection(request), request.app[FEED_WAITERS],
-                              enterprise_id, after=q.get("after", 0), wait=LIVE_WAIT,
-                              filters=_activity_filters(q))
+    items = (await audit.feed_wait(lambda: connection(request), request.app[FEED_WAITERS],
+                                   enterprise_id, after=q.get("after", 0), wait=LIVE_WAIT,
+                                   limit=ACTIVITY_SIZE, **_activity_filters(q)))[::-1]
     async with connection(request) as conn:
         choices = await audit.pipeline_choices(conn, enterprise_id)
     response = _render(request, "activity_rows.html", {
