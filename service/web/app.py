@@ -148,7 +148,7 @@ def _openapi3_only(document: dict) -> dict:
             for body in [p for p in params if p.get("in") == "body"]:
                 params.remove(body)
                 name = body["schema"].get("$ref", "").rsplit("/", 1)[-1]
-                # Bodies ignore the fields they do not know (api/schemas.py Body): say so.
+                # Bodies ignore the fields they do not know (web/schemas.py Body): say so.
                 schemas.get(name, {})["additionalProperties"] = True
                 operation["requestBody"] = {
                     "required": bool(schemas.get(name, {}).get("required")),

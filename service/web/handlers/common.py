@@ -41,11 +41,11 @@ def operation(*, scope: str, summary: str, tag: str, response: type, path: type 
               idempotent: bool = False) -> Callable:
     """Document, validate and protect one handler in a single declaration.
 
-    idempotent: the handler honours an Idempotency-Key header (http/idempotency.py).
+    idempotent: the handler honours an Idempotency-Key header (web/idempotency.py).
     """
     if idempotent:
         headers, errors = [*(headers or []), HEADER_DOC], (*errors, 422)
-    if body is not None:  # answered before the handler runs (aiohttp, http/parser.py)
+    if body is not None:  # answered before the handler runs (aiohttp, web/parser.py)
         errors = (*errors, 413, 415)
     responses: dict[int | str, dict[str, Any]] = {
         200: {"schema": response, "description": "Success"},
