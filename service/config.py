@@ -48,7 +48,7 @@ class Config:
     max_body_bytes: int = 1024 * 1024
     event_loop: str = "auto"  # uvloop when installed (the `fast` extra); or uvloop / asyncio
     workers: int = 1  # serve: processes sharing the port (SO_REUSEPORT)
-    group_commit: bool = True  # concurrent simple status changes share a commit (groupcommit.py)
+    group_commit: bool = True  # concurrent simple status changes share a commit (app/groupcommit.py)
     # Encrypts the /ui/ session cookie; None: a random key per start (sign-ins end on restart).
     session_secret: str | None = None
 

@@ -12,7 +12,8 @@ import asyncpg
 
 from service.domain import timeline
 from service.domain.errors import NotFound
-from service.store import counts, events, pipelines, run_lists, runs
+from service.app import runs
+from service.store import counts, events, pipelines, run_lists
 
 
 @dataclass
@@ -51,7 +52,11 @@ class RunPage:
 async def run_page(conn: asyncpg.Connection, enterprise_id: str, pipeline_id: uuid.UUID,
                    run_id: uuid.UUID, as_of: datetime | None) -> RunPage:
     """A run as it is now or was at `as_of`, from its events (deleted runs included)."""
-    history, name = await events.run_events(conn, enterprise_id, pipeline_id, run_id)
+    history = [events.public_event(e)
+               for e in await events.run_events(conn, enterprise_id, pipeline_id, run_id)]
+    if not history:
+        raise NotFound("pipeline run not found")
+    name = await events.pipeline_name(conn, enterprise_id, pipeline_id)
     seen = timeline.view(history, as_of, datetime.now(timezone.utc))
     if seen is None:
         raise NotFound("pipeline run did not exist at that time")

@@ -29,6 +29,7 @@ from service.web.pages import svg
 READ, AUDIT = "runs:read", "audit:read"
 PAGE_SIZE = 25
 ACTIVITY_SIZE = 50
+EVENT_TYPES = (*lifecycle.RUN_EVENT_TYPES, lifecycle.STAGE_RUN_STATUS_CHANGED)
 LIVE_WAIT = 20.0  # seconds a live-update request of the Activity page waits for news
 _DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 _NAIVE = re.compile(r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?$")
@@ -214,7 +215,7 @@ class ActivityQuery(Schema):
     before = fields.Integer(validate=validate.Range(1, 2**63 - 1))
     after = fields.Integer(validate=validate.Range(0, 2**63 - 1))
     pipeline_id = fields.UUID()
-    type = fields.String(validate=validate.OneOf(lifecycle.EVENT_TYPES))
+    type = fields.String(validate=validate.OneOf(EVENT_TYPES))
     actor = s.Text(validate=validate.Length(max=255))
     since = s.Instant()
     until = s.Instant()
@@ -242,7 +243,7 @@ async def activity(request: web.Request) -> web.Response:
         {k: v for k, v in raw.items() if k in ("since", "until")})
     return _render(request, "activity.html", {
         "items": items, "raw": raw, "older": older, "live": live, "pipelines": choices,
-        "names": {c["id"]: c["name"] for c in choices}, "types": lifecycle.EVENT_TYPES,
+        "names": {c["id"]: c["name"] for c in choices}, "types": EVENT_TYPES,
         "top": items[0]["position"] if items else 0, "export": str(export)})
 
 
