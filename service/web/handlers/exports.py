@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import io
+import logging
 from typing import AsyncIterator
 
 from aiohttp import web
@@ -17,6 +18,9 @@ from service.domain.errors import NotFound
 from service.web import schemas as s
 from service.web.envelope import dumps, dumps_bytes
 from service.web.handlers.common import connection, operation, path, principal, query
+from service.web.keys import REQUEST_ID
+
+log = logging.getLogger(__name__)
 
 AUDIT = "audit:read"
 TAG = "Audit"
@@ -57,13 +61,23 @@ async def stream(request: web.Request, fmt: str, filename: str,
             "Content-Type": f"{MEDIA[fmt]}; charset=utf-8",
             "Content-Disposition": f'attachment; filename="{filename}.{fmt}"'})
         await response.prepare(request)
-        header = True
-        async for batch in _chain(first, batches):
-            await response.write(_csv_rows(batch, header) if fmt == "csv"
-                                 else _ndjson_rows(batch))
-            header = False
-        if header and fmt == "csv":  # no event: the header alone
-            await response.write(_csv_rows([], True))
+        try:
+            header = True
+            async for batch in _chain(first, batches):
+                await response.write(_csv_rows(batch, header) if fmt == "csv"
+                                     else _ndjson_rows(batch))
+                header = False
+            if header and fmt == "csv":  # no event: the header alone
+                await response.write(_csv_rows([], True))
+        except Exception:
+            # The 200 is on its way: no error envelope can follow. Cut the connection before
+            # the end of the chunked body, so the client sees an incomplete download rather
+            # than a complete-looking, truncated export.
+            log.exception("export failed after it started",
+                          extra={"request_id": request.get(REQUEST_ID)})
+            if request.transport is not None:
+                request.transport.abort()
+            return response
         await response.write_eof()
         return response
 
