@@ -21,11 +21,16 @@ function follow(table) {
     var url = base + (base.indexOf("?") < 0 ? "?" : "&") + "after=" + encodeURIComponent(top);
     fetch(url, {credentials: "same-origin", headers: {"Accept": "text/html"}})
       .then(function (r) {
-        if (r.redirected || !r.ok) throw new Error("status " + r.status);
+        if (r.redirected) {  // the session ended: stop, and say so
+          if (status) status.textContent = "Signed out: live updates stopped. Reload to sign in.";
+          return null;
+        }
+        if (!r.ok) throw new Error("status " + r.status);
         top = r.headers.get("X-Feed-Top") || top;
         return r.text();
       })
       .then(function (html) {
+        if (html === null) return;
         if (html.trim()) {
           var empty = body.querySelector("tr.empty");
           if (empty) empty.remove();
