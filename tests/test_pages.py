@@ -206,3 +206,16 @@ async def test_session_secret_comes_from_the_environment(aiohttp_client, config,
         resp = await client.get("/ui/runs", allow_redirects=False,
                                 headers={"Cookie": f"pipeline_runs_session={cookie}"})
         assert resp.status == status
+
+
+async def test_pages_use_only_their_own_assets(client, api, token):
+    pipeline = await api.pipeline()
+    run = await api.run(pipeline["id"])
+    await sign_in(client, token)
+    for path in ("/ui/login", "/ui/runs", run_url(run), "/ui/activity"):
+        text = await page(client, path)
+        assert not re.search(r'(src|href)="(https?:)?//', text), path  # no CDN, works offline
+        for asset in re.findall(r'(?:src|href)="(/ui/static/[^"]+)"', text):
+            resp = await client.get(asset)
+            assert resp.status == 200, asset
+    assert (await client.get("/ui/static/ui.css")).content_type == "text/css"
