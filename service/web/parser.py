@@ -11,8 +11,8 @@ import json
 from typing import Any, NoReturn
 
 from aiohttp.http_exceptions import HttpProcessingError
-from multidict import MultiDict, MultiDictProxy
 from aiohttp.web_protocol import RequestPayloadError
+from multidict import MultiDict, MultiDictProxy
 from webargs.aiohttpparser import AIOHTTPParser, is_json_request
 from webargs.core import missing
 
