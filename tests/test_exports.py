@@ -102,7 +102,7 @@ async def test_exports_are_in_the_openapi_document(api):
     export = doc["paths"]["/pipelines/v0/events/export/"]["get"]
     assert set(export["responses"]["200"]["content"]) == {"text/csv", "application/x-ndjson"}
     assert {"401", "403"} <= set(export["responses"])
-    assert export["security"] == [{"SCAPIAuthToken": []}]
+    assert {"SCAPIAuthToken": []} in export["security"]
     assert {p["name"] for p in export["parameters"]} == {"since", "until", "format"}
     history = doc["paths"]["/pipelines/v0/pipelines/{pipeline_id}/runs/{pipeline_run_id}/events/"]
     assert {"application/json", "text/csv", "application/x-ndjson"} == set(

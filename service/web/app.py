@@ -14,7 +14,7 @@ from service.infra import db
 from service.web.handlers import events, exports, health, pipelines, runs, stage_runs
 from service.config import Config
 from service.web import pages
-from service.web.auth import auth_middleware
+from service.web.auth import SECURITY_SCHEMES, auth_middleware
 from service.web.pages.session import ui_sessions
 from service.infra.feedwait import FeedWaiters
 from service.app import runs as run_cases
@@ -31,6 +31,7 @@ from service.web.keys import (
 )
 from service.web.middleware import error_middleware
 from service.web.observe import observe_middleware
+from service.web.schemas import document_empty_values
 from service.web.validation import validation_middleware
 from service.infra.metrics import Metrics, metrics_app
 from service.infra.metrics import handler as metrics_handler
@@ -173,8 +174,9 @@ def _register_openapi(app: web.Application) -> None:
         title="pipeline-runs", version="0.1.0", openapi_version="3.0.3",
         info={"description": API_DESCRIPTION},
     )
-    spec.spec.components.security_scheme("SCAPIAuthToken", {"type": "http", "scheme": "bearer"})
-    app["swagger_dict"] = _other_media(_openapi3_only(spec.swagger_dict()))
+    for name, scheme in SECURITY_SCHEMES.items():
+        spec.spec.components.security_scheme(name, scheme)
+    app["swagger_dict"] = _other_media(document_empty_values(_openapi3_only(spec.swagger_dict())))
 
 
 def _other_media(document: dict) -> dict:
