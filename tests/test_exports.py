@@ -77,6 +77,8 @@ async def test_feed_export_covers_a_time_range(api, monkeypatch):
     assert csv_as_events(text) == with_reason(expected)
     _, text = await download(api, "/events/export" + query)  # ndjson by default, no slash
     assert [json.loads(line) for line in text.splitlines()] == expected
+    _, text = await download(api, "/events/export/?since=&until=&format=")  # empty: absent
+    assert [json.loads(line) for line in text.splitlines()] == everything
     _, text = await download(api, "/events/export/?since=2000-01-01T00:00:00Z"
                                   "&until=2000-01-02T00:00:00Z&format=csv")
     assert text.splitlines() == [",".join(
