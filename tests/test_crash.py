@@ -18,8 +18,8 @@ from pathlib import Path
 import aiohttp
 import asyncpg
 import pytest
+from tests.helpers import make_token
 
-from conftest import make_token
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 MOUNT = "/pipelines/v0"

@@ -7,8 +7,8 @@ from datetime import datetime, timedelta, timezone
 from urllib.parse import quote
 
 import pytest
+from tests.helpers import make_token
 
-from conftest import make_token
 
 
 def _run_path(run: dict) -> str:

@@ -14,13 +14,13 @@ import uuid
 import asyncpg
 import pytest
 
-import pgcluster
-from conftest import SCHEMA, Api, make_token
 from service.web.app import create_app
 from service.config import Config
 from service.infra.feedwait import FeedWaiters
 from service.web.keys import FEED_WAITERS, POOL
 from service.store import meta
+from tests import pgcluster
+from tests.helpers import SCHEMA, Api, make_token
 
 # Small timeouts, so an outage answers fast. Budget per request: connect 1 s, acquire 2 s
 # (connecting included), statement 0.8 s, and 1.8 s (asyncpg's command_timeout) for a pooled

@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 import pytest
+from tests.helpers import MOUNTS, make_token
 
-from conftest import MOUNTS, make_token
 
 ESPER = "/api/pipelines/v0"
 
