@@ -6,6 +6,7 @@ tests.helpers import ...`), so no test module imports another.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import itertools
 import json
 import re
@@ -14,7 +15,7 @@ import uuid
 from collections import deque
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Awaitable, Callable
+from typing import Any, Callable
 from urllib.parse import quote, urlsplit, urlunsplit
 
 import asyncpg
@@ -45,16 +46,16 @@ async def admin(admin_dsn: str, *statements: str) -> None:
         await conn.close()
 
 
-async def wait_until(check: Callable[[], Awaitable[Any]], timeout: float = 20.0,
+async def wait_until(check: Callable[[], Any], timeout: float = 20.0,
                      what: str = "the condition") -> Any:
-    """Poll `check` until it returns something truthy (returned); fail after `timeout` s.
-
-    Waiting for a condition with a generous ceiling, never sleeping a guessed time: a
-    loaded machine only makes the test slower, not flaky.
-    """
+    """Poll `check` (sync, or returning an awaitable) until it gives something truthy, which
+    is returned; fail after `timeout` s. A condition with a generous ceiling, never a
+    guessed sleep: a loaded machine only makes the test slower, not flaky."""
     deadline = time.monotonic() + timeout
     while True:
-        result = await check()
+        result = check()
+        if inspect.isawaitable(result):
+            result = await result
         if result:
             return result
         assert time.monotonic() < deadline, f"timed out after {timeout} s waiting for {what}"

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import pytest
+
 from tests.helpers import CORE_ROUTES, body_for, events_of, ids, make_token
 
 

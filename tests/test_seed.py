@@ -13,7 +13,6 @@ from service.app.seed import seed
 from tests.helpers import make_token
 
 
-
 @pytest.fixture
 def db_dsn(own_db):
     return own_db

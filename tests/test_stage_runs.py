@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import pytest
+
 from tests.helpers import MOUNTS, make_token
 
 

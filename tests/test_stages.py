@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import pytest
 from yarl import URL
+
 from tests.helpers import make_token, ts, walk
 
 
