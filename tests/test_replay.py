@@ -13,7 +13,8 @@ from service.app import scan_parts
 from service.infra.db import init_connection
 from service.app.replay import replay, verify
 from service.store import pipelines as pipeline_store
-from service.store import runs as run_store
+from service.app import runs as run_cases
+from service.app.context import Actor, OnConnection
 
 
 @pytest.fixture
@@ -103,7 +104,7 @@ def test_cli_verify_and_replay(db_dsn):
         conn = await _connect(db_dsn)
         try:
             pipeline = await pipeline_store.create_pipeline(conn, "cli", 1, {"name": "p"})
-            run = await run_store.create_run(conn, "cli", pipeline["id"], "cli", 1)
+            run = await run_cases.create(OnConnection(conn), Actor("cli", "cli", 1), pipeline["id"])
             await conn.execute("UPDATE pipeline_runs SET run_number = 42 WHERE id = $1", run["id"])
             return run["id"]
         finally:
