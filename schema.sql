@@ -79,15 +79,13 @@ CREATE INDEX IF NOT EXISTS stages_by_pipeline ON stages (enterprise_id, pipeline
 -- - the primary key is (enterprise_id, position, occurred_at); position alone is unique
 --   anyway (one identity sequence), and the key's (enterprise_id, position) prefix serves
 --   the change feed, which merges the partitions in position order.
--- - (enterprise_id, run_id, version) can no longer be a UNIQUE constraint (the same version
---   in two months would not collide). Version uniqueness is guaranteed by the write path
---   instead: every append of a run happens under the lock of the run's projection row
---   (FOR UPDATE, or the INSERT of a fresh run id for version 1), and writes version =
---   row version + 1 in the transaction that bumps the row, so two appends of one run are
---   serialized and never write the same version. PostgreSQL itself guarantees it too,
---   whatever the writer (a bug, a hand-written INSERT): see run_heads below. `python -m
---   service verify` (and replay) still check it, for databases restored without triggers.
---   The index below is the same key, non-unique: history, as_of and replay read by it.
+-- - (enterprise_id, run_id, version) cannot be a UNIQUE constraint here (the same version
+--   in two months would not collide). Its uniqueness is guaranteed by run_heads below: a
+--   plain table keyed by run, moved by a trigger on every append, whatever the writer.
+--   (The write path also appends under the lock of the run's projection row, version =
+--   row version + 1, so it never meets the guard; `python -m service verify` and replay
+--   check versions again, for databases restored without triggers.) The index below is
+--   the same key, non-unique: history, as_of and replay read by it.
 
 CREATE TABLE IF NOT EXISTS run_events (
     position      bigint      GENERATED ALWAYS AS IDENTITY,

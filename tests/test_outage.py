@@ -220,10 +220,11 @@ class TestPrivateCluster:
         # Served again, with the same pool, listener and sweeper.
         assert (await fresh.get(run_path(run)))["version"] == 1  # nothing half-written
         await api.move(run, "running")
-        deadline = time.monotonic() + 5
-        while (await api.get(run_path(doomed)))["status"] != "timeout":
-            assert time.monotonic() < deadline, "the sweeper did not come back"
-            await asyncio.sleep(0.1)
+
+        async def doomed_timed_out() -> bool:
+            return (await api.get(run_path(doomed)))["status"] == "timeout"
+
+        await wait_until(doomed_timed_out, 5, "the sweeper to come back")
         await self._long_poll_wakes(api, client, run)
 
     async def _long_poll_wakes(self, api, client, run) -> None:
@@ -239,11 +240,8 @@ class TestPrivateCluster:
         print(f"long-poll woke {latency:.3f}s after the commit")
         assert [e["to_status"] for e in woke["results"]] == ["waiting"]
         assert latency < 1
-        waiters = client.server.app[FEED_WAITERS]
-        deadline = time.monotonic() + 3
-        while not waiters.listening:  # LISTEN is re-established in the background
-            assert time.monotonic() < deadline, "the feed listener did not reconnect"
-            await asyncio.sleep(0.1)
+        # LISTEN is re-established in the background.
+        await wait_until(lambda: waiters.listening, 3, "the feed listener to reconnect")
 
     async def test_unresponsive_database_answers_503_within_the_timeouts(self, api, pg, db,
                                                                           enterprise):
