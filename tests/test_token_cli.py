@@ -56,7 +56,7 @@ async def test_a_revoked_token_is_refused_within_seconds_despite_the_cache(api, 
         assert time.monotonic() - revoked_at < config.token_cache_seconds + 2, "still accepted"
         await asyncio.sleep(0.05)
     body = await resp.json()
-    assert body == {"code": 401, "message": body["message"], "content": None}
+    assert body == {"code": 401, "message": body["message"], "content": {}}
     assert (await token_row(db, doomed.token))["revoked_at"] is not None
     await api.get("/pipelines/")  # the enterprise's other token is untouched
     code, out, _ = await cli(db_dsn, "revoke-token", str(row["id"]))  # twice: nothing to do
