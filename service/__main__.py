@@ -54,7 +54,9 @@ async def _with_conn(cfg: Config, work):
 
 def cmd_migrate(config: Config, args) -> int:
     with database(config) as cfg:
-        asyncio.run(_with_conn(cfg, meta.migrate))
+        ran = asyncio.run(_with_conn(cfg, meta.migrate))
+        for name in ran:
+            print(f"migration {name} applied")
         print(f"schema applied to {redact_dsn(cfg.database_url)}")
     return 0
 
@@ -204,7 +206,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--workers", type=int,
                        help="processes serving the port (SO_REUSEPORT); default WORKERS or 1")
         p.set_defaults(func=func)
-    sub.add_parser("migrate", help="apply schema.sql").set_defaults(func=cmd_migrate)
+    sub.add_parser("migrate", help="apply pending migrations, then schema.sql").set_defaults(
+        func=cmd_migrate)
     p = sub.add_parser("create-token", help="create an API token (printed as the last line)")
     p.add_argument("--enterprise", required=True)
     p.add_argument("--name", required=True)

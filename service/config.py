@@ -45,6 +45,8 @@ class Config:
     shutdown_timeout: float = 10.0  # SIGTERM: how long in-flight requests may finish
     token_cache_seconds: float = 2.0
     timeout_sweep_seconds: float = 60.0
+    # Long-polls re-query this often besides NOTIFY wake-ups (a lost one only delays them).
+    feed_tick_seconds: float = 1.0
     max_body_bytes: int = 1024 * 1024
     event_loop: str = "auto"  # uvloop when installed (the `fast` extra); or uvloop / asyncio
     workers: int = 1  # serve: processes sharing the port (SO_REUSEPORT)
@@ -71,6 +73,7 @@ class Config:
             statement_timeout_ms=_int(env, "DB_STATEMENT_TIMEOUT_MS", 5000),
             token_cache_seconds=_float(env, "TOKEN_CACHE_SECONDS", 2.0),
             timeout_sweep_seconds=_float(env, "TIMEOUT_SWEEP_SECONDS", 60.0),
+            feed_tick_seconds=_float(env, "FEED_TICK_SECONDS", 1.0),
             event_loop=_choice(env, "EVENT_LOOP", "auto", ("auto", "uvloop", "asyncio")),
             workers=_int(env, "WORKERS", 1),
             group_commit=_choice(env, "GROUP_COMMIT", "on", ("on", "off")) == "on",

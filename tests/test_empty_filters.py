@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 from yarl import URL
 
-from conftest import make_token
+from tests.helpers import make_token
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ import json
 from datetime import datetime, timedelta
 from urllib.parse import quote
 
-from conftest import make_token
+from tests.helpers import make_token
 from service.store import events as event_store
 
 

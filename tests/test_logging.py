@@ -10,7 +10,6 @@ import uuid
 import pytest
 from aiohttp import web
 
-from conftest import Api
 from service.web.app import create_app
 from service.infra.logs import (
     REQUEST_ID,
@@ -19,6 +18,7 @@ from service.infra.logs import (
     log_access,
     setup_logging,
 )
+from tests.helpers import Api
 
 ROUTE = "/pipelines/v0/pipelines/{pipeline_id}/runs/"
 

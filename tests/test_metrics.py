@@ -10,10 +10,10 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import Api
 from service.web.app import create_app
 from service.config import Config
 from service.web.keys import METRICS_RUNNER
+from tests.helpers import Api
 
 RUN_ROUTE = "/pipelines/v0/pipelines/{pipeline_id}/runs/{pipeline_run_id}/"
 

@@ -9,7 +9,7 @@ from urllib.parse import quote
 from markupsafe import escape
 from yarl import URL
 
-from conftest import make_token
+from tests.helpers import make_token
 
 EVIL = "<script>alert('x')</script>"
 

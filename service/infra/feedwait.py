@@ -18,13 +18,15 @@ from service.store.locks import FEED_CHANNEL
 
 log = logging.getLogger(__name__)
 
-TICK_SECONDS = 1.0
+TICK_SECONDS = 1.0  # the default of FEED_TICK_SECONDS (service/config.py)
 CLOSE_SECONDS = 2.0
 
 
 class FeedWaiters:
-    def __init__(self, dsn: str, connect_timeout: float = 5.0):
+    def __init__(self, dsn: str, connect_timeout: float = 5.0,
+                 tick_seconds: float = TICK_SECONDS):
         self._dsn = dsn
+        self._tick = tick_seconds
         self._connect_timeout = connect_timeout
         self._events: dict[str, set[asyncio.Event]] = defaultdict(set)
         self._conn: asyncpg.Connection | None = None
@@ -85,10 +87,14 @@ class FeedWaiters:
             return
         if self._reconnect is not None and not self._reconnect.done():
             return
-        if time.monotonic() - self._last_attempt < TICK_SECONDS:
+        if time.monotonic() - self._last_attempt < self._tick:
             return
         self._conn = None
         self._reconnect = asyncio.create_task(self.start())
+
+    def waiting(self, enterprise_id: str) -> int:
+        """How many readers of the enterprise are subscribed now (for tests and probes)."""
+        return len(self._events.get(enterprise_id, ()))
 
     @contextlib.contextmanager
     def subscribe(self, enterprise_id: str):
@@ -109,4 +115,4 @@ class FeedWaiters:
             return
         self._ensure_listening()
         with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(event.wait(), max(0.0, min(seconds, TICK_SECONDS)))
+            await asyncio.wait_for(event.wait(), max(0.0, min(seconds, self._tick)))

@@ -81,7 +81,8 @@ async def _pool_ctx(app: web.Application) -> AsyncIterator[None]:
         app[GROUP_COMMIT] = (GroupCommit(pool, config.pool_acquire_timeout,
                                          run_cases.grouped)
                              if config.group_commit else None)
-        waiters = FeedWaiters(config.database_url, config.db_connect_timeout)
+        waiters = FeedWaiters(config.database_url, config.db_connect_timeout,
+                              config.feed_tick_seconds)
         await waiters.start()
         app[FEED_WAITERS] = waiters
         sweeper = asyncio.create_task(run_forever(pool, config.timeout_sweep_seconds,

@@ -30,6 +30,7 @@ def observe_middleware(metrics: Metrics):
         pending: list = []
         appended_token = APPENDED.set(pending)
         status = 500
+        metrics.in_flight += 1
         try:
             response = await handler(request)
             status = response.status
@@ -41,6 +42,7 @@ def observe_middleware(metrics: Metrics):
             status = CLIENT_CLOSED
             raise
         finally:
+            metrics.in_flight -= 1
             seconds = perf_counter() - started
             resource = request.match_info.route.resource
             route = UNMATCHED if resource is None else resource.canonical
