@@ -9,6 +9,7 @@ class DomainError(Exception):
 
     status = 500
     default_message = "internal error"
+    headers: dict[str, str] = {}  # extra response header fields (e.g. Retry-After)
 
     def __init__(self, message: str | None = None, content: Any = None):
         super().__init__(message or self.default_message)
@@ -59,6 +60,17 @@ class Unprocessable(DomainError):
 class UnsupportedMediaType(DomainError):
     status = 415
     default_message = "request body must be application/json"
+
+
+class TooManyRequests(DomainError):
+    """Over a per-token limit; Retry-After says when to try again (whole seconds)."""
+
+    status = 429
+    default_message = "too many requests"
+
+    def __init__(self, message: str | None = None, retry_after: int = 1):
+        super().__init__(message, {"retry_after": retry_after})
+        self.headers = {"Retry-After": str(retry_after)}
 
 
 class Unavailable(DomainError):

@@ -42,6 +42,8 @@ async def error_middleware(request: web.Request, handler) -> web.StreamResponse:
         response = await handler(request)
     except DomainError as exc:
         response = envelope(exc.content, exc.status, exc.message)
+        if exc.headers:
+            response.headers.update(exc.headers)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise

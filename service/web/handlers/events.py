@@ -6,7 +6,7 @@ import time
 from aiohttp import web
 
 from service.web.envelope import envelope
-from service.web.keys import FEED_WAITERS
+from service.web.keys import CONFIG, FEED_WAITERS, WAIT_CAP
 from service.store import events as store
 from service.web import schemas as s
 from service.web.handlers.common import connection, operation, page, path, principal, query
@@ -28,28 +28,52 @@ async def run_events(request: web.Request) -> web.Response:
 
 @operation(scope=AUDIT, tag=TAG, summary="The enterprise's change feed in position order",
            description="Never skips an event: resume with after=next_after. With wait=N the "
-                       "request waits up to N seconds for new events when there are none.",
-           query=s.FeedQuery, response=s.FeedEnvelope)
+                       "request waits up to N seconds for new events when there are none "
+                       "(at most MAX_WAITS_PER_TOKEN such requests open per token: the next "
+                       "is a 429). A filtered read examines at most FEED_SCAN_CAP events "
+                       "after `after`: it answers what matched among them and a next_after "
+                       "past them, so fewer results than `limit` (even none) do not mean "
+                       "the end; `caught_up` says whether the whole feed was examined.",
+           query=s.FeedQuery, response=s.FeedEnvelope, errors=(429,))
 async def feed(request: web.Request) -> web.Response:
     q = query(request)
-    enterprise_id = principal(request).enterprise_id
+    caller = principal(request)
+    if q["wait"] > 0:
+        with request.app[WAIT_CAP].hold(caller.token_id):
+            page = await _long_poll(request, q, caller.enterprise_id)
+    else:
+        page = await _read(request, q, caller.enterprise_id, q["after"])
+    next_url = str(request.url.update_query(after=page.next_after))
+    return envelope({"results": page.events, "next_after": page.next_after, "next": next_url,
+                     "caught_up": page.exhausted})
+
+
+async def _long_poll(request: web.Request, q: dict, enterprise_id: str) -> store.FeedPage:
+    """Re-reads only when woken for the enterprise (infra/feedwait.py), from where the
+    previous read stopped: a filter matching nothing never rescans what it examined."""
     deadline = time.monotonic() + q["wait"]
     waiters = request.app[FEED_WAITERS]
+    after = q["after"]
     while True:
         # Subscribe before reading, so a commit landing between read and wait wakes us.
         with waiters.subscribe(enterprise_id) as woken:
-            async with connection(request) as conn:
-                results = await store.feed(
-                    conn, enterprise_id, after=q["after"], limit=q["limit"],
-                    pipeline_id=q.get("pipeline_id"), run_id=q.get("run_id"), type_=q.get("type"),
-                    actor=q.get("actor"), since=q.get("since"), until=q.get("until"))
+            page = await _read(request, q, enterprise_id, after)
             remaining = deadline - time.monotonic()
-            if results or remaining <= 0 or waiters.closing:  # closing: shutting down
-                break
+            # Not caught up: a filtered read hit its scan cap; the caller resumes from there.
+            if page.events or not page.exhausted or remaining <= 0 or waiters.closing:
+                return page
+            after = page.next_after
             await waiters.wait(woken, remaining)
-    next_after = results[-1]["position"] if results else q["after"]
-    next_url = str(request.url.update_query(after=next_after))
-    return envelope({"results": results, "next_after": next_after, "next": next_url})
+
+
+async def _read(request: web.Request, q: dict, enterprise_id: str,
+                after: int) -> store.FeedPage:
+    async with connection(request) as conn:
+        return await store.feed(
+            conn, enterprise_id, after=after, limit=q["limit"],
+            scan_cap=request.app[CONFIG].feed_scan_cap, pipeline_id=q.get("pipeline_id"),
+            run_id=q.get("run_id"), type_=q.get("type"), actor=q.get("actor"),
+            since=q.get("since"), until=q.get("until"))
 
 
 routes = [
