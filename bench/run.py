@@ -48,6 +48,7 @@ import scratchdb  # noqa: E402
 
 import load  # noqa: E402
 import mixed  # noqa: E402
+import noisy  # noqa: E402
 import reference  # noqa: E402
 from service.infra.db import init_connection  # noqa: E402
 from service.store import meta  # noqa: E402
@@ -427,6 +428,39 @@ class Bench:
         return phases
 
 
+    def noisy(self) -> list[noisy.NoisyResult]:
+        """The noisy enterprise is the first of the seeded ones, the quiet one the second."""
+        runs = self.seeded.service_runs
+        tokens = sorted({token for _, _, token in runs}, key=[t for _, _, t in runs].index)
+        paths = [(f"{MOUNT}/pipelines/{p}/runs/{r}/", token) for p, r, token in runs]
+        loud = [x for x in paths if x[1] == tokens[0]]
+        quiet = [x for x in paths if x[1] == tokens[1]]
+        poll_tokens = asyncio.run(_more_tokens(self.dsn, f"{ENTERPRISE}-tenant-0", 4))
+        server = start_service(self.dsn, self.workdir)
+        results = []
+        try:
+            for n in range(1, self.args.rounds + 1):
+                head = asyncio.run(_feed_head(self.dsn))
+                result = noisy.run_noisy(server.base, loud, poll_tokens, quiet,
+                                         seconds=self.args.seconds, head=head)
+                results.append(result)
+                print(f"  noisy round {n}: quiet tenant p50 {_f(result.pct(0.5))} ms  "
+                      f"p99 {_f(result.pct(0.99))} ms  ({result.quiet_requests} requests, "
+                      f"{result.quiet_not_200} not 200); noise {result.noise}", flush=True)
+        finally:
+            server.stop()
+        return results
+
+
+async def _more_tokens(dsn: str, enterprise: str, n: int) -> list[str]:
+    conn = await asyncpg.connect(dsn)
+    try:
+        return [(await token_store.create_token(conn, enterprise, f"poller-{k}"))[1]
+                for k in range(n)]
+    finally:
+        await conn.close()
+
+
 @dataclass
 class MixedPhase:
     side: str
@@ -559,6 +593,24 @@ def report_mixed(args, phases: dict[str, MixedPhase]) -> str:
     return "\n".join(lines)
 
 
+def report_noisy(args, results: list[noisy.NoisyResult]) -> str:
+    p99 = statistics.mean(r.pct(0.99) or 0.0 for r in results)
+    p50 = statistics.mean(r.pct(0.5) or 0.0 for r in results)
+    bad = sum(r.quiet_not_200 for r in results)
+    noise = {k: sum(r.noise[k] for r in results) for k in results[0].noise}
+    return "\n".join([
+        f"A noisy enterprise ({noisy.WRITERS} connections of status changes, {noisy.POLLS} "
+        f"long-polls, {noisy.FLOODERS} connections of unknown tokens) beside a quiet one "
+        f"(one connection, GET and PUT of its runs), {args.seconds:g} s x {args.rounds} "
+        "rounds, Python load generator, 1 worker.",
+        "",
+        "| quiet tenant p50 ms | p99 ms | target p99 | requests | not 200 | noise (total) |",
+        "|---:|---:|---:|---:|---:|---|",
+        f"| {p50:.1f} | {p99:.1f} | <= 50 ms {'ok' if p99 <= 50 else 'MISSED'} "
+        f"| {sum(r.quiet_requests for r in results)} | {bad} | {noise} |",
+    ])
+
+
 def _service_config() -> str:
     from service.config import Config
 
@@ -616,10 +668,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--results", type=Path, default=ROOT / "bench" / "RESULTS.md",
                         help="where to save the results ('-' for nowhere)")
     parser.add_argument("--keep-db", action="store_true")
-    parser.add_argument("--scenarios", default="basic,tenants,mixed",
+    parser.add_argument("--scenarios", default="basic,tenants,mixed,noisy",
                         help="which to run: basic (PUT/GET, --enterprises), tenants (PUT/GET "
                              "spread over --tenants enterprises), mixed (creates, status and "
-                             "stage-run changes, reads, --polls long-polls)")
+                             "stage-run changes, reads, --polls long-polls), noisy (a quiet "
+                             "tenant's latency beside a noisy one)")
     parser.add_argument("--tenants", type=int, default=100,
                         help="enterprises of the tenants and mixed scenarios")
     parser.add_argument("--tenant-runs", type=int, default=20, help="runs per enterprise there")
@@ -654,7 +707,7 @@ def main(argv: list[str] | None = None) -> int:
                 sections.append(("One enterprise", report(args, phases, workers, started, tool)))
             many = copy.copy(args)
             many.enterprises, many.runs = args.tenants, args.tenants * args.tenant_runs
-            if {"tenants", "mixed"} & set(scenarios):
+            if {"tenants", "mixed", "noisy"} & set(scenarios):
                 print(f"seeding {many.enterprises} enterprises x {args.tenant_runs} runs ...",
                       flush=True)
                 seeded = asyncio.run(seed(dsn, many.runs, many.enterprises, prefix="tenant"))
@@ -668,6 +721,10 @@ def main(argv: list[str] | None = None) -> int:
                 mixed_phases = bench.compare_mixed()
                 bad += sum(p.bad for p in mixed_phases.values())
                 sections.append(("Mixed load, many enterprises", report_mixed(many, mixed_phases)))
+            if "noisy" in scenarios:
+                results = bench.noisy()
+                bad += sum(r.quiet_not_200 for r in results)
+                sections.append(("A noisy neighbour", report_noisy(many, results)))
         finally:
             if not args.keep_db:
                 asyncio.run(_admin(admin, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
