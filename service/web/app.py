@@ -15,6 +15,7 @@ from service.web.handlers import events, health, pipelines, runs, stage_runs
 from service.config import Config
 from service.web.auth import auth_middleware
 from service.infra.feedwait import FeedWaiters
+from service.app import runs as run_cases
 from service.app.groupcommit import GroupCommit
 from service.web.keys import (
     CONFIG,
@@ -39,7 +40,7 @@ from service.web.observe import observe_middleware
 from service.web.validation import validation_middleware
 from service.infra.metrics import Metrics, metrics_app
 from service.infra.metrics import handler as metrics_handler
-from service.store import meta, moves
+from service.store import meta
 from service.app.sweeper import run_forever
 
 log = logging.getLogger(__name__)
@@ -83,7 +84,7 @@ async def _pool_ctx(app: web.Application) -> AsyncIterator[None]:
         app[READINESS] = Readiness(pool, config.pool_acquire_timeout)
         app[METRICS].pool = pool
         app[GROUP_COMMIT] = (GroupCommit(pool, config.pool_acquire_timeout,
-                                         moves.grouped_change_statuses)
+                                         run_cases.grouped)
                              if config.group_commit else None)
         waiters = FeedWaiters(config.database_url, config.db_connect_timeout, pool)
         await waiters.start()
