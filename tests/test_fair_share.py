@@ -26,7 +26,8 @@ async def _until(predicate, seconds: float = 10.0) -> None:
 
 @pytest.fixture
 def config(db_dsn) -> Config:
-    return Config(database_url=db_dsn, pool_min=1, pool_max=2, token_cache_seconds=60,
+    # A cache far longer than any test here: what is cached stays cached.
+    return Config(database_url=db_dsn, pool_min=1, pool_max=2, token_cache_seconds=3600,
                   max_waits_per_token=2)
 
 
