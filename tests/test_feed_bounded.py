@@ -15,6 +15,12 @@ from service.web.app import create_app
 from service.web.keys import FEED_WAITERS
 
 CAP = 50
+# Feed reads of this database waiting for a lock (the test's lock on run_events).
+FEED_READS_BLOCKED = """
+SELECT count(*) FROM pg_stat_activity
+WHERE datname = current_database() AND wait_event_type = 'Lock'
+  AND query LIKE '%e.enterprise_id = $1 AND e.position > $2%'
+"""
 
 
 @pytest.fixture
@@ -80,8 +86,7 @@ async def test_a_long_poll_re_reads_only_when_woken(api, client, db, enterprise)
     await db.execute("LOCK TABLE run_events IN ACCESS EXCLUSIVE MODE")
     try:
         for _ in range(25):  # 2.5 s: more than the old 1 s re-query tick, twice
-            blocked = await db.fetchval(
-                "SELECT count(*) FROM pg_locks WHERE NOT granted AND pid <> pg_backend_pid()")
+            blocked = await db.fetchval(FEED_READS_BLOCKED)
             assert blocked == 0, "the waiting long-poll re-queried without being woken"
             await asyncio.sleep(0.1)
     finally:
