@@ -29,17 +29,23 @@ async def test_a_quiet_tenant_is_served_beside_a_noisy_one(api, db, enterprise):
     stop = asyncio.Event()
     noise = {"writes": 0, "polls": 0, "unknown": 0}
 
+    # The noise takes whatever it gets (a 503 when the machine is slow, a 429 over a cap):
+    # only the quiet tenant's answers are asserted.
     async def writer(i: int) -> None:
         while not stop.is_set():
-            run = await api.run(pipelines[i % len(pipelines)])
-            await api.move(run, "running", "complete")
+            run = await api.call("POST", f"/pipelines/{pipelines[i % len(pipelines)]}/runs/",
+                                 (200, 503), json={})
+            for status in ("running", "complete"):
+                if run and "id" in run:
+                    await api.call("PUT", f"/pipelines/{run['pipeline_id']}/runs/{run['id']}/",
+                                   (200, 409, 503), json={"status": status})
             noise["writes"] += 3
 
     async def poller(who: Api) -> None:
         after = head
         while not stop.is_set():
-            page = await who.get(f"/events/?after={after}&wait=20")
-            after = page["next_after"]
+            page = await who.call("GET", f"/events/?after={after}&wait=20", (200, 429, 503))
+            after = page["next_after"] if page and "next_after" in page else after
             noise["polls"] += 1
 
     async def flooder(i: int) -> None:
