@@ -48,7 +48,7 @@ class Config:
     max_body_bytes: int = 1024 * 1024
     event_loop: str = "auto"  # uvloop when installed (the `fast` extra); or uvloop / asyncio
     workers: int = 1  # serve: processes sharing the port (SO_REUSEPORT)
-    group_commit: bool = True  # concurrent simple status changes share a commit (groupcommit.py)
+    group_commit: bool = True  # concurrent simple status changes share a commit (app/groupcommit.py)
     # Fairness (web/limits.py): per token and per process; 0 turns a limit off.
     rate_limit_rps: int = 1000  # token bucket: sustained requests/s per token
     rate_limit_burst: int = 2000  # the bucket's size

@@ -9,12 +9,13 @@ class DomainError(Exception):
 
     status = 500
     default_message = "internal error"
-    headers: dict[str, str] = {}  # extra response header fields (e.g. Retry-After)
 
-    def __init__(self, message: str | None = None, content: Any = None):
+    def __init__(self, message: str | None = None, content: Any = None,
+                 headers: dict[str, str] | None = None):
         super().__init__(message or self.default_message)
         self.message = message or self.default_message
         self.content = content
+        self.headers = headers  # answered with the error (e.g. WWW-Authenticate on a 401)
 
 
 class BadRequest(DomainError):
@@ -69,8 +70,8 @@ class TooManyRequests(DomainError):
     default_message = "too many requests"
 
     def __init__(self, message: str | None = None, retry_after: int = 1):
-        super().__init__(message, {"retry_after": retry_after})
-        self.headers = {"Retry-After": str(retry_after)}
+        super().__init__(message, {"retry_after": retry_after},
+                         headers={"Retry-After": str(retry_after)})
 
 
 class Unavailable(DomainError):

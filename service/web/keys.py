@@ -25,15 +25,16 @@ class Principal:
 
 CONFIG = web.AppKey("config", Config)
 POOL = web.AppKey("pool", asyncpg.Pool)
-# Request handlers take a pool connection through this, round-robin across enterprises.
+# Request handlers take a pool connection through this, round-robin across enterprises
+# (web/slots.py, web/handlers/common.py).
 POOL_SLOTS = web.AppKey("pool_slots", FairSlots)
 TOKEN_CACHE = web.AppKey("token_cache", TokenCache)
 RATE_LIMITER = web.AppKey("rate_limiter", RateLimiter)
 WAIT_CAP = web.AppKey("wait_cap", WaitCap)  # long-polls / streams open per token
-READINESS = web.AppKey("readiness", object)  # handlers.health.Readiness
-FEED_WAITERS = web.AppKey("feed_waiters", object)  # service.feedwait.FeedWaiters
-GROUP_COMMIT = web.AppKey("group_commit", object)  # service.groupcommit.GroupCommit or None
-METRICS = web.AppKey("metrics", object)  # service.metrics.Metrics
+READINESS = web.AppKey("readiness", object)  # web.handlers.health.Readiness
+FEED_WAITERS = web.AppKey("feed_waiters", object)  # service.infra.feedwait.FeedWaiters
+GROUP_COMMIT = web.AppKey("group_commit", object)  # service.app.groupcommit.GroupCommit or None
+METRICS = web.AppKey("metrics", object)  # service.infra.metrics.Metrics
 METRICS_RUNNER = web.AppKey("metrics_runner", web.AppRunner)  # the METRICS_PORT server
 
 PRINCIPAL = web.RequestKey("principal", Principal)

@@ -8,7 +8,7 @@ import asyncpg
 from aiohttp import web
 from aiohttp_apispec import docs, json_schema, match_info_schema, querystring_schema
 
-from service.web.auth import requires
+from service.web.auth import CHALLENGE, SECURITY, requires
 from service.web.envelope import envelope
 from service.web.idempotency import HEADER_DOC, TX_CONNECTION, idempotent as _idempotent
 from service.app.context import Actor
@@ -21,7 +21,8 @@ from service.web import schemas
 
 _ERRORS = {
     400: "Invalid input: content.errors has the field messages",
-    401: "Missing or unknown token",
+    401: "No credentials, an unsupported scheme, or an unknown or revoked token (the "
+         "message says which; unknown and revoked answer alike)",
     403: "The token lacks the required scope",
     404: "Not found in the caller's enterprise (or malformed id)",
     409: "Illegal status change: content names the current and requested status",
@@ -36,7 +37,15 @@ _ERRORS = {
     503: "Database unavailable; retry",
 }
 _COMMON = (400, 401, 403, 404, 414, 429, 500, 503)
-
+_HEADERS = {  # RFC 6750 3: the challenge of refusals
+    401: {"WWW-Authenticate": {
+        "schema": {"type": "string"},
+        "description": f'`{CHALLENGE}`; with `error="invalid_token"` when the token given '
+                       "is unknown or revoked (RFC 6750 3.1)"}},
+    403: {"WWW-Authenticate": {
+        "schema": {"type": "string"},
+        "description": f'`{CHALLENGE}, error="insufficient_scope", scope="<scope>"`'}},
+}
 # The IETF RateLimit header fields (web/limits.py) on every answer to a token's request
 # while its rate limit is on; a 429 adds Retry-After.
 _RATE_HEADERS = {
@@ -56,11 +65,11 @@ def operation(*, scope: str, summary: str, tag: str, response: type, path: type 
               idempotent: bool = False) -> Callable:
     """Document, validate and protect one handler in a single declaration.
 
-    idempotent: the handler honours an Idempotency-Key header (http/idempotency.py).
+    idempotent: the handler honours an Idempotency-Key header (web/idempotency.py).
     """
     if idempotent:
         headers, errors = [*(headers or []), HEADER_DOC], (*errors, 422)
-    if body is not None:  # answered before the handler runs (aiohttp, http/parser.py)
+    if body is not None:  # answered before the handler runs (aiohttp, web/parser.py)
         errors = (*errors, 413, 415)
     responses: dict[int | str, dict[str, Any]] = {
         200: {"schema": response, "description": "Success", "headers": _RATE_HEADERS},
@@ -69,15 +78,17 @@ def operation(*, scope: str, summary: str, tag: str, response: type, path: type 
         responses[code] = {"schema": schemas.ErrorEnvelope, "description": _ERRORS[code]}
         if code == 429:
             responses[code]["headers"] = {**_RATE_HEADERS, **_RETRY_AFTER}
-        elif code != 401:  # a 401 has no token, hence no limit
-            responses[code]["headers"] = _RATE_HEADERS
+        elif code == 401:  # no token, hence no limit
+            responses[code]["headers"] = _HEADERS[401]
+        else:
+            responses[code]["headers"] = {**_RATE_HEADERS, **_HEADERS.get(code, {})}
 
     def wrap(handler):
         if idempotent:
             handler = _idempotent(handler)
         handler = requires(scope)(handler)
         handler = docs(tags=[tag], summary=summary, description=description or summary,
-                       security=[{"SCAPIAuthToken": []}], responses=responses,
+                       security=SECURITY, responses=responses,
                        parameters=headers or [])(handler)
         if path is not None:
             handler = match_info_schema(path)(handler)
