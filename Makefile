@@ -21,7 +21,9 @@ run: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
-# Service vs a lean reference (bench/run.py); e.g. make bench BENCH_ARGS="--workers 1,2".
+# Service vs a lean reference (bench/run.py): one enterprise, 100 enterprises x 20 runs,
+# a mixed load with long-polls, a quiet tenant beside a noisy one (--scenarios picks);
+# e.g. make bench BENCH_ARGS="--workers 1,2" or BENCH_ARGS="--scenarios tenants,mixed".
 # Then the service at scale (bench/scale.py): 1M runs seeded, list latency, replay rate;
 # e.g. make bench SCALE_ARGS="--runs 100000".
 bench: $(STAMP)

@@ -25,6 +25,10 @@ CREATE TABLE IF NOT EXISTS api_tokens (
     created_at    timestamptz NOT NULL DEFAULT now(),
     revoked_at    timestamptz
 );
+-- Requests/s of this token (create-token --rate-limit N); NULL: RATE_LIMIT_RPS; 0: none.
+-- Added after the table's first release, hence ALTER (a no-op once applied).
+ALTER TABLE api_tokens ADD COLUMN IF NOT EXISTS rate_limit integer
+    CHECK (rate_limit >= 0);
 
 CREATE TABLE IF NOT EXISTS pipelines (
     enterprise_id   text        NOT NULL,

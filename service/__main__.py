@@ -61,15 +61,24 @@ def cmd_migrate(config: Config, args) -> int:
     return 0
 
 
+def _non_negative(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError("must be 0 or more")
+    return value
+
+
 def cmd_create_token(config: Config, args) -> int:
     scopes = [s.strip() for s in args.scopes.split(",") if s.strip()]
     with database(config) as cfg:
         async def work(conn):
             await meta.migrate(conn)
-            return await token_store.create_token(conn, args.enterprise, args.name, scopes)
+            return await token_store.create_token(conn, args.enterprise, args.name, scopes,
+                                                  args.rate_limit)
 
         token_id, token = asyncio.run(_with_conn(cfg, work))
-    print(f"token {token_id} for enterprise {args.enterprise} ({','.join(scopes)}):")
+    limit = "" if args.rate_limit is None else f", {args.rate_limit} requests/s"
+    print(f"token {token_id} for enterprise {args.enterprise} ({','.join(scopes)}{limit}):")
     print(token)
     return 0
 
@@ -77,10 +86,12 @@ def cmd_create_token(config: Config, args) -> int:
 def cmd_list_tokens(config: Config, args) -> int:
     with database(config) as cfg:
         rows = asyncio.run(_with_conn(cfg, token_store.list_tokens))
-    print("id\tenterprise\tname\tscopes\tcreated_at\trevoked_at")
+    print("id\tenterprise\tname\tscopes\tcreated_at\trevoked_at\trate_limit")
     for r in rows:
+        rate = "default" if r["rate_limit"] is None else r["rate_limit"]
         print(f"{r['id']}\t{r['enterprise_id']}\t{r['name']}\t{','.join(r['scopes'])}\t"
-              f"{r['created_at'].isoformat()}\t{r['revoked_at'].isoformat() if r['revoked_at'] else '-'}")
+              f"{r['created_at'].isoformat()}\t{r['revoked_at'].isoformat() if r['revoked_at'] else '-'}"
+              f"\t{rate}")
     return 0
 
 
@@ -212,6 +223,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--enterprise", required=True)
     p.add_argument("--name", required=True)
     p.add_argument("--scopes", default=",".join(token_store.DEFAULT_SCOPES))
+    p.add_argument("--rate-limit", type=_non_negative, metavar="N",
+                   help="this token's requests/s (default RATE_LIMIT_RPS; 0: not limited)")
     p.set_defaults(func=cmd_create_token)
     sub.add_parser("list-tokens", help="list tokens (never their secret)").set_defaults(
         func=cmd_list_tokens)

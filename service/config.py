@@ -53,6 +53,11 @@ class Config:
     group_commit: bool = True  # concurrent simple status changes share a commit (app/groupcommit.py)
     # Encrypts the /ui/ session cookie; None: a random key per start (sign-ins end on restart).
     session_secret: str | None = None
+    # Fairness (web/limits.py): per token and per process; 0 turns a limit off.
+    rate_limit_rps: int = 1000  # token bucket: sustained requests/s per token
+    rate_limit_burst: int = 2000  # the bucket's size
+    max_waits_per_token: int = 5  # long-polls (and streams) open at once per token
+    feed_scan_cap: int = 10_000  # filtered feed: events examined per request (then a cursor)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Config":
@@ -78,6 +83,10 @@ class Config:
             workers=_int(env, "WORKERS", 1),
             group_commit=_choice(env, "GROUP_COMMIT", "on", ("on", "off")) == "on",
             session_secret=env.get("SESSION_SECRET") or None,
+            rate_limit_rps=_int(env, "RATE_LIMIT_RPS", 1000),
+            rate_limit_burst=_int(env, "RATE_LIMIT_BURST", 2000),
+            max_waits_per_token=_int(env, "MAX_WAITS_PER_TOKEN", 5),
+            feed_scan_cap=_int(env, "FEED_SCAN_CAP", 10_000),
         )
 
     def with_(self, **changes) -> "Config":

@@ -2,7 +2,6 @@
 feed newest first (with a long-poll for what is newer), and the exports."""
 from __future__ import annotations
 
-import time
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -12,7 +11,7 @@ import asyncpg
 
 from service.domain import timeline
 from service.domain.errors import NotFound
-from service.app import runs
+from service.app import feed, runs
 from service.store import counts, events, pipelines, run_lists
 
 
@@ -70,23 +69,11 @@ async def activity(conn: asyncpg.Connection, enterprise_id: str, *, before: int 
 
 
 async def feed_wait(connect: Callable, waiters, enterprise_id: str, *, after: int,
-                    wait: float, limit: int, **filters) -> list[dict]:
-    """The feed after `after` (position order); with none yet, waits up to `wait` seconds.
-
-    connect(): a pooled connection's async context manager (none is held while waiting).
-    filters: events.feed's (pipeline_id, run_id, type_, actor, since, until).
-    """
-    deadline = time.monotonic() + wait
-    while True:
-        # Subscribe before reading, so a commit landing between read and wait wakes us.
-        with waiters.subscribe(enterprise_id) as woken:
-            async with connect() as conn:
-                found = await events.feed(conn, enterprise_id, after=after, limit=limit,
-                                          **filters)
-            remaining = deadline - time.monotonic()
-            if found or remaining <= 0 or waiters.closing:  # closing: shutting down
-                return found
-            await waiters.wait(woken, remaining)
+                    wait: float, limit: int, scan_cap: int, **filters) -> list[dict]:
+    """The feed after `after` (position order); with none yet, waits up to `wait` seconds."""
+    page = await feed.wait(connect, waiters, enterprise_id, after=after, wait=wait,
+                           limit=limit, scan_cap=scan_cap, **filters)
+    return page.events
 
 
 def stage_run_rows(page: RunPage) -> list[dict]:
@@ -94,5 +81,6 @@ def stage_run_rows(page: RunPage) -> list[dict]:
     return [{**s, "name": s["stage_meta"]["name"]} for s in page.stage_runs]
 
 
+run_history = events.run_history
 export_run = events.export_run
 export_feed = events.export_feed

@@ -27,8 +27,16 @@ from service.web.keys import (
     METRICS_RUNNER,
     POOL,
     POOL_SLOTS,
+    RATE_LIMITER,
+    RATE_STATE,
+    READINESS,
     TOKEN_CACHE,
+    WAIT_CAP,
 )
+from service.web.handlers.health import Readiness
+from service.web.limits import RateLimiter, WaitCap, rate_headers
+from service.web.slots import FairSlots
+from service.web.tokencache import TokenCache
 from service.web.middleware import error_middleware
 from service.web.observe import observe_middleware
 from service.web.schemas import document_empty_values
@@ -76,17 +84,18 @@ async def _pool_ctx(app: web.Application) -> AsyncIterator[None]:
         async with pool.acquire() as conn:
             await meta.ping(conn)
         app[POOL] = pool
-        app[POOL_SLOTS] = asyncio.Semaphore(config.pool_max)
+        app[POOL_SLOTS] = FairSlots(config.pool_max)
+        app[READINESS] = Readiness(pool, config.pool_acquire_timeout)
         app[METRICS].pool = pool
         app[GROUP_COMMIT] = (GroupCommit(pool, config.pool_acquire_timeout,
                                          run_cases.grouped)
                              if config.group_commit else None)
-        waiters = FeedWaiters(config.database_url, config.db_connect_timeout,
+        waiters = FeedWaiters(config.database_url, config.db_connect_timeout, pool,
                               config.feed_tick_seconds)
         await waiters.start()
         app[FEED_WAITERS] = waiters
         sweeper = asyncio.create_task(run_forever(pool, config.timeout_sweep_seconds,
-                                                   app[METRICS]))
+                                                   app[METRICS], waiters.notify))
         try:
             yield
         finally:
@@ -103,6 +112,13 @@ async def _wake_long_polls(app: web.Application) -> None:
     waiters = app.get(FEED_WAITERS)
     if waiters is not None:
         waiters.wake_all()
+
+
+async def _rate_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """Every answer to an authenticated, rate-limited request says where its limit stands."""
+    state = request.get(RATE_STATE)
+    if state is not None:
+        response.headers.update(rate_headers(*state))
 
 
 async def _metrics_server_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -201,7 +217,10 @@ def create_app(config: Config) -> web.Application:
     )
     app[CONFIG] = config
     app[METRICS] = metrics
-    app[TOKEN_CACHE] = {}
+    app[TOKEN_CACHE] = TokenCache(config.token_cache_seconds)
+    app[RATE_LIMITER] = RateLimiter(config.rate_limit_rps, config.rate_limit_burst)
+    app[WAIT_CAP] = WaitCap(config.max_waits_per_token)
+    app.on_response_prepare.append(_rate_headers)
     _add_routes(app)
     pages.setup(app)
     _setup_openapi(app)

@@ -120,14 +120,21 @@ class RunPath(PipelinePath):
 
 # --- query parameters ------------------------------------------------------------------
 
+# Deeper offsets make the database read and drop that many rows per request.
+MAX_OFFSET = 10_000
+
+
 class PageQuery(Schema):
     class Meta:
         unknown = EXCLUDE  # unknown query parameters are ignored, as most APIs do
 
     limit = fields.Integer(load_default=20, validate=validate.Range(1, 1000),
                            metadata={"description": "Page size (1-1000)"})
-    offset = fields.Integer(load_default=0, validate=validate.Range(0, INT32_MAX),
-                            metadata={"description": "Number of items to skip"})
+    offset = fields.Integer(load_default=0, validate=validate.Range(
+        0, MAX_OFFSET, error=f"must be between 0 and {MAX_OFFSET}: page deeper by `cursor` "
+                             "(the next_cursor of the previous page) or narrow the filters"),
+        metadata={"description": f"Number of items to skip (at most {MAX_OFFSET}; page "
+                                 "deeper by `cursor`)"})
 
 
 class PipelineListQuery(PageQuery):
@@ -383,6 +390,10 @@ class FeedPage(Schema):
     results = fields.List(fields.Nested(Event))
     next_after = fields.Integer(metadata={"description": "The cursor to resume from"})
     next = fields.Url(metadata={"description": "URL of the next read (after=next_after)"})
+    caught_up = fields.Boolean(metadata={
+        "description": "Every event up to now was examined: nothing more to read until new "
+                       "events. False: read `next` at once (a full page, or a filtered read "
+                       "that reached its scan cap)."})
 
 
 EXPORT_FORMATS = ("csv", "ndjson")

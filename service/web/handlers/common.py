@@ -16,6 +16,7 @@ from service.web.keys import (
     CONFIG, GROUP_COMMIT, PARSED, POOL, POOL_SLOTS, PRINCIPAL, REQUEST_ID, Principal,
 )
 from service.store.errors import translated
+from service.web.slots import FairSlots
 from service.web import schemas
 
 _ERRORS = {
@@ -30,10 +31,12 @@ _ERRORS = {
     414: "URL (path and query) longer than 8190 bytes",
     415: "Request body is not JSON (Content-Type application/json)",
     422: "Idempotency-Key already used for a different request",
+    429: "Over this token's rate limit (or its open long-polls): retry after Retry-After "
+         "seconds",
     500: "Unexpected failure (logged with the request id)",
     503: "Database unavailable; retry",
 }
-_COMMON = (400, 401, 403, 404, 414, 500, 503)
+_COMMON = (400, 401, 403, 404, 414, 429, 500, 503)
 _HEADERS = {  # RFC 6750 3: the challenge of refusals
     401: {"WWW-Authenticate": {
         "schema": {"type": "string"},
@@ -43,6 +46,17 @@ _HEADERS = {  # RFC 6750 3: the challenge of refusals
         "schema": {"type": "string"},
         "description": f'`{CHALLENGE}, error="insufficient_scope", scope="<scope>"`'}},
 }
+# The IETF RateLimit header fields (web/limits.py) on every answer to a token's request
+# while its rate limit is on; a 429 adds Retry-After.
+_RATE_HEADERS = {
+    "RateLimit-Policy": {"description": 'The token\'s quota policy: `"token";q=<burst>;'
+                         'w=<seconds to refill it>` (draft-ietf-httpapi-ratelimit-headers)',
+                         "schema": {"type": "string"}},
+    "RateLimit": {"description": 'Where it stands: `"token";r=<requests left>;t=<seconds '
+                  'until the bucket is full again>`', "schema": {"type": "string"}},
+}
+_RETRY_AFTER = {"Retry-After": {"description": "Seconds to wait before retrying",
+                                "schema": {"type": "integer"}}}
 
 
 def operation(*, scope: str, summary: str, tag: str, response: type, path: type | None = None,
@@ -58,12 +72,16 @@ def operation(*, scope: str, summary: str, tag: str, response: type, path: type 
     if body is not None:  # answered before the handler runs (aiohttp, web/parser.py)
         errors = (*errors, 413, 415)
     responses: dict[int | str, dict[str, Any]] = {
-        200: {"schema": response, "description": "Success"},
+        200: {"schema": response, "description": "Success", "headers": _RATE_HEADERS},
     }
     for code in sorted({*_COMMON, *errors}):
         responses[code] = {"schema": schemas.ErrorEnvelope, "description": _ERRORS[code]}
-        if code in _HEADERS:
-            responses[code]["headers"] = _HEADERS[code]
+        if code == 429:
+            responses[code]["headers"] = {**_RATE_HEADERS, **_RETRY_AFTER}
+        elif code == 401:  # no token, hence no limit
+            responses[code]["headers"] = _HEADERS[401]
+        else:
+            responses[code]["headers"] = {**_RATE_HEADERS, **_HEADERS.get(code, {})}
 
     def wrap(handler):
         if idempotent:
@@ -156,11 +174,11 @@ def connection(request: web.Request) -> "_Connection":
 class _Connection:
     """connection()'s context manager: a class, as every request of the hot path takes one.
 
-    Connections are handed out first come, first served: a request takes one of the
-    pool's slots (asyncio.Semaphore, which is FIFO) before asking the pool. asyncpg's pool
-    alone lets a newcomer take a connection just released to a waiter, which then queues
-    again at the back: under load some requests waited a second (p99) while most took
-    milliseconds.
+    A request takes one of the pool's slots (web/slots.py: round-robin across
+    enterprises, first come first served within one) before asking the pool. asyncpg's
+    pool alone lets a newcomer take a connection just released to a waiter, which then
+    queues again at the back: under load some requests waited a second (p99) while most
+    took milliseconds.
     """
 
     __slots__ = ("request", "conn", "shared")
@@ -175,6 +193,8 @@ class _Connection:
             return self.shared
         app = self.request.app
         slots, pool = app[POOL_SLOTS], app[POOL]
+        caller = self.request.get(PRINCIPAL)
+        key = caller.enterprise_id if caller is not None else ""
         with translated():
             if slots.locked() or not pool.get_idle_size():
                 # It may have to wait: DB_ACQUIRE_TIMEOUT bounds it. (asyncio.timeout, not
@@ -182,9 +202,9 @@ class _Connection:
                 # (opening a connection is bounded by DB_CONNECT_TIMEOUT), and the timer,
                 # one per request, is saved.
                 async with asyncio.timeout(app[CONFIG].pool_acquire_timeout):
-                    self.conn = await _acquire(slots, pool)
+                    self.conn = await _acquire(slots, pool, key)
             else:
-                self.conn = await _acquire(slots, pool)
+                self.conn = await _acquire(slots, pool, key)
         return self.conn
 
     async def __aexit__(self, kind, exc, tb) -> bool:
@@ -204,8 +224,8 @@ class _Connection:
         return translated().__exit__(kind, exc, tb)  # the body's failure, translated too
 
 
-async def _acquire(slots: asyncio.Semaphore, pool: asyncpg.Pool) -> asyncpg.Connection:
-    await slots.acquire()
+async def _acquire(slots: FairSlots, pool: asyncpg.Pool, key: str) -> asyncpg.Connection:
+    await slots.acquire(key)
     try:
         return await pool.acquire()
     except BaseException:

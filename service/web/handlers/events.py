@@ -4,9 +4,9 @@ from __future__ import annotations
 from aiohttp import web
 
 from service.app import audit
+from service.app import feed as feed_cases
 from service.web.envelope import envelope
-from service.web.keys import FEED_WAITERS
-from service.store import events as store
+from service.web.keys import CONFIG, FEED_WAITERS, WAIT_CAP
 from service.web import schemas as s
 from service.web.handlers import exports
 from service.web.handlers.common import connection, operation, page, path, principal, query
@@ -24,7 +24,7 @@ async def run_events(request: web.Request) -> web.StreamResponse:
     if q.get("format"):
         return await exports.run_history(request)
     async with connection(request) as conn:
-        total, items = await store.run_history(
+        total, items = await audit.run_history(
             conn, principal(request).enterprise_id, p["pipeline_id"], p["pipeline_run_id"],
             q["limit"], q["offset"])
     return page(request, total, items, q["limit"], q["offset"])
@@ -32,18 +32,28 @@ async def run_events(request: web.Request) -> web.StreamResponse:
 
 @operation(scope=AUDIT, tag=TAG, summary="The enterprise's change feed in position order",
            description="Never skips an event: resume with after=next_after. With wait=N the "
-                       "request waits up to N seconds for new events when there are none.",
-           query=s.FeedQuery, response=s.FeedEnvelope)
+                       "request waits up to N seconds for new events when there are none "
+                       "(at most MAX_WAITS_PER_TOKEN such requests open per token: the next "
+                       "is a 429). A filtered read examines at most FEED_SCAN_CAP events "
+                       "after `after`: it answers what matched among them and a next_after "
+                       "past them, so fewer results than `limit` (even none) do not mean "
+                       "the end; `caught_up` says whether the whole feed was examined.",
+           query=s.FeedQuery, response=s.FeedEnvelope, errors=(429,))
 async def feed(request: web.Request) -> web.Response:
     q = query(request)
-    results = await audit.feed_wait(
-        lambda: connection(request), request.app[FEED_WAITERS], principal(request).enterprise_id,
-        after=q["after"], wait=q["wait"], limit=q["limit"], pipeline_id=q.get("pipeline_id"),
-        run_id=q.get("run_id"), type_=q.get("type"), actor=q.get("actor"),
-        since=q.get("since"), until=q.get("until"))
-    next_after = results[-1]["position"] if results else q["after"]
-    next_url = str(request.url.update_query(after=next_after))
-    return envelope({"results": results, "next_after": next_after, "next": next_url})
+    caller = principal(request)
+    read = dict(after=q["after"], limit=q["limit"], scan_cap=request.app[CONFIG].feed_scan_cap,
+                pipeline_id=q.get("pipeline_id"), run_id=q.get("run_id"), type_=q.get("type"),
+                actor=q.get("actor"), since=q.get("since"), until=q.get("until"))
+    if q["wait"] > 0:
+        with request.app[WAIT_CAP].hold(caller.token_id):
+            found = await feed_cases.wait(lambda: connection(request), request.app[FEED_WAITERS],
+                                         caller.enterprise_id, wait=q["wait"], **read)
+    else:
+        found = await feed_cases.read(lambda: connection(request), caller.enterprise_id, **read)
+    next_url = str(request.url.update_query(after=found.next_after))
+    return envelope({"results": found.events, "next_after": found.next_after, "next": next_url,
+                     "caught_up": found.exhausted})
 
 
 run_events.__produces__ = (exports.PRODUCES, False)

@@ -23,7 +23,7 @@ from service.web import schemas as s
 from service.web.auth import principal_for
 from service.web.handlers import exports
 from service.web.handlers.common import connection
-from service.web.keys import FEED_WAITERS, PRINCIPAL
+from service.web.keys import CONFIG, FEED_WAITERS, PRINCIPAL
 from service.web.pages import svg
 
 READ, AUDIT = "runs:read", "audit:read"
@@ -255,7 +255,9 @@ async def activity_updates(request: web.Request) -> web.Response:
     enterprise_id = request[PRINCIPAL].enterprise_id
     items = (await audit.feed_wait(lambda: connection(request), request.app[FEED_WAITERS],
                                    enterprise_id, after=q.get("after", 0), wait=LIVE_WAIT,
-                                   limit=ACTIVITY_SIZE, **_activity_filters(q)))[::-1]
+                                   limit=ACTIVITY_SIZE,
+                                   scan_cap=request.app[CONFIG].feed_scan_cap,
+                                   **_activity_filters(q)))[::-1]
     async with connection(request) as conn:
         choices = await audit.pipeline_choices(conn, enterprise_id)
     response = _render(request, "activity_rows.html", {
