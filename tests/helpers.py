@@ -86,6 +86,10 @@ class Api:
         self.mount = mount
         self.last = None  # the last aiohttp response, for headers
 
+    def with_client(self, client) -> "Api":
+        """The same caller against another app (another server on the same database)."""
+        return Api(client, self.token, self.mount)
+
     def with_token(self, token: str | None) -> "Api":
         return Api(self.client, token, self.mount)
 

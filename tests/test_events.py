@@ -10,6 +10,7 @@ import pytest
 
 from service.config import Config
 from service.infra import feedwait
+from service.web.app import create_app
 from service.web.keys import FEED_WAITERS
 from tests.helpers import make_token, wait_until
 
@@ -192,8 +193,10 @@ async def test_feed_filters(api):
 
 
 class TestLongPollWakeUp:
-    """NOTIFY wakes a long-poll at the commit: the app's safety re-query tick is made far
-    longer than the poll's answer may take, so only the wake-up can answer it in time."""
+    """NOTIFY wakes a long-poll at another process's commit: the app's safety re-query tick
+    is made far longer than the poll's answer may take, so only the wake-up can answer it in
+    time. The write goes through a second app (another process, as far as the first can
+    tell: a write of its own wakes its long-polls without NOTIFY)."""
 
     TICK = 60.0
     WAIT = 10
@@ -203,19 +206,24 @@ class TestLongPollWakeUp:
         return Config(database_url=db_dsn, pool_min=1, pool_max=20, token_cache_seconds=0.5,
                       feed_tick_seconds=self.TICK)
 
-    async def _poll_then_append(self, api, client, enterprise) -> tuple[dict, float, dict]:
+    async def _poll_then_append(self, api, client, enterprise, other
+                                ) -> tuple[dict, float, dict]:
         pipeline = await api.pipeline()
         head = (await api.get("/events/"))["next_after"]
         waiters = client.server.app[FEED_WAITERS]
         waiting = asyncio.create_task(api.get(f"/events/?after={head}&wait={self.WAIT}"))
         await wait_until(lambda: waiters.waiting(enterprise), what="the long-poll to be waiting")
-        run = await api.run(pipeline["id"])  # committed when answered
+        run = await api.with_client(other).run(pipeline["id"])  # committed when answered
         committed = time.monotonic()
         feed = await waiting
         return feed, time.monotonic() - committed, run
 
-    async def test_feed_long_poll_wakes_on_a_new_event(self, api, client, enterprise):
-        feed, latency, run = await self._poll_then_append(api, client, enterprise)
+    @pytest.fixture
+    async def other(self, aiohttp_client, config):
+        return await aiohttp_client(create_app(config))
+
+    async def test_feed_long_poll_wakes_on_a_new_event(self, api, client, enterprise, other):
+        feed, latency, run = await self._poll_then_append(api, client, enterprise, other)
         assert [e["run_id"] for e in feed["results"]] == [run["id"]]
         assert latency < self.WAIT / 2, latency
 
@@ -225,9 +233,9 @@ class TestLongPollWakeUp:
         monkeypatch.setattr(feedwait, "FEED_CHANNEL", "nobody_notifies_this")
 
     async def test_without_notify_the_long_poll_answers_only_at_its_deadline(
-            self, notify_lost, api, client, enterprise):
+            self, notify_lost, api, client, enterprise, other):
         """The control: the test above fails when NOTIFY is broken."""
-        feed, latency, run = await self._poll_then_append(api, client, enterprise)
+        feed, latency, run = await self._poll_then_append(api, client, enterprise, other)
         assert [e["run_id"] for e in feed["results"]] == [run["id"]]
         assert latency > self.WAIT / 2, latency
 

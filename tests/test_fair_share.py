@@ -8,7 +8,7 @@ import uuid
 
 import pytest
 
-from conftest import make_token
+from tests.helpers import make_token
 from service.config import Config
 from service.infra import db as dbinfra
 from service.store import tokens as token_store

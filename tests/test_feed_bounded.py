@@ -8,7 +8,7 @@ import time
 import asyncpg
 import pytest
 
-from conftest import Api
+from tests.helpers import Api
 from service.config import Config
 from service.store.locks import FEED_CHANNEL, FEED_LOCK
 from service.web.app import create_app

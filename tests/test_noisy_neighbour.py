@@ -8,7 +8,7 @@ import uuid
 
 import pytest
 
-from conftest import Api, make_token
+from tests.helpers import Api, make_token
 from service.config import Config
 
 WRITERS, POLLS, FLOODERS, QUIET_REQUESTS = 32, 20, 16, 60

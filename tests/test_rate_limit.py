@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Api
+from tests.helpers import Api
 from service.config import Config
 from service.store import tokens as token_store
 from service.web.app import create_app

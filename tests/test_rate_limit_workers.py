@@ -13,8 +13,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from conftest import make_token
-from test_workers import ROOT, _children, _free_port, _ready, _wait
+from tests.helpers import make_token
+from tests.test_workers import ROOT, _children, _free_port, _ready, _wait
 
 BURST, RATE = 4, 1
 
