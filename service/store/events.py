@@ -21,6 +21,7 @@ import asyncpg
 
 from service.domain import lifecycle
 from service.domain.errors import NotFound
+from service.store import fields
 from service.store.runs import public_run
 
 EVENT_COLUMNS = """
@@ -59,12 +60,8 @@ LIMIT $9
 
 
 def public_event(row: asyncpg.Record | dict) -> dict[str, Any]:
-    event = dict(row)
-    event.pop("total_count", None)
-    event.pop("enterprise_id", None)
-    event.pop("actor_id", None)
-    event["request_id"] = (event.get("data") or {}).get("request_id")
-    return event
+    return fields.shape(fields.EVENT, row,
+                        request_id=(row["data"] or {}).get("request_id"))
 
 
 async def run_history(conn: asyncpg.Connection, enterprise_id: str, pipeline_id: uuid.UUID,

@@ -22,7 +22,7 @@ import asyncpg
 
 from service.domain import lifecycle
 from service.domain.errors import DomainError, NotFound, PreconditionFailed
-from service.store import changes
+from service.store import changes, fields
 from service.store.appended import collection, note_appended
 from service.store.counts import COUNT_DELTAS
 from service.store.locks import FEED_LOCK
@@ -31,9 +31,7 @@ from service.store.locks import FEED_LOCK
 LEGAL_MOVES = sorted(f"{source}>{target}" for target in lifecycle.SIMPLE_RUN_TARGETS
                      for source in lifecycle.sources_of(target))
 
-_RUN = ("id", "enterprise_id", "run_number", "pipeline_id", "pipeline_name", "status",
-        "status_meta", "created_by", "updated_by", "created_at", "updated_at", "started_at",
-        "ended_at", "version")
+_RUN = fields.RUN
 # The run as answered: as updated, or as it is (locked) when the change was a no-op or
 # refused.
 _ANSWER = ",\n       ".join(
@@ -166,4 +164,4 @@ def _outcome(change: StatusChange, row: asyncpg.Record) -> Any:
 
 
 def _run(row: asyncpg.Record) -> dict[str, Any]:
-    return {col: row[col] for col in _RUN}
+    return fields.shape(fields.RUN, row)

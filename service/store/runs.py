@@ -19,7 +19,7 @@ import asyncpg
 
 from service.domain import lifecycle
 from service.domain.errors import DomainError, NotFound, PreconditionFailed
-from service.store import changes, moves, run_lists
+from service.store import changes, fields, moves, run_lists
 from service.store.appended import note_appended
 from service.store.counts import COUNT_DELTAS
 from service.store.locks import FEED_LOCK
@@ -205,9 +205,7 @@ async def _change(conn: asyncpg.Connection, enterprise_id: str, run_id: uuid.UUI
 
 def public_run(state: dict[str, Any], pipeline_name: str | None) -> dict[str, Any]:
     """A run state (from the fold or the projection) as the API shows it."""
-    run = {k: v for k, v in state.items() if k not in ("stage_runs", "deadline")}
-    run["pipeline_name"] = pipeline_name
-    return run
+    return fields.shape(fields.RUN, state, pipeline_name=pipeline_name)
 
 
 async def _change_simple(conn: asyncpg.Connection, enterprise_id: str, pipeline_id: uuid.UUID,
@@ -257,12 +255,5 @@ async def list_runs(conn: asyncpg.Connection, enterprise_id: str, *,
                                      offset=offset, cursor=cursor)
 
 
-_INTERNAL = ("position", "total_count", "current_status", "current_version", "at",
-             "stage_count")
-
-
 def _public(row: asyncpg.Record) -> dict[str, Any]:
-    run = dict(row)
-    for key in _INTERNAL:
-        run.pop(key, None)
-    return run
+    return fields.shape(fields.RUN, row)

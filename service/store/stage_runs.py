@@ -8,7 +8,7 @@ import asyncpg
 
 from service.domain import lifecycle
 from service.domain.errors import NotFound
-from service.store import changes
+from service.store import changes, fields
 
 STAGE_RUN_COLUMNS = """
     s.id, s.enterprise_id, s.pipeline_id, s.run_id AS pipeline_run_id, s.stage_id, s.stage_meta,
@@ -91,6 +91,4 @@ async def change_status(conn: asyncpg.Connection, enterprise_id: str, run_id: uu
 
 
 def _public(row: asyncpg.Record) -> dict[str, Any]:
-    item = dict(row)
-    item.pop("total_count", None)
-    return item
+    return fields.shape(fields.STAGE_RUN, row)
