@@ -121,7 +121,7 @@ def cmd_replay(config: Config, args) -> int:
           f"write lock")
     if report.version_drifts:
         print(f"{report.version_drifts} runs have non-consecutive event versions: "
-              f"see `python -m service verify`")
+              f"see `.venv/bin/python -m service verify`")
     return 0
 
 
