@@ -192,6 +192,16 @@ def test_make_run_output_reads_like_a_dev_server(tmp_path, devs):
     answer = subprocess.run([psql.group(1), psql.group(2), "-Atc", "SELECT count(*) FROM api_tokens"],
                             capture_output=True, text=True, timeout=30)
     assert answer.returncode == 0 and int(answer.stdout) >= 1, answer.stderr
+
+    # The CLI, DATABASE_URL unset, attaches to the server's embedded database and leaves it
+    # running when it exits: the token it makes works against the server.
+    made = subprocess.run(
+        [sys.executable, "-m", "service", "create-token", "--enterprise", "dev", "--name", "cli"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+        env={**os.environ, "DATABASE_URL": "", "DATA_DIR": str(dev.data_dir)})
+    assert made.returncode == 0, made.stderr
+    assert _status(port, made.stdout.splitlines()[-1]) == 200
+    assert _status(port, token) == 200
     assert dev.stop() == 0
     err = dev.stderr()
     # Readable lines, no library chatter.
