@@ -112,7 +112,7 @@ def cmd_replay(config: Config, args) -> int:
     from service.app.replay import replay
 
     with database(config) as cfg:
-        # The dsn lets a large scan be split across processes (service/scan_parts.py).
+        # The dsn lets a large scan be split across processes (service/app/scan_parts.py).
         report = asyncio.run(_with_conn(cfg, _migrated(
             lambda conn: replay(conn, cfg.database_url))))
     print(f"replayed {report.events} events of {report.runs} runs in {report.seconds:.2f}s "

@@ -50,7 +50,7 @@ class Config:
     max_body_bytes: int = 1024 * 1024
     event_loop: str = "auto"  # uvloop when installed (the `fast` extra); or uvloop / asyncio
     workers: int = 1  # serve: processes sharing the port (SO_REUSEPORT)
-    group_commit: bool = True  # concurrent simple status changes share a commit (groupcommit.py)
+    group_commit: bool = True  # concurrent simple status changes share a commit (app/groupcommit.py)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Config":
