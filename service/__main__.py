@@ -182,7 +182,7 @@ def _listen_config(config: Config, args) -> Config:
     cfg = config.with_(host=args.host or config.host,
                        port=config.port if args.port is None else args.port,
                        workers=args.workers or config.workers)
-    runtime.check_port(cfg.host, cfg.port, "--port" if args.port is not None else "PORT")
+    runtime.check_port(cfg.host, cfg.port, from_flag=args.port is not None)
     return cfg
 
 

@@ -110,3 +110,21 @@ def test_wrong_password_is_one_line(own_db):
     assert out.returncode == 1
     assert len(out.stderr.strip().splitlines()) == 1, out.stderr
     assert "no_such_database_here" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_serve_on_a_busy_port_is_one_line(own_db):
+    with socket.create_server(("127.0.0.1", 0)) as busy:  # listening: the port is taken
+        port = busy.getsockname()[1]
+        out = cli("serve", "--port", str(port), DATABASE_URL=own_db)
+    assert out.returncode == 1
+    (line,) = out.stderr.strip().splitlines()
+    prefix = f"python -m service serve: port {port} is in use: stop the other server or use --port "
+    assert line.startswith(prefix), line
+    assert int(line.removeprefix(prefix)) != port
+
+
+def test_a_bad_setting_is_one_line_and_exit_2():
+    out = cli("list-tokens", LOG_FORMAT="xml")
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines() == [
+        "python -m service: error: LOG_FORMAT must be one of json, text, not 'xml'"]

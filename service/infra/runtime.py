@@ -61,7 +61,7 @@ class CannotListen(Exception):
     """The port cannot be taken (in use, or not ours to take): one line for the user."""
 
 
-def check_port(host: str, port: int, setting: str = "PORT") -> None:
+def check_port(host: str, port: int, from_flag: bool = False) -> None:
     """Raise CannotListen unless host:port can be listened on right now.
 
     Checked before a command touches anything (tokens, the database), so a second server
@@ -76,8 +76,9 @@ def check_port(host: str, port: int, setting: str = "PORT") -> None:
     except OSError as exc:
         if exc.errno != errno.EADDRINUSE:
             raise CannotListen(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
-        raise CannotListen(f"port {port} is in use: stop the other server or set "
-                           f"{setting}={_free_port_near(host, port)}") from None
+        other = _free_port_near(host, port)
+        fix = f"use --port {other}" if from_flag else f"set PORT={other}"
+        raise CannotListen(f"port {port} is in use: stop the other server or {fix}") from None
 
 
 def _free_port_near(host: str, port: int) -> int:
