@@ -14,7 +14,8 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[test,fast]'
 	touch $(STAMP)
 
-# Embedded PostgreSQL when DATABASE_URL is unset; prints a dev token and serves.
+# Embedded PostgreSQL when DATABASE_URL is unset; serves, then prints the dev token (kept in
+# .data/dev-token across restarts: rm it to rotate). A busy PORT or .data: one line, exit 1.
 run: $(STAMP)
 	$(PY) -m service dev
 

@@ -35,7 +35,9 @@ class Config:
     port: int = 8080
     data_dir: str = ".data"
     log_level: str = "INFO"
-    log_format: str = "json"  # one JSON object per line; "text" for humans
+    # "json": one object per line; "text": for humans; None: the command's own default
+    # (json for serve, text for dev: setup_logging's `default_format`).
+    log_format: str | None = None
     metrics_port: int | None = None  # None: /metrics on the API port; else only on this one
     pool_min: int = 2
     pool_max: int = 10
@@ -68,7 +70,8 @@ class Config:
             port=_int(env, "PORT", 8080),
             data_dir=env.get("DATA_DIR") or ".data",
             log_level=env.get("LOG_LEVEL") or "INFO",
-            log_format=_choice(env, "LOG_FORMAT", "json", ("json", "text")),
+            log_format=(_choice(env, "LOG_FORMAT", "json", ("json", "text"))
+                        if env.get("LOG_FORMAT") else None),
             metrics_port=_optional_int(env, "METRICS_PORT"),
             pool_min=_int(env, "DB_POOL_MIN", 2),
             pool_max=_int(env, "DB_POOL_MAX", 10),

@@ -21,6 +21,7 @@ from typing import Any, AsyncIterator
 import asyncpg
 
 from service.domain.errors import NotFound
+from service.store.columns import EVENT_FIELDS, answered
 
 EVENT_COLUMNS = """
     e.id, e.position, e.enterprise_id, e.run_id, e.pipeline_id, e.version, e.type,
@@ -101,12 +102,7 @@ EXPORT_BATCH = 500  # rows per round trip of an export's server-side cursor
 
 
 def public_event(row: asyncpg.Record | dict) -> dict[str, Any]:
-    event = dict(row)
-    event.pop("total_count", None)
-    event.pop("enterprise_id", None)
-    event.pop("actor_id", None)
-    event["request_id"] = (event.get("data") or {}).get("request_id")
-    return event
+    return answered(EVENT_FIELDS, row, request_id=(row["data"] or {}).get("request_id"))
 
 
 async def run_history(conn: asyncpg.Connection, enterprise_id: str, pipeline_id: uuid.UUID,

@@ -263,19 +263,19 @@ class Stage(Schema):
     updated_at = fields.DateTime()
 
 
-class Pipeline(Schema):
+class Pipeline(Schema):  # fields in the order responses carry them (tests/test_list_shape.py)
     id = fields.UUID()
     enterprise_id = fields.String()
     name = fields.String()
     description = fields.String()
-    is_active = fields.Boolean()
-    is_valid = fields.Boolean(metadata={"description": "True when the pipeline has stages"})
-    is_default = fields.Boolean()
     timeout_seconds = fields.Integer(allow_none=True)
+    is_active = fields.Boolean()
+    is_default = fields.Boolean()
     created_by = fields.Integer(allow_none=True)
     updated_by = fields.Integer(allow_none=True)
     created_at = fields.DateTime()
     updated_at = fields.DateTime()
+    is_valid = fields.Boolean(metadata={"description": "True when the pipeline has stages"})
     stages = fields.List(fields.Nested(Stage), metadata={"description": "On single pipelines"})
 
 
@@ -312,13 +312,29 @@ def _envelope_of(name: str, content: fields.Field) -> type[Schema]:
     return type(name, (Envelope,), {"content": content})
 
 
-def _page_of(name: str, item: type[Schema]) -> type[Schema]:
-    page = type(name + "Page", (Schema,), {
-        "count": fields.Integer(),
-        "next": fields.Url(allow_none=True),
-        "previous": fields.Url(allow_none=True),
+def _page_fields(item: type[Schema], **described: str) -> dict[str, fields.Field]:
+    """Every list's page, in this order (one list shape everywhere; common.page)."""
+    doc = {
+        "count": "Items matching the filters (all pages)",
+        "count_exact": "Whether count is exact (always, except run lists with date ranges)",
+        "next": "The next page (absolute URL); null on the last",
+        "previous": "The previous page (absolute URL); null on the first",
+        "next_cursor": "Pass as `cursor` for the page after this one; null at the end and "
+                       "on lists that page by offset only",
+        **described,
+    }
+    return {
+        "count": fields.Integer(metadata={"description": doc["count"]}),
+        "count_exact": fields.Boolean(metadata={"description": doc["count_exact"]}),
+        "next": fields.Url(allow_none=True, metadata={"description": doc["next"]}),
+        "previous": fields.Url(allow_none=True, metadata={"description": doc["previous"]}),
+        "next_cursor": fields.String(allow_none=True, metadata={"description": doc["next_cursor"]}),
         "results": fields.List(fields.Nested(item)),
-    })
+    }
+
+
+def _page_of(name: str, item: type[Schema], **described: str) -> type[Schema]:
+    page = type(name + "Page", (Schema,), _page_fields(item, **described))
     return _envelope_of(name + "ListEnvelope", fields.Nested(page))
 
 
@@ -327,21 +343,14 @@ PipelineListEnvelope = _page_of("Pipeline", Pipeline)
 StageEnvelope = _envelope_of("StageEnvelope", fields.Nested(Stage))
 StageListEnvelope = _page_of("Stage", Stage)
 PipelineRunEnvelope = _envelope_of("PipelineRunEnvelope", fields.Nested(PipelineRun))
-PipelineRunPage = type("PipelineRunPage", (Schema,), {
-    "count": fields.Integer(metadata={
-        "description": "Runs matching the filters (all pages). With a created_/updated_ "
-                       "range it is counted up to 10000: see count_exact"}),
-    "count_exact": fields.Boolean(metadata={
-        "description": "False when count stopped at 10000 (date-range filters only)"}),
-    "next": fields.Url(allow_none=True, metadata={
-        "description": "The next page: by offset, or by cursor when this page was"}),
-    "previous": fields.Url(allow_none=True, metadata={
-        "description": "The previous page by offset; null on cursor pages"}),
-    "next_cursor": fields.String(allow_none=True, metadata={
-        "description": "Pass as `cursor` for the page after this one; null at the end"}),
-    "results": fields.List(fields.Nested(PipelineRun)),
-})
-PipelineRunListEnvelope = _envelope_of("PipelineRunListEnvelope", fields.Nested(PipelineRunPage))
+PipelineRunListEnvelope = _page_of(
+    "PipelineRun", PipelineRun,
+    count="Runs matching the filters (all pages). With a created_/updated_ range it is "
+          "counted up to 10000: see count_exact",
+    count_exact="False when count stopped at 10000 (date-range filters only)",
+    next="The next page: by offset, or by cursor when this page was",
+    previous="The previous page by offset; null on cursor pages",
+    next_cursor="Pass as `cursor` for the page after this one; null at the end")
 
 
 # --- audit: history, as_of, feed -------------------------------------------------------

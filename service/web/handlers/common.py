@@ -149,15 +149,21 @@ def body(request: web.Request) -> dict[str, Any]:
 
 def page(request: web.Request, total: int, items: list, limit: int, offset: int,
          message: str = "OK") -> web.Response:
-    """A list envelope; next/previous are absolute URLs keeping the other parameters."""
+    """A list envelope; next/previous are absolute URLs keeping the other parameters.
+
+    The run lists' shape (handlers/runs.py): these lists count exactly and page by offset
+    only, so count_exact is true and next_cursor null.
+    """
 
     def at(new_offset: int) -> str:
         return str(request.url.update_query(limit=limit, offset=new_offset))
 
     content = {
         "count": total,
+        "count_exact": True,
         "next": at(offset + limit) if offset + limit < total else None,
         "previous": at(max(offset - limit, 0)) if offset > 0 else None,
+        "next_cursor": None,
         "results": items,
     }
     return envelope(content, message=message)
