@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from test_dev_server import Dev, _free_port
+from tests.test_dev_server import Dev, _free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
