@@ -49,6 +49,10 @@ class Config:
     event_loop: str = "auto"  # uvloop when installed (the `fast` extra); or uvloop / asyncio
     workers: int = 1  # serve: processes sharing the port (SO_REUSEPORT)
     group_commit: bool = True  # concurrent simple status changes share a commit (groupcommit.py)
+    read_database_urls: tuple[str, ...] = ()  # hot standbys of database_url (infra/replicas.py)
+    replica_wait_ms: int = 200  # how long a read with a token waits for a standby to catch up
+    replica_max_lag_seconds: float = 30.0  # a standby further behind leaves the rotation
+    replica_probe_seconds: float = 1.0  # how often standbys are checked (and retried when down)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Config":
@@ -72,6 +76,12 @@ class Config:
             event_loop=_choice(env, "EVENT_LOOP", "auto", ("auto", "uvloop", "asyncio")),
             workers=_int(env, "WORKERS", 1),
             group_commit=_choice(env, "GROUP_COMMIT", "on", ("on", "off")) == "on",
+            read_database_urls=tuple(url.strip() for url in
+                                     (env.get("READ_DATABASE_URLS") or "").split(",")
+                                     if url.strip()),
+            replica_wait_ms=_int(env, "REPLICA_WAIT_MS", 200),
+            replica_max_lag_seconds=_float(env, "REPLICA_MAX_LAG_SECONDS", 30.0),
+            replica_probe_seconds=_float(env, "REPLICA_PROBE_SECONDS", 1.0),
         )
 
     def with_(self, **changes) -> "Config":

@@ -3,6 +3,14 @@
 One listening connection per process, not one per waiting request. Waiters also wake on
 a short tick and re-query, so a lost notification or a dropped listener connection
 only delays a reader, it never strands one.
+
+With read replicas, NOTIFY is not delivered on standbys (they run no transactions of
+their own), so the listener stays on the primary, and a wake-up carries a WAL position:
+the primary's insert position read on the listening connection after the notification
+arrived, so past the notifying commit. A woken reader asks for data at least that new
+(web/consistency.require), so a standby answers it once it has replayed that commit
+(within REPLICA_WAIT_MS), else the primary does; it never re-reads a standby that has not
+yet replayed the commit and goes back to sleep for a tick.
 """
 from __future__ import annotations
 
@@ -14,6 +22,8 @@ from collections import defaultdict
 
 import asyncpg
 
+from service.infra.replicas import UNKNOWN_POSITION
+from service.store import replication
 from service.store.locks import FEED_CHANNEL
 
 log = logging.getLogger(__name__)
@@ -23,8 +33,13 @@ CLOSE_SECONDS = 2.0
 
 
 class FeedWaiters:
-    def __init__(self, dsn: str, connect_timeout: float = 5.0):
+    def __init__(self, dsn: str, connect_timeout: float = 5.0, track_position: bool = False):
         self._dsn = dsn
+        self._track_position = track_position  # with read replicas: wake-ups carry positions
+        self._woken: set[str] = set()  # notified enterprises whose position is being read
+        self._stamper: asyncio.Task | None = None
+        # The primary's position after the latest notification: past every notifying commit.
+        self.position = 0
         self._connect_timeout = connect_timeout
         self._events: dict[str, set[asyncio.Event]] = defaultdict(set)
         self._conn: asyncpg.Connection | None = None
@@ -64,6 +79,10 @@ class FeedWaiters:
 
     async def stop(self) -> None:
         self.closing = True
+        if self._stamper is not None:
+            self._stamper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._stamper
         if self._reconnect is not None:
             self._reconnect.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -76,8 +95,30 @@ class FeedWaiters:
             self._conn = None
 
     def _notified(self, _conn, _pid, _channel, enterprise_id: str) -> None:
+        if not self._track_position:
+            self._wake(enterprise_id)
+            return
+        self._woken.add(enterprise_id)
+        if self._stamper is None or self._stamper.done():
+            self._stamper = asyncio.create_task(self._stamp())
+
+    def _wake(self, enterprise_id: str) -> None:
         for event in self._events.get(enterprise_id, ()):
             event.set()
+
+    async def _stamp(self) -> None:
+        """Read the position once per burst of notifications, then wake their readers."""
+        while self._woken:
+            woken, self._woken = self._woken, set()
+            try:
+                # The primary's insert position only grows; after UNKNOWN_POSITION, too.
+                async with asyncio.timeout(self._connect_timeout):
+                    self.position = await replication.insert_lsn(self._conn)
+            except Exception as exc:  # the listener broke: readers of this wake-up go primary
+                log.warning("feed listener: position unknown (%s)", type(exc).__name__)
+                self.position = UNKNOWN_POSITION
+            for enterprise_id in woken:
+                self._wake(enterprise_id)
 
     def _ensure_listening(self) -> None:
         """Reconnect in the background (at most once a tick): a reader never waits on it."""

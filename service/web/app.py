@@ -15,6 +15,7 @@ from service.web.handlers import events, health, pipelines, runs, stage_runs
 from service.config import Config
 from service.web.auth import auth_middleware
 from service.infra.feedwait import FeedWaiters
+from service.infra.replicas import ReplicaSet
 from service.app.groupcommit import GroupCommit
 from service.web.keys import (
     CONFIG,
@@ -24,6 +25,7 @@ from service.web.keys import (
     METRICS_RUNNER,
     POOL,
     POOL_SLOTS,
+    REPLICAS,
     TOKEN_CACHE,
 )
 from service.web.middleware import error_middleware
@@ -76,7 +78,9 @@ async def _pool_ctx(app: web.Application) -> AsyncIterator[None]:
         app[GROUP_COMMIT] = (GroupCommit(pool, config.pool_acquire_timeout,
                                          moves.grouped_change_statuses)
                              if config.group_commit else None)
-        waiters = FeedWaiters(config.database_url, config.db_connect_timeout)
+        replicas = await _start_replicas(app)
+        waiters = FeedWaiters(config.database_url, config.db_connect_timeout,
+                              track_position=replicas is not None)
         await waiters.start()
         app[FEED_WAITERS] = waiters
         sweeper = asyncio.create_task(run_forever(pool, config.timeout_sweep_seconds,
@@ -88,8 +92,25 @@ async def _pool_ctx(app: web.Application) -> AsyncIterator[None]:
             with contextlib.suppress(asyncio.CancelledError):
                 await sweeper
             await waiters.stop()
+            if replicas is not None:
+                await replicas.stop()
     finally:
         await db.close_pool(pool, config.pool_acquire_timeout)
+
+
+async def _start_replicas(app: web.Application) -> ReplicaSet | None:
+    """READ_DATABASE_URLS: the standbys reads may go to (infra/replicas.py)."""
+    config = app[CONFIG]
+    if not config.read_database_urls:
+        return None
+    replicas = ReplicaSet(config)
+    await replicas.start()
+    for replica in replicas.replicas:
+        log.info("read replica %s: %s", replica.name,
+                 "in rotation" if replica.healthy else replica.reason)
+    app[REPLICAS] = replicas
+    app[METRICS].replicas = replicas
+    return replicas
 
 
 async def _wake_long_polls(app: web.Application) -> None:

@@ -28,9 +28,12 @@ TOKEN_CACHE = web.AppKey("token_cache", dict)
 FEED_WAITERS = web.AppKey("feed_waiters", object)  # service.feedwait.FeedWaiters
 GROUP_COMMIT = web.AppKey("group_commit", object)  # service.groupcommit.GroupCommit or None
 METRICS = web.AppKey("metrics", object)  # service.metrics.Metrics
+REPLICAS = web.AppKey("replicas", object)  # service.infra.replicas.ReplicaSet (or None)
 METRICS_RUNNER = web.AppKey("metrics_runner", web.AppRunner)  # the METRICS_PORT server
 
 PRINCIPAL = web.RequestKey("principal", Principal)
 REQUEST_ID = web.RequestKey("request_id", str)
 # Validated input by location ("match_info", "querystring", "json").
 PARSED = web.RequestKey("parsed", dict)
+# The request's read/write routing and consistency-token state (web/consistency.py).
+CONSISTENCY = web.RequestKey("consistency", object)

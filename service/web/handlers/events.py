@@ -5,6 +5,7 @@ import time
 
 from aiohttp import web
 
+from service.web.consistency import require
 from service.web.envelope import envelope
 from service.web.keys import FEED_WAITERS
 from service.store import events as store
@@ -47,6 +48,8 @@ async def feed(request: web.Request) -> web.Response:
             if results or remaining <= 0 or waiters.closing:  # closing: shutting down
                 break
             await waiters.wait(woken, remaining)
+            if woken.is_set():  # by a commit: read at least up to it (infra/feedwait.py)
+                require(request, waiters.position)
     next_after = results[-1]["position"] if results else q["after"]
     next_url = str(request.url.update_query(after=next_after))
     return envelope({"results": results, "next_after": next_after, "next": next_url})
