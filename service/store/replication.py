@@ -17,13 +17,15 @@ INSERT_LSN = "SELECT (pg_current_wal_insert_lsn() - '0/0'::pg_lsn)::int8"
 REPLAY_LSN = "SELECT (pg_last_wal_replay_lsn() - '0/0'::pg_lsn)::int8"
 # A standby's health: still in recovery, how far replayed, and how many seconds behind.
 # Lag counts only while received WAL waits to be replayed: a standby of an idle primary has
-# an old last-replay timestamp, yet lags nothing.
+# an old last-replay timestamp, yet lags nothing. Just after a standby starts, nothing has
+# been replayed yet (no timestamp): 0 then, the next probe knows better.
 STANDBY_STATE = """
 SELECT pg_is_in_recovery() AS in_recovery,
        (pg_last_wal_replay_lsn() - '0/0'::pg_lsn)::int8 AS replayed,
        CASE WHEN pg_last_wal_receive_lsn() IS NULL
               OR pg_last_wal_receive_lsn() <= pg_last_wal_replay_lsn() THEN 0.0
-            ELSE extract(epoch FROM clock_timestamp() - pg_last_xact_replay_timestamp())::float8
+            ELSE coalesce(extract(epoch FROM clock_timestamp()
+                                  - pg_last_xact_replay_timestamp())::float8, 0.0)
        END AS lag_seconds
 """
 
