@@ -15,8 +15,9 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 # Embedded PostgreSQL when DATABASE_URL is unset; prints a dev token and serves.
+# REPLICA=1: the embedded primary gets a hot standby, and reads go to it (README).
 run: $(STAMP)
-	$(PY) -m service dev
+	$(PY) -m service dev $(if $(REPLICA),--replica)
 
 test: $(STAMP)
 	$(PY) -m pytest -q $(PYTEST_ARGS)

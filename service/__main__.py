@@ -27,8 +27,9 @@ DEV_TOKEN_NAME = "dev"
 
 
 @contextlib.contextmanager
-def database(config: Config) -> Iterator[Config]:
-    """The config with a database: DATABASE_URL, else an embedded PostgreSQL under data_dir."""
+def database(config: Config, replica: bool = False) -> Iterator[Config]:
+    """The config with a database: DATABASE_URL, else an embedded PostgreSQL under data_dir
+    (replica: with an embedded hot standby as READ_DATABASE_URLS too)."""
     if config.database_url:
         yield config
         return
@@ -36,9 +37,18 @@ def database(config: Config) -> Iterator[Config]:
 
     embedded = start_embedded(config.data_dir)
     log.info("embedded PostgreSQL at %s", embedded.dsn)
+    standby = None
     try:
+        if replica:  # make run REPLICA=1: and a hot standby the reads go to
+            from service.infra.embedded import start_embedded_standby
+
+            standby = start_embedded_standby(embedded, config.data_dir)
+            log.info("embedded standby at %s", standby.dsn)
+            config = config.with_(read_database_urls=(*config.read_database_urls, standby.dsn))
         yield config.with_(database_url=embedded.dsn)
     finally:
+        if standby is not None:
+            standby.stop()
         embedded.stop()
 
 
@@ -174,7 +184,7 @@ def cmd_serve(config: Config, args) -> int:
 
 def cmd_dev(config: Config, args) -> int:
     """make run: embedded PostgreSQL when needed, a fresh dev token, then serve."""
-    with database(config) as cfg:
+    with database(config, replica=args.replica) as cfg:
         async def work(conn):
             await meta.migrate(conn)
             # Tokens are stored only as hashes, so the dev token is rotated on each start.
@@ -199,6 +209,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--port", type=int)
         p.add_argument("--workers", type=int,
                        help="processes serving the port (SO_REUSEPORT); default WORKERS or 1")
+        if name == "dev":
+            p.add_argument("--replica", action="store_true",
+                           help="embedded PostgreSQL: also a hot standby the reads go to")
         p.set_defaults(func=func)
     sub.add_parser("migrate", help="apply schema.sql").set_defaults(func=cmd_migrate)
     p = sub.add_parser("create-token", help="create an API token (printed as the last line)")

@@ -26,7 +26,7 @@ import logging
 import re
 import time
 from dataclasses import dataclass
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 import asyncpg
 
@@ -65,7 +65,10 @@ def parse_token(raw: str) -> int:
 def replica_name(dsn: str) -> str:
     """host:port/dbname (no credentials): the replica's label in metrics and /health/ready."""
     parts = urlsplit(dsn)
-    return f"{parts.hostname or 'local'}:{parts.port or 5432}{parts.path or '/'}"
+    query = parse_qs(parts.query)  # a unix socket: ?host=/dir&port=N
+    host = parts.hostname or query.get("host", ["local"])[0]
+    port = parts.port or query.get("port", ["5432"])[0]
+    return f"{host}:{port}{parts.path or '/'}"
 
 
 @dataclass
