@@ -43,17 +43,6 @@ WITH feed_locks AS (
 # Every counter, for replay/verify's snapshot comparison.
 ALL_COUNTERS = "SELECT enterprise_id, pipeline_id, status, n FROM run_counts WHERE n <> 0"
 
-# Bulk loads (the seed command) that write pipeline_runs directly: recount everything.
-# Takes the writers' lock on pipeline_runs so nothing moves meanwhile.
-REBUILD = """
-LOCK TABLE pipeline_runs IN SHARE MODE;
-LOCK TABLE run_counts IN EXCLUSIVE MODE;
-DELETE FROM run_counts;
-INSERT INTO run_counts (enterprise_id, pipeline_id, status, n)
-SELECT enterprise_id, pipeline_id, status, count(*) FROM pipeline_runs
-GROUP BY enterprise_id, pipeline_id, status;
-"""
-
 Key = tuple  # (enterprise_id, pipeline_id, status)
 
 
@@ -78,8 +67,3 @@ async def apply_deltas(conn: asyncpg.Connection, deltas: Counter | Iterable) -> 
                        [k[2] for k, _ in items], [v for _, v in items])
     return len(items)
 
-
-async def rebuild(conn: asyncpg.Connection) -> None:
-    """Recount every counter from pipeline_runs (after a bulk load of the projection)."""
-    async with conn.transaction():
-        await conn.execute(REBUILD)

@@ -16,6 +16,7 @@ from service.config import Config
 from service.web.auth import auth_middleware
 from service.infra.feedwait import FeedWaiters
 from service.infra.replicas import ReplicaSet
+from service.app import runs as run_cases
 from service.app.groupcommit import GroupCommit
 from service.web.keys import (
     CONFIG,
@@ -33,7 +34,7 @@ from service.web.observe import observe_middleware
 from service.web.validation import validation_middleware
 from service.infra.metrics import Metrics, metrics_app
 from service.infra.metrics import handler as metrics_handler
-from service.store import meta, moves
+from service.store import meta
 from service.app.sweeper import run_forever
 
 log = logging.getLogger(__name__)
@@ -76,7 +77,7 @@ async def _pool_ctx(app: web.Application) -> AsyncIterator[None]:
         app[POOL_SLOTS] = asyncio.Semaphore(config.pool_max)
         app[METRICS].pool = pool
         app[GROUP_COMMIT] = (GroupCommit(pool, config.pool_acquire_timeout,
-                                         moves.grouped_change_statuses)
+                                         run_cases.grouped)
                              if config.group_commit else None)
         replicas = await _start_replicas(app)
         waiters = FeedWaiters(config.database_url, config.db_connect_timeout,

@@ -15,9 +15,11 @@ from service.web.consistency import RESPONSE_DOC as TOKEN_RESPONSE_DOC
 from service.web.consistency import ReplicaFailed, consistent
 from service.web.envelope import envelope
 from service.web.idempotency import HEADER_DOC, TX_CONNECTION, idempotent as _idempotent
+from service.app.context import Actor
 from service.web.keys import (
     CONFIG,
     CONSISTENCY,
+    GROUP_COMMIT,
     PARSED,
     POOL,
     POOL_SLOTS,
@@ -94,6 +96,32 @@ def principal(request: web.Request) -> Principal:
 
 def request_id(request: web.Request) -> str:
     return request[REQUEST_ID]
+
+
+def actor(request: web.Request) -> Actor:
+    """The caller, as the use cases know it."""
+    who = request[PRINCIPAL]
+    return Actor(who.enterprise_id, who.name, who.token_id, request[REQUEST_ID])
+
+
+def db(request: web.Request) -> "RequestDb":
+    """The request's Db for a use case (app/context.py): its connections, its group commit."""
+    return RequestDb(request)
+
+
+class RequestDb:
+    """connection() as below; the group commit unless the request has its own transaction
+    (an Idempotency-Key), whose connection every write of the request must use."""
+
+    __slots__ = ("request", "group")
+
+    def __init__(self, request: web.Request):
+        self.request = request
+        self.group = (request.app.get(GROUP_COMMIT) if request.get(TX_CONNECTION) is None
+                      else None)
+
+    def connection(self) -> "_Connection":
+        return _Connection(self.request, False)  # use cases write: the primary
 
 
 def path(request: web.Request) -> dict[str, Any]:
