@@ -76,7 +76,9 @@ def consistent(handler, *, read: bool, position_now):
         if response.status < 400 and not response.prepared:
             if not state.seen:
                 await position_now(request)
-            response.headers[HEADER] = format_token(max(state.seen, state.required))
+            # What the answer reflects, not what was asked: a token "from the future" (another
+            # cluster's) or a wake-up's unknown position is never handed back.
+            response.headers[HEADER] = format_token(state.seen)
         return response
 
     return with_token
