@@ -48,7 +48,7 @@ class Config:
     max_body_bytes: int = 1024 * 1024
     event_loop: str = "auto"  # uvloop when installed (the `fast` extra); or uvloop / asyncio
     workers: int = 1  # serve: processes sharing the port (SO_REUSEPORT)
-    group_commit: bool = True  # concurrent simple status changes share a commit (groupcommit.py)
+    group_commit: bool = True  # concurrent simple status changes share a commit (app/groupcommit.py)
     read_database_urls: tuple[str, ...] = ()  # hot standbys of database_url (infra/replicas.py)
     replica_wait_ms: int = 200  # how long a read with a token waits for a standby to catch up
     replica_max_lag_seconds: float = 30.0  # a standby further behind leaves the rotation

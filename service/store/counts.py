@@ -1,14 +1,14 @@
 """run_counts: live runs per (enterprise, pipeline, status), kept by the writes themselves.
 
 Every write of pipeline_runs adds its +1/-1 deltas here in the same statement (or
-transaction), always after taking the enterprise's feed lock (store/feedlock.py). That one
-rule is what keeps the counters cheap under concurrency (see schema.sql, run_counts): a
+transaction), always after taking the enterprise's feed lock (store/locks.py): the append
+(store/append.py) derives them from the events it appends. That one rule is what keeps the counters cheap under concurrency (see schema.sql, run_counts): a
 counter row is only written by the holder of its enterprise's feed lock, which already
 serializes the enterprise's appends until commit, so no writer ever waits on a counter row.
 
 Deltas, never absolute values: `counters - count(pipeline_runs)` is then left unchanged by
 every write, which is what lets replay repair a drifted counter at any later time by adding
-the difference it saw in its snapshot (service/replay.py).
+the difference it saw in its snapshot (app/replay.py).
 """
 from __future__ import annotations
 

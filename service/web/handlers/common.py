@@ -9,7 +9,7 @@ from aiohttp import web
 from aiohttp_apispec import docs, json_schema, match_info_schema, querystring_schema
 
 from service.infra import replicas as replica_routing
-from service.web.auth import requires
+from service.web.auth import CHALLENGE, SECURITY, requires
 from service.web.consistency import REQUEST_DOC as TOKEN_DOC
 from service.web.consistency import RESPONSE_DOC as TOKEN_RESPONSE_DOC
 from service.web.consistency import ReplicaFailed, consistent
@@ -33,7 +33,8 @@ from service.web import schemas
 
 _ERRORS = {
     400: "Invalid input: content.errors has the field messages",
-    401: "Missing or unknown token",
+    401: "No credentials, an unsupported scheme, or an unknown or revoked token (the "
+         "message says which; unknown and revoked answer alike)",
     403: "The token lacks the required scope",
     404: "Not found in the caller's enterprise (or malformed id)",
     409: "Illegal status change: content names the current and requested status",
@@ -46,6 +47,15 @@ _ERRORS = {
     503: "Database unavailable; retry",
 }
 _COMMON = (400, 401, 403, 404, 414, 500, 503)
+_HEADERS = {  # RFC 6750 3: the challenge of refusals
+    401: {"WWW-Authenticate": {
+        "schema": {"type": "string"},
+        "description": f'`{CHALLENGE}`; with `error="invalid_token"` when the token given '
+                       "is unknown or revoked (RFC 6750 3.1)"}},
+    403: {"WWW-Authenticate": {
+        "schema": {"type": "string"},
+        "description": f'`{CHALLENGE}, error="insufficient_scope", scope="<scope>"`'}},
+}
 
 
 def operation(*, scope: str, summary: str, tag: str, response: type, path: type | None = None,
@@ -54,7 +64,7 @@ def operation(*, scope: str, summary: str, tag: str, response: type, path: type 
               idempotent: bool = False) -> Callable:
     """Document, validate and protect one handler in a single declaration.
 
-    idempotent: the handler honours an Idempotency-Key header (http/idempotency.py).
+    idempotent: the handler honours an Idempotency-Key header (web/idempotency.py).
     A scope ending in ":read" makes it a read: a standby may answer it, and it honours a
     Consistency-Token header (web/consistency.py). Every success carries a token.
     """
@@ -63,13 +73,15 @@ def operation(*, scope: str, summary: str, tag: str, response: type, path: type 
         headers = [*(headers or []), TOKEN_DOC]
     if idempotent:
         headers, errors = [*(headers or []), HEADER_DOC], (*errors, 422)
-    if body is not None:  # answered before the handler runs (aiohttp, http/parser.py)
+    if body is not None:  # answered before the handler runs (aiohttp, web/parser.py)
         errors = (*errors, 413, 415)
     responses: dict[int | str, dict[str, Any]] = {
         200: {"schema": response, "description": "Success", "headers": TOKEN_RESPONSE_DOC},
     }
     for code in sorted({*_COMMON, *errors}):
         responses[code] = {"schema": schemas.ErrorEnvelope, "description": _ERRORS[code]}
+        if code in _HEADERS:
+            responses[code]["headers"] = _HEADERS[code]
 
     def wrap(handler):
         if idempotent:
@@ -77,7 +89,7 @@ def operation(*, scope: str, summary: str, tag: str, response: type, path: type 
         handler = consistent(handler, read=reads, position_now=_position_now)
         handler = requires(scope)(handler)
         handler = docs(tags=[tag], summary=summary, description=description or summary,
-                       security=[{"SCAPIAuthToken": []}], responses=responses,
+                       security=SECURITY, responses=responses,
                        parameters=headers or [])(handler)
         if path is not None:
             handler = match_info_schema(path)(handler)
