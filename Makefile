@@ -16,8 +16,9 @@ $(STAMP): pyproject.toml
 
 # Embedded PostgreSQL when DATABASE_URL is unset; serves, then prints the dev token (kept in
 # .data/dev-token across restarts: rm it to rotate). A busy PORT or .data: one line, exit 1.
+# REPLICA=1: the embedded primary gets a hot standby, and reads go to it (README).
 run: $(STAMP)
-	$(PY) -m service dev
+	$(PY) -m service dev $(if $(REPLICA),--replica)
 
 test: $(STAMP)
 	$(PY) -m pytest -q $(PYTEST_ARGS)
@@ -26,7 +27,8 @@ test: $(STAMP)
 # a mixed load with long-polls, a quiet tenant beside a noisy one (--scenarios picks);
 # e.g. make bench BENCH_ARGS="--workers 1,2" or BENCH_ARGS="--scenarios tenants,mixed".
 # Then the service at scale (bench/scale.py): 1M runs seeded, list latency, replay rate;
-# e.g. make bench SCALE_ARGS="--runs 100000".
+# e.g. make bench SCALE_ARGS="--runs 100000". Then reads with and without a hot standby
+# (bench/replicas.py), e.g. REPLICA_ARGS="--seconds 10 --rounds 2".
 bench: $(STAMP)
 	@# wrk drives the load (Debian's package); without it bench/run.py falls back to a
 	@# Python load generator, which takes much of the 2 cores itself.
@@ -34,6 +36,7 @@ bench: $(STAMP)
 		apt-get install -y -q wrk >/dev/null 2>&1; } || echo "wrk not installed: Python load" >&2
 	$(PY) bench/run.py $(BENCH_ARGS)
 	$(PY) bench/scale.py $(SCALE_ARGS)
+	$(PY) bench/replicas.py $(REPLICA_ARGS)
 
 migrate: $(STAMP)
 	$(PY) -m service migrate

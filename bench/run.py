@@ -180,10 +180,11 @@ def _wait_ready(server: Server, path: str, timeout: float = 60) -> None:
     raise RuntimeError(f"{server.name} not ready after {timeout}s")
 
 
-def start_service(dsn: str, workdir: Path, workers: int = 1) -> Server:
+def start_service(dsn: str, workdir: Path, workers: int = 1,
+                  extra_env: dict[str, str] | None = None) -> Server:
     port = free_port()
     log = workdir / f"service-{port}.log"
-    env = {**os.environ, "DATABASE_URL": dsn}
+    env = {**os.environ, "DATABASE_URL": dsn, **(extra_env or {})}
     cmd = [sys.executable, "-m", "service", "serve", "--host", "127.0.0.1", "--port", str(port)]
     if workers != 1:
         cmd += ["--workers", str(workers)]

@@ -34,14 +34,15 @@ class CannotConnect(Exception):
 
 
 @contextlib.contextmanager
-def database(config: Config) -> Iterator[Config]:
-    """The config with a database: DATABASE_URL, else an embedded PostgreSQL under data_dir."""
-    with _database(config) as (cfg, _):
+def database(config: Config, replica: bool = False) -> Iterator[Config]:
+    """The config with a database: DATABASE_URL, else an embedded PostgreSQL under data_dir
+    (replica: with an embedded hot standby as READ_DATABASE_URLS too)."""
+    with _database(config, replica) as (cfg, _):
         yield cfg
 
 
 @contextlib.contextmanager
-def _database(config: Config) -> Iterator[tuple[Config, str]]:
+def _database(config: Config, replica: bool = False) -> Iterator[tuple[Config, str]]:
     """database(), plus the shell command that opens psql on it."""
     if config.database_url:
         yield config, f"psql '{redact_dsn(config.database_url)}'"
@@ -50,9 +51,18 @@ def _database(config: Config) -> Iterator[tuple[Config, str]]:
 
     embedded = start_embedded(config.data_dir)
     log.info("embedded PostgreSQL at %s", embedded.dsn)
+    standby = None
     try:
+        if replica:  # make run REPLICA=1: and a hot standby the reads go to
+            from service.infra.embedded import start_embedded_standby
+
+            standby = start_embedded_standby(embedded, config.data_dir)
+            log.info("embedded standby at %s", standby.dsn)
+            config = config.with_(read_database_urls=(*config.read_database_urls, standby.dsn))
         yield config.with_(database_url=embedded.dsn), f"{embedded.psql} '{embedded.dsn}'"
     finally:
+        if standby is not None:
+            standby.stop()
         embedded.stop()
 
 
@@ -220,7 +230,7 @@ def cmd_dev(config: Config, args) -> int:
     # Both checks come before anything is touched: a second `make run` leaves the first,
     # its database and its token alone.
     config = _listen_config(config, args)
-    with claim_data_dir(config.data_dir), _database(config) as (cfg, psql):
+    with claim_data_dir(config.data_dir), _database(config, args.replica) as (cfg, psql):
         async def work(conn):
             await meta.migrate(conn)
             return await devtoken.dev_token(conn, devtoken.token_path(cfg.data_dir))
@@ -299,6 +309,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--port", type=int, help="port to listen on (default PORT or 8080)")
         p.add_argument("--workers", type=int,
                        help="processes serving the port (SO_REUSEPORT); default WORKERS or 1")
+        if name == "dev":
+            p.add_argument("--replica", action="store_true",
+                           help="embedded PostgreSQL: also a hot standby the reads go to")
     command("migrate", cmd_migrate, "apply pending migrations/, then schema.sql")
     p = command("create-token", cmd_create_token,
                 "create an API token; its secret is printed once, as the last line")

@@ -60,6 +60,10 @@ class Config:
     rate_limit_burst: int = 2000  # the bucket's size
     max_waits_per_token: int = 5  # long-polls (and streams) open at once per token
     feed_scan_cap: int = 10_000  # filtered feed: events examined per request (then a cursor)
+    read_database_urls: tuple[str, ...] = ()  # hot standbys of database_url (infra/replicas.py)
+    replica_wait_ms: int = 200  # how long a read with a token waits for a standby to catch up
+    replica_max_lag_seconds: float = 30.0  # a standby further behind leaves the rotation
+    replica_probe_seconds: float = 1.0  # how often standbys are checked (and retried when down)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Config":
@@ -90,6 +94,12 @@ class Config:
             rate_limit_burst=_int(env, "RATE_LIMIT_BURST", 2000),
             max_waits_per_token=_int(env, "MAX_WAITS_PER_TOKEN", 5),
             feed_scan_cap=_int(env, "FEED_SCAN_CAP", 10_000),
+            read_database_urls=tuple(url.strip() for url in
+                                     (env.get("READ_DATABASE_URLS") or "").split(",")
+                                     if url.strip()),
+            replica_wait_ms=_int(env, "REPLICA_WAIT_MS", 200),
+            replica_max_lag_seconds=_float(env, "REPLICA_MAX_LAG_SECONDS", 30.0),
+            replica_probe_seconds=_float(env, "REPLICA_PROBE_SECONDS", 1.0),
         )
 
     def with_(self, **changes) -> "Config":

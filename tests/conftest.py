@@ -110,3 +110,36 @@ async def client(aiohttp_client, config):
 @pytest.fixture
 def api(client, token) -> Api:
     return Api(client, token)
+
+
+@pytest.fixture(scope="session")
+def replica_pair():
+    """A private primary and its hot standby (tests/pgcluster.py), made once per session:
+    (primary DSN, standby DSN) of a database holding the schema. The replica tests share it
+    and isolate themselves by enterprise, as the other tests do."""
+    import pgcluster
+
+    reason = pgcluster.available()
+    if reason is not None:
+        pytest.skip(reason)
+    primary = pgcluster.PrivatePostgres()
+    standby = None
+    try:
+        primary.start()
+        asyncio.run(_admin(primary.dsn, 'CREATE DATABASE "pr"'))
+        asyncio.run(_load_schema(primary.dsn_for("pr")))
+        standby = pgcluster.PrivatePostgres(standby_of=primary)
+        standby.start()
+        yield primary, standby
+    finally:
+        if standby is not None:
+            standby.destroy()
+        primary.destroy()
+
+
+async def _load_schema(dsn: str) -> None:
+    conn = await asyncpg.connect(dsn)
+    try:
+        await meta.migrate(conn, SCHEMA)
+    finally:
+        await conn.close()

@@ -26,8 +26,12 @@ async def read(connect: Callable, enterprise_id: str, *, after: int, limit: int,
 
 
 async def wait(connect: Callable, waiters, enterprise_id: str, *, after: int, wait: float,
-               limit: int, scan_cap: int, **filters) -> FeedPage:
-    """read(), waiting up to `wait` seconds while there is nothing after `after` yet."""
+               limit: int, scan_cap: int, on_woken: Callable[[], None] | None = None,
+               **filters) -> FeedPage:
+    """read(), waiting up to `wait` seconds while there is nothing after `after` yet.
+
+    on_woken(): called when a commit woke the wait, before the read it causes.
+    """
     deadline = time.monotonic() + wait
     while True:
         # Subscribe before reading, so a commit landing between read and wait wakes us.
@@ -40,3 +44,5 @@ async def wait(connect: Callable, waiters, enterprise_id: str, *, after: int, wa
                 return page
             after = page.next_after
             await waiters.wait(woken, remaining)
+            if woken.is_set() and on_woken is not None:
+                on_woken()

@@ -11,6 +11,15 @@ a NOTIFY inside the writing transaction would make every write's commit queue be
 every other notifying commit of the cluster (PostgreSQL serializes them with one lock).
 Notifications of many writes are coalesced: one statement per round trip, one payload per
 enterprise. The feed's correctness never depended on them: they are only wake-ups.
+
+With read replicas, NOTIFY is not delivered on standbys (they run no transactions of
+their own), so the listener stays on the primary, and a wake-up carries a WAL position:
+the primary's insert position read on the listening connection after the notification
+arrived, so past the notifying commit. A woken reader asks for data at least that new
+(web/consistency.require), so a standby answers it once it has replayed that commit
+(within REPLICA_WAIT_MS), else the primary does; it never re-reads a standby that has not
+yet replayed the commit and goes back to sleep. A write of this process wakes its own
+readers the same way, with a position read after its commit.
 """
 from __future__ import annotations
 
@@ -22,6 +31,8 @@ from collections import defaultdict
 
 import asyncpg
 
+from service.infra.replicas import UNKNOWN_POSITION
+from service.store import replication
 from service.store.locks import FEED_CHANNEL, NOTIFY_FEED
 
 log = logging.getLogger(__name__)
@@ -33,9 +44,15 @@ CLOSE_SECONDS = 2.0
 
 class FeedWaiters:
     def __init__(self, dsn: str, connect_timeout: float = 5.0,
-                 pool: asyncpg.Pool | None = None, tick_seconds: float = TICK_SECONDS):
+                 pool: asyncpg.Pool | None = None, tick_seconds: float = TICK_SECONDS,
+                 track_position: bool = False):
         self._dsn = dsn
         self._tick = tick_seconds
+        self._track_position = track_position  # with read replicas: wake-ups carry positions
+        self._woken: set[str] = set()  # notified enterprises whose position is being read
+        self._stamper: asyncio.Task | None = None
+        # The primary's position after the latest notification: past every notifying commit.
+        self.position = 0
         self._connect_timeout = connect_timeout
         self._pool = pool  # sends the wake-ups while the listening connection is down
         self._events: dict[str, set[asyncio.Event]] = defaultdict(set)
@@ -78,7 +95,7 @@ class FeedWaiters:
 
     async def stop(self) -> None:
         self.closing = True
-        for task in (self._reconnect, self._sending):
+        for task in (self._reconnect, self._sending, self._stamper):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -92,7 +109,7 @@ class FeedWaiters:
 
     def notify(self, enterprise_id: str) -> None:
         """The enterprise has committed new events: wake its readers here and elsewhere."""
-        self._wake(enterprise_id)
+        self._arrived(enterprise_id)
         self._pending.add(enterprise_id)
         if self._sending is None and not self.closing:
             self._sending = asyncio.ensure_future(self._send())
@@ -116,7 +133,16 @@ class FeedWaiters:
 
     def _notified(self, _conn, pid, _channel, enterprise_id: str) -> None:
         if pid != self._own_pid:  # our own were delivered at once by notify()
+            self._arrived(enterprise_id)
+
+    def _arrived(self, enterprise_id: str) -> None:
+        """Wake the enterprise's readers; with replicas, once the position is known."""
+        if not self._track_position:
             self._wake(enterprise_id)
+            return
+        self._woken.add(enterprise_id)
+        if self._stamper is None or self._stamper.done():
+            self._stamper = asyncio.create_task(self._stamp())
 
     def _wake(self, enterprise_id: str) -> None:
         for event in self._events.get(enterprise_id, ()):
@@ -130,6 +156,20 @@ class FeedWaiters:
     def _lost(self, _conn) -> None:
         """The listener's connection ended: readers re-query now, then tick until it is back."""
         self._wake_everyone()
+
+    async def _stamp(self) -> None:
+        """Read the position once per burst of notifications, then wake their readers."""
+        while self._woken:
+            woken, self._woken = self._woken, set()
+            try:
+                # The primary's insert position only grows; after UNKNOWN_POSITION, too.
+                async with asyncio.timeout(self._connect_timeout):
+                    self.position = await replication.insert_lsn(self._conn)
+            except Exception as exc:  # the listener broke: readers of this wake-up go primary
+                log.warning("feed listener: position unknown (%s)", type(exc).__name__)
+                self.position = UNKNOWN_POSITION
+            for enterprise_id in woken:
+                self._wake(enterprise_id)
 
     def _ensure_listening(self) -> None:
         """Reconnect in the background (at most once a tick): a reader never waits on it."""

@@ -44,6 +44,7 @@ class Metrics:
         self.sweep_failures = 0
         self.timed_out = {"run": 0, "stage_run": 0}
         self.pool: asyncpg.Pool | None = None
+        self.replicas = None  # infra/replicas.ReplicaSet, with READ_DATABASE_URLS
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(self)
 
@@ -120,8 +121,38 @@ class Metrics:
             yield GaugeMetricFamily(
                 "pipeline_runs_db_pool_max", "The pool's maximum size", value=pool.get_max_size())
 
+        if self.replicas is not None:
+            yield from _replica_families(self.replicas)
+
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+def _replica_families(replicas) -> Iterator:
+    reads = CounterMetricFamily(
+        "pipeline_runs_db_reads_total", "Reads served, by target (primary or a replica)",
+        labels=("target", "replica"))
+    for name, count in replicas.reads.items():
+        target = "primary" if name == "primary" else "replica"
+        reads.add_metric((target, "" if target == "primary" else name), count)
+    yield reads
+    fallbacks = CounterMetricFamily(
+        "pipeline_runs_replica_fallbacks_total",
+        "Reads sent to the primary although replicas are configured, by reason",
+        labels=("reason",))
+    for reason, count in replicas.fallbacks.items():
+        fallbacks.add_metric((reason,), count)
+    yield fallbacks
+    lag = GaugeMetricFamily("pipeline_runs_replica_lag_seconds",
+                            "Replay lag of each replica at its last probe", labels=("replica",))
+    healthy = GaugeMetricFamily("pipeline_runs_replica_healthy",
+                                "1 while a replica is in the read rotation", labels=("replica",))
+    for replica in replicas.replicas:
+        if replica.lag_seconds is not None:
+            lag.add_metric((replica.name,), replica.lag_seconds)
+        healthy.add_metric((replica.name,), 1 if replica.healthy else 0)
+    yield lag
+    yield healthy
 
 
 def handler(metrics: Metrics):

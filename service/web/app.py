@@ -17,6 +17,7 @@ from service.web import pages
 from service.web.auth import SECURITY_SCHEMES, auth_middleware
 from service.web.pages.session import ui_sessions
 from service.infra.feedwait import FeedWaiters
+from service.infra.replicas import ReplicaSet
 from service.app import runs as run_cases
 from service.app.groupcommit import GroupCommit
 from service.web.keys import (
@@ -30,6 +31,7 @@ from service.web.keys import (
     RATE_LIMITER,
     RATE_STATE,
     READINESS,
+    REPLICAS,
     TOKEN_CACHE,
     WAIT_CAP,
 )
@@ -90,8 +92,9 @@ async def _pool_ctx(app: web.Application) -> AsyncIterator[None]:
         app[GROUP_COMMIT] = (GroupCommit(pool, config.pool_acquire_timeout,
                                          run_cases.grouped)
                              if config.group_commit else None)
+        replicas = await _start_replicas(app)
         waiters = FeedWaiters(config.database_url, config.db_connect_timeout, pool,
-                              config.feed_tick_seconds)
+                              config.feed_tick_seconds, track_position=replicas is not None)
         await waiters.start()
         app[FEED_WAITERS] = waiters
         sweeper = asyncio.create_task(run_forever(pool, config.timeout_sweep_seconds,
@@ -103,8 +106,25 @@ async def _pool_ctx(app: web.Application) -> AsyncIterator[None]:
             with contextlib.suppress(asyncio.CancelledError):
                 await sweeper
             await waiters.stop()
+            if replicas is not None:
+                await replicas.stop()
     finally:
         await db.close_pool(pool, config.pool_acquire_timeout)
+
+
+async def _start_replicas(app: web.Application) -> ReplicaSet | None:
+    """READ_DATABASE_URLS: the standbys reads may go to (infra/replicas.py)."""
+    config = app[CONFIG]
+    if not config.read_database_urls:
+        return None
+    replicas = ReplicaSet(config)
+    await replicas.start()
+    for replica in replicas.replicas:
+        log.info("read replica %s: %s", replica.name,
+                 "in rotation" if replica.healthy else replica.reason)
+    app[REPLICAS] = replicas
+    app[METRICS].replicas = replicas
+    return replicas
 
 
 async def _wake_long_polls(app: web.Application) -> None:

@@ -35,6 +35,7 @@ READINESS = web.AppKey("readiness", object)  # web.handlers.health.Readiness
 FEED_WAITERS = web.AppKey("feed_waiters", object)  # service.infra.feedwait.FeedWaiters
 GROUP_COMMIT = web.AppKey("group_commit", object)  # service.app.groupcommit.GroupCommit or None
 METRICS = web.AppKey("metrics", object)  # service.infra.metrics.Metrics
+REPLICAS = web.AppKey("replicas", object)  # service.infra.replicas.ReplicaSet (or None)
 METRICS_RUNNER = web.AppKey("metrics_runner", web.AppRunner)  # the METRICS_PORT server
 
 PRINCIPAL = web.RequestKey("principal", Principal)
@@ -43,3 +44,5 @@ RATE_STATE = web.RequestKey("rate_state", tuple)
 REQUEST_ID = web.RequestKey("request_id", str)
 # Validated input by location ("match_info", "querystring", "json").
 PARSED = web.RequestKey("parsed", dict)
+# The request's read/write routing and consistency-token state (web/consistency.py).
+CONSISTENCY = web.RequestKey("consistency", object)

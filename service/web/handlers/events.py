@@ -5,6 +5,7 @@ from aiohttp import web
 
 from service.app import audit
 from service.app import feed as feed_cases
+from service.web.consistency import require
 from service.web.envelope import envelope
 from service.web.keys import CONFIG, FEED_WAITERS, WAIT_CAP
 from service.web import schemas as s
@@ -47,8 +48,12 @@ async def feed(request: web.Request) -> web.Response:
                 actor=q.get("actor"), since=q.get("since"), until=q.get("until"))
     if q["wait"] > 0:
         with request.app[WAIT_CAP].hold(caller.token_id):
-            found = await feed_cases.wait(lambda: connection(request), request.app[FEED_WAITERS],
-                                         caller.enterprise_id, wait=q["wait"], **read)
+            waiters = request.app[FEED_WAITERS]
+            # Woken by a commit: read at least up to it (infra/feedwait.py), on a replica too.
+            found = await feed_cases.wait(lambda: connection(request), waiters,
+                                         caller.enterprise_id, wait=q["wait"],
+                                         on_woken=lambda: require(request, waiters.position),
+                                         **read)
     else:
         found = await feed_cases.read(lambda: connection(request), caller.enterprise_id, **read)
     next_url = str(request.url.update_query(after=found.next_after))

@@ -11,13 +11,25 @@ from aiohttp_apispec import docs
 from marshmallow import Schema, fields
 
 from service.web.envelope import envelope
-from service.web.keys import FEED_WAITERS, READINESS
+from service.web.keys import FEED_WAITERS, READINESS, REPLICAS
 from service.store import meta
 from service.web.schemas import Envelope
 
 
+class ReplicaHealth(Schema):
+    name = fields.String(metadata={"description": "host:port/dbname of the standby"})
+    healthy = fields.Boolean(metadata={"description": "in the read rotation"})
+    reason = fields.String(allow_none=True, metadata={"description": "why it is out"})
+    lag_seconds = fields.Float(allow_none=True, metadata={"description": "at the last probe"})
+    replayed = fields.String(allow_none=True,
+                             metadata={"description": "its replay position, as a token"})
+
+
 class Health(Schema):
     status = fields.String()
+    replicas = fields.List(fields.Nested(ReplicaHealth), metadata={
+        "description": "With READ_DATABASE_URLS: each standby. Readiness depends on the "
+                       "primary only: reads go to the primary while no standby is in rotation."})
 
 
 HealthEnvelope = type("HealthEnvelope", (Envelope,), {"content": fields.Nested(Health)})
@@ -72,8 +84,16 @@ class Readiness:
              "second), else 503")
 async def ready(request: web.Request) -> web.Response:
     if not await request.app[READINESS].ready(request.app[FEED_WAITERS].listening):
-        return envelope({"status": "unavailable"}, 503, "database unavailable")
-    return envelope({"status": "ready"})
+        return envelope(_with_replicas(request, {"status": "unavailable"}), 503,
+                        "database unavailable")
+    return envelope(_with_replicas(request, {"status": "ready"}))
+
+
+def _with_replicas(request: web.Request, content: dict) -> dict:
+    replicas = request.app.get(REPLICAS)
+    if replicas is not None:
+        content["replicas"] = [replica.report() for replica in replicas.replicas]
+    return content
 
 
 routes = [("GET", "/health/live", live), ("GET", "/health/ready", ready)]
