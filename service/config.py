@@ -49,6 +49,10 @@ class Config:
     event_loop: str = "auto"  # uvloop when installed (the `fast` extra); or uvloop / asyncio
     workers: int = 1  # serve: processes sharing the port (SO_REUSEPORT)
     group_commit: bool = True  # concurrent simple status changes share a commit (groupcommit.py)
+    # OTLP/HTTP collector (e.g. http://collector:4318): set, requests and SQL are traced
+    # (infra/tracing.py); unset, OpenTelemetry is not even imported.
+    otel_endpoint: str | None = None
+    otel_service_name: str = "pipeline-runs"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Config":
@@ -72,6 +76,8 @@ class Config:
             event_loop=_choice(env, "EVENT_LOOP", "auto", ("auto", "uvloop", "asyncio")),
             workers=_int(env, "WORKERS", 1),
             group_commit=_choice(env, "GROUP_COMMIT", "on", ("on", "off")) == "on",
+            otel_endpoint=env.get("OTEL_EXPORTER_OTLP_ENDPOINT") or None,
+            otel_service_name=env.get("OTEL_SERVICE_NAME") or "pipeline-runs",
         )
 
     def with_(self, **changes) -> "Config":

@@ -12,6 +12,7 @@ from typing import Any
 import asyncpg
 
 from service.domain import lifecycle
+from service.infra import logs
 from service.domain.errors import Conflict, PreconditionFailed
 from service.store.appended import note_appended
 from service.store import counts
@@ -94,6 +95,13 @@ def conflict(exc: lifecycle.IllegalTransition) -> Conflict:
                                        "requested_status": exc.requested})
 
 
+def caused_by(request_id: str | None) -> dict[str, Any]:
+    """What an event carries of the request that caused it: its id and its trace id."""
+    trace_id = logs.TRACE_ID.get()  # set around the request by infra/tracing.py
+    return {**({"request_id": request_id} if request_id else {}),
+            **({"trace_id": trace_id} if trace_id else {})}
+
+
 async def commit_drafts(conn: asyncpg.Connection, before: dict, drafts: list[lifecycle.Draft],
                         actor: str, actor_id: int | None,
                         request_id: str | None = None) -> dict[str, Any]:
@@ -103,7 +111,7 @@ async def commit_drafts(conn: asyncpg.Connection, before: dict, drafts: list[lif
     at = await conn.fetchval(NOW)
     state, events = before, []
     for n, draft in enumerate(drafts, start=1):
-        data = {**draft.data, **({"request_id": request_id} if request_id else {})}
+        data = {**draft.data, **caused_by(request_id)}
         event = {
             "type": draft.type, "from_status": draft.from_status, "to_status": draft.to_status,
             "actor": lifecycle.SYSTEM if draft.system else actor,

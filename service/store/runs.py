@@ -132,9 +132,7 @@ def _run_not_found() -> NotFound:
 
 
 def _event_data(request_id: str | None, reason: str | None = None) -> dict[str, Any]:
-    data: dict[str, Any] = {}
-    if request_id:
-        data["request_id"] = request_id
+    data = changes.caused_by(request_id)
     if reason:
         data["reason"] = reason
     return data

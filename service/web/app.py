@@ -29,6 +29,7 @@ from service.web.keys import (
 from service.web.middleware import error_middleware
 from service.web.observe import observe_middleware
 from service.web.validation import validation_middleware
+from service.infra import tracing
 from service.infra.metrics import Metrics, metrics_app
 from service.infra.metrics import handler as metrics_handler
 from service.store import meta, moves
@@ -173,7 +174,8 @@ def _register_openapi(app: web.Application) -> None:
     app["swagger_dict"] = _openapi3_only(spec.swagger_dict())
 
 
-def create_app(config: Config) -> web.Application:
+def create_app(config: Config, *, span_exporter=None) -> web.Application:
+    """The app; `span_exporter` (tests) receives its spans instead of an OTLP collector."""
     if not config.database_url:
         raise ValueError("config.database_url is required (the CLI starts embedded PostgreSQL)")
     metrics = Metrics()
@@ -188,6 +190,7 @@ def create_app(config: Config) -> web.Application:
     _add_routes(app)
     _setup_openapi(app)
     app.cleanup_ctx.append(_pool_ctx)
+    tracing.install(app, config, span_exporter)  # OTEL_EXPORTER_OTLP_ENDPOINT set: traced
     app.on_shutdown.append(_wake_long_polls)
     if config.metrics_port is None:
         app.router.add_get("/metrics", metrics_handler(metrics))
