@@ -53,6 +53,9 @@ class Config:
     # (infra/tracing.py); unset, OpenTelemetry is not even imported.
     otel_endpoint: str | None = None
     otel_service_name: str = "pipeline-runs"
+    # replay/verify: memory for the folds of all runs at once; less splits the scan into
+    # more run-id ranges, each reading the whole log again (app/scan_parts.py).
+    replay_memory_mb: int = 8192
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Config":
@@ -78,6 +81,7 @@ class Config:
             group_commit=_choice(env, "GROUP_COMMIT", "on", ("on", "off")) == "on",
             otel_endpoint=env.get("OTEL_EXPORTER_OTLP_ENDPOINT") or None,
             otel_service_name=env.get("OTEL_SERVICE_NAME") or "pipeline-runs",
+            replay_memory_mb=_int(env, "REPLAY_MEMORY_MB", 8192),
         )
 
     def with_(self, **changes) -> "Config":
