@@ -210,9 +210,8 @@ def test_the_direct_access_line_is_the_line_logging_would_write(logs):
         REQUEST_ID.reset(token)
     direct, plain = (json.loads(line) for line in read())
     assert direct.pop("timestamp")[:16] == plain.pop("timestamp")[:16]
-    assert direct == plain == {"level": "INFO", "message": "request",
-                               "logger": "service.access", "request_id": "direct-1", "trace_id": None,
-                               **fields}
+    assert direct == plain == {"level": "INFO", "message": "request", "logger": "service.access",
+                               "request_id": "direct-1", "trace_id": None, **fields}
 
 
 async def test_access_lines_of_one_loop_iteration_are_written_together_and_in_order(logs):
