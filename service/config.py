@@ -48,7 +48,7 @@ class Config:
     max_body_bytes: int = 1024 * 1024
     event_loop: str = "auto"  # uvloop when installed (the `fast` extra); or uvloop / asyncio
     workers: int = 1  # serve: processes sharing the port (SO_REUSEPORT)
-    group_commit: bool = True  # concurrent simple status changes share a commit (groupcommit.py)
+    group_commit: bool = True  # concurrent simple status changes share a commit (app/groupcommit.py)
     # OTLP/HTTP collector (e.g. http://collector:4318): set, requests and SQL are traced
     # (infra/tracing.py); unset, OpenTelemetry is not even imported.
     otel_endpoint: str | None = None

@@ -1,4 +1,4 @@
-"""SQL for replay and verify: stream every run's events with its projection row, patch rows."""
+"""SQL for replay and verify: stream the event log, then the projection rows; patch rows."""
 from __future__ import annotations
 
 import re
@@ -7,21 +7,19 @@ from collections import Counter
 import asyncpg
 
 from service.store import counts
-
-REPLAY_LOCK = 1703  # advisory-lock key: one replay at a time
-
-from service.store.changes import RUN_STATE_COLUMNS as PROJECTION_COLUMNS
-from service.store.changes import STAGE_RUN_COLUMNS
+from service.store.columns import RUN_STATE_COLUMNS as PROJECTION_COLUMNS
+from service.store.columns import STAGE_RUN_COLUMNS
+from service.store.locks import REPLAY_LOCK
 _P = ", ".join(f"p.{c} AS p_{c}" for c in PROJECTION_COLUMNS)
 
-# The scan reads the log in the order it was appended (position order, the heap's order:
-# a sequential read, where reading each run's events in run order was a random heap access
-# per event) and folds each run in memory as its events pass by (app/replay.py). A row per
-# event, of the runs with ids in [$1, $2] (a part: scan_parts.py), in the column order of
-# lifecycle.step's arguments. Nothing orders the rows but the scan itself; a run whose
-# events come out of version order is re-read through RUN_EVENTS (rare: the heap reuses
-# space only after aborted appends). The pipeline_id is only sent for run.created, the one
-# event the fold reads it from.
+# The scan reads the log in the heap's order, a sequential read (reading each run's events
+# in run order was a random heap access per event), and folds each run in memory as its
+# events pass by (app/replay.py). The heap's order is the order of appends (positions) but
+# for local reorderings, as a row goes where there is room: an event ahead of its run's
+# next version waits in memory for the ones before it; a run with a repeated or missing
+# version is re-read in version order through RUN_EVENTS. A row per event, of the runs
+# with ids in [$1, $2] (a part: scan_parts.py). The pipeline_id is only sent for
+# run.created, the one event the fold reads it from.
 EVENTS_IN_LOG_ORDER = """
 SELECT enterprise_id, run_id, version, type, to_status, actor_id, occurred_at,
        CASE WHEN type = 'run.created' THEN pipeline_id END, data
