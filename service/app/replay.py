@@ -18,12 +18,14 @@ order) and holds the folds of one run-id range in memory.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import gc
 import operator
 import time
 from collections import Counter
 from contextlib import aclosing
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Iterator
 
 import asyncpg
 
@@ -270,10 +272,11 @@ async def _scan_part(conn: asyncpg.Connection, bounds: tuple, result: Scan,
     early: dict = {}
     irregular: set = set()
     events = sql.EVENTS_IN_LOG_ORDER
-    async with aclosing(_batches(conn, events, sql.PREFETCH, *bounds)) as batches:
-        async for batch in batches:
-            _fold_events(batch, folds, early, irregular)
-            result.events += len(batch)
+    with _no_cycle_collection():
+        async with aclosing(_batches(conn, events, sql.PREFETCH, *bounds)) as batches:
+            async for batch in batches:
+                _fold_events(batch, folds, early, irregular)
+                result.events += len(batch)
     # Still waiting: a version missing or the first not 1 (the fold of those is the fold of
     # the events sorted by version, as it always was).
     await _refold_irregular(conn, folds, irregular | early.keys(), result)
@@ -284,6 +287,20 @@ async def _scan_part(conn: asyncpg.Connection, bounds: tuple, result: Scan,
         async for batch in batches:
             _compare_rows(batch, folds, result, counted)
     _without_rows(folds, result, counted)
+
+
+@contextlib.contextmanager
+def _no_cycle_collection() -> Iterator[None]:
+    """The cyclic garbage collector off while the folds pile up: each of its full passes
+    walks every fold held (hundreds of thousands of dicts), a third of the scan's CPU
+    measured; the folds and rows make no reference cycles, so nothing is left uncollected."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 def scan_part_alone(dsn: str, snapshot: str, ranges: list[tuple]) -> tuple[Scan, _Counts]:
