@@ -272,11 +272,18 @@ async def _scan_part(conn: asyncpg.Connection, bounds: tuple, result: Scan,
     early: dict = {}
     irregular: set = set()
     events = sql.EVENTS_IN_LOG_ORDER
-    with _no_cycle_collection():
+    with _no_cycle_collection():  # the whole part: the folds are held until compared
         async with aclosing(_batches(conn, events, sql.PREFETCH, *bounds)) as batches:
             async for batch in batches:
                 _fold_events(batch, folds, early, irregular)
                 result.events += len(batch)
+        await _compare_part(conn, bounds, folds, early, irregular, result, counted)
+
+
+async def _compare_part(conn: asyncpg.Connection, bounds: tuple, folds: dict, early: dict,
+                        irregular: set, result: Scan, counted: _Counts) -> None:
+    """The part's folds completed (the irregular runs refolded) and compared with its
+    projection rows."""
     # Still waiting: a version missing or the first not 1 (the fold of those is the fold of
     # the events sorted by version, as it always was).
     await _refold_irregular(conn, folds, irregular | early.keys(), result)
