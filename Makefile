@@ -14,14 +14,17 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[test,fast]'
 	touch $(STAMP)
 
-# Embedded PostgreSQL when DATABASE_URL is unset; prints a dev token and serves.
+# Embedded PostgreSQL when DATABASE_URL is unset; serves, then prints the dev token (kept in
+# .data/dev-token across restarts: rm it to rotate). A busy PORT or .data: one line, exit 1.
 run: $(STAMP)
 	$(PY) -m service dev
 
 test: $(STAMP)
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
-# Service vs a lean reference (bench/run.py); e.g. make bench BENCH_ARGS="--workers 1,2".
+# Service vs a lean reference (bench/run.py): one enterprise, 100 enterprises x 20 runs,
+# a mixed load with long-polls, a quiet tenant beside a noisy one (--scenarios picks);
+# e.g. make bench BENCH_ARGS="--workers 1,2" or BENCH_ARGS="--scenarios tenants,mixed".
 # Then the service at scale (bench/scale.py): 1M runs seeded, list latency, replay rate;
 # e.g. make bench SCALE_ARGS="--runs 100000".
 bench: $(STAMP)

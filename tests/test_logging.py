@@ -10,7 +10,6 @@ import uuid
 import pytest
 from aiohttp import web
 
-from conftest import Api
 from service.web.app import create_app
 from service.infra.logs import (
     REQUEST_ID,
@@ -19,6 +18,7 @@ from service.infra.logs import (
     log_access,
     setup_logging,
 )
+from tests.helpers import Api
 
 ROUTE = "/pipelines/v0/pipelines/{pipeline_id}/runs/"
 
@@ -124,7 +124,7 @@ async def test_unknown_failures_log_the_traceback_with_the_request_id(logs, aioh
     assert resp.headers["X-Request-ID"] == "boom-1"
     body = await resp.text()
     assert json.loads(body) == {"code": 500, "message": "internal server error",
-                                "content": None}
+                                "content": {}}
     assert "kaboom" not in body and "Traceback" not in body
 
     error, access = of_request([json.loads(line) for line in read()], "boom-1")

@@ -4,9 +4,8 @@ from __future__ import annotations
 import pytest
 from yarl import URL
 
-from conftest import make_token
 from service.store import tokens as token_store
-from test_runs import run_path, ts, walk
+from tests.helpers import make_token, run_path, ts, walk
 
 PIPELINE_FIELDS = {"id", "enterprise_id", "name", "description", "timeout_seconds", "is_active",
                    "is_default", "is_valid", "created_by", "updated_by", "created_at",
@@ -74,7 +73,7 @@ async def test_unknown_pipeline_is_404(api):
     for method in ("GET", "PUT", "DELETE"):
         content = await api.call(method, f"/pipelines/{pipeline['stages'][0]['id']}/",
                                  status=404, json={"name": "x"} if method == "PUT" else None)
-        assert content is None
+        assert content == {}
 
 
 # --- list ----------------------------------------------------------------------------------

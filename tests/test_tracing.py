@@ -19,7 +19,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 
-from conftest import Api
+from tests.helpers import Api
 from service.client import PipelineRunsClient
 from service.infra.logs import setup_logging
 from service.web.app import create_app

@@ -10,10 +10,12 @@ class DomainError(Exception):
     status = 500
     default_message = "internal error"
 
-    def __init__(self, message: str | None = None, content: Any = None):
+    def __init__(self, message: str | None = None, content: Any = None,
+                 headers: dict[str, str] | None = None):
         super().__init__(message or self.default_message)
         self.message = message or self.default_message
         self.content = content
+        self.headers = headers  # answered with the error (e.g. WWW-Authenticate on a 401)
 
 
 class BadRequest(DomainError):
@@ -59,6 +61,17 @@ class Unprocessable(DomainError):
 class UnsupportedMediaType(DomainError):
     status = 415
     default_message = "request body must be application/json"
+
+
+class TooManyRequests(DomainError):
+    """Over a per-token limit; Retry-After says when to try again (whole seconds)."""
+
+    status = 429
+    default_message = "too many requests"
+
+    def __init__(self, message: str | None = None, retry_after: int = 1):
+        super().__init__(message, {"retry_after": retry_after},
+                         headers={"Retry-After": str(retry_after)})
 
 
 class Unavailable(DomainError):

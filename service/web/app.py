@@ -11,9 +11,11 @@ from aiohttp import web
 from aiohttp_apispec import AiohttpApiSpec
 
 from service.infra import db
-from service.web.handlers import events, health, pipelines, runs, stage_runs
+from service.web.handlers import events, exports, health, pipelines, runs, stage_runs
 from service.config import Config
-from service.web.auth import auth_middleware
+from service.web import pages
+from service.web.auth import SECURITY_SCHEMES, auth_middleware
+from service.web.pages.session import ui_sessions
 from service.infra.feedwait import FeedWaiters
 from service.app import runs as run_cases
 from service.app.groupcommit import GroupCommit
@@ -25,10 +27,19 @@ from service.web.keys import (
     METRICS_RUNNER,
     POOL,
     POOL_SLOTS,
+    RATE_LIMITER,
+    RATE_STATE,
+    READINESS,
     TOKEN_CACHE,
+    WAIT_CAP,
 )
+from service.web.handlers.health import Readiness
+from service.web.limits import RateLimiter, WaitCap, rate_headers
+from service.web.slots import FairSlots
+from service.web.tokencache import TokenCache
 from service.web.middleware import error_middleware
 from service.web.observe import observe_middleware
+from service.web.schemas import document_empty_values
 from service.web.validation import validation_middleware
 from service.infra import tracing
 from service.infra.metrics import Metrics, metrics_app
@@ -42,7 +53,8 @@ log = logging.getLogger(__name__)
 # `/api/pipelines/v0` (their server URL ends in /api); the seed also writes `/v0/runs`.
 CANONICAL_MOUNT = "/pipelines/v0"
 MOUNTS = (CANONICAL_MOUNT, "/api/pipelines/v0", "/v0")
-RESOURCE_ROUTES = (*pipelines.routes, *runs.routes, *stage_runs.routes, *events.routes)
+RESOURCE_ROUTES = (*pipelines.routes, *runs.routes, *stage_runs.routes, *events.routes,
+                   *exports.routes)
 
 API_DESCRIPTION = """Esper pipelines-v0 Pipeline Runs API on an event-sourced store.
 
@@ -73,16 +85,18 @@ async def _pool_ctx(app: web.Application) -> AsyncIterator[None]:
         async with pool.acquire() as conn:
             await meta.ping(conn)
         app[POOL] = pool
-        app[POOL_SLOTS] = asyncio.Semaphore(config.pool_max)
+        app[POOL_SLOTS] = FairSlots(config.pool_max)
+        app[READINESS] = Readiness(pool, config.pool_acquire_timeout)
         app[METRICS].pool = pool
         app[GROUP_COMMIT] = (GroupCommit(pool, config.pool_acquire_timeout,
                                          run_cases.grouped)
                              if config.group_commit else None)
-        waiters = FeedWaiters(config.database_url, config.db_connect_timeout)
+        waiters = FeedWaiters(config.database_url, config.db_connect_timeout, pool,
+                              config.feed_tick_seconds)
         await waiters.start()
         app[FEED_WAITERS] = waiters
         sweeper = asyncio.create_task(run_forever(pool, config.timeout_sweep_seconds,
-                                                   app[METRICS]))
+                                                   app[METRICS], waiters.notify))
         try:
             yield
         finally:
@@ -99,6 +113,13 @@ async def _wake_long_polls(app: web.Application) -> None:
     waiters = app.get(FEED_WAITERS)
     if waiters is not None:
         waiters.wake_all()
+
+
+async def _rate_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """Every answer to an authenticated, rate-limited request says where its limit stands."""
+    state = request.get(RATE_STATE)
+    if state is not None:
+        response.headers.update(rate_headers(*state))
 
 
 async def _metrics_server_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -171,8 +192,19 @@ def _register_openapi(app: web.Application) -> None:
         title="pipeline-runs", version="0.1.0", openapi_version="3.0.3",
         info={"description": API_DESCRIPTION},
     )
-    spec.spec.components.security_scheme("SCAPIAuthToken", {"type": "http", "scheme": "bearer"})
-    app["swagger_dict"] = _openapi3_only(spec.swagger_dict())
+    for name, scheme in SECURITY_SCHEMES.items():
+        spec.spec.components.security_scheme(name, scheme)
+    app["swagger_dict"] = _other_media(document_empty_values(_openapi3_only(spec.swagger_dict())))
+
+
+def _other_media(document: dict) -> dict:
+    """The 200 answers of handlers that stream other media (exports), as they declare."""
+    for method, path, handler in RESOURCE_ROUTES:
+        media, replacing = getattr(handler, "__produces__", ({}, False))
+        if media:
+            answer = document["paths"][CANONICAL_MOUNT + path][method.lower()]["responses"]["200"]
+            answer["content"] = {**({} if replacing else answer.get("content", {})), **media}
+    return document
 
 
 def create_app(config: Config, *, span_exporter=None) -> web.Application:
@@ -181,14 +213,18 @@ def create_app(config: Config, *, span_exporter=None) -> web.Application:
         raise ValueError("config.database_url is required (the CLI starts embedded PostgreSQL)")
     metrics = Metrics()
     app = web.Application(
-        middlewares=[observe_middleware(metrics), error_middleware, auth_middleware,
-                     validation_middleware],
+        middlewares=[observe_middleware(metrics), error_middleware, ui_sessions(config),
+                     auth_middleware, validation_middleware],
         client_max_size=config.max_body_bytes,
     )
     app[CONFIG] = config
     app[METRICS] = metrics
-    app[TOKEN_CACHE] = {}
+    app[TOKEN_CACHE] = TokenCache(config.token_cache_seconds)
+    app[RATE_LIMITER] = RateLimiter(config.rate_limit_rps, config.rate_limit_burst)
+    app[WAIT_CAP] = WaitCap(config.max_waits_per_token)
+    app.on_response_prepare.append(_rate_headers)
     _add_routes(app)
+    pages.setup(app)
     _setup_openapi(app)
     app.cleanup_ctx.append(_pool_ctx)
     tracing.install(app, config, span_exporter)  # OTEL_EXPORTER_OTLP_ENDPOINT set: traced

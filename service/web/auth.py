@@ -1,4 +1,10 @@
-"""Bearer-token authentication and scope checks, with a short-lived token cache."""
+"""Token authentication (Bearer or DRF-style Token), scope checks, a short-lived token cache.
+
+Refusals follow RFC 6750: a 401 carries `WWW-Authenticate: Bearer realm="pipeline-runs"`,
+with `error="invalid_token"` only when a token was presented and is not valid (RFC 6750
+3.1: no error code when the request had no credentials or used another scheme); a 403
+names the scope it lacks (`error="insufficient_scope"`).
+"""
 from __future__ import annotations
 
 import asyncio
@@ -10,9 +16,60 @@ from aiohttp import web
 from service.domain.errors import Forbidden, Unauthorized
 from service.store import tokens as token_store
 from service.store.errors import translated
-from service.web.keys import CONFIG, POOL, PRINCIPAL, TOKEN_CACHE, Principal
+from service.web.keys import (CONFIG, POOL, PRINCIPAL, RATE_LIMITER, RATE_STATE, TOKEN_CACHE,
+                              Principal)
+from service.web.tokencache import MISS
 
 PUBLIC_PREFIXES = ("/health/", "/api/docs", "/static/swagger")
+
+# `Bearer <key>` (RFC 6750) and `Token <key>` (Django REST framework, which Esper's own
+# clients send); the scheme in any letter case (RFC 7235: schemes are case-insensitive).
+SCHEMES = ("bearer", "token")
+REALM = "pipeline-runs"
+CHALLENGE = f'Bearer realm="{REALM}"'
+
+# The OpenAPI security schemes: Esper's own (unchanged, for clients generated from either)
+# and the DRF keyword, an API key in the Authorization header (OpenAPI has no other way to
+# declare a custom scheme). An operation accepts either (common.py SECURITY).
+SECURITY_SCHEMES = {
+    "SCAPIAuthToken": {"type": "http", "scheme": "bearer"},  # as Esper declares it, exactly
+    "TokenAuth": {
+        "type": "apiKey", "in": "header", "name": "Authorization",
+        "description": "`Authorization: Token <token>` (Django REST framework style, as Esper's "
+                       "clients send it; `Token` in any letter case): the same tokens as "
+                       "SCAPIAuthToken. Enter the value with its `Token ` prefix."},
+}
+SECURITY = [{"SCAPIAuthToken": []}, {"TokenAuth": []}]  # either one
+
+# One message per case. Unknown and revoked tokens share theirs (and the same query, so
+# the same path): a caller cannot tell whether a token ever existed.
+NO_CREDENTIALS = "authentication credentials were not provided: send Authorization: Bearer <token>"
+UNSUPPORTED_SCHEME = ("unsupported authorization scheme: send Authorization: Bearer <token> "
+                      "(or Token <token>)")
+INVALID_TOKEN = "invalid token: unknown or revoked"
+
+
+def _refused(message: str, error: str | None = None) -> Unauthorized:
+    challenge = CHALLENGE if error is None else f'{CHALLENGE}, error="{error}"'
+    return Unauthorized(message, headers={"WWW-Authenticate": challenge})
+
+
+def _lacks(scope: str) -> Forbidden:
+    challenge = f'{CHALLENGE}, error="insufficient_scope", scope="{scope}"'
+    return Forbidden(f"this operation needs the scope {scope}",
+                     headers={"WWW-Authenticate": challenge})
+
+
+def credentials(header: str) -> str:
+    """The token of an Authorization header value, or the Unauthorized to raise."""
+    parts = header.split(None, 1)
+    if not parts:
+        raise _refused(NO_CREDENTIALS)
+    if parts[0].lower() not in SCHEMES:
+        raise _refused(UNSUPPORTED_SCHEME)
+    if len(parts) == 1:  # "Bearer " alone: no credentials either (RFC 6750 3.1, no error code)
+        raise _refused(NO_CREDENTIALS)
+    return parts[1].strip()
 
 
 def requires(scope: str) -> Callable:
@@ -30,23 +87,36 @@ async def _principal(request: web.Request, token: str) -> Principal | None:
     cache = request.app[TOKEN_CACHE]
     key = token_store.hash_token(token)
     now = time.monotonic()
-    hit = cache.get(key)
-    if hit is not None and hit[1] > now:
-        return hit[0]
+    hit = cache.get(key, now)
+    if hit is not MISS:
+        return hit
     timeout = request.app[CONFIG].pool_acquire_timeout  # bounds connecting too: 503, no hang
     with translated():
-        async with request.app[POOL].acquire(timeout=timeout) as conn:
-            try:
-                row = await token_store.find_token(conn, token)
-            except asyncio.TimeoutError:  # not answering: drop it (see api/common.connection)
-                conn.terminate()
-                raise
+        async with asyncio.timeout(timeout):
+            if cache.known(key):
+                row = await _lookup(request, token)
+            else:  # never seen valid: queue with the other unknown tokens (tokencache.py)
+                async with cache.gate:
+                    row = await _lookup(request, token)
     principal = None if row is None else Principal(
-        row["id"], row["name"], row["enterprise_id"], frozenset(row["scopes"]))
-    if len(cache) > 10_000:
-        cache.clear()
-    cache[key] = (principal, now + request.app[CONFIG].token_cache_seconds)
+        row["id"], row["name"], row["enterprise_id"], frozenset(row["scopes"]),
+        row["rate_limit"])
+    cache.put(key, principal, time.monotonic())
     return principal
+
+
+async def principal_for(request: web.Request, token: str) -> Principal | None:
+    """Who a token is (None: unknown or revoked); the pages resolve their session's token."""
+    return await _principal(request, token)
+
+
+async def _lookup(request: web.Request, token: str):
+    async with request.app[POOL].acquire() as conn:
+        try:
+            return await token_store.find_token(conn, token)
+        except asyncio.TimeoutError:  # not answering: drop it (see handlers/common.connection)
+            conn.terminate()
+            raise
 
 
 @web.middleware
@@ -54,20 +124,20 @@ async def auth_middleware(request: web.Request, handler) -> web.StreamResponse:
     scope = getattr(request.match_info.handler, "__scope__", None)
     if scope is None or request.path.startswith(PUBLIC_PREFIXES):
         return await handler(request)
-    header = request.headers.get("Authorization", "")
-    kind, _, token = header.partition(" ")
-    if kind.lower() != "bearer" or not token.strip():
-        raise Unauthorized()
-    principal = await _principal(request, token.strip())
+    token = credentials(request.headers.get("Authorization", ""))
+    principal = await _principal(request, token)
     if principal is None:
-        raise Unauthorized()
-    if scope not in principal.scopes:
-        raise Forbidden(f"this operation needs the scope {scope}")
+        raise _refused(INVALID_TOKEN, "invalid_token")
     request[PRINCIPAL] = principal
+    state = request.app[RATE_LIMITER].take(principal.token_id, principal.rate_limit)
+    if state is not None:
+        request[RATE_STATE] = state  # headers added as the response is sent (web/app.py)
+    if scope not in principal.scopes:
+        raise _lacks(scope)
     return await handler(request)
 
 
 def require_scope(request: web.Request, scope: str) -> None:
     """For operations whose scope depends on their parameters (e.g. GET with as_of)."""
     if scope not in request[PRINCIPAL].scopes:
-        raise Forbidden(f"this operation needs the scope {scope}")
+        raise _lacks(scope)

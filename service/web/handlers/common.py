@@ -9,7 +9,7 @@ from aiohttp import web
 from aiohttp_apispec import docs, json_schema, match_info_schema, querystring_schema
 
 from service.infra import logs
-from service.web.auth import requires
+from service.web.auth import CHALLENGE, SECURITY, requires
 from service.web.envelope import envelope
 from service.web.idempotency import HEADER_DOC, TX_CONNECTION, idempotent as _idempotent
 from service.app.context import Actor
@@ -17,11 +17,13 @@ from service.web.keys import (
     CONFIG, GROUP_COMMIT, PARSED, POOL, POOL_SLOTS, PRINCIPAL, REQUEST_ID, Principal,
 )
 from service.store.errors import translated
+from service.web.slots import FairSlots
 from service.web import schemas
 
 _ERRORS = {
     400: "Invalid input: content.errors has the field messages",
-    401: "Missing or unknown token",
+    401: "No credentials, an unsupported scheme, or an unknown or revoked token (the "
+         "message says which; unknown and revoked answer alike)",
     403: "The token lacks the required scope",
     404: "Not found in the caller's enterprise (or malformed id)",
     409: "Illegal status change: content names the current and requested status",
@@ -30,10 +32,32 @@ _ERRORS = {
     414: "URL (path and query) longer than 8190 bytes",
     415: "Request body is not JSON (Content-Type application/json)",
     422: "Idempotency-Key already used for a different request",
+    429: "Over this token's rate limit (or its open long-polls): retry after Retry-After "
+         "seconds",
     500: "Unexpected failure (logged with the request id)",
     503: "Database unavailable; retry",
 }
-_COMMON = (400, 401, 403, 404, 414, 500, 503)
+_COMMON = (400, 401, 403, 404, 414, 429, 500, 503)
+_HEADERS = {  # RFC 6750 3: the challenge of refusals
+    401: {"WWW-Authenticate": {
+        "schema": {"type": "string"},
+        "description": f'`{CHALLENGE}`; with `error="invalid_token"` when the token given '
+                       "is unknown or revoked (RFC 6750 3.1)"}},
+    403: {"WWW-Authenticate": {
+        "schema": {"type": "string"},
+        "description": f'`{CHALLENGE}, error="insufficient_scope", scope="<scope>"`'}},
+}
+# The IETF RateLimit header fields (web/limits.py) on every answer to a token's request
+# while its rate limit is on; a 429 adds Retry-After.
+_RATE_HEADERS = {
+    "RateLimit-Policy": {"description": 'The token\'s quota policy: `"token";q=<burst>;'
+                         'w=<seconds to refill it>` (draft-ietf-httpapi-ratelimit-headers)',
+                         "schema": {"type": "string"}},
+    "RateLimit": {"description": 'Where it stands: `"token";r=<requests left>;t=<seconds '
+                  'until the bucket is full again>`', "schema": {"type": "string"}},
+}
+_RETRY_AFTER = {"Retry-After": {"description": "Seconds to wait before retrying",
+                                "schema": {"type": "integer"}}}
 
 
 def operation(*, scope: str, summary: str, tag: str, response: type, path: type | None = None,
@@ -49,17 +73,23 @@ def operation(*, scope: str, summary: str, tag: str, response: type, path: type 
     if body is not None:  # answered before the handler runs (aiohttp, web/parser.py)
         errors = (*errors, 413, 415)
     responses: dict[int | str, dict[str, Any]] = {
-        200: {"schema": response, "description": "Success"},
+        200: {"schema": response, "description": "Success", "headers": _RATE_HEADERS},
     }
     for code in sorted({*_COMMON, *errors}):
         responses[code] = {"schema": schemas.ErrorEnvelope, "description": _ERRORS[code]}
+        if code == 429:
+            responses[code]["headers"] = {**_RATE_HEADERS, **_RETRY_AFTER}
+        elif code == 401:  # no token, hence no limit
+            responses[code]["headers"] = _HEADERS[401]
+        else:
+            responses[code]["headers"] = {**_RATE_HEADERS, **_HEADERS.get(code, {})}
 
     def wrap(handler):
         if idempotent:
             handler = _idempotent(handler)
         handler = requires(scope)(handler)
         handler = docs(tags=[tag], summary=summary, description=description or summary,
-                       security=[{"SCAPIAuthToken": []}], responses=responses,
+                       security=SECURITY, responses=responses,
                        parameters=headers or [])(handler)
         if path is not None:
             handler = match_info_schema(path)(handler)
@@ -121,15 +151,21 @@ def body(request: web.Request) -> dict[str, Any]:
 
 def page(request: web.Request, total: int, items: list, limit: int, offset: int,
          message: str = "OK") -> web.Response:
-    """A list envelope; next/previous are absolute URLs keeping the other parameters."""
+    """A list envelope; next/previous are absolute URLs keeping the other parameters.
+
+    The run lists' shape (handlers/runs.py): these lists count exactly and page by offset
+    only, so count_exact is true and next_cursor null.
+    """
 
     def at(new_offset: int) -> str:
         return str(request.url.update_query(limit=limit, offset=new_offset))
 
     content = {
         "count": total,
+        "count_exact": True,
         "next": at(offset + limit) if offset + limit < total else None,
         "previous": at(max(offset - limit, 0)) if offset > 0 else None,
+        "next_cursor": None,
         "results": items,
     }
     return envelope(content, message=message)
@@ -146,11 +182,11 @@ def connection(request: web.Request) -> "_Connection":
 class _Connection:
     """connection()'s context manager: a class, as every request of the hot path takes one.
 
-    Connections are handed out first come, first served: a request takes one of the
-    pool's slots (asyncio.Semaphore, which is FIFO) before asking the pool. asyncpg's pool
-    alone lets a newcomer take a connection just released to a waiter, which then queues
-    again at the back: under load some requests waited a second (p99) while most took
-    milliseconds.
+    A request takes one of the pool's slots (web/slots.py: round-robin across
+    enterprises, first come first served within one) before asking the pool. asyncpg's
+    pool alone lets a newcomer take a connection just released to a waiter, which then
+    queues again at the back: under load some requests waited a second (p99) while most
+    took milliseconds.
     """
 
     __slots__ = ("request", "conn", "shared")
@@ -165,6 +201,8 @@ class _Connection:
             return self.shared
         app = self.request.app
         slots, pool = app[POOL_SLOTS], app[POOL]
+        caller = self.request.get(PRINCIPAL)
+        key = caller.enterprise_id if caller is not None else ""
         with translated():
             if slots.locked() or not pool.get_idle_size():
                 # It may have to wait: DB_ACQUIRE_TIMEOUT bounds it. (asyncio.timeout, not
@@ -172,9 +210,9 @@ class _Connection:
                 # (opening a connection is bounded by DB_CONNECT_TIMEOUT), and the timer,
                 # one per request, is saved.
                 async with asyncio.timeout(app[CONFIG].pool_acquire_timeout):
-                    self.conn = await _acquire(slots, pool)
+                    self.conn = await _acquire(slots, pool, key)
             else:
-                self.conn = await _acquire(slots, pool)
+                self.conn = await _acquire(slots, pool, key)
         return self.conn
 
     async def __aexit__(self, kind, exc, tb) -> bool:
@@ -194,8 +232,8 @@ class _Connection:
         return translated().__exit__(kind, exc, tb)  # the body's failure, translated too
 
 
-async def _acquire(slots: asyncio.Semaphore, pool: asyncpg.Pool) -> asyncpg.Connection:
-    await slots.acquire()
+async def _acquire(slots: FairSlots, pool: asyncpg.Pool, key: str) -> asyncpg.Connection:
+    await slots.acquire(key)
     try:
         return await pool.acquire()
     except BaseException:
