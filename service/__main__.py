@@ -138,7 +138,7 @@ def cmd_replay(config: Config, args) -> int:
     with database(config) as cfg:
         # The dsn lets a large scan be split across processes (service/app/scan_parts.py).
         report = asyncio.run(_with_conn(cfg, _migrated(
-            lambda conn: replay(conn, cfg.database_url))))
+            lambda conn: replay(conn, cfg.database_url, cfg.replay_memory_mb))))
     print(f"replayed {report.events} events of {report.runs} runs in {report.seconds:.2f}s "
           f"({report.rate:,.0f} events/s); repaired {report.repaired} drifted rows and "
           f"{report.counters_repaired} counters, re-checked {report.caught_up} runs under the "
@@ -155,7 +155,7 @@ def cmd_verify(config: Config, args) -> int:
     with database(config) as cfg:
         started = time.perf_counter()
         result = asyncio.run(_with_conn(cfg, _migrated(
-            lambda conn: verify(conn, cfg.database_url))))
+            lambda conn: verify(conn, cfg.database_url, cfg.replay_memory_mb))))
         seconds = time.perf_counter() - started
     for drift in result.drifts:
         enterprise_id, run_id = drift.run_key

@@ -11,6 +11,12 @@ from typing import Any, AsyncIterator, Iterable, Mapping
 
 import aiohttp
 
+try:  # optional: with OpenTelemetry installed, a call continues the caller's current trace
+    from opentelemetry.propagate import inject as _inject_trace_context
+except ImportError:  # pragma: no cover - the client needs only aiohttp
+    def _inject_trace_context(carrier: dict[str, str]) -> None:
+        return None
+
 __all__ = [
     "PipelineRunsClient", "ApiError", "BadRequest", "Unauthorized", "Forbidden", "NotFound",
     "Conflict", "PreconditionFailed", "PayloadTooLarge", "UnsupportedMediaType",
@@ -328,6 +334,9 @@ class PipelineRunsClient:
                     timeout: float | None = None) -> Any:
         """One API call with retries; answers the envelope's content or raises ApiError."""
         headers = {"X-Request-ID": uuid.uuid4().hex}
+        # W3C `traceparent` (and `tracestate`) when the caller has a current span: the
+        # service's spans of this call join the caller's trace.
+        _inject_trace_context(headers)
         if method == "POST":
             headers["Idempotency-Key"] = str(uuid.uuid4())  # the same on every retry
         if if_match is not None:

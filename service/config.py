@@ -53,6 +53,13 @@ class Config:
     event_loop: str = "auto"  # uvloop when installed (the `fast` extra); or uvloop / asyncio
     workers: int = 1  # serve: processes sharing the port (SO_REUSEPORT)
     group_commit: bool = True  # concurrent simple status changes share a commit (app/groupcommit.py)
+    # OTLP/HTTP collector (e.g. http://collector:4318): set, requests and SQL are traced
+    # (infra/tracing.py); unset, OpenTelemetry is not even imported.
+    otel_endpoint: str | None = None
+    otel_service_name: str = "pipeline-runs"
+    # replay/verify: memory for the folds of all runs at once; less splits the scan into
+    # more run-id ranges, each reading the whole log again (app/scan_parts.py).
+    replay_memory_mb: int = 8192
     # Encrypts the /ui/ session cookie; None: a random key per start (sign-ins end on restart).
     session_secret: str | None = None
     # Fairness (web/limits.py): per token and per process; 0 turns a limit off.
@@ -89,6 +96,9 @@ class Config:
             event_loop=_choice(env, "EVENT_LOOP", "auto", ("auto", "uvloop", "asyncio")),
             workers=_int(env, "WORKERS", 1),
             group_commit=_choice(env, "GROUP_COMMIT", "on", ("on", "off")) == "on",
+            otel_endpoint=env.get("OTEL_EXPORTER_OTLP_ENDPOINT") or None,
+            otel_service_name=env.get("OTEL_SERVICE_NAME") or "pipeline-runs",
+            replay_memory_mb=_int(env, "REPLAY_MEMORY_MB", 8192),
             session_secret=env.get("SESSION_SECRET") or None,
             rate_limit_rps=_int(env, "RATE_LIMIT_RPS", 1000),
             rate_limit_burst=_int(env, "RATE_LIMIT_BURST", 2000),

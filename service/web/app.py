@@ -43,6 +43,7 @@ from service.web.middleware import error_middleware
 from service.web.observe import observe_middleware
 from service.web.schemas import document_empty_values
 from service.web.validation import validation_middleware
+from service.infra import tracing
 from service.infra.metrics import Metrics, metrics_app
 from service.infra.metrics import handler as metrics_handler
 from service.store import meta
@@ -226,7 +227,8 @@ def _other_media(document: dict) -> dict:
     return document
 
 
-def create_app(config: Config) -> web.Application:
+def create_app(config: Config, *, span_exporter=None) -> web.Application:
+    """The app; `span_exporter` (tests) receives its spans instead of an OTLP collector."""
     if not config.database_url:
         raise ValueError("config.database_url is required (the CLI starts embedded PostgreSQL)")
     metrics = Metrics()
@@ -245,6 +247,7 @@ def create_app(config: Config) -> web.Application:
     pages.setup(app)
     _setup_openapi(app)
     app.cleanup_ctx.append(_pool_ctx)
+    tracing.install(app, config, span_exporter)  # OTEL_EXPORTER_OTLP_ENDPOINT set: traced
     app.on_shutdown.append(_wake_long_polls)
     if config.metrics_port is None:
         app.router.add_get("/metrics", metrics_handler(metrics))

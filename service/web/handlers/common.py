@@ -9,6 +9,7 @@ from aiohttp import web
 from aiohttp_apispec import docs, json_schema, match_info_schema, querystring_schema
 
 from service.infra import replicas as replica_routing
+from service.infra import logs
 from service.web.auth import CHALLENGE, SECURITY, requires
 from service.web.consistency import REQUEST_DOC as TOKEN_DOC
 from service.web.consistency import RESPONSE_DOC as TOKEN_RESPONSE_DOC
@@ -132,7 +133,8 @@ def request_id(request: web.Request) -> str:
 def actor(request: web.Request) -> Actor:
     """The caller, as the use cases know it."""
     who = request[PRINCIPAL]
-    return Actor(who.enterprise_id, who.name, who.token_id, request[REQUEST_ID])
+    return Actor(who.enterprise_id, who.name, who.token_id, request[REQUEST_ID],
+                 logs.TRACE_ID.get())
 
 
 def db(request: web.Request) -> "RequestDb":
