@@ -2,7 +2,7 @@
 a write's covers its commit, reads honour and echo it, and OpenAPI documents it."""
 from __future__ import annotations
 
-from conftest import Api
+from tests.helpers import Api
 from service.config import Config
 from service.infra.replicas import parse_token
 from service.web.app import create_app
