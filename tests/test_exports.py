@@ -105,7 +105,8 @@ async def test_exports_are_in_the_openapi_document(api):
     assert set(export["responses"]["200"]["content"]) == {"text/csv", "application/x-ndjson"}
     assert {"401", "403"} <= set(export["responses"])
     assert {"SCAPIAuthToken": []} in export["security"]
-    assert {p["name"] for p in export["parameters"]} == {"since", "until", "format"}
+    assert {p["name"] for p in export["parameters"]} == {"since", "until", "format",
+                                                         "Consistency-Token"}
     history = doc["paths"]["/pipelines/v0/pipelines/{pipeline_id}/runs/{pipeline_run_id}/events/"]
     assert {"application/json", "text/csv", "application/x-ndjson"} == set(
         history["get"]["responses"]["200"]["content"])
