@@ -20,6 +20,7 @@ log = logging.getLogger(__name__)
 
 TICK_SECONDS = 1.0
 CLOSE_SECONDS = 2.0
+ANY = "*"  # subscribe(ANY): woken by every enterprise's commits
 
 
 class FeedWaiters:
@@ -77,6 +78,8 @@ class FeedWaiters:
 
     def _notified(self, _conn, _pid, _channel, enterprise_id: str) -> None:
         for event in self._events.get(enterprise_id, ()):
+            event.set()
+        for event in self._events.get(ANY, ()):  # the webhook dispatcher: every enterprise
             event.set()
 
     def _ensure_listening(self) -> None:

@@ -11,7 +11,7 @@ from aiohttp import web
 from aiohttp_apispec import AiohttpApiSpec
 
 from service.infra import db
-from service.web.handlers import events, health, pipelines, runs, stage_runs
+from service.web.handlers import events, health, pipelines, runs, stage_runs, stream, webhooks
 from service.config import Config
 from service.web.auth import auth_middleware
 from service.infra.feedwait import FeedWaiters
@@ -25,6 +25,7 @@ from service.web.keys import (
     POOL,
     POOL_SLOTS,
     TOKEN_CACHE,
+    WEBHOOK_SENDER,
 )
 from service.web.middleware import error_middleware
 from service.web.observe import observe_middleware
@@ -33,6 +34,8 @@ from service.infra.metrics import Metrics, metrics_app
 from service.infra.metrics import handler as metrics_handler
 from service.store import meta, moves
 from service.app.sweeper import run_forever
+from service.app.dispatcher import Dispatcher
+from service.app.webhook_http import Sender, Targets
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +43,8 @@ log = logging.getLogger(__name__)
 # `/api/pipelines/v0` (their server URL ends in /api); the seed also writes `/v0/runs`.
 CANONICAL_MOUNT = "/pipelines/v0"
 MOUNTS = (CANONICAL_MOUNT, "/api/pipelines/v0", "/v0")
-RESOURCE_ROUTES = (*pipelines.routes, *runs.routes, *stage_runs.routes, *events.routes)
+RESOURCE_ROUTES = (*pipelines.routes, *runs.routes, *stage_runs.routes, *events.routes,
+                   *stream.routes, *webhooks.routes)
 
 API_DESCRIPTION = """Esper pipelines-v0 Pipeline Runs API on an event-sourced store.
 
@@ -90,6 +94,27 @@ async def _pool_ctx(app: web.Application) -> AsyncIterator[None]:
             await waiters.stop()
     finally:
         await db.close_pool(pool, config.pool_acquire_timeout)
+
+
+async def _webhooks_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The webhook sender (pings use it too) and, with WEBHOOKS=on, the dispatcher task."""
+    config = app[CONFIG]
+    sender = Sender(Targets(config.webhook_allowed_hosts), config.webhook_timeout_seconds)
+    await sender.start()
+    app[WEBHOOK_SENDER] = sender
+    task = None
+    if config.webhooks:
+        dispatcher = Dispatcher(app[POOL], sender, config.webhook_retry_schedule,
+                                config.webhook_concurrency, app[METRICS], app[FEED_WAITERS])
+        task = asyncio.create_task(dispatcher.run_forever())
+    try:
+        yield
+    finally:
+        if task is not None:
+            task.cancel()  # in-flight deliveries are cancelled: their leases run out
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await sender.close()
 
 
 async def _wake_long_polls(app: web.Application) -> None:
@@ -188,6 +213,7 @@ def create_app(config: Config) -> web.Application:
     _add_routes(app)
     _setup_openapi(app)
     app.cleanup_ctx.append(_pool_ctx)
+    app.cleanup_ctx.append(_webhooks_ctx)
     app.on_shutdown.append(_wake_long_polls)
     if config.metrics_port is None:
         app.router.add_get("/metrics", metrics_handler(metrics))

@@ -28,6 +28,10 @@ TOKEN_CACHE = web.AppKey("token_cache", dict)
 FEED_WAITERS = web.AppKey("feed_waiters", object)  # service.feedwait.FeedWaiters
 GROUP_COMMIT = web.AppKey("group_commit", object)  # service.groupcommit.GroupCommit or None
 METRICS = web.AppKey("metrics", object)  # service.metrics.Metrics
+WEBHOOK_SENDER = web.AppKey("webhook_sender", object)  # service.app.webhook_http.Sender
+# Optional: an object whose hold(request) is a context manager counting a caller's open
+# waits (long-polls and streams) and refusing one over its cap. Unset: no cap.
+WAIT_GUARD = web.AppKey("wait_guard", object)
 METRICS_RUNNER = web.AppKey("metrics_runner", web.AppRunner)  # the METRICS_PORT server
 
 PRINCIPAL = web.RequestKey("principal", Principal)

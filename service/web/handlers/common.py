@@ -35,10 +35,12 @@ _COMMON = (400, 401, 403, 404, 414, 500, 503)
 def operation(*, scope: str, summary: str, tag: str, response: type, path: type | None = None,
               query: type | None = None, body: type | None = None, errors: tuple[int, ...] = (),
               description: str | None = None, headers: list[dict] | None = None,
-              idempotent: bool = False) -> Callable:
+              idempotent: bool = False, media_type: str | None = None) -> Callable:
     """Document, validate and protect one handler in a single declaration.
 
     idempotent: the handler honours an Idempotency-Key header (http/idempotency.py).
+    media_type: a success answer that is not a JSON envelope (e.g. text/event-stream);
+    `response` then describes one message of it.
     """
     if idempotent:
         headers, errors = [*(headers or []), HEADER_DOC], (*errors, 422)
@@ -47,6 +49,8 @@ def operation(*, scope: str, summary: str, tag: str, response: type, path: type 
     responses: dict[int | str, dict[str, Any]] = {
         200: {"schema": response, "description": "Success"},
     }
+    if media_type is not None:
+        responses[200] = {"description": "Success", "content": {media_type: {"schema": response}}}
     for code in sorted({*_COMMON, *errors}):
         responses[code] = {"schema": schemas.ErrorEnvelope, "description": _ERRORS[code]}
 

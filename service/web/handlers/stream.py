@@ -1,0 +1,94 @@
+"""GET /events/stream: the change feed as Server-Sent Events, caught up then live."""
+from __future__ import annotations
+
+import contextlib
+import logging
+
+from aiohttp import web
+from aiohttp_sse import sse_response
+
+from service.app import feed as feed_app
+from service.domain.errors import BadRequest
+from service.web import schemas as s
+from service.web.envelope import dumps
+from service.web.handlers.common import connection, operation, principal, query
+from service.web.keys import CONFIG, FEED_WAITERS, WAIT_GUARD
+
+log = logging.getLogger(__name__)
+
+BATCH = 500  # events read per query while catching up
+LAST_EVENT_ID = "Last-Event-ID"
+HEADER_DOC = {
+    "in": "header", "name": LAST_EVENT_ID, "required": False,
+    "schema": {"type": "string", "pattern": "^[0-9]{1,19}$"},
+    "description": "Resume after this position (what EventSource sends on reconnect); "
+                   "takes precedence over `after`",
+}
+MESSAGE_DOC = {
+    "type": "string",
+    "description": "Server-Sent Events: per event `id: <position>`, `event: <type>`, "
+                   "`data: <the event JSON as /events/ answers it>`; a comment line "
+                   "(`: ping`) every STREAM_HEARTBEAT_SECONDS",
+    "example": 'id: 42\nevent: run.created\ndata: {"id": "…", "position": 42, …}\n\n',
+}
+
+
+def _resume_point(request: web.Request, after: int | None) -> int:
+    raw = request.headers.get(LAST_EVENT_ID)
+    if raw is None or raw.strip() == "":
+        return after or 0
+    if not raw.strip().isdigit() or len(raw.strip()) > 19:
+        raise BadRequest("invalid input", {"errors": {LAST_EVENT_ID: [
+            "must be an event position (a non-negative integer)"]}})
+    return int(raw)
+
+
+def _held(request: web.Request):
+    """The per-token cap of open waits (long-polls and streams), when one is wired."""
+    guard = request.app.get(WAIT_GUARD)
+    return contextlib.nullcontext() if guard is None else guard.hold(request)
+
+
+@operation(scope="audit:read", tag="Audit", summary="The change feed as a live stream (SSE)",
+           description="Catches up from Last-Event-ID (or `after`), then follows new events "
+                       "as they commit, in position order, never skipping one. Reconnect "
+                       "with the last id you saw to resume exactly once. Ends cleanly when "
+                       "the service shuts down.",
+           query=s.StreamQuery, response=MESSAGE_DOC, headers=[HEADER_DOC],
+           media_type="text/event-stream")
+async def stream(request: web.Request) -> web.StreamResponse:
+    q = query(request)
+    after = _resume_point(request, q.get("after"))
+    enterprise_id = principal(request).enterprise_id
+    waiters = request.app[FEED_WAITERS]
+    heartbeat = request.app[CONFIG].stream_heartbeat_seconds
+    with _held(request):
+        async with connection(request) as conn:  # a database failure is still an envelope
+            first = await feed_app.read(conn, enterprise_id, after, BATCH, q)
+        async with sse_response(request, ping_interval=heartbeat) as resp:
+            await _follow(request, resp, enterprise_id, after, first, q)
+    return resp
+
+
+async def _follow(request, resp, enterprise_id: str, after: int, events: list, q) -> None:
+    waiters = request.app[FEED_WAITERS]
+    try:
+        while resp.is_connected() and not waiters.closing:
+            for event in events:
+                await resp.send(dumps(event), id=str(event["position"]), event=event["type"])
+            after = events[-1]["position"] if events else after
+            # Subscribe before reading, so a commit between read and wait wakes us.
+            with waiters.subscribe(enterprise_id) as woken:
+                async with connection(request) as conn:
+                    events = await feed_app.read(conn, enterprise_id, after, BATCH, q)
+                if not events:
+                    await waiters.wait(woken, 60.0)
+    except (ConnectionResetError, TimeoutError):
+        pass  # the caller went away (or stopped reading): it reconnects with its last id
+    except Exception:  # after the headers no envelope is possible: end; the caller resumes
+        log.exception("event stream ended by a failure")
+
+
+routes = [
+    ("GET", "/events/stream/", stream),
+]
