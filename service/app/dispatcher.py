@@ -60,23 +60,36 @@ class Dispatcher:
         self.waiters = waiters
         self.lease = sender.timeout + LEASE_MARGIN
         self.inflight: set[asyncio.Task] = set()
+        self.sending: set[asyncio.Task] = set()  # in the HTTP part: safe to cancel
+        self.stopping = False
         self._kick: asyncio.Event | None = None
 
     async def run_forever(self) -> None:
         with self.waiters.subscribe(ANY) as woken:
             self._kick = woken
             try:
-                while True:
+                while not self.stopping:
                     woken.clear()
                     try:
                         await self.step()
                     except (OSError, asyncpg.PostgresError, asyncio.TimeoutError) as exc:
                         log.warning("webhook dispatcher: %s; retrying", type(exc).__name__)
+                    except Exception:
+                        log.exception("webhook dispatcher pass failed; retrying")
                     await self._wait(woken)
             finally:
                 await self._drain()
 
+    async def stop(self) -> None:
+        """Shutdown: no new pass; a send in flight is abandoned (its lease runs out), a
+        database step is let finish (cancelling asyncpg mid-statement breaks the connection)."""
+        self.stopping = True
+        if self._kick is not None:
+            self._kick.set()
+
     async def _wait(self, woken: asyncio.Event) -> None:
+        if self.stopping:
+            return
         if not self.waiters.closing:
             await self.waiters.wait(woken, TICK_SECONDS)
         else:
@@ -95,7 +108,7 @@ class Dispatcher:
             task.add_done_callback(self.inflight.discard)
 
     async def _drain(self) -> None:
-        for task in list(self.inflight):
+        for task in list(self.sending):
             task.cancel()
         await asyncio.gather(*self.inflight, return_exceptions=True)
 
@@ -104,8 +117,14 @@ class Dispatcher:
             async with self.pool.acquire() as conn:
                 event, history, name = await store.event_and_run(
                     conn, d["enterprise_id"], d["position"])
-            outcome = await self.sender.send(d["url"], d["secret"], str(d["event_id"]),
-                                             payload(event, history, name))
+            if self.stopping:
+                return
+            body = payload(event, history, name)
+            self.sending.add(asyncio.current_task())
+            try:
+                outcome = await self.sender.send(d["url"], d["secret"], str(d["event_id"]), body)
+            finally:
+                self.sending.discard(asyncio.current_task())
             async with self.pool.acquire() as conn:
                 async with conn.transaction():
                     await self._record(conn, d, event["type"], outcome)

@@ -102,7 +102,7 @@ async def _webhooks_ctx(app: web.Application) -> AsyncIterator[None]:
     sender = Sender(Targets(config.webhook_allowed_hosts), config.webhook_timeout_seconds)
     await sender.start()
     app[WEBHOOK_SENDER] = sender
-    task = None
+    dispatcher = task = None
     if config.webhooks:
         dispatcher = Dispatcher(app[POOL], sender, config.webhook_retry_schedule,
                                 config.webhook_concurrency, app[METRICS], app[FEED_WAITERS])
@@ -111,9 +111,13 @@ async def _webhooks_ctx(app: web.Application) -> AsyncIterator[None]:
         yield
     finally:
         if task is not None:
-            task.cancel()  # in-flight deliveries are cancelled: their leases run out
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await dispatcher.stop()
+            try:  # its current pass ends; sends in flight are dropped (their leases run out)
+                await asyncio.wait_for(asyncio.shield(task), config.shutdown_timeout)
+            except asyncio.TimeoutError:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         await sender.close()
 
 
