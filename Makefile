@@ -23,7 +23,8 @@ test: $(STAMP)
 
 # Service vs a lean reference (bench/run.py); e.g. make bench BENCH_ARGS="--workers 1,2".
 # Then the service at scale (bench/scale.py): 1M runs seeded, list latency, replay rate;
-# e.g. make bench SCALE_ARGS="--runs 100000".
+# e.g. make bench SCALE_ARGS="--runs 100000". Then webhook delivery rate and lag
+# (bench/webhooks.py; WEBHOOK_BENCH_ARGS="--seconds 30 --workers 2").
 bench: $(STAMP)
 	@# wrk drives the load (Debian's package); without it bench/run.py falls back to a
 	@# Python load generator, which takes much of the 2 cores itself.
@@ -31,6 +32,7 @@ bench: $(STAMP)
 		apt-get install -y -q wrk >/dev/null 2>&1; } || echo "wrk not installed: Python load" >&2
 	$(PY) bench/run.py $(BENCH_ARGS)
 	$(PY) bench/scale.py $(SCALE_ARGS)
+	$(PY) bench/webhooks.py $(WEBHOOK_BENCH_ARGS)
 
 migrate: $(STAMP)
 	$(PY) -m service migrate
