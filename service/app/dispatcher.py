@@ -130,6 +130,8 @@ class Dispatcher:
                     await self._record(conn, d, event["type"], outcome)
         except asyncio.CancelledError:
             raise
+        except asyncpg.ForeignKeyViolationError:
+            pass  # the subscription was deleted while its delivery was out
         except Exception:  # the lease runs out and the delivery is tried again
             log.exception("webhook delivery of event %s failed unexpectedly", d["event_id"])
         finally:

@@ -1,6 +1,7 @@
 """Webhook subscriptions: create, read, change, delete, rotate the secret, audit, ping."""
 from __future__ import annotations
 
+import contextlib
 import uuid
 from datetime import datetime, timezone
 from typing import Any
@@ -72,17 +73,27 @@ async def redeliver(conn: asyncpg.Connection, enterprise_id: str, webhook_id: uu
     return {"webhook_id": hook["id"], "event_id": event_id, "state": "pending"}
 
 
-async def ping(conn: asyncpg.Connection, sender: Sender, enterprise_id: str,
-               webhook_id: uuid.UUID) -> dict[str, Any]:
-    """Send a signed webhook.ping now; answers (and records) how the endpoint answered."""
+async def ping_target(conn: asyncpg.Connection, enterprise_id: str,
+                      webhook_id: uuid.UUID) -> asyncpg.Record:
     row = await store.secret_of(conn, enterprise_id, webhook_id)
     if row is None:
         raise NotFound("webhook not found")
+    return row
+
+
+async def send_ping(sender: Sender, target: asyncpg.Record,
+                    webhook_id: uuid.UUID) -> dict[str, Any]:
+    """Send a signed webhook.ping now (no database connection held while it is out)."""
     message_id, now = uuid.uuid4(), datetime.now(timezone.utc)
     body = to_json({"type": PING, "timestamp": now, "data": {"webhook_id": webhook_id}})
-    outcome = await sender.send(row["url"], row["secret"], str(message_id), body)
-    attempt = {"event_id": message_id, "event_type": PING, "attempt": 1, "attempted_at": now,
-               "status_code": outcome.status_code, "latency_ms": outcome.latency_ms,
-               "error": outcome.error, "next_attempt_at": None}
-    await store.record_attempt(conn, enterprise_id, webhook_id, attempt)
-    return {**attempt, "delivered": outcome.ok}
+    outcome = await sender.send(target["url"], target["secret"], str(message_id), body)
+    return {"event_id": message_id, "event_type": PING, "attempt": 1, "attempted_at": now,
+            "status_code": outcome.status_code, "latency_ms": outcome.latency_ms,
+            "error": outcome.error, "next_attempt_at": None, "delivered": outcome.ok}
+
+
+async def record_ping(conn: asyncpg.Connection, enterprise_id: str, webhook_id: uuid.UUID,
+                      attempt: dict[str, Any]) -> None:
+    """Among the deliveries; a subscription deleted meanwhile just has no record."""
+    with contextlib.suppress(asyncpg.ForeignKeyViolationError):
+        await store.record_attempt(conn, enterprise_id, webhook_id, attempt)

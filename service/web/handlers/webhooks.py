@@ -103,9 +103,12 @@ async def redeliver(request: web.Request) -> web.Response:
                        "Changes nothing else (a 410 here does not disable).",
            path=s.WebhookPath, response=s.PingEnvelope)
 async def ping(request: web.Request) -> web.Response:
+    enterprise_id, webhook_id = principal(request).enterprise_id, path(request)["webhook_id"]
     async with connection(request) as conn:
-        result = await app.ping(conn, request.app[WEBHOOK_SENDER],
-                                principal(request).enterprise_id, path(request)["webhook_id"])
+        target = await app.ping_target(conn, enterprise_id, webhook_id)
+    result = await app.send_ping(request.app[WEBHOOK_SENDER], target, webhook_id)
+    async with connection(request) as conn:
+        await app.record_ping(conn, enterprise_id, webhook_id, result)
     return envelope(result)
 
 
