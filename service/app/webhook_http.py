@@ -82,7 +82,11 @@ def _literal(host: str) -> IP | None:
 async def check_url(url: str, targets: Targets) -> None:
     """A subscription's URL: http(s), a host, and a host webhooks may reach (else 400)."""
     parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
+    try:
+        port = parts.port
+    except ValueError:  # out of range
+        port = -1
+    if parts.scheme.lower() not in ("http", "https") or not parts.hostname or port == -1:
         raise BadRequest("invalid input", {"errors": {"url": ["must be an http or https URL"]}})
     host = parts.hostname
     literal = _literal(host)
@@ -90,7 +94,7 @@ async def check_url(url: str, targets: Targets) -> None:
         addresses = [literal]
     else:
         try:
-            infos = await ThreadedResolver().resolve(host, parts.port or 0, socket.AF_UNSPEC)
+            infos = await ThreadedResolver().resolve(host, port or 0, socket.AF_UNSPEC)
         except OSError:
             infos = []  # not resolvable now: delivery retries (and checks again)
         addresses = [ipaddress.ip_address(i["host"]) for i in infos]

@@ -25,11 +25,18 @@ HEADER_DOC = {
                    "takes precedence over `after`",
 }
 MESSAGE_DOC = {
-    "type": "string",
-    "description": "Server-Sent Events: per event `id: <position>`, `event: <type>`, "
-                   "`data: <the event JSON as /events/ answers it>`; a comment line "
+    "type": "object",
+    "description": "One Server-Sent Event per feed event; between them a comment line "
                    "(`: ping`) every STREAM_HEARTBEAT_SECONDS",
-    "example": 'id: 42\nevent: run.created\ndata: {"id": "…", "position": 42, …}\n\n',
+    "required": ["id", "event", "data"],
+    "properties": {
+        "id": {"type": "string", "pattern": "^[0-9]+$",
+               "description": "The event's position: send it back as Last-Event-ID"},
+        "event": {"type": "string", "description": "The event's type"},
+        "data": {"type": "string", "contentMediaType": "application/json",
+                 "description": "The event JSON, exactly as /events/ answers it"},
+    },
+    "example": {"id": "42", "event": "run.created", "data": '{"id": "…", "position": 42}'},
 }
 
 
