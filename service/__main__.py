@@ -93,7 +93,7 @@ def cmd_replay(config: Config, args) -> int:
     from service.app.replay import replay
 
     with database(config) as cfg:
-        # The dsn lets a large scan be split across processes (service/scan_parts.py).
+        # The dsn lets a large scan be split across processes (service/app/scan_parts.py).
         report = asyncio.run(_with_conn(cfg, _migrated(
             lambda conn: replay(conn, cfg.database_url))))
     print(f"replayed {report.events} events of {report.runs} runs in {report.seconds:.2f}s "
@@ -160,7 +160,7 @@ def _migrated(work):
 
 def _serve(cfg: Config, host: str, port: int, workers: int | None = None) -> int:
     asyncio.run(_with_conn(cfg, meta.migrate))
-    # One access line per request comes from http/observe.py, not aiohttp's access logger.
+    # One access line per request comes from web/observe.py, not aiohttp's access logger.
     # runtime: uvloop when installed; with workers > 1, N processes on the one port.
     cfg = cfg.with_(host=host, port=port, workers=workers or cfg.workers)
     return runtime.serve(create_app, cfg)

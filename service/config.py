@@ -62,7 +62,7 @@ class Config:
     max_body_bytes: int = 1024 * 1024
     event_loop: str = "auto"  # uvloop when installed (the `fast` extra); or uvloop / asyncio
     workers: int = 1  # serve: processes sharing the port (SO_REUSEPORT)
-    group_commit: bool = True  # concurrent simple status changes share a commit (groupcommit.py)
+    group_commit: bool = True  # concurrent simple status changes share a commit (app/groupcommit.py)
     stream_heartbeat_seconds: float = 15.0  # GET /events/stream: a comment line this often
     webhooks: bool = True  # the webhook dispatcher runs inside serve
     webhook_timeout_seconds: float = 10.0  # a delivery's 2xx must come within this

@@ -8,7 +8,8 @@ import uuid
 import pytest
 
 from service.web.keys import POOL
-from service.store import runs
+from service.app import runs
+from service.app.context import Actor, OnConnection
 
 
 @pytest.fixture
@@ -29,7 +30,8 @@ async def _slow_writer(pool, enterprise: str, pipeline_id: str, changes: int) ->
     for _ in range(changes):
         async with pool.acquire() as conn:
             async with conn.transaction():
-                await runs.create_run(conn, enterprise, uuid.UUID(pipeline_id), "slow", None)
+                await runs.create(OnConnection(conn), Actor(enterprise, "slow", None),
+                                  uuid.UUID(pipeline_id))
                 await asyncio.sleep(0.02)
 
 

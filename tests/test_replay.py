@@ -17,7 +17,8 @@ from service.infra.db import init_connection
 from service.domain.errors import Conflict, NotFound
 from service.app.replay import replay, verify
 from service.store import pipelines as pipeline_store
-from service.store import runs as run_store
+from service.app import runs as run_cases
+from service.app.context import Actor, OnConnection
 
 
 @pytest.fixture
@@ -52,13 +53,16 @@ async def _play(conn, ops) -> None:
         run_id = runs.get((ent, index))
         try:
             if action == "create" or run_id is None:
-                run = await run_store.create_run(conn, enterprise, pipeline_id, "hyp", 7)
+                run = await run_cases.create(OnConnection(conn), Actor(enterprise, "hyp", 7),
+                                             pipeline_id)
                 runs[(ent, index)] = run["id"]
             elif action == "delete":
-                await run_store.delete_run(conn, enterprise, pipeline_id, run_id, "hyp", 7)
+                await run_cases.delete(OnConnection(conn), Actor(enterprise, "hyp", 7),
+                                       pipeline_id, run_id)
             else:
-                await run_store.change_status(conn, enterprise, pipeline_id, run_id, action,
-                                              "hyp", 7, reason="because" if index else None)
+                await run_cases.change_status(OnConnection(conn), Actor(enterprise, "hyp", 7),
+                                              pipeline_id, run_id, action,
+                                              reason="because" if index else None)
         except (Conflict, NotFound):
             pass  # illegal moves and changes to deleted runs are refused and change nothing
 
@@ -150,7 +154,7 @@ def test_cli_verify_and_replay(db_dsn):
         conn = await _connect(db_dsn)
         try:
             pipeline = await pipeline_store.create_pipeline(conn, "cli", 1, {"name": "p"})
-            run = await run_store.create_run(conn, "cli", pipeline["id"], "cli", 1)
+            run = await run_cases.create(OnConnection(conn), Actor("cli", "cli", 1), pipeline["id"])
             await conn.execute("UPDATE pipeline_runs SET run_number = 42 WHERE id = $1", run["id"])
             return run["id"]
         finally:

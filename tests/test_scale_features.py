@@ -23,8 +23,9 @@ from service.domain.errors import Conflict, NotFound, PreconditionFailed
 from service.app.replay import replay, verify
 from service.store import meta, partitions, run_lists
 from service.store import pipelines as pipeline_store
-from service.store import runs as run_store
-from service.store import stage_runs as stage_run_store
+from service.app import runs as run_cases
+from service.app import stage_runs as stage_run_cases
+from service.app.context import Actor, OnConnection
 from test_runs import run_in
 
 COUNTER_MISMATCHES = """
@@ -68,28 +69,29 @@ async def test_counters_stay_exact_under_concurrent_writes_and_replay(own_db):
                     try:
                         if action < 0.3 or not run_ids:
                             pipeline_id = rng.choice(pipelines)
-                            run = await run_store.create_run(conn, enterprise, pipeline_id, "w", 1)
+                            run = await run_cases.create(OnConnection(conn), Actor(enterprise, "w", 1),
+                                                         pipeline_id)
                             run_ids.append((pipeline_id, run["id"]))
                         elif action < 0.75:  # one-statement moves and cascading ones
                             pipeline_id, run_id = rng.choice(run_ids)
                             target = rng.choice(("queued", "running", "waiting", "running",
                                                  "complete", "cancelled", "timeout"))
-                            await run_store.change_status(conn, enterprise, pipeline_id, run_id,
-                                                          target, "w", 1)
+                            await run_cases.change_status(OnConnection(conn), Actor(enterprise, "w", 1),
+                                                          pipeline_id, run_id, target)
                         elif action < 0.93:  # stage runs: derived outcomes of the run
                             pipeline_id, run_id = rng.choice(run_ids)
                             run = await conn.fetchrow(
                                 "SELECT id FROM stage_runs WHERE run_id = $1 ORDER BY ordinal "
                                 "LIMIT 1 OFFSET $2", run_id, rng.randrange(2))
                             if run is not None:
-                                await stage_run_store.change_status(
-                                    conn, enterprise, run_id, run["id"],
-                                    rng.choice(("running", "complete", "success", "failure")),
-                                    "w", 1)
+                                await stage_run_cases.change_status(
+                                    OnConnection(conn), Actor(enterprise, "w", 1), run_id,
+                                    run["id"],
+                                    rng.choice(("running", "complete", "success", "failure")))
                         else:
                             pipeline_id, run_id = rng.choice(run_ids)
-                            await run_store.delete_run(conn, enterprise, pipeline_id, run_id,
-                                                       "w", 1)
+                            await run_cases.delete(OnConnection(conn), Actor(enterprise, "w", 1),
+                                                   pipeline_id, run_id)
                     except (Conflict, NotFound, PreconditionFailed):
                         pass
             finally:

@@ -25,7 +25,7 @@ from service.app.webhook_http import Outcome, Sender, to_json
 from service.domain import lifecycle
 from service.infra.feedwait import ANY
 from service.store import webhooks as store
-from service.store.runs import public_run
+from service.store.columns import answered_run
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +46,7 @@ def payload(event: dict, history: list, pipeline_name: str | None) -> str:
     run = lifecycle.fold(history)
     return to_json({"type": event["type"], "timestamp": event["occurred_at"],
                     "data": {"event": event,
-                             "run": None if run is None else public_run(run, pipeline_name)}})
+                             "run": None if run is None else answered_run(run, pipeline_name)}})
 
 
 class Dispatcher:

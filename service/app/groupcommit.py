@@ -6,7 +6,8 @@ writes commit one at a time, one flush each: its write rate is capped near 1 / (
 trip + flush), however many connections write. Here, the simple status changes
 (lifecycle.SIMPLE_RUN_TARGETS: no cascade) that arrive while a change of the same
 enterprise is in flight are queued, and then sent together as ONE statement
-(store/moves.py): one round trip, one feed lock acquisition and one flush for all of them.
+(store/moves.py, via app/runs.py): one round trip, one feed lock acquisition and one
+flush for all of them.
 
 Nothing a single change guarantees is lost:
 - A group runs the very statement a change alone runs, with the same checks per change;
@@ -21,7 +22,7 @@ Nothing a single change guarantees is lost:
   change that causes it.
 - A group never waits behind one busy run: a run another transaction has locked (a
   longer change of it in flight) is passed over, and its change runs alone on its
-  caller's connection (store/moves.py BUSY), waiting for the row as it would anyway.
+  caller's connection (app/runs.py BUSY), waiting for the row as it would anyway.
 - A group's first change starts at once (a change alone is never delayed); the next group
   is what queued up meanwhile, so groups grow with load and latency does not.
 """
@@ -107,7 +108,7 @@ class GroupCommit:
             except Exception as exc:
                 if isinstance(exc, asyncio.TimeoutError):
                     # command_timeout: the server stopped answering; drop the connection
-                    # (as api.common.connection does) and let every change learn it.
+                    # (as web.handlers.common.connection does) and let every change learn it.
                     conn.terminate()
                 if len(group) == 1 or conn.is_closed():
                     for change in group:

@@ -43,7 +43,7 @@ import asyncpg
 
 from service.domain import lifecycle
 from service.store import seed as sql
-from service.store.changes import RUN_STATE_COLUMNS, STAGE_RUN_COLUMNS
+from service.store.columns import RUN_STATE_COLUMNS, STAGE_RUN_COLUMNS
 
 APPS = ("api", "web", "billing", "search", "auth", "mobile", "worker", "gateway", "reports",
         "ingest", "notify", "ledger")

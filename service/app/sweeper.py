@@ -17,7 +17,9 @@ import asyncpg
 from service.domain import lifecycle
 from service.domain.errors import Conflict, NotFound
 from service.infra.metrics import Metrics
-from service.store import idempotency, partitions, runs, stage_runs, timeouts
+from service.app import runs, stage_runs
+from service.app.context import OnConnection, system
+from service.store import idempotency, partitions, timeouts
 from service.store.appended import appended_events
 from service.store.errors import UNAVAILABLE
 
@@ -76,8 +78,8 @@ async def _sweep_runs(conn: asyncpg.Connection, metrics: Metrics | None) -> int:
     return await _in_batches(
         lambda: timeouts.overdue_runs(conn, lifecycle.OPEN_RUN_STATUSES, BATCH),
         lambda row: runs.change_status(
-            conn, row["enterprise_id"], row["pipeline_id"], row["id"], "timeout",
-            lifecycle.SYSTEM, None, reason=lifecycle.TIMEOUT_REASON, system=True),
+            OnConnection(conn), system(row["enterprise_id"]), row["pipeline_id"], row["id"],
+            "timeout", reason=lifecycle.TIMEOUT_REASON, system=True),
         metrics)
 
 
@@ -85,8 +87,8 @@ async def _sweep_stage_runs(conn: asyncpg.Connection, metrics: Metrics | None) -
     return await _in_batches(
         lambda: timeouts.overdue_stage_runs(conn, BATCH),
         lambda row: stage_runs.change_status(
-            conn, row["enterprise_id"], row["run_id"], row["id"], "timeout",
-            lifecycle.SYSTEM, None, system=True, reason=lifecycle.TIMEOUT_REASON),
+            OnConnection(conn), system(row["enterprise_id"]), row["run_id"], row["id"],
+            "timeout", system=True, reason=lifecycle.TIMEOUT_REASON),
         metrics)
 
 

@@ -49,8 +49,9 @@ RUN_CREATED = "run.created"
 RUN_STATUS_CHANGED = "run.status_changed"
 RUN_DELETED = "run.deleted"
 STAGE_RUN_STATUS_CHANGED = "stage_run.status_changed"
-EVENT_TYPES: tuple[str, ...] = (RUN_CREATED, RUN_STATUS_CHANGED, RUN_DELETED,
-                                STAGE_RUN_STATUS_CHANGED)
+# Events whose from/to statuses are the run's own (a stage run's event carries the stage
+# run's): what moves the run_counts counters (store/append.py).
+RUN_EVENT_TYPES: tuple[str, ...] = (RUN_CREATED, RUN_STATUS_CHANGED, RUN_DELETED)
 SYSTEM = "system"
 NO_STAGES_REASON = "pipeline has no stages"
 TIMEOUT_REASON = "timed out"

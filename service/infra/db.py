@@ -34,7 +34,7 @@ except ImportError:  # pragma: no cover - orjson is optional
     _fast_loads = None
 
 
-def _decode_jsonb(data: bytes):
+def decode_jsonb(data: bytes):
     if _fast_loads is not None:
         try:
             return _fast_loads(data[1:])
@@ -46,7 +46,7 @@ def _decode_jsonb(data: bytes):
 async def init_connection(conn: asyncpg.Connection) -> None:
     # jsonb in and out as Python objects, so stores never json.dumps by hand. Binary format,
     # so jsonb inside composite values (replay reads stage_runs rows whole) decodes too.
-    await conn.set_type_codec("jsonb", encoder=_encode_jsonb, decoder=_decode_jsonb,
+    await conn.set_type_codec("jsonb", encoder=_encode_jsonb, decoder=decode_jsonb,
                               schema="pg_catalog", format="binary")
 
 

@@ -234,6 +234,6 @@ def setup_logging(config: Config, stream: IO[str] | None = None) -> logging.Hand
     # (the logging HOWTO's "Optimization" section); an access line costs half as much.
     logging._srcfile = None
     logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
-    # The access line comes from http/observe.py; aiohttp's own would be a second one.
+    # The access line comes from web/observe.py; aiohttp's own would be a second one.
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
     return handler

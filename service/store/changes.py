@@ -1,32 +1,20 @@
-"""The general write path: lock a run, fold planned events with lifecycle.apply, write both.
+"""The general write path's SQL: lock a run with its stage runs, write what the fold made.
 
-Used for every change that can cascade (stage runs, terminal moves, INVALID, timeouts).
-The caller owns the transaction. Lock order, the same as the one-statement path in
-runs.py: the run row, then its stage runs, then (last, held to commit) the feed lock.
+Used for every change that can cascade (stage runs, terminal moves, INVALID, timeouts);
+the use case (app/changes.py) plans and folds with the lifecycle in between. The caller
+owns the transaction. Lock order, the same as the one-statement path (store/moves.py):
+the run row, then its stage runs, then (last, held to commit) the feed lock.
 """
 from __future__ import annotations
 
 import uuid
+from datetime import datetime
 from typing import Any
 
 import asyncpg
 
-from service.domain import lifecycle
-from service.domain.errors import Conflict, PreconditionFailed
-from service.store.appended import note_appended
-from service.store import counts
-from service.store.counts import COUNT_DELTAS
-from service.store.locks import FEED_LOCK
-
-RUN_STATE_COLUMNS = (
-    "enterprise_id", "id", "pipeline_id", "run_number", "status", "status_meta", "created_by",
-    "updated_by", "created_at", "updated_at", "started_at", "ended_at", "version", "deadline",
-)
-STAGE_RUN_COLUMNS = (
-    "enterprise_id", "id", "run_id", "pipeline_id", "stage_id", "ordinal", "stage_meta",
-    "timeout_seconds", "status", "created_by", "updated_by", "created_at", "updated_at",
-    "started_at", "ended_at",
-)
+from service.store import append
+from service.store.columns import RUN_STATE_COLUMNS, STAGE_RUN_COLUMNS
 
 LOCK_RUN = f"""
 SELECT {', '.join('r.' + c for c in RUN_STATE_COLUMNS)}, p.name AS pipeline_name
@@ -54,28 +42,11 @@ UPDATE stage_runs SET status = $3, updated_by = $4, updated_at = $5, started_at 
     ended_at = $7
 WHERE enterprise_id = $1 AND id = $2
 """
-APPEND_EVENTS = f"""
-WITH feed_lock AS (SELECT {FEED_LOCK}), counted AS (
-    {COUNT_DELTAS.format(rows='''
-    SELECT $1, $2, d.status, d.delta FROM feed_lock,
-           unnest($12::text[], $13::int[]) AS d(status, delta)
-    ORDER BY d.status''')}
-)
-INSERT INTO run_events (enterprise_id, pipeline_id, run_id, version, type, from_status,
-                        to_status, actor, actor_id, occurred_at, data)
-SELECT $1, $2, $3, ev.version, ev.type, ev.from_status, ev.to_status, ev.actor, ev.actor_id,
-       $4, ev.data
-FROM unnest($5::int[], $6::text[], $7::text[], $8::text[], $9::text[], $10::bigint[],
-            $11::jsonb[]) WITH ORDINALITY
-     AS ev(version, type, from_status, to_status, actor, actor_id, data, n),
-     feed_lock
-ORDER BY ev.n
-"""
 
 
 async def load_for_update(conn: asyncpg.Connection, enterprise_id: str, run_id: uuid.UUID,
                           pipeline_id: uuid.UUID | None = None) -> tuple[dict, str] | None:
-    """The run's state (with its stage runs), locked; None when there is no such live run."""
+    """The run's state (with its stage runs) and pipeline name, locked; None: no live run."""
     row = await conn.fetchrow(LOCK_RUN, enterprise_id, run_id, pipeline_id)
     if row is None:
         return None
@@ -84,48 +55,13 @@ async def load_for_update(conn: asyncpg.Connection, enterprise_id: str, run_id: 
     return state, row["pipeline_name"]
 
 
-def check_version(state: dict, expected_version: int | None) -> None:
-    if expected_version is not None and state["version"] != expected_version:
-        raise PreconditionFailed(content={"current_version": state["version"]})
+async def now(conn: asyncpg.Connection) -> datetime:
+    return await conn.fetchval(NOW)
 
 
-def conflict(exc: lifecycle.IllegalTransition) -> Conflict:
-    return Conflict(str(exc), content={"current_status": exc.current,
-                                       "requested_status": exc.requested})
-
-
-async def commit_drafts(conn: asyncpg.Connection, before: dict, drafts: list[lifecycle.Draft],
-                        actor: str, actor_id: int | None,
-                        request_id: str | None = None) -> dict[str, Any]:
-    """Append the drafts as events and write what they fold to; returns the new state."""
-    if not drafts:
-        return before
-    at = await conn.fetchval(NOW)
-    state, events = before, []
-    for n, draft in enumerate(drafts, start=1):
-        data = {**draft.data, **({"request_id": request_id} if request_id else {})}
-        event = {
-            "type": draft.type, "from_status": draft.from_status, "to_status": draft.to_status,
-            "actor": lifecycle.SYSTEM if draft.system else actor,
-            "actor_id": None if draft.system else actor_id,
-            "occurred_at": at, "version": before["version"] + n, "data": data,
-        }
-        state = lifecycle.apply(state, event)
-        events.append(event)
-    await _write_state(conn, before, state)
-    # The run_counts deltas (store/counts.py) ride on the append, after its feed lock.
-    deltas = sorted(counts.transition(None, None, before["status"], state["status"]).items())
-    await conn.execute(
-        APPEND_EVENTS, state["enterprise_id"], state["pipeline_id"], state["id"], at,
-        *([e[k] for e in events] for k in ("version", "type", "from_status", "to_status",
-                                            "actor", "actor_id", "data")),
-        [k[2] for k, _ in deltas], [v for _, v in deltas])
-    for event in events:
-        note_appended(event["type"])
-    return state
-
-
-async def _write_state(conn: asyncpg.Connection, before: dict, after: dict) -> None:
+async def write(conn: asyncpg.Connection, before: dict[str, Any], after: dict[str, Any],
+                events: list[dict[str, Any]]) -> None:
+    """Write the folded state `after` over `before`, and append the events that made it."""
     await conn.execute(
         UPDATE_RUN_ROW, after["enterprise_id"], after["id"], after["status"],
         after["status_meta"], after["updated_by"], after["updated_at"], after["started_at"],
@@ -135,3 +71,5 @@ async def _write_state(conn: asyncpg.Connection, before: dict, after: dict) -> N
         await conn.executemany(UPDATE_STAGE_ROW, [
             (s["enterprise_id"], s["id"], s["status"], s["updated_by"], s["updated_at"],
              s["started_at"], s["ended_at"]) for s in changed])
+    await append.append_events(conn, after["enterprise_id"], after["pipeline_id"],
+                               after["id"], events[0]["occurred_at"], events)

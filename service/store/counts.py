@@ -1,14 +1,14 @@
 """run_counts: live runs per (enterprise, pipeline, status), kept by the writes themselves.
 
 Every write of pipeline_runs adds its +1/-1 deltas here in the same statement (or
-transaction), always after taking the enterprise's feed lock (store/feedlock.py). That one
-rule is what keeps the counters cheap under concurrency (see schema.sql, run_counts): a
+transaction), always after taking the enterprise's feed lock (store/locks.py): the append
+(store/append.py) derives them from the events it appends. That one rule is what keeps the counters cheap under concurrency (see schema.sql, run_counts): a
 counter row is only written by the holder of its enterprise's feed lock, which already
 serializes the enterprise's appends until commit, so no writer ever waits on a counter row.
 
 Deltas, never absolute values: `counters - count(pipeline_runs)` is then left unchanged by
 every write, which is what lets replay repair a drifted counter at any later time by adding
-the difference it saw in its snapshot (service/replay.py).
+the difference it saw in its snapshot (app/replay.py).
 """
 from __future__ import annotations
 
@@ -43,17 +43,6 @@ WITH feed_locks AS (
 # Every counter, for replay/verify's snapshot comparison.
 ALL_COUNTERS = "SELECT enterprise_id, pipeline_id, status, n FROM run_counts WHERE n <> 0"
 
-# Bulk loads (the seed command) that write pipeline_runs directly: recount everything.
-# Takes the writers' lock on pipeline_runs so nothing moves meanwhile.
-REBUILD = """
-LOCK TABLE pipeline_runs IN SHARE MODE;
-LOCK TABLE run_counts IN EXCLUSIVE MODE;
-DELETE FROM run_counts;
-INSERT INTO run_counts (enterprise_id, pipeline_id, status, n)
-SELECT enterprise_id, pipeline_id, status, count(*) FROM pipeline_runs
-GROUP BY enterprise_id, pipeline_id, status;
-"""
-
 Key = tuple  # (enterprise_id, pipeline_id, status)
 
 
@@ -78,8 +67,3 @@ async def apply_deltas(conn: asyncpg.Connection, deltas: Counter | Iterable) -> 
                        [k[2] for k, _ in items], [v for _, v in items])
     return len(items)
 
-
-async def rebuild(conn: asyncpg.Connection) -> None:
-    """Recount every counter from pipeline_runs (after a bulk load of the projection)."""
-    async with conn.transaction():
-        await conn.execute(REBUILD)

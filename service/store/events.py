@@ -4,7 +4,7 @@ Why the feed never skips an event: positions come from one sequence, and a seque
 hands out numbers in call order, not commit order. With free-running writers, position
 101 could commit (and be served) before 100, and a consumer already past 101 would lose
 100 for ever. We chose to serialize appends per enterprise instead of filtering by
-transaction ids: every write takes the enterprise's feed lock (store/runs.py FEED_LOCK)
+transaction ids: every append takes the enterprise's feed lock (store/append.py)
 immediately before its events get their positions and holds it until commit. So within
 one enterprise, and the feed is per enterprise, position order IS commit order: once a
 reader sees position p, every smaller position of that enterprise is already committed
@@ -19,9 +19,7 @@ from typing import Any
 
 import asyncpg
 
-from service.domain import lifecycle
 from service.domain.errors import NotFound
-from service.store.runs import public_run
 
 EVENT_COLUMNS = """
     e.id, e.position, e.enterprise_id, e.run_id, e.pipeline_id, e.version, e.type,
@@ -37,7 +35,7 @@ RUN_EVENT_COUNT = """
 SELECT count(*) FROM run_events e
 WHERE e.enterprise_id = $1 AND e.pipeline_id = $2 AND e.run_id = $3
 """
-# All of a run's events in version order; the fold stops at the first one after the instant.
+# All of a run's events in version order (as_of folds a prefix of them).
 RUN_EVENTS = f"""
 SELECT {EVENT_COLUMNS} FROM run_events e
 WHERE e.enterprise_id = $1 AND e.pipeline_id = $2 AND e.run_id = $3
@@ -77,22 +75,16 @@ async def run_history(conn: asyncpg.Connection, enterprise_id: str, pipeline_id:
     return total, [public_event(r) for r in rows]
 
 
-async def run_as_of(conn: asyncpg.Connection, enterprise_id: str, pipeline_id: uuid.UUID,
-                    run_id: uuid.UUID, at: datetime) -> dict[str, Any]:
-    """The run exactly as it was at `at`, folded with the live path's lifecycle code."""
-    events = await conn.fetch(RUN_EVENTS, enterprise_id, pipeline_id, run_id)
-    run = lifecycle.fold(_prefix_until(events, at))
-    if run is None:
-        raise NotFound("pipeline run did not exist at that time")
-    return public_run(run, await conn.fetchval(PIPELINE_NAME, enterprise_id, pipeline_id))
+async def run_events(conn: asyncpg.Connection, enterprise_id: str, pipeline_id: uuid.UUID,
+                     run_id: uuid.UUID) -> list[asyncpg.Record]:
+    """All of a run's events, in version order."""
+    return await conn.fetch(RUN_EVENTS, enterprise_id, pipeline_id, run_id)
 
 
-def _prefix_until(events, at: datetime):
-    # Versions are the truth of order; stop at the first event after the instant.
-    for event in events:
-        if event["occurred_at"] > at:
-            return
-        yield event
+async def pipeline_name(conn: asyncpg.Connection, enterprise_id: str,
+                        pipeline_id: uuid.UUID) -> str | None:
+    """The pipeline's name, deleted or not (a past run keeps its pipeline's name)."""
+    return await conn.fetchval(PIPELINE_NAME, enterprise_id, pipeline_id)
 
 
 async def feed(conn: asyncpg.Connection, enterprise_id: str, *, after: int, limit: int,

@@ -5,8 +5,9 @@ from pathlib import Path
 
 import asyncpg
 
+from service.store.locks import MIGRATE_LOCK
+
 SCHEMA_FILE = Path(__file__).resolve().parents[2] / "schema.sql"
-MIGRATE_LOCK = 1702  # advisory-lock key: one migration at a time across processes
 
 PING = "SELECT 1"
 LOCK_MIGRATION = f"SELECT pg_advisory_lock({MIGRATE_LOCK})"

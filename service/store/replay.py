@@ -8,10 +8,10 @@ import asyncpg
 
 from service.store import counts
 
-REPLAY_LOCK = 1703  # advisory-lock key: one replay at a time
 
-from service.store.changes import RUN_STATE_COLUMNS as PROJECTION_COLUMNS
-from service.store.changes import STAGE_RUN_COLUMNS
+from service.store.columns import RUN_STATE_COLUMNS as PROJECTION_COLUMNS
+from service.store.columns import STAGE_RUN_COLUMNS
+from service.store.locks import REPLAY_LOCK
 _P = ", ".join(f"p.{c} AS p_{c}" for c in PROJECTION_COLUMNS)
 
 # One row per run (of the runs with ids in [$1, $2]: a part of the scan, see

@@ -1,4 +1,4 @@
-"""SQL of the bulk seeder (service/seed.py): plain inserts for pipelines, COPY for the rest."""
+"""SQL of the bulk seeder (app/seed.py): plain inserts for pipelines, COPY for the rest."""
 from __future__ import annotations
 
 import contextlib
@@ -8,18 +8,16 @@ from typing import AsyncIterator, Iterable, Sequence
 
 import asyncpg
 
-from service.infra.db import _decode_jsonb, init_connection
-from service.store import counts
+from service.infra.db import decode_jsonb, init_connection
+from service.store import append, counts
 
 try:
     import orjson
 except ImportError:  # optional (the `fast` extra): json.dumps does the same, slower
     orjson = None
-from service.store.changes import RUN_STATE_COLUMNS, STAGE_RUN_COLUMNS
-from service.store.locks import FEED_LOCK
+from service.store.columns import RUN_STATE_COLUMNS, STAGE_RUN_COLUMNS
 
-EVENT_COLUMNS = ("enterprise_id", "pipeline_id", "run_id", "version", "type", "from_status",
-                 "to_status", "actor", "actor_id", "occurred_at", "data")
+EVENT_COLUMNS = append.APPENDED_COLUMNS
 
 INSERT_PIPELINE = """
 INSERT INTO pipelines (enterprise_id, id, name, description, timeout_seconds, is_active,
@@ -32,11 +30,6 @@ INSERT INTO stages (enterprise_id, id, pipeline_id, name, description, timeout_s
                     created_by, updated_by, created_at, updated_at)
 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8, $9, $9)
 """
-# Held to commit, as every append holds it: the batch's positions commit in order. Its
-# NOTIFY wakes long-polling feed readers at commit.
-TAKE_FEED_LOCK = f"SELECT {FEED_LOCK}"
-
-
 # run_events is partitioned by month: the months the seeded events fall in must exist.
 ENSURE_PARTITIONS = "SELECT run_events_ensure_partitions($1, $2)"
 
@@ -52,7 +45,7 @@ async def fast_jsonb(conn: asyncpg.Connection) -> AsyncIterator[None]:
         yield
         return
     await conn.set_type_codec("jsonb", encoder=lambda value: b"\x01" + orjson.dumps(value),
-                              decoder=_decode_jsonb, schema="pg_catalog", format="binary")
+                              decoder=decode_jsonb, schema="pg_catalog", format="binary")
     try:
         yield
     finally:
@@ -70,8 +63,7 @@ async def copy_batch(conn: asyncpg.Connection, enterprise_id: str, events: list[
     """One batch in one transaction: the events (positions in list order), their projection
     and its counters (run_counts deltas, keyed (enterprise_id, pipeline_id, status))."""
     async with conn.transaction():
-        await conn.fetchval(TAKE_FEED_LOCK, enterprise_id)
-        await conn.copy_records_to_table("run_events", records=events, columns=EVENT_COLUMNS)
+        await append.copy_events(conn, enterprise_id, events)
         if runs:
             await conn.copy_records_to_table("pipeline_runs", records=runs,
                                              columns=RUN_STATE_COLUMNS)

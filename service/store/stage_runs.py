@@ -1,4 +1,4 @@
-"""Stage runs: reads from the stage_runs projection; changes through the general write path."""
+"""Stage runs: reads from the stage_runs projection (changes: app/stage_runs.py, the general path)."""
 from __future__ import annotations
 
 import uuid
@@ -6,9 +6,7 @@ from typing import Any
 
 import asyncpg
 
-from service.domain import lifecycle
 from service.domain.errors import NotFound
-from service.store import changes
 
 STAGE_RUN_COLUMNS = """
     s.id, s.enterprise_id, s.pipeline_id, s.run_id AS pipeline_run_id, s.stage_id, s.stage_meta,
@@ -63,31 +61,6 @@ async def get_stage_run(conn: asyncpg.Connection, enterprise_id: str, run_id: uu
     if row is None:
         raise _not_found()
     return _public(row)
-
-
-async def change_status(conn: asyncpg.Connection, enterprise_id: str, run_id: uuid.UUID,
-                        stage_run_id: uuid.UUID, target: str, actor: str,
-                        actor_id: int | None, *, request_id: str | None = None,
-                        system: bool = False, reason: str | None = None) -> dict[str, Any]:
-    """Move a stage run; the run follows (derived outcome) in the same transaction."""
-    async with conn.transaction():
-        loaded = await changes.load_for_update(conn, enterprise_id, run_id)
-        if loaded is None:
-            raise _not_found("pipeline run")
-        state, _ = loaded
-        current = next((s for s in state["stage_runs"] if s["id"] == stage_run_id), None)
-        if current is None:
-            raise _not_found()
-        if current["status"] == target:
-            drafts = []
-        else:
-            try:
-                drafts = lifecycle.plan_stage_change(state, stage_run_id, target,
-                                                     system=system, reason=reason)
-            except lifecycle.IllegalTransition as exc:
-                raise changes.conflict(exc) from None
-        await changes.commit_drafts(conn, state, drafts, actor, actor_id, request_id)
-        return await get_stage_run(conn, enterprise_id, run_id, stage_run_id)
 
 
 def _public(row: asyncpg.Record) -> dict[str, Any]:

@@ -4,8 +4,8 @@ from __future__ import annotations
 import asyncpg
 
 from service.infra.db import keeps_session_state
+from service.store.locks import SWEEP_LOCK
 
-SWEEP_LOCK = 1704  # advisory-lock key: one sweeper at a time across processes
 
 TRY_LOCK = f"SELECT pg_try_advisory_lock({SWEEP_LOCK})"
 UNLOCK = f"SELECT pg_advisory_unlock({SWEEP_LOCK})"

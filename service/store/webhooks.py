@@ -7,7 +7,7 @@ from typing import Any
 
 import asyncpg
 
-from service.store.events import EVENT_COLUMNS, RUN_EVENTS, PIPELINE_NAME, public_event
+from service.store.events import EVENT_COLUMNS, PIPELINE_NAME, RUN_EVENTS, public_event
 
 COLUMNS = """enterprise_id, id, url, event_types, pipeline_id, description, is_active,
              disabled_reason, disabled_at, created_by, created_at, updated_at"""

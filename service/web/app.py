@@ -15,6 +15,7 @@ from service.web.handlers import events, health, pipelines, runs, stage_runs, st
 from service.config import Config
 from service.web.auth import auth_middleware
 from service.infra.feedwait import FeedWaiters
+from service.app import runs as run_cases
 from service.app.groupcommit import GroupCommit
 from service.web.keys import (
     CONFIG,
@@ -32,7 +33,7 @@ from service.web.observe import observe_middleware
 from service.web.validation import validation_middleware
 from service.infra.metrics import Metrics, metrics_app
 from service.infra.metrics import handler as metrics_handler
-from service.store import meta, moves
+from service.store import meta
 from service.app.sweeper import run_forever
 from service.app.dispatcher import Dispatcher
 from service.app.webhook_http import Sender, Targets
@@ -78,7 +79,7 @@ async def _pool_ctx(app: web.Application) -> AsyncIterator[None]:
         app[POOL_SLOTS] = asyncio.Semaphore(config.pool_max)
         app[METRICS].pool = pool
         app[GROUP_COMMIT] = (GroupCommit(pool, config.pool_acquire_timeout,
-                                         moves.grouped_change_statuses)
+                                         run_cases.grouped)
                              if config.group_commit else None)
         waiters = FeedWaiters(config.database_url, config.db_connect_timeout)
         await waiters.start()
@@ -176,7 +177,7 @@ def _openapi3_only(document: dict) -> dict:
             for body in [p for p in params if p.get("in") == "body"]:
                 params.remove(body)
                 name = body["schema"].get("$ref", "").rsplit("/", 1)[-1]
-                # Bodies ignore the fields they do not know (api/schemas.py Body): say so.
+                # Bodies ignore the fields they do not know (web/schemas.py Body): say so.
                 schemas.get(name, {})["additionalProperties"] = True
                 operation["requestBody"] = {
                     "required": bool(schemas.get(name, {}).get("required")),

@@ -1,7 +1,7 @@
 """Idempotency-Key on POSTs: the key and the write commit in one transaction.
 
 With the header, the wrapped handler runs on one connection inside one transaction whose
-first statement claims the key (store/idempotency.py); `api.common.connection` hands the
+first statement claims the key (store/idempotency.py); `web.handlers.common.connection` hands the
 handler that connection. A success stores its response in the same transaction; an error
 rolls everything back, key included, so a retry executes again. A key already committed
 answers its stored response (same status, body and ETag) if the request is the same one,
@@ -29,7 +29,7 @@ KEPT_HEADERS = ("Content-Type", "ETag", "Location")  # replayed with the stored 
 KEY_PATTERN = r"^[!-~]([ -~]{0,253}[!-~])?$"
 _KEY_OK = re.compile(KEY_PATTERN)
 
-# The connection (in its transaction) of a keyed request, for api.common.connection.
+# The connection (in its transaction) of a keyed request, for web.handlers.common.connection.
 TX_CONNECTION = web.RequestKey("idempotent_connection", object)
 
 HEADER_DOC = {

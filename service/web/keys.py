@@ -22,12 +22,12 @@ class Principal:
 
 CONFIG = web.AppKey("config", Config)
 POOL = web.AppKey("pool", asyncpg.Pool)
-# Request handlers take a pool connection in arrival order through this (api/common.py).
+# Request handlers take a pool connection in arrival order through this (web/handlers/common.py).
 POOL_SLOTS = web.AppKey("pool_slots", asyncio.Semaphore)
 TOKEN_CACHE = web.AppKey("token_cache", dict)
-FEED_WAITERS = web.AppKey("feed_waiters", object)  # service.feedwait.FeedWaiters
-GROUP_COMMIT = web.AppKey("group_commit", object)  # service.groupcommit.GroupCommit or None
-METRICS = web.AppKey("metrics", object)  # service.metrics.Metrics
+FEED_WAITERS = web.AppKey("feed_waiters", object)  # service.infra.feedwait.FeedWaiters
+GROUP_COMMIT = web.AppKey("group_commit", object)  # service.app.groupcommit.GroupCommit or None
+METRICS = web.AppKey("metrics", object)  # service.infra.metrics.Metrics
 WEBHOOK_SENDER = web.AppKey("webhook_sender", object)  # service.app.webhook_http.Sender
 # Optional: an object whose hold(request) is a context manager counting a caller's open
 # waits (long-polls and streams) and refusing one over its cap. Unset: no cap.

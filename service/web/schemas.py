@@ -444,6 +444,7 @@ class WebhookEventPath(WebhookPath):
                                                     "webhook-id header)"})
 
 
+EVENT_TYPES = (*lifecycle.RUN_EVENT_TYPES, lifecycle.STAGE_RUN_STATUS_CHANGED)
 _PORT = "(6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[1-9][0-9]{0,3})"
 # http(s), a host (name, IPv4 or [IPv6]) and an optional port: what the sender can reach.
 WEBHOOK_URL = ("^[Hh][Tt][Tt][Pp][Ss]?://(\\[[0-9A-Fa-f:.]+\\]|[A-Za-z0-9._~-]+)"
@@ -457,7 +458,7 @@ class WebhookBody(Body):
                metadata={"pattern": WEBHOOK_URL, "example": "https://hooks.example.com/runs",
                          "description": "http(s) URL to POST events to; link-local and "
                                         "metadata addresses are refused"})
-    event_types = fields.List(fields.String(validate=validate.OneOf(lifecycle.EVENT_TYPES)),
+    event_types = fields.List(fields.String(validate=validate.OneOf(EVENT_TYPES)),
                               allow_none=True, validate=validate.Length(min=1), metadata={
                                   "description": "Event types to deliver; null/absent: all"})
     pipeline_id = fields.UUID(allow_none=True, metadata={

@@ -127,7 +127,7 @@ def _status_body(fields: dict[str, ma_fields.Field]) -> FastLoader | None:
         if not (request.body_exists and is_json_request(request)):
             return _SLOW
         try:
-            # As strict as the parser (http/parser.py): no NaN / Infinity constants.
+            # As strict as the parser (web/parser.py): no NaN / Infinity constants.
             body = json.loads(await request.text(), parse_constant=_no_constant)
         except (ValueError, RecursionError, LookupError, RequestPayloadError):
             # malformed JSON, text, charset or encoding: webargs words that error

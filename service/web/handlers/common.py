@@ -11,7 +11,10 @@ from aiohttp_apispec import docs, json_schema, match_info_schema, querystring_sc
 from service.web.auth import requires
 from service.web.envelope import envelope
 from service.web.idempotency import HEADER_DOC, TX_CONNECTION, idempotent as _idempotent
-from service.web.keys import CONFIG, PARSED, POOL, POOL_SLOTS, PRINCIPAL, REQUEST_ID, Principal
+from service.app.context import Actor
+from service.web.keys import (
+    CONFIG, GROUP_COMMIT, PARSED, POOL, POOL_SLOTS, PRINCIPAL, REQUEST_ID, Principal,
+)
 from service.store.errors import translated
 from service.web import schemas
 
@@ -38,13 +41,13 @@ def operation(*, scope: str, summary: str, tag: str, response: type, path: type 
               idempotent: bool = False, media_type: str | None = None) -> Callable:
     """Document, validate and protect one handler in a single declaration.
 
-    idempotent: the handler honours an Idempotency-Key header (http/idempotency.py).
+    idempotent: the handler honours an Idempotency-Key header (web/idempotency.py).
     media_type: a success answer that is not a JSON envelope (e.g. text/event-stream);
     `response` then describes one message of it.
     """
     if idempotent:
         headers, errors = [*(headers or []), HEADER_DOC], (*errors, 422)
-    if body is not None:  # answered before the handler runs (aiohttp, http/parser.py)
+    if body is not None:  # answered before the handler runs (aiohttp, web/parser.py)
         errors = (*errors, 413, 415)
     responses: dict[int | str, dict[str, Any]] = {
         200: {"schema": response, "description": "Success"},
@@ -78,6 +81,32 @@ def principal(request: web.Request) -> Principal:
 
 def request_id(request: web.Request) -> str:
     return request[REQUEST_ID]
+
+
+def actor(request: web.Request) -> Actor:
+    """The caller, as the use cases know it."""
+    who = request[PRINCIPAL]
+    return Actor(who.enterprise_id, who.name, who.token_id, request[REQUEST_ID])
+
+
+def db(request: web.Request) -> "RequestDb":
+    """The request's Db for a use case (app/context.py): its connections, its group commit."""
+    return RequestDb(request)
+
+
+class RequestDb:
+    """connection() as below; the group commit unless the request has its own transaction
+    (an Idempotency-Key), whose connection every write of the request must use."""
+
+    __slots__ = ("request", "group")
+
+    def __init__(self, request: web.Request):
+        self.request = request
+        self.group = (request.app.get(GROUP_COMMIT) if request.get(TX_CONNECTION) is None
+                      else None)
+
+    def connection(self) -> "_Connection":
+        return _Connection(self.request)
 
 
 def path(request: web.Request) -> dict[str, Any]:

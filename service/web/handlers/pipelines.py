@@ -4,7 +4,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from service.web.envelope import envelope
-from service.store import pipelines as store
+from service.app import pipelines as use
 from service.web import schemas as s
 from service.web.handlers.common import (
     body,
@@ -25,7 +25,7 @@ PIPELINES, STAGES = "Pipelines", "Stages"
 async def list_pipelines(request: web.Request) -> web.Response:
     q = query(request)
     async with connection(request) as conn:
-        total, items = await store.list_pipelines(
+        total, items = await use.list_pipelines(
             conn, principal(request).enterprise_id, name=q.get("name"), default=q.get("default"),
             ordering=q.get("ordering"), limit=q["limit"], offset=q["offset"])
     return page(request, total, items, q["limit"], q["offset"])
@@ -36,7 +36,7 @@ async def list_pipelines(request: web.Request) -> web.Response:
 async def create_pipeline(request: web.Request) -> web.Response:
     who = principal(request)
     async with connection(request) as conn:
-        pipeline = await store.create_pipeline(conn, who.enterprise_id, who.token_id, body(request))
+        pipeline = await use.create_pipeline(conn, who.enterprise_id, who.token_id, body(request))
     return envelope(pipeline, message="Created Pipeline")
 
 
@@ -44,7 +44,7 @@ async def create_pipeline(request: web.Request) -> web.Response:
            path=s.PipelinePath, response=s.PipelineEnvelope)
 async def get_pipeline(request: web.Request) -> web.Response:
     async with connection(request) as conn:
-        pipeline = await store.get_pipeline(conn, principal(request).enterprise_id,
+        pipeline = await use.get_pipeline(conn, principal(request).enterprise_id,
                                             path(request)["pipeline_id"])
     return envelope(pipeline)
 
@@ -54,7 +54,7 @@ async def get_pipeline(request: web.Request) -> web.Response:
 async def update_pipeline(request: web.Request) -> web.Response:
     who = principal(request)
     async with connection(request) as conn:
-        pipeline = await store.update_pipeline(conn, who.enterprise_id, path(request)["pipeline_id"],
+        pipeline = await use.update_pipeline(conn, who.enterprise_id, path(request)["pipeline_id"],
                                                who.token_id, body(request))
     return envelope(pipeline, message="Updated Pipeline")
 
@@ -64,7 +64,7 @@ async def update_pipeline(request: web.Request) -> web.Response:
 async def delete_pipeline(request: web.Request) -> web.Response:
     who = principal(request)
     async with connection(request) as conn:
-        pipeline = await store.delete_pipeline(conn, who.enterprise_id, path(request)["pipeline_id"],
+        pipeline = await use.delete_pipeline(conn, who.enterprise_id, path(request)["pipeline_id"],
                                                who.token_id)
     return envelope(pipeline, message="Deleted Pipeline")
 
@@ -74,7 +74,7 @@ async def delete_pipeline(request: web.Request) -> web.Response:
 async def list_stages(request: web.Request) -> web.Response:
     q = query(request)
     async with connection(request) as conn:
-        total, items = await store.list_stages(conn, principal(request).enterprise_id,
+        total, items = await use.list_stages(conn, principal(request).enterprise_id,
                                                path(request)["pipeline_id"], q["limit"], q["offset"])
     return page(request, total, items, q["limit"], q["offset"])
 
@@ -84,7 +84,7 @@ async def list_stages(request: web.Request) -> web.Response:
 async def create_stage(request: web.Request) -> web.Response:
     who = principal(request)
     async with connection(request) as conn:
-        stage = await store.add_stage(conn, who.enterprise_id, path(request)["pipeline_id"],
+        stage = await use.add_stage(conn, who.enterprise_id, path(request)["pipeline_id"],
                                       who.token_id, body(request))
     return envelope(stage, message="Created Stage")
 
@@ -93,7 +93,7 @@ async def create_stage(request: web.Request) -> web.Response:
 async def get_stage(request: web.Request) -> web.Response:
     p = path(request)
     async with connection(request) as conn:
-        stage = await store.get_stage(conn, principal(request).enterprise_id, p["pipeline_id"],
+        stage = await use.get_stage(conn, principal(request).enterprise_id, p["pipeline_id"],
                                       p["stage_id"])
     return envelope(stage)
 
@@ -103,7 +103,7 @@ async def get_stage(request: web.Request) -> web.Response:
 async def update_stage(request: web.Request) -> web.Response:
     who, p = principal(request), path(request)
     async with connection(request) as conn:
-        stage = await store.update_stage(conn, who.enterprise_id, p["pipeline_id"], p["stage_id"],
+        stage = await use.update_stage(conn, who.enterprise_id, p["pipeline_id"], p["stage_id"],
                                          who.token_id, body(request))
     return envelope(stage, message="Updated Stage")
 
@@ -113,7 +113,7 @@ async def update_stage(request: web.Request) -> web.Response:
 async def delete_stage(request: web.Request) -> web.Response:
     p = path(request)
     async with connection(request) as conn:
-        stage = await store.delete_stage(conn, principal(request).enterprise_id, p["pipeline_id"],
+        stage = await use.delete_stage(conn, principal(request).enterprise_id, p["pipeline_id"],
                                          p["stage_id"])
     return envelope(stage, message="Deleted Stage")
 

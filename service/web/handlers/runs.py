@@ -5,25 +5,13 @@ import re
 
 from aiohttp import web
 
-from service.domain import lifecycle
+from service.app import runs as use
 from service.domain.errors import BadRequest
-from service.web.envelope import envelope
-from service.web.auth import require_scope
-from service.store import events as event_store
-from service.web.idempotency import TX_CONNECTION
-from service.web.keys import GROUP_COMMIT
-from service.store import runs as store
-from service.store.moves import BUSY
-from service.store.errors import translated
 from service.web import schemas as s
+from service.web.auth import require_scope
+from service.web.envelope import envelope
 from service.web.handlers.common import (
-    body,
-    connection,
-    operation,
-    path,
-    principal,
-    query,
-    request_id,
+    actor, body, connection, db, operation, path, principal, query,
 )
 
 READ, WRITE = "runs:read", "runs:write"
@@ -84,7 +72,7 @@ def _run_page(request: web.Request, result, q: dict) -> web.Response:
 async def list_enterprise_runs(request: web.Request) -> web.Response:
     q = query(request)
     async with connection(request) as conn:
-        result = await store.list_runs(
+        result = await use.list_runs(
             conn, principal(request).enterprise_id, pipeline_id=None, status=q.get("status"),
             pipeline_name=q.get("pipeline_name"), ordering=q.get("ordering"),
             limit=q["limit"], offset=q["offset"], cursor=q.get("cursor") or None,
@@ -98,7 +86,7 @@ async def list_enterprise_runs(request: web.Request) -> web.Response:
 async def list_pipeline_runs(request: web.Request) -> web.Response:
     q = query(request)
     async with connection(request) as conn:
-        result = await store.list_runs(
+        result = await use.list_runs(
             conn, principal(request).enterprise_id, pipeline_id=path(request)["pipeline_id"],
             status=q.get("status"), pipeline_name=None, ordering=q.get("ordering"),
             limit=q["limit"], offset=q["offset"], cursor=q.get("cursor") or None,
@@ -110,10 +98,7 @@ async def list_pipeline_runs(request: web.Request) -> web.Response:
            path=s.PipelinePath, body=s.PipelineRunPost, response=s.PipelineRunEnvelope,
            idempotent=True)
 async def create_run(request: web.Request) -> web.Response:
-    who = principal(request)
-    async with connection(request) as conn:
-        run = await store.create_run(conn, who.enterprise_id, path(request)["pipeline_id"],
-                                     who.name, who.token_id, request_id(request))
+    run = await use.create(db(request), actor(request), path(request)["pipeline_id"])
     return _with_etag(run, "Created Pipeline Run")
 
 
@@ -127,11 +112,11 @@ async def get_run(request: web.Request) -> web.Response:
     if as_of is not None:
         require_scope(request, "audit:read")
         async with connection(request) as conn:
-            run = await event_store.run_as_of(conn, enterprise_id, p["pipeline_id"],
-                                              p["pipeline_run_id"], as_of)
+            run = await use.get_as_of(conn, enterprise_id, p["pipeline_id"],
+                                      p["pipeline_run_id"], as_of)
         return envelope(run)
     async with connection(request) as conn:
-        run = await store.get_run(conn, enterprise_id, p["pipeline_id"], p["pipeline_run_id"])
+        run = await use.get(conn, enterprise_id, p["pipeline_id"], p["pipeline_run_id"])
     return _with_etag(run)
 
 
@@ -141,38 +126,19 @@ async def get_run(request: web.Request) -> web.Response:
            path=s.RunPath, body=s.PipelineRunPut, response=s.PipelineRunEnvelope,
            errors=(409, 412), headers=IF_MATCH)
 async def update_run(request: web.Request) -> web.Response:
-    who, p = principal(request), path(request)
-    expected, target = _if_match(request), body(request)["status"]
-
-    # A simple move (one statement) may share its statement and commit with the
-    # enterprise's concurrent ones (groupcommit.py); any other, or one whose run was busy
-    # (locked by another transaction: a group never waits for it), runs on its own.
-    group, run = request.app.get(GROUP_COMMIT), BUSY
-    if (group is not None and target in lifecycle.SIMPLE_RUN_TARGETS
-            and request.get(TX_CONNECTION) is None):
-        change = store.simple_change(p["pipeline_id"], p["pipeline_run_id"], target, who.name,
-                                     who.token_id, request_id=request_id(request),
-                                     expected_version=expected)
-        with translated():
-            run = await group.run(who.enterprise_id, change)
-    if run is BUSY:
-        async with connection(request) as conn:
-            run = await store.change_status(
-                conn, who.enterprise_id, p["pipeline_id"], p["pipeline_run_id"], target,
-                who.name, who.token_id, request_id=request_id(request),
-                expected_version=expected)
+    p = path(request)
+    run = await use.change_status(db(request), actor(request), p["pipeline_id"],
+                                  p["pipeline_run_id"], body(request)["status"],
+                                  expected_version=_if_match(request))
     return _with_etag(run, "Updated Pipeline Run")
 
 
 @operation(scope=WRITE, tag=TAG, summary="Delete a pipeline run (its events are kept)",
            path=s.RunPath, response=s.PipelineRunEnvelope, errors=(412,), headers=IF_MATCH)
 async def delete_run(request: web.Request) -> web.Response:
-    who, p = principal(request), path(request)
-    expected = _if_match(request)
-    async with connection(request) as conn:
-        run = await store.delete_run(
-            conn, who.enterprise_id, p["pipeline_id"], p["pipeline_run_id"], who.name,
-            who.token_id, request_id=request_id(request), expected_version=expected)
+    p = path(request)
+    run = await use.delete(db(request), actor(request), p["pipeline_id"], p["pipeline_run_id"],
+                           expected_version=_if_match(request))
     return envelope(run, message="Deleted Pipeline Run")
 
 

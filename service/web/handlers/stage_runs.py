@@ -4,17 +4,10 @@ from __future__ import annotations
 from aiohttp import web
 
 from service.web.envelope import envelope
-from service.store import stage_runs as store
+from service.app import stage_runs as use
 from service.web import schemas as s
 from service.web.handlers.common import (
-    body,
-    connection,
-    operation,
-    page,
-    path,
-    principal,
-    query,
-    request_id,
+    actor, body, connection, db, operation, page, path, principal, query,
 )
 
 TAG = "Stage Runs"
@@ -25,7 +18,7 @@ TAG = "Stage Runs"
 async def list_stage_runs(request: web.Request) -> web.Response:
     q = query(request)
     async with connection(request) as conn:
-        total, items = await store.list_stage_runs(
+        total, items = await use.list_stage_runs(
             conn, principal(request).enterprise_id, path(request)["pipeline_run_id"],
             q.get("status"), q["limit"], q["offset"])
     return page(request, total, items, q["limit"], q["offset"])
@@ -36,7 +29,7 @@ async def list_stage_runs(request: web.Request) -> web.Response:
 async def get_stage_run(request: web.Request) -> web.Response:
     p = path(request)
     async with connection(request) as conn:
-        stage_run = await store.get_stage_run(conn, principal(request).enterprise_id,
+        stage_run = await use.get(conn, principal(request).enterprise_id,
                                               p["pipeline_run_id"], p["stage_run_id"])
     return envelope(stage_run)
 
@@ -46,11 +39,9 @@ async def get_stage_run(request: web.Request) -> web.Response:
                        "finishes, the run moves to complete, then success or failure.",
            path=s.StageRunPath, body=s.StageRunPut, response=s.StageRunEnvelope, errors=(409,))
 async def update_stage_run(request: web.Request) -> web.Response:
-    who, p = principal(request), path(request)
-    async with connection(request) as conn:
-        stage_run = await store.change_status(
-            conn, who.enterprise_id, p["pipeline_run_id"], p["stage_run_id"],
-            body(request)["status"], who.name, who.token_id, request_id=request_id(request))
+    p = path(request)
+    stage_run = await use.change_status(db(request), actor(request), p["pipeline_run_id"],
+                                        p["stage_run_id"], body(request)["status"])
     return envelope(stage_run, message="Updated Stage Run")
 
 
