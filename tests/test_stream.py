@@ -90,6 +90,7 @@ async def test_resume_with_last_event_id_or_after_and_filters(api, client, token
 
 async def test_bad_resume_point_is_a_400_envelope(api):
     await api.get("/events/stream/", 400, headers={"Last-Event-ID": "abc"})
+    await api.get("/events/stream/", 400, headers={"Last-Event-ID": ""})
     content = await api.get("/events/stream/?after=-1", 400)
     assert "after" in content["errors"]
     await api.with_token(None).get("/events/stream/", 401)

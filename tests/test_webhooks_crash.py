@@ -78,7 +78,8 @@ async def test_sigkill_mid_burst_loses_no_delivery(own_db, receiver, started, tm
     async with aiohttp.ClientSession(headers=headers) as session:
         stop = asyncio.Event()
         more = asyncio.create_task(_writer(session, second.url + MOUNT, pipeline_id, stop))
-        await receiver.wait_for(lambda: len(receiver.received) >= 80, 60)
+        await receiver.wait_for(lambda: len({r.message_id for r in receiver.received}) >= 80,
+                                120)
         stop.set()
         await more
     conn = await asyncpg.connect(own_db)

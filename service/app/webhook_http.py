@@ -81,11 +81,11 @@ def _literal(host: str) -> IP | None:
 
 async def check_url(url: str, targets: Targets) -> None:
     """A subscription's URL: http(s), a host, and a host webhooks may reach (else 400)."""
-    parts = urlsplit(url)
     try:
+        parts = urlsplit(url)
         port = parts.port
-    except ValueError:  # out of range
-        port = -1
+    except ValueError:  # a malformed [host] or a port out of range
+        parts, port = urlsplit("invalid:"), -1
     if parts.scheme.lower() not in ("http", "https") or not parts.hostname or port == -1:
         raise BadRequest("invalid input", {"errors": {"url": ["must be an http or https URL"]}})
     host = parts.hostname

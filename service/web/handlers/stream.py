@@ -42,7 +42,7 @@ MESSAGE_DOC = {
 
 def _resume_point(request: web.Request, after: int | None) -> int:
     raw = request.headers.get(LAST_EVENT_ID)
-    if raw is None or raw.strip() == "":
+    if raw is None:
         return after or 0
     if not raw.strip().isdigit() or len(raw.strip()) > 19:
         raise BadRequest("invalid input", {"errors": {LAST_EVENT_ID: [
