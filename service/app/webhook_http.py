@@ -95,7 +95,7 @@ async def check_url(url: str, targets: Targets) -> None:
     else:
         try:
             infos = await ThreadedResolver().resolve(host, port or 0, socket.AF_UNSPEC)
-        except OSError:
+        except (OSError, UnicodeError):  # e.g. a label over 63 characters (idna)
             infos = []  # not resolvable now: delivery retries (and checks again)
         addresses = [ipaddress.ip_address(i["host"]) for i in infos]
     reason = targets.refusal(host, addresses)
@@ -176,7 +176,7 @@ class Sender:
                                           allow_redirects=False) as resp:
                 excerpt = (await resp.content.read(RESPONSE_CAP)).decode(errors="replace")
                 status = resp.status
-        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+        except (aiohttp.ClientError, OSError, TimeoutError, ValueError) as exc:
             error = str(exc) or type(exc).__name__
             if isinstance(exc, TimeoutError):
                 error = f"no answer within {self.timeout:g}s"
