@@ -6,8 +6,10 @@ and only the first RESPONSE_CAP bytes of an answer are read.
 """
 from __future__ import annotations
 
+import base64
 import ipaddress
 import json
+import secrets
 import socket
 import uuid
 import time
@@ -133,9 +135,6 @@ def to_json(value) -> str:
 
 def new_secret() -> str:
     """A Standard Webhooks secret: whsec_ and 24 random bytes in base64."""
-    import base64
-    import secrets
-
     return "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()
 
 

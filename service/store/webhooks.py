@@ -140,10 +140,6 @@ UPDATE webhook_deliveries SET state = 'pending', failures = 0, next_attempt_at =
 WHERE enterprise_id = $1 AND webhook_id = $2 AND event_id = $3
 RETURNING position
 """
-PENDING_COUNT = """
-SELECT count(*) FROM webhook_deliveries
-WHERE enterprise_id = $1 AND webhook_id = $2 AND state <> 'delivered'
-"""
 
 
 def public(row: asyncpg.Record) -> dict[str, Any]:

@@ -67,7 +67,6 @@ async def stream(request: web.Request) -> web.StreamResponse:
     q = query(request)
     after = _resume_point(request, q.get("after"))
     enterprise_id = principal(request).enterprise_id
-    waiters = request.app[FEED_WAITERS]
     heartbeat = request.app[CONFIG].stream_heartbeat_seconds
     with _held(request):
         async with connection(request) as conn:  # a database failure is still an envelope
