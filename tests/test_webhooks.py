@@ -150,6 +150,16 @@ async def test_each_runs_events_arrive_in_version_order(api, receiver):
         assert mine == sorted(mine) and sorted(set(mine)) == [e["version"] for e in life]
 
 
+async def test_redirects_are_not_followed(api, receiver):
+    hook = await _subscribe(api, receiver, "moved")
+    pipeline = await api.pipeline()
+    await api.run(pipeline["id"])
+    audit = (await _audit(api, hook, 1))["results"]
+    assert audit[0]["status_code"] == 307 and audit[0]["error"].startswith("HTTP 307")
+    assert audit[0]["next_attempt_at"] is not None  # a failure: retried, not followed
+    assert not [r for r in receiver.received if r.path == "ok"]
+
+
 async def test_410_disables_at_once_and_says_why(api, receiver):
     hook = await _subscribe(api, receiver, "gone")
     pipeline = await api.pipeline()

@@ -5,6 +5,7 @@
     /slow     answers after `slow_seconds` (longer than the sender waits)
     /gone     410
     /switch   500 while `failing` is set, else 200
+    /moved    307 to /ok (a sender must not follow it)
 Every path verifies the signature with the standardwebhooks library when `secret` is set
 and records (path, webhook-id, payload, verified).
 """
@@ -77,10 +78,14 @@ class Receiver:
             status = 410
         elif mode == "flaky" and first or mode == "switch" and self.failing:
             status = 500
+        elif mode == "moved":
+            status = 307
         self.received.append(Received(mode, message_id, json.loads(body), verified, headers,
                                       body, status))
         self.changed.set()
-        return web.Response(status=status, text="thanks" if status == 200 else "nope")
+        headers = {"Location": "/ok"} if status == 307 else None
+        return web.Response(status=status, text="thanks" if status == 200 else "nope",
+                            headers=headers)
 
     def delivered(self, mode: str) -> list[Received]:
         """What `mode` answered 2xx to, in arrival order."""
