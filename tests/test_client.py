@@ -221,7 +221,7 @@ async def test_not_found_carries_code_message_and_content(pr):
         await pr.get_run(pipeline["id"], str(uuid.uuid4()))
     error = caught.value
     assert isinstance(error, ApiError)
-    assert (error.code, error.message, error.content) == (404, "pipeline run not found", None)
+    assert (error.code, error.message, error.content) == (404, "pipeline run not found", {})
     assert error.request_id == pr.last_request_id and str(error) == "404 pipeline run not found"
     with pytest.raises(NotFound):
         [r async for r in pr.list_runs(str(uuid.uuid4()))]
@@ -266,7 +266,7 @@ async def test_a_bad_token_is_unauthorized_and_a_narrow_one_forbidden(server, db
     async with PipelineRunsClient(server.url, "not-a-token") as stranger:
         with pytest.raises(Unauthorized) as caught:
             await stranger.create_pipeline("deploy")
-        assert caught.value.code == 401 and caught.value.content is None
+        assert caught.value.code == 401 and caught.value.content == {}
         with pytest.raises(Unauthorized):
             [r async for r in stranger.list_runs()]
     reader = await make_token(db, enterprise, "reader", ["runs:read"])

@@ -265,7 +265,7 @@ async def test_every_route_needs_its_scope(api, db, enterprise, route):
     without = api.with_token(await make_token(
         db, enterprise, "without", [s for s in ALL_SCOPES if s != scope]))
     content = await without.call(method, path, 403, json=body_for(method, template))
-    assert content is None
+    assert content == {}
     assert await counts(db, enterprise) == before
     # That scope alone is enough.
     only = api.with_token(await make_token(db, enterprise, "only", [scope]))
@@ -278,7 +278,7 @@ async def test_as_of_needs_audit_read_besides_runs_read(api, db, enterprise):
     as_of = "?as_of=2999-01-01T00:00:00Z"
     reader = api.with_token(await make_token(db, enterprise, "reader", ["runs:read"]))
     await reader.get(path)  # the run itself, now: runs:read is enough
-    assert await reader.get(path + as_of, status=403) is None
+    assert await reader.get(path + as_of, status=403) == {}
     auditor = api.with_token(await make_token(db, enterprise, "auditor", ["audit:read"]))
     await auditor.get(path + as_of, status=403)  # runs:read is still needed for the route
     both = api.with_token(await make_token(db, enterprise, "both", ["runs:read", "audit:read"]))
@@ -341,7 +341,7 @@ async def test_a_revoked_token_is_refused_within_seconds_despite_the_cache(api, 
         assert time.monotonic() - revoked_at < config.token_cache_seconds + 2, "still accepted"
         await asyncio.sleep(0.05)
     body = await resp.json()
-    assert body == {"code": 401, "message": body["message"], "content": None}
+    assert body == {"code": 401, "message": body["message"], "content": {}}
     assert (await token_row(db, doomed.token))["revoked_at"] is not None
     await api.get("/pipelines/")  # the enterprise's other token is untouched
     code, out, _ = await cli(db_dsn, "revoke-token", str(row["id"]))  # twice: nothing to do

@@ -124,7 +124,7 @@ async def test_unknown_failures_log_the_traceback_with_the_request_id(logs, aioh
     assert resp.headers["X-Request-ID"] == "boom-1"
     body = await resp.text()
     assert json.loads(body) == {"code": 500, "message": "internal server error",
-                                "content": None}
+                                "content": {}}
     assert "kaboom" not in body and "Traceback" not in body
 
     error, access = of_request([json.loads(line) for line in read()], "boom-1")

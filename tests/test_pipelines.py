@@ -74,7 +74,7 @@ async def test_unknown_pipeline_is_404(api):
     for method in ("GET", "PUT", "DELETE"):
         content = await api.call(method, f"/pipelines/{pipeline['stages'][0]['id']}/",
                                  status=404, json={"name": "x"} if method == "PUT" else None)
-        assert content is None
+        assert content == {}
 
 
 # --- list ----------------------------------------------------------------------------------

@@ -214,7 +214,7 @@ async def test_pipeline_name_filter_and_combined_filters(api):
 
 
 @pytest.mark.parametrize("query,field", [
-    ("status=bogus", "status"), ("status=", "status"), ("ordering=created_at", "ordering"),
+    ("status=bogus", "status"), ("ordering=created_at", "ordering"),
     ("ordering=-bogus", "ordering"), ("limit=0", "limit"), ("limit=1001", "limit"),
     ("limit=ten", "limit"), ("offset=-1", "offset"),
 ])

@@ -10,10 +10,12 @@ class DomainError(Exception):
     status = 500
     default_message = "internal error"
 
-    def __init__(self, message: str | None = None, content: Any = None):
+    def __init__(self, message: str | None = None, content: Any = None,
+                 headers: dict[str, str] | None = None):
         super().__init__(message or self.default_message)
         self.message = message or self.default_message
         self.content = content
+        self.headers = headers  # answered with the error (e.g. WWW-Authenticate on a 401)
 
 
 class BadRequest(DomainError):

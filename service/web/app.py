@@ -13,7 +13,7 @@ from aiohttp_apispec import AiohttpApiSpec
 from service.infra import db
 from service.web.handlers import events, health, pipelines, runs, stage_runs, stream, webhooks
 from service.config import Config
-from service.web.auth import auth_middleware
+from service.web.auth import SECURITY_SCHEMES, auth_middleware
 from service.infra.feedwait import FeedWaiters
 from service.app import runs as run_cases
 from service.app.groupcommit import GroupCommit
@@ -30,6 +30,7 @@ from service.web.keys import (
 )
 from service.web.middleware import error_middleware
 from service.web.observe import observe_middleware
+from service.web.schemas import document_empty_values
 from service.web.validation import validation_middleware
 from service.infra.metrics import Metrics, metrics_app
 from service.infra.metrics import handler as metrics_handler
@@ -199,8 +200,9 @@ def _register_openapi(app: web.Application) -> None:
         title="pipeline-runs", version="0.1.0", openapi_version="3.0.3",
         info={"description": API_DESCRIPTION},
     )
-    spec.spec.components.security_scheme("SCAPIAuthToken", {"type": "http", "scheme": "bearer"})
-    app["swagger_dict"] = _openapi3_only(spec.swagger_dict())
+    for name, scheme in SECURITY_SCHEMES.items():
+        spec.spec.components.security_scheme(name, scheme)
+    app["swagger_dict"] = document_empty_values(_openapi3_only(spec.swagger_dict()))
 
 
 def create_app(config: Config) -> web.Application:

@@ -1,4 +1,10 @@
-"""Bearer-token authentication and scope checks, with a short-lived token cache."""
+"""Token authentication (Bearer or DRF-style Token), scope checks, a short-lived token cache.
+
+Refusals follow RFC 6750: a 401 carries `WWW-Authenticate: Bearer realm="pipeline-runs"`,
+with `error="invalid_token"` only when a token was presented and is not valid (RFC 6750
+3.1: no error code when the request had no credentials or used another scheme); a 403
+names the scope it lacks (`error="insufficient_scope"`).
+"""
 from __future__ import annotations
 
 import asyncio
@@ -13,6 +19,55 @@ from service.store.errors import translated
 from service.web.keys import CONFIG, POOL, PRINCIPAL, TOKEN_CACHE, Principal
 
 PUBLIC_PREFIXES = ("/health/", "/api/docs", "/static/swagger")
+
+# `Bearer <key>` (RFC 6750) and `Token <key>` (Django REST framework, which Esper's own
+# clients send); the scheme in any letter case (RFC 7235: schemes are case-insensitive).
+SCHEMES = ("bearer", "token")
+REALM = "pipeline-runs"
+CHALLENGE = f'Bearer realm="{REALM}"'
+
+# The OpenAPI security schemes: Esper's own (unchanged, for clients generated from either)
+# and the DRF keyword, an API key in the Authorization header (OpenAPI has no other way to
+# declare a custom scheme). An operation accepts either (common.py SECURITY).
+SECURITY_SCHEMES = {
+    "SCAPIAuthToken": {"type": "http", "scheme": "bearer"},  # as Esper declares it, exactly
+    "TokenAuth": {
+        "type": "apiKey", "in": "header", "name": "Authorization",
+        "description": "`Authorization: Token <token>` (Django REST framework style, as Esper's "
+                       "clients send it; `Token` in any letter case): the same tokens as "
+                       "SCAPIAuthToken. Enter the value with its `Token ` prefix."},
+}
+SECURITY = [{"SCAPIAuthToken": []}, {"TokenAuth": []}]  # either one
+
+# One message per case. Unknown and revoked tokens share theirs (and the same query, so
+# the same path): a caller cannot tell whether a token ever existed.
+NO_CREDENTIALS = "authentication credentials were not provided: send Authorization: Bearer <token>"
+UNSUPPORTED_SCHEME = ("unsupported authorization scheme: send Authorization: Bearer <token> "
+                      "(or Token <token>)")
+INVALID_TOKEN = "invalid token: unknown or revoked"
+
+
+def _refused(message: str, error: str | None = None) -> Unauthorized:
+    challenge = CHALLENGE if error is None else f'{CHALLENGE}, error="{error}"'
+    return Unauthorized(message, headers={"WWW-Authenticate": challenge})
+
+
+def _lacks(scope: str) -> Forbidden:
+    challenge = f'{CHALLENGE}, error="insufficient_scope", scope="{scope}"'
+    return Forbidden(f"this operation needs the scope {scope}",
+                     headers={"WWW-Authenticate": challenge})
+
+
+def credentials(header: str) -> str:
+    """The token of an Authorization header value, or the Unauthorized to raise."""
+    parts = header.split(None, 1)
+    if not parts:
+        raise _refused(NO_CREDENTIALS)
+    if parts[0].lower() not in SCHEMES:
+        raise _refused(UNSUPPORTED_SCHEME)
+    if len(parts) == 1:  # "Bearer " alone: no credentials either (RFC 6750 3.1, no error code)
+        raise _refused(NO_CREDENTIALS)
+    return parts[1].strip()
 
 
 def requires(scope: str) -> Callable:
@@ -54,15 +109,12 @@ async def auth_middleware(request: web.Request, handler) -> web.StreamResponse:
     scope = getattr(request.match_info.handler, "__scope__", None)
     if scope is None or request.path.startswith(PUBLIC_PREFIXES):
         return await handler(request)
-    header = request.headers.get("Authorization", "")
-    kind, _, token = header.partition(" ")
-    if kind.lower() != "bearer" or not token.strip():
-        raise Unauthorized()
-    principal = await _principal(request, token.strip())
+    token = credentials(request.headers.get("Authorization", ""))
+    principal = await _principal(request, token)
     if principal is None:
-        raise Unauthorized()
+        raise _refused(INVALID_TOKEN, "invalid_token")
     if scope not in principal.scopes:
-        raise Forbidden(f"this operation needs the scope {scope}")
+        raise _lacks(scope)
     request[PRINCIPAL] = principal
     return await handler(request)
 
@@ -70,4 +122,4 @@ async def auth_middleware(request: web.Request, handler) -> web.StreamResponse:
 def require_scope(request: web.Request, scope: str) -> None:
     """For operations whose scope depends on their parameters (e.g. GET with as_of)."""
     if scope not in request[PRINCIPAL].scopes:
-        raise Forbidden(f"this operation needs the scope {scope}")
+        raise _lacks(scope)

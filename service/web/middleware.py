@@ -1,4 +1,8 @@
-"""Request ids, and the one place where errors become HTTP envelopes."""
+"""Request ids, and the one place where errors become HTTP envelopes.
+
+An error's `content` is always an object (`{}` when there is nothing to add), as Esper's
+Error_4xx schemas type it; never null.
+"""
 from __future__ import annotations
 
 import logging
@@ -41,17 +45,18 @@ async def error_middleware(request: web.Request, handler) -> web.StreamResponse:
         _check_url_length(request.raw_path)
         response = await handler(request)
     except DomainError as exc:
-        response = envelope(exc.content, exc.status, exc.message)
+        content = {} if exc.content is None else exc.content
+        response = envelope(content, exc.status, exc.message, headers=exc.headers)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        response = envelope(None, exc.status, _http_message(exc))
+        response = envelope({}, exc.status, _http_message(exc))
         if exc.status == 405 and "Allow" in exc.headers:
             response.headers["Allow"] = exc.headers["Allow"]
     except Exception:
         # Unknown failure: full detail to the log with the request id, nothing to the caller.
         log.exception("unhandled error", extra={"request_id": request_id})
-        response = envelope(None, 500, "internal server error")
+        response = envelope({}, 500, "internal server error")
     response.headers["X-Request-ID"] = request_id
     return response
 

@@ -1,4 +1,10 @@
-"""webargs parser whose failures are domain errors (and so envelopes), not bare 422s."""
+"""webargs parser whose failures are domain errors (and so envelopes), not bare 422s.
+
+A query parameter given with an empty value (`?status=`) is read as absent: Esper's server
+is Django REST framework, whose django-filter ignores empty filters, whose OrderingFilter
+takes an empty ordering as the default one and whose LimitOffsetPagination an empty
+limit/offset as the defaults. So every list answers unfiltered there, as here.
+"""
 from __future__ import annotations
 
 import json
@@ -6,6 +12,7 @@ from typing import Any, NoReturn
 
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestPayloadError
+from multidict import MultiDict, MultiDictProxy
 from webargs.aiohttpparser import AIOHTTPParser, is_json_request
 from webargs.core import missing
 
@@ -16,7 +23,17 @@ def _not_json(constant: str) -> NoReturn:
     raise ValueError(f"{constant} is not JSON")
 
 
+def without_empty_values(query: MultiDictProxy) -> MultiDictProxy:
+    """The query less its empty values (`a=&a=1` keeps `a=1`)."""
+    if all(query.values()):
+        return query
+    return MultiDictProxy(MultiDict((key, value) for key, value in query.items() if value))
+
+
 class Parser(AIOHTTPParser):
+    def load_querystring(self, req, schema) -> Any:
+        return self._makeproxy(without_empty_values(req.query), schema)
+
     async def load_json(self, req, schema) -> Any:
         """Strict JSON (no NaN/Infinity); every unreadable body is a 4xx, never a 500."""
         if not req.body_exists:

@@ -163,6 +163,21 @@ class RunListQuery(PipelineRunListQuery):
     ordering = Ordering(ENTERPRISE_RUN_ORDERINGS)
 
 
+def document_empty_values(document: dict) -> dict:
+    """Say on every query parameter that an empty value is the same as none (parser.py)."""
+    for operations in document.get("paths", {}).values():
+        for operation in operations.values():
+            for param in operation.get("parameters", []) if isinstance(operation, dict) else ():
+                if param.get("in") != "query":
+                    continue
+                param["allowEmptyValue"] = True
+                said = param.get("description", "").rstrip(".")
+                param["description"] = (f"{said}. " if said else "") + (
+                    f"Empty (`{param['name']}=`) is the same as leaving it out, as on "
+                    "Esper's Django REST framework server (a filter: none; else the default).")
+    return document
+
+
 # --- request bodies --------------------------------------------------------------------
 
 class Body(Schema):
@@ -280,8 +295,10 @@ class Envelope(Schema):
 
 
 class ErrorEnvelope(Envelope):
-    content = fields.Raw(allow_none=True, metadata={
-        "description": "Details; validation errors carry field messages in `errors`"})
+    # An object, never null, as Esper's Error_4xx schemas type it: {} when nothing to add.
+    content = fields.Dict(required=True, metadata={
+        "description": "Details ({} when there are none); validation errors carry field "
+                       "messages in `errors`"})
 
 
 def _envelope_of(name: str, content: fields.Field) -> type[Schema]:

@@ -8,7 +8,7 @@ import asyncpg
 from aiohttp import web
 from aiohttp_apispec import docs, json_schema, match_info_schema, querystring_schema
 
-from service.web.auth import requires
+from service.web.auth import CHALLENGE, SECURITY, requires
 from service.web.envelope import envelope
 from service.web.idempotency import HEADER_DOC, TX_CONNECTION, idempotent as _idempotent
 from service.app.context import Actor
@@ -20,7 +20,8 @@ from service.web import schemas
 
 _ERRORS = {
     400: "Invalid input: content.errors has the field messages",
-    401: "Missing or unknown token",
+    401: "No credentials, an unsupported scheme, or an unknown or revoked token (the "
+         "message says which; unknown and revoked answer alike)",
     403: "The token lacks the required scope",
     404: "Not found in the caller's enterprise (or malformed id)",
     409: "Illegal status change: content names the current and requested status",
@@ -33,6 +34,15 @@ _ERRORS = {
     503: "Database unavailable; retry",
 }
 _COMMON = (400, 401, 403, 404, 414, 500, 503)
+_HEADERS = {  # RFC 6750 3: the challenge of refusals
+    401: {"WWW-Authenticate": {
+        "schema": {"type": "string"},
+        "description": f'`{CHALLENGE}`; with `error="invalid_token"` when the token given '
+                       "is unknown or revoked (RFC 6750 3.1)"}},
+    403: {"WWW-Authenticate": {
+        "schema": {"type": "string"},
+        "description": f'`{CHALLENGE}, error="insufficient_scope", scope="<scope>"`'}},
+}
 
 
 def operation(*, scope: str, summary: str, tag: str, response: type, path: type | None = None,
@@ -56,13 +66,15 @@ def operation(*, scope: str, summary: str, tag: str, response: type, path: type 
         responses[200] = {"description": "Success", "content": {media_type: {"schema": response}}}
     for code in sorted({*_COMMON, *errors}):
         responses[code] = {"schema": schemas.ErrorEnvelope, "description": _ERRORS[code]}
+        if code in _HEADERS:
+            responses[code]["headers"] = _HEADERS[code]
 
     def wrap(handler):
         if idempotent:
             handler = _idempotent(handler)
         handler = requires(scope)(handler)
         handler = docs(tags=[tag], summary=summary, description=description or summary,
-                       security=[{"SCAPIAuthToken": []}], responses=responses,
+                       security=SECURITY, responses=responses,
                        parameters=headers or [])(handler)
         if path is not None:
             handler = match_info_schema(path)(handler)
