@@ -477,6 +477,8 @@ def hostile_cases():
                             if s["location"] == "json"), None)
         if body_schema is None or not body_schema.fields:
             continue
+        if template.startswith("/webhooks/"):
+            continue  # their bodies: tests/test_webhooks.py (hostile values there)
         kinds = KINDS[type(body_schema)]
         assert set(kinds) == set(body_schema.fields), f"new field in {type(body_schema)}"
         yield pytest.param(method, template, kinds, id=f"{method} {template}")

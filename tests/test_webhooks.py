@@ -77,6 +77,24 @@ async def test_unsafe_or_invalid_urls_are_refused(api, url):
     assert (await api.get("/webhooks/"))["count"] == 0
 
 
+@pytest.mark.parametrize("field,values", [
+    ("url", [None, 1, True, [], {}, "", "http://a\x00b/", "\ud800", "x" * 3000]),
+    ("event_types", [1, "run.created", [], ["nope"], [None], {}]),
+    ("pipeline_id", [1, "x", "'; DROP TABLE webhooks; --", True]),
+    ("description", [None, 1, "a\x00b", "\ud800", "x" * 10_001]),
+    ("is_active", [None, 1, "true", "yes"]),
+])
+async def test_wrong_body_values_are_400s_naming_the_field(api, receiver, field, values):
+    for value in values:
+        body = {"url": f"{receiver.url}/ok", field: value}
+        content = await api.post("/webhooks/", body, status=400)
+        assert field in content["errors"], (field, value)
+    assert (await api.get("/webhooks/"))["count"] == 0
+    sql = "'); DROP TABLE webhooks; --"
+    hook = await api.post("/webhooks/", {"url": f"{receiver.url}/ok", "description": sql})
+    assert (await api.get(f"/webhooks/{hook['id']}/"))["description"] == sql  # verbatim
+
+
 async def test_allowed_hosts_restrict_targets(aiohttp_client, config, token, receiver):
     from conftest import Api
     from service.web.app import create_app
