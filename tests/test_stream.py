@@ -83,6 +83,9 @@ async def test_resume_with_last_event_id_or_after_and_filters(api, client, token
         first = await sse.next()
         assert first["data"] == feed[2], (query, headers)
         sse.resp.close()
+    sse = await _open(client, token, "?after=&type=&actor=")  # empty: as if absent
+    assert (await sse.next())["data"] == feed[0]
+    sse.resp.close()
     sse = await _open(client, token, f"?pipeline_id={pipeline['id']}&type=run.status_changed")
     assert (await sse.next())["data"] == feed[-1]
     sse.resp.close()

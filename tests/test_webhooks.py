@@ -54,6 +54,7 @@ async def test_subscriptions_crud_secret_shown_once(api, receiver, db, enterpris
     assert "secret" not in got and got["event_types"] == ["run.status_changed"]
     listed = await api.get("/webhooks/")
     assert listed["count"] == 1 and "secret" not in listed["results"][0]
+    assert (await api.get("/webhooks/?limit=&offset="))["results"] == listed["results"]
     changed = await api.put(f"/webhooks/{hook['id']}/", {"url": f"{receiver.url}/ok",
                                                          "is_active": False})
     assert changed["is_active"] is False and changed["event_types"] is None
