@@ -99,6 +99,13 @@ async def test_bad_resume_point_is_a_400_envelope(api):
     await api.with_token(None).get("/events/stream/", 401)
 
 
+async def test_stream_needs_audit_read(api, db, enterprise):
+    from conftest import make_token
+
+    reader = await make_token(db, enterprise, "no-audit", ["runs:read", "webhooks:manage"])
+    assert await api.with_token(reader).get("/events/stream/", 403) == {}
+
+
 async def test_heartbeat_comment_on_an_idle_stream(aiohttp_client, config, token):
     client = await aiohttp_client(create_app(config.with_(stream_heartbeat_seconds=0.2)))
     sse = await _open(client, token)

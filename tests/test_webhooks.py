@@ -63,8 +63,16 @@ async def test_subscriptions_crud_secret_shown_once(api, receiver, db, enterpris
     # Another enterprise sees nothing; a token without the scope is refused.
     other = await make_token(db, f"other-{uuid.uuid4().hex[:8]}")
     await api.with_token(other).get(f"/webhooks/{hook['id']}/", 404)
-    reader = await make_token(db, enterprise, "reader", ["runs:read"])
-    await api.with_token(reader).get("/webhooks/", 403)
+    reader = await make_token(db, enterprise, "reader", ["runs:read", "runs:write",
+                                                         "audit:read"])
+    for method, path in (("GET", "/webhooks/"), ("POST", "/webhooks/"),
+                         ("GET", f"/webhooks/{hook['id']}/"), ("PUT", f"/webhooks/{hook['id']}/"),
+                         ("DELETE", f"/webhooks/{hook['id']}/"),
+                         ("POST", f"/webhooks/{hook['id']}/rotate-secret/"),
+                         ("GET", f"/webhooks/{hook['id']}/deliveries/"),
+                         ("POST", f"/webhooks/{hook['id']}/ping/"),
+                         ("POST", f"/webhooks/{hook['id']}/deliveries/{uuid.uuid4()}/redeliver/")):
+        await api.with_token(reader).call(method, path, 403, json={"url": "http://x/"})
     await api.delete(f"/webhooks/{hook['id']}/")
     await api.get(f"/webhooks/{hook['id']}/", 404)
 
