@@ -26,9 +26,13 @@ import pytest
 from conftest import make_token
 from service.domain import lifecycle as lc
 from service.web import schemas
-from service.web.app import RESOURCE_ROUTES
+from service.web.app import RESOURCE_ROUTES as ALL_ROUTES
 from service.config import Config
 from test_runs import assert_projection, events_of, run_path
+
+# The run resources' routes: webhooks (their ids, webhooks:manage) and the never-ending
+# stream are held to the same rules in tests/test_webhooks.py and tests/test_stream.py.
+RESOURCE_ROUTES = [r for r in ALL_ROUTES if not r[1].startswith(("/webhooks/", "/events/stream/"))]
 
 REPO = Path(__file__).resolve().parent.parent
 SQL = "'; DROP TABLE run_events; --"
@@ -254,9 +258,7 @@ def route_id(route) -> str:
     return f"{route[0]} {route[1]}"
 
 
-# Webhooks (webhooks:manage) and the never-ending stream: tests/test_webhooks.py, test_stream.py.
-@pytest.mark.parametrize("route", [r for r in RESOURCE_ROUTES if not r[1].startswith(
-    ("/webhooks/", "/events/stream/"))], ids=route_id)
+@pytest.mark.parametrize("route", RESOURCE_ROUTES, ids=route_id)
 async def test_every_route_needs_its_scope(api, db, enterprise, route):
     method, template, handler = route
     scope = handler.__scope__
