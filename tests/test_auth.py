@@ -3,9 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import make_token
-from test_routes import CORE_ROUTES, body_for, ids
-from test_runs import events_of
+from tests.helpers import CORE_ROUTES, body_for, events_of, ids, make_token
+
 
 BAD_AUTH = {
     "no header": None,

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from conftest import make_token
+from tests.helpers import make_token
 
 REALM = 'Bearer realm="pipeline-runs"'
 INVALID = REALM + ', error="invalid_token"'

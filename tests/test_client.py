@@ -16,7 +16,6 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from conftest import make_token
 from service.web.app import create_app
 from service.client import (
     ApiError,
@@ -34,6 +33,7 @@ from service.client import (
     UnsupportedMediaType,
 )
 from service.config import Config
+from tests.helpers import make_token
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -8,7 +8,7 @@ import pytest
 
 from service.domain import lifecycle as lc
 from service.web.app import create_app
-from test_runs import assert_projection, run_level, run_path
+from tests.helpers import assert_projection, run_level, run_path
 
 
 @pytest.fixture

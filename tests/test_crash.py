@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -19,7 +20,8 @@ import aiohttp
 import asyncpg
 import pytest
 
-from conftest import make_token
+from tests.helpers import lock_waiters, make_token, wait_until
+
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 MOUNT = "/pipelines/v0"
@@ -91,6 +93,16 @@ async def _token(dsn: str, enterprise: str) -> str:
         return await make_token(conn, enterprise)
     finally:
         await conn.close()
+
+
+async def _in_flight(url: str, at_least: int) -> bool:
+    """Whether the service is handling that many requests now (its /metrics gauge), this
+    scrape excluded."""
+    async with aiohttp.ClientSession() as fresh:
+        async with fresh.get(url + "/metrics") as resp:
+            text = await resp.text()
+    found = re.search(r"^pipeline_runs_http_requests_in_flight (\S+)$", text, re.M)
+    return float(found.group(1)) - 1 >= at_least
 
 
 async def _call(session, method: str, url: str, **kw) -> tuple[int, dict]:
@@ -216,7 +228,10 @@ async def test_sigterm_drains_in_flight_requests_and_exits_0(own_db, services):
                                             json={"status": "running"}))
             short_poll = asyncio.create_task(_call(session, "GET", polled + "&wait=3"))
             long_poll = asyncio.create_task(_call(session, "GET", polled + "&wait=25"))
-            await asyncio.sleep(0.5)
+            # All three in the service's hands: the PUT waiting for the row, the polls for events.
+            await wait_until(lambda: lock_waiters(locker), what="the PUT to wait for the row")
+            await wait_until(lambda: _in_flight(service.url, at_least=3),
+                             what="the three requests in flight")
             assert not (put.done() or short_poll.done() or long_poll.done())
 
             sent = time.monotonic()

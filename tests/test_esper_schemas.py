@@ -20,7 +20,7 @@ from aiohttp import web
 from openapi_schema_validator import (OAS30Validator, OAS31Validator, oas30_format_checker,
                                       oas31_format_checker)
 
-from conftest import MOUNTS, Api, make_token
+from tests.helpers import MOUNTS, Api, make_token
 from service.config import Config
 from service.infra.runtime import PARSER_LIMITS
 from service.web.app import create_app

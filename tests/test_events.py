@@ -8,7 +8,11 @@ from urllib.parse import quote
 
 import pytest
 
-from conftest import make_token
+from service.config import Config
+from service.infra import feedwait
+from service.web.app import create_app
+from service.web.keys import FEED_WAITERS
+from tests.helpers import make_token, wait_until
 
 
 def _run_path(run: dict) -> str:
@@ -188,21 +192,52 @@ async def test_feed_filters(api):
     await api.get("/events/?wait=31", status=400)
 
 
-async def test_feed_long_poll_wakes_on_a_new_event(api):
-    pipeline = await api.pipeline()
-    head = (await api.get("/events/"))["next_after"]
+class TestLongPollWakeUp:
+    """NOTIFY wakes a long-poll at another process's commit: the app's safety re-query tick
+    is made far longer than the poll's answer may take, so only the wake-up can answer it in
+    time. The write goes through a second app (another process, as far as the first can
+    tell: a write of its own wakes its long-polls without NOTIFY)."""
 
-    async def later():
-        await asyncio.sleep(0.3)
-        return await api.run(pipeline["id"])
+    TICK = 60.0
+    WAIT = 10
 
-    started = time.monotonic()
-    waiting = asyncio.create_task(api.get(f"/events/?after={head}&wait=10"))
-    run = await later()
-    feed = await waiting
-    elapsed = time.monotonic() - started
-    assert [e["run_id"] for e in feed["results"]] == [run["id"]]
-    assert elapsed < 5, elapsed
+    @pytest.fixture
+    def config(self, db_dsn) -> Config:
+        return Config(database_url=db_dsn, pool_min=1, pool_max=20, token_cache_seconds=0.5,
+                      feed_tick_seconds=self.TICK)
+
+    async def _poll_then_append(self, api, client, enterprise, other
+                                ) -> tuple[dict, float, dict]:
+        pipeline = await api.pipeline()
+        head = (await api.get("/events/"))["next_after"]
+        waiters = client.server.app[FEED_WAITERS]
+        waiting = asyncio.create_task(api.get(f"/events/?after={head}&wait={self.WAIT}"))
+        await wait_until(lambda: waiters.waiting(enterprise), what="the long-poll to be waiting")
+        run = await api.with_client(other).run(pipeline["id"])  # committed when answered
+        committed = time.monotonic()
+        feed = await waiting
+        return feed, time.monotonic() - committed, run
+
+    @pytest.fixture
+    async def other(self, aiohttp_client, config):
+        return await aiohttp_client(create_app(config))
+
+    async def test_feed_long_poll_wakes_on_a_new_event(self, api, client, enterprise, other):
+        feed, latency, run = await self._poll_then_append(api, client, enterprise, other)
+        assert [e["run_id"] for e in feed["results"]] == [run["id"]]
+        assert latency < self.WAIT / 2, latency
+
+    @pytest.fixture
+    def notify_lost(self, monkeypatch):
+        """The listener LISTENs where nothing is notified (set up before the app starts)."""
+        monkeypatch.setattr(feedwait, "FEED_CHANNEL", "nobody_notifies_this")
+
+    async def test_without_notify_the_long_poll_answers_only_at_its_deadline(
+            self, notify_lost, api, client, enterprise, other):
+        """The control: the test above fails when NOTIFY is broken."""
+        feed, latency, run = await self._poll_then_append(api, client, enterprise, other)
+        assert [e["run_id"] for e in feed["results"]] == [run["id"]]
+        assert latency > self.WAIT / 2, latency
 
 
 async def test_feed_long_poll_times_out_empty(api):

@@ -40,8 +40,8 @@ async def _schemathesis(config, api, port: int) -> tuple[int, str]:
             "--phases", "examples,coverage,fuzzing", "--checks", "all",
             "--max-examples", MAX_EXAMPLES, "--seed", SEED, "--no-color",
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-            env={**os.environ, "SCHEMATHESIS_HOOKS": "fuzz_hooks",
-                 "PYTHONPATH": str(Path(__file__).parent)})
+            env={**os.environ, "SCHEMATHESIS_HOOKS": "tests.fuzz_hooks",
+                 "PYTHONPATH": str(Path(__file__).resolve().parent.parent)})
         output, _ = await asyncio.wait_for(proc.communicate(), timeout=600)
     finally:
         await runner.cleanup()

@@ -11,6 +11,7 @@ from service.infra.db import create_pool
 from service.app.groupcommit import GroupCommit
 from service.web.keys import GROUP_COMMIT
 from service.app.replay import verify
+from tests.helpers import lock_waiters, wait_until
 
 
 @pytest.fixture
@@ -142,7 +143,8 @@ async def test_a_busy_run_does_not_hold_up_the_others(api, db_dsn):
         await holder.execute("SELECT 1 FROM pipeline_runs WHERE id = $1 FOR UPDATE",
                              runs[0]["id"])
         blocked = asyncio.ensure_future(api.put(_url(runs[0]), {"status": "waiting"}))
-        await asyncio.sleep(0.2)  # it is in flight (a group's first change) before the others
+        # It is in flight (a group's first change, waiting for the row) before the others.
+        await wait_until(lambda: lock_waiters(holder), what="the PUT to wait for the row")
         others = [await asyncio.wait_for(api.put(_url(r), {"status": "waiting"}), 10)
                   for r in runs[1:]]
         assert [o["status"] for o in others] == ["waiting"] * 4

@@ -9,12 +9,12 @@ import uuid
 
 import pytest
 
-from conftest import make_token
 from service.config import Config
 from service.infra.db import create_pool
 from service.web.idempotency import KEY_HEADER, REPLAYED_HEADER
 from service.store import idempotency as key_store
 from service.app.sweeper import sweep_once
+from tests.helpers import make_token
 
 
 def key() -> str:

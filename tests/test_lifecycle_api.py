@@ -4,8 +4,8 @@ from __future__ import annotations
 import pytest
 
 from service.domain import lifecycle as lc
-from test_lifecycle_unit import ALLOWED, REFUSED
-from test_runs import assert_projection, events_of, run_in, run_level, run_path, token_id, ts
+from tests.helpers import (ALLOWED, REFUSED, assert_projection, events_of, run_in, run_level,
+                           run_path, token_id, ts)
 
 
 async def _state(api, db, status: str) -> tuple[dict, list[dict]]:

@@ -1,45 +1,15 @@
 """Pure unit tests of service/lifecycle.py: statuses, transitions, and folding events."""
 from __future__ import annotations
 
-import itertools
 import uuid
-from collections import deque
 from datetime import datetime, timedelta, timezone
 
 import pytest
 
 from service.domain import lifecycle as lc
+from tests.helpers import ALLOWED, REFUSED, _parents, legal_path
 
 T0 = datetime(2024, 1, 1, tzinfo=timezone.utc)
-ALL_PAIRS = list(itertools.product(lc.RUN_STATUSES, repeat=2))
-ALLOWED = [(a, b) for a, b in ALL_PAIRS if b in lc.RUN_TRANSITIONS[a]]
-REFUSED = [(a, b) for a, b in ALL_PAIRS if a != b and b not in lc.RUN_TRANSITIONS[a]]
-
-
-def _parents(start: str, transitions=lc.RUN_TRANSITIONS) -> dict[str, str | None]:
-    """Breadth-first search: each status reachable from `start`, with its predecessor."""
-    parents: dict[str, str | None] = {start: None}
-    queue = deque([start])
-    while queue:
-        current = queue.popleft()
-        for nxt in sorted(transitions[current]):
-            if nxt not in parents:
-                parents[nxt] = current
-                queue.append(nxt)
-    return parents
-
-
-def legal_path(target: str, start: str = lc.INITIAL_STATUS) -> list[str]:
-    """The shortest legal walk from `start` to `target`, `start` excluded."""
-    parents = _parents(start)
-    assert target in parents, f"{target} is unreachable from {start}"
-    path = []
-    while target != start:
-        path.append(target)
-        target = parents[target]
-    return path[::-1]
-
-
 def event(kind: str, version: int, to: str | None, minutes: int, run_id=None, **extra) -> dict:
     return {"type": kind, "version": version, "to_status": to, "run_id": run_id or RUN_ID,
             "enterprise_id": "ent", "pipeline_id": PIPELINE_ID, "actor_id": 7,

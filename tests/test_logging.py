@@ -10,7 +10,6 @@ import uuid
 import pytest
 from aiohttp import web
 
-from conftest import Api
 from service.web.app import create_app
 from service.infra.logs import (
     REQUEST_ID,
@@ -19,6 +18,7 @@ from service.infra.logs import (
     log_access,
     setup_logging,
 )
+from tests.helpers import Api
 
 ROUTE = "/pipelines/v0/pipelines/{pipeline_id}/runs/"
 
@@ -78,7 +78,7 @@ async def test_every_json_line_of_a_request_carries_its_id(logs, aiohttp_client,
     (access,) = of_request(lines, "deploy-7")  # exactly one access line per request
     assert access == {
         "timestamp": access["timestamp"], "level": "INFO", "message": "request",
-        "logger": "service.access", "request_id": "deploy-7", "method": "POST",
+        "logger": "service.access", "request_id": "deploy-7", "trace_id": None, "method": "POST",
         "route": ROUTE, "path": f"/pipelines/v0/pipelines/{pipeline['id']}/runs/",
         "status": 200, "duration_ms": access["duration_ms"], "enterprise": enterprise,
         "actor": "tester",
@@ -182,7 +182,7 @@ def test_json_lines_stay_one_valid_json_object_whatever_is_logged():
     parsed = json.loads(line, parse_constant=lambda c: pytest.fail(f"not JSON: {c}"))
     assert parsed["message"] == 'said "hé"\n\tthen' and parsed["logger"] == "x.y"
     assert parsed["level"] == "WARNING" and parsed["request_id"] is None
-    assert list(parsed)[5:] == ["count", "ratio", "nan", "flag", "nested", "thing", "none"]
+    assert list(parsed)[6:] == ["count", "ratio", "nan", "flag", "nested", "thing", "none"]
     assert [parsed[k] for k in ("count", "ratio", "nan", "flag")] == [3, 0.5, "nan", True]
     assert parsed["nested"] == {"a": [1, None]} and parsed["thing"].startswith("<object")
     assert parsed["none"] is None
@@ -210,8 +210,8 @@ def test_the_direct_access_line_is_the_line_logging_would_write(logs):
         REQUEST_ID.reset(token)
     direct, plain = (json.loads(line) for line in read())
     assert direct.pop("timestamp")[:16] == plain.pop("timestamp")[:16]
-    assert direct == plain == {"level": "INFO", "message": "request",
-                               "logger": "service.access", "request_id": "direct-1", **fields}
+    assert direct == plain == {"level": "INFO", "message": "request", "logger": "service.access",
+                               "request_id": "direct-1", "trace_id": None, **fields}
 
 
 async def test_access_lines_of_one_loop_iteration_are_written_together_and_in_order(logs):

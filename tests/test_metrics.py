@@ -10,10 +10,10 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import Api
 from service.web.app import create_app
 from service.config import Config
 from service.web.keys import METRICS_RUNNER
+from tests.helpers import Api
 
 RUN_ROUTE = "/pipelines/v0/pipelines/{pipeline_id}/runs/{pipeline_run_id}/"
 
@@ -167,7 +167,7 @@ async def test_metrics_port_serves_metrics_apart_from_the_api(aiohttp_client, co
 def test_metrics_port_and_log_format_come_from_the_environment():
     assert Config.from_env({}).metrics_port is None
     assert Config.from_env({"METRICS_PORT": "9100"}).metrics_port == 9100
-    assert Config.from_env({}).log_format == "json"
+    assert Config.from_env({}).log_format is None  # the command's default (json for serve)
     assert Config.from_env({"LOG_FORMAT": "TEXT"}).log_format == "text"
     with pytest.raises(ValueError, match="LOG_FORMAT"):
         Config.from_env({"LOG_FORMAT": "xml"})

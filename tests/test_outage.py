@@ -14,13 +14,13 @@ import uuid
 import asyncpg
 import pytest
 
-import pgcluster
-from conftest import SCHEMA, Api, make_token
 from service.web.app import create_app
 from service.config import Config
 from service.infra.feedwait import FeedWaiters
-from service.web.keys import FEED_WAITERS, POOL
+from service.web.keys import FEED_WAITERS, METRICS, POOL
 from service.store import meta
+from tests import pgcluster
+from tests.helpers import SCHEMA, Api, lock_waiters, make_token, wait_until
 
 # Small timeouts, so an outage answers fast. Budget per request: connect 1 s, acquire 2 s
 # (connecting included), statement 0.8 s, and 1.8 s (asyncpg's command_timeout) for a pooled
@@ -102,7 +102,7 @@ async def test_slow_query_answers_503_and_the_worker_is_free(api, db, db_dsn):
         await locker.execute("SELECT 1 FROM pipeline_runs WHERE id = $1 FOR UPDATE",
                              uuid.UUID(run["id"]))
         blocked = asyncio.create_task(timed(api.put(run_path(run), {"status": "running"}, 503)))
-        await asyncio.sleep(0.1)
+        await wait_until(lambda: lock_waiters(locker), what="the PUT to wait for the row")
         # While one request waits on the lock, others are served.
         moved, created, read = await asyncio.gather(
             elsewhere.put(run_path(other), {"status": "running"}), api.run(pipeline["id"]),
@@ -182,7 +182,9 @@ class TestPrivateCluster:
         # And a long-poll waiting for events: its next re-query (every second) answers 503.
         waiting = asyncio.create_task(timed(api.get(f"/events/?run_id={run['id']}&after="
                                                     f"{2**62}&wait=10", 503)))
-        await asyncio.sleep(0.2)
+        waiters = client.server.app[FEED_WAITERS]
+        await wait_until(lambda: lock_waiters(db), what="the PUT to wait for the row")
+        await wait_until(lambda: waiters.waiting(enterprise), what="the long-poll to wait")
         stopped = time.monotonic()
         pg.stop()
         _, took = await timed(in_flight)
@@ -206,7 +208,10 @@ class TestPrivateCluster:
         assert max(took.values()) < 1, took  # refused: nothing to wait for
         assert (await api.get("/health/live"))["status"] == "live"
 
-        await asyncio.sleep(max(0.0, due + 0.5 - time.monotonic()))  # sweeps fail meanwhile
+        # Down past the doomed run's deadline, while sweeps fail.
+        metrics = client.server.app[METRICS]
+        await wait_until(lambda: metrics.sweep_failures and time.monotonic() > due + 0.5,
+                         what="a failed sweep after the run's deadline")
         pg.start()
         recovered = await wait_until_ready(api)
         print(f"ready {recovered:.3f}s after the restart")
@@ -215,16 +220,18 @@ class TestPrivateCluster:
         # Served again, with the same pool, listener and sweeper.
         assert (await fresh.get(run_path(run)))["version"] == 1  # nothing half-written
         await api.move(run, "running")
-        deadline = time.monotonic() + 5
-        while (await api.get(run_path(doomed)))["status"] != "timeout":
-            assert time.monotonic() < deadline, "the sweeper did not come back"
-            await asyncio.sleep(0.1)
+
+        async def doomed_timed_out() -> bool:
+            return (await api.get(run_path(doomed)))["status"] == "timeout"
+
+        await wait_until(doomed_timed_out, 5, "the sweeper to come back")
         await self._long_poll_wakes(api, client, run)
 
     async def _long_poll_wakes(self, api, client, run) -> None:
         after = (await api.get(f"/events/?run_id={run['id']}"))["next_after"]
         poll = asyncio.create_task(api.get(f"/events/?run_id={run['id']}&after={after}&wait=5"))
-        await asyncio.sleep(0.3)
+        waiters = client.server.app[FEED_WAITERS]
+        await wait_until(lambda: waiters.waiting(run["enterprise_id"]), what="the long-poll")
         assert not poll.done()
         started = time.monotonic()
         await api.move(run, "waiting")
@@ -233,11 +240,8 @@ class TestPrivateCluster:
         print(f"long-poll woke {latency:.3f}s after the commit")
         assert [e["to_status"] for e in woke["results"]] == ["waiting"]
         assert latency < 1
-        waiters = client.server.app[FEED_WAITERS]
-        deadline = time.monotonic() + 3
-        while not waiters.listening:  # LISTEN is re-established in the background
-            assert time.monotonic() < deadline, "the feed listener did not reconnect"
-            await asyncio.sleep(0.1)
+        # LISTEN is re-established in the background.
+        await wait_until(lambda: waiters.listening, 3, "the feed listener to reconnect")
 
     async def test_unresponsive_database_answers_503_within_the_timeouts(self, api, pg, db,
                                                                           enterprise):

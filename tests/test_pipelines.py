@@ -4,9 +4,8 @@ from __future__ import annotations
 import pytest
 from yarl import URL
 
-from conftest import make_token
 from service.store import tokens as token_store
-from test_runs import run_path, ts, walk
+from tests.helpers import make_token, run_path, ts, walk
 
 PIPELINE_FIELDS = {"id", "enterprise_id", "name", "description", "timeout_seconds", "is_active",
                    "is_default", "is_valid", "created_by", "updated_by", "created_at",

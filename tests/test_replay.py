@@ -8,13 +8,9 @@ import uuid
 
 import asyncpg
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
-from service.domain import lifecycle
 from service.app import scan_parts
 from service.infra.db import init_connection
-from service.domain.errors import Conflict, NotFound
 from service.app.replay import replay, verify
 from service.store import pipelines as pipeline_store
 from service.app import runs as run_cases
@@ -28,13 +24,6 @@ def db_dsn(own_db):
 
 PROJECTION = "SELECT * FROM pipeline_runs ORDER BY enterprise_id, id"
 
-# An operation: (enterprise index, run index, action), action a status or "delete"/"create".
-operations = st.lists(
-    st.tuples(st.integers(0, 1), st.integers(0, 3),
-              st.sampled_from([*lifecycle.RUN_STATUSES, "delete", "create"])),
-    min_size=1, max_size=40,
-)
-
 
 async def _connect(dsn: str) -> asyncpg.Connection:
     conn = await asyncpg.connect(dsn)
@@ -42,47 +31,8 @@ async def _connect(dsn: str) -> asyncpg.Connection:
     return conn
 
 
-async def _play(conn, ops) -> None:
-    """Drive the live write path with legal and illegal changes, deletes and creates."""
-    enterprises = [f"hyp-{uuid.uuid4().hex[:8]}" for _ in range(2)]
-    pipelines = [(await pipeline_store.create_pipeline(conn, e, 1, {"name": "p"}))["id"]
-                 for e in enterprises]
-    runs: dict[tuple[int, int], uuid.UUID] = {}
-    for ent, index, action in ops:
-        enterprise, pipeline_id = enterprises[ent], pipelines[ent]
-        run_id = runs.get((ent, index))
-        try:
-            if action == "create" or run_id is None:
-                run = await run_cases.create(OnConnection(conn), Actor(enterprise, "hyp", 7),
-                                             pipeline_id)
-                runs[(ent, index)] = run["id"]
-            elif action == "delete":
-                await run_cases.delete(OnConnection(conn), Actor(enterprise, "hyp", 7),
-                                       pipeline_id, run_id)
-            else:
-                await run_cases.change_status(OnConnection(conn), Actor(enterprise, "hyp", 7),
-                                              pipeline_id, run_id, action,
-                                              reason="because" if index else None)
-        except (Conflict, NotFound):
-            pass  # illegal moves and changes to deleted runs are refused and change nothing
-
-
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(ops=operations)
-def test_replay_equals_live_projection(db_dsn, ops):
-    async def scenario():
-        conn = await _connect(db_dsn)
-        try:
-            await _play(conn, ops)
-            live = await conn.fetch(PROJECTION)
-            assert (await verify(conn)).drifts == []
-            report = await replay(conn)
-            assert report.repaired == 0
-            assert await conn.fetch(PROJECTION) == live
-        finally:
-            await conn.close()
-
-    asyncio.run(scenario())
+# The property (replay equals the live projection of concurrent writes) is
+# tests/test_replay_property.py.
 
 
 async def test_tampered_row_fails_verify_and_replay_repairs_it(api, db):

@@ -7,42 +7,12 @@ import re
 import jsonschema_rs
 import pytest
 
-from conftest import MOUNTS, Api
 from service.web.app import RESOURCE_ROUTES, create_app
 from service.web.middleware import MAX_URL_BYTES
 from service.infra.runtime import PARSER_LIMITS
+from tests.helpers import Api, CORE_ROUTES, ID_ROUTES, MOUNTS, body_for, ids
 
 MIB = 1024 * 1024
-CORE_ROUTES = [
-    ("GET", "/pipelines/"), ("POST", "/pipelines/"),
-    ("GET", "/pipelines/{pipeline_id}/"), ("PUT", "/pipelines/{pipeline_id}/"),
-    ("DELETE", "/pipelines/{pipeline_id}/"),
-    ("GET", "/pipelines/{pipeline_id}/stages/"), ("POST", "/pipelines/{pipeline_id}/stages/"),
-    ("GET", "/pipelines/{pipeline_id}/stages/{stage_id}/"),
-    ("PUT", "/pipelines/{pipeline_id}/stages/{stage_id}/"),
-    ("DELETE", "/pipelines/{pipeline_id}/stages/{stage_id}/"),
-    ("GET", "/runs/"),
-    ("GET", "/pipelines/{pipeline_id}/runs/"), ("POST", "/pipelines/{pipeline_id}/runs/"),
-    ("GET", "/pipelines/{pipeline_id}/runs/{pipeline_run_id}/"),
-    ("PUT", "/pipelines/{pipeline_id}/runs/{pipeline_run_id}/"),
-    ("DELETE", "/pipelines/{pipeline_id}/runs/{pipeline_run_id}/"),
-]
-ID_ROUTES = [(m, p, param) for m, p in CORE_ROUTES for param in re.findall(r"{(\w+)}", p)]
-
-
-def body_for(method: str, template: str):
-    if method == "PUT" and "{pipeline_run_id}" in template:
-        return {"status": "running"}
-    return {"POST": {"name": "x"}, "PUT": {"name": "x"}}.get(method)
-
-
-async def ids(api) -> dict[str, str]:
-    pipeline = await api.pipeline()
-    run = await api.run(pipeline["id"])
-    return {"pipeline_id": pipeline["id"], "stage_id": pipeline["stages"][0]["id"],
-            "pipeline_run_id": run["id"]}
-
-
 def test_the_app_serves_every_core_route():
     served = {(method, path) for method, path, _ in RESOURCE_ROUTES}
     assert set(CORE_ROUTES) <= served

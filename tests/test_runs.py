@@ -1,83 +1,13 @@
 """Pipeline runs: create/get/list/delete, filters, orderings, pagination and the event store."""
 from __future__ import annotations
 
-import uuid
-from datetime import datetime
-
 import pytest
 from yarl import URL
 
-from conftest import make_token
 from service.domain import lifecycle as lc
 from service.web.schemas import ENTERPRISE_RUN_ORDERINGS, PIPELINE_RUN_ORDERINGS
-from service.store import tokens as token_store
-from test_lifecycle_unit import legal_path
-
-RUN_FIELDS = {"id", "enterprise_id", "run_number", "pipeline_id", "pipeline_name", "status",
-              "status_meta", "created_by", "updated_by", "created_at", "updated_at",
-              "started_at", "ended_at", "version"}
-TIMESTAMPS = ("created_at", "updated_at", "started_at", "ended_at")
-
-
-def run_path(run: dict) -> str:
-    return f"/pipelines/{run['pipeline_id']}/runs/{run['id']}/"
-
-
-def ts(value: str | None) -> datetime | None:
-    return None if value is None else datetime.fromisoformat(value)
-
-
-async def token_id(db, token: str) -> int:
-    return (await token_store.find_token(db, token))["id"]
-
-
-async def events_of(db, run_id) -> list[dict]:
-    rows = await db.fetch("SELECT * FROM run_events WHERE run_id = $1 ORDER BY version", run_id)
-    return [dict(r) for r in rows]
-
-
-def run_level(events: list[dict]) -> list[dict]:
-    """The run's own events (run.*), without the stage-run events a move may cascade to."""
-    return [e for e in events if e["type"].startswith("run.")]
-
-
-async def assert_projection(db, run: dict) -> list[dict]:
-    """The projection row equals the API's run and the fold of the run's events."""
-    row = dict(await db.fetchrow("SELECT * FROM pipeline_runs WHERE id = $1", run["id"]))
-    events = await events_of(db, run["id"])
-    folded = lc.fold(events)
-    assert row == {key: folded[key] for key in row}
-    assert [e["version"] for e in events] == list(range(1, run["version"] + 1))
-    for key in RUN_FIELDS - {"pipeline_name", *TIMESTAMPS}:
-        stored = str(row[key]) if isinstance(row[key], uuid.UUID) else row[key]
-        assert stored == run[key], key
-    for key in TIMESTAMPS:
-        assert row[key] == ts(run[key]), key
-    own = run_level(events)
-    assert row["created_at"] == own[0]["occurred_at"]
-    assert row["updated_at"] == own[-1]["occurred_at"]
-    return events
-
-
-async def walk(api, path: str) -> tuple[list[dict], list[dict]]:
-    """Follow `next` from `path`; returns (pages, every item in the order served)."""
-    pages, items, url = [], [], path
-    while url is not None:
-        page = await api.get(url)
-        pages.append(page)
-        items.extend(page["results"])
-        url = page["next"]
-        assert url is None or URL(url).is_absolute(), url
-        assert len(pages) <= 100, "next never ends"
-    assert len(items) == pages[0]["count"] and all(p["count"] == len(items) for p in pages)
-    return pages, items
-
-
-async def run_in(api, pipeline: dict, status: str) -> dict:
-    """A new run of `pipeline` brought to `status` by a legal walk."""
-    run = await api.run(pipeline["id"])
-    return await api.move(run, *legal_path(status)) if status != "pending" else run
-
+from tests.helpers import (RUN_FIELDS, TIMESTAMPS, assert_projection, events_of, make_token,
+                           run_in, run_level, run_path, token_id, ts, walk)
 
 # Two pipelines, runs in every kind of state: started or not, ended or not.
 SEED = [("alpha", "pending"), ("beta", "running"), ("alpha", "success"), ("beta", "queued"),

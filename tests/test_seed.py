@@ -10,8 +10,7 @@ import pytest
 from service.domain import lifecycle
 from service.app.replay import verify
 from service.app.seed import seed
-
-from conftest import make_token
+from tests.helpers import make_token
 
 
 @pytest.fixture
@@ -107,7 +106,7 @@ def test_cli_seed_then_verify(db_dsn):
 
 @pytest.fixture
 def api_for_enterprise(client, db):
-    from conftest import Api
+    from tests.helpers import Api
 
     async def make(enterprise: str) -> Api:
         return Api(client, await make_token(db, enterprise))

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import MOUNTS, make_token
+from tests.helpers import MOUNTS, make_token
+
 
 ESPER = "/api/pipelines/v0"
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 import pytest
 from yarl import URL
 
-from conftest import make_token
-from test_runs import ts, walk
+from tests.helpers import make_token, ts, walk
+
 
 STAGE_FIELDS = {"id", "enterprise_id", "pipeline_id", "name", "description", "timeout_seconds",
                 "ordinal", "created_by", "updated_by", "created_at", "updated_at"}

@@ -10,7 +10,7 @@ import pytest
 from service.client import PipelineRunsClient
 from service.web.app import create_app
 from service.web.keys import POOL
-from test_feed_race import _slow_writer, _writer
+from tests.test_feed_race import _slow_writer, _writer
 
 MOUNT = "/pipelines/v0"
 
@@ -100,7 +100,7 @@ async def test_bad_resume_point_is_a_400_envelope(api):
 
 
 async def test_stream_needs_audit_read(api, db, enterprise):
-    from conftest import make_token
+    from tests.helpers import make_token
 
     reader = await make_token(db, enterprise, "no-audit", ["runs:read", "webhooks:manage"])
     assert await api.with_token(reader).get("/events/stream/", 403) == {}

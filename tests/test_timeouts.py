@@ -15,6 +15,7 @@ from service.web.keys import POOL
 from service.store import timeouts
 from service.infra.metrics import Metrics
 from service.app.sweeper import run_forever, sweep_once
+from tests.helpers import wait_until
 
 
 @pytest.fixture
@@ -97,7 +98,12 @@ async def test_only_one_process_sweeps_at_a_time(db, db_dsn):
 async def test_sweep_is_idempotent_and_races_callers_safely(api, client, db, enterprise):
     pipeline = await api.pipeline(stages=("a",), timeout_seconds=1)
     runs = [await api.run(pipeline["id"]) for _ in range(6)]
-    await asyncio.sleep(1.2)
+
+    async def all_overdue() -> bool:
+        return await db.fetchval("SELECT count(*) FROM pipeline_runs WHERE enterprise_id = $1"
+                                 " AND deadline < now()", enterprise) == 6
+
+    await wait_until(all_overdue, what="the runs to be overdue")
     pool = client.app[POOL]
     # Callers cancel half of the overdue runs while two sweeps run.
     results = await asyncio.gather(
@@ -122,7 +128,7 @@ async def test_an_outage_logs_one_line_a_tick_not_a_traceback(caplog, unused_tcp
     metrics = Metrics()
     sweeper = asyncio.create_task(run_forever(pool, 0.05, metrics))
     try:
-        await asyncio.sleep(0.5)
+        await wait_until(lambda: metrics.sweep_failures >= 2, what="two failed sweeps")
     finally:
         sweeper.cancel()
         with contextlib.suppress(asyncio.CancelledError):

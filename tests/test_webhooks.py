@@ -8,7 +8,7 @@ import uuid
 import pytest
 from standardwebhooks.webhooks import Webhook
 
-from conftest import make_token
+from tests.helpers import make_token
 from service.client import WebhookVerificationError, verify_webhook
 from webhook_receiver import Receiver
 
@@ -105,7 +105,7 @@ async def test_wrong_body_values_are_400s_naming_the_field(api, receiver, field,
 
 
 async def test_allowed_hosts_restrict_targets(aiohttp_client, config, token, receiver):
-    from conftest import Api
+    from tests.helpers import Api
     from service.web.app import create_app
 
     client = await aiohttp_client(create_app(config.with_(

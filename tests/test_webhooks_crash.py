@@ -8,8 +8,8 @@ import aiohttp
 import asyncpg
 import pytest
 
-from conftest import make_token
-from test_crash import MOUNT, Service
+from tests.helpers import make_token
+from tests.test_crash import MOUNT, Service
 from webhook_receiver import Receiver
 
 ENTERPRISE = "ent-webhooks-crash"

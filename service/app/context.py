@@ -12,18 +12,22 @@ from service.domain import lifecycle
 
 @dataclass(frozen=True, slots=True)
 class Actor:
-    """Who asks for a change: the enterprise, the token's name and id, the request."""
+    """Who asks for a change: the enterprise, the token's name and id, the request (its id
+    and, when it is traced, its trace's id: infra/tracing.py)."""
 
     enterprise_id: str
     name: str
     token_id: int | None
     request_id: str | None = None
+    trace_id: str | None = None
 
     def event_data(self, reason: str | None = None) -> dict[str, Any]:
         """What an event this actor causes carries besides its columns (the ONE place)."""
         data: dict[str, Any] = {}
         if self.request_id:
             data["request_id"] = self.request_id
+        if self.trace_id:
+            data["trace_id"] = self.trace_id
         if reason:
             data["reason"] = reason
         return data

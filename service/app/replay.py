@@ -1,26 +1,31 @@
 """Replay and verify: fold run_events with the live path's lifecycle, compare, repair.
 
 Replay is safe while the service runs:
-1. Scan: in one REPEATABLE READ snapshot, stream every run (its events as arrays in
-   version order) with its projection row, fold each run with the lifecycle's fold and note
-   every row that differs; run_counts is compared with the fold's counts too. A large
-   scan is split across 2 processes that share the snapshot (scan_parts.py).
+1. Scan: in one REPEATABLE READ snapshot, read the event log in the order it was written
+   (a sequential read) and fold each run in memory as its events pass by, with the
+   lifecycle's fold; then read the projection rows and note every one that differs from
+   its run's fold; run_counts is compared with the fold's counts too. A large scan is split
+   by run id across 2 processes that share the snapshot, and into more run-id ranges,
+   folded one after another, when the folds of all runs would not fit in memory
+   (scan_parts.py).
 2. Patch without blocking anyone: write the differing rows, each guarded by the version
    seen in the scan, so a row a live write has moved on since is left alone.
 3. Catch up in one short transaction that blocks writers (not readers): re-fold the runs
    that got events after the snapshot or were skipped in 2, and write them. Commit.
-The scan streams (no query per run) and holds one run in memory at a time.
+The scan streams (no query per run, but for the rare run whose events come out of version
+order) and holds the folds of one run-id range in memory.
 """
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import gc
 import operator
 import time
 from collections import Counter
 from contextlib import aclosing
 from dataclasses import dataclass, field
-from itertools import repeat
-from typing import Any
+from typing import Any, Iterator
 
 import asyncpg
 
@@ -53,6 +58,7 @@ class Scan:
     events: int = 0
     runs: int = 0
     parts: int = 1  # processes the scan was split across (scan_parts.py)
+    ranges: int = 1  # run-id ranges folded one after another (memory: scan_parts.py)
     heads: dict[str, int] = field(default_factory=dict)
     drifts: list[Drift] = field(default_factory=list)
     # run_counts rows that differ from the fold (what verify reports).
@@ -72,10 +78,9 @@ class Scan:
 _ROW = operator.itemgetter(*sql.PROJECTION_COLUMNS)
 _STAGE_ROW = operator.itemgetter(*sql.STAGE_RUN_ARRAY_COLUMNS)
 _S_ORDINAL = sql.STAGE_RUN_ARRAY_COLUMNS.index("ordinal")
-_HAS_ROW = sql.ROW_AT - 1
+_HAS_ROW = sql.ROW_AT - 1  # always true in PROJECTION_ROWS; _projection_of's None: no row
 _P_PIPELINE = sql.ROW_AT + sql.PROJECTION_COLUMNS.index("pipeline_id")
 _P_STATUS = sql.ROW_AT + sql.PROJECTION_COLUMNS.index("status")
-_VERSION = operator.itemgetter(1)  # of a lifecycle.EVENT_FIELDS tuple
 
 
 def _projection_of(record: asyncpg.Record) -> dict | None:
@@ -96,7 +101,7 @@ def _stage_rows(record: asyncpg.Record) -> list[tuple]:
         return []
     rows = list(zip(*arrays))
     ordinals = arrays[_S_ORDINAL]
-    if any(a > b for a, b in zip(ordinals, ordinals[1:])):  # see RUNS_WITH_PROJECTION
+    if any(a > b for a, b in zip(ordinals, ordinals[1:])):  # see PROJECTION_ROWS
         rows.sort(key=operator.itemgetter(_S_ORDINAL))
     return rows
 
@@ -130,17 +135,60 @@ def _compare(key, expected: dict | None, actual: dict | None) -> Drift | None:
     return Drift(key, fields, expected, actual)
 
 
-def _events(record: asyncpg.Record) -> tuple[Any, bool]:
-    """The record's events as lifecycle.fold_rows takes them, in version order; and whether
-    the versions are consecutive."""
-    enterprise_id, run_id, versions = record[0], record[1], record[3]
-    events = zip(record[4], versions, record[5], record[6], record[7], record[9],
-                 repeat(enterprise_id), repeat(run_id), record[8])
-    if versions == list(range(versions[0], versions[0] + len(versions))):
-        return events, True
-    events = sorted(events, key=_VERSION)  # out of order, repeated or missing
-    versions = sorted(versions)
-    return events, versions == list(range(versions[0], versions[0] + len(versions)))
+def _fold_events(batch: list, folds: dict, early: dict, irregular: set) -> None:
+    """Fold each event (a row of sql.EVENTS_IN_LOG_ORDER) into its run's fold, in place.
+
+    folds maps (enterprise_id, run_id) to [last version folded, the run as folded so far].
+    The log is read in the heap's order, which is the order of appends but for local
+    reorderings (a row goes where there is room): an event ahead of its run's next version
+    waits in `early` ({version: event} per run) until the versions before it came. A
+    version seen twice marks the run irregular (re-read in version order after the scan:
+    _refold_irregular); so does, after the scan, a run with events still waiting.
+    """
+    step, get = lifecycle.step, folds.get
+    for event in batch:
+        key = (event[0], event[1])
+        entry = get(key)
+        if entry is None:
+            folds[key] = entry = [0, None]
+        version = event[2]
+        if version != entry[0] + 1:
+            waiting = early.setdefault(key, {})
+            if version <= entry[0] or version in waiting:
+                irregular.add(key)
+            waiting[version] = event
+            continue
+        entry[0] = version
+        entry[1] = step(entry[1], event[3], version, event[4], event[5], event[6], event[8],
+                        key[0], key[1], event[7])
+        if early and key in early:
+            _fold_waiting(key, entry, early)
+
+
+def _fold_waiting(key: tuple, entry: list, early: dict) -> None:
+    """Fold the run's waiting events that now come next."""
+    waiting = early[key]
+    while entry[0] + 1 in waiting:
+        event = waiting.pop(entry[0] + 1)
+        entry[0] = event[2]
+        entry[1] = lifecycle.step(entry[1], event[3], event[2], event[4], event[5], event[6],
+                                  event[8], key[0], key[1], event[7])
+    if not waiting:
+        del early[key]
+
+
+async def _refold_irregular(conn: asyncpg.Connection, folds: dict, irregular: set,
+                            result: Scan) -> None:
+    """The irregular runs folded from their events in version order (in the snapshot);
+    those whose versions are not consecutive are reported."""
+    for key in sorted(irregular, key=str):
+        rows = await conn.fetch(sql.RUN_EVENTS, *key)
+        events = [(r["type"], r["version"], r["to_status"], r["actor_id"], r["occurred_at"],
+                   r["data"], r["enterprise_id"], r["run_id"], r["pipeline_id"]) for r in rows]
+        versions = [e[1] for e in events]
+        if versions != list(range(versions[0], versions[0] + len(versions))):
+            result.version_drifts.append(key)
+        folds[key][1] = lifecycle.fold_rows(events)
 
 
 async def _batches(conn: asyncpg.Connection, query: str, size: int, *args):
@@ -167,42 +215,50 @@ class _Counts:
         self.projected: Counter = Counter()
 
 
-def _scan_batch(batch: list, result: Scan, counted: _Counts) -> None:
-    fold, heads = lifecycle.fold_rows, result.heads
+def _compare_rows(batch: list, folds: dict, result: Scan, counted: _Counts) -> None:
+    """Each projection row (of sql.PROJECTION_ROWS) against its run's fold, which it takes
+    out of folds. A row whose run has no events is not here: _scan_rest's ORPHAN_ROWS."""
+    take = folds.pop
     for record in batch:
-        enterprise_id, run_id = record[0], record[1]
-        events, consecutive = _events(record)
-        if not consecutive:
-            result.version_drifts.append((enterprise_id, run_id))
-        run = fold(events)
-        result.events += len(record[3])
-        result.runs += 1
-        if record[2] > heads.get(enterprise_id, 0):
-            heads[enterprise_id] = record[2]
+        key = (record[0], record[1])
+        entry = take(key, None)
+        if entry is None:
+            continue
+        run = entry[1]
         if not _unchanged(run, record):
-            drift = _compare((enterprise_id, run_id), _expected(run), _projection_of(record))
+            drift = _compare(key, _expected(run), _projection_of(record))
             if drift is not None:
                 result.drifts.append(drift)
         if run is not None:
-            counted.expected[(enterprise_id, run["pipeline_id"], run["status"])] += 1
-        if record[_HAS_ROW]:
-            counted.projected[(enterprise_id, record[_P_PIPELINE], record[_P_STATUS])] += 1
+            counted.expected[(key[0], run["pipeline_id"], run["status"])] += 1
+        counted.projected[(key[0], record[_P_PIPELINE], record[_P_STATUS])] += 1
 
 
-async def scan(conn: asyncpg.Connection, dsn: str | None = None) -> Scan:
+def _without_rows(folds: dict, result: Scan, counted: _Counts) -> None:
+    """The runs whose events fold to a live run that has no projection row."""
+    for key, (_, run) in folds.items():
+        if run is not None:
+            result.drifts.append(_compare(key, _expected(run), None))
+            counted.expected[(key[0], run["pipeline_id"], run["status"])] += 1
+
+
+async def scan(conn: asyncpg.Connection, dsn: str | None = None,
+               memory_mb: int = scan_parts.DEFAULT_MEMORY_MB) -> Scan:
     """Fold every run in one snapshot and compare with its projection row.
 
     With the database's dsn, a large scan is split: other processes fold a share of the
-    runs each, in the same snapshot (scan_parts.py).
+    runs each, in the same snapshot; and so is a scan whose folds would take more than
+    memory_mb at once (scan_parts.py).
     """
     result, counted = Scan(), _Counts()
     async with conn.transaction(isolation="repeatable_read", readonly=True):
         await conn.execute(sql.SCAN_SETTINGS)
-        ranges = scan_parts.bounds(await scan_parts.count_parts(conn, dsn))
-        result.parts = len(ranges)
-        async with scan_parts.in_other_processes(conn, scan_part_alone, dsn,
-                                                 ranges[1:]) as others:
-            await _scan_part(conn, ranges[0], result, counted)
+        plan = await scan_parts.plan(conn, dsn, memory_mb)
+        result.parts, result.ranges = plan.processes, len(plan.ranges)
+        mine, theirs = plan.shares()
+        async with scan_parts.in_other_processes(conn, scan_part_alone, dsn, theirs) as others:
+            for bounds in mine:
+                await _scan_part(conn, bounds, result, counted)
             for other in others:
                 _merge(result, counted, *await other)
         await _scan_rest(conn, result, counted)
@@ -212,18 +268,55 @@ async def scan(conn: asyncpg.Connection, dsn: str | None = None) -> Scan:
 async def _scan_part(conn: asyncpg.Connection, bounds: tuple, result: Scan,
                      counted: _Counts) -> None:
     """The runs with ids in bounds: folded and compared, in the caller's transaction."""
-    query = sql.RUNS_WITH_PROJECTION
-    async with aclosing(_batches(conn, query, sql.PREFETCH, *bounds)) as batches:
+    folds: dict = {}
+    early: dict = {}
+    irregular: set = set()
+    events = sql.EVENTS_IN_LOG_ORDER
+    with _no_cycle_collection():  # the whole part: the folds are held until compared
+        async with aclosing(_batches(conn, events, sql.PREFETCH, *bounds)) as batches:
+            async for batch in batches:
+                _fold_events(batch, folds, early, irregular)
+                result.events += len(batch)
+        await _compare_part(conn, bounds, folds, early, irregular, result, counted)
+
+
+async def _compare_part(conn: asyncpg.Connection, bounds: tuple, folds: dict, early: dict,
+                        irregular: set, result: Scan, counted: _Counts) -> None:
+    """The part's folds completed (the irregular runs refolded) and compared with its
+    projection rows."""
+    # Still waiting: a version missing or the first not 1 (the fold of those is the fold of
+    # the events sorted by version, as it always was).
+    await _refold_irregular(conn, folds, irregular | early.keys(), result)
+    result.runs += len(folds)
+    result.heads.update(dict.fromkeys({key[0] for key in folds}, 0))  # filled in _scan_rest
+    rows = sql.PROJECTION_ROWS
+    async with aclosing(_batches(conn, rows, sql.PREFETCH, *bounds)) as batches:
         async for batch in batches:
-            _scan_batch(batch, result, counted)
+            _compare_rows(batch, folds, result, counted)
+    _without_rows(folds, result, counted)
 
 
-def scan_part_alone(dsn: str, snapshot: str, bounds: tuple) -> tuple[Scan, _Counts]:
-    """_scan_part in a process of its own, in the exported snapshot given."""
-    return asyncio.run(_scan_part_alone(dsn, snapshot, bounds))
+@contextlib.contextmanager
+def _no_cycle_collection() -> Iterator[None]:
+    """The cyclic garbage collector off while the folds pile up: each of its full passes
+    walks every fold held (hundreds of thousands of dicts), a third of the scan's CPU
+    measured; the folds and rows make no reference cycles, so nothing is left uncollected."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
-async def _scan_part_alone(dsn: str, snapshot: str, bounds: tuple) -> tuple[Scan, _Counts]:
+def scan_part_alone(dsn: str, snapshot: str, ranges: list[tuple]) -> tuple[Scan, _Counts]:
+    """_scan_part of each of the ranges in a process of its own, in the exported snapshot."""
+    return asyncio.run(_scan_part_alone(dsn, snapshot, ranges))
+
+
+async def _scan_part_alone(dsn: str, snapshot: str,
+                           ranges: list[tuple]) -> tuple[Scan, _Counts]:
     conn = await asyncpg.connect(dsn)
     try:
         await init_connection(conn)
@@ -231,7 +324,8 @@ async def _scan_part_alone(dsn: str, snapshot: str, bounds: tuple) -> tuple[Scan
         async with conn.transaction(isolation="repeatable_read", readonly=True):
             await conn.execute(sql.set_snapshot(snapshot))  # first, as PostgreSQL requires
             await conn.execute(sql.SCAN_SETTINGS)
-            await _scan_part(conn, bounds, result, counted)
+            for bounds in ranges:
+                await _scan_part(conn, bounds, result, counted)
         return result, counted
     finally:
         await conn.close()
@@ -240,9 +334,7 @@ async def _scan_part_alone(dsn: str, snapshot: str, bounds: tuple) -> tuple[Scan
 def _merge(result: Scan, counted: _Counts, part: Scan, part_counted: _Counts) -> None:
     result.events += part.events
     result.runs += part.runs
-    for enterprise_id, head in part.heads.items():
-        if head > result.heads.get(enterprise_id, 0):
-            result.heads[enterprise_id] = head
+    result.heads.update(part.heads)
     result.drifts += part.drifts
     result.version_drifts += part.version_drifts
     counted.expected.update(part_counted.expected)
@@ -250,7 +342,10 @@ def _merge(result: Scan, counted: _Counts, part: Scan, part_counted: _Counts) ->
 
 
 async def _scan_rest(conn: asyncpg.Connection, result: Scan, counted: _Counts) -> None:
-    """Rows without events, the counters, stage runs without their run: in the snapshot."""
+    """Heads, rows without events, the counters, stage runs without their run: in the
+    snapshot."""
+    result.heads = dict(sorted(
+        (r[0], r[1]) for r in await conn.fetch(sql.HEADS, list(result.heads))))
     for row in await conn.fetch(sql.ORPHAN_ROWS):
         actual = {**dict(row), "stage_runs": []}
         result.drifts.append(_compare((row["enterprise_id"], row["id"]), None, actual))
@@ -298,20 +393,21 @@ class ReplayReport:
         return self.events / self.seconds if self.seconds else float("inf")
 
 
-async def replay(conn: asyncpg.Connection, dsn: str | None = None) -> ReplayReport:
+async def replay(conn: asyncpg.Connection, dsn: str | None = None,
+                 memory_mb: int = scan_parts.DEFAULT_MEMORY_MB) -> ReplayReport:
     """Rebuild the projection from the events; returns what was processed and repaired.
     dsn: the database's, to split a large scan across processes (scan())."""
     if not await conn.fetchval(sql.TRY_REPLAY_LOCK):
         raise RuntimeError("another replay is running")
     try:
-        return await _replay(conn, dsn)
+        return await _replay(conn, dsn, memory_mb)
     finally:
         await conn.fetchval(sql.UNLOCK_REPLAY)
 
 
-async def _replay(conn: asyncpg.Connection, dsn: str | None) -> ReplayReport:
+async def _replay(conn: asyncpg.Connection, dsn: str | None, memory_mb: int) -> ReplayReport:
     started = time.perf_counter()
-    result = await scan(conn, dsn)
+    result = await scan(conn, dsn, memory_mb)
     items = [(d.run_key, d.expected, (d.actual or {}).get("version")) for d in result.drifts]
     skipped: list[tuple] = []
     for i in range(0, len(items), BATCH):
@@ -343,6 +439,7 @@ async def _catch_up(conn: asyncpg.Connection, heads: dict[str, int], keys: set,
         return len(keys)
 
 
-async def verify(conn: asyncpg.Connection, dsn: str | None = None) -> Scan:
+async def verify(conn: asyncpg.Connection, dsn: str | None = None,
+                 memory_mb: int = scan_parts.DEFAULT_MEMORY_MB) -> Scan:
     """Recompute every run from its events and list where the projection differs."""
-    return await scan(conn, dsn)
+    return await scan(conn, dsn, memory_mb)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from typing import Callable
 
 import asyncpg
 
@@ -28,14 +29,18 @@ log = logging.getLogger(__name__)
 BATCH = 200
 
 
-async def sweep_once(pool: asyncpg.Pool, metrics: Metrics | None = None) -> int | None:
-    """One sweep; the number of runs and stage runs timed out, None if another process swept."""
+async def sweep_once(pool: asyncpg.Pool, metrics: Metrics | None = None,
+                     appended: Callable[[str], None] | None = None) -> int | None:
+    """One sweep; the number of runs and stage runs timed out, None if another process swept.
+
+    appended(enterprise_id): called after each committed move (wakes the feed's readers).
+    """
     async with pool.acquire() as conn:
         if not await timeouts.try_lock(conn):
             return None
         try:
-            runs_moved = await _sweep_runs(conn, metrics)
-            stage_runs_moved = await _sweep_stage_runs(conn, metrics)
+            runs_moved = await _sweep_runs(conn, metrics, appended)
+            stage_runs_moved = await _sweep_stage_runs(conn, metrics, appended)
             await idempotency.purge_expired(conn)  # Idempotency-Keys older than 24 h
             await _ensure_partitions(conn)
         finally:
@@ -58,7 +63,8 @@ async def _ensure_partitions(conn: asyncpg.Connection) -> None:
         log.info("created %d run_events partitions ahead", made)
 
 
-async def _in_batches(fetch, move, metrics: Metrics | None) -> int:
+async def _in_batches(fetch, move, metrics: Metrics | None,
+                      on_appended: Callable[[str], None] | None) -> int:
     total = 0
     while True:
         batch = await fetch()
@@ -69,35 +75,39 @@ async def _in_batches(fetch, move, metrics: Metrics | None) -> int:
                 moved += 1
                 if metrics is not None:
                     metrics.count_appended(appended)
+                if on_appended is not None:
+                    on_appended(row["enterprise_id"])
         total += moved
         if len(batch) < BATCH or moved == 0:  # no progress: never spin on the same rows
             return total
 
 
-async def _sweep_runs(conn: asyncpg.Connection, metrics: Metrics | None) -> int:
+async def _sweep_runs(conn: asyncpg.Connection, metrics: Metrics | None, appended) -> int:
     return await _in_batches(
         lambda: timeouts.overdue_runs(conn, lifecycle.OPEN_RUN_STATUSES, BATCH),
         lambda row: runs.change_status(
             OnConnection(conn), system(row["enterprise_id"]), row["pipeline_id"], row["id"],
             "timeout", reason=lifecycle.TIMEOUT_REASON, system=True),
-        metrics)
+        metrics, appended)
 
 
-async def _sweep_stage_runs(conn: asyncpg.Connection, metrics: Metrics | None) -> int:
+async def _sweep_stage_runs(conn: asyncpg.Connection, metrics: Metrics | None,
+                            appended) -> int:
     return await _in_batches(
         lambda: timeouts.overdue_stage_runs(conn, BATCH),
         lambda row: stage_runs.change_status(
             OnConnection(conn), system(row["enterprise_id"]), row["run_id"], row["id"],
             "timeout", system=True, reason=lifecycle.TIMEOUT_REASON),
-        metrics)
+        metrics, appended)
 
 
 async def run_forever(pool: asyncpg.Pool, every_seconds: float,
-                      metrics: Metrics | None = None) -> None:
+                      metrics: Metrics | None = None,
+                      appended: Callable[[str], None] | None = None) -> None:
     """The background task: sweep, sleep, repeat; a failed sweep is logged and retried."""
     while True:
         try:
-            moved = await sweep_once(pool, metrics)
+            moved = await sweep_once(pool, metrics, appended)
             if moved:
                 log.info("timed out %d runs and stage runs", moved)
         except asyncio.CancelledError:

@@ -63,6 +63,17 @@ class UnsupportedMediaType(DomainError):
     default_message = "request body must be application/json"
 
 
+class TooManyRequests(DomainError):
+    """Over a per-token limit; Retry-After says when to try again (whole seconds)."""
+
+    status = 429
+    default_message = "too many requests"
+
+    def __init__(self, message: str | None = None, retry_after: int = 1):
+        super().__init__(message, {"retry_after": retry_after},
+                         headers={"Retry-After": str(retry_after)})
+
+
 class Unavailable(DomainError):
     status = 503
     default_message = "the service is temporarily unavailable, retry later"

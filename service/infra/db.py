@@ -72,10 +72,11 @@ async def _reset_connection(conn: asyncpg.Connection) -> None:
         await conn.execute(conn.get_reset_query())
 
 
-async def create_pool(config: Config, dsn: str) -> asyncpg.Pool:
+async def create_pool(config: Config, dsn: str, min_size: int | None = None) -> asyncpg.Pool:
+    """min_size=0: connect on first use only (a standby may be down when the service starts)."""
     return await asyncpg.create_pool(
         dsn,
-        min_size=config.pool_min,
+        min_size=config.pool_min if min_size is None else min_size,
         max_size=config.pool_max,
         init=init_connection,
         reset=_reset_connection,

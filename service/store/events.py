@@ -14,12 +14,14 @@ The price is one short critical section (append + commit) per enterprise.
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, AsyncIterator
 
 import asyncpg
 
 from service.domain.errors import NotFound
+from service.store.columns import EVENT_FIELDS, answered
 
 EVENT_COLUMNS = """
     e.id, e.position, e.enterprise_id, e.run_id, e.pipeline_id, e.version, e.type,
@@ -42,27 +44,65 @@ WHERE e.enterprise_id = $1 AND e.pipeline_id = $2 AND e.run_id = $3
 ORDER BY e.version
 """
 PIPELINE_NAME = "SELECT name FROM pipelines WHERE enterprise_id = $1 AND id = $2"
+# Unfiltered: the primary key's (enterprise_id, position) prefix, `limit` rows read.
 FEED = f"""
 SELECT {EVENT_COLUMNS} FROM run_events e
 WHERE e.enterprise_id = $1 AND e.position > $2
-  AND ($3::uuid IS NULL OR e.pipeline_id = $3)
-  AND ($4::uuid IS NULL OR e.run_id = $4)
-  AND ($5::text IS NULL OR e.type = $5)
-  AND ($6::text IS NULL OR e.actor = $6)
-  AND ($7::timestamptz IS NULL OR e.occurred_at >= $7)
-  AND ($8::timestamptz IS NULL OR e.occurred_at < $8)
 ORDER BY e.position
-LIMIT $9
+LIMIT $3
 """
+# Filtered: no index serves every filter, so the work is bounded instead. At most $10
+# events after $2 are examined (in position order, by the same key); the answer is what
+# matched among them, and the position of the last one examined, from which the caller
+# resumes. One row per match, or a single row of NULL event columns when none matched.
+FEED_FILTERED = f"""
+WITH examined AS MATERIALIZED (
+    SELECT * FROM run_events e
+    WHERE e.enterprise_id = $1 AND e.position > $2
+    ORDER BY e.position
+    LIMIT $10
+)
+SELECT m.*, x.examined_to, x.examined
+FROM (SELECT max(position) AS examined_to, count(*) AS examined FROM examined) x
+LEFT JOIN LATERAL (
+    SELECT {EVENT_COLUMNS} FROM examined e
+    WHERE ($3::uuid IS NULL OR e.pipeline_id = $3)
+      AND ($4::uuid IS NULL OR e.run_id = $4)
+      AND ($5::text IS NULL OR e.type = $5)
+      AND ($6::text IS NULL OR e.actor = $6)
+      AND ($7::timestamptz IS NULL OR e.occurred_at >= $7)
+      AND ($8::timestamptz IS NULL OR e.occurred_at < $8)
+    ORDER BY e.position
+    LIMIT $9
+) m ON true
+ORDER BY m.position
+"""
+# The feed newest first (the auditors' Activity page): positions before $2, backwards on
+# the primary key's (enterprise_id, position) prefix.
+FEED_NEWEST = f"""
+SELECT {EVENT_COLUMNS} FROM run_events e
+WHERE e.enterprise_id = $1 AND ($2::bigint IS NULL OR e.position < $2)
+  AND ($3::uuid IS NULL OR e.pipeline_id = $3)
+  AND ($4::text IS NULL OR e.type = $4)
+  AND ($5::text IS NULL OR e.actor = $5)
+  AND ($6::timestamptz IS NULL OR e.occurred_at >= $6)
+  AND ($7::timestamptz IS NULL OR e.occurred_at < $7)
+ORDER BY e.position DESC
+LIMIT $8
+"""
+# An export of [since, until): every event of the range in position order (streamed).
+EXPORT_FEED = f"""
+SELECT {EVENT_COLUMNS} FROM run_events e
+WHERE e.enterprise_id = $1
+  AND ($2::timestamptz IS NULL OR e.occurred_at >= $2)
+  AND ($3::timestamptz IS NULL OR e.occurred_at < $3)
+ORDER BY e.position
+"""
+EXPORT_BATCH = 500  # rows per round trip of an export's server-side cursor
 
 
 def public_event(row: asyncpg.Record | dict) -> dict[str, Any]:
-    event = dict(row)
-    event.pop("total_count", None)
-    event.pop("enterprise_id", None)
-    event.pop("actor_id", None)
-    event["request_id"] = (event.get("data") or {}).get("request_id")
-    return event
+    return answered(EVENT_FIELDS, row, request_id=(row["data"] or {}).get("request_id"))
 
 
 async def run_history(conn: asyncpg.Connection, enterprise_id: str, pipeline_id: uuid.UUID,
@@ -87,10 +127,71 @@ async def pipeline_name(conn: asyncpg.Connection, enterprise_id: str,
     return await conn.fetchval(PIPELINE_NAME, enterprise_id, pipeline_id)
 
 
+@dataclass(frozen=True)
+class FeedPage:
+    events: list[dict]
+    next_after: int  # resume from here: the last event returned, or the last one examined
+    exhausted: bool  # every event after `after` was examined (nothing more to read now)
+
+
 async def feed(conn: asyncpg.Connection, enterprise_id: str, *, after: int, limit: int,
-               pipeline_id: uuid.UUID | None = None, run_id: uuid.UUID | None = None,
-               type_: str | None = None, actor: str | None = None,
-               since: datetime | None = None, until: datetime | None = None) -> list[dict]:
-    rows = await conn.fetch(FEED, enterprise_id, after, pipeline_id, run_id, type_, actor,
+               scan_cap: int, pipeline_id: uuid.UUID | None = None,
+               run_id: uuid.UUID | None = None, type_: str | None = None,
+               actor: str | None = None, since: datetime | None = None,
+               until: datetime | None = None) -> FeedPage:
+    """Events after `after` in position order; filtered reads examine at most scan_cap."""
+    filters = (pipeline_id, run_id, type_, actor, since, until)
+    if all(f is None for f in filters):
+        rows = await conn.fetch(FEED, enterprise_id, after, limit)
+        events = [public_event(r) for r in rows]
+        return FeedPage(events, events[-1]["position"] if events else after, len(rows) < limit)
+    rows = await conn.fetch(FEED_FILTERED, enterprise_id, after, *filters, limit,
+                            max(scan_cap, limit))
+    examined, examined_to = rows[0]["examined"], rows[0]["examined_to"]
+    events = [_matched(r) for r in rows if r["position"] is not None]
+    if len(events) == limit:  # a full page: resume after its last event
+        return FeedPage(events, events[-1]["position"], False)
+    # Everything examined without filling the page: resume after the last one examined.
+    return FeedPage(events, examined_to if examined else after, examined < max(scan_cap, limit))
+
+
+def _matched(row: asyncpg.Record) -> dict[str, Any]:
+    event = public_event(row)
+    event.pop("examined_to", None)
+    event.pop("examined", None)
+    return event
+
+
+async def feed_newest(conn: asyncpg.Connection, enterprise_id: str, *, before: int | None,
+                      limit: int, pipeline_id: uuid.UUID | None = None,
+                      type_: str | None = None, actor: str | None = None,
+                      since: datetime | None = None,
+                      until: datetime | None = None) -> list[dict]:
+    rows = await conn.fetch(FEED_NEWEST, enterprise_id, before, pipeline_id, type_, actor,
                             since, until, limit)
     return [public_event(r) for r in rows]
+
+
+async def export_run(conn: asyncpg.Connection, enterprise_id: str, pipeline_id: uuid.UUID,
+                     run_id: uuid.UUID) -> AsyncIterator[list[dict]]:
+    """A run's history in batches, from a server-side cursor (constant memory at any size)."""
+    async for batch in _batches(conn, RUN_EVENTS, enterprise_id, pipeline_id, run_id):
+        yield batch
+
+
+async def export_feed(conn: asyncpg.Connection, enterprise_id: str, *,
+                      since: datetime | None, until: datetime | None) -> AsyncIterator[list[dict]]:
+    """The feed of [since, until) in position order, in batches (LIMIT NULL: all of it)."""
+    async for batch in _batches(conn, EXPORT_FEED, enterprise_id, since, until):
+        yield batch
+
+
+async def _batches(conn: asyncpg.Connection, query: str, *args) -> AsyncIterator[list[dict]]:
+    # A cursor lives in a transaction; REPEATABLE READ: one snapshot for the whole export.
+    async with conn.transaction(isolation="repeatable_read", readonly=True):
+        cursor = await conn.cursor(query, *args)
+        while True:
+            rows = await cursor.fetch(EXPORT_BATCH)
+            if not rows:
+                return
+            yield [public_event(r) for r in rows]

@@ -14,7 +14,11 @@ REPLAY_LOCK = 1703  # session lock: one replay at a time (replay.py)
 SWEEP_LOCK = 1704  # session lock: one timeout sweeper at a time across processes (timeouts.py)
 
 FEED_CHANNEL = "run_events"  # NOTIFY channel; the payload is the enterprise id
-# Taken right before an event gets its position ($1 is always the enterprise id). The
-# NOTIFY is delivered at commit and wakes long-polling feed readers.
-FEED_LOCK = (f"pg_advisory_xact_lock({FEED_LOCK_CLASS}, hashtext($1)), "
-             f"pg_notify('{FEED_CHANNEL}', $1)")
+# Taken right before an event gets its position ($1 is always the enterprise id); held
+# until commit, it makes position order commit order within an enterprise (store/events.py).
+# No pg_notify here: a NOTIFY in the writing transaction makes its commit queue behind
+# every other notifying commit of the cluster (one global lock). Long-polls are woken
+# after the commit instead (infra/feedwait.py FeedWaiters.notify), outside the write.
+FEED_LOCK = f"pg_advisory_xact_lock({FEED_LOCK_CLASS}, hashtext($1))"
+# The wake-up, sent after commit by whoever committed: one statement for many enterprises.
+NOTIFY_FEED = f"SELECT pg_notify('{FEED_CHANNEL}', e) FROM unnest($1::text[]) AS e"

@@ -1,4 +1,4 @@
-"""SQL for replay and verify: stream every run's events with its projection row, patch rows."""
+"""SQL for replay and verify: stream the event log, then the projection rows; patch rows."""
 from __future__ import annotations
 
 import re
@@ -7,71 +7,72 @@ from collections import Counter
 import asyncpg
 
 from service.store import counts
-
-
 from service.store.columns import RUN_STATE_COLUMNS as PROJECTION_COLUMNS
 from service.store.columns import STAGE_RUN_COLUMNS
 from service.store.locks import REPLAY_LOCK
 _P = ", ".join(f"p.{c} AS p_{c}" for c in PROJECTION_COLUMNS)
 
-# One row per run (of the runs with ids in [$1, $2]: a part of the scan, see
-# service/scan_parts.py): its events as parallel arrays (in version order: the subquery sorts
-# them, and scan() re-sorts in the rare case an array comes out of order), with the run's
-# projection row (in the column order of PROJECTION_COLUMNS) and its stage runs as parallel
-# arrays too, one per STAGE_RUN_ARRAY_COLUMNS column, in ordinal order (scan() compares them
-# as tuples). Arrays instead of a row per event: ~13 times fewer rows to decode and one JSON
-# parse per run instead of one per event; typed arrays for the stage runs rather than an
-# array of anonymous ROWs, which cost the client three times as much to decode. The
-# pipeline_id is only sent for run.created, the one event the fold reads it from.
-# A stage run's enterprise_id and run_id are the run's (the join says so): not sent.
+# The scan reads the log in the heap's order, a sequential read (reading each run's events
+# in run order was a random heap access per event), and folds each run in memory as its
+# events pass by (app/replay.py). The heap's order is the order of appends (positions) but
+# for local reorderings, as a row goes where there is room: an event ahead of its run's
+# next version waits in memory for the ones before it; a run with a repeated or missing
+# version is re-read in version order through RUN_EVENTS. A row per event, of the runs
+# with ids in [$1, $2] (a part: scan_parts.py). The pipeline_id is only sent for
+# run.created, the one event the fold reads it from.
+EVENTS_IN_LOG_ORDER = """
+SELECT enterprise_id, run_id, version, type, to_status, actor_id, occurred_at,
+       CASE WHEN type = 'run.created' THEN pipeline_id END, data
+FROM run_events WHERE run_id BETWEEN $1 AND $2
+"""
+# Each enterprise's last position in the snapshot (the catch-up's starting point), read
+# from the primary key's index, one enterprise at a time.
+HEADS = """
+SELECT h.enterprise_id,
+       (SELECT max(e.position) FROM run_events e WHERE e.enterprise_id = h.enterprise_id)
+FROM unnest($1::text[]) AS h(enterprise_id)
+"""
+# The projection rows of the runs with ids in [$1, $2], read in heap order: the run's
+# columns (in the order of PROJECTION_COLUMNS) and its stage runs as parallel arrays, one
+# per STAGE_RUN_ARRAY_COLUMNS column, in ordinal order (scan() compares them as tuples).
+# Typed arrays rather than an array of anonymous ROWs, which cost the client three times
+# as much to decode. A stage run's enterprise_id and run_id are the run's: not sent.
 STAGE_RUN_ARRAY_COLUMNS = tuple(c for c in STAGE_RUN_COLUMNS
                                 if c not in ("enterprise_id", "run_id"))
 # Aggregated from rows read in ordinal order (the unique index's), without an ORDER BY in
-# each aggregate: that is a sort per column per run, a fifth of the scan's server time.
-# The arrays are one pass over the same rows, so they line up whatever their order; scan()
-# sorts a run's stage runs by ordinal in the rare case they came out of order.
+# each aggregate: that is a sort per column per run. The arrays are one pass over the same
+# rows, so they line up whatever their order; scan() sorts a run's stage runs by ordinal in
+# the rare case they came out of order.
 _S = ", ".join(f"array_agg(s.{c}) AS s_{c}" for c in STAGE_RUN_ARRAY_COLUMNS)
-RUNS_WITH_PROJECTION = f"""
-SELECT g.enterprise_id, g.run_id, g.head, g.versions, g.types, g.statuses, g.actors, g.ats,
-       g.pipelines, g.datas,
-       p.id IS NOT NULL AS has_row, {_P}, sa.*
-FROM (
-    SELECT e.enterprise_id, e.run_id, max(e.position) AS head,
-           array_agg(e.version) AS versions, array_agg(e.type) AS types,
-           array_agg(e.to_status) AS statuses, array_agg(e.actor_id) AS actors,
-           array_agg(e.occurred_at) AS ats,
-           array_agg(CASE WHEN e.type = 'run.created' THEN e.pipeline_id END) AS pipelines,
-           jsonb_agg(e.data) AS datas
-    FROM (SELECT enterprise_id, run_id, version, type, to_status, actor_id, occurred_at,
-                 pipeline_id, data, position
-          FROM run_events WHERE run_id BETWEEN $1 AND $2
-          ORDER BY enterprise_id, run_id, version) AS e
-    GROUP BY e.enterprise_id, e.run_id
-) AS g
-LEFT JOIN pipeline_runs p ON p.enterprise_id = g.enterprise_id AND p.id = g.run_id
+PROJECTION_ROWS = f"""
+SELECT p.enterprise_id, p.id, true AS has_row, {_P}, sa.*
+FROM pipeline_runs p
 LEFT JOIN LATERAL (
     SELECT {_S} FROM (
         SELECT * FROM stage_runs s
-        WHERE s.enterprise_id = g.enterprise_id AND s.run_id = g.run_id ORDER BY s.ordinal
+        WHERE s.enterprise_id = p.enterprise_id AND s.run_id = p.id ORDER BY s.ordinal
     ) AS s
-) AS sa ON p.id IS NOT NULL
+) AS sa ON true
+WHERE p.id BETWEEN $1 AND $2
 """
-# Where the projection row's columns start in a RUNS_WITH_PROJECTION record, and end (the
+# Where the projection row's columns start in a PROJECTION_ROWS record, and end (the
 # stage-run arrays follow; NULL when the run has none).
-ROW_AT = 11
+ROW_AT = 3
 STAGE_RUNS_AT = ROW_AT + len(PROJECTION_COLUMNS)
-# The scan's transaction: no parallel workers (they would mix the arrays' order), and the
-# events read in the index's order, never sorted whole: rows then stream from the first
-# one, so the server makes the next batch while the client folds this one, and no sort of
-# the whole log spills to disk (the planner prefers the sort for a part of the run ids).
+# The scan's transaction: no parallel workers (they would interleave a run's events out of
+# version order), and no sorts (the stage runs come from their index in ordinal order).
 SCAN_SETTINGS = """
 SET LOCAL work_mem = '256MB';
 SET LOCAL max_parallel_workers_per_gather = 0;
 SET LOCAL enable_sort = off;
 """
-PREFETCH = 2000  # runs per round trip of the scan's cursor
+PREFETCH = 5000  # rows per round trip of the scan's cursors
 # The scan's parts share the snapshot of the first: exported there, imported by the others.
 EXPORT_SNAPSHOT = "SELECT pg_export_snapshot()"
+# How many runs there are, about: how much memory the fold of all of them takes.
+ESTIMATED_RUNS = """
+SELECT greatest(reltuples, 0)::bigint FROM pg_class WHERE oid = 'pipeline_runs'::regclass
+"""
 # How many events there are, about (the planner's statistics): is the scan worth splitting?
 ESTIMATED_EVENTS = """
 SELECT coalesce(sum(c.reltuples) FILTER (WHERE c.reltuples > 0), 0)::bigint

@@ -7,6 +7,7 @@ from typing import Any
 import asyncpg
 
 from service.domain.errors import NotFound
+from service.store.columns import STAGE_RUN_FIELDS, answered
 
 STAGE_RUN_COLUMNS = """
     s.id, s.enterprise_id, s.pipeline_id, s.run_id AS pipeline_run_id, s.stage_id, s.stage_meta,
@@ -64,6 +65,4 @@ async def get_stage_run(conn: asyncpg.Connection, enterprise_id: str, run_id: uu
 
 
 def _public(row: asyncpg.Record) -> dict[str, Any]:
-    item = dict(row)
-    item.pop("total_count", None)
-    return item
+    return answered(STAGE_RUN_FIELDS, row)

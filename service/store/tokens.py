@@ -9,12 +9,12 @@ import asyncpg
 DEFAULT_SCOPES = ("runs:read", "runs:write", "audit:read", "webhooks:manage")
 
 INSERT_TOKEN = """
-INSERT INTO api_tokens (enterprise_id, name, token_hash, scopes)
-VALUES ($1, $2, $3, $4)
+INSERT INTO api_tokens (enterprise_id, name, token_hash, scopes, rate_limit)
+VALUES ($1, $2, $3, $4, $5)
 RETURNING id
 """
 SELECT_BY_HASH = """
-SELECT id, enterprise_id, name, scopes FROM api_tokens
+SELECT id, enterprise_id, name, scopes, rate_limit FROM api_tokens
 WHERE token_hash = $1 AND revoked_at IS NULL
 """
 REVOKE_BY_NAME = """
@@ -22,7 +22,7 @@ UPDATE api_tokens SET revoked_at = now()
 WHERE enterprise_id = $1 AND name = $2 AND revoked_at IS NULL
 """
 LIST_TOKENS = """
-SELECT id, enterprise_id, name, scopes, created_at, revoked_at FROM api_tokens
+SELECT id, enterprise_id, name, scopes, rate_limit, created_at, revoked_at FROM api_tokens
 ORDER BY id
 """
 REVOKE_TOKEN = """
@@ -40,9 +40,12 @@ def new_token() -> str:
 
 
 async def create_token(conn: asyncpg.Connection, enterprise_id: str, name: str,
-                       scopes: list[str] | tuple[str, ...] = DEFAULT_SCOPES) -> tuple[int, str]:
+                       scopes: list[str] | tuple[str, ...] = DEFAULT_SCOPES,
+                       rate_limit: int | None = None) -> tuple[int, str]:
+    """rate_limit: this token's requests/s (None: RATE_LIMIT_RPS; 0: not limited)."""
     token = new_token()
-    token_id = await conn.fetchval(INSERT_TOKEN, enterprise_id, name, hash_token(token), list(scopes))
+    token_id = await conn.fetchval(INSERT_TOKEN, enterprise_id, name, hash_token(token),
+                                   list(scopes), rate_limit)
     return token_id, token
 
 

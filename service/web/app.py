@@ -11,10 +11,15 @@ from aiohttp import web
 from aiohttp_apispec import AiohttpApiSpec
 
 from service.infra import db
-from service.web.handlers import events, health, pipelines, runs, stage_runs, stream, webhooks
+from service.web.handlers import (
+    events, exports, health, pipelines, runs, stage_runs, stream, webhooks,
+)
 from service.config import Config
+from service.web import pages
 from service.web.auth import SECURITY_SCHEMES, auth_middleware
+from service.web.pages.session import ui_sessions
 from service.infra.feedwait import FeedWaiters
+from service.infra.replicas import ReplicaSet
 from service.app import runs as run_cases
 from service.app.groupcommit import GroupCommit
 from service.web.keys import (
@@ -25,13 +30,23 @@ from service.web.keys import (
     METRICS_RUNNER,
     POOL,
     POOL_SLOTS,
+    RATE_LIMITER,
+    RATE_STATE,
+    READINESS,
+    REPLICAS,
     TOKEN_CACHE,
     WEBHOOK_SENDER,
+    WAIT_CAP,
 )
+from service.web.handlers.health import Readiness
+from service.web.limits import RateLimiter, WaitCap, rate_headers
+from service.web.slots import FairSlots
+from service.web.tokencache import TokenCache
 from service.web.middleware import error_middleware
 from service.web.observe import observe_middleware
 from service.web.schemas import document_empty_values
 from service.web.validation import validation_middleware
+from service.infra import tracing
 from service.infra.metrics import Metrics, metrics_app
 from service.infra.metrics import handler as metrics_handler
 from service.store import meta
@@ -46,7 +61,7 @@ log = logging.getLogger(__name__)
 CANONICAL_MOUNT = "/pipelines/v0"
 MOUNTS = (CANONICAL_MOUNT, "/api/pipelines/v0", "/v0")
 RESOURCE_ROUTES = (*pipelines.routes, *runs.routes, *stage_runs.routes, *events.routes,
-                   *stream.routes, *webhooks.routes)
+                   *exports.routes, *stream.routes, *webhooks.routes)
 
 API_DESCRIPTION = """Esper pipelines-v0 Pipeline Runs API on an event-sourced store.
 
@@ -77,16 +92,19 @@ async def _pool_ctx(app: web.Application) -> AsyncIterator[None]:
         async with pool.acquire() as conn:
             await meta.ping(conn)
         app[POOL] = pool
-        app[POOL_SLOTS] = asyncio.Semaphore(config.pool_max)
+        app[POOL_SLOTS] = FairSlots(config.pool_max)
+        app[READINESS] = Readiness(pool, config.pool_acquire_timeout)
         app[METRICS].pool = pool
         app[GROUP_COMMIT] = (GroupCommit(pool, config.pool_acquire_timeout,
                                          run_cases.grouped)
                              if config.group_commit else None)
-        waiters = FeedWaiters(config.database_url, config.db_connect_timeout)
+        replicas = await _start_replicas(app)
+        waiters = FeedWaiters(config.database_url, config.db_connect_timeout, pool,
+                              config.feed_tick_seconds, track_position=replicas is not None)
         await waiters.start()
         app[FEED_WAITERS] = waiters
         sweeper = asyncio.create_task(run_forever(pool, config.timeout_sweep_seconds,
-                                                   app[METRICS]))
+                                                   app[METRICS], waiters.notify))
         try:
             yield
         finally:
@@ -94,6 +112,8 @@ async def _pool_ctx(app: web.Application) -> AsyncIterator[None]:
             with contextlib.suppress(asyncio.CancelledError):
                 await sweeper
             await waiters.stop()
+            if replicas is not None:
+                await replicas.stop()
     finally:
         await db.close_pool(pool, config.pool_acquire_timeout)
 
@@ -123,11 +143,33 @@ async def _webhooks_ctx(app: web.Application) -> AsyncIterator[None]:
         await sender.close()
 
 
+async def _start_replicas(app: web.Application) -> ReplicaSet | None:
+    """READ_DATABASE_URLS: the standbys reads may go to (infra/replicas.py)."""
+    config = app[CONFIG]
+    if not config.read_database_urls:
+        return None
+    replicas = ReplicaSet(config)
+    await replicas.start()
+    for replica in replicas.replicas:
+        log.info("read replica %s: %s", replica.name,
+                 "in rotation" if replica.healthy else replica.reason)
+    app[REPLICAS] = replicas
+    app[METRICS].replicas = replicas
+    return replicas
+
+
 async def _wake_long_polls(app: web.Application) -> None:
     """on_shutdown (after the listening sockets closed): long-polls answer now, not at wait."""
     waiters = app.get(FEED_WAITERS)
     if waiters is not None:
         waiters.wake_all()
+
+
+async def _rate_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """Every answer to an authenticated, rate-limited request says where its limit stands."""
+    state = request.get(RATE_STATE)
+    if state is not None:
+        response.headers.update(rate_headers(*state))
 
 
 async def _metrics_server_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -202,25 +244,41 @@ def _register_openapi(app: web.Application) -> None:
     )
     for name, scheme in SECURITY_SCHEMES.items():
         spec.spec.components.security_scheme(name, scheme)
-    app["swagger_dict"] = document_empty_values(_openapi3_only(spec.swagger_dict()))
+    app["swagger_dict"] = _other_media(document_empty_values(_openapi3_only(spec.swagger_dict())))
 
 
-def create_app(config: Config) -> web.Application:
+def _other_media(document: dict) -> dict:
+    """The 200 answers of handlers that stream other media (exports), as they declare."""
+    for method, path, handler in RESOURCE_ROUTES:
+        media, replacing = getattr(handler, "__produces__", ({}, False))
+        if media:
+            answer = document["paths"][CANONICAL_MOUNT + path][method.lower()]["responses"]["200"]
+            answer["content"] = {**({} if replacing else answer.get("content", {})), **media}
+    return document
+
+
+def create_app(config: Config, *, span_exporter=None) -> web.Application:
+    """The app; `span_exporter` (tests) receives its spans instead of an OTLP collector."""
     if not config.database_url:
         raise ValueError("config.database_url is required (the CLI starts embedded PostgreSQL)")
     metrics = Metrics()
     app = web.Application(
-        middlewares=[observe_middleware(metrics), error_middleware, auth_middleware,
-                     validation_middleware],
+        middlewares=[observe_middleware(metrics), error_middleware, ui_sessions(config),
+                     auth_middleware, validation_middleware],
         client_max_size=config.max_body_bytes,
     )
     app[CONFIG] = config
     app[METRICS] = metrics
-    app[TOKEN_CACHE] = {}
+    app[TOKEN_CACHE] = TokenCache(config.token_cache_seconds)
+    app[RATE_LIMITER] = RateLimiter(config.rate_limit_rps, config.rate_limit_burst)
+    app[WAIT_CAP] = WaitCap(config.max_waits_per_token)
+    app.on_response_prepare.append(_rate_headers)
     _add_routes(app)
+    pages.setup(app)
     _setup_openapi(app)
     app.cleanup_ctx.append(_pool_ctx)
     app.cleanup_ctx.append(_webhooks_ctx)
+    tracing.install(app, config, span_exporter)  # OTEL_EXPORTER_OTLP_ENDPOINT set: traced
     app.on_shutdown.append(_wake_long_polls)
     if config.metrics_port is None:
         app.router.add_get("/metrics", metrics_handler(metrics))

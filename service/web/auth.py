@@ -16,7 +16,9 @@ from aiohttp import web
 from service.domain.errors import Forbidden, Unauthorized
 from service.store import tokens as token_store
 from service.store.errors import translated
-from service.web.keys import CONFIG, POOL, PRINCIPAL, TOKEN_CACHE, Principal
+from service.web.keys import (CONFIG, POOL, PRINCIPAL, RATE_LIMITER, RATE_STATE, TOKEN_CACHE,
+                              Principal)
+from service.web.tokencache import MISS
 
 PUBLIC_PREFIXES = ("/health/", "/api/docs", "/static/swagger")
 
@@ -85,23 +87,36 @@ async def _principal(request: web.Request, token: str) -> Principal | None:
     cache = request.app[TOKEN_CACHE]
     key = token_store.hash_token(token)
     now = time.monotonic()
-    hit = cache.get(key)
-    if hit is not None and hit[1] > now:
-        return hit[0]
+    hit = cache.get(key, now)
+    if hit is not MISS:
+        return hit
     timeout = request.app[CONFIG].pool_acquire_timeout  # bounds connecting too: 503, no hang
     with translated():
-        async with request.app[POOL].acquire(timeout=timeout) as conn:
-            try:
-                row = await token_store.find_token(conn, token)
-            except asyncio.TimeoutError:  # not answering: drop it (see api/common.connection)
-                conn.terminate()
-                raise
+        async with asyncio.timeout(timeout):
+            if cache.known(key):
+                row = await _lookup(request, token)
+            else:  # never seen valid: queue with the other unknown tokens (tokencache.py)
+                async with cache.gate:
+                    row = await _lookup(request, token)
     principal = None if row is None else Principal(
-        row["id"], row["name"], row["enterprise_id"], frozenset(row["scopes"]))
-    if len(cache) > 10_000:
-        cache.clear()
-    cache[key] = (principal, now + request.app[CONFIG].token_cache_seconds)
+        row["id"], row["name"], row["enterprise_id"], frozenset(row["scopes"]),
+        row["rate_limit"])
+    cache.put(key, principal, time.monotonic())
     return principal
+
+
+async def principal_for(request: web.Request, token: str) -> Principal | None:
+    """Who a token is (None: unknown or revoked); the pages resolve their session's token."""
+    return await _principal(request, token)
+
+
+async def _lookup(request: web.Request, token: str):
+    async with request.app[POOL].acquire() as conn:
+        try:
+            return await token_store.find_token(conn, token)
+        except asyncio.TimeoutError:  # not answering: drop it (see handlers/common.connection)
+            conn.terminate()
+            raise
 
 
 @web.middleware
@@ -113,9 +128,12 @@ async def auth_middleware(request: web.Request, handler) -> web.StreamResponse:
     principal = await _principal(request, token)
     if principal is None:
         raise _refused(INVALID_TOKEN, "invalid_token")
+    request[PRINCIPAL] = principal
+    state = request.app[RATE_LIMITER].take(principal.token_id, principal.rate_limit)
+    if state is not None:
+        request[RATE_STATE] = state  # headers added as the response is sent (web/app.py)
     if scope not in principal.scopes:
         raise _lacks(scope)
-    request[PRINCIPAL] = principal
     return await handler(request)
 
 

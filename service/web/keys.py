@@ -1,13 +1,15 @@
 """Typed keys shared by the app, the middlewares and the handlers."""
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass
 
 import asyncpg
 from aiohttp import web
 
 from service.config import Config
+from service.web.limits import RateLimiter, WaitCap
+from service.web.slots import FairSlots
+from service.web.tokencache import TokenCache
 
 
 @dataclass(frozen=True)
@@ -18,23 +20,30 @@ class Principal:
     name: str
     enterprise_id: str
     scopes: frozenset[str]
+    rate_limit: int | None = None  # requests/s of this token (create-token --rate-limit)
 
 
 CONFIG = web.AppKey("config", Config)
 POOL = web.AppKey("pool", asyncpg.Pool)
-# Request handlers take a pool connection in arrival order through this (web/handlers/common.py).
-POOL_SLOTS = web.AppKey("pool_slots", asyncio.Semaphore)
-TOKEN_CACHE = web.AppKey("token_cache", dict)
+# Request handlers take a pool connection through this, round-robin across enterprises
+# (web/slots.py, web/handlers/common.py).
+POOL_SLOTS = web.AppKey("pool_slots", FairSlots)
+TOKEN_CACHE = web.AppKey("token_cache", TokenCache)
+RATE_LIMITER = web.AppKey("rate_limiter", RateLimiter)
+WAIT_CAP = web.AppKey("wait_cap", WaitCap)  # long-polls / streams open per token
+READINESS = web.AppKey("readiness", object)  # web.handlers.health.Readiness
 FEED_WAITERS = web.AppKey("feed_waiters", object)  # service.infra.feedwait.FeedWaiters
 GROUP_COMMIT = web.AppKey("group_commit", object)  # service.app.groupcommit.GroupCommit or None
 METRICS = web.AppKey("metrics", object)  # service.infra.metrics.Metrics
 WEBHOOK_SENDER = web.AppKey("webhook_sender", object)  # service.app.webhook_http.Sender
-# Optional: an object whose hold(request) is a context manager counting a caller's open
-# waits (long-polls and streams) and refusing one over its cap. Unset: no cap.
-WAIT_GUARD = web.AppKey("wait_guard", object)
+REPLICAS = web.AppKey("replicas", object)  # service.infra.replicas.ReplicaSet (or None)
 METRICS_RUNNER = web.AppKey("metrics_runner", web.AppRunner)  # the METRICS_PORT server
 
 PRINCIPAL = web.RequestKey("principal", Principal)
+# (quota, window, remaining, reset) of the caller's rate limit, for the response headers.
+RATE_STATE = web.RequestKey("rate_state", tuple)
 REQUEST_ID = web.RequestKey("request_id", str)
 # Validated input by location ("match_info", "querystring", "json").
 PARSED = web.RequestKey("parsed", dict)
+# The request's read/write routing and consistency-token state (web/consistency.py).
+CONSISTENCY = web.RequestKey("consistency", object)

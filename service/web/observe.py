@@ -10,10 +10,22 @@ from aiohttp import web
 from service.infra import logs
 from service.infra.metrics import UNMATCHED, Metrics
 from service.store.appended import APPENDED
-from service.web.keys import PRINCIPAL, REQUEST_ID
+from service.web.keys import FEED_WAITERS, PRINCIPAL, REQUEST_ID
 from service.web.middleware import request_id_of
 
 CLIENT_CLOSED = 499  # the status recorded when the caller went away mid-request
+READS = frozenset(("GET", "HEAD", "OPTIONS"))
+
+
+def _committed(request: web.Request) -> None:
+    """A write answered (so committed): wake its enterprise's feed readers (feedwait.py).
+
+    Every successful write, not only those that appended: a spurious wake-up costs a
+    waiting reader one query, a missed one would cost it its whole wait.
+    """
+    principal, waiters = request.get(PRINCIPAL), request.app.get(FEED_WAITERS)
+    if principal is not None and waiters is not None:
+        waiters.notify(principal.enterprise_id)
 
 
 def observe_middleware(metrics: Metrics):
@@ -30,9 +42,12 @@ def observe_middleware(metrics: Metrics):
         pending: list = []
         appended_token = APPENDED.set(pending)
         status = 500
+        metrics.in_flight += 1
         try:
             response = await handler(request)
             status = response.status
+            if request.method not in READS and status < 400:
+                _committed(request)
             return response
         except web.HTTPException as exc:  # redirects (errors became envelopes inside)
             status = exc.status
@@ -41,6 +56,7 @@ def observe_middleware(metrics: Metrics):
             status = CLIENT_CLOSED
             raise
         finally:
+            metrics.in_flight -= 1
             seconds = perf_counter() - started
             resource = request.match_info.route.resource
             route = UNMATCHED if resource is None else resource.canonical

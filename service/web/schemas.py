@@ -120,14 +120,21 @@ class RunPath(PipelinePath):
 
 # --- query parameters ------------------------------------------------------------------
 
+# Deeper offsets make the database read and drop that many rows per request.
+MAX_OFFSET = 10_000
+
+
 class PageQuery(Schema):
     class Meta:
         unknown = EXCLUDE  # unknown query parameters are ignored, as most APIs do
 
     limit = fields.Integer(load_default=20, validate=validate.Range(1, 1000),
                            metadata={"description": "Page size (1-1000)"})
-    offset = fields.Integer(load_default=0, validate=validate.Range(0, INT32_MAX),
-                            metadata={"description": "Number of items to skip"})
+    offset = fields.Integer(load_default=0, validate=validate.Range(
+        0, MAX_OFFSET, error=f"must be between 0 and {MAX_OFFSET}: page deeper by `cursor` "
+                             "(the next_cursor of the previous page) or narrow the filters"),
+        metadata={"description": f"Number of items to skip (at most {MAX_OFFSET}; page "
+                                 "deeper by `cursor`)"})
 
 
 class PipelineListQuery(PageQuery):
@@ -256,19 +263,19 @@ class Stage(Schema):
     updated_at = fields.DateTime()
 
 
-class Pipeline(Schema):
+class Pipeline(Schema):  # fields in the order responses carry them (tests/test_list_shape.py)
     id = fields.UUID()
     enterprise_id = fields.String()
     name = fields.String()
     description = fields.String()
-    is_active = fields.Boolean()
-    is_valid = fields.Boolean(metadata={"description": "True when the pipeline has stages"})
-    is_default = fields.Boolean()
     timeout_seconds = fields.Integer(allow_none=True)
+    is_active = fields.Boolean()
+    is_default = fields.Boolean()
     created_by = fields.Integer(allow_none=True)
     updated_by = fields.Integer(allow_none=True)
     created_at = fields.DateTime()
     updated_at = fields.DateTime()
+    is_valid = fields.Boolean(metadata={"description": "True when the pipeline has stages"})
     stages = fields.List(fields.Nested(Stage), metadata={"description": "On single pipelines"})
 
 
@@ -305,13 +312,29 @@ def _envelope_of(name: str, content: fields.Field) -> type[Schema]:
     return type(name, (Envelope,), {"content": content})
 
 
-def _page_of(name: str, item: type[Schema]) -> type[Schema]:
-    page = type(name + "Page", (Schema,), {
-        "count": fields.Integer(),
-        "next": fields.Url(allow_none=True),
-        "previous": fields.Url(allow_none=True),
+def _page_fields(item: type[Schema], **described: str) -> dict[str, fields.Field]:
+    """Every list's page, in this order (one list shape everywhere; common.page)."""
+    doc = {
+        "count": "Items matching the filters (all pages)",
+        "count_exact": "Whether count is exact (always, except run lists with date ranges)",
+        "next": "The next page (absolute URL); null on the last",
+        "previous": "The previous page (absolute URL); null on the first",
+        "next_cursor": "Pass as `cursor` for the page after this one; null at the end and "
+                       "on lists that page by offset only",
+        **described,
+    }
+    return {
+        "count": fields.Integer(metadata={"description": doc["count"]}),
+        "count_exact": fields.Boolean(metadata={"description": doc["count_exact"]}),
+        "next": fields.Url(allow_none=True, metadata={"description": doc["next"]}),
+        "previous": fields.Url(allow_none=True, metadata={"description": doc["previous"]}),
+        "next_cursor": fields.String(allow_none=True, metadata={"description": doc["next_cursor"]}),
         "results": fields.List(fields.Nested(item)),
-    })
+    }
+
+
+def _page_of(name: str, item: type[Schema], **described: str) -> type[Schema]:
+    page = type(name + "Page", (Schema,), _page_fields(item, **described))
     return _envelope_of(name + "ListEnvelope", fields.Nested(page))
 
 
@@ -320,21 +343,14 @@ PipelineListEnvelope = _page_of("Pipeline", Pipeline)
 StageEnvelope = _envelope_of("StageEnvelope", fields.Nested(Stage))
 StageListEnvelope = _page_of("Stage", Stage)
 PipelineRunEnvelope = _envelope_of("PipelineRunEnvelope", fields.Nested(PipelineRun))
-PipelineRunPage = type("PipelineRunPage", (Schema,), {
-    "count": fields.Integer(metadata={
-        "description": "Runs matching the filters (all pages). With a created_/updated_ "
-                       "range it is counted up to 10000: see count_exact"}),
-    "count_exact": fields.Boolean(metadata={
-        "description": "False when count stopped at 10000 (date-range filters only)"}),
-    "next": fields.Url(allow_none=True, metadata={
-        "description": "The next page: by offset, or by cursor when this page was"}),
-    "previous": fields.Url(allow_none=True, metadata={
-        "description": "The previous page by offset; null on cursor pages"}),
-    "next_cursor": fields.String(allow_none=True, metadata={
-        "description": "Pass as `cursor` for the page after this one; null at the end"}),
-    "results": fields.List(fields.Nested(PipelineRun)),
-})
-PipelineRunListEnvelope = _envelope_of("PipelineRunListEnvelope", fields.Nested(PipelineRunPage))
+PipelineRunListEnvelope = _page_of(
+    "PipelineRun", PipelineRun,
+    count="Runs matching the filters (all pages). With a created_/updated_ range it is "
+          "counted up to 10000: see count_exact",
+    count_exact="False when count stopped at 10000 (date-range filters only)",
+    next="The next page: by offset, or by cursor when this page was",
+    previous="The previous page by offset; null on cursor pages",
+    next_cursor="Pass as `cursor` for the page after this one; null at the end")
 
 
 # --- audit: history, as_of, feed -------------------------------------------------------
@@ -383,6 +399,30 @@ class FeedPage(Schema):
     results = fields.List(fields.Nested(Event))
     next_after = fields.Integer(metadata={"description": "The cursor to resume from"})
     next = fields.Url(metadata={"description": "URL of the next read (after=next_after)"})
+    caught_up = fields.Boolean(metadata={
+        "description": "Every event up to now was examined: nothing more to read until new "
+                       "events. False: read `next` at once (a full page, or a filtered read "
+                       "that reached its scan cap)."})
+
+
+EXPORT_FORMATS = ("csv", "ndjson")
+
+
+class RunEventsQuery(PageQuery):
+    format = fields.String(validate=validate.OneOf(EXPORT_FORMATS), metadata={
+        "description": "Export the whole history instead of a page, streamed: `csv` "
+                       "(text/csv, a header row) or `ndjson` (one event per line, as in "
+                       "`results`); limit/offset are then ignored"})
+
+
+class EventExportQuery(Schema):
+    class Meta:
+        unknown = EXCLUDE
+
+    since = Instant(metadata={"description": "occurred_at >= since (RFC 3339)"})
+    until = Instant(metadata={"description": "occurred_at < until (RFC 3339)"})
+    format = fields.String(load_default="ndjson", validate=validate.OneOf(EXPORT_FORMATS),
+                           metadata={"description": "`csv` or `ndjson` (default)"})
 
 
 EventListEnvelope = _page_of("Event", Event)

@@ -8,14 +8,29 @@ import asyncpg
 from aiohttp import web
 from aiohttp_apispec import docs, json_schema, match_info_schema, querystring_schema
 
+from service.infra import replicas as replica_routing
+from service.infra import logs
 from service.web.auth import CHALLENGE, SECURITY, requires
+from service.web.consistency import REQUEST_DOC as TOKEN_DOC
+from service.web.consistency import RESPONSE_DOC as TOKEN_RESPONSE_DOC
+from service.web.consistency import ReplicaFailed, consistent
 from service.web.envelope import envelope
 from service.web.idempotency import HEADER_DOC, TX_CONNECTION, idempotent as _idempotent
 from service.app.context import Actor
 from service.web.keys import (
-    CONFIG, GROUP_COMMIT, PARSED, POOL, POOL_SLOTS, PRINCIPAL, REQUEST_ID, Principal,
+    CONFIG,
+    CONSISTENCY,
+    GROUP_COMMIT,
+    PARSED,
+    POOL,
+    POOL_SLOTS,
+    PRINCIPAL,
+    REPLICAS,
+    REQUEST_ID,
+    Principal,
 )
-from service.store.errors import translated
+from service.store.errors import UNAVAILABLE, translated
+from service.web.slots import FairSlots
 from service.web import schemas
 
 _ERRORS = {
@@ -30,10 +45,12 @@ _ERRORS = {
     414: "URL (path and query) longer than 8190 bytes",
     415: "Request body is not JSON (Content-Type application/json)",
     422: "Idempotency-Key already used for a different request",
+    429: "Over this token's rate limit (or its open long-polls): retry after Retry-After "
+         "seconds",
     500: "Unexpected failure (logged with the request id)",
     503: "Database unavailable; retry",
 }
-_COMMON = (400, 401, 403, 404, 414, 500, 503)
+_COMMON = (400, 401, 403, 404, 414, 429, 500, 503)
 _HEADERS = {  # RFC 6750 3: the challenge of refusals
     401: {"WWW-Authenticate": {
         "schema": {"type": "string"},
@@ -43,6 +60,17 @@ _HEADERS = {  # RFC 6750 3: the challenge of refusals
         "schema": {"type": "string"},
         "description": f'`{CHALLENGE}, error="insufficient_scope", scope="<scope>"`'}},
 }
+# The IETF RateLimit header fields (web/limits.py) on every answer to a token's request
+# while its rate limit is on; a 429 adds Retry-After.
+_RATE_HEADERS = {
+    "RateLimit-Policy": {"description": 'The token\'s quota policy: `"token";q=<burst>;'
+                         'w=<seconds to refill it>` (draft-ietf-httpapi-ratelimit-headers)',
+                         "schema": {"type": "string"}},
+    "RateLimit": {"description": 'Where it stands: `"token";r=<requests left>;t=<seconds '
+                  'until the bucket is full again>`', "schema": {"type": "string"}},
+}
+_RETRY_AFTER = {"Retry-After": {"description": "Seconds to wait before retrying",
+                                "schema": {"type": "integer"}}}
 
 
 def operation(*, scope: str, summary: str, tag: str, response: type, path: type | None = None,
@@ -54,24 +82,35 @@ def operation(*, scope: str, summary: str, tag: str, response: type, path: type 
     idempotent: the handler honours an Idempotency-Key header (web/idempotency.py).
     media_type: a success answer that is not a JSON envelope (e.g. text/event-stream);
     `response` then describes one message of it.
+    A scope ending in ":read" makes it a read: a standby may answer it, and it honours a
+    Consistency-Token header (web/consistency.py). Every success carries a token.
     """
+    reads = scope.endswith(":read")
+    if reads:
+        headers = [*(headers or []), TOKEN_DOC]
     if idempotent:
         headers, errors = [*(headers or []), HEADER_DOC], (*errors, 422)
     if body is not None:  # answered before the handler runs (aiohttp, web/parser.py)
         errors = (*errors, 413, 415)
     responses: dict[int | str, dict[str, Any]] = {
-        200: {"schema": response, "description": "Success"},
+        200: {"schema": response, "description": "Success",
+              "headers": {**_RATE_HEADERS, **TOKEN_RESPONSE_DOC}},
     }
     if media_type is not None:
         responses[200] = {"description": "Success", "content": {media_type: {"schema": response}}}
     for code in sorted({*_COMMON, *errors}):
         responses[code] = {"schema": schemas.ErrorEnvelope, "description": _ERRORS[code]}
-        if code in _HEADERS:
-            responses[code]["headers"] = _HEADERS[code]
+        if code == 429:
+            responses[code]["headers"] = {**_RATE_HEADERS, **_RETRY_AFTER}
+        elif code == 401:  # no token, hence no limit
+            responses[code]["headers"] = _HEADERS[401]
+        else:
+            responses[code]["headers"] = {**_RATE_HEADERS, **_HEADERS.get(code, {})}
 
     def wrap(handler):
         if idempotent:
             handler = _idempotent(handler)
+        handler = consistent(handler, read=reads, position_now=_position_now)
         handler = requires(scope)(handler)
         handler = docs(tags=[tag], summary=summary, description=description or summary,
                        security=SECURITY, responses=responses,
@@ -98,7 +137,8 @@ def request_id(request: web.Request) -> str:
 def actor(request: web.Request) -> Actor:
     """The caller, as the use cases know it."""
     who = request[PRINCIPAL]
-    return Actor(who.enterprise_id, who.name, who.token_id, request[REQUEST_ID])
+    return Actor(who.enterprise_id, who.name, who.token_id, request[REQUEST_ID],
+                 logs.TRACE_ID.get())
 
 
 def db(request: web.Request) -> "RequestDb":
@@ -118,7 +158,7 @@ class RequestDb:
                       else None)
 
     def connection(self) -> "_Connection":
-        return _Connection(self.request)
+        return _Connection(self.request, False)  # use cases write: the primary
 
 
 def path(request: web.Request) -> dict[str, Any]:
@@ -135,50 +175,82 @@ def body(request: web.Request) -> dict[str, Any]:
 
 def page(request: web.Request, total: int, items: list, limit: int, offset: int,
          message: str = "OK") -> web.Response:
-    """A list envelope; next/previous are absolute URLs keeping the other parameters."""
+    """A list envelope; next/previous are absolute URLs keeping the other parameters.
+
+    The run lists' shape (handlers/runs.py): these lists count exactly and page by offset
+    only, so count_exact is true and next_cursor null.
+    """
 
     def at(new_offset: int) -> str:
         return str(request.url.update_query(limit=limit, offset=new_offset))
 
     content = {
         "count": total,
+        "count_exact": True,
         "next": at(offset + limit) if offset + limit < total else None,
         "previous": at(max(offset - limit, 0)) if offset > 0 else None,
+        "next_cursor": None,
         "results": items,
     }
     return envelope(content, message=message)
 
 
-def connection(request: web.Request) -> "_Connection":
+def connection(request: web.Request, read: bool | None = None) -> "_Connection":
     """A pooled connection; a database that does not answer becomes a 503.
 
-    Under an Idempotency-Key: the request's own connection, inside its transaction.
+    read: the statements only read, so a hot standby may run them (READ_DATABASE_URLS);
+    by default, what the operation's scope says (@operation). Writes, and reads that need
+    data newer than any standby has (Consistency-Token), run on the primary. Under an
+    Idempotency-Key: the request's own connection, inside its transaction.
     """
-    return _Connection(request)
+    return _Connection(request, read)
+
+
+async def _position_now(request: web.Request) -> None:
+    """The primary's position now, for a response whose handler took no position itself."""
+    async with _Connection(request, False):
+        pass
 
 
 class _Connection:
     """connection()'s context manager: a class, as every request of the hot path takes one.
 
-    Connections are handed out first come, first served: a request takes one of the
-    pool's slots (asyncio.Semaphore, which is FIFO) before asking the pool. asyncpg's pool
-    alone lets a newcomer take a connection just released to a waiter, which then queues
-    again at the back: under load some requests waited a second (p99) while most took
-    milliseconds.
+    A request takes one of the pool's slots (web/slots.py: round-robin across
+    enterprises, first come first served within one) before asking the pool. asyncpg's
+    pool alone lets a newcomer take a connection just released to a waiter, which then
+    queues again at the back: under load some requests waited a second (p99) while most
+    took milliseconds.
+
+    Before giving a connection back, it reads the WAL position the statements reflect
+    (after them, so a write's commit is included): the response's Consistency-Token.
     """
 
-    __slots__ = ("request", "conn", "shared")
+    __slots__ = ("request", "conn", "shared", "state", "read", "replica")
 
-    def __init__(self, request: web.Request):
+    def __init__(self, request: web.Request, read: bool | None):
         self.request = request
         self.conn: asyncpg.Connection | None = None
         self.shared = request.get(TX_CONNECTION)
+        self.state = state = request.get(CONSISTENCY)  # None outside @operation handlers
+        self.read = (state is not None and state.read) if read is None else read
+        self.replica = None
 
     async def __aenter__(self) -> asyncpg.Connection:
         if self.shared is not None:
-            return self.shared
+            return self.shared  # its position is read after its commit (web/consistency.py)
         app = self.request.app
+        replicas = app.get(REPLICAS)
+        if replicas is not None and self.read and self.state is not None:
+            if not self.state.primary_only:
+                got = await replicas.acquire(self.state.required)
+                if got is not None:
+                    self.replica, self.conn = got
+                    replicas.count_read(self.replica.name)
+                    return self.conn
+            replicas.count_read("primary")
         slots, pool = app[POOL_SLOTS], app[POOL]
+        caller = self.request.get(PRINCIPAL)
+        key = caller.enterprise_id if caller is not None else ""
         with translated():
             if slots.locked() or not pool.get_idle_size():
                 # It may have to wait: DB_ACQUIRE_TIMEOUT bounds it. (asyncio.timeout, not
@@ -186,17 +258,21 @@ class _Connection:
                 # (opening a connection is bounded by DB_CONNECT_TIMEOUT), and the timer,
                 # one per request, is saved.
                 async with asyncio.timeout(app[CONFIG].pool_acquire_timeout):
-                    self.conn = await _acquire(slots, pool)
+                    self.conn = await _acquire(slots, pool, key)
             else:
-                self.conn = await _acquire(slots, pool)
+                self.conn = await _acquire(slots, pool, key)
         return self.conn
 
     async def __aexit__(self, kind, exc, tb) -> bool:
         conn = self.conn
+        if conn is not None and self.replica is not None:
+            return await self._exit_replica(conn, kind, exc)
         if conn is not None:
             app = self.request.app
             try:
                 with translated():
+                    if kind is None and self.state is not None:
+                        self.state.saw(await replica_routing.primary_position(conn))
                     if kind is not None and issubclass(kind, asyncio.TimeoutError):
                         # command_timeout: the server stopped answering. Drop the connection
                         # rather than have release() wait up to command_timeout again for
@@ -207,9 +283,26 @@ class _Connection:
                 app[POOL_SLOTS].release()
         return translated().__exit__(kind, exc, tb)  # the body's failure, translated too
 
+    async def _exit_replica(self, conn: asyncpg.Connection, kind, exc) -> bool:
+        replicas, replica = self.request.app[REPLICAS], self.replica
+        failure = exc if kind is not None and issubclass(kind, UNAVAILABLE) else None
+        if failure is None and kind is None:
+            try:
+                self.state.saw(await replica_routing.standby_position(conn))
+            except UNAVAILABLE as position_failure:
+                failure = position_failure
+        await replicas.release(replica, conn, failure)
+        if failure is not None:
+            # The standby failed (down, restarted, a recovery conflict): the read runs again
+            # on the primary (web/consistency.py); the probe brings the standby back.
+            replica.leave(f"read failed: {type(failure).__name__}")
+            replicas.fall_back(replica_routing.REPLICA_ERROR)
+            raise ReplicaFailed() from failure
+        return False  # any other failure (a 404, say) is the caller's, untouched
 
-async def _acquire(slots: asyncio.Semaphore, pool: asyncpg.Pool) -> asyncpg.Connection:
-    await slots.acquire()
+
+async def _acquire(slots: FairSlots, pool: asyncpg.Pool, key: str) -> asyncpg.Connection:
+    await slots.acquire(key)
     try:
         return await pool.acquire()
     except BaseException:

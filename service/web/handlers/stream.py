@@ -1,7 +1,6 @@
 """GET /events/stream: the change feed as Server-Sent Events, caught up then live."""
 from __future__ import annotations
 
-import contextlib
 import logging
 
 from aiohttp import web
@@ -12,7 +11,7 @@ from service.domain.errors import BadRequest
 from service.web import schemas as s
 from service.web.envelope import dumps
 from service.web.handlers.common import connection, operation, principal, query
-from service.web.keys import CONFIG, FEED_WAITERS, WAIT_GUARD
+from service.web.keys import CONFIG, FEED_WAITERS, WAIT_CAP
 
 log = logging.getLogger(__name__)
 
@@ -51,9 +50,17 @@ def _resume_point(request: web.Request, after: int | None) -> int:
 
 
 def _held(request: web.Request):
-    """The per-token cap of open waits (long-polls and streams), when one is wired."""
-    guard = request.app.get(WAIT_GUARD)
-    return contextlib.nullcontext() if guard is None else guard.hold(request)
+    """The per-token cap of open waits (long-polls and streams): MAX_WAITS_PER_TOKEN."""
+    return request.app[WAIT_CAP].hold(principal(request).token_id)
+
+
+async def _read(request: web.Request, enterprise_id: str, after: int, q) -> feed_app.FeedPage:
+    """A batch after `after` (a filtered read examines at most FEED_SCAN_CAP events)."""
+    return await feed_app.read(
+        lambda: connection(request), enterprise_id, after=after, limit=BATCH,
+        scan_cap=request.app[CONFIG].feed_scan_cap, pipeline_id=q.get("pipeline_id"),
+        run_id=q.get("run_id"), type_=q.get("type"), actor=q.get("actor"),
+        since=q.get("since"), until=q.get("until"))
 
 
 @operation(scope="audit:read", tag="Audit", summary="The change feed as a live stream (SSE)",
@@ -69,25 +76,24 @@ async def stream(request: web.Request) -> web.StreamResponse:
     enterprise_id = principal(request).enterprise_id
     heartbeat = request.app[CONFIG].stream_heartbeat_seconds
     with _held(request):
-        async with connection(request) as conn:  # a database failure is still an envelope
-            first = await feed_app.read(conn, enterprise_id, after, BATCH, q)
+        first = await _read(request, enterprise_id, after, q)  # a failure: still an envelope
         async with sse_response(request, ping_interval=heartbeat) as resp:
             await _follow(request, resp, enterprise_id, after, first, q)
     return resp
 
 
-async def _follow(request, resp, enterprise_id: str, after: int, events: list, q) -> None:
+async def _follow(request, resp, enterprise_id: str, after: int,
+                  page: feed_app.FeedPage, q) -> None:
     waiters = request.app[FEED_WAITERS]
     try:
         while resp.is_connected() and not waiters.closing:
-            for event in events:
+            for event in page.events:
                 await resp.send(dumps(event), id=str(event["position"]), event=event["type"])
-            after = events[-1]["position"] if events else after
+            after = page.next_after  # past what a filtered read examined, too
             # Subscribe before reading, so a commit between read and wait wakes us.
             with waiters.subscribe(enterprise_id) as woken:
-                async with connection(request) as conn:
-                    events = await feed_app.read(conn, enterprise_id, after, BATCH, q)
-                if not events:
+                page = await _read(request, enterprise_id, after, q)
+                if not page.events and page.exhausted:
                     await waiters.wait(woken, 60.0)
     except (ConnectionResetError, TimeoutError):
         pass  # the caller went away (or stopped reading): it reconnects with its last id

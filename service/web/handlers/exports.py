@@ -1,0 +1,131 @@
+"""Exports of the audit trail, streamed as CSV or NDJSON in constant memory.
+
+Rows come from a server-side cursor in batches (store/events.py) and are written as they
+come: an export of any size holds one batch at a time.
+"""
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import logging
+from typing import AsyncIterator
+
+from aiohttp import web
+
+from service.app import audit
+from service.domain.errors import NotFound
+from service.web import schemas as s
+from service.web.envelope import dumps, dumps_bytes
+from service.web.handlers.common import connection, operation, path, principal, query
+from service.web.keys import REQUEST_ID
+
+log = logging.getLogger(__name__)
+
+AUDIT = "audit:read"
+TAG = "Audit"
+MEDIA = {"csv": "text/csv", "ndjson": "application/x-ndjson"}
+CSV_COLUMNS = ("position", "id", "pipeline_id", "run_id", "version", "type", "from_status",
+               "to_status", "actor", "occurred_at", "request_id", "reason", "data")
+# The 200 answers of exports, for the OpenAPI document (web/app.py documents them).
+PRODUCES = {media: {"schema": {"type": "string"}} for media in MEDIA.values()}
+
+
+def _csv_rows(events: list[dict], header: bool) -> bytes:
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\r\n")
+    if header:
+        writer.writerow(CSV_COLUMNS)
+    for e in events:
+        writer.writerow([
+            e["position"], e["id"], e["pipeline_id"], e["run_id"], e["version"], e["type"],
+            e["from_status"] or "", e["to_status"] or "", e["actor"],
+            e["occurred_at"].isoformat(), e["request_id"] or "",
+            (e["data"] or {}).get("reason") or "", dumps(e["data"] or {}),
+        ])
+    return out.getvalue().encode()
+
+
+def _ndjson_rows(events: list[dict]) -> bytes:
+    return b"".join(dumps_bytes(e) + b"\n" for e in events)
+
+
+async def stream(request: web.Request, fmt: str, filename: str,
+                 batches: AsyncIterator[list[dict]], *, empty_is_404: bool) -> web.StreamResponse:
+    """Write the batches as they come; nothing is answered before the first is read."""
+    async with contextlib.aclosing(batches):  # ends the cursor's transaction in every case
+        first = await anext(batches, None)
+        if first is None and empty_is_404:
+            raise NotFound("pipeline run not found")
+        response = web.StreamResponse(headers={
+            "Content-Type": f"{MEDIA[fmt]}; charset=utf-8",
+            "Content-Disposition": f'attachment; filename="{filename}.{fmt}"'})
+        await response.prepare(request)
+        try:
+            header = True
+            async for batch in _chain(first, batches):
+                await response.write(_csv_rows(batch, header) if fmt == "csv"
+                                     else _ndjson_rows(batch))
+                header = False
+            if header and fmt == "csv":  # no event: the header alone
+                await response.write(_csv_rows([], True))
+        except Exception:
+            # The 200 is on its way: no error envelope can follow. Cut the connection before
+            # the end of the chunked body, so the client sees an incomplete download rather
+            # than a complete-looking, truncated export.
+            log.exception("export failed after it started",
+                          extra={"request_id": request.get(REQUEST_ID)})
+            if request.transport is not None:
+                request.transport.abort()
+            return response
+        await response.write_eof()
+        return response
+
+
+async def _chain(first: list[dict] | None, rest: AsyncIterator[list[dict]]):
+    if first is not None:
+        yield first
+        async for batch in rest:
+            yield batch
+
+
+async def run_history(request: web.Request) -> web.StreamResponse:
+    """GET …/runs/{id}/events/?format=: the run's whole history (handlers/events.py)."""
+    p = path(request)
+    return await run_history_of(request, principal(request).enterprise_id, p["pipeline_id"],
+                                p["pipeline_run_id"], query(request)["format"])
+
+
+async def run_history_of(request: web.Request, enterprise_id: str, pipeline_id, run_id,
+                         fmt: str) -> web.StreamResponse:
+    """A run's history export (the API's, and the pages' behind a session)."""
+    async with connection(request) as conn:
+        batches = audit.export_run(conn, enterprise_id, pipeline_id, run_id)
+        return await stream(request, fmt, f"run-{run_id}-events", batches, empty_is_404=True)
+
+
+async def feed_of(request: web.Request, enterprise_id: str, since, until,
+                  fmt: str) -> web.StreamResponse:
+    """The feed export of [since, until) (the API's, and the pages' behind a session)."""
+    async with connection(request) as conn:
+        batches = audit.export_feed(conn, enterprise_id, since=since, until=until)
+        return await stream(request, fmt, "events", batches, empty_is_404=False)
+
+
+@operation(scope=AUDIT, tag=TAG, summary="Export the enterprise's events of a time range",
+           description="All events with since <= occurred_at < until (either may be left "
+                       "out), in position order, streamed as CSV (text/csv, a header row; "
+                       "`data` as JSON) or NDJSON (application/x-ndjson, one event per line "
+                       "as the feed answers it).",
+           query=s.EventExportQuery, response=s.FeedEnvelope)
+async def feed_export(request: web.Request) -> web.StreamResponse:
+    q = query(request)
+    return await feed_of(request, principal(request).enterprise_id, q.get("since"),
+                         q.get("until"), q["format"])
+
+
+feed_export.__produces__ = (PRODUCES, True)  # (media, replacing JSON): web/app.py
+
+routes = [
+    ("GET", "/events/export/", feed_export),
+]

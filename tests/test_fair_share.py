@@ -1,0 +1,168 @@
+"""Fair sharing: long-polls per token, pool slots across enterprises, bounded offsets,
+unknown tokens that cannot flush the token cache, a readiness probe that spares the pool."""
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+
+import pytest
+
+from tests.helpers import make_token
+from service.config import Config
+from service.infra import db as dbinfra
+from service.store import tokens as token_store
+from service.web.handlers.health import Readiness
+from service.web.keys import POOL_SLOTS, WAIT_CAP
+from service.web.slots import FairSlots
+
+
+async def _until(predicate, seconds: float = 10.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached"
+        await asyncio.sleep(0.01)
+
+
+@pytest.fixture
+def config(db_dsn) -> Config:
+    # A cache far longer than any test here: what is cached stays cached.
+    return Config(database_url=db_dsn, pool_min=1, pool_max=2, token_cache_seconds=3600,
+                  max_waits_per_token=2)
+
+
+async def test_a_token_holds_at_most_max_waits_long_polls(api, client, db, enterprise):
+    cap = client.server.app[WAIT_CAP]
+    head = (await api.get("/events/"))["next_after"]
+    polls = [asyncio.create_task(api.get(f"/events/?after={head}&wait=20")) for _ in range(2)]
+    token_id = await db.fetchval("SELECT id FROM api_tokens WHERE enterprise_id = $1",
+                                 enterprise)
+    await _until(lambda: cap.open(token_id) == 2)
+    started = time.monotonic()
+    refused = await api.get(f"/events/?after={head}&wait=20", status=429)
+    assert time.monotonic() - started < 2  # at once, not after waiting
+    assert refused == {"retry_after": 1}
+    assert "at most 2" in (await api.last.json())["message"]
+    assert api.last.headers["Retry-After"] == "1"
+    # Without wait it is an ordinary read; another token of the enterprise has its own cap.
+    assert (await api.get(f"/events/?after={head}"))["results"] == []
+    other = api.with_token(await make_token(db, enterprise, "other"))
+    third = asyncio.create_task(other.get(f"/events/?after={head}&wait=20"))
+    pipeline = await api.pipeline()
+    run = await api.run(pipeline["id"])
+    for woken in await asyncio.gather(*polls, third):
+        assert [e["run_id"] for e in woken["results"]] == [run["id"]]
+    await _until(lambda: cap.open(token_id) == 0)
+    again = await api.get(f"/events/?after={head}&wait=0.1")  # the slots were given back
+    assert len(again["results"]) == 1
+
+
+async def test_pool_slots_go_round_robin_across_enterprises():
+    slots = FairSlots(2)
+    await slots.acquire("noisy")
+    await slots.acquire("noisy")
+    granted: list[str] = []
+
+    async def take(key: str) -> None:
+        await slots.acquire(key)
+        granted.append(key)
+
+    flood = [asyncio.create_task(take("noisy")) for _ in range(50)]
+    await _until(lambda: slots.waiting() == 50)
+    quiet = asyncio.create_task(take("quiet"))
+    await _until(lambda: slots.waiting() == 51)
+    for _ in range(51):
+        slots.release()
+        await asyncio.sleep(0)
+    await asyncio.gather(*flood, quiet)
+    # The quiet enterprise's request got the second slot released, not the 51st.
+    assert granted.index("quiet") <= 1, granted
+    # A cancelled waiter gives its turn away and no slot is lost.
+    slots = FairSlots(1)
+    await slots.acquire("a")
+    gone = asyncio.create_task(slots.acquire("b"))
+    kept = asyncio.create_task(slots.acquire("c"))
+    await _until(lambda: slots.waiting() == 2)
+    gone.cancel()
+    slots.release()
+    await asyncio.wait_for(kept, 5)
+    slots.release()
+    assert not slots.locked()
+
+
+async def test_a_flooding_enterprise_does_not_delay_another_s_requests(api, client, db):
+    """Pool of 2: the noisy enterprise's 30 creates queue on its pipeline's row lock; the
+    quiet enterprise's read gets the next free connection, not the 31st."""
+    quiet = api.with_token(await make_token(db, f"ent-{uuid.uuid4().hex[:12]}", "quiet"))
+    quiet_pipeline = await quiet.pipeline()
+    await quiet.get(f"/pipelines/{quiet_pipeline['id']}/")  # its token is now cached
+    pipeline = await api.pipeline()
+    slots = client.server.app[POOL_SLOTS]
+    done: list[str] = []
+
+    async def call(who: str, coro) -> None:
+        await coro
+        done.append(who)
+
+    await db.execute("BEGIN")
+    await db.execute("SELECT FROM pipelines WHERE id = $1 FOR UPDATE", uuid.UUID(pipeline["id"]))
+    noisy = [asyncio.create_task(call("noisy", api.run(pipeline["id"]))) for _ in range(30)]
+    await _until(lambda: slots.waiting() == 28)  # 2 hold the connections, blocked
+    read = asyncio.create_task(call("quiet", quiet.get(f"/pipelines/{quiet_pipeline['id']}/")))
+    await _until(lambda: slots.waiting() == 29)
+    await db.execute("COMMIT")
+    await asyncio.gather(*noisy, read)
+    assert done.index("quiet") <= 4, done
+
+
+async def test_offset_past_10000_is_a_400_that_points_to_the_cursor(api):
+    pipeline = await api.pipeline()
+    path = f"/pipelines/{pipeline['id']}/runs/"
+    assert (await api.get(f"{path}?offset=10000"))["results"] == []
+    refused = await api.get(f"{path}?offset=10001", status=400)
+    assert "cursor" in refused["errors"]["offset"][0], refused
+    assert "cursor" in (await api.get("/pipelines/?offset=20000", status=400))["errors"]["offset"][0]
+
+
+async def test_unknown_tokens_do_not_evict_valid_ones(api, db, enterprise):
+    """10,050 distinct unknown tokens: a valid token cached before stays cached (it was
+    revoked meanwhile, so a lookup would refuse it: it is answered from the cache)."""
+    await api.get("/pipelines/")
+    await db.execute("UPDATE api_tokens SET revoked_at = now() WHERE enterprise_id = $1",
+                     enterprise)
+    sem = asyncio.Semaphore(32)
+
+    async def unknown(i: int) -> None:
+        async with sem:
+            resp = await api.client.get(api.url("/pipelines/"),
+                                        headers={"Authorization": f"Bearer nope-{i}"})
+            assert resp.status == 401
+            resp.release()
+
+    await asyncio.gather(*(unknown(i) for i in range(10_050)))
+    assert (await api.get("/pipelines/"))["results"] == []  # 200: still cached
+
+
+async def test_an_unknown_token_is_cached_negatively(api, db, enterprise):
+    stranger = "pr_not-yet-issued"
+    await api.with_token(stranger).get("/pipelines/", status=401)
+    await db.execute("INSERT INTO api_tokens (enterprise_id, name, token_hash, scopes) "
+                     "VALUES ($1, 'late', $2, $3)", enterprise,
+                     token_store.hash_token(stranger), list(token_store.DEFAULT_SCOPES))
+    # Within TOKEN_CACHE_SECONDS the refusal is remembered: no lookup per request.
+    await api.with_token(stranger).get("/pipelines/", status=401)
+
+
+async def test_readiness_shares_one_check_and_spares_the_pool(db_dsn):
+    pool = await dbinfra.create_pool(Config(pool_min=1, pool_max=1), db_dsn)
+    try:
+        ready = Readiness(pool, timeout=0.5, fresh=30)
+        assert await ready.ready()
+        async with pool.acquire():  # the pool's only connection is busy
+            answers = await asyncio.gather(*(ready.ready() for _ in range(50)))
+        assert answers == [True] * 50  # answered without a connection
+        # Once the listener is known lost, it asks at once (and finds the pool busy).
+        async with pool.acquire():
+            assert not await ready.ready(listening=False)
+    finally:
+        await pool.close()

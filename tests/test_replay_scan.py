@@ -1,0 +1,123 @@
+"""The replay scan reads the log in written order: any order of a run's events folds the same,
+and a scan split into more run-id ranges (memory) finds what the one-range scan finds."""
+from __future__ import annotations
+
+import random
+import uuid
+
+import pytest
+
+from service.app import replay as replay_module
+from service.app import scan_parts
+from service.app.replay import replay, verify
+from service.domain import lifecycle
+from service.store import replay as sql
+
+ALL_IDS = (uuid.UUID(int=0), uuid.UUID(int=2**128 - 1))
+
+
+@pytest.fixture
+def db_dsn(own_db):
+    return own_db
+
+
+async def _busy_runs(api, n: int) -> list[dict]:
+    """Runs with stage-run moves and run moves, so each has several events."""
+    pipeline = await api.pipeline(stages=("build", "test", "ship"))
+    runs = []
+    for k in range(n):
+        run = await api.run(pipeline["id"])
+        stage_runs = (await api.get(f"/runs/{run['id']}/stageruns/"))["results"]
+        await api.put(f"/runs/{run['id']}/stageruns/{stage_runs[0]['id']}/",
+                      {"status": "running"})
+        if k % 2:  # cancels the run's other stage runs: a cascade of events
+            await api.put(f"/runs/{run['id']}/stageruns/{stage_runs[1]['id']}/",
+                          {"status": "cancelled"})
+        runs.append(run)
+    return runs
+
+
+async def _log_rows(db) -> list[tuple]:
+    async with db.transaction(isolation="repeatable_read", readonly=True):
+        return [tuple(r) for r in await db.fetch(sql.EVENTS_IN_LOG_ORDER, *ALL_IDS)]
+
+
+def _in_version_order(rows: list[tuple]) -> dict:
+    runs: dict = {}
+    for row in sorted(rows, key=lambda r: (r[0], r[1], r[2])):
+        key = (row[0], row[1])
+        runs[key] = lifecycle.step(runs.get(key), row[3], row[2], row[4], row[5], row[6],
+                                   row[8], row[0], row[1], row[7])
+    return runs
+
+
+async def test_events_out_of_order_fold_as_in_version_order(api, db):
+    await _busy_runs(api, 4)
+    rows = await _log_rows(db)
+    expected = _in_version_order(rows)
+    assert len(rows) > 3 * len(expected)  # several events a run
+    for seed in range(20):
+        shuffled = rows[:]
+        random.Random(seed).shuffle(shuffled)
+        folds, early, irregular = {}, {}, set()
+        for n in range(0, len(shuffled), 7):  # in batches, as the cursor hands them over
+            replay_module._fold_events(shuffled[n:n + 7], folds, early, irregular)
+        assert (early, irregular) == ({}, set())
+        assert {key: run for key, (_, run) in folds.items()} == expected
+
+
+async def test_a_repeated_or_missing_version_is_left_for_the_refold(api, db):
+    await _busy_runs(api, 2)
+    rows = await _log_rows(db)
+    first, second = sorted({(r[0], r[1]) for r in rows}, key=str)
+    repeated = [r for r in rows if (r[0], r[1]) == first and r[2] == 2]
+    gap = [r for r in rows if not ((r[0], r[1]) == second and r[2] == 2)]
+    folds, early, irregular = {}, {}, set()
+    replay_module._fold_events(gap + repeated, folds, early, irregular)
+    assert irregular == {first} and set(early) == {first, second}
+
+
+async def test_verify_reports_a_missing_version_as_before(api, db, enterprise):
+    """A gap in a run's versions: verify names the run (the fold is by sorted versions)."""
+    pipeline = await api.pipeline()
+    run = await api.move(await api.run(pipeline["id"]), "running")
+    await db.execute("SET session_replication_role = replica")  # past run_heads' guard
+    try:
+        await db.execute(
+            "INSERT INTO run_events (enterprise_id, pipeline_id, run_id, version, type,"
+            " from_status, to_status, actor, occurred_at) VALUES ($1, $2, $3, 9,"
+            " 'run.status_changed', 'running', 'waiting', 'mallory', now())",
+            enterprise, uuid.UUID(pipeline["id"]), uuid.UUID(run["id"]))
+    finally:
+        await db.execute("RESET session_replication_role")
+    scan = await verify(db)
+    assert [str(k[1]) for k in scan.version_drifts] == [run["id"]]
+    assert [(str(d.run_key[1]), d.fields) for d in scan.drifts] == [
+        (run["id"], ["status", "updated_by", "updated_at", "version"])]
+
+
+def test_ranges_grow_when_the_folds_do_not_fit():
+    per_run = scan_parts.BYTES_PER_RUN
+    assert scan_parts.ranges_for(1000, 2, 8192) == 2  # fits: one range a process
+    runs = 3 * 2**20 // per_run  # 3 MB of folds
+    assert scan_parts.ranges_for(runs, 1, 1) == 3
+    assert scan_parts.ranges_for(runs, 2, 1) == 6  # each process has half of the memory
+    assert scan_parts.ranges_for(10**9, 2, 1) == scan_parts.MAX_RANGES
+    assert scan_parts.ranges_for(0, 1, 1) == 1
+
+
+async def test_a_scan_in_many_ranges_is_the_scan_in_one(api, db, db_dsn, monkeypatch):
+    runs = await _busy_runs(api, 8)
+    await db.execute("UPDATE pipeline_runs SET run_number = 77 WHERE id = $1",
+                     uuid.UUID(runs[3]["id"]))
+    await db.execute("ANALYZE pipeline_runs")  # the estimate the plan reads
+    whole = await verify(db)
+    monkeypatch.setattr(scan_parts, "BYTES_PER_RUN", 2**20)  # 8 runs: 8 MB of folds
+    monkeypatch.setattr(scan_parts, "parts_for", lambda events, cpus: 2)
+    split = await verify(db, db_dsn, memory_mb=2)
+    assert (whole.parts, whole.ranges) == (1, 1) and split.parts == 2 and split.ranges >= 4
+    assert (split.events, split.runs, split.heads) == (whole.events, whole.runs, whole.heads)
+    assert [(str(d.run_key[1]), d.fields) for d in split.drifts] == \
+        [(str(d.run_key[1]), d.fields) for d in whole.drifts] == [(runs[3]["id"], ["run_number"])]
+    assert (await replay(db, db_dsn, memory_mb=2)).repaired == 1
+    assert (await verify(db, db_dsn, memory_mb=2)).clean
