@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 sys.path.insert(0, str(ROOT / "tests"))
 
 import scratchdb  # noqa: E402
-from webhook_receiver import Receiver  # noqa: E402
+from tests.webhook_receiver import Receiver  # noqa: E402
 
 from service.store import meta  # noqa: E402
 from service.store import tokens as token_store  # noqa: E402

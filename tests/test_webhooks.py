@@ -10,7 +10,7 @@ from standardwebhooks.webhooks import Webhook
 
 from tests.helpers import make_token
 from service.client import WebhookVerificationError, verify_webhook
-from webhook_receiver import Receiver
+from tests.webhook_receiver import Receiver
 
 RETRIES = (0.3, 0.3)  # seconds between attempts: three attempts in all
 

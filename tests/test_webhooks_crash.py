@@ -10,7 +10,7 @@ import pytest
 
 from tests.helpers import make_token
 from tests.test_crash import MOUNT, Service
-from webhook_receiver import Receiver
+from tests.webhook_receiver import Receiver
 
 ENTERPRISE = "ent-webhooks-crash"
 ENV = {"WEBHOOK_TIMEOUT_SECONDS": "2", "WEBHOOK_RETRY_SCHEDULE": "0.2,0.5,1,2,4,8,16"}
