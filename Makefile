@@ -27,6 +27,8 @@ test: $(STAMP)
 # a mixed load with long-polls, a quiet tenant beside a noisy one (--scenarios picks);
 # e.g. make bench BENCH_ARGS="--workers 1,2" or BENCH_ARGS="--scenarios tenants,mixed".
 # Then the service at scale (bench/scale.py): 1M runs seeded, list latency, replay rate;
+# e.g. make bench SCALE_ARGS="--runs 100000". Then webhook delivery rate and lag
+# (bench/webhooks.py; WEBHOOK_BENCH_ARGS="--seconds 30 --workers 2").
 # e.g. make bench SCALE_ARGS="--runs 100000". Then reads with and without a hot standby
 # (bench/replicas.py), e.g. REPLICA_ARGS="--seconds 10 --rounds 2".
 bench: $(STAMP)
@@ -36,6 +38,7 @@ bench: $(STAMP)
 		apt-get install -y -q wrk >/dev/null 2>&1; } || echo "wrk not installed: Python load" >&2
 	$(PY) bench/run.py $(BENCH_ARGS)
 	$(PY) bench/scale.py $(SCALE_ARGS)
+	$(PY) bench/webhooks.py $(WEBHOOK_BENCH_ARGS)
 	$(PY) bench/replicas.py $(REPLICA_ARGS)
 
 migrate: $(STAMP)

@@ -321,6 +321,75 @@ CREATE TABLE IF NOT EXISTS idempotency_keys (
 );
 CREATE INDEX IF NOT EXISTS idempotency_keys_created ON idempotency_keys (created_at);
 
+-- Webhook subscriptions (service/app/webhooks.py). `cursor` is the feed position up to which
+-- the enterprise's events have been queued as deliveries: the feed is gap-safe
+-- (store/events.py), so reading `position > cursor` misses nothing. A subscription that is
+-- not active keeps its cursor, so enabling it again resumes where it stopped.
+CREATE TABLE IF NOT EXISTS webhooks (
+    enterprise_id   text        NOT NULL,
+    id              uuid        NOT NULL,
+    url             text        NOT NULL,
+    event_types     text[],                       -- NULL: every event type
+    pipeline_id     uuid,                         -- NULL: every pipeline
+    description     text        NOT NULL DEFAULT '',
+    is_active       boolean     NOT NULL DEFAULT true,
+    secret          text        NOT NULL,         -- whsec_...: shown once, never logged
+    disabled_reason text,                         -- why the service disabled it
+    disabled_at     timestamptz,
+    cursor          bigint      NOT NULL DEFAULT 0,
+    created_by      bigint,
+    created_at      timestamptz NOT NULL DEFAULT now(),
+    updated_at      timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (enterprise_id, id)
+);
+CREATE INDEX IF NOT EXISTS webhooks_active ON webhooks (cursor) WHERE is_active;
+
+-- One row per (subscription, event) to deliver: the durable at-least-once state. A worker
+-- claims a due row by setting claimed_until (a lease, SKIP LOCKED); a crashed worker's
+-- lease runs out and another takes the row again.
+CREATE TABLE IF NOT EXISTS webhook_deliveries (
+    enterprise_id   text        NOT NULL,
+    webhook_id      uuid        NOT NULL,
+    position        bigint      NOT NULL,
+    event_id        uuid        NOT NULL,
+    run_id          uuid        NOT NULL,
+    version         integer     NOT NULL,
+    occurred_at     timestamptz NOT NULL,
+    state           text        NOT NULL DEFAULT 'pending',  -- pending | delivered | failed
+    attempts        integer     NOT NULL DEFAULT 0,  -- every attempt ever (audit numbering)
+    failures        integer     NOT NULL DEFAULT 0,  -- failed attempts since the last success
+    next_attempt_at timestamptz NOT NULL DEFAULT now(),
+    claimed_until   timestamptz,
+    delivered_at    timestamptz,
+    PRIMARY KEY (enterprise_id, webhook_id, position),
+    FOREIGN KEY (enterprise_id, webhook_id) REFERENCES webhooks (enterprise_id, id)
+        ON DELETE CASCADE
+);
+CREATE INDEX IF NOT EXISTS webhook_deliveries_due ON webhook_deliveries (next_attempt_at)
+    WHERE state = 'pending';
+CREATE INDEX IF NOT EXISTS webhook_deliveries_run
+    ON webhook_deliveries (enterprise_id, webhook_id, run_id, position) WHERE state <> 'delivered';
+CREATE INDEX IF NOT EXISTS webhook_deliveries_event
+    ON webhook_deliveries (enterprise_id, webhook_id, event_id);
+
+-- Every attempt (pings included), for GET /webhooks/{id}/deliveries/.
+CREATE TABLE IF NOT EXISTS webhook_attempts (
+    enterprise_id   text        NOT NULL,
+    webhook_id      uuid        NOT NULL,
+    id              bigint      GENERATED ALWAYS AS IDENTITY,
+    event_id        uuid        NOT NULL,
+    event_type      text        NOT NULL,
+    attempt         integer     NOT NULL,
+    attempted_at    timestamptz NOT NULL,
+    status_code     integer,
+    latency_ms      double precision NOT NULL,
+    error           text,
+    next_attempt_at timestamptz,
+    PRIMARY KEY (enterprise_id, webhook_id, id),
+    FOREIGN KEY (enterprise_id, webhook_id) REFERENCES webhooks (enterprise_id, id)
+        ON DELETE CASCADE
+);
+
 -- Archiving old events. run_events is append-only: a month leaves whole, never row by row.
 --   1. Choose a month M older than the retention horizon, archiving oldest first. No live
 --      run may have been created before M ends: replay folds what is left, and a live run
@@ -354,6 +423,7 @@ CREATE INDEX IF NOT EXISTS idempotency_keys_created ON idempotency_keys (created
 --   SELECT create_distributed_table('run_events', 'enterprise_id', colocate_with => 'pipelines');
 --   SELECT create_distributed_table('run_heads', 'enterprise_id', colocate_with => 'pipelines');
 --   SELECT create_distributed_table('idempotency_keys', 'enterprise_id', colocate_with => 'pipelines');
+--   (and webhooks, webhook_deliveries, webhook_attempts alike)
 -- (run_events stays partitioned by month: Citus distributes each partition alike.)
 -- To settle before switching: (1) NOTIFY from a worker does not reach LISTENers on the
 -- coordinator, so long-polling feed readers need a polling fallback; (2) run_events.position

@@ -2,7 +2,12 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
+import hmac
+import json
 import logging
+import time
 import random
 import uuid
 from datetime import datetime
@@ -21,6 +26,7 @@ __all__ = [
     "PipelineRunsClient", "ApiError", "BadRequest", "Unauthorized", "Forbidden", "NotFound",
     "Conflict", "PreconditionFailed", "PayloadTooLarge", "UnsupportedMediaType",
     "UnprocessableEntity", "ServiceUnavailable", "ServerError", "error_for",
+    "verify_webhook", "WebhookVerificationError",
 ]
 
 log = logging.getLogger(__name__)
@@ -102,7 +108,8 @@ def error_for(code: int, message: str, content: Any = None,
     return kind(code, message, content, request_id=request_id)
 
 
-_RETRYABLE = (aiohttp.ClientConnectionError, asyncio.TimeoutError, ServiceUnavailable)
+_RETRYABLE = (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, asyncio.TimeoutError,
+              ServiceUnavailable)
 
 
 # --- helpers ---------------------------------------------------------------------------
@@ -305,6 +312,48 @@ class PipelineRunsClient:
                 yield event
             after = content["next_after"]
 
+    async def stream(self, after: int = 0, **filters: Any) -> AsyncIterator[dict[str, Any]]:
+        """Follow GET /events/stream/ forever (Server-Sent Events); break out when done.
+
+        Reconnects by itself (with backoff) and resumes with Last-Event-ID, so every event
+        is yielded once, in position order. Filters as for feed() (no limit, no wait).
+        """
+        last, attempt = after, 0
+        params = _params(filters)
+        while True:
+            try:
+                async for event in self._stream_once(last, params):
+                    attempt = 0
+                    last = event["position"]
+                    yield event
+            except _RETRYABLE as exc:
+                log.warning("event stream interrupted (%s); resuming after %d",
+                            type(exc).__name__, last)
+            delay = self._delay(min(attempt, 8))
+            attempt += 1
+            await asyncio.sleep(delay)
+
+    async def _stream_once(self, after: int,
+                           params: Mapping[str, Any]) -> AsyncIterator[dict[str, Any]]:
+        if self._session is None:
+            raise RuntimeError("use the client as `async with PipelineRunsClient(...)`")
+        headers = {"Last-Event-ID": str(after), "Accept": "text/event-stream"}
+        # No total timeout: the stream is meant to stay open; heartbeats keep it alive.
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=self.timeout)
+        async with self._session.get(self._url("/events/stream/"), params=params or None,
+                                     headers=headers, timeout=timeout) as resp:
+            if resp.status != 200:
+                code, message, content = await _envelope(resp)
+                raise error_for(code, message, content, resp.headers.get("X-Request-ID"))
+            data: list[str] = []
+            async for raw in resp.content:
+                line = raw.decode().rstrip("\r\n")
+                if line.startswith("data:"):
+                    data.append(line[5:].removeprefix(" "))
+                elif not line and data:  # a blank line ends a message
+                    yield json.loads("\n".join(data))
+                    data = []
+
     # --- transport -------------------------------------------------------------------
 
     def _run_path(self, pipeline_id: str, run_id: str) -> str:
@@ -375,3 +424,42 @@ class PipelineRunsClient:
         """Exponential backoff with jitter: between half and all of backoff * 2**attempt."""
         base = min(self.backoff * 2 ** attempt, MAX_DELAY)
         return base / 2 + random.uniform(0, base / 2)
+
+
+# --- webhooks --------------------------------------------------------------------------
+
+class WebhookVerificationError(Exception):
+    """A webhook whose signature, headers or timestamp do not check out."""
+
+
+def verify_webhook(headers: Mapping[str, str], body: bytes | str, secret: str, *,
+                   tolerance: float = 300) -> dict[str, Any]:
+    """Check a delivery's Standard Webhooks signature; answers the parsed payload.
+
+    headers: the request's headers (any letter case); body: the raw body, unparsed;
+    secret: the subscription's `whsec_...`. Raises WebhookVerificationError when the
+    signature does not match or the timestamp is more than `tolerance` seconds off.
+    """
+    lower = {k.lower(): v for k, v in headers.items()}
+    msg_id, stamp, signatures = (lower.get("webhook-id"), lower.get("webhook-timestamp"),
+                                 lower.get("webhook-signature"))
+    if not (msg_id and stamp and signatures):
+        raise WebhookVerificationError("missing webhook-id, -timestamp or -signature header")
+    try:
+        sent = int(stamp)
+    except ValueError:
+        raise WebhookVerificationError("webhook-timestamp is not a number") from None
+    if abs(time.time() - sent) > tolerance:
+        raise WebhookVerificationError("webhook-timestamp is too far from now")
+    text = body.decode() if isinstance(body, bytes) else body
+    key = base64.b64decode(secret.removeprefix("whsec_"))
+    expected = hmac.new(key, f"{msg_id}.{stamp}.{text}".encode(), hashlib.sha256).digest()
+    for signature in signatures.split():
+        version, _, value = signature.partition(",")
+        try:
+            given = base64.b64decode(value, validate=True)
+        except ValueError:
+            continue
+        if version == "v1" and hmac.compare_digest(expected, given):
+            return json.loads(text)
+    raise WebhookVerificationError("no signature matches")

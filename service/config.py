@@ -23,6 +23,20 @@ def _choice(env: Mapping[str, str], name: str, default: str, choices: tuple[str,
     return value
 
 
+def _floats(env: Mapping[str, str], name: str, default: tuple[float, ...]) -> tuple[float, ...]:
+    raw = env.get(name)
+    if raw in (None, ""):
+        return default
+    values = tuple(float(v) for v in raw.split(",") if v.strip())
+    if not values or any(v < 0 for v in values):
+        raise ValueError(f"{name} must be a comma-separated list of seconds >= 0")
+    return values
+
+
+def _words(env: Mapping[str, str], name: str) -> tuple[str, ...]:
+    return tuple(w.strip() for w in (env.get(name) or "").split(",") if w.strip())
+
+
 def _float(env: Mapping[str, str], name: str, default: float) -> float:
     raw = env.get(name)
     return default if raw in (None, "") else float(raw)
@@ -53,6 +67,13 @@ class Config:
     event_loop: str = "auto"  # uvloop when installed (the `fast` extra); or uvloop / asyncio
     workers: int = 1  # serve: processes sharing the port (SO_REUSEPORT)
     group_commit: bool = True  # concurrent simple status changes share a commit (app/groupcommit.py)
+    stream_heartbeat_seconds: float = 15.0  # GET /events/stream: a comment line this often
+    webhooks: bool = True  # the webhook dispatcher runs inside serve
+    webhook_timeout_seconds: float = 10.0  # a delivery's 2xx must come within this
+    # Seconds between a delivery's attempts; when all failed the subscription is disabled.
+    webhook_retry_schedule: tuple[float, ...] = (5, 300, 1800, 7200, 18000, 36000, 36000)
+    webhook_allowed_hosts: tuple[str, ...] = ()  # host names or CIDRs; empty: any safe host
+    webhook_concurrency: int = 16  # deliveries in flight per process
     # OTLP/HTTP collector (e.g. http://collector:4318): set, requests and SQL are traced
     # (infra/tracing.py); unset, OpenTelemetry is not even imported.
     otel_endpoint: str | None = None
@@ -96,6 +117,13 @@ class Config:
             event_loop=_choice(env, "EVENT_LOOP", "auto", ("auto", "uvloop", "asyncio")),
             workers=_int(env, "WORKERS", 1),
             group_commit=_choice(env, "GROUP_COMMIT", "on", ("on", "off")) == "on",
+            stream_heartbeat_seconds=_float(env, "STREAM_HEARTBEAT_SECONDS", 15.0),
+            webhooks=_choice(env, "WEBHOOKS", "on", ("on", "off")) == "on",
+            webhook_timeout_seconds=_float(env, "WEBHOOK_TIMEOUT_SECONDS", 10.0),
+            webhook_retry_schedule=_floats(env, "WEBHOOK_RETRY_SCHEDULE",
+                                           (5, 300, 1800, 7200, 18000, 36000, 36000)),
+            webhook_allowed_hosts=_words(env, "WEBHOOK_ALLOWED_HOSTS"),
+            webhook_concurrency=_int(env, "WEBHOOK_CONCURRENCY", 16),
             otel_endpoint=env.get("OTEL_EXPORTER_OTLP_ENDPOINT") or None,
             otel_service_name=env.get("OTEL_SERVICE_NAME") or "pipeline-runs",
             replay_memory_mb=_int(env, "REPLAY_MEMORY_MB", 8192),

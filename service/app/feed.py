@@ -1,4 +1,5 @@
-"""The enterprise change feed: a read from a position, and the long-poll that waits for one.
+"""The enterprise change feed: a read from a position, and the long-poll that waits for one
+(the SSE stream reads it too).
 
 A waiting long-poll re-reads only when woken for its enterprise (infra/feedwait.py), from
 where its previous read stopped: a filter matching nothing never rescans what it examined.

@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 # Re-query period of waiting readers while the listener is down (FEED_TICK_SECONDS).
 TICK_SECONDS = 1.0
 CLOSE_SECONDS = 2.0
+ANY = "*"  # subscribe(ANY): woken by every enterprise's commits
 
 
 class FeedWaiters:
@@ -146,6 +147,8 @@ class FeedWaiters:
 
     def _wake(self, enterprise_id: str) -> None:
         for event in self._events.get(enterprise_id, ()):
+            event.set()
+        for event in self._events.get(ANY, ()):  # the webhook dispatcher: every enterprise
             event.set()
 
     def _wake_everyone(self) -> None:

@@ -26,6 +26,9 @@ from prometheus_client.core import (
 # Request duration buckets (seconds): the API answers in milliseconds; long-polls wait ~25s.
 BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 _BUCKET_LABELS = (*(repr(b) for b in BUCKETS), "+Inf")
+# Webhook delivery lag buckets (seconds): milliseconds when healthy, hours when retried.
+LAG_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 60.0, 300.0, 3600.0, 36000.0)
+_LAG_LABELS = (*(repr(b) for b in LAG_BUCKETS), "+Inf")
 UNMATCHED = "unmatched"  # the route label of requests no route matched (404, 405)
 OTHER_METHOD = "OTHER"  # any method but these, so callers cannot mint label values
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
@@ -44,6 +47,9 @@ class Metrics:
         self.sweep_failures = 0
         self.timed_out = {"run": 0, "stage_run": 0}
         self.pool: asyncpg.Pool | None = None
+        self.webhook_deliveries: dict[str, int] = {}  # outcome -> attempts
+        self.webhook_lag = [0] * (len(LAG_BUCKETS) + 1) + [0.0]  # per bucket, then the sum
+        self.webhooks_disabled = 0
         self.replicas = None  # infra/replicas.ReplicaSet, with READ_DATABASE_URLS
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(self)
@@ -66,6 +72,15 @@ class Metrics:
         appended = self.appended
         for event_type, count in pending:
             appended[event_type] = appended.get(event_type, 0) + count
+
+    def webhook_outcome(self, outcome: str) -> None:
+        self.webhook_deliveries[outcome] = self.webhook_deliveries.get(outcome, 0) + 1
+
+    def webhook_delivered(self, lag_seconds: float) -> None:
+        """A delivery answered 2xx, `lag_seconds` after its event happened."""
+        self.webhook_outcome("delivered")
+        self.webhook_lag[bisect_left(LAG_BUCKETS, lag_seconds)] += 1
+        self.webhook_lag[-1] += lag_seconds
 
     # --- scrape time ----------------------------------------------------------------
 
@@ -110,6 +125,8 @@ class Metrics:
             timed_out.add_metric((kind,), count)
         yield timed_out
 
+        yield from self._collect_webhooks()
+
         pool = self.pool
         if pool is not None:
             size = pool.get_size()
@@ -123,6 +140,28 @@ class Metrics:
 
         if self.replicas is not None:
             yield from _replica_families(self.replicas)
+
+    def _collect_webhooks(self) -> Iterator:
+        deliveries = CounterMetricFamily(
+            "pipeline_runs_webhook_deliveries_total",
+            "Webhook delivery attempts by outcome (delivered, retry, exhausted, gone)",
+            labels=("outcome",))
+        for outcome, count in self.webhook_deliveries.items():
+            deliveries.add_metric((outcome,), count)
+        yield deliveries
+        lag = HistogramMetricFamily(
+            "pipeline_runs_webhook_delivery_lag_seconds",
+            "From an event's occurred_at to its delivery's 2xx")
+        cumulative, buckets = 0, []
+        for label, count in zip(_LAG_LABELS, self.webhook_lag):
+            cumulative += count
+            buckets.append((label, cumulative))
+        lag.add_metric((), buckets, self.webhook_lag[-1])
+        yield lag
+        yield CounterMetricFamily(
+            "pipeline_runs_webhooks_disabled_total",
+            "Subscriptions this process disabled (410 Gone, or every attempt failed)",
+            value=self.webhooks_disabled)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

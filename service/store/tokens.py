@@ -6,7 +6,7 @@ import secrets
 
 import asyncpg
 
-DEFAULT_SCOPES = ("runs:read", "runs:write", "audit:read")
+DEFAULT_SCOPES = ("runs:read", "runs:write", "audit:read", "webhooks:manage")
 
 INSERT_TOKEN = """
 INSERT INTO api_tokens (enterprise_id, name, token_hash, scopes, rate_limit)

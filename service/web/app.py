@@ -11,7 +11,9 @@ from aiohttp import web
 from aiohttp_apispec import AiohttpApiSpec
 
 from service.infra import db
-from service.web.handlers import events, exports, health, pipelines, runs, stage_runs
+from service.web.handlers import (
+    events, exports, health, pipelines, runs, stage_runs, stream, webhooks,
+)
 from service.config import Config
 from service.web import pages
 from service.web.auth import SECURITY_SCHEMES, auth_middleware
@@ -33,6 +35,7 @@ from service.web.keys import (
     READINESS,
     REPLICAS,
     TOKEN_CACHE,
+    WEBHOOK_SENDER,
     WAIT_CAP,
 )
 from service.web.handlers.health import Readiness
@@ -48,6 +51,8 @@ from service.infra.metrics import Metrics, metrics_app
 from service.infra.metrics import handler as metrics_handler
 from service.store import meta
 from service.app.sweeper import run_forever
+from service.app.dispatcher import Dispatcher
+from service.app.webhook_http import Sender, Targets
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +61,7 @@ log = logging.getLogger(__name__)
 CANONICAL_MOUNT = "/pipelines/v0"
 MOUNTS = (CANONICAL_MOUNT, "/api/pipelines/v0", "/v0")
 RESOURCE_ROUTES = (*pipelines.routes, *runs.routes, *stage_runs.routes, *events.routes,
-                   *exports.routes)
+                   *exports.routes, *stream.routes, *webhooks.routes)
 
 API_DESCRIPTION = """Esper pipelines-v0 Pipeline Runs API on an event-sourced store.
 
@@ -111,6 +116,31 @@ async def _pool_ctx(app: web.Application) -> AsyncIterator[None]:
                 await replicas.stop()
     finally:
         await db.close_pool(pool, config.pool_acquire_timeout)
+
+
+async def _webhooks_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The webhook sender (pings use it too) and, with WEBHOOKS=on, the dispatcher task."""
+    config = app[CONFIG]
+    sender = Sender(Targets(config.webhook_allowed_hosts), config.webhook_timeout_seconds)
+    await sender.start()
+    app[WEBHOOK_SENDER] = sender
+    dispatcher = task = None
+    if config.webhooks:
+        dispatcher = Dispatcher(app[POOL], sender, config.webhook_retry_schedule,
+                                config.webhook_concurrency, app[METRICS], app[FEED_WAITERS])
+        task = asyncio.create_task(dispatcher.run_forever())
+    try:
+        yield
+    finally:
+        if task is not None:
+            await dispatcher.stop()
+            try:  # its current pass ends; sends in flight are dropped (their leases run out)
+                await asyncio.wait_for(asyncio.shield(task), config.shutdown_timeout)
+            except asyncio.TimeoutError:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        await sender.close()
 
 
 async def _start_replicas(app: web.Application) -> ReplicaSet | None:
@@ -247,6 +277,7 @@ def create_app(config: Config, *, span_exporter=None) -> web.Application:
     pages.setup(app)
     _setup_openapi(app)
     app.cleanup_ctx.append(_pool_ctx)
+    app.cleanup_ctx.append(_webhooks_ctx)
     tracing.install(app, config, span_exporter)  # OTEL_EXPORTER_OTLP_ENDPOINT set: traced
     app.on_shutdown.append(_wake_long_polls)
     if config.metrics_port is None:

@@ -35,6 +35,7 @@ READINESS = web.AppKey("readiness", object)  # web.handlers.health.Readiness
 FEED_WAITERS = web.AppKey("feed_waiters", object)  # service.infra.feedwait.FeedWaiters
 GROUP_COMMIT = web.AppKey("group_commit", object)  # service.app.groupcommit.GroupCommit or None
 METRICS = web.AppKey("metrics", object)  # service.infra.metrics.Metrics
+WEBHOOK_SENDER = web.AppKey("webhook_sender", object)  # service.app.webhook_http.Sender
 REPLICAS = web.AppKey("replicas", object)  # service.infra.replicas.ReplicaSet (or None)
 METRICS_RUNNER = web.AppKey("metrics_runner", web.AppRunner)  # the METRICS_PORT server
 

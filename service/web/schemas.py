@@ -473,3 +473,107 @@ class StageRun(Schema):
 
 StageRunEnvelope = _envelope_of("StageRunEnvelope", fields.Nested(StageRun))
 StageRunListEnvelope = _page_of("StageRun", StageRun)
+
+
+# --- streaming feed and webhooks ---------------------------------------------------------
+
+class StreamQuery(Schema):
+    class Meta:
+        unknown = EXCLUDE
+
+    after = fields.Integer(validate=validate.Range(0, 2**63 - 1), metadata={
+        "description": "Position to stream after (exclusive); the Last-Event-ID header, "
+                       "when sent, takes precedence. Default 0: the whole feed, then live"})
+    pipeline_id = fields.UUID()
+    run_id = fields.UUID()
+    type = Text(validate=validate.Length(max=100))
+    actor = Text(validate=validate.Length(max=255))
+    since = Instant(metadata={"description": "occurred_at >= since (RFC 3339)"})
+    until = Instant(metadata={"description": "occurred_at < until (RFC 3339)"})
+
+
+class WebhookPath(Schema):
+    webhook_id = fields.UUID(required=True, metadata={"description": "ID of the webhook"})
+
+
+class WebhookEventPath(WebhookPath):
+    event_id = fields.UUID(required=True, metadata={"description": "ID of the event (its "
+                                                    "webhook-id header)"})
+
+
+EVENT_TYPES = (*lifecycle.RUN_EVENT_TYPES, lifecycle.STAGE_RUN_STATUS_CHANGED)
+_PORT = "(6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[1-9][0-9]{0,3})"
+# http(s), a host (a name or an IPv4 address; IPv6 literals are not taken: use a name) and
+# an optional port.
+WEBHOOK_URL = ("^[Hh][Tt][Tt][Pp][Ss]?://[A-Za-z0-9._~-]+"
+               f"(:{_PORT})?([/?#][^\u0000]*)?$")
+
+
+class WebhookBody(Body):
+    url = Text(required=True, validate=[validate.Length(min=1, max=2048),
+                                        validate.Regexp(WEBHOOK_URL, error="must be an http "
+                                                        "or https URL with a host")],
+               metadata={"pattern": WEBHOOK_URL, "example": "https://hooks.example.com/runs",
+                         "description": "http(s) URL to POST events to; link-local and "
+                                        "metadata addresses are refused"})
+    event_types = fields.List(fields.String(validate=validate.OneOf(EVENT_TYPES)),
+                              allow_none=True, validate=validate.Length(min=1), metadata={
+                                  "description": "Event types to deliver; null/absent: all"})
+    pipeline_id = fields.UUID(allow_none=True, metadata={
+        "description": "Only this pipeline's events; null/absent: every pipeline"})
+    description = Text(load_default="", validate=TEXT)
+    is_active = StrictBool(load_default=True, metadata={
+        "description": "false pauses deliveries; true (re-)enables, resuming where it stopped"})
+
+
+class Webhook(Schema):
+    id = fields.UUID()
+    enterprise_id = fields.String()
+    url = fields.String()
+    event_types = fields.List(fields.String(), allow_none=True)
+    pipeline_id = fields.UUID(allow_none=True)
+    description = fields.String()
+    is_active = fields.Boolean()
+    disabled_reason = fields.String(allow_none=True, metadata={
+        "description": "Why the service disabled it (410 Gone, or every attempt of an event "
+                       "failed); null when active or paused by a caller"})
+    disabled_at = fields.DateTime(allow_none=True)
+    created_by = fields.Integer(allow_none=True)
+    created_at = fields.DateTime()
+    updated_at = fields.DateTime()
+
+
+class WebhookWithSecret(Webhook):
+    secret = fields.String(metadata={
+        "description": "Signing secret (Standard Webhooks, whsec_...): shown only in this "
+                       "answer"})
+
+
+class WebhookAttempt(Schema):
+    event_id = fields.UUID(metadata={"description": "The event's id (its webhook-id header)"})
+    event_type = fields.String()
+    attempt = fields.Integer()
+    attempted_at = fields.DateTime()
+    status_code = fields.Integer(allow_none=True, metadata={"description": "null: no answer"})
+    latency_ms = fields.Float()
+    error = fields.String(allow_none=True)
+    next_attempt_at = fields.DateTime(allow_none=True, metadata={
+        "description": "When it is tried again; null: delivered, or no attempt left"})
+
+
+class PingResult(WebhookAttempt):
+    delivered = fields.Boolean(metadata={"description": "The endpoint answered 2xx"})
+
+
+class Redelivery(Schema):
+    webhook_id = fields.UUID()
+    event_id = fields.UUID()
+    state = fields.String()
+
+
+WebhookEnvelope = _envelope_of("WebhookEnvelope", fields.Nested(Webhook))
+WebhookSecretEnvelope = _envelope_of("WebhookSecretEnvelope", fields.Nested(WebhookWithSecret))
+WebhookListEnvelope = _page_of("Webhook", Webhook)
+WebhookAttemptListEnvelope = _page_of("WebhookAttempt", WebhookAttempt)
+PingEnvelope = _envelope_of("PingEnvelope", fields.Nested(PingResult))
+RedeliveryEnvelope = _envelope_of("RedeliveryEnvelope", fields.Nested(Redelivery))

@@ -1,0 +1,170 @@
+"""The webhook dispatcher: queue the feed's events per subscription, deliver, retry, disable.
+
+Every process of `serve` runs one (WEBHOOKS=on). Their work is shared through PostgreSQL:
+- fan-out: a subscription behind the feed is claimed FOR UPDATE SKIP LOCKED, its next
+  events are queued as webhook_deliveries rows and its cursor moves past them, in one
+  transaction (the feed is gap-safe, so `position > cursor` misses nothing);
+- delivery: due rows are leased (claimed_until) with SKIP LOCKED, so each is sent by one
+  worker at a time; a worker killed mid-send leaves a lease that runs out, and the row is
+  sent again (at least once; the webhook-id is the event id, for deduplication).
+Order: a delivery is due only when no earlier event of the same run for the same
+subscription is undelivered, so each run's events arrive in version order, while other
+runs' events (and other subscriptions) flow past a failing one.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from datetime import datetime, timedelta, timezone
+
+import asyncpg
+
+from service.app.webhook_http import Outcome, Sender, to_json
+from service.domain import lifecycle
+from service.infra.feedwait import ANY
+from service.store import webhooks as store
+from service.store.columns import answered_run
+
+log = logging.getLogger(__name__)
+
+FAN_OUT_BATCH = 500  # events queued per subscription per pass
+TICK_SECONDS = 1.0  # retries fall due on the clock: look at least this often
+LEASE_MARGIN = 5.0  # seconds a lease outlives the delivery's timeout
+
+
+def retry_at(failures: int, schedule: tuple[float, ...], now: datetime) -> datetime | None:
+    """When the attempt after `failures` failed ones is due (jittered), or None: no more."""
+    if failures > len(schedule):
+        return None
+    return now + timedelta(seconds=schedule[failures - 1] * random.uniform(0.8, 1.2))
+
+
+def payload(event: dict, history: list, pipeline_name: str | None) -> str:
+    """The body: the event and the run as it was right after it (folded, not read now)."""
+    run = lifecycle.fold(history)
+    return to_json({"type": event["type"], "timestamp": event["occurred_at"],
+                    "data": {"event": event,
+                             "run": None if run is None else answered_run(run, pipeline_name)}})
+
+
+class Dispatcher:
+    def __init__(self, pool: asyncpg.Pool, sender: Sender, schedule: tuple[float, ...],
+                 concurrency: int, metrics, waiters):
+        self.pool = pool
+        self.sender = sender
+        self.schedule = schedule
+        self.concurrency = concurrency
+        self.metrics = metrics
+        self.waiters = waiters
+        self.lease = sender.timeout + LEASE_MARGIN
+        self.inflight: set[asyncio.Task] = set()
+        self.sending: set[asyncio.Task] = set()  # in the HTTP part: safe to cancel
+        self.stopping = False
+        self._kick: asyncio.Event | None = None
+
+    async def run_forever(self) -> None:
+        with self.waiters.subscribe(ANY) as woken:
+            self._kick = woken
+            try:
+                while not self.stopping:
+                    woken.clear()
+                    try:
+                        await self.step()
+                    except (OSError, asyncpg.PostgresError, asyncio.TimeoutError) as exc:
+                        log.warning("webhook dispatcher: %s; retrying", type(exc).__name__)
+                    except Exception:
+                        log.exception("webhook dispatcher pass failed; retrying")
+                    await self._wait(woken)
+            finally:
+                await self._drain()
+
+    async def stop(self) -> None:
+        """Shutdown: no new pass; a send in flight is abandoned (its lease runs out), a
+        database step is let finish (cancelling asyncpg mid-statement breaks the connection)."""
+        self.stopping = True
+        if self._kick is not None:
+            self._kick.set()
+
+    async def _wait(self, woken: asyncio.Event) -> None:
+        if self.stopping:
+            return
+        if not self.waiters.closing:
+            await self.waiters.wait(woken, TICK_SECONDS)
+        else:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(woken.wait(), TICK_SECONDS)
+
+    async def step(self) -> None:
+        """One pass: queue new events, then start the due deliveries there is room for."""
+        async with self.pool.acquire() as conn:
+            await store.fan_out(conn, FAN_OUT_BATCH)
+            room = self.concurrency - len(self.inflight)
+            claimed = await store.claim_due(conn, room, self.lease) if room > 0 else []
+        for delivery in claimed:
+            task = asyncio.create_task(self._deliver(delivery))
+            self.inflight.add(task)
+            task.add_done_callback(self.inflight.discard)
+
+    async def _drain(self) -> None:
+        for task in list(self.sending):
+            task.cancel()
+        await asyncio.gather(*self.inflight, return_exceptions=True)
+
+    async def _deliver(self, d: asyncpg.Record) -> None:
+        try:
+            async with self.pool.acquire() as conn:
+                event, history, name = await store.event_and_run(
+                    conn, d["enterprise_id"], d["position"])
+            if self.stopping:
+                return
+            body = payload(event, history, name)
+            self.sending.add(asyncio.current_task())
+            try:
+                outcome = await self.sender.send(d["url"], d["secret"], str(d["event_id"]), body)
+            finally:
+                self.sending.discard(asyncio.current_task())
+            async with self.pool.acquire() as conn:
+                async with conn.transaction():
+                    await self._record(conn, d, event["type"], outcome)
+        except asyncio.CancelledError:
+            raise
+        except asyncpg.ForeignKeyViolationError:
+            pass  # the subscription was deleted while its delivery was out
+        except Exception:  # the lease runs out and the delivery is tried again
+            log.exception("webhook delivery of event %s failed unexpectedly", d["event_id"])
+        finally:
+            if self._kick is not None:
+                self._kick.set()  # the run's next event may be due now
+
+    async def _record(self, conn: asyncpg.Connection, d: asyncpg.Record, event_type: str,
+                      outcome: Outcome) -> None:
+        now = datetime.now(timezone.utc)
+        next_at = None
+        if outcome.ok:
+            await store.delivered(conn, d)
+            self.metrics.webhook_delivered((now - d["occurred_at"]).total_seconds())
+        elif outcome.status_code == 410:
+            await store.failed(conn, d, now)  # stays pending: re-enabling sends it again
+            await self._disable(conn, d, f"the endpoint answered 410 Gone to event "
+                                         f"{d['event_id']} at {now.isoformat()}", "gone")
+        else:
+            next_at = retry_at(d["failures"] + 1, self.schedule, now)
+            await store.failed(conn, d, next_at)
+            if next_at is None:
+                await self._disable(conn, d, f"all {d['failures'] + 1} attempts to deliver "
+                                             f"event {d['event_id']} failed; the last: "
+                                             f"{outcome.error}", "exhausted")
+            else:
+                self.metrics.webhook_outcome("retry")
+        await store.record_attempt(conn, d["enterprise_id"], d["webhook_id"], {
+            "event_id": d["event_id"], "event_type": event_type, "attempt": d["attempts"],
+            "attempted_at": now, "status_code": outcome.status_code,
+            "latency_ms": outcome.latency_ms, "error": outcome.error, "next_attempt_at": next_at})
+
+    async def _disable(self, conn, d, reason: str, outcome: str) -> None:
+        self.metrics.webhook_outcome(outcome)
+        if await store.disable(conn, d["enterprise_id"], d["webhook_id"], reason):
+            self.metrics.webhooks_disabled += 1
+            log.warning("webhook %s disabled: %s", d["webhook_id"], reason)
