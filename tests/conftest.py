@@ -117,7 +117,7 @@ def replica_pair():
     """A private primary and its hot standby (tests/pgcluster.py), made once per session:
     (primary DSN, standby DSN) of a database holding the schema. The replica tests share it
     and isolate themselves by enterprise, as the other tests do."""
-    import pgcluster
+    from tests import pgcluster
 
     reason = pgcluster.available()
     if reason is not None:
@@ -126,7 +126,7 @@ def replica_pair():
     standby = None
     try:
         primary.start()
-        asyncio.run(_admin(primary.dsn, 'CREATE DATABASE "pr"'))
+        asyncio.run(admin(primary.dsn, 'CREATE DATABASE "pr"'))
         asyncio.run(_load_schema(primary.dsn_for("pr")))
         standby = pgcluster.PrivatePostgres(standby_of=primary)
         standby.start()

@@ -102,8 +102,10 @@ async def test_pool_connections_go_to_requests_in_arrival_order(aiohttp_client, 
     from service.web.handlers.common import connection
     from service.config import Config
 
+    # Request handlers' connections only: the webhook dispatcher (a background task, like
+    # the sweeper) takes its connections from the pool directly, without a slot.
     app = (await aiohttp_client(create_app(Config(database_url=db_dsn, pool_min=3,
-                                                  pool_max=3)))).app
+                                                  pool_max=3, webhooks=False)))).app
     request, arrivals, served = _Request(app), iter(range(10**6)), []
 
     async def client():

@@ -10,6 +10,7 @@ import pytest
 from service.web.keys import POOL
 from service.app import runs
 from service.app.context import Actor, OnConnection
+from service.store.locks import NOTIFY_FEED
 
 
 @pytest.fixture
@@ -26,13 +27,17 @@ async def _writer(api, pipeline_id: str, changes: int) -> None:
 
 
 async def _slow_writer(pool, enterprise: str, pipeline_id: str, changes: int) -> None:
-    """Appends, then lingers before COMMIT: the widest window for an out-of-order commit."""
+    """Appends, then lingers before COMMIT: the widest window for an out-of-order commit.
+
+    After each commit it wakes the feed's readers as the service's own writers do (a NOTIFY
+    after commit, infra/feedwait.py): a reader must not depend on another writer for it."""
     for _ in range(changes):
         async with pool.acquire() as conn:
             async with conn.transaction():
                 await runs.create(OnConnection(conn), Actor(enterprise, "slow", None),
                                   uuid.UUID(pipeline_id))
                 await asyncio.sleep(0.02)
+            await conn.execute(NOTIFY_FEED, [enterprise])
 
 
 async def test_tailing_consumer_sees_every_event_exactly_once(api, client, db, enterprise):

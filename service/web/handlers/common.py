@@ -97,7 +97,8 @@ def operation(*, scope: str, summary: str, tag: str, response: type, path: type 
               "headers": {**_RATE_HEADERS, **TOKEN_RESPONSE_DOC}},
     }
     if media_type is not None:
-        responses[200] = {"description": "Success", "content": {media_type: {"schema": response}}}
+        responses[200] = {"description": "Success", "content": {media_type: {"schema": response}},
+                          "headers": {**_RATE_HEADERS, **TOKEN_RESPONSE_DOC}}
     for code in sorted({*_COMMON, *errors}):
         responses[code] = {"schema": schemas.ErrorEnvelope, "description": _ERRORS[code]}
         if code == 429:
