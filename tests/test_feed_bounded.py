@@ -8,7 +8,7 @@ import time
 import asyncpg
 import pytest
 
-from tests.helpers import Api
+from tests.helpers import Api, wait_until
 from service.config import Config
 from service.store.locks import FEED_CHANNEL, FEED_LOCK
 from service.web.app import create_app
@@ -76,10 +76,7 @@ async def test_a_long_poll_re_reads_only_when_woken(api, client, db, enterprise)
     head = (await api.get("/events/"))["next_after"]
     poll = asyncio.create_task(api.get(f"/events/?after={head}&wait=20"))
     waiters = client.server.app[FEED_WAITERS]
-    deadline = time.monotonic() + 10
-    while not waiters._events.get(enterprise):  # subscribed, read done, waiting
-        assert time.monotonic() < deadline
-        await asyncio.sleep(0.01)
+    await wait_until(lambda: waiters.waiting(enterprise), what="the long-poll to subscribe")
     await asyncio.sleep(0.1)
     assert waiters.listening
     await db.execute("BEGIN")
@@ -100,17 +97,16 @@ async def test_a_long_poll_re_reads_only_when_woken(api, client, db, enterprise)
     assert time.monotonic() - started < 3
 
 
-async def test_a_write_wakes_long_polls_of_another_process(api, aiohttp_client, db_dsn, config):
+async def test_a_write_wakes_long_polls_of_another_process(api, aiohttp_client, config,
+                                                           enterprise):
     """Two app instances (as two workers or replicas): the one that wrote notifies after
     its commit, and the other's long-poll wakes."""
     other = Api(await aiohttp_client(create_app(config)), api.token)
     head = (await api.get("/events/"))["next_after"]
     poll = asyncio.create_task(other.get(f"/events/?after={head}&wait=20"))
     waiters = other.client.server.app[FEED_WAITERS]
-    deadline = time.monotonic() + 10
-    while not waiters._events:
-        assert time.monotonic() < deadline
-        await asyncio.sleep(0.01)
+    await wait_until(lambda: waiters.waiting(enterprise),
+                     what="the other app's long-poll to subscribe")
     started = time.monotonic()
     pipeline = await api.pipeline()
     run = await api.run(pipeline["id"])
@@ -130,10 +126,7 @@ async def test_the_wake_up_is_not_sent_inside_the_write(api, db_dsn):
         await listener.add_listener(FEED_CHANNEL, lambda *args: heard.append(args[3]))
         pipeline = await api.pipeline()
         await asyncio.gather(*(api.run(pipeline["id"]) for _ in range(10)))
-        deadline = time.monotonic() + 5
-        while not heard:
-            assert time.monotonic() < deadline
-            await asyncio.sleep(0.01)
+        await wait_until(lambda: heard, what="a NOTIFY after the commits")
     finally:
         await listener.close()
     assert 1 <= len(heard) <= 11  # pipeline + 10 runs, coalesced while a send is in flight
