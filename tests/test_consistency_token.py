@@ -2,9 +2,12 @@
 a write's covers its commit, reads honour and echo it, and OpenAPI documents it."""
 from __future__ import annotations
 
+import asyncpg
+
 from tests.helpers import Api
 from service.config import Config
 from service.infra.replicas import parse_token
+from service.store import replication
 from service.web.app import create_app
 
 TOKEN = "Consistency-Token"
@@ -104,3 +107,24 @@ def test_read_database_urls_and_replica_settings_come_from_the_environment():
     assert (config.replica_wait_ms, config.replica_max_lag_seconds,
             config.replica_probe_seconds) == (50, 5.0, 0.5)
     assert Config.from_env({}).read_database_urls == ()
+
+
+async def test_a_position_a_read_answered_stands_only_while_it_is_the_last_statement(db_dsn):
+    # The hot reads answer their position in their own statement (store/replication.py):
+    # it stands for the connection's position only until anything else runs on it.
+    conn = await asyncpg.connect(db_dsn)
+    try:
+        real = await conn.fetchval(f"SELECT {replication.POSITION_COLUMN}")
+        assert real > 0
+        replication.note(conn, 1)  # a stand-in, to tell the note from a fresh read
+        assert await replication.insert_lsn(conn) == 1
+        await conn.fetchval("SELECT txid_current()")  # a commit record since
+        assert await replication.insert_lsn(conn) > real
+        other = await asyncpg.connect(db_dsn)
+        try:
+            replication.note(conn, 1)
+            assert await replication.insert_lsn(other) > 1  # another connection's: read
+        finally:
+            await other.close()
+    finally:
+        await conn.close()

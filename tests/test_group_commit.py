@@ -8,6 +8,7 @@ import asyncpg
 import pytest
 
 from service.infra.db import create_pool
+from service.infra.replicas import primary_position
 from service.app.groupcommit import GroupCommit
 from service.web.keys import GROUP_COMMIT
 from service.app.replay import verify
@@ -98,9 +99,38 @@ async def test_a_failing_group_is_retried_change_by_change(config, db_dsn):
         outcomes = await asyncio.gather(
             *(group.run("ent", Item(n)) for n in range(1, 9)), group.run("ent", Item(0)),
             return_exceptions=True)
-        assert outcomes[:8] == list(range(1, 9))
+        assert outcomes[:8] == [(n, None) for n in range(1, 9)]  # no position asked for
         assert isinstance(outcomes[8], asyncpg.DivisionByZeroError)
         assert group.groups == 0  # every group of several failed
+    finally:
+        await pool.close()
+
+
+async def test_a_group_reads_one_position_after_its_commit_for_all(config, db_dsn):
+    pool = await create_pool(config, db_dsn)
+    reads: list[int] = []
+    started = asyncio.Event()
+
+    async def execute(conn, enterprise_id, items):
+        started.set()
+        # A transaction id makes its commit write a record; the next ones queue meanwhile.
+        await conn.execute("SELECT txid_current() FROM pg_sleep(0.05)")
+        return [i.n for i in items]
+
+    async def position(conn):
+        reads.append(await primary_position(conn))
+        return reads[-1]
+
+    group = GroupCommit(pool, 5, execute, position)
+    try:
+        first = asyncio.create_task(group.run("ent", Item(0)))
+        await started.wait()
+        outcomes = [await first, *await asyncio.gather(
+            *(group.run("ent", Item(n)) for n in range(1, 6)))]
+        assert [result for result, _ in outcomes] == list(range(6))
+        assert len(reads) == 2  # the first change alone, then the five queued behind it
+        assert [position for _, position in outcomes] == [reads[0]] + [reads[1]] * 5
+        assert reads[0] < reads[1]  # each read after its group's commit
     finally:
         await pool.close()
 
@@ -126,7 +156,7 @@ async def test_a_second_change_of_a_run_waits_for_the_next_group(config, db_dsn)
     group = GroupCommit(pool, 5, execute)
     try:
         outcomes = await asyncio.gather(*(group.run("ent", Item(n)) for n in (1, 2, 3, 2, 4)))
-        assert outcomes == [1, 2, 3, 2, 4]
+        assert [result for result, _ in outcomes] == [1, 2, 3, 2, 4]
         # All queued before the leader ran: the first group stops before run 2's second.
         assert seen == [[1, 2, 3], [2, 4]]
     finally:

@@ -46,6 +46,10 @@ class Db(Protocol):
 
     def connection(self) -> AsyncContextManager[asyncpg.Connection]: ...
 
+    def saw(self, position: int | None) -> None:
+        """The answer reflects the database up to `position` (a write's commit, read
+        elsewhere than on connection()'s connections: the group commit's)."""
+
 
 class OnConnection:
     """A Db over a connection the caller holds (the sweeper, the CLI, tests)."""
@@ -54,6 +58,9 @@ class OnConnection:
 
     def __init__(self, conn: asyncpg.Connection):
         self.conn = conn
+
+    def saw(self, position: int | None) -> None:
+        pass  # no answer to carry it
 
     @contextlib.asynccontextmanager
     async def connection(self) -> AsyncIterator[asyncpg.Connection]:

@@ -109,8 +109,9 @@ async def _simple(db: Db, actor: Actor, change: moves.StatusChange) -> dict[str,
     when not, or when the group found the run busy."""
     if db.group is not None:
         with translated():
-            outcome = await db.group.run(actor.enterprise_id, change)
+            outcome, position = await db.group.run(actor.enterprise_id, change)
         if outcome is not BUSY:
+            db.saw(position)
             return outcome
     async with db.connection() as conn:
         (row,) = await moves.change_statuses(conn, actor.enterprise_id, [change])

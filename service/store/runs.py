@@ -16,7 +16,7 @@ from typing import Any
 
 import asyncpg
 
-from service.store import append
+from service.store import append, replication
 from service.store.columns import answered_run, run_select
 
 RUN_JOIN = """
@@ -91,7 +91,7 @@ DELETE_RUN = append.statement(f"""cur AS (
 )""", "SELECT cur.*, EXISTS (SELECT FROM appended_events) AS deleted FROM cur")
 
 SELECT_RUN = f"""
-SELECT {run_select()} FROM {RUN_JOIN}
+SELECT {run_select()}, {replication.POSITION_COLUMN} FROM {RUN_JOIN}
 WHERE r.enterprise_id = $1 AND r.pipeline_id = $2 AND r.id = $3
 """
 
@@ -109,7 +109,10 @@ async def create_run(conn: asyncpg.Connection, enterprise_id: str, pipeline_id: 
 async def get_run(conn: asyncpg.Connection, enterprise_id: str, pipeline_id: uuid.UUID,
                   run_id: uuid.UUID) -> dict[str, Any] | None:
     row = await conn.fetchrow(SELECT_RUN, enterprise_id, pipeline_id, run_id)
-    return None if row is None else answered_run(row)
+    if row is None:
+        return None
+    replication.note(conn, row["wal_position"])
+    return answered_run(row)
 
 
 async def delete_run(conn: asyncpg.Connection, enterprise_id: str, pipeline_id: uuid.UUID,

@@ -19,7 +19,7 @@ from service.web import pages
 from service.web.auth import SECURITY_SCHEMES, auth_middleware
 from service.web.pages.session import ui_sessions
 from service.infra.feedwait import FeedWaiters
-from service.infra.replicas import ReplicaSet
+from service.infra.replicas import ReplicaSet, primary_position
 from service.app import runs as run_cases
 from service.app.groupcommit import GroupCommit
 from service.web.keys import (
@@ -96,7 +96,7 @@ async def _pool_ctx(app: web.Application) -> AsyncIterator[None]:
         app[READINESS] = Readiness(pool, config.pool_acquire_timeout)
         app[METRICS].pool = pool
         app[GROUP_COMMIT] = (GroupCommit(pool, config.pool_acquire_timeout,
-                                         run_cases.grouped)
+                                         run_cases.grouped, primary_position)
                              if config.group_commit else None)
         replicas = await _start_replicas(app)
         waiters = FeedWaiters(config.database_url, config.db_connect_timeout, pool,

@@ -161,6 +161,11 @@ class RequestDb:
     def connection(self) -> "_Connection":
         return _Connection(self.request, False)  # use cases write: the primary
 
+    def saw(self, position: int | None) -> None:
+        state = self.request.get(CONSISTENCY)
+        if state is not None:
+            state.saw(position)
+
 
 def path(request: web.Request) -> dict[str, Any]:
     return request[PARSED]["match_info"]
