@@ -97,6 +97,29 @@ def test_two_workers_share_the_port_restart_and_stop_on_sigterm(db_dsn, tmp_path
     assert "2 workers" in text and "exited with" in text
 
 
+def test_workers_end_with_a_supervisor_killed_by_sigkill(db_dsn, tmp_path):
+    # SIGKILL cannot be passed on: each worker asked Linux for a SIGTERM when its parent
+    # dies, so none goes on serving the port unsupervised.
+    port = _free_port()
+    env = {**os.environ, "DATABASE_URL": db_dsn, "LOG_FORMAT": "text", "SHUTDOWN_TIMEOUT": "2"}
+    with (tmp_path / "serve.log").open("w") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "service", "serve", "--port", str(port), "--workers", "2"],
+            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        assert _wait(lambda: len(_children(proc.pid)) == 2 and _ready(port)), \
+            (tmp_path / "serve.log").read_text()
+        workers = _children(proc.pid)
+        proc.kill()
+        proc.wait()
+        assert _wait(lambda: not any(Path(f"/proc/{p}").exists() for p in workers), 15), \
+            (tmp_path / "serve.log").read_text()
+        assert not _ready(port)
+    finally:
+        for pid in _children(proc.pid) if proc.poll() is None else ():
+            os.kill(pid, signal.SIGKILL)
+
+
 def test_event_loop_choice():
     import asyncio
 

@@ -6,7 +6,8 @@ kernel spreads connections over them), and
 - forwards SIGTERM / SIGINT to every worker, then waits for them to finish their
   in-flight requests (the app's shutdown_timeout), killing any that outlive it;
 - restarts a worker that dies on its own, unless workers keep dying right after start
-  (then it stops them all and exits non-zero instead of spinning).
+  (then it stops them all and exits non-zero instead of spinning);
+- takes its workers with it when it dies, even by SIGKILL (they drain and exit).
 Every worker runs the whole app: its own pool (DB_POOL_MAX connections each), feed
 listener and timeout sweeper (an advisory lock lets one sweep at a time). With
 METRICS_PORT set, worker i serves /metrics on METRICS_PORT + i.
@@ -14,12 +15,14 @@ METRICS_PORT set, worker i serves /metrics on METRICS_PORT + i.
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import errno
 import logging
 import multiprocessing
 import os
 import signal
 import socket
+import sys
 import time
 from multiprocessing.connection import wait
 from typing import Callable
@@ -32,6 +35,7 @@ log = logging.getLogger(__name__)
 
 RESTART_WINDOW = 10.0  # a worker that dies sooner than this after starting "failed to start"
 MAX_QUICK_DEATHS = 5  # that many in a row: stop restarting
+PR_SET_PDEATHSIG = 1  # prctl(2): the signal a process gets when its parent dies
 
 
 def new_event_loop(config: Config) -> asyncio.AbstractEventLoop:
@@ -123,12 +127,26 @@ def serve(factory: AppFactory, config: Config,
     return Supervisor(factory, config, on_ready).run()
 
 
-def _worker_main(factory: AppFactory, config: Config,
+def _worker_main(factory: AppFactory, config: Config, supervisor: int,
                  on_ready: Callable[[], None] | None = None) -> None:
     # A fresh process image as far as signals go: run_app installs its own handlers.
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.SIG_DFL)
+    _end_with(supervisor)
     run(factory, config, reuse_port=True, on_ready=on_ready)
+
+
+def _end_with(supervisor: int) -> None:
+    """A worker drains and exits when its supervisor dies, even by SIGKILL (which it cannot
+    pass on): otherwise orphaned workers would go on serving the port, unsupervised and
+    beyond any restart or stop. Linux tells the worker (PR_SET_PDEATHSIG); elsewhere, they
+    are left to the process manager."""
+    if not sys.platform.startswith("linux"):
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    if os.getppid() != supervisor:  # it died before the request took effect
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 class Supervisor:
@@ -171,7 +189,8 @@ class Supervisor:
     def _start(self, index: int) -> None:
         on_ready, self.on_ready = (self.on_ready, None) if index == 0 else (None, self.on_ready)
         process = self._ctx.Process(target=_worker_main, name=f"worker-{index}",
-                                    args=(self.factory, self._worker_config(index), on_ready),
+                                    args=(self.factory, self._worker_config(index),
+                                          os.getpid(), on_ready),
                                     daemon=False)
         process.start()
         self.workers[index] = (process, time.monotonic())
