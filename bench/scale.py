@@ -7,8 +7,9 @@
    (/v0/runs/) and a pipeline's list, every ordering x single filter (none, a common and a
    rare status, a busy and a quiet pipeline's name), the first page with its count is
    requested R times, one at a time, through HTTP: p50/p95/p99/max, while W writers (8 by
-   default, in a process of their own) change runs' statuses through the same service as
-   fast as it answers them. Target: p99 <= 25 ms.
+   default, in a process of their own) change runs' statuses through the same service,
+   400 changes/s together by default (--write-rate; 0: as fast as answered, which on 2
+   cores measures a saturated service's queue, not the lists). Target: p99 <= 25 ms.
    Also: a page 50,000 runs deep by cursor and by offset, and a created_after range.
 3. `replay` (events/s, target >= 100,000) and `verify` (seconds) over the whole database.
 4. A table on stdout (and, with --out, in a Markdown file).
@@ -226,15 +227,23 @@ async def _writable_runs(dsn: str, n: int) -> list[tuple[str, str, str]]:
     return [(str(r["pipeline_id"]), str(r["id"]), r["status"]) for r in rows]
 
 
-def _write_until(base: str, token: str, runs: list, writers: int, stop, counts) -> None:
+def _write_until(base: str, token: str, runs: list, writers: int, rate: float, stop,
+                 counts) -> None:
     """In a process of its own (so the readers' timings see the service, not a client busy
-    writing): `writers` connections, each toggling its share of the runs in turn."""
+    writing): `writers` connections, each toggling its share of the runs in turn, together
+    `rate` changes/s (0: as fast as answered)."""
+    interval = writers / rate if rate > 0 else 0.0
 
     async def writer(k: int) -> None:
         mine = runs[k::writers]
+        loop = asyncio.get_running_loop()
+        due = loop.time() + interval * k / writers  # spread over the interval
         async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {token}"}) as s:
             i = 0
             while not stop.is_set():
+                if interval:
+                    due += interval
+                    await asyncio.sleep(max(0.0, due - loop.time()))
                 pipeline_id, run_id, status = mine[i % len(mine)]
                 target = OTHER[status]
                 async with s.put(f"{base}{MOUNT}/pipelines/{pipeline_id}/runs/{run_id}/",
@@ -254,12 +263,13 @@ def _write_until(base: str, token: str, runs: list, writers: int, stop, counts) 
 class Writers:
     """W writers changing statuses while the block runs; .rate and .failed after it."""
 
-    def __init__(self, base: str, token: str, runs: list, writers: int):
-        self.writers = writers
+    def __init__(self, base: str, token: str, runs: list, writers: int, rate: float):
+        self.writers, self.asked = writers, rate
         ctx = multiprocessing.get_context("spawn")
         self.stop, self.counts = ctx.Event(), ctx.Array("q", 2)
         self.proc = ctx.Process(target=_write_until,
-                                args=(base, token, runs, writers, self.stop, self.counts))
+                                args=(base, token, runs, writers, rate, self.stop,
+                                      self.counts))
         self.rate = self.failed = 0
 
     def __enter__(self) -> "Writers":
@@ -348,7 +358,9 @@ def table(info: dict, seeded_seconds: float | None, latencies: list[dict], deep:
                                         for k, v in sorted(info["sizes"].items())))
     lines += ["", "First page (limit 20) with count, one request at a time, through HTTP, "
               f"while {writers.writers} writers changed statuses through the same service "
-              f"({writers.rate:,.0f} changes/s, {writers.failed} not 200):", "",
+              f"({writers.rate:,.0f} changes/s, asked "
+              f"{f'{writers.asked:,.0f}/s' if writers.asked else 'as fast as answered'}; "
+              f"{writers.failed} not 200):", "",
               f"| {'list / filter / ordering':<64} | {'count':>9} | {'p50 ms':>7} | "
               f"{'p95 ms':>7} | {'p99 ms':>7} | {'max ms':>7} |",
               f"|{'-' * 66}|{'-' * 11}|{'-' * 9}|{'-' * 9}|{'-' * 9}|{'-' * 9}|"]
@@ -383,6 +395,8 @@ def main() -> int:
     parser.add_argument("--out", help="also write the table to this Markdown file")
     parser.add_argument("--writers", type=int, default=8,
                         help="connections changing statuses while the lists are read")
+    parser.add_argument("--write-rate", type=float, default=400,
+                        help="their changes/s together (0: as fast as answered)")
     args = parser.parse_args()
     name = args.db or f"pr_scale_{uuid.uuid4().hex[:8]}"
     workdir = ROOT / ".data"
@@ -399,7 +413,7 @@ def main() -> int:
             info = asyncio.run(prepare(dsn))
             runs = asyncio.run(_writable_runs(dsn, 100 * args.writers))
             with service(dsn, workdir) as base, Writers(base, info["writer_token"], runs,
-                                                        args.writers) as writers:
+                                                        args.writers, args.write_rate) as writers:
                 latencies = asyncio.run(measure(base, info["token"], cases(info), args.requests))
                 deep = asyncio.run(deep_pages(base, info["token"], dsn, info["runs"],
                                               args.requests))
