@@ -39,7 +39,7 @@ from service.web.keys import (
     WAIT_CAP,
 )
 from service.web.handlers.health import Readiness
-from service.web.limits import RateLimiter, WaitCap, rate_headers
+from service.web.limits import RateLimiter, WaitCap
 from service.web.slots import FairSlots
 from service.web.tokencache import TokenCache
 from service.web.middleware import error_middleware
@@ -169,7 +169,8 @@ async def _rate_headers(request: web.Request, response: web.StreamResponse) -> N
     """Every answer to an authenticated, rate-limited request says where its limit stands."""
     state = request.get(RATE_STATE)
     if state is not None:
-        response.headers.update(rate_headers(*state))
+        headers = response.headers
+        headers["RateLimit-Policy"], headers["RateLimit"] = state
 
 
 async def _metrics_server_ctx(app: web.Application) -> AsyncIterator[None]:

@@ -24,12 +24,13 @@ class RateLimiter:
     bucket of the same number of seconds' worth (burst / rate; 2 s by default).
     """
 
-    __slots__ = ("rate", "burst", "_seconds", "_buckets")
+    __slots__ = ("rate", "burst", "_seconds", "_buckets", "_policies")
 
     def __init__(self, rate: int, burst: int):
         self.rate, self.burst = rate, max(burst, 1)
         self._seconds = self.burst / rate if rate > 0 else 2.0
         self._buckets: dict[int, list[float]] = {}  # token id -> [tokens left, as of]
+        self._policies: dict[tuple[int, int], str] = {}
 
     def policy(self, own_rate: int | None) -> tuple[int, int]:
         """(rate, burst) for a token; rate 0: not limited."""
@@ -37,8 +38,8 @@ class RateLimiter:
             return self.rate, self.burst
         return own_rate, max(1, round(own_rate * self._seconds))
 
-    def take(self, token_id: int, own_rate: int | None) -> tuple[int, int, int, int] | None:
-        """Spend one request: (quota, window, remaining, reset) for the headers, or None
+    def take(self, token_id: int, own_rate: int | None) -> tuple[str, str] | None:
+        """Spend one request: the RateLimit-Policy and RateLimit header values, or None
         when the token is not limited. Over the limit: TooManyRequests (429)."""
         rate, burst = self.policy(own_rate)
         if rate <= 0:
@@ -59,12 +60,19 @@ class RateLimiter:
                 rate_headers(burst, window, 0, math.ceil((burst - left) / rate)))
             raise refused
         bucket[0] = left = left - 1.0
-        return burst, window, int(left), math.ceil((burst - left) / rate)
+        policy = self._policies.get((burst, window))
+        if policy is None:  # one string per policy, not one per request
+            policy = self._policies[(burst, window)] = policy_header(burst, window)
+        return policy, f'"{POLICY}";r={int(left)};t={math.ceil((burst - left) / rate)}'
+
+
+def policy_header(quota: int, window: int) -> str:
+    return f'"{POLICY}";q={quota};w={window}'
 
 
 def rate_headers(quota: int, window: int, remaining: int, reset: int) -> dict[str, str]:
     """The IETF RateLimit header fields (draft-ietf-httpapi-ratelimit-headers-11)."""
-    return {"RateLimit-Policy": f'"{POLICY}";q={quota};w={window}',
+    return {"RateLimit-Policy": policy_header(quota, window),
             "RateLimit": f'"{POLICY}";r={remaining};t={reset}'}
 
 
