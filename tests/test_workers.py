@@ -60,16 +60,22 @@ def _wait(predicate, timeout: float = 30.0) -> bool:
     return False
 
 
-def test_two_workers_share_the_port_restart_and_stop_on_sigterm(db_dsn, tmp_path):
+def _two_workers(db_dsn: str, tmp_path: Path) -> tuple[subprocess.Popen, int]:
+    """`serve --workers 2` on a free port, once both workers run and it answers."""
     port = _free_port()
-    log = (tmp_path / "serve.log").open("w")
     env = {**os.environ, "DATABASE_URL": db_dsn, "LOG_FORMAT": "text", "SHUTDOWN_TIMEOUT": "2"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "service", "serve", "--port", str(port), "--workers", "2"],
-        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    with (tmp_path / "serve.log").open("w") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "service", "serve", "--port", str(port), "--workers", "2"],
+            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    assert _wait(lambda: len(_children(proc.pid)) == 2 and _ready(port)), \
+        (tmp_path / "serve.log").read_text()
+    return proc, port
+
+
+def test_two_workers_share_the_port_restart_and_stop_on_sigterm(db_dsn, tmp_path):
+    proc, port = _two_workers(db_dsn, tmp_path)
     try:
-        assert _wait(lambda: len(_children(proc.pid)) == 2 and _ready(port)), \
-            (tmp_path / "serve.log").read_text()
         workers = _children(proc.pid)
         # Both workers listen on the port (SO_REUSEPORT): each one answers on its own too.
         for _ in range(20):
@@ -92,7 +98,6 @@ def test_two_workers_share_the_port_restart_and_stop_on_sigterm(db_dsn, tmp_path
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-        log.close()
     text = (tmp_path / "serve.log").read_text()
     assert "2 workers" in text and "exited with" in text
 
@@ -100,15 +105,8 @@ def test_two_workers_share_the_port_restart_and_stop_on_sigterm(db_dsn, tmp_path
 def test_workers_end_with_a_supervisor_killed_by_sigkill(db_dsn, tmp_path):
     # SIGKILL cannot be passed on: each worker asked Linux for a SIGTERM when its parent
     # dies, so none goes on serving the port unsupervised.
-    port = _free_port()
-    env = {**os.environ, "DATABASE_URL": db_dsn, "LOG_FORMAT": "text", "SHUTDOWN_TIMEOUT": "2"}
-    with (tmp_path / "serve.log").open("w") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "service", "serve", "--port", str(port), "--workers", "2"],
-            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    proc, port = _two_workers(db_dsn, tmp_path)
     try:
-        assert _wait(lambda: len(_children(proc.pid)) == 2 and _ready(port)), \
-            (tmp_path / "serve.log").read_text()
         workers = _children(proc.pid)
         proc.kill()
         proc.wait()
