@@ -90,6 +90,20 @@ async def test_pool_slots_go_round_robin_across_enterprises():
     assert not slots.locked()
 
 
+async def test_a_slot_waiter_gives_up_at_its_timeout_and_loses_no_slot():
+    slots = FairSlots(1)
+    await slots.acquire("a")
+    with pytest.raises(TimeoutError):
+        await slots.acquire("b", timeout=0.05)
+    assert slots.waiting() == 0  # it left the queue
+    later = asyncio.create_task(slots.acquire("c", timeout=5))
+    await _until(lambda: slots.waiting() == 1)
+    slots.release()
+    await asyncio.wait_for(later, 5)  # handed the slot before its timer: keeps it
+    slots.release()
+    assert not slots.locked()
+
+
 async def test_a_flooding_enterprise_does_not_delay_another_s_requests(api, client, db):
     """Pool of 2: the noisy enterprise's 30 creates queue on its pipeline's row lock; the
     quiet enterprise's read gets the next free connection, not the 31st."""

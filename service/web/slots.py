@@ -29,15 +29,20 @@ class FairSlots:
     def waiting(self) -> int:
         return sum(len(q) for q in self._queues.values())
 
-    async def acquire(self, key: str) -> None:
+    async def acquire(self, key: str, timeout: float | None = None) -> None:
+        """A slot; waiting at most `timeout` seconds (then TimeoutError)."""
         if self._free > 0 and not self._queues:
             self._free -= 1
             return
-        waiter = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        waiter = loop.create_future()
         queue = self._queues.get(key)
         if queue is None:
             queue = self._queues[key] = deque()
         queue.append(waiter)
+        # A plain timer on the waiter, not asyncio.timeout(): a third of the cost, and
+        # almost every request under load waits here.
+        timer = None if timeout is None else loop.call_later(timeout, _expire, waiter)
         try:
             await waiter
         except asyncio.CancelledError:
@@ -46,6 +51,12 @@ class FairSlots:
             else:
                 self._forget(key, waiter)
             raise
+        except TimeoutError:
+            self._forget(key, waiter)
+            raise
+        finally:
+            if timer is not None:
+                timer.cancel()
 
     def release(self) -> None:
         queues = self._queues
@@ -70,3 +81,8 @@ class FairSlots:
             return
         if not queue:
             del self._queues[key]
+
+
+def _expire(waiter: asyncio.Future) -> None:
+    if not waiter.done():  # a waiter already handed its slot keeps it
+        waiter.set_exception(TimeoutError("no pool slot within the acquire timeout"))

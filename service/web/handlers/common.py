@@ -258,15 +258,7 @@ class _Connection:
         caller = self.request.get(PRINCIPAL)
         key = caller.enterprise_id if caller is not None else ""
         with translated():
-            if slots.locked() or not pool.get_idle_size():
-                # It may have to wait: DB_ACQUIRE_TIMEOUT bounds it. (asyncio.timeout, not
-                # acquire(timeout=): that one costs a task.) Otherwise neither waits
-                # (opening a connection is bounded by DB_CONNECT_TIMEOUT), and the timer,
-                # one per request, is saved.
-                async with asyncio.timeout(app[CONFIG].pool_acquire_timeout):
-                    self.conn = await _acquire(slots, pool, key)
-            else:
-                self.conn = await _acquire(slots, pool, key)
+            self.conn = await _acquire(slots, pool, key, app[CONFIG].pool_acquire_timeout)
         return self.conn
 
     async def __aexit__(self, kind, exc, tb) -> bool:
@@ -307,10 +299,24 @@ class _Connection:
         return False  # any other failure (a 404, say) is the caller's, untouched
 
 
-async def _acquire(slots: FairSlots, pool: asyncpg.Pool, key: str) -> asyncpg.Connection:
-    await slots.acquire(key)
+async def _acquire(slots: FairSlots, pool: asyncpg.Pool, key: str,
+                   timeout: float) -> asyncpg.Connection:
+    """A slot, then a connection, within `timeout` (DB_ACQUIRE_TIMEOUT) in all.
+
+    Only what may wait pays for a timer: the slot's wait has its own; the pool waits only
+    when it has no idle connection (the writers outside the slots, group commit and the
+    webhook dispatcher, may hold them all), and then asyncio.timeout bounds it (not
+    acquire(timeout=): that one costs a task). Taking an idle connection does not wait,
+    and opening one is bounded by DB_CONNECT_TIMEOUT.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    await slots.acquire(key, timeout)
     try:
-        return await pool.acquire()
+        if pool.get_idle_size():
+            return await pool.acquire()
+        async with asyncio.timeout_at(deadline):
+            return await pool.acquire()
     except BaseException:
         slots.release()
         raise
