@@ -105,8 +105,7 @@ class GroupCommit:
 
     async def _commit(self, enterprise_id: str, group: list[_Change]) -> None:
         try:
-            async with asyncio.timeout(self.acquire_timeout):
-                conn = await self.pool.acquire()
+            conn = await self._acquire()
         except Exception as exc:  # no connection (pool exhausted, outage): all learn it
             for change in group:
                 _settle(change, exc)
@@ -134,6 +133,12 @@ class GroupCommit:
                         else (result, position))
         finally:
             await self.pool.release(conn)
+
+    async def _acquire(self) -> asyncpg.Connection:
+        if self.pool.get_idle_size():  # taken at once: no timer (one per group otherwise)
+            return await self.pool.acquire()
+        async with asyncio.timeout(self.acquire_timeout):
+            return await self.pool.acquire()
 
     async def _position(self, conn: asyncpg.Connection) -> int | None:
         """Read after the commit, so it is past it. The changes are in either way: a failure
