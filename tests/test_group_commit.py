@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 from dataclasses import dataclass
 
 import asyncpg
@@ -12,7 +13,7 @@ from service.infra.replicas import primary_position
 from service.app.groupcommit import GroupCommit
 from service.web.keys import GROUP_COMMIT
 from service.app.replay import verify
-from tests.helpers import lock_waiters, wait_until
+from tests.helpers import lock_waiters, make_token, wait_until
 
 
 @pytest.fixture
@@ -52,6 +53,32 @@ async def test_concurrent_changes_share_commits_and_stay_exact(api, client, db, 
     assert (await verify(db)).drifts == []
 
 
+async def test_changes_of_many_enterprises_share_statements_and_stay_exact(api, client, db):
+    """Lanes (app/groupcommit.py): one statement carries several enterprises' changes; each
+    enterprise's events, feed, counters and projection stay exact."""
+    tenants = []
+    for k in range(12):
+        tenant = api.with_token(await make_token(db, f"lane-{k}-{uuid.uuid4().hex[:8]}"))
+        tenants.append((tenant, await _runs(tenant, 3)))
+    group = client.server.app[GROUP_COMMIT]
+    assert group.lanes < len(tenants)
+    before = group.shared
+    for target in ("waiting", "running", "waiting"):
+        moved = await asyncio.gather(*(tenant.put(_url(r), {"status": target})
+                                       for tenant, runs in tenants for r in runs))
+        assert {m["status"] for m in moved} == {target}
+    assert group.shared > before  # some statements carried several enterprises
+    for tenant, runs in tenants:
+        feed = await tenant.get("/events/?limit=1000")
+        assert [e["position"] for e in feed["results"]] == sorted(
+            e["position"] for e in feed["results"])
+        assert {e["run_id"] for e in feed["results"]} == {r["id"] for r in runs}
+        assert len(feed["results"]) == 3 * 5  # created, running, the 3 moves: per run
+        counts = await tenant.get("/runs/?status=waiting")
+        assert counts["count"] == 3
+    assert (await verify(db)).clean
+
+
 async def test_same_run_in_one_group_behaves_as_one_after_the_other(api, db, enterprise):
     (run,) = await _runs(api, 1)
     answers = await asyncio.gather(*(api.put(_url(run), {"status": "waiting"})
@@ -86,7 +113,7 @@ async def test_a_refused_change_leaves_its_group_alone(api):
 async def test_a_failing_group_is_retried_change_by_change(config, db_dsn):
     pool = await create_pool(config, db_dsn)
 
-    async def execute(conn, enterprise_id, items):
+    async def execute(conn, items):
         # One statement for the whole group; it fails when an item is 0 or (only in a
         # group of several) a multiple of 3: alone, those succeed.
         failing = [i.n for i in items if i.n == 0 or (len(items) > 1 and i.n % 3 == 0)]
@@ -111,7 +138,7 @@ async def test_a_group_reads_one_position_after_its_commit_for_all(config, db_ds
     reads: list[int] = []
     started = asyncio.Event()
 
-    async def execute(conn, enterprise_id, items):
+    async def execute(conn, items):
         started.set()
         # A transaction id makes its commit write a record; the next ones queue meanwhile.
         await conn.execute("SELECT txid_current() FROM pg_sleep(0.05)")
@@ -148,7 +175,7 @@ async def test_a_second_change_of_a_run_waits_for_the_next_group(config, db_dsn)
     pool = await create_pool(config, db_dsn)
     seen: list[list[int]] = []
 
-    async def execute(conn, enterprise_id, items):
+    async def execute(conn, items):
         seen.append([i.n for i in items])
         await conn.execute("SELECT pg_sleep(0.05)")
         return [i.n for i in items]

@@ -1,13 +1,22 @@
-"""Group commit: concurrent status changes of one enterprise share one statement and commit.
+"""Group commit: concurrent status changes share one statement and commit.
 
 Why: every append holds its enterprise's feed lock until commit (store/events.py: that is
 what makes the feed gap-safe), and a commit waits for its WAL flush. So one enterprise's
 writes commit one at a time, one flush each: its write rate is capped near 1 / (round
-trip + flush), however many connections write. Here, the simple status changes
-(lifecycle.SIMPLE_RUN_TARGETS: no cascade) that arrive while a change of the same
-enterprise is in flight are queued, and then sent together as ONE statement
-(store/moves.py, via app/runs.py): one round trip, one feed lock acquisition and one
-flush for all of them.
+trip + flush), however many connections write. And every statement costs PostgreSQL its
+executor start-up (the status change is one statement of a dozen steps), whatever it
+carries. Here, the simple status changes (lifecycle.SIMPLE_RUN_TARGETS: no cascade) that
+arrive while a change of the same lane is in flight are queued, and then sent together as
+ONE statement (store/moves.py, via app/runs.py): one round trip, one start-up, one flush
+for all of them.
+
+Lanes: an enterprise's changes always go to the same lane (a hash of its id), and a lane
+has one statement in flight at a time; there are `lanes` of them (half the pool), so
+several statements run at once while each still carries many changes when many
+enterprises write. (One queue per enterprise made groups of one change with 100
+enterprises: a third of the reference's rate. One queue for all would leave the pool
+idle.) A statement of several enterprises takes their feed locks in one fixed order
+(store/locks.py FEED_LOCKS), and two lanes never share an enterprise.
 
 Nothing a single change guarantees is lost:
 - A group runs the very statement a change alone runs, with the same checks per change;
@@ -44,9 +53,9 @@ log = logging.getLogger(__name__)
 
 MAX_GROUP = 64
 
-# execute(conn, enterprise_id, items) -> one result per item: a value, or the DomainError
-# that refused it (it wrote nothing). Raising means the whole statement failed.
-Execute = Callable[[asyncpg.Connection, str, list], Awaitable[list]]
+# execute(conn, items) -> one result per item: a value, or the DomainError that refused it
+# (it wrote nothing). Raising means the whole statement failed.
+Execute = Callable[[asyncpg.Connection, list], Awaitable[list]]
 # position(conn) -> the position after the group's commit (what its changes' answers reflect).
 Position = Callable[[asyncpg.Connection], Awaitable[int]]
 
@@ -55,20 +64,23 @@ Position = Callable[[asyncpg.Connection], Awaitable[int]]
 class _Change:
     item: Any  # has .run_id
     future: asyncio.Future
+    enterprise_id: str
 
 
 class GroupCommit:
-    """Per process: a queue per enterprise, drained by one leader task at a time."""
+    """Per process: a queue per lane, each drained by one leader task at a time."""
 
     def __init__(self, pool: asyncpg.Pool, acquire_timeout: float, execute: Execute,
-                 position: Position | None = None):
+                 position: Position | None = None, lanes: int = 1):
         self.pool = pool
+        self.lanes = max(1, lanes)
         self.acquire_timeout = acquire_timeout
         self.execute = execute
         self.position = position
-        self._queues: dict[str, list[_Change]] = {}
+        self._queues: dict[int, list[_Change]] = {}  # lane -> its queue
         self._leaders: set[asyncio.Task] = set()
         self.groups = 0  # statements that carried more than one change (for tests)
+        self.shared = 0  # ... of more than one enterprise (for tests)
 
     async def run(self, enterprise_id: str, item: Any) -> tuple[Any, int | None]:
         """Execute item in a statement shared with the enterprise's concurrent ones.
@@ -76,34 +88,35 @@ class GroupCommit:
         Returns its result (raises its refusal or the failure) once committed, and the
         position after the commit (None without `position`, or when it could not be read).
         """
-        change = _Change(item, asyncio.get_running_loop().create_future())
-        queue = self._queues.get(enterprise_id)
+        change = _Change(item, asyncio.get_running_loop().create_future(), enterprise_id)
+        lane = hash(enterprise_id) % self.lanes
+        queue = self._queues.get(lane)
         if queue is None:
-            self._queues[enterprise_id] = [change]
+            self._queues[lane] = [change]
             # Its own (empty) context: the leader serves many requests, logs for none.
-            leader = asyncio.create_task(self._lead(enterprise_id), context=contextvars.Context())
+            leader = asyncio.create_task(self._lead(lane), context=contextvars.Context())
             self._leaders.add(leader)
             leader.add_done_callback(self._leaders.discard)
         else:
             queue.append(change)
         return await change.future
 
-    async def _lead(self, enterprise_id: str) -> None:
-        queue = self._queues[enterprise_id]
+    async def _lead(self, lane: int) -> None:
+        queue = self._queues[lane]
         group: list[_Change] = []
         try:
             while queue:
                 group = _take_group(queue)
-                await self._commit(enterprise_id, group)
+                await self._commit(group)
                 group = []
         except BaseException as exc:  # cancelled at shutdown: nobody may wait for ever
             for change in (*group, *queue):
                 _settle(change, exc if isinstance(exc, Exception) else asyncio.CancelledError())
             raise
         finally:
-            del self._queues[enterprise_id]
+            del self._queues[lane]
 
-    async def _commit(self, enterprise_id: str, group: list[_Change]) -> None:
+    async def _commit(self, group: list[_Change]) -> None:
         try:
             conn = await self._acquire()
         except Exception as exc:  # no connection (pool exhausted, outage): all learn it
@@ -112,7 +125,7 @@ class GroupCommit:
             return
         try:
             try:
-                results = await self.execute(conn, enterprise_id, [c.item for c in group])
+                results = await self.execute(conn, [c.item for c in group])
             except Exception as exc:
                 if isinstance(exc, asyncio.TimeoutError):
                     # command_timeout: the server stopped answering; drop the connection
@@ -124,9 +137,10 @@ class GroupCommit:
                     return
                 log.info("a group of %d changes failed (%s: %s); running them one by one",
                          len(group), type(exc).__name__, exc)
-                results = [await self._alone(conn, enterprise_id, c) for c in group]
+                results = [await self._alone(conn, c) for c in group]
             else:
                 self.groups += len(group) > 1
+                self.shared += len({c.enterprise_id for c in group}) > 1
             position = await self._position(conn)
             for change, result in zip(group, results):
                 _settle(change, result if isinstance(result, BaseException)
@@ -151,10 +165,9 @@ class GroupCommit:
             log.info("no position after a group's commit (%s: %s)", type(exc).__name__, exc)
             return None
 
-    async def _alone(self, conn: asyncpg.Connection, enterprise_id: str,
-                     change: _Change) -> Any:
+    async def _alone(self, conn: asyncpg.Connection, change: _Change) -> Any:
         try:
-            (result,) = await self.execute(conn, enterprise_id, [change.item])
+            (result,) = await self.execute(conn, [change.item])
         except Exception as exc:
             result = exc
         return result

@@ -90,7 +90,7 @@ async def change_status(db: Db, actor: Actor, pipeline_id: uuid.UUID | None,
     """Move a run to `target`; the same status again is a no-op answered with the run."""
     if target in lifecycle.SIMPLE_RUN_TARGETS and not system:
         return await _simple(db, actor, moves.StatusChange(
-            pipeline_id, run_id, target, actor.name, actor.token_id,
+            actor.enterprise_id, pipeline_id, run_id, target, actor.name, actor.token_id,
             actor.event_data(reason), expected_version))
 
     def plan(state: dict[str, Any]) -> list[lifecycle.Draft]:
@@ -114,17 +114,16 @@ async def _simple(db: Db, actor: Actor, change: moves.StatusChange) -> dict[str,
             db.saw(position)
             return outcome
     async with db.connection() as conn:
-        (row,) = await moves.change_statuses(conn, actor.enterprise_id, [change])
+        (row,) = await moves.change_statuses(conn, [change])
     outcome = _outcome(change, row)
     if isinstance(outcome, DomainError):
         raise outcome
     return outcome
 
 
-async def grouped(conn: asyncpg.Connection, enterprise_id: str,
-                  group: list[moves.StatusChange]) -> list[Any]:
+async def grouped(conn: asyncpg.Connection, group: list[moves.StatusChange]) -> list[Any]:
     """Group commit's statement (app/groupcommit.py): never waits for a busy run's lock."""
-    rows = await moves.change_statuses(conn, enterprise_id, group, skip_locked=True)
+    rows = await moves.change_statuses(conn, group, skip_locked=True)
     return [_outcome(change, row) for change, row in zip(group, rows)]
 
 

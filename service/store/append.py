@@ -3,9 +3,10 @@
 Every write of the store is ONE statement (or, on the general path, ends with one) whose
 own CTEs compute the events to append in a CTE named `appended` (APPENDED_COLUMNS, plus
 `ord`: their order) and which then ends with `appending()`'s CTEs. In that order:
-- the feed lock (store/locks.py): taken only if something is appended, after every row
-  lock the statement's own CTEs took, right before the events get their positions, and
-  held to commit, so one enterprise's appends commit in position order (store/events.py);
+- the feed lock of each enterprise appended to (store/locks.py; one, but for a group
+  commit's statement): taken only if something is appended, after every row lock the
+  statement's own CTEs took, right before the events get their positions, and held to
+  commit, so one enterprise's appends commit in position order (store/events.py);
 - the run_counts deltas, derived from the run-level events themselves (a run's status
   leaves `from_status` and enters `to_status`), so no writer computes them by hand; written
   after the feed lock, which is what keeps counter rows free of contention (counts.py);
@@ -17,7 +18,7 @@ import asyncpg
 
 from service.domain import lifecycle
 from service.store.counts import COUNT_DELTAS
-from service.store.locks import FEED_LOCK
+from service.store.locks import FEED_LOCK, FEED_LOCKS
 
 # The columns of the `appended` CTE (and of run_events a writer fills).
 APPENDED_COLUMNS: tuple[str, ...] = (
@@ -29,7 +30,7 @@ _COLUMNS = ", ".join(APPENDED_COLUMNS)
 _RUN_LEVEL = ", ".join(f"'{t}'" for t in lifecycle.RUN_EVENT_TYPES)
 
 _APPEND = f"""feed_lock AS (
-    SELECT {FEED_LOCK} WHERE EXISTS (SELECT FROM appended)
+    {FEED_LOCKS.format(enterprises="SELECT enterprise_id FROM appended")}
 ), counted AS (
     {COUNT_DELTAS.format(rows=f'''
     SELECT a.enterprise_id, a.pipeline_id, d.status, sum(d.delta)
@@ -50,7 +51,7 @@ _APPEND = f"""feed_lock AS (
 def statement(ctes: str, select: str) -> str:
     """A write statement: the writer's CTEs (the last named `appended`), the append, `select`.
 
-    $1 must be the enterprise id. `select` may read `appended_events` (what was appended).
+    `select` may read `appended_events` (what was appended).
     """
     return f"WITH {ctes},\n{_APPEND}\n{select}"
 

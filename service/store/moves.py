@@ -1,14 +1,14 @@
 """Simple status changes of runs (no cascade): one statement for one change or for many.
 
 A change alone and a group commit (service/app/groupcommit.py) run the same statement: it
-takes the changes of one enterprise as arrays, one element per change, at most one change
-per run. One statement is one round trip and, outside a transaction, one commit (one WAL
-flush) for all of them. Inside it, in this order:
+takes the changes as arrays, one element per change (of any enterprises: a group carries
+those of several), at most one change per run. One statement is one round trip and,
+outside a transaction, one commit (one WAL flush) for all of them. Inside it, in order:
 - the runs' rows are locked (FOR UPDATE, in id order: two statements locking overlapping
   runs never deadlock), so each change is checked against its run's current state;
 - each change is checked against the lifecycle's legal simple moves and its If-Match
   version; the accepted ones update the projection;
-- the append (store/append.py): feed lock, counters, events in the changes' order.
+- the append (store/append.py): feed locks, counters, events in the changes' order.
 What a refused change means (404, 409, 412) is the use case's call (app/runs.py).
 """
 from __future__ import annotations
@@ -36,17 +36,17 @@ _ANSWER = ",\n       ".join(
     f"CASE WHEN upd.id IS NULL THEN cur.{col} ELSE upd.{col} END AS {col}" for col in RUN_FIELDS)
 
 _CHANGE_STATUSES = append.statement(f"""c AS (
-    SELECT * FROM unnest($2::uuid[], $3::uuid[], $4::text[], $5::text[], $6::bigint[],
-                         $7::jsonb[], $8::jsonb[], $9::int[])
-         WITH ORDINALITY AS c(pipeline_id, run_id, target, actor, actor_id, data,
-                              status_meta, expected_version, ord)
+    SELECT * FROM unnest($1::text[], $2::uuid[], $3::uuid[], $4::text[], $5::text[],
+                         $6::bigint[], $7::jsonb[], $8::jsonb[], $9::int[])
+         WITH ORDINALITY AS c(enterprise_id, pipeline_id, run_id, target, actor, actor_id,
+                              data, status_meta, expected_version, ord)
 ), cur AS (
     SELECT r.*, p.name AS pipeline_name, c.ord, clock_timestamp() AS at
     FROM pipeline_runs r
-    JOIN c ON r.pipeline_id = c.pipeline_id AND r.id = c.run_id
+    JOIN c ON r.enterprise_id = c.enterprise_id AND r.pipeline_id = c.pipeline_id
+          AND r.id = c.run_id
     JOIN pipelines p ON p.enterprise_id = r.enterprise_id AND p.id = r.pipeline_id
                     AND p.deleted_at IS NULL
-    WHERE r.enterprise_id = $1
     ORDER BY r.id
     FOR UPDATE OF r {{skip}}
 ), upd AS (
@@ -60,7 +60,7 @@ _CHANGE_STATUSES = append.statement(f"""c AS (
                           ELSE r.started_at END,
         ended_at = CASE WHEN c.target = ANY($11::text[]) THEN cur.at ELSE r.ended_at END
     FROM cur JOIN c ON c.ord = cur.ord
-    WHERE r.enterprise_id = $1 AND r.id = cur.id
+    WHERE r.enterprise_id = cur.enterprise_id AND r.id = cur.id
       AND (cur.status || '>' || c.target) = ANY($12::text[])
       AND (c.expected_version IS NULL OR cur.version = c.expected_version)
     RETURNING r.*, cur.pipeline_name, cur.status AS from_status, cur.ord
@@ -75,7 +75,8 @@ _CHANGE_STATUSES = append.statement(f"""c AS (
            SELECT FROM pipeline_runs r
            JOIN pipelines p ON p.enterprise_id = r.enterprise_id AND p.id = r.pipeline_id
                            AND p.deleted_at IS NULL
-           WHERE r.enterprise_id = $1 AND r.id = c.run_id AND r.pipeline_id = c.pipeline_id
+           WHERE r.enterprise_id = c.enterprise_id AND r.id = c.run_id
+             AND r.pipeline_id = c.pipeline_id
        ) AS busy,
        {_ANSWER}
 FROM c
@@ -92,6 +93,7 @@ CHANGE_STATUSES_SKIP_LOCKED = _CHANGE_STATUSES.format(skip="SKIP LOCKED")
 @dataclass(frozen=True, slots=True)
 class StatusChange:
     """One simple move asked for (lifecycle.SIMPLE_RUN_TARGETS), as the statement takes it."""
+    enterprise_id: str
     pipeline_id: uuid.UUID
     run_id: uuid.UUID
     target: str
@@ -104,8 +106,7 @@ class StatusChange:
     appended: list | None = field(default_factory=collection, compare=False)
 
 
-async def change_statuses(conn: asyncpg.Connection, enterprise_id: str,
-                          changes: list[StatusChange], *,
+async def change_statuses(conn: asyncpg.Connection, changes: list[StatusChange], *,
                           skip_locked: bool = False) -> list[asyncpg.Record]:
     """Apply the changes (distinct runs) in one statement; a row per change, in order.
 
@@ -114,8 +115,8 @@ async def change_statuses(conn: asyncpg.Connection, enterprise_id: str,
     run as updated or as it is. Outside a transaction the statement commits by itself.
     """
     return await conn.fetch(
-        CHANGE_STATUSES_SKIP_LOCKED if skip_locked else CHANGE_STATUSES, enterprise_id,
-        [c.pipeline_id for c in changes], [c.run_id for c in changes],
+        CHANGE_STATUSES_SKIP_LOCKED if skip_locked else CHANGE_STATUSES,
+        [c.enterprise_id for c in changes], [c.pipeline_id for c in changes], [c.run_id for c in changes],
         [c.target for c in changes], [c.actor for c in changes],
         [c.actor_id for c in changes], [c.data for c in changes],
         [lifecycle.status_meta(c.data) for c in changes],

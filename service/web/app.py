@@ -95,8 +95,10 @@ async def _pool_ctx(app: web.Application) -> AsyncIterator[None]:
         app[POOL_SLOTS] = FairSlots(config.pool_max)
         app[READINESS] = Readiness(pool, config.pool_acquire_timeout)
         app[METRICS].pool = pool
+        # Lanes: half the pool, so grouped writes leave connections to everything else.
         app[GROUP_COMMIT] = (GroupCommit(pool, config.pool_acquire_timeout,
-                                         run_cases.grouped, primary_position)
+                                         run_cases.grouped, primary_position,
+                                         lanes=config.pool_max // 2)
                              if config.group_commit else None)
         replicas = await _start_replicas(app)
         waiters = FeedWaiters(config.database_url, config.db_connect_timeout, pool,
