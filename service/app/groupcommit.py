@@ -11,7 +11,7 @@ ONE statement (store/moves.py, via app/runs.py): one round trip, one start-up, o
 for all of them.
 
 Lanes: an enterprise's changes always go to the same lane (a hash of its id), and a lane
-has one statement in flight at a time; there are `lanes` of them (half the pool), so
+has one statement in flight at a time; there are `lanes` of them (a quarter of the pool), so
 several statements run at once while each still carries many changes when many
 enterprises write. (One queue per enterprise made groups of one change with 100
 enterprises: a third of the reference's rate. One queue for all would leave the pool
