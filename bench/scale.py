@@ -47,7 +47,8 @@ import asyncpg  # noqa: E402
 
 import scratchdb  # noqa: E402
 
-from service.web.schemas import ENTERPRISE_RUN_ORDERINGS, PIPELINE_RUN_ORDERINGS  # noqa: E402
+from service.web.schemas import (  # noqa: E402
+    ENTERPRISE_RUN_ORDERINGS, MAX_OFFSET, PIPELINE_RUN_ORDERINGS)
 from service.infra.db import init_connection  # noqa: E402
 from service.app.replay import replay, verify  # noqa: E402
 from service.store import meta  # noqa: E402
@@ -144,13 +145,14 @@ def free_port() -> int:
 
 
 @contextmanager
-def service(dsn: str, workdir: Path):
+def service(dsn: str, workdir: Path, workers: int = 1):
     port = free_port()
     env = {**os.environ, "DATABASE_URL": dsn, "LOG_LEVEL": "WARNING",
            "TIMEOUT_SWEEP_SECONDS": "3600"}  # no sweeper writes during the measurement
     log = workdir / "scale-service.log"
     with log.open("w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "service", "serve", "--port", str(port)],
+        proc = subprocess.Popen([sys.executable, "-m", "service", "serve", "--port", str(port),
+                                 "--workers", str(workers)],
                                 cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
     try:
@@ -250,6 +252,8 @@ def _write_until(base: str, token: str, runs: list, writers: int, rate: float, s
                                  json={"status": target}) as resp:
                     await resp.read()
                     counts[0 if resp.status == 200 else 1] += 1
+                    if resp.status != 200 and counts[1] <= 3:
+                        print(f"writer: {resp.status} {(await resp.text())[:200]}", flush=True)
                     if resp.status == 200:
                         mine[i % len(mine)] = (pipeline_id, run_id, target)
                 i += 1
@@ -263,8 +267,9 @@ def _write_until(base: str, token: str, runs: list, writers: int, rate: float, s
 class Writers:
     """W writers changing statuses while the block runs; .rate and .failed after it."""
 
-    def __init__(self, base: str, token: str, runs: list, writers: int, rate: float):
-        self.writers, self.asked = writers, rate
+    def __init__(self, base: str, token: str, runs: list, writers: int, rate: float,
+                 service_workers: int = 1):
+        self.writers, self.asked, self.service_workers = writers, rate, service_workers
         ctx = multiprocessing.get_context("spawn")
         self.stop, self.counts = ctx.Event(), ctx.Array("q", 2)
         self.proc = ctx.Process(target=_write_until,
@@ -326,7 +331,9 @@ async def deep_pages(base: str, token: str, dsn: str, runs: int, requests: int) 
     week = quote((datetime.now(timezone.utc) - timedelta(days=7)).isoformat(), safe="")
     return await measure(base, token, [
         (f"deep page by cursor ({depth:,})", f"/runs/?cursor={cursor}"),
-        (f"deep page by offset ({depth:,})", f"/runs/?offset={depth}"),
+        (f"deep page by offset ({min(depth, MAX_OFFSET):,}"
+         f"{': the deepest allowed' if depth >= MAX_OFFSET else ''})",
+         f"/runs/?offset={min(depth, MAX_OFFSET)}"),
         ("created_after=7 days ago (count capped at 10,000)", f"/runs/?created_after={week}"),
     ], max(10, requests // 5), warmup=2, tolerate=True)
 
@@ -349,7 +356,7 @@ async def replay_and_verify(dsn: str) -> dict:
 # --- report ------------------------------------------------------------------------------
 
 def table(info: dict, seeded_seconds: float | None, latencies: list[dict], deep: list[dict],
-          rr: dict, writers: Writers) -> str:
+          rr: dict | None, writers: Writers) -> str:
     lines = [f"Scale benchmark: {info['runs']:,} live runs, {info['events']:,} events "
              f"({info['partitions']} monthly partitions) in enterprise `{ENTERPRISE}`"]
     if seeded_seconds is not None:
@@ -374,8 +381,11 @@ def table(info: dict, seeded_seconds: float | None, latencies: list[dict], deep:
     worst = max(latencies, key=lambda r: r["p99"])
     ok = worst["p99"] <= P99_TARGET_MS
     lines += ["", f"worst p99 of the first pages: {worst['p99']:.1f} ms ({worst['label'].strip()})"
-              f" -- target <= {P99_TARGET_MS:.0f} ms: {'met' if ok else 'NOT met'}",
-              f"replay: {rr['events']:,} events of {rr['runs']:,} runs in "
+              f" -- target <= {P99_TARGET_MS:.0f} ms: {'met' if ok else 'NOT met'}"
+              f" (service: {writers.service_workers} worker(s))"]
+    if rr is None:
+        return "\n".join(lines)
+    lines += [f"replay: {rr['events']:,} events of {rr['runs']:,} runs in "
               f"{rr['replay_seconds']:.1f} s = {rr['rate']:,.0f} events/s -- target >= "
               f"{REPLAY_TARGET:,}: {'met' if rr['rate'] >= REPLAY_TARGET else 'NOT met'}"
               f" (repaired {rr['repaired']})",
@@ -395,6 +405,10 @@ def main() -> int:
     parser.add_argument("--out", help="also write the table to this Markdown file")
     parser.add_argument("--writers", type=int, default=8,
                         help="connections changing statuses while the lists are read")
+    parser.add_argument("--service-workers", type=int, default=1,
+                        help="serve --workers N for the list measurement")
+    parser.add_argument("--no-replay", dest="replay", action="store_false",
+                        help="lists only: skip replay and verify")
     parser.add_argument("--write-rate", type=float, default=400,
                         help="their changes/s together (0: as fast as answered)")
     args = parser.parse_args()
@@ -412,12 +426,13 @@ def main() -> int:
                 seeded = seed(dsn, args.runs, args.pipelines, args.days)
             info = asyncio.run(prepare(dsn))
             runs = asyncio.run(_writable_runs(dsn, 100 * args.writers))
-            with service(dsn, workdir) as base, Writers(base, info["writer_token"], runs,
-                                                        args.writers, args.write_rate) as writers:
+            with service(dsn, workdir, args.service_workers) as base, Writers(
+                    base, info["writer_token"], runs, args.writers, args.write_rate,
+                    args.service_workers) as writers:
                 latencies = asyncio.run(measure(base, info["token"], cases(info), args.requests))
                 deep = asyncio.run(deep_pages(base, info["token"], dsn, info["runs"],
                                               args.requests))
-            rr = asyncio.run(replay_and_verify(dsn))
+            rr = asyncio.run(replay_and_verify(dsn)) if args.replay else None
             report = table(info, seeded, latencies, deep, rr, writers)
             print(report)
             if args.out:
