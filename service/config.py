@@ -86,6 +86,8 @@ class Config:
     # Fairness (web/limits.py): per token and per process; 0 turns a limit off.
     rate_limit_rps: int = 1000  # token bucket: sustained requests/s per token
     rate_limit_burst: int = 2000  # the bucket's size
+    # Over the rate, a request waits up to this long for the bucket (0: a 429 at once).
+    rate_limit_delay_ms: int = 0
     max_waits_per_token: int = 5  # long-polls (and streams) open at once per token
     feed_scan_cap: int = 10_000  # filtered feed: events examined per request (then a cursor)
     read_database_urls: tuple[str, ...] = ()  # hot standbys of database_url (infra/replicas.py)
@@ -130,6 +132,7 @@ class Config:
             session_secret=env.get("SESSION_SECRET") or None,
             rate_limit_rps=_int(env, "RATE_LIMIT_RPS", 1000),
             rate_limit_burst=_int(env, "RATE_LIMIT_BURST", 2000),
+            rate_limit_delay_ms=_int(env, "RATE_LIMIT_DELAY_MS", 0),
             max_waits_per_token=_int(env, "MAX_WAITS_PER_TOKEN", 5),
             feed_scan_cap=_int(env, "FEED_SCAN_CAP", 10_000),
             read_database_urls=tuple(url.strip() for url in

@@ -25,7 +25,8 @@ def test_the_service_against_the_reference_every_scenario(admin_dsn, tmp_path):
                  "--results", str(tmp_path / "results.md"))
     report = (tmp_path / "results.md").read_text()
     for section in ("## One enterprise", "## Many enterprises (4)",
-                    "## Mixed load, many enterprises", "## A noisy neighbour"):
+                    "## Mixed load, many enterprises", "## A noisy neighbour",
+                    "## A noisy neighbour, limits sized to the machine"):
         assert section in report, out[-3000:]
     assert "| PUT status (running <-> waiting) |" in report
     assert "| GET a run |" in report

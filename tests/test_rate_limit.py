@@ -138,3 +138,24 @@ async def test_over_the_limit_changes_nothing(api, db, enterprise):
     assert created <= 3
     assert await db.fetchval("SELECT count(*) FROM pipeline_runs WHERE enterprise_id = $1",
                              enterprise) == created
+
+
+async def test_with_a_delay_a_request_over_the_rate_waits_for_its_turn(aiohttp_client, db_dsn,
+                                                                      token):
+    # RATE_LIMIT_DELAY_MS: over the rate, a request waits for the bucket (up to the delay)
+    # instead of a 429 at once, so a client that sends again as soon as it is answered is
+    # slowed to the rate; further over, still a 429.
+    config = Config(database_url=db_dsn, pool_min=1, pool_max=5, token_cache_seconds=60,
+                    rate_limit_rps=10, rate_limit_burst=1, rate_limit_delay_ms=250)
+    api = Api(await aiohttp_client(create_app(config)), token)
+    answers, took = await _burst(api, 4)  # one at a time: each waits ~0.1 s for its turn
+    assert [s for s, _, _ in answers] == [200] * 4
+    assert took >= 0.25, took  # 3 turns of 0.1 s after the burst of 1
+    assert all(STATE.match(h["RateLimit"]) for _, h, _ in answers)
+    # Sent at once, 8 need 0.7 s of turns: those beyond the 0.25 s delay are refused.
+    at_once = await asyncio.gather(*(api.client.get(
+        api.url("/pipelines/"), headers={"Authorization": f"Bearer {token}"})
+        for _ in range(8)))
+    statuses = sorted(r.status for r in at_once)
+    assert 200 in statuses and 429 in statuses, statuses
+    assert statuses.count(200) <= 1 + 3 + 1, statuses  # the refill, plus 0.25 s of turns

@@ -275,7 +275,8 @@ def create_app(config: Config, *, span_exporter=None) -> web.Application:
     app[CONFIG] = config
     app[METRICS] = metrics
     app[TOKEN_CACHE] = TokenCache(config.token_cache_seconds)
-    app[RATE_LIMITER] = RateLimiter(config.rate_limit_rps, config.rate_limit_burst)
+    app[RATE_LIMITER] = RateLimiter(config.rate_limit_rps, config.rate_limit_burst,
+                                    config.rate_limit_delay_ms / 1000)
     app[WAIT_CAP] = WaitCap(config.max_waits_per_token)
     app.on_response_prepare.append(_rate_headers)
     _add_routes(app)

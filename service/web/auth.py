@@ -131,7 +131,9 @@ async def auth_middleware(request: web.Request, handler) -> web.StreamResponse:
     request[PRINCIPAL] = principal
     state = request.app[RATE_LIMITER].take(principal.token_id, principal.rate_limit)
     if state is not None:
-        request[RATE_STATE] = state  # headers added as the response is sent (web/app.py)
+        request[RATE_STATE] = state[:2]  # headers added as the response is sent (web/app.py)
+        if state[2]:  # over the rate, within RATE_LIMIT_DELAY_MS: its turn comes then
+            await asyncio.sleep(state[2])
     if scope not in principal.scopes:
         raise _lacks(scope)
     return await handler(request)

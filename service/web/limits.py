@@ -24,10 +24,10 @@ class RateLimiter:
     bucket of the same number of seconds' worth (burst / rate; 2 s by default).
     """
 
-    __slots__ = ("rate", "burst", "_seconds", "_buckets", "_policies")
+    __slots__ = ("rate", "burst", "max_delay", "_seconds", "_buckets", "_policies")
 
-    def __init__(self, rate: int, burst: int):
-        self.rate, self.burst = rate, max(burst, 1)
+    def __init__(self, rate: int, burst: int, max_delay: float = 0.0):
+        self.rate, self.burst, self.max_delay = rate, max(burst, 1), max_delay
         self._seconds = self.burst / rate if rate > 0 else 2.0
         self._buckets: dict[int, list[float]] = {}  # token id -> [tokens left, as of]
         self._policies: dict[tuple[int, int], str] = {}
@@ -38,9 +38,14 @@ class RateLimiter:
             return self.rate, self.burst
         return own_rate, max(1, round(own_rate * self._seconds))
 
-    def take(self, token_id: int, own_rate: int | None) -> tuple[str, str] | None:
-        """Spend one request: the RateLimit-Policy and RateLimit header values, or None
-        when the token is not limited. Over the limit: TooManyRequests (429)."""
+    def take(self, token_id: int, own_rate: int | None) -> tuple[str, str, float] | None:
+        """Spend one request: the RateLimit-Policy and RateLimit header values and how long
+        the request must wait first (seconds), or None when the token is not limited.
+
+        Over the limit, a request that would have its turn within max_delay reserves it
+        (the bucket goes below zero) and waits for it, as nginx's limit_req queues a burst:
+        a client that sends again as soon as it is answered is slowed to the rate instead
+        of spinning on 429s. Further over: TooManyRequests (429)."""
         rate, burst = self.policy(own_rate)
         if rate <= 0:
             return None
@@ -51,7 +56,10 @@ class RateLimiter:
         left = min(float(burst), bucket[0] + (now - bucket[1]) * rate)
         bucket[1] = now
         window = max(1, round(burst / rate))
+        delay = 0.0
         if left < 1.0:
+            delay = (1.0 - left) / rate
+        if delay > self.max_delay:
             bucket[0] = left
             retry = max(1, math.ceil((1.0 - left) / rate))
             refused = TooManyRequests(f"rate limit of this token exceeded ({rate} requests/s, "
@@ -63,7 +71,8 @@ class RateLimiter:
         policy = self._policies.get((burst, window))
         if policy is None:  # one string per policy, not one per request
             policy = self._policies[(burst, window)] = policy_header(burst, window)
-        return policy, f'"{POLICY}";r={int(left)};t={math.ceil((burst - left) / rate)}'
+        return (policy, f'"{POLICY}";r={max(0, int(left))};t={math.ceil((burst - left) / rate)}',
+                delay)
 
 
 def policy_header(quota: int, window: int) -> str:
