@@ -8,6 +8,7 @@ import random
 import pytest
 
 from service.client import PipelineRunsClient
+from service.infra.replicas import parse_token
 from service.web.app import create_app
 from service.web.keys import POOL
 from tests.test_feed_race import _slow_writer, _writer
@@ -57,7 +58,11 @@ async def test_stream_frames_events_as_the_feed_answers_them(api, client, token)
     run = await api.run(pipeline["id"])
     await api.move(run, "running")
     feed = (await api.get("/events/"))["results"]
+    written = parse_token(api.last.headers["Consistency-Token"])
     sse = await _open(client, token)
+    # As every read's answer: a token of what it reflects (its first read), sent with the
+    # stream's headers, at least what the caller's last answer reflected.
+    assert parse_token(sse.resp.headers["Consistency-Token"]) >= written
     got = [await sse.next() for _ in feed]
     assert [(m["id"], m["event"]) for m in got] == [(str(e["position"]), e["type"]) for e in feed]
     assert [m["data"] for m in got] == feed  # data: exactly what /events/ answers

@@ -84,6 +84,13 @@ def consistent(handler, *, read: bool, position_now):
     return with_token
 
 
+def headers(request: web.Request) -> dict[str, str]:
+    """The token header for an answer whose headers go out before the handler returns (a
+    stream): what its reads so far reflect."""
+    state = request.get(CONSISTENCY)
+    return {HEADER: format_token(state.seen)} if state is not None and state.seen else {}
+
+
 def _token_of(request: web.Request) -> int:
     raw = request.headers.get(HEADER)
     if raw is None:

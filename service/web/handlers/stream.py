@@ -8,6 +8,7 @@ from aiohttp_sse import sse_response
 
 from service.app import feed as feed_app
 from service.domain.errors import BadRequest
+from service.web import consistency
 from service.web import schemas as s
 from service.web.envelope import dumps
 from service.web.handlers.common import connection, operation, principal, query
@@ -77,7 +78,9 @@ async def stream(request: web.Request) -> web.StreamResponse:
     heartbeat = request.app[CONFIG].stream_heartbeat_seconds
     with _held(request):
         first = await _read(request, enterprise_id, after, q)  # a failure: still an envelope
-        async with sse_response(request, ping_interval=heartbeat) as resp:
+        # Its headers go out now: the token is what the first read reflects.
+        async with sse_response(request, ping_interval=heartbeat,
+                                headers=consistency.headers(request)) as resp:
             await _follow(request, resp, enterprise_id, after, first, q)
     return resp
 
