@@ -9,6 +9,7 @@ import asyncio
 import inspect
 import itertools
 import json
+import random
 import re
 import time
 import uuid
@@ -21,8 +22,11 @@ from urllib.parse import quote, urlsplit, urlunsplit
 import asyncpg
 from yarl import URL
 
+from service.app import runs
+from service.app.context import Actor, OnConnection
 from service.domain import lifecycle as lc
 from service.store import tokens as token_store
+from service.store.locks import NOTIFY_FEED
 
 REPO = Path(__file__).resolve().parent.parent
 SCHEMA_PATH = REPO / "schema.sql"
@@ -404,3 +408,26 @@ def iso(value: datetime) -> str:
 
 
 FILTERS = ["", "status=pending", "status=running", "pipeline_name=beta", "pipeline_name=nope"]
+
+
+async def random_writer(api, pipeline_id: str, changes: int) -> None:
+    """Creates runs and moves each through a random short legal path, over the API."""
+    for _ in range(changes):
+        run = await api.run(pipeline_id)
+        path = f"/pipelines/{pipeline_id}/runs/{run['id']}/"
+        for status in random.choice([["running", "waiting"], ["queued"], ["cancelled"]]):
+            await api.put(path, {"status": status})
+
+
+async def slow_writer(pool, enterprise: str, pipeline_id: str, changes: int) -> None:
+    """Appends, then lingers before COMMIT: the widest window for an out-of-order commit.
+
+    After each commit it wakes the feed's readers as the service's own writers do (a NOTIFY
+    after commit, infra/feedwait.py): a reader must not depend on another writer for it."""
+    for _ in range(changes):
+        async with pool.acquire() as conn:
+            async with conn.transaction():
+                await runs.create(OnConnection(conn), Actor(enterprise, "slow", None),
+                                  uuid.UUID(pipeline_id))
+                await asyncio.sleep(0.02)
+            await conn.execute(NOTIFY_FEED, [enterprise])

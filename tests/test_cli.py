@@ -7,19 +7,12 @@ import os
 import socket
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 from service.__main__ import build_parser
 
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.processes import ROOT, free_port
 
 
 def cli(*args: str, timeout: float = 60, **env: str) -> subprocess.CompletedProcess:
@@ -88,7 +81,7 @@ UNREACHABLE = "postgresql://alice:s3cret-pw@127.0.0.1:{port}/nowhere"
     ["serve", "--port", "0"], ["dev", "--port", "0"],
 ])
 def test_unreachable_database_is_one_line_and_exit_1(command, tmp_path):
-    dead = _free_port()  # nothing listens there
+    dead = free_port()  # nothing listens there
     out = cli(*command, DATABASE_URL=UNREACHABLE.format(port=dead), DATA_DIR=str(tmp_path))
     assert out.returncode == 1, out
     lines = out.stderr.strip().splitlines()

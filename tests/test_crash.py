@@ -6,71 +6,22 @@ over HTTP, as a client would.
 from __future__ import annotations
 
 import asyncio
-import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
 import uuid
-from pathlib import Path
 
 import aiohttp
 import asyncpg
 import pytest
 
 from tests.helpers import lock_waiters, make_token, wait_until
+from tests.processes import MOUNT, ROOT, Service
 
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-MOUNT = "/pipelines/v0"
 SHUTDOWN_BOUND = 5.0  # seconds from SIGTERM to exit, with requests in flight
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Service:
-    """`python -m service serve` as a subprocess; stderr goes to a file for the asserts."""
-
-    def __init__(self, dsn: str, log_dir: Path, **env: str):
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.dsn = dsn
-        self.log = log_dir / f"service-{self.port}.log"
-        self.env = {"DATABASE_URL": dsn, "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-                    "LOG_LEVEL": "WARNING", "LOG_FORMAT": "text", **env}
-        self.proc: subprocess.Popen | None = None
-
-    async def start(self, seconds: float = 20) -> "Service":
-        with self.log.open("ab") as err:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "service", "serve", "--port", str(self.port)],
-                cwd=REPO_ROOT, env=self.env, stdout=subprocess.DEVNULL, stderr=err)
-        deadline = time.monotonic() + seconds
-        async with aiohttp.ClientSession() as session:
-            while True:
-                assert self.proc.poll() is None, self.stderr()
-                try:
-                    async with session.get(self.url + "/health/ready") as resp:
-                        if resp.status == 200:
-                            return self
-                except aiohttp.ClientConnectionError:
-                    pass
-                assert time.monotonic() < deadline, "service did not become ready"
-                await asyncio.sleep(0.05)
-
-    def stderr(self) -> str:
-        return self.log.read_text(errors="replace")
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
 
 
 @pytest.fixture
@@ -190,7 +141,7 @@ async def test_sigkill_under_load_loses_no_acknowledged_write(own_db, services):
         assert len(stored[run_id]["versions"]) >= version, (run_id, version)
         assert stored[run_id]["statuses"][version - 1] == status, (run_id, version, status)
 
-    verify = subprocess.run([sys.executable, "-m", "service", "verify"], cwd=REPO_ROOT,
+    verify = subprocess.run([sys.executable, "-m", "service", "verify"], cwd=ROOT,
                             env=service.env, capture_output=True, text=True, timeout=60)
     assert verify.returncode == 0, verify.stdout + verify.stderr
     assert " 0 drifted" in verify.stdout

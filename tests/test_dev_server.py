@@ -4,26 +4,16 @@ from __future__ import annotations
 
 import os
 import re
-import signal
-import socket
 import stat
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-TOKEN_LINE = re.compile(r"^\s+(pr_\S+)\s*$", re.M)
+from tests.processes import ROOT, Dev, free_port, wait_for
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _status(port: int, token: str) -> int:
@@ -34,52 +24,6 @@ def _status(port: int, token: str) -> int:
             return resp.status
     except urllib.error.HTTPError as exc:
         return exc.code
-
-
-def _wait(predicate, timeout: float = 60.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.1)
-    return False
-
-
-class Dev:
-    """One `python -m service dev` process; stdout and stderr kept in files."""
-
-    def __init__(self, tmp: Path, data_dir: Path, port: int, name: str, **env: str):
-        self.port, self.data_dir = port, data_dir
-        self.out, self.err = tmp / f"{name}.out", tmp / f"{name}.err"
-        environ = {k: v for k, v in os.environ.items() if k not in ("LOG_FORMAT", "LOG_LEVEL")}
-        with self.out.open("w") as out, self.err.open("w") as err:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "service", "dev"], cwd=ROOT, stdout=out, stderr=err,
-                env={**environ, "PORT": str(port), "DATA_DIR": str(data_dir),
-                     "SHUTDOWN_TIMEOUT": "2", **env})
-
-    def stdout(self) -> str:
-        return self.out.read_text()
-
-    def stderr(self) -> str:
-        return self.err.read_text()
-
-    def wait_ready(self, timeout: float = 90.0) -> str:
-        """The token of the banner, once the banner is printed (the port listens then)."""
-        ok = _wait(lambda: TOKEN_LINE.search(self.stdout()) or self.proc.poll() is not None,
-                   timeout)
-        assert ok and self.proc.poll() is None, self.stdout() + self.stderr()
-        return TOKEN_LINE.search(self.stdout()).group(1)
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)  # Ctrl-C
-        try:
-            return self.proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-            raise
 
 
 @pytest.fixture
@@ -94,7 +38,7 @@ def devs():
 
 def test_second_start_on_a_busy_port_fails_cleanly_and_leaves_the_first_alone(
         own_db, tmp_path, devs):
-    port = _free_port()
+    port = free_port()
     first = Dev(tmp_path, tmp_path / "a", port, "first", DATABASE_URL=own_db)
     devs.append(first)
     token = first.wait_ready()
@@ -117,10 +61,10 @@ def test_second_start_on_a_busy_port_fails_cleanly_and_leaves_the_first_alone(
 
 
 def test_second_start_on_the_same_data_dir_fails_cleanly(own_db, tmp_path, devs):
-    first = Dev(tmp_path, tmp_path / "data", _free_port(), "first", DATABASE_URL=own_db)
+    first = Dev(tmp_path, tmp_path / "data", free_port(), "first", DATABASE_URL=own_db)
     devs.append(first)
     token = first.wait_ready()
-    second = Dev(tmp_path, tmp_path / "data", _free_port(), "second", DATABASE_URL=own_db)
+    second = Dev(tmp_path, tmp_path / "data", free_port(), "second", DATABASE_URL=own_db)
     devs.append(second)
     assert second.proc.wait(timeout=60) == 1
     err = second.stderr().strip().splitlines()
@@ -132,7 +76,7 @@ def test_second_start_on_the_same_data_dir_fails_cleanly(own_db, tmp_path, devs)
 
 def test_the_dev_token_survives_restarts_and_rotates_when_its_file_is_removed(
         own_db, tmp_path, devs):
-    data, port = tmp_path / "data", _free_port()
+    data, port = tmp_path / "data", free_port()
     first = Dev(tmp_path, data, port, "first", DATABASE_URL=own_db)
     devs.append(first)
     token = first.wait_ready()
@@ -156,12 +100,12 @@ def test_the_dev_token_survives_restarts_and_rotates_when_its_file_is_removed(
     fresh = rotated.wait_ready()
     assert fresh != token
     assert _status(port, fresh) == 200
-    assert _wait(lambda: _status(port, token) == 401, 10)
+    assert wait_for(lambda: _status(port, token) == 401, 10)
     assert rotated.stop() == 0
 
 
 def test_a_token_file_others_can_read_is_replaced(own_db, tmp_path, devs):
-    data, port = tmp_path / "data", _free_port()
+    data, port = tmp_path / "data", free_port()
     first = Dev(tmp_path, data, port, "first", DATABASE_URL=own_db)
     devs.append(first)
     token = first.wait_ready()
@@ -177,7 +121,7 @@ def test_a_token_file_others_can_read_is_replaced(own_db, tmp_path, devs):
 def test_make_run_output_reads_like_a_dev_server(tmp_path, devs):
     # The embedded PostgreSQL, as on a fresh clone: no DATABASE_URL.
     environ_without_db = {"DATABASE_URL": ""}
-    port = _free_port()
+    port = free_port()
     dev = Dev(tmp_path, tmp_path / "data", port, "dev", **environ_without_db)
     devs.append(dev)
     token = dev.wait_ready(timeout=180)

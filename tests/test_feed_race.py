@@ -2,42 +2,16 @@
 from __future__ import annotations
 
 import asyncio
-import random
-import uuid
 
 import pytest
 
 from service.web.keys import POOL
-from service.app import runs
-from service.app.context import Actor, OnConnection
-from service.store.locks import NOTIFY_FEED
+from tests.helpers import random_writer, slow_writer
 
 
 @pytest.fixture
 def db_dsn(own_db):
     return own_db
-
-
-async def _writer(api, pipeline_id: str, changes: int) -> None:
-    for _ in range(changes):
-        run = await api.run(pipeline_id)
-        path = f"/pipelines/{pipeline_id}/runs/{run['id']}/"
-        for status in random.choice([["running", "waiting"], ["queued"], ["cancelled"]]):
-            await api.put(path, {"status": status})
-
-
-async def _slow_writer(pool, enterprise: str, pipeline_id: str, changes: int) -> None:
-    """Appends, then lingers before COMMIT: the widest window for an out-of-order commit.
-
-    After each commit it wakes the feed's readers as the service's own writers do (a NOTIFY
-    after commit, infra/feedwait.py): a reader must not depend on another writer for it."""
-    for _ in range(changes):
-        async with pool.acquire() as conn:
-            async with conn.transaction():
-                await runs.create(OnConnection(conn), Actor(enterprise, "slow", None),
-                                  uuid.UUID(pipeline_id))
-                await asyncio.sleep(0.02)
-            await conn.execute(NOTIFY_FEED, [enterprise])
 
 
 async def test_tailing_consumer_sees_every_event_exactly_once(api, client, db, enterprise):
@@ -58,8 +32,8 @@ async def test_tailing_consumer_sees_every_event_exactly_once(api, client, db, e
     tail = asyncio.create_task(consumer())
     pool = client.app[POOL]
     await asyncio.gather(
-        *(_writer(api, pipelines[i % 4]["id"], 15) for i in range(10)),
-        *(_slow_writer(pool, enterprise, pipelines[i]["id"], 10) for i in range(3)),
+        *(random_writer(api, pipelines[i % 4]["id"], 15) for i in range(10)),
+        *(slow_writer(pool, enterprise, pipelines[i]["id"], 10) for i in range(3)),
     )
     done.set()
     await tail

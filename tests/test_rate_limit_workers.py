@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from tests.helpers import make_token
-from tests.test_workers import ROOT, _children, _free_port, _ready, _wait
+from tests.processes import ROOT, children, free_port, ready, wait_for
 
 BURST, RATE = 4, 1
 
@@ -39,7 +39,7 @@ async def test_each_worker_limits_a_token_on_its_own(db, db_dsn, enterprise, tmp
     """RATE 1/s, bursts of 4, 2 workers: a token gets at most 2 x (4 + 1/s), and more than
     one worker's share (both answer: connections are spread over them)."""
     token = await make_token(db, enterprise)
-    port = _free_port()
+    port = free_port()
     log_path = tmp_path / "serve.log"
     env = {**os.environ, "DATABASE_URL": db_dsn, "LOG_FORMAT": "text", "SHUTDOWN_TIMEOUT": "2",
            "RATE_LIMIT_RPS": str(RATE), "RATE_LIMIT_BURST": str(BURST)}
@@ -50,7 +50,7 @@ async def test_each_worker_limits_a_token_on_its_own(db, db_dsn, enterprise, tmp
             cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
         try:
             up = await loop.run_in_executor(
-                None, lambda: _wait(lambda: len(_children(proc.pid)) == 2 and _ready(port)))
+                None, lambda: wait_for(lambda: len(children(proc.pid)) == 2 and ready(port)))
             assert up, log_path.read_text()
             url = f"http://127.0.0.1:{port}/pipelines/v0/pipelines/"
             started = time.monotonic()

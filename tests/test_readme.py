@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_dev_server import Dev, _free_port
+from tests.processes import Dev, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
@@ -36,7 +36,7 @@ def blocks(marker: str, language: str) -> list[str]:
 @pytest.fixture
 def service(own_db, tmp_path):
     """A fresh `make run` (dev) on its own database; tmp_path plays the repository root."""
-    port = _free_port()
+    port = free_port()
     dev = Dev(tmp_path, tmp_path / ".data", port, "dev", DATABASE_URL=own_db)
     try:
         token = dev.wait_ready()

@@ -11,7 +11,7 @@ from service.client import PipelineRunsClient
 from service.infra.replicas import parse_token
 from service.web.app import create_app
 from service.web.keys import POOL
-from tests.test_feed_race import _slow_writer, _writer
+from tests.helpers import random_writer, slow_writer
 
 MOUNT = "/pipelines/v0"
 
@@ -157,8 +157,8 @@ async def test_racing_writers_reconnecting_reader_sees_every_event_once(
     tail = asyncio.create_task(consumer())
     pool = client.app[POOL]
     await asyncio.gather(
-        *(_writer(api, pipelines[i % 4]["id"], 12) for i in range(8)),
-        *(_slow_writer(pool, enterprise, pipelines[i]["id"], 8) for i in range(3)),
+        *(random_writer(api, pipelines[i % 4]["id"], 12) for i in range(8)),
+        *(slow_writer(pool, enterprise, pipelines[i]["id"], 8) for i in range(3)),
     )
     done.set()
     await asyncio.wait_for(tail, 120)

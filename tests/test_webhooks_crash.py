@@ -9,7 +9,7 @@ import asyncpg
 import pytest
 
 from tests.helpers import make_token
-from tests.test_crash import MOUNT, Service
+from tests.processes import MOUNT, Service
 from tests.webhook_receiver import Receiver
 
 ENTERPRISE = "ent-webhooks-crash"

@@ -4,19 +4,17 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
+from tests.processes import ROOT, children, free_port, ready, wait_for
+
 from service.config import Config
 from service.infra.runtime import new_event_loop
 
-ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture
@@ -24,51 +22,15 @@ def db_dsn(own_db):
     return own_db
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _children(pid: int) -> set[int]:
-    out = set()
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-                out.add(int(entry.name))
-    return out
-
-
-def _ready(port: int) -> bool:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health/ready", timeout=2) as r:
-            return r.status == 200
-    except OSError:
-        return False
-
-
-def _wait(predicate, timeout: float = 30.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.1)
-    return False
-
-
 def _two_workers(db_dsn: str, tmp_path: Path) -> tuple[subprocess.Popen, int]:
     """`serve --workers 2` on a free port, once both workers run and it answers."""
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "DATABASE_URL": db_dsn, "LOG_FORMAT": "text", "SHUTDOWN_TIMEOUT": "2"}
     with (tmp_path / "serve.log").open("w") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "service", "serve", "--port", str(port), "--workers", "2"],
             cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    assert _wait(lambda: len(_children(proc.pid)) == 2 and _ready(port)), \
+    assert wait_for(lambda: len(children(proc.pid)) == 2 and ready(port)), \
         (tmp_path / "serve.log").read_text()
     return proc, port
 
@@ -76,24 +38,24 @@ def _two_workers(db_dsn: str, tmp_path: Path) -> tuple[subprocess.Popen, int]:
 def test_two_workers_share_the_port_restart_and_stop_on_sigterm(db_dsn, tmp_path):
     proc, port = _two_workers(db_dsn, tmp_path)
     try:
-        workers = _children(proc.pid)
+        workers = children(proc.pid)
         # Both workers listen on the port (SO_REUSEPORT): each one answers on its own too.
         for _ in range(20):
-            assert _ready(port)
+            assert ready(port)
 
         # A worker that dies is replaced.
         victim = min(workers)
         os.kill(victim, signal.SIGKILL)
-        assert _wait(lambda: len(_children(proc.pid) - {victim}) == 2), \
+        assert wait_for(lambda: len(children(proc.pid) - {victim}) == 2), \
             (tmp_path / "serve.log").read_text()
-        assert _wait(lambda: _ready(port))
+        assert wait_for(lambda: ready(port))
 
         # SIGTERM to the supervisor stops every worker, and the supervisor exits 0.
-        survivors = _children(proc.pid)
+        survivors = children(proc.pid)
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0, (tmp_path / "serve.log").read_text()
-        assert _wait(lambda: not any(Path(f"/proc/{p}").exists() for p in survivors), 10)
-        assert not _ready(port)
+        assert wait_for(lambda: not any(Path(f"/proc/{p}").exists() for p in survivors), 10)
+        assert not ready(port)
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -107,14 +69,14 @@ def test_workers_end_with_a_supervisor_killed_by_sigkill(db_dsn, tmp_path):
     # dies, so none goes on serving the port unsupervised.
     proc, port = _two_workers(db_dsn, tmp_path)
     try:
-        workers = _children(proc.pid)
+        workers = children(proc.pid)
         proc.kill()
         proc.wait()
-        assert _wait(lambda: not any(Path(f"/proc/{p}").exists() for p in workers), 15), \
+        assert wait_for(lambda: not any(Path(f"/proc/{p}").exists() for p in workers), 15), \
             (tmp_path / "serve.log").read_text()
-        assert not _ready(port)
+        assert not ready(port)
     finally:
-        for pid in _children(proc.pid) if proc.poll() is None else ():
+        for pid in children(proc.pid) if proc.poll() is None else ():
             os.kill(pid, signal.SIGKILL)
 
 
@@ -139,7 +101,7 @@ def test_event_loop_choice():
 def test_every_answered_request_has_its_access_line_after_sigterm(db_dsn, tmp_path):
     # Access lines are written once per event-loop iteration (service/logs.py Handler) and
     # forked workers end with os._exit: none of them may be lost on the way out.
-    port = _free_port()
+    port = free_port()
     path = tmp_path / "serve.log"
     env = {**os.environ, "DATABASE_URL": db_dsn, "LOG_FORMAT": "json", "LOG_LEVEL": "INFO",
            "SHUTDOWN_TIMEOUT": "2"}
@@ -149,8 +111,8 @@ def test_every_answered_request_has_its_access_line_after_sigterm(db_dsn, tmp_pa
             cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
         answered = 0
         try:
-            assert _wait(lambda: len(_children(proc.pid)) == 2 and _ready(port)), path.read_text()
-            answered = 1 + sum(_ready(port) for _ in range(50))  # the first _ready too
+            assert wait_for(lambda: len(children(proc.pid)) == 2 and ready(port)), path.read_text()
+            answered = 1 + sum(ready(port) for _ in range(50))  # the first ready() too
             proc.send_signal(signal.SIGTERM)
             assert proc.wait(timeout=30) == 0, path.read_text()
         finally:
@@ -158,6 +120,6 @@ def test_every_answered_request_has_its_access_line_after_sigterm(db_dsn, tmp_pa
                 proc.kill()
                 proc.wait()
     lines = [json.loads(line) for line in path.read_text().splitlines() if line.startswith("{")]
-    ready = [line for line in lines if line.get("message") == "request"
-             and line.get("route") == "/health/ready" and line.get("status") == 200]
-    assert len(ready) == answered == 51  # earlier polls were refused or answered 503
+    logged = [line for line in lines if line.get("message") == "request"
+              and line.get("route") == "/health/ready" and line.get("status") == 200]
+    assert len(logged) == answered == 51  # earlier polls were refused or answered 503
