@@ -19,11 +19,12 @@ FEED_CHANNEL = "run_events"  # NOTIFY channel; the payload is the enterprise id
 # No pg_notify here: a NOTIFY in the writing transaction makes its commit queue behind
 # every other notifying commit of the cluster (one global lock). Long-polls are woken
 # after the commit instead (infra/feedwait.py FeedWaiters.notify), outside the write.
-FEED_LOCK = f"pg_advisory_xact_lock({FEED_LOCK_CLASS}, hashtext($1))"
+_FEED_LOCK_OF = "pg_advisory_xact_lock(" + str(FEED_LOCK_CLASS) + ", hashtext({}))"
+FEED_LOCK = _FEED_LOCK_OF.format("$1")
 # The same for every enterprise a statement appends to (a group commit's statement may
 # carry several): taken in one fixed order (by name), so two statements never wait for
 # each other's; {enterprises} is a query of enterprise ids. One row, whatever it locked.
-FEED_LOCKS = (f"SELECT count(pg_advisory_xact_lock({FEED_LOCK_CLASS}, hashtext(k.e))) AS n "
+FEED_LOCKS = (f"SELECT count({_FEED_LOCK_OF.format('k.e')}) AS n "
               "FROM (SELECT DISTINCT e FROM ({enterprises}) AS d(e) ORDER BY 1) AS k")
 # The wake-up, sent after commit by whoever committed: one statement for many enterprises.
 NOTIFY_FEED = f"SELECT pg_notify('{FEED_CHANNEL}', e) FROM unnest($1::text[]) AS e"
