@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any, Callable
+from typing import Any, AsyncIterator, Callable
 
 import asyncpg
 
@@ -82,5 +82,39 @@ def stage_run_rows(page: RunPage) -> list[dict]:
 
 
 run_history = events.run_history
-export_run = events.export_run
-export_feed = events.export_feed
+
+
+async def export_run(connect: Callable, enterprise_id: str, pipeline_id: uuid.UUID,
+                     run_id: uuid.UUID) -> AsyncIterator[list[dict]]:
+    """A run's history in chunks, as of the cut taken with the first (store/events.py)."""
+    cut, after = None, 0
+    while True:
+        async with connect() as conn:  # given back before the chunk goes to the client
+            if cut is None:
+                cut = await events.export_cut(conn, enterprise_id)
+            chunk = await events.export_run_chunk(conn, enterprise_id, pipeline_id, run_id,
+                                                  after_version=after, cut=cut)
+        if not chunk:
+            return
+        yield chunk
+        if len(chunk) < events.EXPORT_BATCH:
+            return
+        after = chunk[-1]["version"]
+
+
+async def export_feed(connect: Callable, enterprise_id: str, *, since: datetime | None,
+                      until: datetime | None) -> AsyncIterator[list[dict]]:
+    """The feed of [since, until) in chunks, as of the cut taken with the first."""
+    cut, after = None, 0
+    while True:
+        async with connect() as conn:  # given back before the chunk goes to the client
+            if cut is None:
+                cut = await events.export_cut(conn, enterprise_id)
+            chunk = await events.export_feed_chunk(conn, enterprise_id, after=after, cut=cut,
+                                                   since=since, until=until)
+        if not chunk:
+            return
+        yield chunk
+        if len(chunk) < events.EXPORT_BATCH:
+            return
+        after = chunk[-1]["position"]

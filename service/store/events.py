@@ -16,7 +16,7 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, AsyncIterator
+from typing import Any
 
 import asyncpg
 
@@ -90,15 +90,31 @@ WHERE e.enterprise_id = $1 AND ($2::bigint IS NULL OR e.position < $2)
 ORDER BY e.position DESC
 LIMIT $8
 """
-# An export of [since, until): every event of the range in position order (streamed).
-EXPORT_FEED = f"""
+# Exports read in keyset chunks, each a short statement on a connection taken for it and
+# given back before the chunk is written to the client: a slow reader holds no pool
+# connection and no transaction. The consistency of one snapshot comes from a cut: the
+# enterprise's newest position when the export starts. Appends are serialized per
+# enterprise (above), so every event up to the cut is committed when it is read, and events
+# never change: chunks bounded by the cut read exactly what a snapshot taken then would.
+EXPORT_CUT = "SELECT coalesce(max(position), 0) FROM run_events WHERE enterprise_id = $1"
+# The feed of [since, until) up to the cut, after position $2, on the primary key's prefix.
+EXPORT_FEED_CHUNK = f"""
 SELECT {EVENT_COLUMNS} FROM run_events e
-WHERE e.enterprise_id = $1
-  AND ($2::timestamptz IS NULL OR e.occurred_at >= $2)
-  AND ($3::timestamptz IS NULL OR e.occurred_at < $3)
+WHERE e.enterprise_id = $1 AND e.position > $2 AND e.position <= $3
+  AND ($4::timestamptz IS NULL OR e.occurred_at >= $4)
+  AND ($5::timestamptz IS NULL OR e.occurred_at < $5)
 ORDER BY e.position
+LIMIT $6
 """
-EXPORT_BATCH = 500  # rows per round trip of an export's server-side cursor
+# A run's history up to the cut, after version $4.
+EXPORT_RUN_CHUNK = f"""
+SELECT {EVENT_COLUMNS} FROM run_events e
+WHERE e.enterprise_id = $1 AND e.pipeline_id = $2 AND e.run_id = $3
+  AND e.version > $4 AND e.position <= $5
+ORDER BY e.version
+LIMIT $6
+"""
+EXPORT_BATCH = 500  # rows per statement of an export
 
 
 def public_event(row: asyncpg.Record | dict) -> dict[str, Any]:
@@ -172,26 +188,24 @@ async def feed_newest(conn: asyncpg.Connection, enterprise_id: str, *, before: i
     return [public_event(r) for r in rows]
 
 
-async def export_run(conn: asyncpg.Connection, enterprise_id: str, pipeline_id: uuid.UUID,
-                     run_id: uuid.UUID) -> AsyncIterator[list[dict]]:
-    """A run's history in batches, from a server-side cursor (constant memory at any size)."""
-    async for batch in _batches(conn, RUN_EVENTS, enterprise_id, pipeline_id, run_id):
-        yield batch
+async def export_cut(conn: asyncpg.Connection, enterprise_id: str) -> int:
+    """The position an export stops at: the enterprise's newest when it starts."""
+    return await conn.fetchval(EXPORT_CUT, enterprise_id)
 
 
-async def export_feed(conn: asyncpg.Connection, enterprise_id: str, *,
-                      since: datetime | None, until: datetime | None) -> AsyncIterator[list[dict]]:
-    """The feed of [since, until) in position order, in batches (LIMIT NULL: all of it)."""
-    async for batch in _batches(conn, EXPORT_FEED, enterprise_id, since, until):
-        yield batch
+async def export_run_chunk(conn: asyncpg.Connection, enterprise_id: str,
+                           pipeline_id: uuid.UUID, run_id: uuid.UUID, *, after_version: int,
+                           cut: int) -> list[dict]:
+    """Up to EXPORT_BATCH of a run's events after `after_version`, none past the cut."""
+    rows = await conn.fetch(EXPORT_RUN_CHUNK, enterprise_id, pipeline_id, run_id,
+                            after_version, cut, EXPORT_BATCH)
+    return [public_event(r) for r in rows]
 
 
-async def _batches(conn: asyncpg.Connection, query: str, *args) -> AsyncIterator[list[dict]]:
-    # A cursor lives in a transaction; REPEATABLE READ: one snapshot for the whole export.
-    async with conn.transaction(isolation="repeatable_read", readonly=True):
-        cursor = await conn.cursor(query, *args)
-        while True:
-            rows = await cursor.fetch(EXPORT_BATCH)
-            if not rows:
-                return
-            yield [public_event(r) for r in rows]
+async def export_feed_chunk(conn: asyncpg.Connection, enterprise_id: str, *, after: int,
+                            cut: int, since: datetime | None,
+                            until: datetime | None) -> list[dict]:
+    """Up to EXPORT_BATCH events of [since, until) after position `after`, up to the cut."""
+    rows = await conn.fetch(EXPORT_FEED_CHUNK, enterprise_id, after, cut, since, until,
+                            EXPORT_BATCH)
+    return [public_event(r) for r in rows]

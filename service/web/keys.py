@@ -43,6 +43,8 @@ PRINCIPAL = web.RequestKey("principal", Principal)
 # (quota, window, remaining, reset) of the caller's rate limit, for the response headers.
 RATE_STATE = web.RequestKey("rate_state", tuple)
 REQUEST_ID = web.RequestKey("request_id", str)
+# The caller went away before its answer was complete (an abandoned export): logged as 499.
+CLIENT_GONE = web.RequestKey("client_gone", bool)
 # Validated input by location ("match_info", "querystring", "json").
 PARSED = web.RequestKey("parsed", dict)
 # The request's read/write routing and consistency-token state (web/consistency.py).

@@ -10,7 +10,7 @@ from aiohttp import web
 from service.infra import logs
 from service.infra.metrics import UNMATCHED, Metrics
 from service.store.appended import APPENDED
-from service.web.keys import FEED_WAITERS, PRINCIPAL, REQUEST_ID
+from service.web.keys import CLIENT_GONE, FEED_WAITERS, PRINCIPAL, REQUEST_ID
 from service.web.middleware import request_id_of
 
 CLIENT_CLOSED = 499  # the status recorded when the caller went away mid-request
@@ -45,7 +45,7 @@ def observe_middleware(metrics: Metrics):
         metrics.in_flight += 1
         try:
             response = await handler(request)
-            status = response.status
+            status = CLIENT_CLOSED if request.get(CLIENT_GONE) else response.status
             if request.method not in READS and status < 400:
                 _committed(request)
             return response
