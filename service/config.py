@@ -58,6 +58,9 @@ class Config:
     pool_acquire_timeout: float = 5.0
     db_connect_timeout: float = 5.0  # asyncpg's own default is 60 s
     statement_timeout_ms: int = 5000
+    # A connection idle inside a transaction this long is closed by the server: nothing can
+    # pin one of the service's connections for ever (0: no limit).
+    idle_in_transaction_timeout_ms: int = 60_000
     shutdown_timeout: float = 10.0  # SIGTERM: how long in-flight requests may finish
     token_cache_seconds: float = 2.0
     timeout_sweep_seconds: float = 60.0
@@ -88,7 +91,7 @@ class Config:
     rate_limit_burst: int = 2000  # the bucket's size
     # Over the rate, a request waits up to this long for the bucket (0: a 429 at once).
     rate_limit_delay_ms: int = 0
-    max_waits_per_token: int = 5  # long-polls (and streams) open at once per token
+    max_waits_per_token: int = 5  # long-polls, streams and exports open at once per token
     feed_scan_cap: int = 10_000  # filtered feed: events examined per request (then a cursor)
     read_database_urls: tuple[str, ...] = ()  # hot standbys of database_url (infra/replicas.py)
     replica_wait_ms: int = 200  # how long a read with a token waits for a standby to catch up
@@ -113,6 +116,8 @@ class Config:
             db_connect_timeout=_float(env, "DB_CONNECT_TIMEOUT", 5.0),
             shutdown_timeout=_float(env, "SHUTDOWN_TIMEOUT", 10.0),
             statement_timeout_ms=_int(env, "DB_STATEMENT_TIMEOUT_MS", 5000),
+            idle_in_transaction_timeout_ms=_int(env, "DB_IDLE_IN_TRANSACTION_TIMEOUT_MS",
+                                                60_000),
             token_cache_seconds=_float(env, "TOKEN_CACHE_SECONDS", 2.0),
             timeout_sweep_seconds=_float(env, "TIMEOUT_SWEEP_SECONDS", 60.0),
             feed_tick_seconds=_float(env, "FEED_TICK_SECONDS", 1.0),

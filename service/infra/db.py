@@ -89,6 +89,9 @@ async def create_pool(config: Config, dsn: str, min_size: int | None = None) -> 
         command_timeout=config.statement_timeout_ms / 1000 + 1,
         server_settings={
             "statement_timeout": str(config.statement_timeout_ms),
+            # A client gone quiet inside a transaction (a bug, a stuck task) loses its
+            # connection instead of holding it and its locks for ever.
+            "idle_in_transaction_session_timeout": str(config.idle_in_transaction_timeout_ms),
             "application_name": "pipeline-runs",
         },
     )
