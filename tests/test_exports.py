@@ -112,3 +112,19 @@ async def test_exports_are_in_the_openapi_document(api):
         history["get"]["responses"]["200"]["content"])
     assert "format" in {p["name"] for p in history["get"]["parameters"]}
 
+
+async def test_csv_cells_that_spreadsheets_would_run_are_neutralised(api, db, enterprise):
+    hostile = api.with_token(await make_token(db, enterprise, "=HYPERLINK(\"http://x\")"))
+    pipeline = await hostile.pipeline(stages=("build",))
+    run = await hostile.call("POST", f"/pipelines/{pipeline['id']}/runs/", json={},
+                             headers={"X-Request-ID": "-cmd:calc"})
+    for path in (history_path(run) + "?format=csv", "/events/export/?format=csv"):
+        _, text = await download(api, path)
+        (created,) = [r for r in csv.DictReader(io.StringIO(text)) if r["type"] == "run.created"]
+        assert created["request_id"] == "'-cmd:calc"
+        assert created["actor"] == "'=HYPERLINK(\"http://x\")"
+        for row in csv.reader(io.StringIO(text)):
+            assert not any(cell.startswith(("=", "+", "-", "@", "\t", "\r")) for cell in row)
+    # NDJSON is data, not a sheet: as the API answers it.
+    _, text = await download(api, history_path(run) + "?format=ndjson")
+    assert json.loads(text.splitlines()[0])["request_id"] == "-cmd:calc"

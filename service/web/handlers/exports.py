@@ -94,13 +94,13 @@ async def _write(request: web.Request, response: web.StreamResponse, fmt: str,
     rows, header = 0, True
     try:
         async for batch in _chain(first, batches):
-            await response.write(_csv_rows(batch, header) if fmt == "csv"
-                                 else _ndjson_rows(batch))
+            await _send(response, _csv_rows(batch, header) if fmt == "csv"
+                        else _ndjson_rows(batch))
             rows, header = rows + len(batch), False
         if header and fmt == "csv":  # no event: the header alone
-            await response.write(_csv_rows([], True))
-        await response.write_eof()
-    except ConnectionResetError:
+            await _send(response, _csv_rows([], True))
+        await _send(response, None)
+    except _ClientGone:
         # The client went away: nothing is held (no connection, no transaction), so there
         # is nothing to undo; the access log and metrics record 499.
         request[CLIENT_GONE] = True
@@ -115,6 +115,18 @@ async def _write(request: web.Request, response: web.StreamResponse, fmt: str,
         if request.transport is not None:
             request.transport.abort()
     return response
+
+
+class _ClientGone(Exception):
+    """The client closed the connection while its export was being written."""
+
+
+async def _send(response: web.StreamResponse, data: bytes | None) -> None:
+    """Write (None: the end); a closed connection is the client's doing, not a failure."""
+    try:
+        await (response.write(data) if data is not None else response.write_eof())
+    except ConnectionError as exc:  # reset, broken pipe, or lost while waiting to drain
+        raise _ClientGone() from exc
 
 
 async def _chain(first: list[dict] | None, rest: AsyncIterator[list[dict]]):

@@ -8,7 +8,7 @@ from aiohttp_sse import sse_response
 
 from service.app import feed as feed_app
 from service.domain.errors import BadRequest
-from service.web import consistency
+from service.web import consistency, gone
 from service.web import schemas as s
 from service.web.envelope import dumps
 from service.web.handlers.common import connection, operation, principal, query
@@ -89,7 +89,7 @@ async def _follow(request, resp, enterprise_id: str, after: int,
                   page: feed_app.FeedPage, q) -> None:
     waiters = request.app[FEED_WAITERS]
     try:
-        while resp.is_connected() and not waiters.closing:
+        while resp.is_connected() and not waiters.closing and not gone.is_gone(request):
             for event in page.events:
                 await resp.send(dumps(event), id=str(event["position"]), event=event["type"])
             after = page.next_after  # past what a filtered read examined, too
@@ -97,7 +97,9 @@ async def _follow(request, resp, enterprise_id: str, after: int,
             with waiters.subscribe(enterprise_id) as woken:
                 page = await _read(request, enterprise_id, after, q)
                 if not page.events and page.exhausted:
-                    await waiters.wait(woken, 60.0)
+                    # A closed stream frees its wait slot now, not at the next heartbeat.
+                    if await gone.wait_or_gone(request, waiters.wait(woken, 60.0)):
+                        return
     except (ConnectionResetError, TimeoutError):
         pass  # the caller went away (or stopped reading): it reconnects with its last id
     except Exception:  # after the headers no envelope is possible: end; the caller resumes
