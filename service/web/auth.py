@@ -129,14 +129,20 @@ async def auth_middleware(request: web.Request, handler) -> web.StreamResponse:
     if principal is None:
         raise _refused(INVALID_TOKEN, "invalid_token")
     request[PRINCIPAL] = principal
+    await charge(request, principal)
+    if scope not in principal.scopes:
+        raise _lacks(scope)
+    return await handler(request)
+
+
+async def charge(request: web.Request, principal: Principal) -> None:
+    """Count a request against its token's rate (the API's and the pages' alike): over it,
+    TooManyRequests; within RATE_LIMIT_DELAY_MS of its turn, it waits for it."""
     state = request.app[RATE_LIMITER].take(principal.token_id, principal.rate_limit)
     if state is not None:
         request[RATE_STATE] = state[:2]  # headers added as the response is sent (web/app.py)
         if state[2]:  # over the rate, within RATE_LIMIT_DELAY_MS: its turn comes then
             await asyncio.sleep(state[2])
-    if scope not in principal.scopes:
-        raise _lacks(scope)
-    return await handler(request)
 
 
 def require_scope(request: web.Request, scope: str) -> None:

@@ -18,12 +18,12 @@ from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate
 
 from service.app import audit
 from service.domain import lifecycle
-from service.domain.errors import DomainError, NotFound
+from service.domain.errors import DomainError, NotFound, TooManyRequests
 from service.web import schemas as s
-from service.web.auth import principal_for
+from service.web.auth import charge, principal_for
 from service.web.handlers import exports
 from service.web.handlers.common import connection
-from service.web.keys import CONFIG, FEED_WAITERS, PRINCIPAL
+from service.web.keys import CONFIG, FEED_WAITERS, PRINCIPAL, WAIT_CAP
 from service.web.pages import svg
 
 READ, AUDIT = "runs:read", "audit:read"
@@ -69,6 +69,15 @@ def _error(request: web.Request, status: int, message: str, errors: Any = None) 
                                            "errors": errors}, status)
 
 
+def _too_many(request: web.Request, exc: TooManyRequests) -> web.Response:
+    """The API's 429 as a page: the same headers (Retry-After, RateLimit), the wait in words."""
+    retry = (exc.content or {}).get("retry_after", 1)
+    response = _error(request, 429, f"Too many requests from this token: {exc.message}. "
+                                    f"Try again in {retry} s.")
+    response.headers.update(exc.headers)
+    return response
+
+
 def page(scope: str = READ) -> Callable:
     """A page handler behind the session: signed in with a token that has `scope`."""
 
@@ -82,10 +91,16 @@ def page(scope: str = READ) -> Callable:
                 session.invalidate()
                 raise web.HTTPSeeOther(f"/ui/login?next={quote(request.path_qs, safe='/')}")
             request[PRINCIPAL] = who
+            try:
+                await charge(request, who)  # the token's rate, as its API requests spend it
+            except TooManyRequests as exc:
+                return _too_many(request, exc)
             if scope not in who.scopes:
                 return _error(request, 403, f"This page needs a token with the scope {scope}.")
             try:
                 return await handler(request)
+            except TooManyRequests as exc:  # its cap of open waits (live updates, exports)
+                return _too_many(request, exc)
             except DomainError as exc:
                 return _error(request, exc.status, exc.message, (exc.content or {}).get("errors"))
             except ValidationError as exc:
@@ -253,11 +268,12 @@ async def activity_updates(request: web.Request) -> web.Response:
     raw = _form(request, ("since", "until"))
     q = ActivityQuery().load(raw)
     enterprise_id = request[PRINCIPAL].enterprise_id
-    items = (await audit.feed_wait(lambda: connection(request), request.app[FEED_WAITERS],
-                                   enterprise_id, after=q.get("after", 0), wait=LIVE_WAIT,
-                                   limit=ACTIVITY_SIZE,
-                                   scan_cap=request.app[CONFIG].feed_scan_cap,
-                                   **_activity_filters(q)))[::-1]
+    with request.app[WAIT_CAP].hold(request[PRINCIPAL].token_id):  # as GET /events/?wait=
+        items = (await audit.feed_wait(lambda: connection(request), request.app[FEED_WAITERS],
+                                       enterprise_id, after=q.get("after", 0), wait=LIVE_WAIT,
+                                       limit=ACTIVITY_SIZE,
+                                       scan_cap=request.app[CONFIG].feed_scan_cap,
+                                       **_activity_filters(q)))[::-1]
     async with connection(request) as conn:
         choices = await audit.pipeline_choices(conn, enterprise_id)
     response = _render(request, "activity_rows.html", {
