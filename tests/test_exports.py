@@ -103,7 +103,9 @@ async def test_exports_are_in_the_openapi_document(api):
     doc = await (await api.client.get("/api/docs/swagger.json")).json()
     export = doc["paths"]["/pipelines/v0/events/export/"]["get"]
     assert set(export["responses"]["200"]["content"]) == {"text/csv", "application/x-ndjson"}
-    assert {"401", "403"} <= set(export["responses"])
+    assert {"401", "403", "429"} <= set(export["responses"])
+    assert "MAX_WAITS_PER_TOKEN" in export["responses"]["429"]["description"]
+    assert "Retry-After" in export["responses"]["429"]["headers"]
     assert {"SCAPIAuthToken": []} in export["security"]
     assert {p["name"] for p in export["parameters"]} == {"since", "until", "format",
                                                          "Consistency-Token"}

@@ -45,8 +45,8 @@ _ERRORS = {
     414: "URL (path and query) longer than 8190 bytes",
     415: "Request body is not JSON (Content-Type application/json)",
     422: "Idempotency-Key already used for a different request",
-    429: "Over this token's rate limit (or its open long-polls): retry after Retry-After "
-         "seconds",
+    429: "Over this token's rate limit, or its cap of open long-polls, streams and exports "
+         "(MAX_WAITS_PER_TOKEN): retry after Retry-After seconds",
     500: "Unexpected failure (logged with the request id)",
     503: "Database unavailable; retry",
 }

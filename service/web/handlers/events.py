@@ -17,8 +17,9 @@ TAG = "Audit"
 
 
 @operation(scope=AUDIT, tag=TAG, summary="A run's events in version order (kept after delete)",
-           description="A page of events; with format=csv|ndjson the whole history, "
-                       "streamed (handlers/exports.py).",
+           description="A page of events; with format=csv|ndjson the whole history as it "
+                       "stood when the download started, streamed (handlers/exports.py; "
+                       "counts against the token's open waits, 429 beyond them).",
            path=s.RunPath, query=s.RunEventsQuery, response=s.EventListEnvelope)
 async def run_events(request: web.Request) -> web.StreamResponse:
     p, q = path(request), query(request)

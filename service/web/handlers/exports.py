@@ -162,7 +162,9 @@ async def feed_of(request: web.Request, enterprise_id: str, since, until,
            description="All events with since <= occurred_at < until (either may be left "
                        "out), in position order, streamed as CSV (text/csv, a header row; "
                        "`data` as JSON) or NDJSON (application/x-ndjson, one event per line "
-                       "as the feed answers it).",
+                       "as the feed answers it). The export is the feed as it stood when "
+                       "the download started: events appended during it are not included. "
+                       "Counts against the token's open waits (429 beyond them).",
            query=s.EventExportQuery, response=s.FeedEnvelope)
 async def feed_export(request: web.Request) -> web.StreamResponse:
     q = query(request)
