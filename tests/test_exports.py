@@ -1,13 +1,16 @@
 """Exports of the audit trail (CSV, NDJSON), streamed: a run's history and the feed."""
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
+import uuid
 from datetime import datetime, timedelta
 from urllib.parse import quote
 
 from tests.helpers import make_token
+from service.app import audit
 from service.store import events as event_store
 
 
@@ -130,3 +133,34 @@ async def test_csv_cells_that_spreadsheets_would_run_are_neutralised(api, db, en
     # NDJSON is data, not a sheet: as the API answers it.
     _, text = await download(api, history_path(run) + "?format=ndjson")
     assert json.loads(text.splitlines()[0])["request_id"] == "-cmd:calc"
+
+
+async def test_an_export_is_the_feed_as_it_stood_when_it_started(api, db, enterprise,
+                                                                 monkeypatch):
+    """Chunks read on connections taken one by one still give one snapshot: the cut."""
+    monkeypatch.setattr(event_store, "EXPORT_BATCH", 2)
+    run = await busy_run(api)
+    pipeline_id, run_id = uuid.UUID(run["pipeline_id"]), uuid.UUID(run["id"])
+
+    @contextlib.asynccontextmanager
+    async def connect():
+        yield db
+
+    exports = {
+        "/events/?limit=1000": lambda: audit.export_feed(connect, enterprise, since=None,
+                                                         until=None),
+        history_path(run) + "?limit=1000": lambda: audit.export_run(connect, enterprise,
+                                                                    pipeline_id, run_id),
+    }
+    for version, (path, start) in enumerate(exports.items(), 7):
+        expected = [e["id"] for e in (await api.get(path))["results"]]
+        export = start()
+        got = await anext(export)
+        await api.move(await api.run(run["pipeline_id"]), "running")  # appended meanwhile
+        await db.execute("""INSERT INTO run_events (enterprise_id, pipeline_id, run_id, version,
+                                type, to_status, actor, occurred_at)
+                            VALUES ($1, $2, $3, $4, 'run.status_changed', 'pending', 'late',
+                                    now())""", enterprise, pipeline_id, run_id, version)
+        got += [e async for batch in export for e in batch]
+        assert [str(e["id"]) for e in got] == expected
+        assert len(expected) > 2  # more than one chunk
