@@ -82,5 +82,9 @@ async def test_closed_streams_free_their_wait_slots_at_once(served, db, enterpri
         assert [r.status for r in streams] == [200] * 5
         over = await session.get(f"{base}/events/stream/", headers=headers)
         assert over.status == 429  # the cap itself still holds
+        # Exports count against the same cap: the usual envelope, and when to retry.
+        export = await session.get(f"{base}/events/export/?format=csv", headers=headers)
+        assert export.status == 429 and "Retry-After" in export.headers
+        assert (await export.json())["code"] == 429
         for resp in (*streams, over):
             resp.close()
