@@ -84,37 +84,38 @@ def stage_run_rows(page: RunPage) -> list[dict]:
 run_history = events.run_history
 
 
-async def export_run(connect: Callable, enterprise_id: str, pipeline_id: uuid.UUID,
-                     run_id: uuid.UUID) -> AsyncIterator[list[dict]]:
-    """A run's history in chunks, as of the cut taken with the first (store/events.py)."""
+def export_run(connect: Callable, enterprise_id: str, pipeline_id: uuid.UUID,
+               run_id: uuid.UUID) -> AsyncIterator[list[dict]]:
+    """A run's history in chunks, in version order, as it stood when the export started."""
+    return _in_chunks(connect, enterprise_id, "version", lambda conn, after, cut: (
+        events.export_run_chunk(conn, enterprise_id, pipeline_id, run_id,
+                                after_version=after, cut=cut)))
+
+
+def export_feed(connect: Callable, enterprise_id: str, *, since: datetime | None,
+                until: datetime | None) -> AsyncIterator[list[dict]]:
+    """The feed of [since, until) in chunks, in position order, as it stood at the start."""
+    return _in_chunks(connect, enterprise_id, "position", lambda conn, after, cut: (
+        events.export_feed_chunk(conn, enterprise_id, after=after, cut=cut, since=since,
+                                 until=until)))
+
+
+async def _in_chunks(connect: Callable, enterprise_id: str, key: str,
+                     read: Callable) -> AsyncIterator[list[dict]]:
+    """Chunks after the last one's `key`, up to the cut the first takes (store/events.py).
+
+    Each chunk has a connection of its own (connect()), given back before the chunk is
+    yielded: whoever consumes them slowly holds no connection and no transaction.
+    """
     cut, after = None, 0
     while True:
-        async with connect() as conn:  # given back before the chunk goes to the client
+        async with connect() as conn:
             if cut is None:
                 cut = await events.export_cut(conn, enterprise_id)
-            chunk = await events.export_run_chunk(conn, enterprise_id, pipeline_id, run_id,
-                                                  after_version=after, cut=cut)
+            chunk = await read(conn, after, cut)
         if not chunk:
             return
         yield chunk
         if len(chunk) < events.EXPORT_BATCH:
             return
-        after = chunk[-1]["version"]
-
-
-async def export_feed(connect: Callable, enterprise_id: str, *, since: datetime | None,
-                      until: datetime | None) -> AsyncIterator[list[dict]]:
-    """The feed of [since, until) in chunks, as of the cut taken with the first."""
-    cut, after = None, 0
-    while True:
-        async with connect() as conn:  # given back before the chunk goes to the client
-            if cut is None:
-                cut = await events.export_cut(conn, enterprise_id)
-            chunk = await events.export_feed_chunk(conn, enterprise_id, after=after, cut=cut,
-                                                   since=since, until=until)
-        if not chunk:
-            return
-        yield chunk
-        if len(chunk) < events.EXPORT_BATCH:
-            return
-        after = chunk[-1]["position"]
+        after = chunk[-1][key]
