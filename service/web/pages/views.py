@@ -72,7 +72,7 @@ def _error(request: web.Request, status: int, message: str, errors: Any = None) 
 def _too_many(request: web.Request, exc: TooManyRequests) -> web.Response:
     """The API's 429 as a page: the same headers (Retry-After, RateLimit), the wait in words."""
     retry = (exc.content or {}).get("retry_after", 1)
-    response = _error(request, 429, f"Too many requests from this token: {exc.message}. "
+    response = _error(request, 429, f"Too many requests ({exc.message}). "
                                     f"Try again in {retry} s.")
     response.headers.update(exc.headers)
     return response
