@@ -14,6 +14,7 @@ import pytest
 from service.config import Config
 from service.infra.db import create_pool
 from tests.helpers import make_token, wait_until
+from tests.test_pages import sign_in
 
 READERS = 10
 EVENTS = 5_000  # ~2 KB each: ~10 MB of CSV per export, far more than the socket buffers
@@ -31,9 +32,9 @@ def config(db_dsn) -> Config:
 class SlowReader:
     """A real socket with a small receive buffer, reading 2 KB every 100 ms (~20 KB/s)."""
 
-    def __init__(self, host: str, port: int, path: str, token: str):
+    def __init__(self, host: str, port: int, path: str, credentials: str):
         self.request = (f"GET {path} HTTP/1.1\r\nHost: {host}\r\n"
-                        f"Authorization: Bearer {token}\r\n\r\n").encode()
+                        f"{credentials}\r\n\r\n").encode()
         self.address, self.status, self.received, self.ended = (host, port), None, 0, False
 
     async def run(self) -> None:
@@ -55,17 +56,26 @@ class SlowReader:
 
 
 async def test_slow_export_readers_cost_other_tenants_nothing(api, client, db, enterprise):
+    pipeline_id, run_id = uuid.uuid4(), uuid.uuid4()
     await db.execute(
         """INSERT INTO run_events (enterprise_id, pipeline_id, run_id, version, type,
                                    from_status, to_status, actor, occurred_at, data)
            SELECT $1, $2, $3, v, CASE v WHEN 1 THEN 'run.created' ELSE 'run.status_changed' END,
                   NULL, 'pending', 'tester', now(), jsonb_build_object('pad', repeat('x', 2000))
-           FROM generate_series(1, $4) AS v""", enterprise, uuid.uuid4(), uuid.uuid4(), EVENTS)
+           FROM generate_series(1, $4) AS v""", enterprise, pipeline_id, run_id, EVENTS)
     quiet = api.with_token(await make_token(db, f"ent-{uuid.uuid4().hex[:12]}", "quiet"))
     await quiet.run((await quiet.pipeline())["id"])
-    readers = [SlowReader(client.server.host, client.server.port,
-                          "/pipelines/v0/events/export/?format=csv", api.token)
-               for _ in range(READERS)]
+    await sign_in(client, api.token)
+    cookie = "; ".join(f"{c.key}={c.value}" for c in client.session.cookie_jar)
+    # The feed export, the run-history export and the pages' export, all of one token.
+    downloads = [
+        ("/pipelines/v0/events/export/?format=csv", f"Authorization: Bearer {api.token}"),
+        (f"/pipelines/v0/pipelines/{pipeline_id}/runs/{run_id}/events/?format=csv",
+         f"Authorization: Bearer {api.token}"),
+        ("/ui/activity/export?format=csv", f"Cookie: {cookie}"),
+    ]
+    readers = [SlowReader(client.server.host, client.server.port, *downloads[i % 3])
+               for i in range(READERS)]
     tasks = [asyncio.create_task(r.run()) for r in readers]
     try:
         await wait_until(lambda: all(r.received > 0 for r in readers), 60,
