@@ -249,13 +249,17 @@ def _print_dev_banner(cfg: Config, token: str, reused: bool, path, psql: str) ->
     """What `make run` is for, printed last (once the port listens) so it is easy to find."""
     base = f"http://{cfg.host}:{cfg.port}"
     kept = "kept from the last start" if reused else "new"
+    # `Dev token: <token>` stays one line (issue 2's contract: scripts grep it); scripts
+    # may as well read the token file.
     print(f"""
   pipeline-runs is listening on {base}   (Ctrl-C stops it)
 
-  Dev token ({kept}; saved in {path}, rm it and restart to rotate):
-      {token}
-  Try:   curl -s -H 'Authorization: Bearer {token}' {base}/api/pipelines/v0/runs/
+  Dev token: {token}
+      ({kept}; saved in {path}, rm it and restart to rotate)
+  API:   {base}/api/pipelines/v0/
   Docs:  {base}/api/docs
+  Pages: {base}/ui/   (sign in with the dev token)
+  Try:   curl -s -H 'Authorization: Bearer {token}' {base}/api/pipelines/v0/runs/
   psql:  {psql}
 """, flush=True)
 
