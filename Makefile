@@ -26,7 +26,7 @@ $(STAMP): pyproject.toml
 # Embedded PostgreSQL when DATABASE_URL is unset; serves, then prints the dev token (kept in
 # .data/dev-token across restarts: rm it to rotate; the banner's `Dev token: <token>` line).
 # A busy PORT or .data: one line (make then adds its own and exits 2).
-# REPLICA=1: the embedded primary gets a hot standby, and reads go to it (README).
+# REPLICA=1: the embedded primary gets a hot standby, and reads go to it (docs/replicas.md).
 run: $(RUN_STAMP)
 	$(PY) -m service dev $(if $(REPLICA),--replica)
 

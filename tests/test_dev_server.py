@@ -101,7 +101,7 @@ def test_the_dev_token_survives_restarts_and_rotates_when_its_file_is_removed(
     assert _status(port, token) == 200
     assert again.stop() == 0
 
-    # README's rotation: remove the file and restart; the old token stops working.
+    # docs/development.md's rotation: remove the file and restart; the old token stops working.
     path.unlink()
     rotated = Dev(tmp_path, data, port, "rotated", DATABASE_URL=own_db)
     devs.append(rotated)
