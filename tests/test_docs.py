@@ -158,3 +158,12 @@ def test_every_relative_link_resolves(page):
     links = re.findall(r"\]\((?!https?:)([^)#\s]+)", page.read_text())
     broken = [link for link in links if not (page.parent / link).exists()]
     assert not broken, f"{page.name} links to missing files: {broken}"
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
+def test_every_make_target_named_exists(page):
+    makefile = (ROOT / "Makefile").read_text()
+    targets = {t for line in re.findall(r"^([\w .-]+):(?!=)", makefile, re.M) for t in line.split()}
+    named = {m for span in code_spans(page) for m in re.findall(r"\bmake ([a-z][\w-]*)", span)}
+    unknown = sorted(named - targets)
+    assert not unknown, f"{page.name} names make targets the Makefile lacks: {unknown}"
