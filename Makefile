@@ -2,6 +2,9 @@
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
+# Two stamps: serving needs only the service and its speed-ups (`make run`, a fresh clone's
+# first start); the tests add schemathesis, hypothesis, Playwright... (`make test`).
+RUN_STAMP := $(VENV)/.installed-run
 STAMP := $(VENV)/.installed
 
 .PHONY: venv install run test bench migrate clean
@@ -9,15 +12,22 @@ STAMP := $(VENV)/.installed
 venv install: $(STAMP)
 
 # Re-install only when pyproject.toml is newer than the stamp.
+$(RUN_STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q -e '.[fast]'
+	touch $(RUN_STAMP)
+
+# The test extra on top; it holds everything `run` needs, so its stamp covers run's too.
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q -e '.[test,fast]'
-	touch $(STAMP)
+	touch $(STAMP) $(RUN_STAMP)
 
 # Embedded PostgreSQL when DATABASE_URL is unset; serves, then prints the dev token (kept in
-# .data/dev-token across restarts: rm it to rotate). A busy PORT or .data: one line, exit 1.
-# REPLICA=1: the embedded primary gets a hot standby, and reads go to it (README).
-run: $(STAMP)
+# .data/dev-token across restarts: rm it to rotate; the banner's `Dev token: <token>` line).
+# A busy PORT or .data: one line (make then adds its own and exits 2).
+# REPLICA=1: the embedded primary gets a hot standby, and reads go to it (docs/replicas.md).
+run: $(RUN_STAMP)
 	$(PY) -m service dev $(if $(REPLICA),--replica)
 
 test: $(STAMP)
@@ -28,8 +38,8 @@ test: $(STAMP)
 # e.g. make bench BENCH_ARGS="--workers 1,2" or BENCH_ARGS="--scenarios tenants,mixed".
 # Then the service at scale (bench/scale.py): 1M runs seeded, list latency, replay rate;
 # e.g. make bench SCALE_ARGS="--runs 100000". Then webhook delivery rate and lag
-# (bench/webhooks.py; WEBHOOK_BENCH_ARGS="--seconds 30 --workers 2").
-# e.g. make bench SCALE_ARGS="--runs 100000". Then reads with and without a hot standby
+# (bench/webhooks.py; WEBHOOK_BENCH_ARGS="--seconds 30 --workers 2"). Then reads with and
+# without a hot standby
 # (bench/replicas.py), e.g. REPLICA_ARGS="--seconds 10 --rounds 2".
 bench: $(STAMP)
 	@# wrk drives the load (Debian's package); without it bench/run.py falls back to a
@@ -41,7 +51,7 @@ bench: $(STAMP)
 	$(PY) bench/webhooks.py $(WEBHOOK_BENCH_ARGS)
 	$(PY) bench/replicas.py $(REPLICA_ARGS)
 
-migrate: $(STAMP)
+migrate: $(RUN_STAMP)
 	$(PY) -m service migrate
 
 # Keeps .data/ (embedded PostgreSQL clusters may still be running from it).

@@ -65,7 +65,7 @@ OTHER = load.OTHER
 BENCH_RATE_LIMIT = 1_000_000  # requests/s per token
 # The noisy scenario again with the per-token limit sized to this machine (a token may
 # take about a tenth of what the service answers) and over-the-rate requests delayed
-# rather than refused (README "Rate limits and fair sharing").
+# rather than refused (docs/rate-limits.md).
 SIZED = {"RATE_LIMIT_RPS": "100", "RATE_LIMIT_BURST": "100", "RATE_LIMIT_DELAY_MS": "1000"}
 
 

@@ -14,6 +14,7 @@ import asyncpg
 
 from service.app import devtoken
 from service.config import Config
+from service.domain.ids import enterprise_id_problem
 from service.infra import runtime
 from service.infra.db import init_connection as _init
 from service.infra.db import redact_dsn
@@ -128,8 +129,12 @@ def cmd_revoke_token(config: Config, args) -> int:
     with database(config) as cfg:
         done = asyncio.run(_with_conn(
             cfg, lambda conn: token_store.revoke_token(conn, args.id)))
-    print(f"token {args.id} revoked" if done else f"token {args.id} not found or already revoked")
-    return 0 if done else 1
+    if not done:  # an error: on stderr, as every command's
+        print(f"python -m service revoke-token: token {args.id} not found or already revoked",
+              file=sys.stderr)
+        return 1
+    print(f"token {args.id} revoked")
+    return 0
 
 
 def cmd_replay(config: Config, args) -> int:
@@ -244,13 +249,17 @@ def _print_dev_banner(cfg: Config, token: str, reused: bool, path, psql: str) ->
     """What `make run` is for, printed last (once the port listens) so it is easy to find."""
     base = f"http://{cfg.host}:{cfg.port}"
     kept = "kept from the last start" if reused else "new"
+    # `Dev token: <token>` stays one line (issue 2's contract: scripts grep it); scripts
+    # may as well read the token file.
     print(f"""
   pipeline-runs is listening on {base}   (Ctrl-C stops it)
 
-  Dev token ({kept}; saved in {path}, rm it and restart to rotate):
-      {token}
-  Try:   curl -s -H 'Authorization: Bearer {token}' {base}/api/pipelines/v0/runs/
+  Dev token: {token}
+      ({kept}; saved in {path}, rm it and restart to rotate)
+  API:   {base}/api/pipelines/v0/
   Docs:  {base}/api/docs
+  Pages: {base}/ui/   (sign in with the dev token)
+  Try:   curl -s -H 'Authorization: Bearer {token}' {base}/api/pipelines/v0/runs/
   psql:  {psql}
 """, flush=True)
 
@@ -259,7 +268,7 @@ EPILOG = """\
 The database: DATABASE_URL (postgresql://user:password@host:port/db) when set; unset,
 every command starts (or attaches to, when `make run` already runs it) an embedded
 PostgreSQL with its data under DATA_DIR (default .data). Other settings (PORT, LOG_FORMAT,
-...) are in README's configuration table. `python -m service COMMAND --help` describes
+...) are in docs/configuration.md. `python -m service COMMAND --help` describes
 a command's options.
 """
 
@@ -286,6 +295,28 @@ def _non_empty(raw: str) -> str:
     if not raw.strip():
         raise argparse.ArgumentTypeError("must not be empty")
     return raw.strip()
+
+
+def _enterprise(raw: str) -> str:
+    text = _non_empty(raw)
+    problem = enterprise_id_problem(text)
+    if problem:
+        raise argparse.ArgumentTypeError(problem)
+    return text
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be 1 or more")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:  # NaN too
+        raise argparse.ArgumentTypeError("must be more than 0")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -315,8 +346,9 @@ def build_parser() -> argparse.ArgumentParser:
     command("migrate", cmd_migrate, "apply pending migrations/, then schema.sql")
     p = command("create-token", cmd_create_token,
                 "create an API token; its secret is printed once, as the last line")
-    p.add_argument("--enterprise", required=True, type=_non_empty,
-                   help="the enterprise whose data the token reaches")
+    p.add_argument("--enterprise", required=True, type=_enterprise,
+                   help="the enterprise whose data the token reaches (A-Z a-z 0-9 . _ -, "
+                        "at most 64)")
     p.add_argument("--name", required=True, type=_non_empty,
                    help="a label for the token (shown by list-tokens)")
     p.add_argument("--scopes", type=_scopes, default=KNOWN_SCOPES,
@@ -330,14 +362,27 @@ def build_parser() -> argparse.ArgumentParser:
     command("verify", cmd_verify,
             "check the projections against run_events (exit 1 when they drift)")
     p = command("seed", cmd_seed, "bulk-generate runs with full event histories (COPY)")
-    p.add_argument("--enterprise", required=True, type=_non_empty,
-                   help="the enterprise to seed")
-    p.add_argument("--pipelines", type=int, default=10, help="new pipelines to create")
-    p.add_argument("--runs", type=int, default=1000, help="runs spread over them")
-    p.add_argument("--days", type=float, default=30.0, help="runs start over the last DAYS")
-    p.add_argument("--seed", type=int, default=0, help="random seed (same seed, same data)")
-    p.add_argument("--batch", type=int, default=5000, help="runs per COPY transaction")
+    p.add_argument("--enterprise", required=True, type=_enterprise,
+                   help="the enterprise to seed (A-Z a-z 0-9 . _ -, at most 64)")
+    p.add_argument("--pipelines", type=_positive, default=10,
+                   help="new pipelines to create (default: %(default)s)")
+    p.add_argument("--runs", type=_non_negative, default=1000,
+                   help="runs spread over them (default: %(default)s)")
+    p.add_argument("--days", type=_positive_float, default=30.0,
+                   help="runs start over the last DAYS (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="random seed: same seed, same data (default: %(default)s)")
+    p.add_argument("--batch", type=_positive, default=5000,
+                   help="runs per COPY transaction (default: %(default)s)")
     return parser
+
+
+def _log_format(command: str) -> str:
+    """LOG_FORMAT's default: text for `dev` and for a tool run in a terminal; JSON for
+    `serve` (log collectors read it) and for a tool whose stderr goes to a file or a pipe."""
+    if command == "dev" or (command != "serve" and sys.stderr.isatty()):
+        return "text"
+    return "json"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -347,7 +392,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:  # e.g. LOG_FORMAT=xml, PORT=abc
         print(f"python -m service: error: {exc}", file=sys.stderr)
         return 2
-    setup_logging(config, default_format="text" if args.command == "dev" else "json")
+    setup_logging(config, default_format=_log_format(args.command))
     try:
         return args.func(config, args)
     except (CannotConnect, runtime.CannotListen, DataDirBusy) as exc:

@@ -43,11 +43,36 @@ class ApiError(Exception):
 
     def __init__(self, code: int, message: str, content: Any = None, *,
                  request_id: str | None = None):
-        super().__init__(f"{code} {message}")
+        # "400 invalid input: status: unknown status 'runing'; one of: …": the field errors
+        # of the envelope say what to fix, so the text a caller logs carries them.
+        details = "; ".join(field_errors(content))
+        super().__init__(f"{code} {message}" + (f": {details}" if details else ""))
         self.code = code
         self.message = message
         self.content = content
         self.request_id = request_id
+
+
+def field_errors(content: Any) -> list[str]:
+    """`field: message` lines of an error's `content["errors"]` (nested fields dotted)."""
+    errors = content.get("errors") if isinstance(content, dict) else None
+    lines: list[str] = []
+
+    def walk(path: str, value: Any) -> None:
+        if isinstance(value, dict):
+            for key, inner in value.items():
+                walk(f"{path}.{key}" if path else str(key), inner)
+        elif isinstance(value, list) and all(isinstance(v, str) for v in value):
+            lines.extend(f"{path}: {v}" if path else v for v in value)
+        elif isinstance(value, list):
+            for index, inner in enumerate(value):
+                walk(f"{path}.{index}" if path else str(index), inner)
+        else:
+            lines.append(f"{path}: {value}" if path else str(value))
+
+    if isinstance(errors, (dict, list)):
+        walk("", errors)
+    return lines
 
 
 class BadRequest(ApiError):

@@ -17,7 +17,7 @@ import aiohttp
 
 ROOT = Path(__file__).resolve().parent.parent
 MOUNT = "/pipelines/v0"
-TOKEN_LINE = re.compile(r"^\s+(pr_\S+)\s*$", re.M)  # the dev token in `dev`'s banner
+TOKEN_LINE = re.compile(r"^\s*Dev token: (pr_\S+)\s*$", re.M)  # `dev`'s banner: one line
 
 
 def free_port() -> int:

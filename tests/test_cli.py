@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import os
+import pty
+import re
 import socket
 import subprocess
 import sys
@@ -62,6 +64,78 @@ def test_create_token_refuses_bad_input_in_one_line(args, says, own_db):
     # nothing was created
     listed = cli("list-tokens", DATABASE_URL=own_db)
     assert listed.returncode == 0 and len(listed.stdout.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("enterprise", ["ACME CORP/../x", "a/b", "..", "x" * 65, "é", "a b"])
+@pytest.mark.parametrize("command", ["create-token", "seed"])
+def test_an_enterprise_id_outside_the_rule_is_refused_in_one_line(command, enterprise):
+    args = ["--name", "ci"] if command == "create-token" else []
+    out = cli(command, "--enterprise", enterprise, *args, DATABASE_URL="postgresql://unused/x")
+    assert out.returncode == 2, out
+    (line,) = out.stderr.strip().splitlines()
+    assert "is not an enterprise id: use 1-64 of the letters A-Z a-z, digits 0-9, '.', '_' " \
+           "and '-'" in line, line
+
+
+@pytest.mark.parametrize("args, says", [
+    (["--pipelines", "0"], "--pipelines: must be 1 or more"),
+    (["--runs", "-1"], "--runs: must be 0 or more"),
+    (["--days", "0"], "--days: must be more than 0"),
+    (["--batch", "0"], "--batch: must be 1 or more"),
+    (["--pipelines", "many"], "--pipelines"),
+])
+def test_seed_refuses_bad_input_in_one_line(args, says):
+    out = cli("seed", "--enterprise", "acme", *args, DATABASE_URL="postgresql://unused/x")
+    assert out.returncode == 2, out
+    (line,) = out.stderr.strip().splitlines()
+    assert says in line and out.stdout == ""
+
+
+def test_seed_help_shows_the_defaults():
+    text = cli("seed", "--help").stdout
+    for option, default in (("pipelines", "10"), ("runs", "1000"), ("days", "30.0"),
+                            ("seed", "0"), ("batch", "5000")):
+        assert f"(default: {default})" in text.split(f"--{option} ", 2)[-1].split("--")[0], option
+
+
+def test_revoking_an_unknown_token_says_so_on_stderr(own_db):
+    out = cli("revoke-token", "9999", DATABASE_URL=own_db)
+    assert out.returncode == 1 and out.stdout == ""
+    assert out.stderr.strip() == ("python -m service revoke-token: token 9999 not found or "
+                                  "already revoked")
+
+
+def test_log_lines_are_text_on_a_terminal_and_json_in_a_pipe(own_db):
+    # asyncio logs its selector at DEBUG: a log line every command writes.
+    env = {**os.environ, "DATABASE_URL": own_db, "LOG_LEVEL": "DEBUG"}
+    env.pop("LOG_FORMAT", None)
+    piped = subprocess.run([sys.executable, "-m", "service", "list-tokens"], cwd=ROOT, env=env,
+                           capture_output=True, text=True, timeout=60)
+    assert piped.returncode == 0 and piped.stderr.startswith('{"timestamp"'), piped.stderr
+    primary, secondary = pty.openpty()  # stderr a terminal, as in a shell
+    try:
+        done = subprocess.run([sys.executable, "-m", "service", "list-tokens"], cwd=ROOT,
+                              env=env, stdout=subprocess.PIPE, stderr=secondary, timeout=60)
+        os.close(secondary)
+        text = _read_all(primary)
+    finally:
+        os.close(primary)
+    assert done.returncode == 0
+    assert re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} DEBUG asyncio \[-\] Using selector", text), text
+    assert "{" not in text.splitlines()[0]
+
+
+def _read_all(fd: int) -> str:
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(fd, 4096)
+        except OSError:  # EIO: the terminal's other side is closed and drained
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    return b"".join(chunks).decode()
 
 
 def test_create_token_with_known_scopes(own_db):

@@ -260,6 +260,15 @@ async def test_an_unknown_status_is_a_bad_request(pr):
         await pr.update_status(pipeline["id"], run["id"], "bogus")
     assert caught.value.code == 400
     assert caught.value.content["errors"]["status"][0].startswith("unknown status 'bogus'")
+    # What a caller logs says which field and why, not only "400 invalid input".
+    assert str(caught.value).startswith("400 invalid input: status: unknown status 'bogus'; "
+                                        "one of: pending, queued")
+
+
+async def test_a_bad_nested_field_is_named_by_its_path(pr):
+    with pytest.raises(BadRequest) as caught:
+        await pr.create_pipeline("deploy", ["build", {"name": ""}])
+    assert str(caught.value) == "400 invalid input: stages.1.name: Length must be between 1 and 255."
 
 
 async def test_a_bad_token_is_unauthorized_and_a_narrow_one_forbidden(server, db, enterprise):

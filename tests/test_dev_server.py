@@ -83,6 +83,14 @@ def test_the_dev_token_survives_restarts_and_rotates_when_its_file_is_removed(
     assert "new" in first.stdout()
     path = data / "dev-token"
     assert path.read_text().strip() == token
+    # Issue 2's contract: scripts grep one line `Dev token: <token>` (tests/processes.py
+    # TOKEN_LINE found it); the banner names the API, its docs and the pages too.
+    banner = first.stdout()[first.stdout().index("is listening on"):]
+    assert f"\n  Dev token: {token}\n" in banner
+    base = f"http://127.0.0.1:{port}"
+    for line in (f"API:   {base}/api/pipelines/v0/", f"Docs:  {base}/api/docs",
+                 f"Pages: {base}/ui/"):
+        assert f"\n  {line}" in banner, banner
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert first.stop() == 0
 
@@ -93,7 +101,7 @@ def test_the_dev_token_survives_restarts_and_rotates_when_its_file_is_removed(
     assert _status(port, token) == 200
     assert again.stop() == 0
 
-    # README's rotation: remove the file and restart; the old token stops working.
+    # docs/development.md's rotation: remove the file and restart; the old token stops working.
     path.unlink()
     rotated = Dev(tmp_path, data, port, "rotated", DATABASE_URL=own_db)
     devs.append(rotated)

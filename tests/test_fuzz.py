@@ -16,7 +16,7 @@ CONFIG_FILE = Path(__file__).with_name("schemathesis.toml")
 # Raise them for a deeper local run, e.g. FUZZ_MAX_EXAMPLES=100 FUZZ_SEED=1.
 MAX_EXAMPLES = os.environ.get("FUZZ_MAX_EXAMPLES", "8")
 SEED = os.environ.get("FUZZ_SEED", "20261129")
-OPERATIONS = len(RESOURCE_ROUTES) + 2  # and the two health probes
+OPERATIONS = len(RESOURCE_ROUTES) + 4  # and the two health probes, `/` and `/favicon.ico`
 
 
 @pytest.fixture

@@ -109,8 +109,8 @@ def accepted(kind: str, value) -> bool:
         return value is None or (type(value) is int and 1 <= value <= 2**31 - 1)
     if kind == "bool":
         return type(value) is bool
-    if kind == "list":
-        return value == []
+    if kind == "list":  # of stages; a stage may be its name alone (our extension)
+        return isinstance(value, list) and all(accepted("name", v) for v in value)
     return False  # status: no hostile value is a status
 
 
@@ -150,13 +150,16 @@ async def test_every_body_field_refuses_wrong_types_and_takes_text_verbatim(
             stored = json.loads(text)["content"]
             if kind in ("name", "text"):
                 assert stored[field] == value  # text is data, never SQL
+            if kind == "list":
+                assert [stage["name"] for stage in stored[field]] == value
     # The tables are all still there.
     await api.get(f"/pipelines/{hostile.ids['pipeline_id']}/runs/{hostile.ids['pipeline_run_id']}/events/")
 
 
 async def test_stage_fields_nested_in_a_pipeline_refuse_wrong_types(hostile):
     for value in (None, 1, [], {"name": None}, {"name": "a\x00"}, {"name": "x" * 256},
-                  {"name": "x", "timeout_seconds": -1}, {"name": SQL * 10}, SQL):
+                  {"name": "x", "timeout_seconds": -1}, {"name": SQL * 10}, "", "a\x00",
+                  "x" * 256, SQL * 10, True):
         await hostile("POST", "/pipelines/", 400, json={"name": "p", "stages": [value]})
     await hostile("POST", "/pipelines/", 400, json={"name": "p", "stages": [{"name": "s"}] * 101})
 

@@ -68,6 +68,24 @@ async def test_stage_errors_name_the_stage(api):
     assert content["errors"] == {"stages": {"1": {"name": ["Missing data for required field."]}}}
 
 
+async def test_a_stage_may_be_given_by_its_name_alone(api):
+    # Our extension: "build" is {"name": "build"}, as the Python client sends it.
+    pipeline = await api.post("/pipelines/", {"name": "p", "stages": ["build", {"name": "test"}]})
+    assert [s["name"] for s in pipeline["stages"]] == ["build", "test"]
+
+
+@pytest.mark.parametrize("stage,errors", [
+    ("", {"name": ["Length must be between 1 and 255."]}),
+    (3, ['A stage is an object {"name": ...} or a name (a string).']),
+    ([], ['A stage is an object {"name": ...} or a name (a string).']),
+    (None, ["Field may not be null."]),
+])
+async def test_a_bad_stage_says_what_shape_is_expected(api, stage, errors):
+    content = await api.post("/pipelines/", {"name": "p", "stages": ["ok", stage]}, status=400)
+    assert content["errors"] == {"stages": {"1": errors}}
+    assert (await api.get("/pipelines/"))["count"] == 0
+
+
 async def test_unknown_pipeline_is_404(api):
     pipeline = await api.pipeline()
     for method in ("GET", "PUT", "DELETE"):

@@ -1,4 +1,4 @@
-"""The rate limit with `serve --workers 2`: each worker keeps its own buckets (README)."""
+"""The rate limit with `serve --workers 2`: each worker keeps its own buckets (docs/rate-limits.md)."""
 from __future__ import annotations
 
 import asyncio

@@ -194,9 +194,10 @@ async def test_openapi_documents_every_operation_of_the_canonical_mount(client):
     spec = await resp.json()
     documented = {(method.upper(), path) for path, ops in spec["paths"].items() for method in ops}
     health = {("GET", "/health/live"), ("GET", "/health/ready")}
-    assert health <= documented
-    assert all(spec["paths"][p]["get"]["security"] == [] for _, p in health)  # no token
-    documented -= health
+    site = {("GET", "/"), ("GET", "/favicon.ico")}
+    assert health | site <= documented
+    assert all(spec["paths"][p]["get"]["security"] == [] for _, p in health | site)  # no token
+    documented -= health | site
     assert documented == {(m, "/pipelines/v0" + p) for m, p, _ in RESOURCE_ROUTES}
     assert {(m, "/pipelines/v0" + p) for m, p in CORE_ROUTES} <= documented
     assert spec["components"]["securitySchemes"]["SCAPIAuthToken"] == {
@@ -228,6 +229,18 @@ async def test_openapi_describes_what_request_bodies_and_statuses_accept(client)
     assert not any(status.is_valid(s) for s in ("pend", " pending", "pending\n", "done", ""))
     stage_status = jsonschema_rs.validator_for(schemas["StageRunPut"]["properties"]["status"])
     assert stage_status.is_valid("Success") and not stage_status.is_valid("waiting")
+
+
+@pytest.mark.parametrize("token", [None, "wrong"])
+async def test_the_bare_address_leads_to_the_pages_and_the_icon_is_no_404(client, token):
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    resp = await client.get("/", allow_redirects=False, headers=headers)
+    assert resp.status == 302 and resp.headers["Location"] == "/ui/"
+    resp = await client.get("/", headers=headers)  # followed: the pages' sign-in
+    assert resp.status == 200 and resp.content_type == "text/html"
+    icon = await client.get("/favicon.ico", headers=headers)
+    assert icon.status == 204 and await icon.read() == b""
+    assert "max-age" in icon.headers["Cache-Control"]
 
 
 async def test_swagger_ui_is_served_as_html(client):

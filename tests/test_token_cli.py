@@ -59,13 +59,13 @@ async def test_a_revoked_token_is_refused_within_seconds_despite_the_cache(api, 
     assert body == {"code": 401, "message": body["message"], "content": {}}
     assert (await token_row(db, doomed.token))["revoked_at"] is not None
     await api.get("/pipelines/")  # the enterprise's other token is untouched
-    code, out, _ = await cli(db_dsn, "revoke-token", str(row["id"]))  # twice: nothing to do
-    assert code == 1 and "not found or already revoked" in out
+    code, out, err = await cli(db_dsn, "revoke-token", str(row["id"]))  # twice: nothing to do
+    assert code == 1 and out == "" and "not found or already revoked" in err
 
 
 async def test_revoking_an_unknown_token_fails(db_dsn):
-    code, out, _ = await cli(db_dsn, "revoke-token", "987654321")
-    assert code == 1 and "not found" in out
+    code, out, err = await cli(db_dsn, "revoke-token", "987654321")
+    assert code == 1 and out == "" and "not found" in err  # an error: on stderr
 
 
 async def test_tokens_are_stored_only_as_sha256_hashes(api, db):

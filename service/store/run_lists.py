@@ -16,7 +16,7 @@ first, up to COUNT_CAP (`count_exact` says whether the count was capped), from a
 range. That count also picks how the page is read: a range of at most RANGE_CAP runs is
 read whole from its date index and sorted (cost: the range, whatever the ordering); a wider
 one as above, its segments filtered by the dates (cost: rows skipped until the page fills,
-few when the range is wide; see README "Performance" for the orderings where it is not).
+few when the range is wide; see docs/performance.md for the orderings where it is not).
 
 The cursor is the last row's sort key and id, base64url JSON; the next page is the rows
 strictly after it in the ordering, read per segment with a row comparison on the index

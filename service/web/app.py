@@ -12,7 +12,7 @@ from aiohttp_apispec import AiohttpApiSpec
 
 from service.infra import db
 from service.web.handlers import (
-    events, exports, health, pipelines, runs, stage_runs, stream, webhooks,
+    events, exports, health, pipelines, root, runs, stage_runs, stream, webhooks,
 )
 from service.config import Config
 from service.web import pages
@@ -75,7 +75,8 @@ class _CanonicalApiSpec(AiohttpApiSpec):
     def _register_route(self, route, method, view):
         path = route.resource.canonical if route.resource else ""
         canonical = path.startswith(CANONICAL_MOUNT + "/") and path.endswith("/")
-        if (canonical or path.startswith("/health/")) and hasattr(view, "__apispec__"):
+        documented = canonical or path.startswith("/health/") or path in root.PATHS
+        if documented and hasattr(view, "__apispec__"):
             # The library pops and extends the handler's own declaration; hand it a copy so
             # every app built in this process (tests build many) documents the same thing.
             data = view.__apispec__
@@ -192,7 +193,7 @@ async def _metrics_server_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 def _add_routes(app: web.Application) -> None:
-    for method, path, handler in health.routes:
+    for method, path, handler in (*health.routes, *root.routes):
         app.router.add_route(method, path, handler)
     # One resource per path with all its methods, and the run routes first: the router
     # tries a prefix's resources in order (a regex each), so the hot paths match early.

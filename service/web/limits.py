@@ -3,7 +3,7 @@
 Both are in-process state, deliberately: a shared counter (a row in PostgreSQL) would be a
 write on every request, read requests included, and serialize a busy token's requests on
 one row. So with `serve --workers N` and R replicas a token may get up to N x R times the
-configured rate (README "Rate limits and fair sharing"); the operator divides.
+configured rate (docs/rate-limits.md); the operator divides.
 """
 from __future__ import annotations
 

@@ -208,6 +208,28 @@ class StagePost(Body):
                                      allow_none=True)
 
 
+class StageItem(fields.Field):
+    """A stage of PipelinePost: a stage object, or (our extension) its name alone."""
+
+    _SHAPE = 'A stage is an object {"name": ...} or a name (a string).'
+
+    def __init__(self, **kwargs):
+        # Documented as either shape, so generated clients and fuzzers know both.
+        name = {"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[^\u0000]*$",
+                "example": "build"}
+        super().__init__(metadata={
+            "oneOf": [name, {"$ref": "#/components/schemas/StagePost"}],
+            "description": 'A stage, or its name alone (extension: "build" is {"name": "build"})',
+        }, **kwargs)
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        if isinstance(value, str):
+            value = {"name": value}
+        elif not isinstance(value, dict):
+            raise ValidationError(self._SHAPE)
+        return StagePost().load(value)  # its ValidationError keeps the fields' messages
+
+
 class StagePut(Body):
     name = Text(validate=NAME, metadata=STAGE_NAME)
     description = Text(validate=TEXT)
@@ -223,7 +245,7 @@ class PipelinePost(Body):
                                          **TIMEOUT, "description": "Run timeout; unset means 21 days"})
     is_active = StrictBool()
     is_default = StrictBool()
-    stages = fields.List(fields.Nested(StagePost), validate=validate.Length(max=100),
+    stages = fields.List(StageItem(), validate=validate.Length(max=100),
                          metadata={"description": "Extension: stages created with the pipeline"})
 
 

@@ -1,4 +1,4 @@
-"""Read-only pages for auditors under /ui/ (server-rendered; see README "Pages for auditors")."""
+"""Read-only pages for auditors under /ui/ (server-rendered; see docs/pages.md)."""
 from __future__ import annotations
 
 from datetime import datetime, timedelta
