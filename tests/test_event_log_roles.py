@@ -210,3 +210,21 @@ async def test_migrations_of_many_databases_create_one_role_at_once(admin_dsn):
         for n in names:
             await admin(admin_dsn, f'DROP DATABASE IF EXISTS "{n}" WITH (FORCE)')
         await admin(admin_dsn, f"DROP ROLE IF EXISTS {role.name}")
+
+
+def test_the_runtime_role_alone_does_not_migrate_and_says_what_is_pending(own_db):
+    async def forget_last() -> str:
+        conn = await asyncpg.connect(own_db)
+        try:
+            return await conn.fetchval("DELETE FROM schema_migrations WHERE name = "
+                                       "(SELECT max(name) FROM schema_migrations) RETURNING name")
+        finally:
+            await conn.close()
+
+    name = asyncio.run(forget_last())
+    proc = _serve(as_runtime(own_db), free_port())
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 1
+    assert err.strip().splitlines() == [
+        f"python -m service serve: the schema needs {name} and {RUNTIME_ROLE.name} may not "
+        f"apply them: run migrate with MIGRATE_DATABASE_URL first"]
