@@ -325,8 +325,10 @@ def _print_dev_banner(cfg: Config, token: str, reused: bool, path, psql: str) ->
 EPILOG = """\
 The database: DATABASE_URL (postgresql://user:password@host:port/db) when set; unset,
 every command starts (or attaches to, when `make run` already runs it) an embedded
-PostgreSQL with its data under DATA_DIR (default .data). Other settings (PORT, LOG_FORMAT,
-...) are in README's configuration table. `python -m service COMMAND --help` describes
+PostgreSQL with its data under DATA_DIR (default .data). MIGRATE_DATABASE_URL, when set,
+is the tables' owner: migrations go through it, and DATABASE_URL's user becomes the
+runtime role that cannot change the event log (docs/security.md). Other settings
+(PORT, LOG_FORMAT, ...) are in README's configuration table. `python -m service COMMAND --help` describes
 a command's options.
 """
 
