@@ -129,8 +129,11 @@ CREATE OR REPLACE TRIGGER run_events_no_truncate BEFORE TRUNCATE ON run_events
 -- many processes at once (advisory lock 1705). Creating a partition locks run_events
 -- exclusively for a moment, so callers outside migrations set a lock_timeout and try again
 -- later (partitions are made months ahead, a failed attempt costs nothing).
+-- SECURITY DEFINER: the runtime role (store/roles.py) owns nothing, yet its sweeper makes
+-- the months ahead; the partitions belong to the owner. search_path is fixed, pg_temp last,
+-- so no caller's temporary table or schema can stand in for run_events.
 CREATE OR REPLACE FUNCTION run_events_ensure_partitions(from_at timestamptz, to_at timestamptz)
-RETURNS integer LANGUAGE plpgsql AS $$
+RETURNS integer LANGUAGE plpgsql SECURITY DEFINER SET search_path = public, pg_temp AS $$
 DECLARE
     month timestamp := date_trunc('month', from_at AT TIME ZONE 'UTC');
     last_month timestamp := date_trunc('month', to_at AT TIME ZONE 'UTC');
@@ -154,6 +157,8 @@ BEGIN
     RETURN created;
 END
 $$;
+-- Only the owner and the runtime role (granted by migrate) may call it.
+REVOKE EXECUTE ON FUNCTION run_events_ensure_partitions(timestamptz, timestamptz) FROM PUBLIC;
 
 -- Every partition keeps its TRUNCATE guard (partitions made by hand or restored included).
 DO $$
@@ -182,6 +187,8 @@ SELECT run_events_ensure_partitions(now(), now() + interval '3 months');
 -- the head row adds no wait to it; the cost is one small HOT update per event. Heads of
 -- deleted runs stay, so their versions stay guarded too. Only writes that skip triggers
 -- (pg_restore, session_replication_role = replica) bypass it: verify still checks.
+-- The trigger is SECURITY DEFINER: the runtime role may only read run_heads, so it cannot
+-- delete a head and append a run's version 1 again.
 CREATE TABLE IF NOT EXISTS run_heads (
     enterprise_id text    NOT NULL,
     run_id        uuid    NOT NULL,
@@ -189,7 +196,7 @@ CREATE TABLE IF NOT EXISTS run_heads (
     PRIMARY KEY (enterprise_id, run_id)
 );
 CREATE OR REPLACE FUNCTION run_events_take_version() RETURNS trigger
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = public, pg_temp AS $$
 BEGIN
     IF NEW.version = 1 THEN
         INSERT INTO run_heads (enterprise_id, run_id, version)

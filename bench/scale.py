@@ -81,7 +81,7 @@ async def _has_runs(dsn: str) -> int:
 def seed(dsn: str, runs: int, pipelines: int, days: float) -> float:
     """`python -m service seed` into the scratch database; its wall time."""
     started = time.perf_counter()
-    env = {**os.environ, "DATABASE_URL": dsn, "LOG_LEVEL": "WARNING"}
+    env = {**os.environ, **scratchdb.service_env(dsn), "LOG_LEVEL": "WARNING"}
     cmd = [sys.executable, "-m", "service", "seed", "--enterprise", ENTERPRISE,
            "--pipelines", str(pipelines), "--runs", str(runs), "--days", str(days),
            "--batch", "10000"]
@@ -147,7 +147,7 @@ def free_port() -> int:
 @contextmanager
 def service(dsn: str, workdir: Path, workers: int = 1):
     port = free_port()
-    env = {**os.environ, "DATABASE_URL": dsn, "LOG_LEVEL": "WARNING",
+    env = {**os.environ, **scratchdb.service_env(dsn), "LOG_LEVEL": "WARNING",
            "TIMEOUT_SWEEP_SECONDS": "3600"}  # no sweeper writes during the measurement
     log = workdir / "scale-service.log"
     with log.open("w") as out:

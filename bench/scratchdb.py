@@ -16,6 +16,19 @@ def dsn_for(admin_dsn: str, dbname: str) -> str:
     return urlunsplit(urlsplit(admin_dsn)._replace(path="/" + dbname))
 
 
+# The service under measurement runs as production should (docs/security.md): migrations
+# as the admin (the owner), the service as a runtime role that cannot change run_events.
+RUNTIME_ROLE = "pr_bench_runtime"
+
+
+def service_env(dsn: str) -> dict[str, str]:
+    """The environment of a `python -m service` command on the scratch database `dsn`."""
+    from service.infra.db import with_login
+
+    return {"MIGRATE_DATABASE_URL": dsn,
+            "DATABASE_URL": with_login(dsn, RUNTIME_ROLE, RUNTIME_ROLE)}
+
+
 def can_connect(dsn: str) -> bool:
     async def probe():
         conn = await asyncpg.connect(dsn, timeout=2)

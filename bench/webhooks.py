@@ -84,7 +84,7 @@ async def bench(dsn: str, args) -> dict:
         await conn.close()
     receiver = await Receiver().start()
     port = _free_port()
-    env = {**os.environ, "DATABASE_URL": dsn, "LOG_LEVEL": "WARNING", "WEBHOOKS": "on",
+    env = {**os.environ, **scratchdb.service_env(dsn), "LOG_LEVEL": "WARNING", "WEBHOOKS": "on",
            "WORKERS": str(args.workers)}
     proc = subprocess.Popen([sys.executable, "-m", "service", "serve", "--port", str(port)],
                             cwd=ROOT, env=env, stdout=subprocess.DEVNULL)

@@ -17,10 +17,10 @@ from service.config import Config
 from service.domain.ids import enterprise_id_problem
 from service.infra import runtime
 from service.infra.db import init_connection as _init
-from service.infra.db import redact_dsn
+from service.infra.db import dsn_login, redact_dsn, with_login
 from service.infra.embedded import DataDirBusy, claim_data_dir
 from service.infra.logs import setup_logging
-from service.store import meta
+from service.store import meta, roles
 from service.store import tokens as token_store
 from service.web.app import create_app
 
@@ -30,8 +30,16 @@ log = logging.getLogger("service")
 KNOWN_SCOPES = token_store.DEFAULT_SCOPES
 
 
+# make run's embedded database: migrations as its superuser, the service as this role.
+EMBEDDED_RUNTIME_ROLE = "pipeline_runs_app"
+
+
 class CannotConnect(Exception):
     """The database cannot be reached: one line naming it (password hidden)."""
+
+
+class CannotMigrate(Exception):
+    """DATABASE_URL's role may not change the schema, and it needs changing: one line."""
 
 
 @contextlib.contextmanager
@@ -60,34 +68,84 @@ def _database(config: Config, replica: bool = False) -> Iterator[tuple[Config, s
             standby = start_embedded_standby(embedded, config.data_dir)
             log.info("embedded standby at %s", standby.dsn)
             config = config.with_(read_database_urls=(*config.read_database_urls, standby.dsn))
-        yield config.with_(database_url=embedded.dsn), f"{embedded.psql} '{embedded.dsn}'"
+        # The owner migrates; the service runs as a role that cannot change the event log.
+        runtime = with_login(embedded.dsn, EMBEDDED_RUNTIME_ROLE)
+        reads = tuple(with_login(url, EMBEDDED_RUNTIME_ROLE) if standby and url == standby.dsn
+                      else url for url in config.read_database_urls)
+        yield (config.with_(database_url=runtime, migrate_database_url=embedded.dsn,
+                            read_database_urls=reads),
+               f"{embedded.psql} '{embedded.dsn}'")
     finally:
         if standby is not None:
             standby.stop()
         embedded.stop()
 
 
-async def _with_conn(cfg: Config, work):
+async def _with_conn(cfg: Config, work, dsn: str | None = None):
     # A bounded connect: a database that accepts TCP but never answers fails the command.
+    dsn = dsn or cfg.database_url
     try:
-        conn = await asyncpg.connect(cfg.database_url, timeout=cfg.db_connect_timeout)
+        conn = await asyncpg.connect(dsn, timeout=cfg.db_connect_timeout)
     except (OSError, asyncio.TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError,
             ValueError) as exc:  # refused, unknown host, timeout, bad password/db, bad DSN
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise CannotConnect(f"cannot connect to the database at "
-                            f"{redact_dsn(cfg.database_url)}: {reason}") from None
+                            f"{redact_dsn(dsn)}: {reason}") from None
     try:
         return await work(conn)
     finally:
         await conn.close()
 
 
+def _runtime_role(cfg: Config) -> roles.RuntimeRole | None:
+    """DATABASE_URL's login, when migrations go through another one (MIGRATE_DATABASE_URL)."""
+    if not cfg.migrate_database_url:
+        return None
+    user, password = dsn_login(cfg.database_url)
+    if user is None or user == dsn_login(cfg.migrate_database_url)[0]:
+        return None
+    return roles.RuntimeRole(user, password)
+
+
+async def _migrate(cfg: Config) -> list[str]:
+    """migrate: the schema through MIGRATE_DATABASE_URL (else DATABASE_URL), and the runtime
+    role's grants."""
+    async def work(conn):
+        try:
+            return await meta.migrate(conn, runtime=_runtime_role(cfg))
+        except asyncpg.InsufficientPrivilegeError as exc:
+            raise CannotMigrate(f"cannot migrate as {await conn.fetchval('SELECT current_user')}"
+                                f": {exc} (MIGRATE_DATABASE_URL names the owner)") from None
+
+    return await _with_conn(cfg, work, cfg.migrate_database_url)
+
+
+async def _prepare(cfg: Config) -> None:
+    """Before a command works on DATABASE_URL: migrate when it can; a runtime role without
+    MIGRATE_DATABASE_URL changes nothing and only checks that no migration is pending."""
+    if cfg.migrate_database_url:
+        await _migrate(cfg)
+        return
+
+    async def work(conn):
+        if await roles.can_migrate(conn):
+            await meta.migrate(conn)
+        elif missing := await meta.pending_migrations(conn):
+            raise CannotMigrate(f"the schema needs {', '.join(missing)} and "
+                                f"{await conn.fetchval('SELECT current_user')} may not apply "
+                                f"them: run migrate with MIGRATE_DATABASE_URL first")
+
+    await _with_conn(cfg, work)
+
+
 def cmd_migrate(config: Config, args) -> int:
     with database(config) as cfg:
-        ran = asyncio.run(_with_conn(cfg, meta.migrate))
+        ran = asyncio.run(_migrate(cfg))
         for name in ran:
             print(f"migration {name} applied")
-        print(f"schema applied to {redact_dsn(cfg.database_url)}")
+        print(f"schema applied to {redact_dsn(cfg.migrate_database_url or cfg.database_url)}")
+        if (role := _runtime_role(cfg)) is not None:
+            print(f"runtime role {role.name}: may read and append run_events, never change them")
     return 0
 
 
@@ -102,10 +160,10 @@ def cmd_create_token(config: Config, args) -> int:
     scopes = args.scopes
     with database(config) as cfg:
         async def work(conn):
-            await meta.migrate(conn)
             return await token_store.create_token(conn, args.enterprise, args.name, scopes,
                                                   args.rate_limit)
 
+        asyncio.run(_prepare(cfg))
         token_id, token = asyncio.run(_with_conn(cfg, work))
     limit = "" if args.rate_limit is None else f", {args.rate_limit} requests/s"
     print(f"token {token_id} for enterprise {args.enterprise} ({','.join(scopes)}{limit}):")
@@ -142,8 +200,8 @@ def cmd_replay(config: Config, args) -> int:
 
     with database(config) as cfg:
         # The dsn lets a large scan be split across processes (service/app/scan_parts.py).
-        report = asyncio.run(_with_conn(cfg, _migrated(
-            lambda conn: replay(conn, cfg.database_url, cfg.replay_memory_mb))))
+        report = asyncio.run(_migrated(cfg, lambda conn: replay(
+            conn, cfg.database_url, cfg.replay_memory_mb)))
     print(f"replayed {report.events} events of {report.runs} runs in {report.seconds:.2f}s "
           f"({report.rate:,.0f} events/s); repaired {report.repaired} drifted rows and "
           f"{report.counters_repaired} counters, re-checked {report.caught_up} runs under the "
@@ -159,8 +217,8 @@ def cmd_verify(config: Config, args) -> int:
 
     with database(config) as cfg:
         started = time.perf_counter()
-        result = asyncio.run(_with_conn(cfg, _migrated(
-            lambda conn: verify(conn, cfg.database_url, cfg.replay_memory_mb))))
+        result = asyncio.run(_migrated(cfg, lambda conn: verify(
+            conn, cfg.database_url, cfg.replay_memory_mb)))
         seconds = time.perf_counter() - started
     for drift in result.drifts:
         enterprise_id, run_id = drift.run_key
@@ -189,7 +247,7 @@ def cmd_seed(config: Config, args) -> int:
                           seed=args.seed, batch=args.batch, progress=progress)
 
     with database(config) as cfg:
-        report = asyncio.run(_with_conn(cfg, _migrated(work)))
+        report = asyncio.run(_migrated(cfg, work))
     print(f"seeded enterprise {report.enterprise_id}: {report.pipelines} pipelines, "
           f"{report.runs:,} runs ({report.live_runs:,} live, {report.stage_runs:,} stage runs), "
           f"{report.events:,} events in {report.seconds:.1f}s ({report.rate:,.0f} runs/s)")
@@ -197,13 +255,15 @@ def cmd_seed(config: Config, args) -> int:
     return 0
 
 
-def _migrated(work):
+async def _migrated(cfg: Config, work):
+    """work(conn) on DATABASE_URL, once the schema is current (_prepare)."""
+    await _prepare(cfg)
+
     async def run(conn):
-        await meta.migrate(conn)
         await _init(conn)
         return await work(conn)
 
-    return run
+    return await _with_conn(cfg, run)
 
 
 def _listen_config(config: Config, args) -> Config:
@@ -215,8 +275,15 @@ def _listen_config(config: Config, args) -> Config:
     return cfg
 
 
-def _serve(cfg: Config, on_ready=None) -> int:
-    asyncio.run(_with_conn(cfg, meta.migrate))
+def _serve(cfg: Config, on_ready=None, command: str = "serve") -> int:
+    asyncio.run(_prepare(cfg))
+    if (reason := asyncio.run(_with_conn(cfg, roles.unprotected_because))) is not None:
+        if cfg.require_protected_event_log:
+            print(f"python -m service {command}: DATABASE_URL's role is {reason}: it could "
+                  f"change the event log (REQUIRE_PROTECTED_EVENT_LOG=true)", file=sys.stderr)
+            return 2
+        log.warning("the event log is unprotected: DATABASE_URL's role is %s and could change "
+                    "or delete events; serve as the runtime role (docs/security.md)", reason)
     # One access line per request comes from web/observe.py, not aiohttp's access logger.
     # runtime: uvloop when installed; with workers > 1, N processes on the one port.
     if cfg.session_secret is None:  # random per start, the same in every worker of it
@@ -237,12 +304,12 @@ def cmd_dev(config: Config, args) -> int:
     config = _listen_config(config, args)
     with claim_data_dir(config.data_dir), _database(config, args.replica) as (cfg, psql):
         async def work(conn):
-            await meta.migrate(conn)
             return await devtoken.dev_token(conn, devtoken.token_path(cfg.data_dir))
 
+        asyncio.run(_prepare(cfg))
         token, reused = asyncio.run(_with_conn(cfg, work))
         path = devtoken.token_path(cfg.data_dir)
-        return _serve(cfg, lambda: _print_dev_banner(cfg, token, reused, path, psql))
+        return _serve(cfg, lambda: _print_dev_banner(cfg, token, reused, path, psql), "dev")
 
 
 def _print_dev_banner(cfg: Config, token: str, reused: bool, path, psql: str) -> None:
@@ -267,8 +334,10 @@ def _print_dev_banner(cfg: Config, token: str, reused: bool, path, psql: str) ->
 EPILOG = """\
 The database: DATABASE_URL (postgresql://user:password@host:port/db) when set; unset,
 every command starts (or attaches to, when `make run` already runs it) an embedded
-PostgreSQL with its data under DATA_DIR (default .data). Other settings (PORT, LOG_FORMAT,
-...) are in docs/configuration.md. `python -m service COMMAND --help` describes
+PostgreSQL with its data under DATA_DIR (default .data). MIGRATE_DATABASE_URL, when set,
+is the tables' owner: migrations go through it, and DATABASE_URL's user becomes the
+runtime role that cannot change the event log (docs/security.md). Other settings
+(PORT, LOG_FORMAT, ...) are in docs/configuration.md. `python -m service COMMAND --help` describes
 a command's options.
 """
 
@@ -395,7 +464,7 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(config, default_format=_log_format(args.command))
     try:
         return args.func(config, args)
-    except (CannotConnect, runtime.CannotListen, DataDirBusy) as exc:
+    except (CannotConnect, CannotMigrate, runtime.CannotListen, DataDirBusy) as exc:
         print(f"python -m service {args.command}: {exc}", file=sys.stderr)
         return 1
 

@@ -45,6 +45,11 @@ def _float(env: Mapping[str, str], name: str, default: float) -> float:
 @dataclass(frozen=True)
 class Config:
     database_url: str | None = None
+    # The owner role's URL (docs/security.md): migrate (and serve/dev before serving) apply
+    # the schema through it and make DATABASE_URL's user the runtime role. None: DATABASE_URL.
+    migrate_database_url: str | None = None
+    # serve/dev refuse to start (exit 2) when DATABASE_URL's role could change run_events.
+    require_protected_event_log: bool = False
     host: str = "127.0.0.1"
     port: int = 8080
     data_dir: str = ".data"
@@ -103,6 +108,9 @@ class Config:
         env = os.environ if env is None else env
         return cls(
             database_url=env.get("DATABASE_URL") or None,
+            migrate_database_url=env.get("MIGRATE_DATABASE_URL") or None,
+            require_protected_event_log=_choice(env, "REQUIRE_PROTECTED_EVENT_LOG", "false",
+                                                ("true", "false")) == "true",
             host=env.get("HOST") or "127.0.0.1",
             port=_int(env, "PORT", 8080),
             data_dir=env.get("DATA_DIR") or ".data",

@@ -1,5 +1,8 @@
 """Shared fixtures: a real PostgreSQL, the schema in a template database, an app client.
 
+Roles: the app under test (`config`) and the real processes (tests/processes.py) connect as
+the runtime role, as production should; `db`, for setup and inspection, stays the owner.
+
 Isolation: most tests share one session database and isolate themselves by tenancy (every
 test gets its own enterprise and token). Tests that need a whole database of their own
 (replay/verify over everything, races with real commits) use `own_db`, a clone of the
@@ -17,7 +20,7 @@ from service.config import Config
 from service.store import meta
 from service.web.app import create_app
 from tests.dsn import resolve_admin_dsn
-from tests.helpers import SCHEMA, Api, admin, dsn_for, make_token
+from tests.helpers import RUNTIME_ROLE, SCHEMA, Api, admin, as_runtime, dsn_for, make_token
 
 
 @pytest.fixture(scope="session")
@@ -30,14 +33,14 @@ def admin_dsn():
 
 @pytest.fixture(scope="session")
 def template_db(admin_dsn):
-    """The schema, loaded once into a template database."""
+    """The schema, loaded once into a template database, with the runtime role's grants."""
     name = f"pr_template_{uuid.uuid4().hex[:8]}"
 
     async def create():
         await admin(admin_dsn, f'CREATE DATABASE "{name}"')
         conn = await asyncpg.connect(dsn_for(admin_dsn, name))
         try:
-            await meta.migrate(conn, SCHEMA)
+            await meta.migrate(conn, SCHEMA, runtime=RUNTIME_ROLE)
         finally:
             await conn.close()
 
@@ -78,7 +81,8 @@ def db_dsn(request, shared_db):
 
 @pytest.fixture
 def config(db_dsn) -> Config:
-    return Config(database_url=db_dsn, pool_min=1, pool_max=20, token_cache_seconds=0.5)
+    return Config(database_url=as_runtime(db_dsn), pool_min=1, pool_max=20,
+                  token_cache_seconds=0.5)
 
 
 @pytest.fixture
@@ -140,6 +144,6 @@ def replica_pair():
 async def _load_schema(dsn: str) -> None:
     conn = await asyncpg.connect(dsn)
     try:
-        await meta.migrate(conn, SCHEMA)
+        await meta.migrate(conn, SCHEMA, runtime=RUNTIME_ROLE)
     finally:
         await conn.close()

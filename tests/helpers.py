@@ -25,7 +25,9 @@ from yarl import URL
 from service.app import runs
 from service.app.context import Actor, OnConnection
 from service.domain import lifecycle as lc
+from service.infra.db import with_login
 from service.store import tokens as token_store
+from service.store.roles import RuntimeRole
 from service.store.locks import NOTIFY_FEED
 
 REPO = Path(__file__).resolve().parent.parent
@@ -39,6 +41,16 @@ INTERNALS = ("traceback", "asyncpg", "psycopg", "postgres", "sqlstate", 'file "'
 def dsn_for(admin_dsn: str, dbname: str) -> str:
     parts = urlsplit(admin_dsn)
     return urlunsplit(parts._replace(path="/" + dbname))
+
+
+# The role the service under test connects as (docs/security.md): the template database
+# grants it, so every clone does. The password works under trust and password auth alike.
+RUNTIME_ROLE = RuntimeRole("pr_test_runtime", "pr_test_runtime")
+
+
+def as_runtime(dsn: str) -> str:
+    """The DSN logged in as the runtime role: what the app and the real processes use."""
+    return with_login(dsn, RUNTIME_ROLE.name, RUNTIME_ROLE.password)
 
 
 async def admin(admin_dsn: str, *statements: str) -> None:

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import aiohttp
 
+from tests.helpers import as_runtime
+
 ROOT = Path(__file__).resolve().parent.parent
 MOUNT = "/pipelines/v0"
 TOKEN_LINE = re.compile(r"^\s*Dev token: (pr_\S+)\s*$", re.M)  # `dev`'s banner: one line
@@ -67,7 +69,7 @@ class Service:
         self.url = f"http://127.0.0.1:{self.port}"
         self.dsn = dsn
         self.log = log_dir / f"service-{self.port}.log"
-        self.env = {"DATABASE_URL": dsn, "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        self.env = {"DATABASE_URL": as_runtime(dsn), "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
                     "LOG_LEVEL": "WARNING", "LOG_FORMAT": "text", **env}
         self.proc: subprocess.Popen | None = None
 
@@ -105,6 +107,9 @@ class Dev:
         self.port, self.data_dir = port, data_dir
         self.out, self.err = tmp / f"{name}.out", tmp / f"{name}.err"
         environ = {k: v for k, v in os.environ.items() if k not in ("LOG_FORMAT", "LOG_LEVEL")}
+        if env.get("DATABASE_URL"):  # migrations as the owner, the service as the runtime role
+            env = {**env, "MIGRATE_DATABASE_URL": env["DATABASE_URL"],
+                   "DATABASE_URL": as_runtime(env["DATABASE_URL"])}
         with self.out.open("w") as out, self.err.open("w") as err:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "service", "dev"], cwd=ROOT, stdout=out, stderr=err,

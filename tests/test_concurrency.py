@@ -8,7 +8,7 @@ import pytest
 
 from service.domain import lifecycle as lc
 from service.web.app import create_app
-from tests.helpers import assert_projection, run_level, run_path
+from tests.helpers import assert_projection, run_level, run_path, as_runtime
 
 
 @pytest.fixture
@@ -104,7 +104,7 @@ async def test_pool_connections_go_to_requests_in_arrival_order(aiohttp_client, 
 
     # Request handlers' connections only: the webhook dispatcher (a background task, like
     # the sweeper) takes its connections from the pool directly, without a slot.
-    app = (await aiohttp_client(create_app(Config(database_url=db_dsn, pool_min=3,
+    app = (await aiohttp_client(create_app(Config(database_url=as_runtime(db_dsn), pool_min=3,
                                                   pool_max=3, webhooks=False)))).app
     request, arrivals, served = _Request(app), iter(range(10**6)), []
 

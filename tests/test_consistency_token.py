@@ -84,7 +84,7 @@ async def test_openapi_documents_the_header_on_reads_and_the_response_header_on_
 
 async def test_health_ready_has_no_replicas_without_read_database_urls(api):
     content = await api.get("/health/ready")
-    assert content == {"status": "ready"}
+    assert content == {"status": "ready", "event_log": "protected"}
 
 
 async def test_a_standby_that_never_answers_leaves_reads_on_the_primary(

@@ -20,7 +20,7 @@ from aiohttp import web
 from openapi_schema_validator import (OAS30Validator, OAS31Validator, oas30_format_checker,
                                       oas31_format_checker)
 
-from tests.helpers import MOUNTS, Api, make_token
+from tests.helpers import MOUNTS, Api, make_token, as_runtime
 from service.config import Config
 from service.infra.runtime import PARSER_LIMITS
 from service.web.app import create_app
@@ -221,7 +221,8 @@ async def test_a_500_matches_the_error_schemas(aiohttp_client, config, token):
 
 
 async def test_a_503_matches_the_error_schemas(aiohttp_client, db_dsn, token):
-    config = Config(database_url=db_dsn, pool_min=1, pool_max=1, pool_acquire_timeout=0.3,
+    config = Config(database_url=as_runtime(db_dsn), pool_min=1, pool_max=1,
+                    pool_acquire_timeout=0.3,
                     token_cache_seconds=60)
     api = Api(await aiohttp_client(create_app(config)), token)
     c = Contract(await (await api.client.get("/api/docs/swagger.json")).json())

@@ -12,7 +12,7 @@ from service.config import Config
 from service.infra import feedwait
 from service.web.app import create_app
 from service.web.keys import FEED_WAITERS
-from tests.helpers import make_token, wait_until
+from tests.helpers import make_token, wait_until, as_runtime
 
 
 def _run_path(run: dict) -> str:
@@ -203,7 +203,8 @@ class TestLongPollWakeUp:
 
     @pytest.fixture
     def config(self, db_dsn) -> Config:
-        return Config(database_url=db_dsn, pool_min=1, pool_max=20, token_cache_seconds=0.5,
+        return Config(database_url=as_runtime(db_dsn), pool_min=1, pool_max=20,
+                      token_cache_seconds=0.5,
                       feed_tick_seconds=self.TICK)
 
     async def _poll_then_append(self, api, client, enterprise, other

@@ -8,7 +8,7 @@ import uuid
 
 import pytest
 
-from tests.helpers import make_token
+from tests.helpers import make_token, as_runtime
 from service.config import Config
 from service.infra import db as dbinfra
 from service.store import tokens as token_store
@@ -27,7 +27,7 @@ async def _until(predicate, seconds: float = 10.0) -> None:
 @pytest.fixture
 def config(db_dsn) -> Config:
     # A cache far longer than any test here: what is cached stays cached.
-    return Config(database_url=db_dsn, pool_min=1, pool_max=2, token_cache_seconds=3600,
+    return Config(database_url=as_runtime(db_dsn), pool_min=1, pool_max=2, token_cache_seconds=3600,
                   max_waits_per_token=2)
 
 

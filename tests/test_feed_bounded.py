@@ -8,7 +8,7 @@ import time
 import asyncpg
 import pytest
 
-from tests.helpers import Api, wait_until
+from tests.helpers import Api, wait_until, as_runtime
 from service.config import Config
 from service.store.locks import FEED_CHANNEL, FEED_LOCK
 from service.web.app import create_app
@@ -25,7 +25,7 @@ WHERE datname = current_database() AND wait_event_type = 'Lock'
 
 @pytest.fixture
 def config(db_dsn) -> Config:
-    return Config(database_url=db_dsn, pool_min=1, pool_max=5, token_cache_seconds=60,
+    return Config(database_url=as_runtime(db_dsn), pool_min=1, pool_max=5, token_cache_seconds=60,
                   feed_scan_cap=CAP)
 
 

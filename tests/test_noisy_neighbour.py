@@ -8,7 +8,7 @@ import uuid
 
 import pytest
 
-from tests.helpers import Api, make_token
+from tests.helpers import Api, make_token, as_runtime
 from service.config import Config
 
 WRITERS, POLLS, FLOODERS, QUIET_REQUESTS = 32, 20, 16, 60
@@ -16,7 +16,7 @@ WRITERS, POLLS, FLOODERS, QUIET_REQUESTS = 32, 20, 16, 60
 
 @pytest.fixture
 def config(db_dsn) -> Config:
-    return Config(database_url=db_dsn, pool_min=2, pool_max=10, token_cache_seconds=2)
+    return Config(database_url=as_runtime(db_dsn), pool_min=2, pool_max=10, token_cache_seconds=2)
 
 
 async def test_a_quiet_tenant_is_served_beside_a_noisy_one(api, db, enterprise):

@@ -20,7 +20,8 @@ from service.infra.feedwait import FeedWaiters
 from service.web.keys import FEED_WAITERS, METRICS, POOL
 from service.store import meta
 from tests import pgcluster
-from tests.helpers import SCHEMA, Api, lock_waiters, make_token, wait_until
+from tests.helpers import (RUNTIME_ROLE, SCHEMA, Api, as_runtime, lock_waiters, make_token,
+                           wait_until)
 
 # Small timeouts, so an outage answers fast. Budget per request: connect 1 s, acquire 2 s
 # (connecting included), statement 0.8 s, and 1.8 s (asyncpg's command_timeout) for a pooled
@@ -36,7 +37,7 @@ SLOW_STATEMENT_MS = 1500  # the lock test: long enough to show the other request
 def config(db_dsn) -> Config:
     # The token cache is long so the handler's own database path is exercised while the
     # database is down; a fresh token exercises the token lookup.
-    return Config(database_url=db_dsn, token_cache_seconds=60,
+    return Config(database_url=as_runtime(db_dsn), token_cache_seconds=60,
                   **{**TIMEOUTS, "statement_timeout_ms": SLOW_STATEMENT_MS})
 
 
@@ -67,7 +68,8 @@ async def test_a_busy_pool_answers_503_within_the_acquire_timeout_then_serves(
         aiohttp_client, db_dsn, db, token):
     # Every pooled connection held (by a test, as by long requests): a request waits
     # DB_ACQUIRE_TIMEOUT for one, then answers 503; once one is free it is served again.
-    config = Config(database_url=db_dsn, pool_min=1, pool_max=1, pool_acquire_timeout=0.5,
+    config = Config(database_url=as_runtime(db_dsn), pool_min=1, pool_max=1,
+                    pool_acquire_timeout=0.5,
                     token_cache_seconds=60)
     api = Api(await aiohttp_client(create_app(config)), token)
     pipeline = await api.pipeline()
@@ -133,7 +135,7 @@ def cluster():
         async def load_schema():
             conn = await asyncpg.connect(pg.dsn)
             try:
-                await meta.migrate(conn, SCHEMA)
+                await meta.migrate(conn, SCHEMA, runtime=RUNTIME_ROLE)
             finally:
                 await conn.close()
 
@@ -160,7 +162,8 @@ class TestPrivateCluster:
 
     @pytest.fixture
     def config(self, db_dsn) -> Config:
-        return Config(database_url=db_dsn, token_cache_seconds=60, timeout_sweep_seconds=0.3,
+        return Config(database_url=as_runtime(db_dsn), token_cache_seconds=60,
+                      timeout_sweep_seconds=0.3,
                       **TIMEOUTS)
 
     async def test_outage_answers_503_then_recovers_by_itself(self, api, pg, db, enterprise,

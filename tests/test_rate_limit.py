@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import Api
+from tests.helpers import Api, as_runtime
 from service.config import Config
 from service.store import tokens as token_store
 from service.web.app import create_app
@@ -23,7 +23,7 @@ STATE = re.compile(r'^"token";r=(\d+);t=(\d+)$')
 @pytest.fixture
 def config(db_dsn) -> Config:
     # 1 request/s, bursts of 3: a handful of quick requests goes over.
-    return Config(database_url=db_dsn, pool_min=1, pool_max=5, token_cache_seconds=60,
+    return Config(database_url=as_runtime(db_dsn), pool_min=1, pool_max=5, token_cache_seconds=60,
                   rate_limit_rps=1, rate_limit_burst=3)
 
 
@@ -88,7 +88,7 @@ async def test_a_token_s_own_rate_replaces_the_default(api, db, enterprise):
 
 
 async def test_rate_limit_zero_turns_it_off(aiohttp_client, db_dsn, token):
-    app = create_app(Config(database_url=db_dsn, pool_min=1, rate_limit_rps=0))
+    app = create_app(Config(database_url=as_runtime(db_dsn), pool_min=1, rate_limit_rps=0))
     api = Api(await aiohttp_client(app), token)
     answers, _ = await _burst(api, 12)
     assert [s for s, _, _ in answers] == [200] * 12
@@ -96,7 +96,7 @@ async def test_rate_limit_zero_turns_it_off(aiohttp_client, db_dsn, token):
 
 
 async def test_create_token_stores_its_rate_limit(db, db_dsn, enterprise):
-    env = {**os.environ, "DATABASE_URL": db_dsn, "LOG_FORMAT": "text"}
+    env = {**os.environ, "DATABASE_URL": as_runtime(db_dsn), "LOG_FORMAT": "text"}
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "service", "create-token", "--enterprise", enterprise,
         "--name", "limited", "--rate-limit", "7", cwd=REPO, env=env,
@@ -145,7 +145,7 @@ async def test_with_a_delay_a_request_over_the_rate_waits_for_its_turn(aiohttp_c
     # RATE_LIMIT_DELAY_MS: over the rate, a request waits for the bucket (up to the delay)
     # instead of a 429 at once, so a client that sends again as soon as it is answered is
     # slowed to the rate; further over, still a 429.
-    config = Config(database_url=db_dsn, pool_min=1, pool_max=5, token_cache_seconds=60,
+    config = Config(database_url=as_runtime(db_dsn), pool_min=1, pool_max=5, token_cache_seconds=60,
                     rate_limit_rps=10, rate_limit_burst=1, rate_limit_delay_ms=250)
     api = Api(await aiohttp_client(create_app(config)), token)
     answers, took = await _burst(api, 4)  # one at a time: each waits ~0.1 s for its turn

@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from tests.helpers import make_token
+from tests.helpers import make_token, as_runtime
 from tests.processes import ROOT, children, free_port, ready, wait_for
 
 BURST, RATE = 4, 1
@@ -41,7 +41,8 @@ async def test_each_worker_limits_a_token_on_its_own(db, db_dsn, enterprise, tmp
     token = await make_token(db, enterprise)
     port = free_port()
     log_path = tmp_path / "serve.log"
-    env = {**os.environ, "DATABASE_URL": db_dsn, "LOG_FORMAT": "text", "SHUTDOWN_TIMEOUT": "2",
+    env = {**os.environ, "DATABASE_URL": as_runtime(db_dsn), "LOG_FORMAT": "text",
+           "SHUTDOWN_TIMEOUT": "2",
            "RATE_LIMIT_RPS": str(RATE), "RATE_LIMIT_BURST": str(BURST)}
     loop = asyncio.get_running_loop()
     with log_path.open("w") as log:

@@ -10,6 +10,7 @@ import asyncpg
 import pytest
 
 from service.app import scan_parts
+from tests.helpers import as_runtime
 from service.infra.db import init_connection
 from service.app.replay import replay, verify
 from service.store import pipelines as pipeline_store
@@ -111,7 +112,7 @@ def test_cli_verify_and_replay(db_dsn):
             await conn.close()
 
     run_id = asyncio.run(tamper())
-    env = {"DATABASE_URL": db_dsn, "PATH": "/usr/bin:/bin"}
+    env = {"DATABASE_URL": as_runtime(db_dsn), "PATH": "/usr/bin:/bin"}
     cli = [sys.executable, "-m", "service"]
     bad = subprocess.run([*cli, "verify"], env=env, capture_output=True, text=True, timeout=60)
     assert bad.returncode == 1, bad.stderr

@@ -20,7 +20,7 @@ from service.config import Config
 from service.domain import lifecycle as lc
 from service.infra.db import init_connection
 from service.web.app import create_app
-from tests.helpers import Api, make_token, wait_until
+from tests.helpers import Api, make_token, wait_until, as_runtime
 
 PIPELINES = {  # kind -> the pipeline's body
     "staged": {"name": "staged", "stages": [{"name": "build"}, {"name": "test"}]},
@@ -136,7 +136,7 @@ async def assert_folds(conn: asyncpg.Connection) -> None:
 async def scenario(dsn: str, writers: list[list[tuple]], seen: set) -> None:
     conn = await asyncpg.connect(dsn)
     await init_connection(conn)
-    config = Config(database_url=dsn, pool_min=1, pool_max=10, token_cache_seconds=0.5,
+    config = Config(database_url=as_runtime(dsn), pool_min=1, pool_max=10, token_cache_seconds=0.5,
                     timeout_sweep_seconds=0.2)
     client = TestClient(TestServer(create_app(config)))
     await client.start_server()

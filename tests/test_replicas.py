@@ -15,6 +15,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from service.client import PipelineRunsClient
+from tests.helpers import as_runtime
 from service.config import Config
 from service.infra.replicas import parse_token, replica_name
 from service.web.keys import FEED_WAITERS
@@ -35,7 +36,8 @@ def standby_dsn(replica_pair):
 
 @pytest.fixture
 def config(db_dsn, standby_dsn) -> Config:
-    return Config(database_url=db_dsn, read_database_urls=(standby_dsn,), pool_min=1,
+    return Config(database_url=as_runtime(db_dsn), read_database_urls=(as_runtime(standby_dsn),),
+                  pool_min=1,
                   pool_max=10, token_cache_seconds=0.5, replica_probe_seconds=0.2)
 
 

@@ -185,7 +185,7 @@ async def test_validation_errors_name_every_bad_field(api):
 async def test_health_needs_no_token(api, token):
     anonymous = api.with_token(token)
     assert await anonymous.get("/health/live") == {"status": "live"}
-    assert await anonymous.get("/health/ready") == {"status": "ready"}
+    assert await anonymous.get("/health/ready") == {"status": "ready", "event_log": "protected"}
 
 
 async def test_openapi_documents_every_operation_of_the_canonical_mount(client):

@@ -18,7 +18,7 @@ from service.store import pipelines as pipeline_store
 from service.app import runs as run_cases
 from service.app import stage_runs as stage_run_cases
 from service.app.context import Actor, OnConnection
-from tests.helpers import run_in
+from tests.helpers import run_in, as_runtime
 
 COUNTER_MISMATCHES = """
 SELECT coalesce(c.enterprise_id, r.enterprise_id) AS enterprise_id,
@@ -122,7 +122,7 @@ async def test_verify_reports_a_tampered_counter_and_replay_repairs_it(api, db, 
     assert scan.drifts == [] and not scan.clean
     assert sorted((c.key[2], c.expected, c.actual) for c in scan.counter_drifts) == [
         ("pending", 1, 0), ("running", 1, 6)]
-    env = {"DATABASE_URL": db_dsn, "PATH": "/usr/bin:/bin"}
+    env = {"DATABASE_URL": as_runtime(db_dsn), "PATH": "/usr/bin:/bin"}
     cli = [sys.executable, "-m", "service"]
     bad = subprocess.run([*cli, "verify"], env=env, capture_output=True, text=True, timeout=60)
     assert bad.returncode == 1 and "DRIFT run_counts" in bad.stdout, bad.stdout + bad.stderr

@@ -10,7 +10,7 @@ import pytest
 
 from service.config import Config
 from service.domain import lifecycle as lc
-from tests.helpers import assert_projection, run_path, send
+from tests.helpers import assert_projection, run_path, send, as_runtime
 
 
 def status_after(events: list[dict]) -> dict[int, str]:
@@ -45,7 +45,7 @@ class TestConcurrency:
 
     @pytest.fixture
     def config(self, db_dsn) -> Config:
-        return Config(database_url=db_dsn, pool_min=1, pool_max=self.POOL_MAX,
+        return Config(database_url=as_runtime(db_dsn), pool_min=1, pool_max=self.POOL_MAX,
                       token_cache_seconds=0.5)
 
     async def test_racing_changes_are_each_checked_against_the_current_state(self, api, db):

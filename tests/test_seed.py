@@ -10,7 +10,7 @@ import pytest
 from service.domain import lifecycle
 from service.app.replay import verify
 from service.app.seed import seed
-from tests.helpers import make_token
+from tests.helpers import make_token, as_runtime
 
 
 @pytest.fixture
@@ -94,7 +94,7 @@ async def test_seed_is_deterministic_and_keeps_the_feed_in_time_order(db):
 
 
 def test_cli_seed_then_verify(db_dsn):
-    env = {"DATABASE_URL": db_dsn, "PATH": "/usr/bin:/bin"}
+    env = {"DATABASE_URL": as_runtime(db_dsn), "PATH": "/usr/bin:/bin"}
     cli = [sys.executable, "-m", "service"]
     done = subprocess.run([*cli, "seed", "--enterprise", "cli", "--pipelines", "2", "--runs", "30"],
                           env=env, capture_output=True, text=True, timeout=120)

@@ -15,7 +15,7 @@ from service.web.keys import POOL
 from service.store import timeouts
 from service.infra.metrics import Metrics
 from service.app.sweeper import run_forever, sweep_once
-from tests.helpers import wait_until
+from tests.helpers import wait_until, as_runtime
 
 
 @pytest.fixture
@@ -25,7 +25,7 @@ def db_dsn(own_db):
 
 @pytest.fixture
 def config(db_dsn) -> Config:
-    return Config(database_url=db_dsn, pool_min=1, pool_max=10, timeout_sweep_seconds=1)
+    return Config(database_url=as_runtime(db_dsn), pool_min=1, pool_max=10, timeout_sweep_seconds=1)
 
 
 async def _wait_for(api, path: str, status: str, seconds: float = 10) -> dict:
@@ -83,7 +83,8 @@ async def test_overdue_stage_run_times_out_and_the_run_fails(api):
 
 async def test_only_one_process_sweeps_at_a_time(db, db_dsn):
     # No app here, so no background sweeper: `db` plays the other process.
-    pool = await create_pool(Config(database_url=db_dsn, pool_min=1, pool_max=2), db_dsn)
+    pool = await create_pool(Config(database_url=as_runtime(db_dsn), pool_min=1, pool_max=2),
+                             as_runtime(db_dsn))
     try:
         assert await timeouts.try_lock(db)
         try:

@@ -8,11 +8,11 @@ import os
 import sys
 import time
 
-from tests.helpers import REPO, make_token
+from tests.helpers import REPO, make_token, as_runtime
 
 
 async def cli(db_dsn: str, *args: str) -> tuple[int, str, str]:
-    env = {**os.environ, "DATABASE_URL": db_dsn, "LOG_FORMAT": "text"}
+    env = {**os.environ, "DATABASE_URL": as_runtime(db_dsn), "LOG_FORMAT": "text"}
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "service", *args, cwd=REPO, env=env,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)

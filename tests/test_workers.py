@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.processes import ROOT, children, free_port, ready, wait_for
+from tests.helpers import as_runtime
 
 from service.config import Config
 from service.infra.runtime import new_event_loop
@@ -25,7 +26,8 @@ def db_dsn(own_db):
 def _two_workers(db_dsn: str, tmp_path: Path) -> tuple[subprocess.Popen, int]:
     """`serve --workers 2` on a free port, once both workers run and it answers."""
     port = free_port()
-    env = {**os.environ, "DATABASE_URL": db_dsn, "LOG_FORMAT": "text", "SHUTDOWN_TIMEOUT": "2"}
+    env = {**os.environ, "DATABASE_URL": as_runtime(db_dsn), "LOG_FORMAT": "text",
+           "SHUTDOWN_TIMEOUT": "2"}
     with (tmp_path / "serve.log").open("w") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "service", "serve", "--port", str(port), "--workers", "2"],
@@ -103,7 +105,8 @@ def test_every_answered_request_has_its_access_line_after_sigterm(db_dsn, tmp_pa
     # forked workers end with os._exit: none of them may be lost on the way out.
     port = free_port()
     path = tmp_path / "serve.log"
-    env = {**os.environ, "DATABASE_URL": db_dsn, "LOG_FORMAT": "json", "LOG_LEVEL": "INFO",
+    env = {**os.environ, "DATABASE_URL": as_runtime(db_dsn), "LOG_FORMAT": "json",
+           "LOG_LEVEL": "INFO",
            "SHUTDOWN_TIMEOUT": "2"}
     with path.open("w") as log:
         proc = subprocess.Popen(

@@ -5,7 +5,7 @@ import asyncio
 import json
 import logging
 import weakref
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 import asyncpg
 
@@ -21,6 +21,21 @@ def redact_dsn(dsn: str) -> str:
         return dsn
     netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
     return urlunsplit(parts._replace(netloc=netloc))
+
+
+def dsn_login(dsn: str) -> tuple[str | None, str | None]:
+    """The user and password a DSN names (None when it names none)."""
+    parts = urlsplit(dsn)
+    return (None if parts.username is None else unquote(parts.username),
+            None if parts.password is None else unquote(parts.password))
+
+
+def with_login(dsn: str, user: str, password: str | None = None) -> str:
+    """The DSN with another user (and password, or none)."""
+    parts = urlsplit(dsn)
+    host = parts.netloc.rpartition("@")[2]
+    login = quote(user, safe="") + ("" if password is None else ":" + quote(password, safe=""))
+    return urlunsplit(parts._replace(netloc=f"{login}@{host}"))
 
 
 def _encode_jsonb(value) -> bytes:

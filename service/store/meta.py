@@ -6,7 +6,9 @@ from typing import NamedTuple
 
 import asyncpg
 
+from service.store import roles
 from service.store.locks import MIGRATE_LOCK
+from service.store.roles import RuntimeRole
 
 SCHEMA_FILE = Path(__file__).resolve().parents[2] / "schema.sql"
 MIGRATIONS_DIR = SCHEMA_FILE.parent / "migrations"  # beside schema.sql, wherever it is
@@ -43,16 +45,29 @@ async def ping(conn: asyncpg.Connection) -> bool:
     return await conn.fetchval(PING) == 1
 
 
+async def pending_migrations(conn: asyncpg.Connection, directory: Path = MIGRATIONS_DIR) -> list[str]:
+    """The migrations this database has not had (all of them when it has no schema yet)."""
+    names = [m.name for m in load_migrations(directory)]
+    if await conn.fetchval("SELECT to_regclass('schema_migrations') IS NULL"):
+        return names
+    applied = {row["name"] for row in await conn.fetch(APPLIED)}
+    return [name for name in names if name not in applied]
+
+
 async def migrate(conn: asyncpg.Connection, schema_sql: str | None = None,
-                  directory: Path = MIGRATIONS_DIR) -> list[str]:
+                  directory: Path = MIGRATIONS_DIR,
+                  runtime: RuntimeRole | None = None) -> list[str]:
     """Bring the database to schema.sql; returns the names of the migrations that ran.
 
     A fresh database gets schema.sql and every migration recorded as applied; an existing
     one gets its pending migrations in order, then schema.sql (idempotent) again. One
-    transaction; processes starting together take turns (advisory lock).
+    transaction; processes starting together take turns (advisory lock). With `runtime`,
+    that role is created (or reset) and given its grants (store/roles.py).
     """
     sql = schema_sql if schema_sql is not None else SCHEMA_FILE.read_text()
     migrations = load_migrations(directory)
+    if runtime is not None:  # cluster-wide, so outside the transaction (races retried)
+        await roles.ensure_role(conn, runtime)
     await conn.execute(LOCK_MIGRATION)
     try:
         async with conn.transaction():
@@ -65,6 +80,8 @@ async def migrate(conn: asyncpg.Connection, schema_sql: str | None = None,
                     await conn.execute(migration.sql)
             await conn.execute(sql)
             await conn.execute(RECORD, [m.name for m in pending])
+            if runtime is not None:
+                await roles.grant(conn, runtime.name)
     finally:
         await conn.execute(UNLOCK_MIGRATION)
     return [] if fresh else [m.name for m in pending]

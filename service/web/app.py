@@ -49,7 +49,7 @@ from service.web.validation import validation_middleware
 from service.infra import tracing
 from service.infra.metrics import Metrics, metrics_app
 from service.infra.metrics import handler as metrics_handler
-from service.store import meta
+from service.store import meta, roles
 from service.app.sweeper import run_forever
 from service.app.dispatcher import Dispatcher
 from service.app.webhook_http import Sender, Targets
@@ -92,9 +92,10 @@ async def _pool_ctx(app: web.Application) -> AsyncIterator[None]:
     try:
         async with pool.acquire() as conn:
             await meta.ping(conn)
+            unprotected = await roles.unprotected_because(conn)  # readiness reports it
         app[POOL] = pool
         app[POOL_SLOTS] = FairSlots(config.pool_max)
-        app[READINESS] = Readiness(pool, config.pool_acquire_timeout)
+        app[READINESS] = Readiness(pool, config.pool_acquire_timeout, unprotected)
         app[METRICS].pool = pool
         # Lanes: a quarter of the pool. 100 enterprises writing at once (bench, pool of 10):
         # 1, 2, 3, 5, 8 lanes made 904, 1034, 894, 887, 729 status changes/s: fewer, larger

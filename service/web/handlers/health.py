@@ -27,6 +27,13 @@ class ReplicaHealth(Schema):
 
 class Health(Schema):
     status = fields.String()
+    event_log = fields.String(metadata={
+        "description": "protected: the service's database role cannot change or delete "
+                       "events; unprotected: it can (a superuser or the tables' owner: "
+                       "docs/security.md); readiness does not depend on it"})
+    event_log_unprotected_because = fields.String(metadata={
+        "description": "When unprotected: superuser, owner, or granted UPDATE, DELETE or "
+                       "TRUNCATE"})
     replicas = fields.List(fields.Nested(ReplicaHealth), metadata={
         "description": "With READ_DATABASE_URLS: each standby. Readiness depends on the "
                        "primary only: reads go to the primary while no standby is in rotation."})
@@ -56,8 +63,10 @@ class Readiness:
     outage usually shows first, and the probe then asks at once.
     """
 
-    def __init__(self, pool: asyncpg.Pool, timeout: float, fresh: float = 0.5):
+    def __init__(self, pool: asyncpg.Pool, timeout: float, unprotected: str | None = None,
+                 fresh: float = 0.5):
         self._pool, self._timeout, self._fresh = pool, timeout, fresh
+        self.unprotected = unprotected  # why the event log is not protected (at start)
         self._answer: tuple[bool, float] = (False, float("-inf"))  # (ready, asked at)
         self._asking: asyncio.Future | None = None
 
@@ -90,6 +99,10 @@ async def ready(request: web.Request) -> web.Response:
 
 
 def _with_replicas(request: web.Request, content: dict) -> dict:
+    unprotected = request.app[READINESS].unprotected
+    content["event_log"] = "protected" if unprotected is None else "unprotected"
+    if unprotected is not None:
+        content["event_log_unprotected_because"] = unprotected
     replicas = request.app.get(REPLICAS)
     if replicas is not None:
         content["replicas"] = [replica.report() for replica in replicas.replicas]
