@@ -108,8 +108,21 @@ async def login_form(request: web.Request) -> web.Response:
     return _render(request, "login.html", {"next": _next(request.query.get("next"))})
 
 
+async def _login_form(request: web.Request):
+    """The posted form, or None when its body cannot be read as one."""
+    try:
+        return await request.post()
+    except (LookupError, UnicodeDecodeError, ValueError, AssertionError):
+        # An unknown charset (LookupError), bytes its charset cannot decode, multipart
+        # without a boundary (ValueError, AssertionError in aiohttp's reader): not a form.
+        return None
+
+
 async def login(request: web.Request) -> web.StreamResponse:
-    form = await request.post()
+    form = await _login_form(request)
+    if form is None:
+        return _render(request, "login.html", {
+            "next": "/ui/runs", "message": "The form could not be read: send it again."}, 400)
     token, target = str(form.get("token", "")).strip(), _next(str(form.get("next", "")))
     who = await principal_for(request, token) if token else None
     if who is None or READ not in who.scopes:
