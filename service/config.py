@@ -68,7 +68,9 @@ class Config:
     # The service's address as its clients see it (https://runs.example.com): list links
     # and the pages' Origin check use it; None: the request's own Host header and scheme.
     public_url: str | None = None
-    session_cookie_secure: bool = True  # the /ui/ cookie only over HTTPS (dev: off)
+    # The /ui/ cookie's Secure flag (sent over HTTPS only). None: the command's default:
+    # serve on, dev off; an app built directly (tests): on when the request came over HTTPS.
+    session_cookie_secure: bool | None = None
     pool_min: int = 2
     pool_max: int = 10
     pool_acquire_timeout: float = 5.0
@@ -126,8 +128,8 @@ class Config:
             metrics_host=env.get("METRICS_HOST") or "127.0.0.1",
             metrics_on_api_port=_choice(env, "METRICS_ON_API_PORT", "off", ("on", "off")) == "on",
             public_url=_public_url(env.get("PUBLIC_URL")),
-            session_cookie_secure=_choice(env, "SESSION_COOKIE_SECURE", "on",
-                                          ("on", "off")) == "on",
+            session_cookie_secure=(_choice(env, "SESSION_COOKIE_SECURE", "on", ("on", "off"))
+                                   == "on" if env.get("SESSION_COOKIE_SECURE") else None),
             pool_min=_int(env, "DB_POOL_MIN", 2),
             pool_max=_int(env, "DB_POOL_MAX", 10),
             pool_acquire_timeout=_float(env, "DB_ACQUIRE_TIMEOUT", 5.0),

@@ -1,8 +1,8 @@
 """The auditors' pages under /ui/: sign in and out, runs, a run, activity, exports.
 
-Read-only. Each page resolves its session's token exactly as the API resolves a bearer
-token (web/auth.py: revoked tokens stop working within TOKEN_CACHE_SECONDS) and checks
-its scope; no session: a redirect to the sign-in form.
+Read-only. Each page resolves its server-side session (app/ui_sessions.py) to the token it
+signed in with (ended at sign-out, expiry, or when the token is revoked) and checks its
+scope; no live session: a redirect to the sign-in form.
 """
 from __future__ import annotations
 
@@ -16,15 +16,16 @@ from aiohttp import web
 from aiohttp_session import get_session, new_session
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate
 
-from service.app import audit
+from service.app import audit, ui_sessions
 from service.domain import lifecycle
 from service.domain.errors import DomainError, NotFound
 from service.web import schemas as s
 from service.web.auth import principal_for
 from service.web.handlers import exports
 from service.web.handlers.common import connection
-from service.web.keys import CONFIG, FEED_WAITERS, PRINCIPAL
+from service.web.keys import CONFIG, FEED_WAITERS, PRINCIPAL, Principal
 from service.web.pages import svg
+from service.web.pages.session import COOKIE, MAX_AGE
 
 READ, AUDIT = "runs:read", "audit:read"
 PAGE_SIZE = 25
@@ -76,11 +77,14 @@ def page(scope: str = READ) -> Callable:
         @functools.wraps(handler)
         async def run(request: web.Request) -> web.StreamResponse:
             session = await get_session(request)
-            token = session.get("token")
-            who = await principal_for(request, token) if token else None
+            who = await _signed_in(request, session.get("sid"))
             if who is None:
+                # A cookie that no longer signs in (signed out, expired, token revoked, or a
+                # restart without SESSION_SECRET): the sign-in page says so.
+                ended = "&ended=1" if COOKIE in request.cookies else ""
                 session.invalidate()
-                raise web.HTTPSeeOther(f"/ui/login?next={quote(request.path_qs, safe='/')}")
+                raise web.HTTPSeeOther(
+                    f"/ui/login?next={quote(request.path_qs, safe='/')}{ended}")
             request[PRINCIPAL] = who
             if scope not in who.scopes:
                 return _error(request, 403, f"This page needs a token with the scope {scope}.")
@@ -98,6 +102,19 @@ def page(scope: str = READ) -> Callable:
 
 # --- sign in / out ----------------------------------------------------------------------
 
+ENDED = ("Your session ended (signed out, expired, its token revoked, or the service "
+         "restarted): sign in again.")
+
+
+async def _signed_in(request: web.Request, session_id: Any) -> Principal | None:
+    """The principal of a live server-side session; None for none, ended or revoked."""
+    if not isinstance(session_id, str):
+        return None
+    async with connection(request, read=False) as conn:
+        row = await ui_sessions.resolve(conn, session_id)
+    return None if row is None else Principal(row["id"], row["name"], row["enterprise_id"],
+                                              frozenset(row["scopes"]), row["rate_limit"])
+
 def _next(value: str | None) -> str:
     # Only our own pages: never an open redirect to another site.
     ok = value and value.startswith("/ui/") and not value.startswith("//")
@@ -105,7 +122,8 @@ def _next(value: str | None) -> str:
 
 
 async def login_form(request: web.Request) -> web.Response:
-    return _render(request, "login.html", {"next": _next(request.query.get("next"))})
+    ended = {"message": ENDED} if request.query.get("ended") else {}
+    return _render(request, "login.html", {"next": _next(request.query.get("next")), **ended})
 
 
 async def _login_form(request: web.Request):
@@ -129,13 +147,18 @@ async def login(request: web.Request) -> web.StreamResponse:
         message = ("Unknown or revoked token." if who is None
                    else f"This token lacks the scope {READ}.")
         return _render(request, "login.html", {"next": target, "message": message}, 401)
+    async with connection(request, read=False) as conn:
+        session_id = await ui_sessions.start(conn, who.enterprise_id, who.token_id, MAX_AGE)
     session = await new_session(request)  # a fresh session id: no fixation
-    session["token"] = token
+    session["sid"] = session_id  # the token itself stays on the server
     raise web.HTTPSeeOther(target)
 
 
 async def logout(request: web.Request) -> web.StreamResponse:
     session = await get_session(request)
+    if isinstance(session.get("sid"), str):  # ended on the server: a copied cookie dies too
+        async with connection(request, read=False) as conn:
+            await ui_sessions.end(conn, session["sid"])
     session.invalidate()
     raise web.HTTPSeeOther("/ui/login")
 
