@@ -138,3 +138,25 @@ async def test_any_header_value_is_a_success_or_a_4xx(api, client, ids, which, v
     finally:
         resp.close()
 
+
+
+# The pages' own headers: Origin and Referer (the cross-site check of every form) and the
+# session cookie. A refusal is a page (403, the sign-in page, a redirect), never a 500.
+PAGE_HEADERS = [("Origin", "POST", "/ui/login"), ("Referer", "POST", "/ui/login"),
+                ("Cookie", "GET", "/ui/runs"), ("Cookie", "POST", "/ui/logout")]
+
+
+@FUZZ
+@example(which=PAGE_HEADERS[0], value="null")
+@example(which=PAGE_HEADERS[1], value="http://[::1")
+@example(which=PAGE_HEADERS[2], value="pipeline_runs_session=gAAAA")
+@given(which=st.sampled_from(PAGE_HEADERS),
+       value=st.one_of(header_text, header_text.map(lambda v: "pipeline_runs_session=" + v),
+                       header_text.map(lambda v: "http://" + v)))
+async def test_any_page_header_value_is_answered_without_a_500(api, client, which, value):
+    name, method, path = which
+    resp = await client.request(method, path, headers={name: value}, allow_redirects=False,
+                                data={"token": api.token} if method == "POST" else None)
+    text = await resp.text()
+    assert resp.status < 500, (name, value, resp.status, text[:300])
+    assert "Traceback" not in text
