@@ -130,9 +130,9 @@ async def _login_form(request: web.Request):
     """The posted form, or None when its body cannot be read as one."""
     try:
         return await request.post()
-    except (LookupError, UnicodeDecodeError, ValueError, AssertionError):
+    except (LookupError, UnicodeDecodeError, ValueError):
         # An unknown charset (LookupError), bytes its charset cannot decode, multipart
-        # without a boundary (ValueError, AssertionError in aiohttp's reader): not a form.
+        # without a boundary (ValueError): not a form.
         return None
 
 
