@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import hashlib
 
+import aiohttp
 import pytest
 from cryptography.fernet import Fernet, InvalidToken
 from yarl import URL
@@ -13,6 +14,7 @@ from service.config import Config
 from service.web.app import create_app
 from service.web.pages.session import COOKIE, PAGE_HEADERS, _key
 from tests.helpers import make_token
+from tests.processes import Service
 from tests.test_pages import origin, page, run_url, sign_in
 
 EVIL = "https://evil.example"
@@ -165,3 +167,20 @@ async def test_every_page_answer_carries_the_security_headers(client, api, token
     assert "frame-ancestors 'none'" in PAGE_HEADERS["Content-Security-Policy"]
     # The API keeps its own headers: no page policy on JSON answers.
     assert "Content-Security-Policy" not in (await client.get("/health/live")).headers
+
+
+@pytest.mark.own_db  # serve migrates its database on start
+async def test_serve_marks_the_cookie_secure_and_keeps_metrics_off_the_api_port(
+        db_dsn, token, tmp_path):
+    service = await Service(db_dsn, tmp_path).start()
+    try:
+        async with aiohttp.ClientSession() as session:
+            async with session.post(service.url + "/ui/login", data={"token": token},
+                                    headers={"Origin": service.url},
+                                    allow_redirects=False) as resp:
+                assert resp.status == 303, await resp.text()
+                assert "; Secure" in resp.headers["Set-Cookie"]
+            async with session.get(service.url + "/metrics") as resp:
+                assert resp.status == 404
+    finally:
+        service.stop()
