@@ -31,7 +31,8 @@ async def with_cookie(client, path: str, cookie: str):
 def ended(resp) -> bool:
     """A redirect to the sign-in page that says the session ended."""
     location = URL(resp.headers.get("Location", ""))
-    return resp.status == 303 and location.path == "/ui/login" and location.query.get("ended") == "1"
+    return (resp.status == 303 and location.path == "/ui/login"
+            and location.query.get("ended") == "1")
 
 
 async def test_a_cookie_saved_before_sign_out_no_longer_signs_in(client, token, db):
