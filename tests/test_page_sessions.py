@@ -48,6 +48,14 @@ async def test_a_cookie_saved_before_sign_out_no_longer_signs_in(client, token, 
     assert "Your session ended" in text
 
 
+async def test_signing_in_again_ends_the_session_it_replaces(client, token):
+    first = cookie_of(await sign_in(client, token))
+    second = cookie_of(await sign_in(client, token))
+    client.session.cookie_jar.clear()  # each cookie alone, as a copy of it would be sent
+    assert ended(await with_cookie(client, "/ui/runs", first))
+    assert (await with_cookie(client, "/ui/runs", second)).status == 200
+
+
 async def test_revoking_the_token_ends_its_sessions_at_once(client, db, enterprise):
     token = await make_token(db, enterprise, name="revoked-later")
     saved = cookie_of(await sign_in(client, token))
@@ -146,9 +154,13 @@ async def test_behind_public_url_the_origin_must_be_it(aiohttp_client, config, t
     resp = await client.post("/ui/login", data={"token": token}, headers=origin(client),
                              allow_redirects=False)
     assert resp.status == 403  # the Host the request named is not where clients see us
-    resp = await client.post("/ui/login", data={"token": token}, headers={"Origin": public},
-                             allow_redirects=False)
-    assert resp.status == 303
+    for same in (public, "HTTPS://Runs.Example.com:443"):  # one origin, however written
+        resp = await client.post("/ui/login", data={"token": token}, headers={"Origin": same},
+                                 allow_redirects=False)
+        assert resp.status == 303, same
+    resp = await client.post("/ui/login", data={"token": token}, allow_redirects=False,
+                             headers={"Origin": "http://runs.example.com"})
+    assert resp.status == 403  # plain http is another origin
 
 
 async def test_every_page_answer_carries_the_security_headers(client, api, token):

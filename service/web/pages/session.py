@@ -53,23 +53,31 @@ def _key(config: Config) -> bytes:
     return os.urandom(32)
 
 
+DEFAULT_PORTS = {"http": ":80", "https": ":443"}
+
+
 def _origin(url: str) -> str | None:
+    """scheme://host[:port] of a URL, lower case, without its scheme's default port."""
     try:
         parts = urlsplit(url)
     except ValueError:  # "http://[::1" and the like: no origin at all
         return None
-    return f"{parts.scheme}://{parts.netloc}".lower() if parts.scheme and parts.netloc else None
+    if not (parts.scheme and parts.netloc):
+        return None
+    scheme, netloc = parts.scheme.lower(), parts.netloc.lower()
+    default = DEFAULT_PORTS.get(scheme)
+    return f"{scheme}://{netloc.removesuffix(default) if default else netloc}"
 
 
 def _same_origin(request: web.Request) -> bool:
     """Whether a state-changing request comes from our own pages (Origin, else Referer)."""
     public = request.app[CONFIG].public_url
-    ours = _origin(public) if public else f"{request.scheme}://{request.host}".lower()
+    ours = _origin(public or f"{request.scheme}://{request.host}")
     origin = request.headers.get("Origin")
     if origin is None:  # older browsers omit Origin on same-origin posts; Referer then
         referer = request.headers.get("Referer")
         origin = _origin(referer) if referer else None
-    return origin is not None and origin.lower() == ours
+    return origin is not None and ours is not None and _origin(origin) == ours
 
 
 def _refused(request: web.Request) -> web.Response:

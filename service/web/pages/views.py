@@ -147,7 +147,10 @@ async def login(request: web.Request) -> web.StreamResponse:
         message = ("Unknown or revoked token." if who is None
                    else f"This token lacks the scope {READ}.")
         return _render(request, "login.html", {"next": target, "message": message}, 401)
+    previous = (await get_session(request)).get("sid")
     async with connection(request, read=False) as conn:
+        if isinstance(previous, str):  # signing in again ends the session it replaces
+            await ui_sessions.end(conn, previous)
         session_id = await ui_sessions.start(conn, who.enterprise_id, who.token_id, MAX_AGE)
     session = await new_session(request)  # a fresh session id: no fixation
     session["sid"] = session_id  # the token itself stays on the server
