@@ -11,6 +11,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from service.store.run_lists import ORDERS
+from service.web.app import create_app
 from tests.helpers import check_error, world
 
 
@@ -161,3 +162,23 @@ async def test_any_page_header_value_is_answered_without_a_500(api, client, whic
     text = await resp.text()
     assert resp.status < 500, (name, value, resp.status, text[:300])
     assert "Traceback" not in text
+
+
+@pytest.fixture
+async def traced(aiohttp_client, config):
+    """The app with tracing on (spans kept in memory): it parses traceparent/tracestate."""
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    return await aiohttp_client(create_app(config, span_exporter=InMemorySpanExporter()))
+
+
+@FUZZ
+@example(name="traceparent", value="00-" + "f" * 32 + "-" + "f" * 16 + "-01")
+@example(name="traceparent", value="ff-" + "0" * 32 + "-" + "0" * 16 + "-00")
+@given(name=st.sampled_from(["traceparent", "tracestate"]),
+       value=st.one_of(header_text, st.lists(st.text(alphabet="0123456789abcdef-", max_size=33),
+                                             max_size=5).map("-".join)))
+async def test_any_trace_context_is_answered_without_a_500(api, traced, name, value):
+    resp = await traced.get(api.url("/runs/"), headers={
+        "Authorization": f"Bearer {api.token}", name: value})
+    answered(resp.status, await resp.text(), resp, (name, value))
