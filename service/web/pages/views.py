@@ -115,6 +115,7 @@ async def _signed_in(request: web.Request, session_id: Any) -> Principal | None:
     return None if row is None else Principal(row["id"], row["name"], row["enterprise_id"],
                                               frozenset(row["scopes"]), row["rate_limit"])
 
+
 def _next(value: str | None) -> str:
     # Only our own pages: never an open redirect to another site.
     ok = value and value.startswith("/ui/") and not value.startswith("//")
