@@ -30,6 +30,16 @@ CREATE TABLE IF NOT EXISTS api_tokens (
 ALTER TABLE api_tokens ADD COLUMN IF NOT EXISTS rate_limit integer
     CHECK (rate_limit >= 0);
 
+-- Sign-ins of the /ui/ pages (service/app/ui_sessions.py): the cookie holds a random id,
+-- this row the token it signed in with. Sign-out deletes the row, so a copied cookie ends
+-- with it; a revoked token ends its sessions (joined on every page).
+CREATE TABLE IF NOT EXISTS ui_sessions (
+    id_hash       bytea       PRIMARY KEY,  -- sha256 of the cookie's session id
+    enterprise_id text        NOT NULL,
+    token_id      bigint      NOT NULL REFERENCES api_tokens (id) ON DELETE CASCADE,
+    expires_at    timestamptz NOT NULL
+);
+
 CREATE TABLE IF NOT EXISTS pipelines (
     enterprise_id   text        NOT NULL,
     id              uuid        NOT NULL,

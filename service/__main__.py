@@ -293,6 +293,8 @@ def _serve(cfg: Config, on_ready=None, command: str = "serve") -> int:
 
 def cmd_serve(config: Config, args) -> int:
     config = _listen_config(config, args)
+    if config.session_cookie_secure is None:  # TLS in front, or SESSION_COOKIE_SECURE=off
+        config = config.with_(session_cookie_secure=True)
     with database(config) as cfg:
         return _serve(cfg)
 
@@ -302,6 +304,8 @@ def cmd_dev(config: Config, args) -> int:
     # Both checks come before anything is touched: a second `make run` leaves the first,
     # its database and its token alone.
     config = _listen_config(config, args)
+    if config.session_cookie_secure is None:  # plain http on loopback: SESSION_COOKIE_SECURE
+        config = config.with_(session_cookie_secure=False)
     with claim_data_dir(config.data_dir), _database(config, args.replica) as (cfg, psql):
         async def work(conn):
             return await devtoken.dev_token(conn, devtoken.token_path(cfg.data_dir))

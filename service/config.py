@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, replace
 from typing import Mapping
+from urllib.parse import urlsplit
 
 
 def _int(env: Mapping[str, str], name: str, default: int) -> int:
@@ -42,6 +43,15 @@ def _float(env: Mapping[str, str], name: str, default: float) -> float:
     return default if raw in (None, "") else float(raw)
 
 
+def _public_url(raw: str | None) -> str | None:
+    if not raw:
+        return None
+    parts = urlsplit(raw)
+    if parts.scheme not in ("http", "https") or not parts.netloc or parts.query or parts.fragment:
+        raise ValueError(f"PUBLIC_URL must be http(s)://host[:port][/path], not {raw!r}")
+    return raw.rstrip("/")
+
+
 @dataclass(frozen=True)
 class Config:
     database_url: str | None = None
@@ -57,7 +67,15 @@ class Config:
     # "json": one object per line; "text": for humans; None: the command's own default
     # (json for serve, text for dev: setup_logging's `default_format`).
     log_format: str | None = None
-    metrics_port: int | None = None  # None: /metrics on the API port; else only on this one
+    metrics_port: int | None = None  # /metrics on this port of metrics_host; None: not served
+    metrics_host: str = "127.0.0.1"  # loopback: metrics show every tenant's traffic
+    metrics_on_api_port: bool = False  # the old way: /metrics on the API port, to anyone
+    # The service's address as its clients see it (https://runs.example.com): list links
+    # and the pages' Origin check use it; None: the request's own Host header and scheme.
+    public_url: str | None = None
+    # The /ui/ cookie's Secure flag (sent over HTTPS only). None: the command's default:
+    # serve on, dev off; an app built directly (tests): on when the request came over HTTPS.
+    session_cookie_secure: bool | None = None
     pool_min: int = 2
     pool_max: int = 10
     pool_acquire_timeout: float = 5.0
@@ -118,6 +136,11 @@ class Config:
             log_format=(_choice(env, "LOG_FORMAT", "json", ("json", "text"))
                         if env.get("LOG_FORMAT") else None),
             metrics_port=_optional_int(env, "METRICS_PORT"),
+            metrics_host=env.get("METRICS_HOST") or "127.0.0.1",
+            metrics_on_api_port=_choice(env, "METRICS_ON_API_PORT", "off", ("on", "off")) == "on",
+            public_url=_public_url(env.get("PUBLIC_URL")),
+            session_cookie_secure=(_choice(env, "SESSION_COOKIE_SECURE", "on", ("on", "off"))
+                                   == "on" if env.get("SESSION_COOKIE_SECURE") else None),
             pool_min=_int(env, "DB_POOL_MIN", 2),
             pool_max=_int(env, "DB_POOL_MAX", 10),
             pool_acquire_timeout=_float(env, "DB_ACQUIRE_TIMEOUT", 5.0),

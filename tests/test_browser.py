@@ -93,6 +93,10 @@ async def test_an_auditor_signs_in_finds_a_run_and_downloads_its_history(
                                         accept_downloads=True, timezone_id="Europe/Paris")
     page = await context.new_page()
     page.set_default_timeout(WAIT_MS)
+    # The pages' Content-Security-Policy must block nothing of their own.
+    blocked: list[str] = []
+    page.on("console", lambda m: blocked.append(m.text)
+            if "Content Security Policy" in m.text else None)
 
     # Sign in: any page sends you to the form, and back.
     await page.goto(base + "/ui/runs")
@@ -185,4 +189,5 @@ async def test_an_auditor_signs_in_finds_a_run_and_downloads_its_history(
     await page.wait_for_url("**/ui/login")
     await page.goto(base + "/ui/runs")
     assert "/ui/login" in page.url
+    assert blocked == []
     await context.close()

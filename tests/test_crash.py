@@ -158,7 +158,8 @@ async def test_sigkill_under_load_loses_no_acknowledged_write(own_db, services):
 
 async def test_sigterm_drains_in_flight_requests_and_exits_0(own_db, services):
     # A sweeper that is busy at shutdown, too.
-    service = await services(own_db, TIMEOUT_SWEEP_SECONDS="0.2", SHUTDOWN_TIMEOUT="10").start()
+    service = await services(own_db, TIMEOUT_SWEEP_SECONDS="0.2", SHUTDOWN_TIMEOUT="10",
+                             METRICS_ON_API_PORT="on").start()  # _in_flight reads it
     headers = {"Authorization": f"Bearer {await _token(own_db, 'drain')}"}
     async with aiohttp.ClientSession(service.url + MOUNT + "/", headers=headers) as session:
         _, pipeline = await _call(session, "POST", "pipelines/", json={

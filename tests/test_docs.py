@@ -123,7 +123,8 @@ def _route_pattern(path: str) -> re.Pattern:
 
 @pytest.fixture(scope="module")
 def served() -> list[re.Pattern]:
-    app = create_app(Config(database_url="postgresql://unused/x"))
+    # /metrics counts as served: by default on METRICS_PORT, its own listener.
+    app = create_app(Config(database_url="postgresql://unused/x", metrics_on_api_port=True))
     return [_route_pattern(r.resource.canonical) for r in app.router.routes() if r.resource]
 
 

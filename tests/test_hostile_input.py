@@ -3,6 +3,7 @@ parameters, path ids, headers) is a 4xx envelope that writes nothing and shows n
 from __future__ import annotations
 
 import asyncio
+import base64
 import io
 import json
 
@@ -37,6 +38,7 @@ async def hostile(api, db, enterprise):
         return json.loads(text)["content"]
 
     expect_4xx.ids = real
+    expect_4xx.api = api
     return expect_4xx
 
 
@@ -260,3 +262,80 @@ async def test_non_utf8_authorization_bytes_are_401(api, client):
     head, _, body = answer.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 401"), answer[:300]
     assert json.loads(body)["code"] == 401
+
+
+# --- cursors, resume points and forms that used to reach a 500 ---------------------------
+
+def cursor_of(data) -> str:
+    """A cursor as the service writes them (base64url JSON, unpadded), around any content."""
+    raw = data if isinstance(data, bytes) else json.dumps(data).encode()
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+NIL = "00000000-0000-0000-0000-000000000000"
+HOSTILE_CURSORS = [
+    cursor_of(b'{"o":"","k":' + b"[" * 1500 + b"]" * 1500 + b"}"),  # RecursionError
+    cursor_of({"o": "", "k": ["2020-01-01T00:00:00+00:00", 5]}),  # uuid.UUID(5): AttributeError
+    cursor_of({"o": "", "k": [5, NIL]}),
+    cursor_of({"o": "", "k": [["2020"], {"a": 1}]}),
+    cursor_of({"o": "", "k": ["0001-01-01T00:00:00+14:00", NIL]}),  # year 0 in UTC: DataError
+    cursor_of({"o": "", "k": ["9999-12-31T23:59:59-14:00", NIL]}),  # year 10000 in UTC
+    cursor_of({"o": "", "k": ["0001-01-01T00:00:00+00:00", NIL]}),
+]
+
+
+async def test_hostile_cursors_are_400_on_the_api(hostile):
+    lists = ("/runs/", "/pipelines/{pipeline_id}/runs/".format(**hostile.ids))
+    for path in lists:
+        for cursor in HOSTILE_CURSORS[:-1]:
+            content = await hostile("GET", f"{path}?cursor={cursor}", 400)
+            assert content["errors"] == {"cursor": ["malformed cursor"]}, cursor
+        # The first instant Python has is a fine (empty) place to start after.
+        status, text, _ = await send(hostile.api, "GET", f"{path}?cursor={HOSTILE_CURSORS[-1]}")
+        assert status == 200, text[:300]
+
+
+async def ui_client(client, token: str):
+    """The test client signed in to the pages."""
+    resp = await client.post("/ui/login", data={"token": token, "next": "/ui/runs"},
+                             headers={"Origin": str(client.make_url("")).rstrip("/")},
+                             allow_redirects=False)
+    assert resp.status == 303, await resp.text()
+    return client
+
+
+async def test_hostile_cursors_are_400_on_the_runs_page(client, api):
+    await ui_client(client, api.token)
+    for cursor in HOSTILE_CURSORS[:-1]:
+        resp = await client.get(f"/ui/runs?cursor={cursor}", allow_redirects=False)
+        text = await resp.text()
+        assert resp.status == 400 and "malformed cursor" in text, (cursor[:40], text[:300])
+
+
+async def test_last_event_ids_that_are_not_ascii_positions_are_400(api, client):
+    for value in ("²", "١٢", "9999999999999999999", "9223372036854775808", "-1", "1 2", "0x10"):
+        resp = await client.get("/pipelines/v0/events/stream/", headers={
+            "Authorization": f"Bearer {api.token}", "Last-Event-ID": value})
+        body = await resp.json()
+        assert resp.status == 400, (value, body)
+        assert body["content"]["errors"] == {"Last-Event-ID": [
+            "must be an event position (a non-negative integer)"]}, value
+
+
+UNREADABLE_FORMS = [
+    ("application/x-www-form-urlencoded; charset=bogus", b"token=x"),
+    ("application/x-www-form-urlencoded; charset=ascii", b"token=\xff"),
+    ("application/x-www-form-urlencoded", b"token=\xff\xfe"),
+    ("multipart/form-data", b"token=x"),
+    ("multipart/form-data; boundary=zz", b"not multipart at all"),
+]
+
+
+async def test_sign_in_forms_that_cannot_be_read_get_the_sign_in_page_with_an_error(client):
+    origin = str(client.make_url("")).rstrip("/")
+    for content_type, body in UNREADABLE_FORMS:
+        resp = await client.post("/ui/login", data=body, allow_redirects=False,
+                                 headers={"Content-Type": content_type, "Origin": origin})
+        text = await resp.text()
+        assert resp.status == 400, (content_type, text[:300])
+        assert "The form could not be read" in text and "Traceback" not in text

@@ -18,6 +18,13 @@ from tests.helpers import Api
 RUN_ROUTE = "/pipelines/v0/pipelines/{pipeline_id}/runs/{pipeline_run_id}/"
 
 
+@pytest.fixture
+def config(config):
+    # The old way (METRICS_ON_API_PORT=on): most tests here scrape beside the API; the
+    # default (no /metrics on the API port) has its own test below.
+    return config.with_(metrics_on_api_port=True)
+
+
 async def scrape(client, path: str = "/metrics") -> tuple[str, dict]:
     resp = await client.get(path)  # no token: scrapers have none
     text = await resp.text()
@@ -147,14 +154,22 @@ async def test_pool_gauges_are_read_at_scrape_time(api, client, config):
     assert families["pipeline_runs_db_pool_max"].samples[0].value == config.pool_max
 
 
-async def test_metrics_port_serves_metrics_apart_from_the_api(aiohttp_client, config):
-    app = create_app(config.with_(metrics_port=0))  # 0: any free port
+async def test_by_default_the_api_port_serves_no_metrics(aiohttp_client, config):
+    client = await aiohttp_client(create_app(config.with_(metrics_on_api_port=False)))
+    resp = await client.get("/metrics")
+    assert resp.status == 404 and (await resp.json())["code"] == 404
+
+
+async def test_metrics_port_serves_metrics_apart_from_the_api_on_loopback(aiohttp_client,
+                                                                         config):
+    app = create_app(config.with_(metrics_port=0, metrics_on_api_port=False))  # 0: a free port
     client = await aiohttp_client(app)
     resp = await client.get("/health/live")
     assert resp.status == 200
     resp = await client.get("/metrics")
     assert resp.status == 404  # not on the API port
-    port = app[METRICS_RUNNER].addresses[0][1]
+    host, port = app[METRICS_RUNNER].addresses[0][:2]
+    assert host == "127.0.0.1"  # METRICS_HOST's default: not on the network
     async with aiohttp.ClientSession() as session:
         async with session.get(f"http://127.0.0.1:{port}/metrics") as resp:
             assert resp.status == 200
@@ -166,7 +181,11 @@ async def test_metrics_port_serves_metrics_apart_from_the_api(aiohttp_client, co
 
 def test_metrics_port_and_log_format_come_from_the_environment():
     assert Config.from_env({}).metrics_port is None
+    assert Config.from_env({}).metrics_host == "127.0.0.1"
+    assert Config.from_env({}).metrics_on_api_port is False
     assert Config.from_env({"METRICS_PORT": "9100"}).metrics_port == 9100
+    assert Config.from_env({"METRICS_HOST": "0.0.0.0"}).metrics_host == "0.0.0.0"
+    assert Config.from_env({"METRICS_ON_API_PORT": "on"}).metrics_on_api_port is True
     assert Config.from_env({}).log_format is None  # the command's default (json for serve)
     assert Config.from_env({"LOG_FORMAT": "TEXT"}).log_format == "text"
     with pytest.raises(ValueError, match="LOG_FORMAT"):

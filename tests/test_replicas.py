@@ -37,8 +37,8 @@ def standby_dsn(replica_pair):
 @pytest.fixture
 def config(db_dsn, standby_dsn) -> Config:
     return Config(database_url=as_runtime(db_dsn), read_database_urls=(as_runtime(standby_dsn),),
-                  pool_min=1,
-                  pool_max=10, token_cache_seconds=0.5, replica_probe_seconds=0.2)
+                  pool_min=1, pool_max=10, token_cache_seconds=0.5, replica_probe_seconds=0.2,
+                  metrics_on_api_port=True)  # routing() scrapes it beside the API
 
 
 @pytest.fixture

@@ -22,7 +22,8 @@ def db_dsn(own_db):
 
 @pytest.fixture
 def config(config):
-    return config.with_(webhook_timeout_seconds=1.0, webhook_retry_schedule=RETRIES)
+    return config.with_(webhook_timeout_seconds=1.0, webhook_retry_schedule=RETRIES,
+                        metrics_on_api_port=True)  # scraped beside the API here
 
 
 @pytest.fixture

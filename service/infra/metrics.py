@@ -195,7 +195,7 @@ def _replica_families(replicas) -> Iterator:
 
 
 def handler(metrics: Metrics):
-    """GET /metrics: the Prometheus text format; no token (a scraper has none)."""
+    """GET /metrics: the Prometheus text format; no token (its own port, loopback by default)."""
 
     async def serve_metrics(request: web.Request) -> web.Response:
         return web.Response(body=metrics.render(), headers={"Content-Type": CONTENT_TYPE_LATEST})

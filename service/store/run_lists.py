@@ -31,7 +31,7 @@ import json
 import re
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any
 
 import asyncpg
@@ -128,7 +128,8 @@ def decode_cursor(text: str, ordering: str | None) -> dict[str, Any]:
     try:
         raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
         data = json.loads(raw)
-    except (binascii.Error, ValueError, UnicodeDecodeError):
+    except (binascii.Error, ValueError, UnicodeDecodeError, RecursionError):
+        # RecursionError: JSON nested deeper than the parser's stack (never one of ours).
         raise _bad_cursor("malformed cursor") from None
     if not (isinstance(data, dict) and set(data) == {"o", "k"}
             and isinstance(data["k"], list) and isinstance(data["o"], str)):
@@ -150,20 +151,25 @@ def decode_cursor(text: str, ordering: str | None) -> dict[str, Any]:
 
 
 def _typed(name: str, kind: type, value: Any) -> Any:
+    """One key value, checked whole: its JSON type first, then its range as a column holds it."""
     if value is None and name in _NULLABLE:
         return None
-    if kind is datetime:
-        instant = datetime.fromisoformat(value)
-        if instant.tzinfo is None:
-            raise ValueError(name)
-        return instant
-    if kind is uuid.UUID:
-        return uuid.UUID(value)
     if kind is int:
         if type(value) is not int or not 0 <= value <= INT_MAX:
             raise ValueError(name)
         return value
-    if type(value) is not str or "\x00" in value or len(value) > 10_000:
+    if type(value) is not str or len(value) > 10_000:
+        raise ValueError(name)  # uuid.UUID(5) is an AttributeError, not a ValueError
+    if kind is datetime:
+        instant = datetime.fromisoformat(value)
+        if instant.tzinfo is None:
+            raise ValueError(name)
+        # In UTC (as the database stores it) or not at all: year 1 at +14:00 is year 0 in
+        # UTC, which neither Python nor the driver can send (OverflowError, a 400).
+        return instant.astimezone(timezone.utc)
+    if kind is uuid.UUID:
+        return uuid.UUID(value)
+    if "\x00" in value:
         raise ValueError(name)
     return value
 

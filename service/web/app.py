@@ -180,14 +180,14 @@ async def _rate_headers(request: web.Request, response: web.StreamResponse) -> N
 
 
 async def _metrics_server_ctx(app: web.Application) -> AsyncIterator[None]:
-    """METRICS_PORT set: /metrics is served there (and not on the API port)."""
+    """METRICS_PORT set: /metrics is served there, on METRICS_HOST (loopback by default)."""
     config = app[CONFIG]
     runner = web.AppRunner(metrics_app(app[METRICS]), access_log=None)
     await runner.setup()
     try:
-        await web.TCPSite(runner, config.host, config.metrics_port).start()
+        await web.TCPSite(runner, config.metrics_host, config.metrics_port).start()
         app[METRICS_RUNNER] = runner
-        log.info("metrics on http://%s:%d/metrics", config.host, runner.addresses[0][1])
+        log.info("metrics on http://%s:%d/metrics", config.metrics_host, runner.addresses[0][1])
         yield
     finally:
         await runner.cleanup()
@@ -288,8 +288,8 @@ def create_app(config: Config, *, span_exporter=None) -> web.Application:
     app.cleanup_ctx.append(_webhooks_ctx)
     tracing.install(app, config, span_exporter)  # OTEL_EXPORTER_OTLP_ENDPOINT set: traced
     app.on_shutdown.append(_wake_long_polls)
-    if config.metrics_port is None:
+    if config.metrics_on_api_port:  # the old way, only when asked for: anyone may read
         app.router.add_get("/metrics", metrics_handler(metrics))
-    else:
+    if config.metrics_port is not None:
         app.cleanup_ctx.append(_metrics_server_ctx)
     return app

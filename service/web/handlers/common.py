@@ -10,6 +10,7 @@ from aiohttp_apispec import docs, json_schema, match_info_schema, querystring_sc
 
 from service.infra import replicas as replica_routing
 from service.infra import logs
+from service.web import links
 from service.web.auth import CHALLENGE, SECURITY, requires
 from service.web.consistency import REQUEST_DOC as TOKEN_DOC
 from service.web.consistency import RESPONSE_DOC as TOKEN_RESPONSE_DOC
@@ -188,7 +189,7 @@ def page(request: web.Request, total: int, items: list, limit: int, offset: int,
     """
 
     def at(new_offset: int) -> str:
-        return str(request.url.update_query(limit=limit, offset=new_offset))
+        return str(links.here(request).update_query(limit=limit, offset=new_offset))
 
     content = {
         "count": total,

@@ -5,6 +5,7 @@ from aiohttp import web
 
 from service.app import audit
 from service.app import feed as feed_cases
+from service.web import links
 from service.web.consistency import require
 from service.web.envelope import envelope
 from service.web.keys import CONFIG, FEED_WAITERS, WAIT_CAP
@@ -57,7 +58,7 @@ async def feed(request: web.Request) -> web.Response:
                                          **read)
     else:
         found = await feed_cases.read(lambda: connection(request), caller.enterprise_id, **read)
-    next_url = str(request.url.update_query(after=found.next_after))
+    next_url = str(links.here(request).update_query(after=found.next_after))
     return envelope({"results": found.events, "next_after": found.next_after, "next": next_url,
                      "caught_up": found.exhausted})
 

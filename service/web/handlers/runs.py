@@ -7,6 +7,7 @@ from aiohttp import web
 
 from service.app import runs as use
 from service.domain.errors import BadRequest
+from service.web import links
 from service.web import schemas as s
 from service.web.auth import require_scope
 from service.web.envelope import envelope
@@ -51,7 +52,7 @@ _DATES = ("created_after", "created_before", "updated_after", "updated_before")
 
 def _run_page(request: web.Request, result, q: dict) -> web.Response:
     """The list envelope of run lists: offset links, or cursor links on cursor pages."""
-    limit, offset, url = q["limit"], q["offset"], request.url
+    limit, offset, url = q["limit"], q["offset"], links.here(request)
     if q.get("cursor"):
         following = (str(url.without_query_params("offset").update_query(
             cursor=result.next_cursor)) if result.next_cursor else None)

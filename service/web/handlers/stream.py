@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import re
 
 from aiohttp import web
 from aiohttp_sse import sse_response
@@ -18,6 +19,8 @@ log = logging.getLogger(__name__)
 
 BATCH = 500  # events read per query while catching up
 LAST_EVENT_ID = "Last-Event-ID"
+_POSITION = re.compile(r"[0-9]{1,19}", re.ASCII)
+MAX_POSITION = 2**63 - 1  # a bigint, as positions are stored
 HEADER_DOC = {
     "in": "header", "name": LAST_EVENT_ID, "required": False,
     "schema": {"type": "string", "pattern": "^[0-9]{1,19}$"},
@@ -44,10 +47,12 @@ def _resume_point(request: web.Request, after: int | None) -> int:
     raw = request.headers.get(LAST_EVENT_ID)
     if raw is None:
         return after or 0
-    if not raw.strip().isdigit() or len(raw.strip()) > 19:
+    # ASCII digits only (str.isdigit() passes "²", which int() refuses) and within a bigint.
+    value = raw.strip()
+    if not _POSITION.fullmatch(value) or int(value) > MAX_POSITION:
         raise BadRequest("invalid input", {"errors": {LAST_EVENT_ID: [
             "must be an event position (a non-negative integer)"]}})
-    return int(raw)
+    return int(value)
 
 
 def _held(request: web.Request):

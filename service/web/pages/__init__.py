@@ -8,7 +8,7 @@ import aiohttp_jinja2
 import jinja2
 from aiohttp import web
 
-from service.web.pages import svg, views
+from service.web.pages import session, svg, views
 
 HERE = Path(__file__).parent
 STATIC_PREFIX = "/ui/static/"
@@ -37,3 +37,4 @@ def setup(app: web.Application) -> None:
     for method, path, handler in views.routes:
         app.router.add_route(method, path, handler)
     app.router.add_static(STATIC_PREFIX, HERE / "static", append_version=False)
+    app.on_response_prepare.append(session.page_headers)

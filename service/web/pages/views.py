@@ -1,8 +1,8 @@
 """The auditors' pages under /ui/: sign in and out, runs, a run, activity, exports.
 
-Read-only. Each page resolves its session's token exactly as the API resolves a bearer
-token (web/auth.py: revoked tokens stop working within TOKEN_CACHE_SECONDS) and checks
-its scope; no session: a redirect to the sign-in form.
+Read-only. Each page resolves its server-side session (app/ui_sessions.py) to the token it
+signed in with (ended at sign-out, expiry, or when the token is revoked) and checks its
+scope; no live session: a redirect to the sign-in form.
 """
 from __future__ import annotations
 
@@ -16,15 +16,16 @@ from aiohttp import web
 from aiohttp_session import get_session, new_session
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate
 
-from service.app import audit
+from service.app import audit, ui_sessions
 from service.domain import lifecycle
 from service.domain.errors import DomainError, NotFound, TooManyRequests
 from service.web import schemas as s
 from service.web.auth import charge, principal_for
 from service.web.handlers import exports
 from service.web.handlers.common import connection
-from service.web.keys import CONFIG, FEED_WAITERS, PRINCIPAL, WAIT_CAP
+from service.web.keys import CONFIG, FEED_WAITERS, PRINCIPAL, WAIT_CAP, Principal
 from service.web.pages import svg
+from service.web.pages.session import COOKIE, MAX_AGE
 
 READ, AUDIT = "runs:read", "audit:read"
 PAGE_SIZE = 25
@@ -85,11 +86,14 @@ def page(scope: str = READ) -> Callable:
         @functools.wraps(handler)
         async def run(request: web.Request) -> web.StreamResponse:
             session = await get_session(request)
-            token = session.get("token")
-            who = await principal_for(request, token) if token else None
+            who = await _signed_in(request, session.get("sid"))
             if who is None:
+                # A cookie that no longer signs in (signed out, expired, token revoked, or a
+                # restart without SESSION_SECRET): the sign-in page says so.
+                ended = "&ended=1" if COOKIE in request.cookies else ""
                 session.invalidate()
-                raise web.HTTPSeeOther(f"/ui/login?next={quote(request.path_qs, safe='/')}")
+                raise web.HTTPSeeOther(
+                    f"/ui/login?next={quote(request.path_qs, safe='/')}{ended}")
             request[PRINCIPAL] = who
             try:
                 await charge(request, who)  # the token's rate, as its API requests spend it
@@ -113,6 +117,20 @@ def page(scope: str = READ) -> Callable:
 
 # --- sign in / out ----------------------------------------------------------------------
 
+ENDED = ("Your session ended (signed out, expired, its token revoked, or the service "
+         "restarted): sign in again.")
+
+
+async def _signed_in(request: web.Request, session_id: Any) -> Principal | None:
+    """The principal of a live server-side session; None for none, ended or revoked."""
+    if not isinstance(session_id, str):
+        return None
+    async with connection(request, read=False) as conn:
+        row = await ui_sessions.resolve(conn, session_id)
+    return None if row is None else Principal(row["id"], row["name"], row["enterprise_id"],
+                                              frozenset(row["scopes"]), row["rate_limit"])
+
+
 def _next(value: str | None) -> str:
     # Only our own pages: never an open redirect to another site.
     ok = value and value.startswith("/ui/") and not value.startswith("//")
@@ -120,24 +138,46 @@ def _next(value: str | None) -> str:
 
 
 async def login_form(request: web.Request) -> web.Response:
-    return _render(request, "login.html", {"next": _next(request.query.get("next"))})
+    ended = {"message": ENDED} if request.query.get("ended") else {}
+    return _render(request, "login.html", {"next": _next(request.query.get("next")), **ended})
+
+
+async def _login_form(request: web.Request):
+    """The posted form, or None when its body cannot be read as one."""
+    try:
+        return await request.post()
+    except (LookupError, UnicodeDecodeError, ValueError):
+        # An unknown charset (LookupError), bytes its charset cannot decode, multipart
+        # without a boundary (ValueError): not a form.
+        return None
 
 
 async def login(request: web.Request) -> web.StreamResponse:
-    form = await request.post()
+    form = await _login_form(request)
+    if form is None:
+        return _render(request, "login.html", {
+            "next": "/ui/runs", "message": "The form could not be read: send it again."}, 400)
     token, target = str(form.get("token", "")).strip(), _next(str(form.get("next", "")))
     who = await principal_for(request, token) if token else None
     if who is None or READ not in who.scopes:
         message = ("Unknown or revoked token." if who is None
                    else f"This token lacks the scope {READ}.")
         return _render(request, "login.html", {"next": target, "message": message}, 401)
+    previous = (await get_session(request)).get("sid")
+    async with connection(request, read=False) as conn:
+        if isinstance(previous, str):  # signing in again ends the session it replaces
+            await ui_sessions.end(conn, previous)
+        session_id = await ui_sessions.start(conn, who.enterprise_id, who.token_id, MAX_AGE)
     session = await new_session(request)  # a fresh session id: no fixation
-    session["token"] = token
+    session["sid"] = session_id  # the token itself stays on the server
     raise web.HTTPSeeOther(target)
 
 
 async def logout(request: web.Request) -> web.StreamResponse:
     session = await get_session(request)
+    if isinstance(session.get("sid"), str):  # ended on the server: a copied cookie dies too
+        async with connection(request, read=False) as conn:
+            await ui_sessions.end(conn, session["sid"])
     session.invalidate()
     raise web.HTTPSeeOther("/ui/login")
 
