@@ -27,6 +27,8 @@ log = logging.getLogger("service")
 
 # Scopes a token may carry: what the handlers require (web/handlers, @operation scope=).
 KNOWN_SCOPES = token_store.DEFAULT_SCOPES
+# `dev` (make run) opens loopback to webhooks unless WEBHOOK_ALLOWED_NETWORKS is set.
+DEV_WEBHOOK_NETWORKS = ("127.0.0.0/8", "::1/128")
 
 
 class CannotConnect(Exception):
@@ -230,6 +232,10 @@ def cmd_dev(config: Config, args) -> int:
     # Both checks come before anything is touched: a second `make run` leaves the first,
     # its database and its token alone.
     config = _listen_config(config, args)
+    if config.webhook_allowed_networks is None:  # development: receivers on this machine
+        config = config.with_(webhook_allowed_networks=DEV_WEBHOOK_NETWORKS)
+        log.warning("dev: webhooks may reach loopback (WEBHOOK_ALLOWED_NETWORKS=%s); "
+                    "serve refuses it unless set", ",".join(DEV_WEBHOOK_NETWORKS))
     with claim_data_dir(config.data_dir), _database(config, args.replica) as (cfg, psql):
         async def work(conn):
             await meta.migrate(conn)
@@ -252,7 +258,13 @@ def _print_dev_banner(cfg: Config, token: str, reused: bool, path, psql: str) ->
   Try:   curl -s -H 'Authorization: Bearer {token}' {base}/api/pipelines/v0/runs/
   Docs:  {base}/api/docs
   psql:  {psql}
+  Webhooks reach global addresses{_opened(cfg)}
 """, flush=True)
+
+
+def _opened(cfg: Config) -> str:
+    nets = ",".join(cfg.webhook_allowed_networks or ())
+    return f" and {nets} (WEBHOOK_ALLOWED_NETWORKS)" if nets else ""
 
 
 EPILOG = """\

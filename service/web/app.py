@@ -125,7 +125,8 @@ async def _pool_ctx(app: web.Application) -> AsyncIterator[None]:
 async def _webhooks_ctx(app: web.Application) -> AsyncIterator[None]:
     """The webhook sender (pings use it too) and, with WEBHOOKS=on, the dispatcher task."""
     config = app[CONFIG]
-    sender = Sender(Targets(config.webhook_allowed_hosts), config.webhook_timeout_seconds)
+    sender = Sender(Targets(config.webhook_allowed_hosts, config.webhook_allowed_networks or ()),
+                    config.webhook_timeout_seconds)
     await sender.start()
     app[WEBHOOK_SENDER] = sender
     dispatcher = task = None
