@@ -9,7 +9,7 @@ from typing import Any
 import asyncpg
 
 from service.app.webhook_http import Sender, Targets, check_url, new_secret, to_json
-from service.domain.errors import NotFound
+from service.domain.errors import Conflict, NotFound
 from service.store import webhooks as store
 
 PING = "webhook.ping"
@@ -22,11 +22,16 @@ def _found(hook: dict | None) -> dict:
 
 
 async def create(conn: asyncpg.Connection, targets: Targets, enterprise_id: str,
-                 fields: dict[str, Any], created_by: int | None) -> dict[str, Any]:
-    """A new subscription, with its signing secret (answered this once)."""
+                 fields: dict[str, Any], created_by: int | None, cap: int) -> dict[str, Any]:
+    """A new subscription, with its signing secret (answered this once); at most `cap` per
+    enterprise (each one's deliveries share the enterprise's part of the dispatcher)."""
     await check_url(fields["url"], targets)
     secret = new_secret()
-    hook = await store.create(conn, enterprise_id, fields, secret, created_by)
+    hook = await store.create(conn, enterprise_id, fields, secret, created_by, cap)
+    if hook is None:
+        raise Conflict(f"the enterprise has {cap} webhooks, the most allowed "
+                       "(WEBHOOK_MAX_PER_ENTERPRISE): delete one first",
+                       {"limit": cap})
     return {**hook, "secret": secret}
 
 

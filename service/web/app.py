@@ -132,7 +132,8 @@ async def _webhooks_ctx(app: web.Application) -> AsyncIterator[None]:
     dispatcher = task = None
     if config.webhooks:
         dispatcher = Dispatcher(app[POOL], sender, config.webhook_retry_schedule,
-                                config.webhook_concurrency, app[METRICS], app[FEED_WAITERS])
+                                config.webhook_concurrency, app[METRICS], app[FEED_WAITERS],
+                                config.webhook_concurrency_per_enterprise)
         task = asyncio.create_task(dispatcher.run_forever())
     try:
         yield

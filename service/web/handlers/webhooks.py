@@ -7,7 +7,7 @@ from service.app import webhooks as app
 from service.web import schemas as s
 from service.web.envelope import envelope
 from service.web.handlers.common import body, connection, operation, page, path, principal, query
-from service.web.keys import WEBHOOK_SENDER
+from service.web.keys import CONFIG, WEBHOOK_SENDER
 
 SCOPE = "webhooks:manage"
 TAG = "Webhooks"
@@ -29,13 +29,18 @@ async def list_webhooks(request: web.Request) -> web.Response:
 
 @operation(scope=SCOPE, tag=TAG, summary="Subscribe a URL to the enterprise's events",
            description="Deliveries start with the events after this moment. The answer "
-                       "carries the signing `secret`, shown only here.",
-           body=s.WebhookBody, response=s.WebhookSecretEnvelope)
+                       "carries the signing `secret`, shown only here. The URL must reach "
+                       "a global unicast address (or one in WEBHOOK_ALLOWED_NETWORKS): "
+                       "400 names why not. An enterprise has at most "
+                       "WEBHOOK_MAX_PER_ENTERPRISE subscriptions (default 20).",
+           body=s.WebhookBody, response=s.WebhookSecretEnvelope, errors=(409,),
+           error_docs={409: "The enterprise has WEBHOOK_MAX_PER_ENTERPRISE subscriptions "
+                            "already (content.limit): delete one first"})
 async def create_webhook(request: web.Request) -> web.Response:
     who = principal(request)
     async with connection(request) as conn:
         hook = await app.create(conn, _targets(request), who.enterprise_id, body(request),
-                                who.token_id)
+                                who.token_id, request.app[CONFIG].webhook_max_per_enterprise)
     return envelope(hook, message="webhook created")
 
 
