@@ -89,7 +89,7 @@ class Config:
     webhook_concurrency: int = 16  # deliveries in flight per process
     # CIDRs webhooks may reach besides global unicast; None (unset): none, but `dev` loopback.
     webhook_allowed_networks: tuple[str, ...] | None = None
-    webhook_concurrency_per_enterprise: int = 4  # of webhook_concurrency, per enterprise
+    webhook_concurrency_per_enterprise: int = 8  # of webhook_concurrency, per enterprise
     webhook_max_per_enterprise: int = 20  # subscriptions an enterprise may have
     # OTLP/HTTP collector (e.g. http://collector:4318): set, requests and SQL are traced
     # (infra/tracing.py); unset, OpenTelemetry is not even imported.
@@ -144,7 +144,7 @@ class Config:
             webhook_allowed_hosts=_words(env, "WEBHOOK_ALLOWED_HOSTS"),
             webhook_concurrency=_int(env, "WEBHOOK_CONCURRENCY", 16),
             webhook_allowed_networks=_cidrs(env, "WEBHOOK_ALLOWED_NETWORKS"),
-            webhook_concurrency_per_enterprise=_int(env, "WEBHOOK_CONCURRENCY_PER_ENTERPRISE", 4),
+            webhook_concurrency_per_enterprise=_int(env, "WEBHOOK_CONCURRENCY_PER_ENTERPRISE", 8),
             webhook_max_per_enterprise=_int(env, "WEBHOOK_MAX_PER_ENTERPRISE", 20),
             otel_endpoint=env.get("OTEL_EXPORTER_OTLP_ENDPOINT") or None,
             otel_service_name=env.get("OTEL_SERVICE_NAME") or "pipeline-runs",

@@ -20,7 +20,7 @@ def db_dsn(own_db):
 
 @pytest.fixture
 def config(config):
-    # The defaults (16 deliveries in flight, 4 per enterprise, 20 subscriptions each); the
+    # The defaults (16 deliveries in flight, 8 per enterprise, 20 subscriptions each); the
     # receivers are on loopback, opened as an operator would.
     return config.with_(webhook_timeout_seconds=SLOW + 5, webhook_allowed_networks=("127.0.0.0/8",))
 
@@ -40,13 +40,13 @@ async def test_slow_receivers_do_not_delay_another_enterprises_delivery(api, db,
         await api.post("/webhooks/", {"url": f"{slow.url}/slow"})
     await quiet.post("/webhooks/", {"url": f"{fast.url}/ok"})
     await api.run((await api.pipeline())["id"])  # 16 slow deliveries (at least)
-    await wait_until(lambda: slow.arrived >= 4, what="the noisy enterprise's share in flight")
+    await wait_until(lambda: slow.arrived >= 8, what="the noisy enterprise's share in flight")
     await quiet.run((await quiet.pipeline())["id"])
     await fast.wait_for(lambda: fast.received, 30)
     first = fast.received[0]
     lag = first.at - datetime.fromisoformat(first.payload["timestamp"]).timestamp()
     assert lag < 1.0, f"the quiet enterprise's delivery took {lag:.2f}s"
-    assert slow.arrived == 4, "the noisy enterprise had more than its share in flight"
+    assert slow.arrived == 8, "the noisy enterprise had more than its share in flight"
 
 
 async def test_subscriptions_per_enterprise_are_capped(aiohttp_client, config, db, token):
@@ -72,7 +72,7 @@ async def test_subscriptions_per_enterprise_are_capped(aiohttp_client, config, d
 
 def test_fairness_settings():
     config = Config.from_env({})
-    assert (config.webhook_max_per_enterprise, config.webhook_concurrency_per_enterprise) == (20, 4)
+    assert (config.webhook_max_per_enterprise, config.webhook_concurrency_per_enterprise) == (20, 8)
     config = Config.from_env({"WEBHOOK_MAX_PER_ENTERPRISE": "5",
                               "WEBHOOK_CONCURRENCY_PER_ENTERPRISE": "2"})
     assert (config.webhook_max_per_enterprise, config.webhook_concurrency_per_enterprise) == (5, 2)
