@@ -12,6 +12,7 @@ import ipaddress
 import json
 import socket
 
+import aiohttp
 import pytest
 from aiohttp.abc import AbstractResolver
 
@@ -19,7 +20,7 @@ from service.app.webhook_targets import literal, not_global
 from service.config import Config
 from service.web.keys import WEBHOOK_SENDER
 from tests.helpers import wait_until
-from tests.processes import free_port
+from tests.processes import Dev, Service, free_port
 from tests.webhook_receiver import SECRET_BODY, Receiver
 
 GLOBAL = "93.184.215.14"  # any global unicast address: never connected to here
@@ -219,3 +220,28 @@ def test_allowed_networks_setting():
     assert got.webhook_allowed_networks == ("127.0.0.0/8", "fd00::/8")
     with pytest.raises(ValueError, match="WEBHOOK_ALLOWED_NETWORKS"):
         Config.from_env({"WEBHOOK_ALLOWED_NETWORKS": "10.0.0.0/33"})
+
+
+async def _create(base: str, token: str, url: str) -> tuple[int, dict]:
+    async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {token}"}) as session:
+        async with session.post(f"{base}/pipelines/v0/webhooks/", json={"url": url}) as resp:
+            return resp.status, await resp.json()
+
+
+async def test_dev_opens_loopback_and_says_so_serve_does_not(own_db, tmp_path):
+    dev = Dev(tmp_path, tmp_path / ".data", free_port(), "dev", DATABASE_URL=own_db)
+    try:
+        token = dev.wait_ready()
+        banner = dev.stdout()[dev.stdout().index("is listening on"):]
+        assert "Webhooks reach global addresses and 127.0.0.0/8,::1/128" in banner, banner
+        assert "webhooks may reach loopback" in dev.stderr()
+        status, _ = await _create(f"http://127.0.0.1:{dev.port}", token, "http://127.0.0.1:9/")
+        assert status == 200
+    finally:
+        dev.stop()
+    serve = await Service(own_db, tmp_path).start()
+    try:
+        status, answer = await _create(serve.url, token, "http://127.0.0.1:9/")
+        assert status == 400 and "a loopback address" in answer["content"]["errors"]["url"][0]
+    finally:
+        serve.stop()
