@@ -89,8 +89,8 @@ class Config:
     webhook_concurrency: int = 16  # deliveries in flight per process
     # CIDRs webhooks may reach besides global unicast; None (unset): none, but `dev` loopback.
     webhook_allowed_networks: tuple[str, ...] | None = None
-    webhook_concurrency_per_enterprise: int = 8  # of webhook_concurrency, per enterprise
-    webhook_max_per_enterprise: int = 20  # subscriptions an enterprise may have
+    webhook_concurrency_per_enterprise: int = 8  # of webhook_concurrency per enterprise; 0: all
+    webhook_max_per_enterprise: int = 20  # subscriptions an enterprise may have; 0: no cap
     # OTLP/HTTP collector (e.g. http://collector:4318): set, requests and SQL are traced
     # (infra/tracing.py); unset, OpenTelemetry is not even imported.
     otel_endpoint: str | None = None

@@ -68,6 +68,10 @@ async def test_subscriptions_per_enterprise_are_capped(aiohttp_client, config, d
     assert len(listed) == 3
     await api.delete(f"/webhooks/{listed[0]['id']}/")
     await api.post("/webhooks/", url)
+    uncapped = Api(await aiohttp_client(create_app(config.with_(webhook_max_per_enterprise=0))),
+                   token)
+    await uncapped.post("/webhooks/", url)  # 0: no cap
+    assert (await uncapped.get("/webhooks/"))["count"] == 4
 
 
 def test_fairness_settings():

@@ -24,10 +24,11 @@ def _found(hook: dict | None) -> dict:
 async def create(conn: asyncpg.Connection, targets: Targets, enterprise_id: str,
                  fields: dict[str, Any], created_by: int | None, cap: int) -> dict[str, Any]:
     """A new subscription, with its signing secret (answered this once); at most `cap` per
-    enterprise (each one's deliveries share the enterprise's part of the dispatcher)."""
+    enterprise, 0 for no cap (each one's deliveries share the enterprise's part of the
+    dispatcher)."""
     await check_url(fields["url"], targets)
     secret = new_secret()
-    hook = await store.create(conn, enterprise_id, fields, secret, created_by, cap)
+    hook = await store.create(conn, enterprise_id, fields, secret, created_by, cap or None)
     if hook is None:
         raise Conflict(f"the enterprise has {cap} webhooks, the most allowed "
                        "(WEBHOOK_MAX_PER_ENTERPRISE): delete one first",

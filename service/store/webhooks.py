@@ -16,13 +16,13 @@ COLUMNS = """enterprise_id, id, url, event_types, pipeline_id, description, is_a
 # Held to commit by a create: the count below sees every earlier create of the enterprise.
 LOCK_CREATES = f"SELECT pg_advisory_xact_lock({WEBHOOKS_LOCK_CLASS}, hashtext($1))"
 # A new subscription starts at the feed's present: it delivers what happens from now on.
-# None is inserted when the enterprise already has $10 (the cap).
+# Nothing is inserted when the enterprise already has $10 (the cap; NULL: no cap).
 INSERT = f"""
 INSERT INTO webhooks (enterprise_id, id, url, event_types, pipeline_id, description, is_active,
                       secret, created_by, cursor)
 SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9,
        (SELECT coalesce(max(position), 0) FROM run_events WHERE enterprise_id = $1)
-WHERE (SELECT count(*) FROM webhooks WHERE enterprise_id = $1) < $10
+WHERE $10::bigint IS NULL OR (SELECT count(*) FROM webhooks WHERE enterprise_id = $1) < $10
 RETURNING {COLUMNS}
 """
 GET = f"SELECT {COLUMNS} FROM webhooks WHERE enterprise_id = $1 AND id = $2"
@@ -170,8 +170,8 @@ def public(row: asyncpg.Record) -> dict[str, Any]:
 
 
 async def create(conn: asyncpg.Connection, enterprise_id: str, fields: dict[str, Any],
-                 secret: str, created_by: int | None, cap: int) -> dict[str, Any] | None:
-    """The new subscription, or None: the enterprise has `cap` already."""
+                 secret: str, created_by: int | None, cap: int | None) -> dict[str, Any] | None:
+    """The new subscription, or None: the enterprise has `cap` already (None: no cap)."""
     async with conn.transaction():
         await conn.execute(LOCK_CREATES, enterprise_id)
         row = await conn.fetchrow(INSERT, enterprise_id, uuid.uuid4(), fields["url"],
