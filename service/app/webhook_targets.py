@@ -109,7 +109,8 @@ class Targets:
             except ValueError:
                 self.names.add(entry.lower().rstrip("."))
         self.restricted = bool(self.names or self.hosts_networks)
-        self.dns: AbstractResolver = ThreadedResolver()  # tests put a scripted one here
+        # None: the system's (getaddrinfo in a thread), made in the loop; tests script one.
+        self.dns: AbstractResolver | None = None
 
     def refusal(self, host: str, addresses: Iterable[IP]) -> str | None:
         """Why `host` (resolving to `addresses`) may not be reached, or None."""
@@ -138,6 +139,8 @@ class Targets:
                       "family": socket.AF_INET if address.version == 4 else socket.AF_INET6,
                       "proto": 0, "flags": socket.AI_NUMERICHOST}]
         else:
+            if self.dns is None:
+                self.dns = ThreadedResolver()
             infos = await self.dns.resolve(host, port, family)
         reason = self.refusal(host, [ipaddress.ip_address(i["host"]) for i in infos])
         if reason is not None:
@@ -155,4 +158,5 @@ class GuardedResolver(AbstractResolver):
         return await self.targets.resolve(host, port, family)
 
     async def close(self) -> None:
-        await self.targets.dns.close()
+        if self.targets.dns is not None:
+            await self.targets.dns.close()
