@@ -11,6 +11,7 @@ import asyncio
 import ipaddress
 import json
 import socket
+import uuid
 
 import aiohttp
 import pytest
@@ -19,7 +20,7 @@ from aiohttp.abc import AbstractResolver
 from service.app.webhook_targets import literal, not_global
 from service.config import Config
 from service.web.keys import WEBHOOK_SENDER
-from tests.helpers import wait_until
+from tests.helpers import make_token, wait_until
 from tests.processes import Dev, Service, free_port
 from tests.webhook_receiver import SECRET_BODY, Receiver
 
@@ -245,3 +246,32 @@ async def test_dev_opens_loopback_and_says_so_serve_does_not(own_db, tmp_path):
         assert status == 400 and "a loopback address" in answer["content"]["errors"]["url"][0]
     finally:
         serve.stop()
+
+
+class StalledDNS(ScriptedDNS):
+    """Answers only once `release` is set: a caller's slow (perhaps hostile) name server."""
+
+    def __init__(self, answers):
+        super().__init__(answers)
+        self.release, self.waiting = asyncio.Event(), 0
+
+    async def resolve(self, host, port=0, family=socket.AF_INET):
+        self.waiting += 1
+        await self.release.wait()
+        return await super().resolve(host, port, family)
+
+
+async def test_a_slow_name_server_holds_no_database_connection(api, client, config, db):
+    """More creates waiting on DNS than the pool has connections: another enterprise's
+    reads still answer (the check runs before a connection is taken)."""
+    dns = _targets(client).dns = StalledDNS({"slow.example": [GLOBAL]})
+    url = {"url": "https://slow.example/h"}
+    creates = [asyncio.create_task(api.call("POST", "/webhooks/", (200, 409), json=url))
+               for _ in range(config.pool_max + 5)]
+    await wait_until(lambda: dns.waiting == len(creates), what="every create in DNS")
+    other = api.with_token(await make_token(db, "ent-beside-the-slow-dns"))
+    assert (await other.get("/webhooks/"))["count"] == 0
+    await other.put(f"/webhooks/{uuid.uuid4()}/", {"url": "https://8.8.8.8/h"}, status=404)
+    dns.release.set()
+    created = [a for a in await asyncio.gather(*creates) if "secret" in a]
+    assert len(created) == config.webhook_max_per_enterprise  # the rest: 409, over the cap

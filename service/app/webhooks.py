@@ -21,12 +21,18 @@ def _found(hook: dict | None) -> dict:
     return hook
 
 
-async def create(conn: asyncpg.Connection, targets: Targets, enterprise_id: str,
-                 fields: dict[str, Any], created_by: int | None, cap: int) -> dict[str, Any]:
-    """A new subscription, with its signing secret (answered this once); at most `cap` per
-    enterprise, 0 for no cap (each one's deliveries share the enterprise's part of the
-    dispatcher)."""
+async def check_target(targets: Targets, fields: dict[str, Any]) -> None:
+    """A subscription's URL may be saved (else 400 naming why): called before create and
+    replace, with no database connection held while DNS answers (a slow resolver, perhaps
+    the caller's own, must not pin a pool connection)."""
     await check_url(fields["url"], targets)
+
+
+async def create(conn: asyncpg.Connection, enterprise_id: str, fields: dict[str, Any],
+                 created_by: int | None, cap: int) -> dict[str, Any]:
+    """A new subscription (its URL checked by check_target), with its signing secret
+    (answered this once); at most `cap` per enterprise, 0 for no cap (each one's deliveries
+    share the enterprise's part of the dispatcher)."""
     secret = new_secret()
     hook = await store.create(conn, enterprise_id, fields, secret, created_by, cap or None)
     if hook is None:
@@ -44,10 +50,10 @@ async def page(conn: asyncpg.Connection, enterprise_id: str, limit: int, offset:
     return await store.page(conn, enterprise_id, limit, offset)
 
 
-async def replace(conn: asyncpg.Connection, targets: Targets, enterprise_id: str,
-                  webhook_id: uuid.UUID, fields: dict[str, Any]) -> dict[str, Any]:
-    """PUT: every field anew; is_active=true re-enables (failed deliveries are retried)."""
-    await check_url(fields["url"], targets)
+async def replace(conn: asyncpg.Connection, enterprise_id: str, webhook_id: uuid.UUID,
+                  fields: dict[str, Any]) -> dict[str, Any]:
+    """PUT: every field anew (the URL checked by check_target); is_active=true re-enables
+    (failed deliveries are retried)."""
     async with conn.transaction():
         return _found(await store.update(conn, enterprise_id, webhook_id, fields))
 

@@ -37,10 +37,11 @@ async def list_webhooks(request: web.Request) -> web.Response:
            error_docs={409: "The enterprise has WEBHOOK_MAX_PER_ENTERPRISE subscriptions "
                             "already (content.limit): delete one first"})
 async def create_webhook(request: web.Request) -> web.Response:
-    who = principal(request)
+    who, fields = principal(request), body(request)
+    await app.check_target(_targets(request), fields)  # DNS: before taking a connection
     async with connection(request) as conn:
-        hook = await app.create(conn, _targets(request), who.enterprise_id, body(request),
-                                who.token_id, request.app[CONFIG].webhook_max_per_enterprise)
+        hook = await app.create(conn, who.enterprise_id, fields, who.token_id,
+                                request.app[CONFIG].webhook_max_per_enterprise)
     return envelope(hook, message="webhook created")
 
 
@@ -57,9 +58,11 @@ async def get_webhook(request: web.Request) -> web.Response:
                        "where it stopped, failed deliveries included; nothing is skipped.",
            path=s.WebhookPath, body=s.WebhookBody, response=s.WebhookEnvelope)
 async def put_webhook(request: web.Request) -> web.Response:
+    fields = body(request)
+    await app.check_target(_targets(request), fields)  # DNS: before taking a connection
     async with connection(request) as conn:
-        hook = await app.replace(conn, _targets(request), principal(request).enterprise_id,
-                                 path(request)["webhook_id"], body(request))
+        hook = await app.replace(conn, principal(request).enterprise_id,
+                                 path(request)["webhook_id"], fields)
     return envelope(hook, message="webhook updated")
 
 
