@@ -80,3 +80,17 @@ def test_fairness_settings():
     config = Config.from_env({"WEBHOOK_MAX_PER_ENTERPRISE": "5",
                               "WEBHOOK_CONCURRENCY_PER_ENTERPRISE": "2"})
     assert (config.webhook_max_per_enterprise, config.webhook_concurrency_per_enterprise) == (5, 2)
+
+
+async def test_pings_are_capped_per_enterprise_and_cost_no_one_else(api, db, receivers):
+    slow, fast = receivers
+    hooks = [await api.post("/webhooks/", {"url": f"{slow.url}/slow"}) for _ in range(3)]
+    pings = [asyncio.create_task(api.post(f"/webhooks/{h['id']}/ping/")) for h in hooks[:2]]
+    await wait_until(lambda: slow.arrived >= 2, what="two pings at the slow receiver")
+    refused = await api.post(f"/webhooks/{hooks[2]['id']}/ping/", status=429)
+    assert refused["retry_after"] >= 1 and api.last.headers["Retry-After"]
+    quiet = api.with_token(await make_token(db, "quiet-pinger"))
+    mine = await quiet.post("/webhooks/", {"url": f"{fast.url}/ok"})
+    assert (await quiet.post(f"/webhooks/{mine['id']}/ping/"))["delivered"] is True
+    assert all(p["delivered"] for p in await asyncio.gather(*pings))
+    assert (await api.post(f"/webhooks/{hooks[2]['id']}/ping/"))["delivered"] is True

@@ -7,24 +7,28 @@ a receiver's answer must not carry what it found back to the subscriber.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import secrets
 import uuid
 import time
+from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from http import HTTPStatus
+from typing import Iterator
 from urllib.parse import urlsplit
 
 import aiohttp
 from standardwebhooks.webhooks import Webhook
 
 from service.app.webhook_targets import GuardedResolver, Targets, UnsafeTarget, literal
-from service.domain.errors import BadRequest
+from service.domain.errors import BadRequest, TooManyRequests
 
 __all__ = ["Outcome", "Sender", "Targets", "UnsafeTarget", "check_url", "new_secret",
            "to_json"]
 
+PINGS_PER_ENTERPRISE = 2  # pings out at once per enterprise per process; more: 429
 RESPONSE_CAP = 4096  # bytes of a receiver's answer read (then dropped: the connection is reused)
 COULD_NOT_CONNECT = "could not connect"  # refused, reset, closed, not HTTP: all the same to us
 
@@ -93,16 +97,36 @@ class Sender:
         self.targets = targets
         self.timeout = timeout
         self._session: aiohttp.ClientSession | None = None
+        self.pinging: Counter[str] = Counter()  # enterprise -> pings out
 
     async def start(self) -> None:
+        # No connector-wide limit: one shared pool of connections would let one tenant's
+        # slow receivers queue everyone's sends. The dispatcher bounds deliveries (per
+        # enterprise too), ping_slot bounds pings.
         self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(resolver=GuardedResolver(self.targets), limit=100),
+            connector=aiohttp.TCPConnector(resolver=GuardedResolver(self.targets), limit=0),
             timeout=aiohttp.ClientTimeout(total=self.timeout),
             cookie_jar=aiohttp.DummyCookieJar(), trust_env=False)
 
     async def close(self) -> None:
         if self._session is not None:
             await self._session.close()
+
+    @contextlib.contextmanager
+    def ping_slot(self, enterprise_id: str) -> Iterator[None]:
+        """One of the enterprise's few pings out at once (else 429): a ping waits on the
+        receiver for up to the timeout, and one tenant's many must not cost the others."""
+        if self.pinging[enterprise_id] >= PINGS_PER_ENTERPRISE:
+            raise TooManyRequests(f"this enterprise already has {PINGS_PER_ENTERPRISE} pings "
+                                  "out: retry when they are answered",
+                                  retry_after=max(1, round(self.timeout)))
+        self.pinging[enterprise_id] += 1
+        try:
+            yield
+        finally:
+            self.pinging[enterprise_id] -= 1
+            if self.pinging[enterprise_id] <= 0:
+                del self.pinging[enterprise_id]
 
     async def send(self, url: str, secret: str, message_id: str, body: str) -> Outcome:
         now = datetime.now(timezone.utc)

@@ -93,12 +93,14 @@ async def ping_target(conn: asyncpg.Connection, enterprise_id: str,
     return row
 
 
-async def send_ping(sender: Sender, target: asyncpg.Record,
+async def send_ping(sender: Sender, target: asyncpg.Record, enterprise_id: str,
                     webhook_id: uuid.UUID) -> dict[str, Any]:
-    """Send a signed webhook.ping now (no database connection held while it is out)."""
+    """Send a signed webhook.ping now (no database connection held while it is out; a few
+    per enterprise at once)."""
     message_id, now = uuid.uuid4(), datetime.now(timezone.utc)
     body = to_json({"type": PING, "timestamp": now, "data": {"webhook_id": webhook_id}})
-    outcome = await sender.send(target["url"], target["secret"], str(message_id), body)
+    with sender.ping_slot(enterprise_id):
+        outcome = await sender.send(target["url"], target["secret"], str(message_id), body)
     return {"event_id": message_id, "event_type": PING, "attempt": 1, "attempted_at": now,
             "status_code": outcome.status_code, "latency_ms": outcome.latency_ms,
             "error": outcome.error, "next_attempt_at": None, "delivered": outcome.ok}

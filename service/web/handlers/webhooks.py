@@ -4,6 +4,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from service.app import webhooks as app
+from service.app.webhook_http import PINGS_PER_ENTERPRISE
 from service.web import schemas as s
 from service.web.envelope import envelope
 from service.web.handlers.common import body, connection, operation, page, path, principal, query
@@ -108,13 +109,17 @@ async def redeliver(request: web.Request) -> web.Response:
 
 @operation(scope=SCOPE, tag=TAG, summary="Send a signed webhook.ping now",
            description="Answers how the endpoint answered; recorded among the deliveries. "
-                       "Changes nothing else (a 410 here does not disable).",
-           path=s.WebhookPath, response=s.PingEnvelope)
+                       "Changes nothing else (a 410 here does not disable). An enterprise "
+                       f"has at most {PINGS_PER_ENTERPRISE} pings out at once.",
+           path=s.WebhookPath, response=s.PingEnvelope,
+           error_docs={429: "Over this token's rate limit, or the enterprise already has "
+                            f"{PINGS_PER_ENTERPRISE} pings out: retry after Retry-After seconds"})
 async def ping(request: web.Request) -> web.Response:
     enterprise_id, webhook_id = principal(request).enterprise_id, path(request)["webhook_id"]
     async with connection(request) as conn:
         target = await app.ping_target(conn, enterprise_id, webhook_id)
-    result = await app.send_ping(request.app[WEBHOOK_SENDER], target, webhook_id)
+    result = await app.send_ping(request.app[WEBHOOK_SENDER], target, enterprise_id,
+                                 webhook_id)
     async with connection(request) as conn:
         await app.record_ping(conn, enterprise_id, webhook_id, result)
     return envelope(result)
