@@ -28,6 +28,8 @@ log = logging.getLogger("service")
 
 # Scopes a token may carry: what the handlers require (web/handlers, @operation scope=).
 KNOWN_SCOPES = token_store.DEFAULT_SCOPES
+# `dev` (make run) opens loopback to webhooks unless WEBHOOK_ALLOWED_NETWORKS is set.
+DEV_WEBHOOK_NETWORKS = ("127.0.0.0/8", "::1/128")
 
 
 # make run's embedded database: migrations as its superuser, the service as this role.
@@ -306,7 +308,13 @@ def cmd_dev(config: Config, args) -> int:
     config = _listen_config(config, args)
     if config.session_cookie_secure is None:  # plain http on loopback: SESSION_COOKIE_SECURE
         config = config.with_(session_cookie_secure=False)
+    opened = config.webhook_allowed_networks is None
+    if opened:  # development: receivers on this machine
+        config = config.with_(webhook_allowed_networks=DEV_WEBHOOK_NETWORKS)
     with claim_data_dir(config.data_dir), _database(config, args.replica) as (cfg, psql):
+        if opened:  # said once the start is ours: a refused second start stays one line
+            log.warning("dev: webhooks may reach loopback (WEBHOOK_ALLOWED_NETWORKS=%s); "
+                        "serve refuses it unless set", ",".join(DEV_WEBHOOK_NETWORKS))
         async def work(conn):
             return await devtoken.dev_token(conn, devtoken.token_path(cfg.data_dir))
 
@@ -332,7 +340,13 @@ def _print_dev_banner(cfg: Config, token: str, reused: bool, path, psql: str) ->
   Pages: {base}/ui/   (sign in with the dev token)
   Try:   curl -s -H 'Authorization: Bearer {token}' {base}/api/pipelines/v0/runs/
   psql:  {psql}
+  Webhooks reach global addresses{_opened(cfg)}
 """, flush=True)
+
+
+def _opened(cfg: Config) -> str:
+    nets = ",".join(cfg.webhook_allowed_networks or ())
+    return f" and {nets} (WEBHOOK_ALLOWED_NETWORKS)" if nets else ""
 
 
 EPILOG = """\

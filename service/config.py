@@ -1,6 +1,7 @@
 """One settings object, built from the environment; nothing else reads os.environ."""
 from __future__ import annotations
 
+import ipaddress
 import os
 from dataclasses import dataclass, replace
 from typing import Mapping
@@ -36,6 +37,18 @@ def _floats(env: Mapping[str, str], name: str, default: tuple[float, ...]) -> tu
 
 def _words(env: Mapping[str, str], name: str) -> tuple[str, ...]:
     return tuple(w.strip() for w in (env.get(name) or "").split(",") if w.strip())
+
+
+def _cidrs(env: Mapping[str, str], name: str) -> tuple[str, ...] | None:
+    if name not in env:
+        return None
+    cidrs = _words(env, name)
+    for cidr in cidrs:
+        try:
+            ipaddress.ip_network(cidr, strict=False)
+        except ValueError as exc:
+            raise ValueError(f"{name}: {exc}") from None
+    return cidrs
 
 
 def _float(env: Mapping[str, str], name: str, default: float) -> float:
@@ -100,6 +113,10 @@ class Config:
     webhook_retry_schedule: tuple[float, ...] = (5, 300, 1800, 7200, 18000, 36000, 36000)
     webhook_allowed_hosts: tuple[str, ...] = ()  # host names or CIDRs; empty: any safe host
     webhook_concurrency: int = 16  # deliveries in flight per process
+    # CIDRs webhooks may reach besides global unicast; None (unset): none, but `dev` loopback.
+    webhook_allowed_networks: tuple[str, ...] | None = None
+    webhook_concurrency_per_enterprise: int = 8  # of webhook_concurrency per enterprise; 0: all
+    webhook_max_per_enterprise: int = 20  # subscriptions an enterprise may have; 0: no cap
     # OTLP/HTTP collector (e.g. http://collector:4318): set, requests and SQL are traced
     # (infra/tracing.py); unset, OpenTelemetry is not even imported.
     otel_endpoint: str | None = None
@@ -162,6 +179,9 @@ class Config:
                                            (5, 300, 1800, 7200, 18000, 36000, 36000)),
             webhook_allowed_hosts=_words(env, "WEBHOOK_ALLOWED_HOSTS"),
             webhook_concurrency=_int(env, "WEBHOOK_CONCURRENCY", 16),
+            webhook_allowed_networks=_cidrs(env, "WEBHOOK_ALLOWED_NETWORKS"),
+            webhook_concurrency_per_enterprise=_int(env, "WEBHOOK_CONCURRENCY_PER_ENTERPRISE", 8),
+            webhook_max_per_enterprise=_int(env, "WEBHOOK_MAX_PER_ENTERPRISE", 20),
             otel_endpoint=env.get("OTEL_EXPORTER_OTLP_ENDPOINT") or None,
             otel_service_name=env.get("OTEL_SERVICE_NAME") or "pipeline-runs",
             replay_memory_mb=_int(env, "REPLAY_MEMORY_MB", 8192),

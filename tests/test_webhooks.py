@@ -13,6 +13,7 @@ from service.client import WebhookVerificationError, verify_webhook
 from tests.webhook_receiver import Receiver
 
 RETRIES = (0.3, 0.3)  # seconds between attempts: three attempts in all
+LOOPBACK = ("127.0.0.0/8",)  # the receivers are on loopback: opened as an operator would
 
 
 @pytest.fixture
@@ -23,7 +24,8 @@ def db_dsn(own_db):
 @pytest.fixture
 def config(config):
     return config.with_(webhook_timeout_seconds=1.0, webhook_retry_schedule=RETRIES,
-                        metrics_on_api_port=True)  # scraped beside the API here
+                        metrics_on_api_port=True,  # scraped beside the API here
+                        webhook_allowed_networks=LOOPBACK)
 
 
 @pytest.fixture
@@ -110,7 +112,8 @@ async def test_allowed_hosts_restrict_targets(aiohttp_client, config, token, rec
     from service.web.app import create_app
 
     client = await aiohttp_client(create_app(config.with_(
-        webhook_allowed_hosts=("hooks.example.com", "10.0.0.0/8"))))
+        webhook_allowed_hosts=("hooks.example.com", "10.0.0.0/8"),
+        webhook_allowed_networks=(*LOOPBACK, "10.0.0.0/8"))))
     api = Api(client, token)
     content = await api.post("/webhooks/", {"url": f"{receiver.url}/ok"}, status=400)
     assert "WEBHOOK_ALLOWED_HOSTS" in content["errors"]["url"][0]

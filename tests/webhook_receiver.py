@@ -6,6 +6,7 @@
     /gone     410
     /switch   500 while `failing` is set, else 200
     /moved    307 to /ok (a sender must not follow it)
+    /secret   403 with a body a sender must never repeat (SECRET_BODY)
 Every path verifies the signature with the standardwebhooks library when `secret` is set
 and records (path, webhook-id, payload, verified).
 """
@@ -18,6 +19,9 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
+
+
+SECRET_BODY = "root:x:0:0 admin-console-only"
 
 
 @dataclass
@@ -38,6 +42,7 @@ class Receiver:
         self.failing = False
         self.slow_seconds = slow_seconds
         self.received: list[Received] = []
+        self.arrived = 0  # requests that reached the handler (answered or not yet)
         self._attempted: set[str] = set()
         self.changed = asyncio.Event()
         self.runner: web.AppRunner | None = None
@@ -59,6 +64,8 @@ class Receiver:
 
     async def _handle(self, request: web.Request) -> web.Response:
         mode = request.match_info["mode"]
+        self.arrived += 1
+        self.changed.set()
         body = await request.read()
         headers = dict(request.headers)
         verified = None
@@ -80,11 +87,14 @@ class Receiver:
             status = 500
         elif mode == "moved":
             status = 307
+        elif mode == "secret":
+            status = 403
         self.received.append(Received(mode, message_id, json.loads(body), verified, headers,
                                       body, status))
         self.changed.set()
         headers = {"Location": "/ok"} if status == 307 else None
-        return web.Response(status=status, text="thanks" if status == 200 else "nope",
+        text = {200: "thanks", 403: SECRET_BODY}.get(status, "nope")
+        return web.Response(status=status, text=text,
                             headers=headers)
 
     def delivered(self, mode: str) -> list[Received]:

@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import logging
 import random
+from collections import Counter
 from datetime import datetime, timedelta, timezone
 
 import asyncpg
@@ -51,11 +52,15 @@ def payload(event: dict, history: list, pipeline_name: str | None) -> str:
 
 class Dispatcher:
     def __init__(self, pool: asyncpg.Pool, sender: Sender, schedule: tuple[float, ...],
-                 concurrency: int, metrics, waiters):
+                 concurrency: int, metrics, waiters, share: int | None = None):
         self.pool = pool
         self.sender = sender
         self.schedule = schedule
         self.concurrency = concurrency
+        # An enterprise's deliveries in flight at most (per process): its slow receivers
+        # cost its own deliveries, and the rest of the slots stay for the others.
+        self.share = max(1, min(share or concurrency, concurrency))
+        self.busy: Counter[str] = Counter()  # enterprise -> deliveries in flight here
         self.metrics = metrics
         self.waiters = waiters
         self.lease = sender.timeout + LEASE_MARGIN
@@ -101,11 +106,20 @@ class Dispatcher:
         async with self.pool.acquire() as conn:
             await store.fan_out(conn, FAN_OUT_BATCH)
             room = self.concurrency - len(self.inflight)
-            claimed = await store.claim_due(conn, room, self.lease) if room > 0 else []
+            claimed = (await store.claim_due(conn, room, self.lease, self.share, +self.busy)
+                       if room > 0 else [])
         for delivery in claimed:
+            enterprise_id = delivery["enterprise_id"]
+            self.busy[enterprise_id] += 1
             task = asyncio.create_task(self._deliver(delivery))
             self.inflight.add(task)
-            task.add_done_callback(self.inflight.discard)
+            task.add_done_callback(lambda t, e=enterprise_id: self._done(t, e))
+
+    def _done(self, task: asyncio.Task, enterprise_id: str) -> None:
+        self.inflight.discard(task)
+        self.busy[enterprise_id] -= 1
+        if self.busy[enterprise_id] <= 0:
+            del self.busy[enterprise_id]
 
     async def _drain(self) -> None:
         for task in list(self.sending):

@@ -1,39 +1,36 @@
-"""Sending one webhook: target safety (no link-local or metadata hosts), signing, the POST.
+"""Sending one webhook: the target check (webhook_targets.py), signing, the POST.
 
-Safety is checked twice: when a subscription is saved (a clear 400) and when sending, by
-the connector's resolver (DNS may answer differently later). Redirects are not followed
-and only the first RESPONSE_CAP bytes of an answer are read.
+Redirects are not followed. A failure is told in our words (the status code and its
+standard phrase, "could not connect", "no answer within"), never with the receiver's body:
+a receiver's answer must not carry what it found back to the subscriber.
 """
 from __future__ import annotations
 
 import base64
-import ipaddress
+import contextlib
 import json
 import secrets
-import socket
 import uuid
 import time
+from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Iterable
+from http import HTTPStatus
+from typing import Iterator
 from urllib.parse import urlsplit
 
 import aiohttp
-from aiohttp.resolver import ThreadedResolver
 from standardwebhooks.webhooks import Webhook
 
-from service.domain.errors import BadRequest
+from service.app.webhook_targets import GuardedResolver, Targets, UnsafeTarget, literal
+from service.domain.errors import BadRequest, TooManyRequests
 
-RESPONSE_CAP = 4096  # bytes of a receiver's answer read (and 200 characters kept)
-# Link-local (the cloud metadata endpoints live there) and the metadata addresses outside it.
-BLOCKED = tuple(ipaddress.ip_network(n) for n in (
-    "169.254.0.0/16", "fe80::/10", "fd00:ec2::254/128", "100.100.100.200/32"))
+__all__ = ["Outcome", "Sender", "Targets", "UnsafeTarget", "check_url", "new_secret",
+           "to_json"]
 
-IP = ipaddress.IPv4Address | ipaddress.IPv6Address
-
-
-class UnsafeTarget(OSError):
-    """The target resolves to an address webhooks may not reach."""
+PINGS_PER_ENTERPRISE = 2  # pings out at once per enterprise per process; more: 429
+RESPONSE_CAP = 4096  # bytes of a receiver's answer read (then dropped: the connection is reused)
+COULD_NOT_CONNECT = "could not connect"  # refused, reset, closed, not HTTP: all the same to us
 
 
 @dataclass(frozen=True)
@@ -47,40 +44,6 @@ class Outcome:
         return self.status_code is not None and 200 <= self.status_code < 300
 
 
-class Targets:
-    """Which hosts webhooks may reach: never BLOCKED; only WEBHOOK_ALLOWED_HOSTS when set."""
-
-    def __init__(self, allowed: Iterable[str] = ()):
-        self.names: set[str] = set()
-        self.networks: list = []
-        for entry in allowed:
-            try:
-                self.networks.append(ipaddress.ip_network(entry, strict=False))
-            except ValueError:
-                self.names.add(entry.lower().rstrip("."))
-        self.restricted = bool(self.names or self.networks)
-
-    def refusal(self, host: str, addresses: Iterable[IP]) -> str | None:
-        """Why `host` (resolving to `addresses`) is refused, or None."""
-        addresses = [a.ipv4_mapped or a if isinstance(a, ipaddress.IPv6Address) else a
-                     for a in addresses]
-        for address in addresses:
-            if any(address in net for net in BLOCKED):
-                return f"{host} resolves to {address}: link-local and metadata addresses are refused"
-        if not self.restricted or host.lower().rstrip(".") in self.names:
-            return None
-        if addresses and all(any(a in net for net in self.networks) for a in addresses):
-            return None
-        return f"{host} is not in WEBHOOK_ALLOWED_HOSTS"
-
-
-def _literal(host: str) -> IP | None:
-    try:
-        return ipaddress.ip_address(host.strip("[]"))
-    except ValueError:
-        return None
-
-
 async def check_url(url: str, targets: Targets) -> None:
     """A subscription's URL: http(s), a host, and a host webhooks may reach (else 400)."""
     try:
@@ -90,34 +53,23 @@ async def check_url(url: str, targets: Targets) -> None:
         parts, port = urlsplit("invalid:"), -1
     if parts.scheme.lower() not in ("http", "https") or not parts.hostname or port == -1:
         raise BadRequest("invalid input", {"errors": {"url": ["must be an http or https URL"]}})
-    host = parts.hostname
-    literal = _literal(host)
-    if literal is not None:
-        addresses = [literal]
-    else:
-        try:
-            infos = await ThreadedResolver().resolve(host, port or 0, socket.AF_UNSPEC)
-        except (OSError, UnicodeError):  # e.g. a label over 63 characters (idna)
-            infos = []  # not resolvable now: delivery retries (and checks again)
-        addresses = [ipaddress.ip_address(i["host"]) for i in infos]
-    reason = targets.refusal(host, addresses)
-    if reason is not None:
-        raise BadRequest("invalid input", {"errors": {"url": [reason]}})
+    try:
+        await targets.resolve(parts.hostname, port or 0)
+    except UnsafeTarget as exc:
+        raise BadRequest("invalid input", {"errors": {"url": [str(exc)]}}) from None
+    except (OSError, UnicodeError):  # not resolvable now (e.g. a label over 63 characters):
+        pass  # accepted; every delivery resolves and checks again
 
 
-class _SafeResolver(ThreadedResolver):
-    """Resolves as usual, then refuses what Targets refuses (checked at every connect)."""
-
-    def __init__(self, targets: Targets):
-        super().__init__()
-        self.targets = targets
-
-    async def resolve(self, host: str, port: int = 0, family: int = socket.AF_INET):
-        infos = await super().resolve(host, port, family)
-        reason = self.targets.refusal(host, [ipaddress.ip_address(i["host"]) for i in infos])
-        if reason is not None:
-            raise UnsafeTarget(reason)
-        return infos
+def failure(status: int) -> str:
+    """A non-2xx answer in our words: the code and its standard phrase."""
+    try:
+        phrase = HTTPStatus(status).phrase
+    except ValueError:
+        phrase = "unknown status"
+    if 300 <= status < 400:
+        phrase += " (redirects are not followed)"
+    return f"HTTP {status}: {phrase}"
 
 
 def _json_default(value):
@@ -145,16 +97,36 @@ class Sender:
         self.targets = targets
         self.timeout = timeout
         self._session: aiohttp.ClientSession | None = None
+        self.pinging: Counter[str] = Counter()  # enterprise -> pings out
 
     async def start(self) -> None:
+        # No connector-wide limit: one shared pool of connections would let one tenant's
+        # slow receivers queue everyone's sends. The dispatcher bounds deliveries (per
+        # enterprise too), ping_slot bounds pings.
         self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(resolver=_SafeResolver(self.targets), limit=100),
+            connector=aiohttp.TCPConnector(resolver=GuardedResolver(self.targets), limit=0),
             timeout=aiohttp.ClientTimeout(total=self.timeout),
             cookie_jar=aiohttp.DummyCookieJar(), trust_env=False)
 
     async def close(self) -> None:
         if self._session is not None:
             await self._session.close()
+
+    @contextlib.contextmanager
+    def ping_slot(self, enterprise_id: str) -> Iterator[None]:
+        """One of the enterprise's few pings out at once (else 429): a ping waits on the
+        receiver for up to the timeout, and one tenant's many must not cost the others."""
+        if self.pinging[enterprise_id] >= PINGS_PER_ENTERPRISE:
+            raise TooManyRequests(f"this enterprise already has {PINGS_PER_ENTERPRISE} pings "
+                                  "out: retry when they are answered",
+                                  retry_after=max(1, round(self.timeout)))
+        self.pinging[enterprise_id] += 1
+        try:
+            yield
+        finally:
+            self.pinging[enterprise_id] -= 1
+            if self.pinging[enterprise_id] <= 0:
+                del self.pinging[enterprise_id]
 
     async def send(self, url: str, secret: str, message_id: str, body: str) -> Outcome:
         now = datetime.now(timezone.utc)
@@ -166,22 +138,27 @@ class Sender:
         }
         started = time.perf_counter()
         try:
-            literal = _literal(urlsplit(url).hostname or "")
-            if literal is not None:  # no resolver runs for an address: check it here
-                reason = self.targets.refusal(str(literal), [literal])
-                if reason is not None:
-                    raise UnsafeTarget(reason)
+            host = urlsplit(url).hostname or ""
+            if literal(host) is not None:  # the connector skips its resolver for an address
+                await self.targets.resolve(host)
             async with self._session.post(url, data=body.encode(), headers=headers,
                                           allow_redirects=False) as resp:
-                excerpt = (await resp.content.read(RESPONSE_CAP)).decode(errors="replace")
+                await resp.content.read(RESPONSE_CAP)
                 status = resp.status
-        except (aiohttp.ClientError, OSError, TimeoutError, ValueError) as exc:
-            error = str(exc) or type(exc).__name__
-            if isinstance(exc, TimeoutError):
-                error = f"no answer within {self.timeout:g}s"
-            return Outcome(None, _ms(started), error[:200])
-        error = None if 200 <= status < 300 else f"HTTP {status}: {excerpt[:200]}".rstrip(": ")
-        return Outcome(status, _ms(started), error)
+        except TimeoutError:
+            return Outcome(None, _ms(started), f"no answer within {self.timeout:g}s")
+        except (aiohttp.ClientError, OSError, ValueError) as exc:
+            return Outcome(None, _ms(started), _refused(exc) or COULD_NOT_CONNECT)
+        return Outcome(status, _ms(started), None if 200 <= status < 300 else failure(status))
+
+
+def _refused(exc: BaseException) -> str | None:
+    """The target check's reason when that is what failed (maybe wrapped by aiohttp)."""
+    while exc is not None:
+        if isinstance(exc, UnsafeTarget):
+            return str(exc)
+        exc = exc.__cause__ or getattr(exc, "os_error", None)
+    return None
 
 
 def _ms(started: float) -> float:

@@ -9,7 +9,7 @@ from typing import Any
 import asyncpg
 
 from service.app.webhook_http import Sender, Targets, check_url, new_secret, to_json
-from service.domain.errors import NotFound
+from service.domain.errors import Conflict, NotFound
 from service.store import webhooks as store
 
 PING = "webhook.ping"
@@ -21,12 +21,24 @@ def _found(hook: dict | None) -> dict:
     return hook
 
 
-async def create(conn: asyncpg.Connection, targets: Targets, enterprise_id: str,
-                 fields: dict[str, Any], created_by: int | None) -> dict[str, Any]:
-    """A new subscription, with its signing secret (answered this once)."""
+async def check_target(targets: Targets, fields: dict[str, Any]) -> None:
+    """A subscription's URL may be saved (else 400 naming why): called before create and
+    replace, with no database connection held while DNS answers (a slow resolver, perhaps
+    the caller's own, must not pin a pool connection)."""
     await check_url(fields["url"], targets)
+
+
+async def create(conn: asyncpg.Connection, enterprise_id: str, fields: dict[str, Any],
+                 created_by: int | None, cap: int) -> dict[str, Any]:
+    """A new subscription (its URL checked by check_target), with its signing secret
+    (answered this once); at most `cap` per enterprise, 0 for no cap (each one's deliveries
+    share the enterprise's part of the dispatcher)."""
     secret = new_secret()
-    hook = await store.create(conn, enterprise_id, fields, secret, created_by)
+    hook = await store.create(conn, enterprise_id, fields, secret, created_by, cap or None)
+    if hook is None:
+        raise Conflict(f"the enterprise has {cap} webhooks, the most allowed "
+                       "(WEBHOOK_MAX_PER_ENTERPRISE): delete one first",
+                       {"limit": cap})
     return {**hook, "secret": secret}
 
 
@@ -38,10 +50,10 @@ async def page(conn: asyncpg.Connection, enterprise_id: str, limit: int, offset:
     return await store.page(conn, enterprise_id, limit, offset)
 
 
-async def replace(conn: asyncpg.Connection, targets: Targets, enterprise_id: str,
-                  webhook_id: uuid.UUID, fields: dict[str, Any]) -> dict[str, Any]:
-    """PUT: every field anew; is_active=true re-enables (failed deliveries are retried)."""
-    await check_url(fields["url"], targets)
+async def replace(conn: asyncpg.Connection, enterprise_id: str, webhook_id: uuid.UUID,
+                  fields: dict[str, Any]) -> dict[str, Any]:
+    """PUT: every field anew (the URL checked by check_target); is_active=true re-enables
+    (failed deliveries are retried)."""
     async with conn.transaction():
         return _found(await store.update(conn, enterprise_id, webhook_id, fields))
 
@@ -81,12 +93,14 @@ async def ping_target(conn: asyncpg.Connection, enterprise_id: str,
     return row
 
 
-async def send_ping(sender: Sender, target: asyncpg.Record,
+async def send_ping(sender: Sender, target: asyncpg.Record, enterprise_id: str,
                     webhook_id: uuid.UUID) -> dict[str, Any]:
-    """Send a signed webhook.ping now (no database connection held while it is out)."""
+    """Send a signed webhook.ping now (no database connection held while it is out; a few
+    per enterprise at once)."""
     message_id, now = uuid.uuid4(), datetime.now(timezone.utc)
     body = to_json({"type": PING, "timestamp": now, "data": {"webhook_id": webhook_id}})
-    outcome = await sender.send(target["url"], target["secret"], str(message_id), body)
+    with sender.ping_slot(enterprise_id):
+        outcome = await sender.send(target["url"], target["secret"], str(message_id), body)
     return {"event_id": message_id, "event_type": PING, "attempt": 1, "attempted_at": now,
             "status_code": outcome.status_code, "latency_ms": outcome.latency_ms,
             "error": outcome.error, "next_attempt_at": None, "delivered": outcome.ok}

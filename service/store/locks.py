@@ -12,6 +12,9 @@ FEED_LOCK_CLASS = 1701
 MIGRATE_LOCK = 1702  # session lock: one migration at a time across processes (meta.py)
 REPLAY_LOCK = 1703  # session lock: one replay at a time (replay.py)
 SWEEP_LOCK = 1704  # session lock: one timeout sweeper at a time across processes (timeouts.py)
+# Per enterprise (second key: hashtext(enterprise_id)), transaction-scoped: one subscription
+# created at a time per enterprise, so the count under the cap holds (webhooks.py).
+WEBHOOKS_LOCK_CLASS = 1720
 
 FEED_CHANNEL = "run_events"  # NOTIFY channel; the payload is the enterprise id
 # Taken right before an event gets its position ($1 is always the enterprise id); held

@@ -8,16 +8,21 @@ from typing import Any
 import asyncpg
 
 from service.store.events import EVENT_COLUMNS, PIPELINE_NAME, RUN_EVENTS, public_event
+from service.store.locks import WEBHOOKS_LOCK_CLASS
 
 COLUMNS = """enterprise_id, id, url, event_types, pipeline_id, description, is_active,
              disabled_reason, disabled_at, created_by, created_at, updated_at"""
 
+# Held to commit by a create: the count below sees every earlier create of the enterprise.
+LOCK_CREATES = f"SELECT pg_advisory_xact_lock({WEBHOOKS_LOCK_CLASS}, hashtext($1))"
 # A new subscription starts at the feed's present: it delivers what happens from now on.
+# Nothing is inserted when the enterprise already has $10 (the cap; NULL: no cap).
 INSERT = f"""
 INSERT INTO webhooks (enterprise_id, id, url, event_types, pipeline_id, description, is_active,
                       secret, created_by, cursor)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9,
-        (SELECT coalesce(max(position), 0) FROM run_events WHERE enterprise_id = $1))
+SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9,
+       (SELECT coalesce(max(position), 0) FROM run_events WHERE enterprise_id = $1)
+WHERE $10::bigint IS NULL OR (SELECT count(*) FROM webhooks WHERE enterprise_id = $1) < $10
 RETURNING {COLUMNS}
 """
 GET = f"SELECT {COLUMNS} FROM webhooks WHERE enterprise_id = $1 AND id = $2"
@@ -78,10 +83,18 @@ WHERE enterprise_id = $1 AND id = $2 AND EXISTS (SELECT 1 FROM scanned)
 RETURNING (SELECT count(*) FROM queued) AS queued
 """
 # Due deliveries that head their run (no earlier undelivered event of the same run for the
-# same subscription), leased for $2 seconds. SKIP LOCKED: concurrent workers take others.
+# same subscription), leased for $2 seconds, taken round-robin across enterprises: every
+# enterprise's first due delivery, then every one's second ..., each enterprise up to its
+# share ($5) less what this process already sends for it ($3 enterprises, $4 counts). So a
+# tenant with many slow receivers fills its share, never the others' slots.
+# SKIP LOCKED: concurrent workers take others (FOR UPDATE cannot sit beside the window,
+# hence the last step; its WHERE is checked again on the row as locked).
 CLAIM_DUE = """
-WITH due AS (
-    SELECT d.enterprise_id, d.webhook_id, d.position FROM webhook_deliveries d
+WITH ready AS (
+    SELECT d.enterprise_id, d.webhook_id, d.position, d.next_attempt_at,
+           row_number() OVER (PARTITION BY d.enterprise_id
+                              ORDER BY d.next_attempt_at, d.position) AS turn
+    FROM webhook_deliveries d
     JOIN webhooks w ON w.enterprise_id = d.enterprise_id AND w.id = d.webhook_id AND w.is_active
     WHERE d.state = 'pending' AND d.next_attempt_at <= now()
       AND (d.claimed_until IS NULL OR d.claimed_until < now())
@@ -89,8 +102,16 @@ WITH due AS (
           SELECT 1 FROM webhook_deliveries p
           WHERE p.enterprise_id = d.enterprise_id AND p.webhook_id = d.webhook_id
             AND p.run_id = d.run_id AND p.position < d.position AND p.state <> 'delivered')
-    ORDER BY d.next_attempt_at, d.position
+), fair AS (
+    SELECT r.enterprise_id, r.webhook_id, r.position FROM ready r
+    LEFT JOIN unnest($3::text[], $4::int[]) AS b(enterprise_id, busy) USING (enterprise_id)
+    WHERE r.turn <= $5 - coalesce(b.busy, 0)
+    ORDER BY r.turn, r.next_attempt_at, r.position
     LIMIT $1
+), due AS (
+    SELECT d.enterprise_id, d.webhook_id, d.position FROM webhook_deliveries d
+    JOIN fair f USING (enterprise_id, webhook_id, position)
+    WHERE d.state = 'pending' AND (d.claimed_until IS NULL OR d.claimed_until < now())
     FOR UPDATE OF d SKIP LOCKED
 )
 UPDATE webhook_deliveries d SET claimed_until = now() + make_interval(secs => $2),
@@ -149,12 +170,15 @@ def public(row: asyncpg.Record) -> dict[str, Any]:
 
 
 async def create(conn: asyncpg.Connection, enterprise_id: str, fields: dict[str, Any],
-                 secret: str, created_by: int | None) -> dict[str, Any]:
-    row = await conn.fetchrow(INSERT, enterprise_id, uuid.uuid4(), fields["url"],
-                              fields.get("event_types"), fields.get("pipeline_id"),
-                              fields.get("description", ""), fields.get("is_active", True),
-                              secret, created_by)
-    return public(row)
+                 secret: str, created_by: int | None, cap: int | None) -> dict[str, Any] | None:
+    """The new subscription, or None: the enterprise has `cap` already (None: no cap)."""
+    async with conn.transaction():
+        await conn.execute(LOCK_CREATES, enterprise_id)
+        row = await conn.fetchrow(INSERT, enterprise_id, uuid.uuid4(), fields["url"],
+                                  fields.get("event_types"), fields.get("pipeline_id"),
+                                  fields.get("description", ""), fields.get("is_active", True),
+                                  secret, created_by, cap)
+    return None if row is None else public(row)
 
 
 async def get(conn: asyncpg.Connection, enterprise_id: str, webhook_id: uuid.UUID):
@@ -203,8 +227,12 @@ async def fan_out(conn: asyncpg.Connection, batch: int) -> int:
     return queued
 
 
-async def claim_due(conn: asyncpg.Connection, limit: int, lease_seconds: float) -> list:
-    return await conn.fetch(CLAIM_DUE, limit, lease_seconds)
+async def claim_due(conn: asyncpg.Connection, limit: int, lease_seconds: float, share: int,
+                    busy: dict[str, int]) -> list:
+    """Up to `limit` due deliveries, round-robin, none past an enterprise's `share` less
+    its `busy` ones."""
+    return await conn.fetch(CLAIM_DUE, limit, lease_seconds, list(busy), list(busy.values()),
+                            share)
 
 
 async def event_and_run(conn: asyncpg.Connection, enterprise_id: str, position: int):

@@ -127,13 +127,15 @@ async def _pool_ctx(app: web.Application) -> AsyncIterator[None]:
 async def _webhooks_ctx(app: web.Application) -> AsyncIterator[None]:
     """The webhook sender (pings use it too) and, with WEBHOOKS=on, the dispatcher task."""
     config = app[CONFIG]
-    sender = Sender(Targets(config.webhook_allowed_hosts), config.webhook_timeout_seconds)
+    sender = Sender(Targets(config.webhook_allowed_hosts, config.webhook_allowed_networks or ()),
+                    config.webhook_timeout_seconds)
     await sender.start()
     app[WEBHOOK_SENDER] = sender
     dispatcher = task = None
     if config.webhooks:
         dispatcher = Dispatcher(app[POOL], sender, config.webhook_retry_schedule,
-                                config.webhook_concurrency, app[METRICS], app[FEED_WAITERS])
+                                config.webhook_concurrency, app[METRICS], app[FEED_WAITERS],
+                                config.webhook_concurrency_per_enterprise)
         task = asyncio.create_task(dispatcher.run_forever())
     try:
         yield

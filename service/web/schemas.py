@@ -525,9 +525,9 @@ class WebhookEventPath(WebhookPath):
 
 EVENT_TYPES = (*lifecycle.RUN_EVENT_TYPES, lifecycle.STAGE_RUN_STATUS_CHANGED)
 _PORT = "(6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[1-9][0-9]{0,3})"
-# http(s), a host (a name or an IPv4 address; IPv6 literals are not taken: use a name) and
-# an optional port.
-WEBHOOK_URL = ("^[Hh][Tt][Tt][Pp][Ss]?://[A-Za-z0-9._~-]+"
+# http(s), a host (a name, an IPv4 address or a bracketed IPv6 one: which addresses may be
+# reached is app/webhook_targets.py's to say, with its reason) and an optional port.
+WEBHOOK_URL = ("^[Hh][Tt][Tt][Pp][Ss]?://([A-Za-z0-9._~-]+|\\[[0-9A-Fa-f:.]+\\])"
                f"(:{_PORT})?([/?#][^\u0000]*)?$")
 
 
@@ -536,8 +536,8 @@ class WebhookBody(Body):
                                         validate.Regexp(WEBHOOK_URL, error="must be an http "
                                                         "or https URL with a host")],
                metadata={"pattern": WEBHOOK_URL, "example": "https://hooks.example.com/runs",
-                         "description": "http(s) URL to POST events to; link-local and "
-                                        "metadata addresses are refused"})
+                         "description": "http(s) URL to POST events to; only global unicast "
+                                        "addresses (and WEBHOOK_ALLOWED_NETWORKS) are reached"})
     event_types = fields.List(fields.String(validate=validate.OneOf(EVENT_TYPES)),
                               allow_none=True, validate=validate.Length(min=1), metadata={
                                   "description": "Event types to deliver; null/absent: all"})

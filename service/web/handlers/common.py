@@ -77,12 +77,14 @@ _RETRY_AFTER = {"Retry-After": {"description": "Seconds to wait before retrying"
 def operation(*, scope: str, summary: str, tag: str, response: type, path: type | None = None,
               query: type | None = None, body: type | None = None, errors: tuple[int, ...] = (),
               description: str | None = None, headers: list[dict] | None = None,
-              idempotent: bool = False, media_type: str | None = None) -> Callable:
+              idempotent: bool = False, media_type: str | None = None,
+              error_docs: dict[int, str] | None = None) -> Callable:
     """Document, validate and protect one handler in a single declaration.
 
     idempotent: the handler honours an Idempotency-Key header (web/idempotency.py).
     media_type: a success answer that is not a JSON envelope (e.g. text/event-stream);
-    `response` then describes one message of it.
+    `response` then describes one message of it. error_docs: what an error code means
+    here, where it differs from the usual (_ERRORS).
     A scope ending in ":read" makes it a read: a standby may answer it, and it honours a
     Consistency-Token header (web/consistency.py). Every success carries a token.
     """
@@ -101,7 +103,8 @@ def operation(*, scope: str, summary: str, tag: str, response: type, path: type 
         responses[200] = {"description": "Success", "content": {media_type: {"schema": response}},
                           "headers": {**_RATE_HEADERS, **TOKEN_RESPONSE_DOC}}
     for code in sorted({*_COMMON, *errors}):
-        responses[code] = {"schema": schemas.ErrorEnvelope, "description": _ERRORS[code]}
+        responses[code] = {"schema": schemas.ErrorEnvelope,
+                           "description": (error_docs or {}).get(code, _ERRORS[code])}
         if code == 429:
             responses[code]["headers"] = {**_RATE_HEADERS, **_RETRY_AFTER}
         elif code == 401:  # no token, hence no limit

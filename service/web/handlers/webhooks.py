@@ -4,10 +4,11 @@ from __future__ import annotations
 from aiohttp import web
 
 from service.app import webhooks as app
+from service.app.webhook_http import PINGS_PER_ENTERPRISE
 from service.web import schemas as s
 from service.web.envelope import envelope
 from service.web.handlers.common import body, connection, operation, page, path, principal, query
-from service.web.keys import WEBHOOK_SENDER
+from service.web.keys import CONFIG, WEBHOOK_SENDER
 
 SCOPE = "webhooks:manage"
 TAG = "Webhooks"
@@ -29,13 +30,19 @@ async def list_webhooks(request: web.Request) -> web.Response:
 
 @operation(scope=SCOPE, tag=TAG, summary="Subscribe a URL to the enterprise's events",
            description="Deliveries start with the events after this moment. The answer "
-                       "carries the signing `secret`, shown only here.",
-           body=s.WebhookBody, response=s.WebhookSecretEnvelope)
+                       "carries the signing `secret`, shown only here. The URL must reach "
+                       "a global unicast address (or one in WEBHOOK_ALLOWED_NETWORKS): "
+                       "400 names why not. An enterprise has at most "
+                       "WEBHOOK_MAX_PER_ENTERPRISE subscriptions (default 20).",
+           body=s.WebhookBody, response=s.WebhookSecretEnvelope, errors=(409,),
+           error_docs={409: "The enterprise has WEBHOOK_MAX_PER_ENTERPRISE subscriptions "
+                            "already (content.limit): delete one first"})
 async def create_webhook(request: web.Request) -> web.Response:
-    who = principal(request)
+    who, fields = principal(request), body(request)
+    await app.check_target(_targets(request), fields)  # DNS: before taking a connection
     async with connection(request) as conn:
-        hook = await app.create(conn, _targets(request), who.enterprise_id, body(request),
-                                who.token_id)
+        hook = await app.create(conn, who.enterprise_id, fields, who.token_id,
+                                request.app[CONFIG].webhook_max_per_enterprise)
     return envelope(hook, message="webhook created")
 
 
@@ -52,9 +59,11 @@ async def get_webhook(request: web.Request) -> web.Response:
                        "where it stopped, failed deliveries included; nothing is skipped.",
            path=s.WebhookPath, body=s.WebhookBody, response=s.WebhookEnvelope)
 async def put_webhook(request: web.Request) -> web.Response:
+    fields = body(request)
+    await app.check_target(_targets(request), fields)  # DNS: before taking a connection
     async with connection(request) as conn:
-        hook = await app.replace(conn, _targets(request), principal(request).enterprise_id,
-                                 path(request)["webhook_id"], body(request))
+        hook = await app.replace(conn, principal(request).enterprise_id,
+                                 path(request)["webhook_id"], fields)
     return envelope(hook, message="webhook updated")
 
 
@@ -100,13 +109,17 @@ async def redeliver(request: web.Request) -> web.Response:
 
 @operation(scope=SCOPE, tag=TAG, summary="Send a signed webhook.ping now",
            description="Answers how the endpoint answered; recorded among the deliveries. "
-                       "Changes nothing else (a 410 here does not disable).",
-           path=s.WebhookPath, response=s.PingEnvelope)
+                       "Changes nothing else (a 410 here does not disable). An enterprise "
+                       f"has at most {PINGS_PER_ENTERPRISE} pings out at once.",
+           path=s.WebhookPath, response=s.PingEnvelope,
+           error_docs={429: "Over this token's rate limit, or the enterprise already has "
+                            f"{PINGS_PER_ENTERPRISE} pings out: retry after Retry-After seconds"})
 async def ping(request: web.Request) -> web.Response:
     enterprise_id, webhook_id = principal(request).enterprise_id, path(request)["webhook_id"]
     async with connection(request) as conn:
         target = await app.ping_target(conn, enterprise_id, webhook_id)
-    result = await app.send_ping(request.app[WEBHOOK_SENDER], target, webhook_id)
+    result = await app.send_ping(request.app[WEBHOOK_SENDER], target, enterprise_id,
+                                 webhook_id)
     async with connection(request) as conn:
         await app.record_ping(conn, enterprise_id, webhook_id, result)
     return envelope(result)
