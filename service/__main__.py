@@ -166,6 +166,10 @@ def cmd_verify(config: Config, args) -> int:
         enterprise_id, pipeline_id, status = c.key
         print(f"DRIFT run_counts {pipeline_id} {status} (enterprise {enterprise_id}): "
               f"{c.actual}, the events give {c.expected}")
+    for i in result.insight_drifts:
+        enterprise_id, hour, pipeline_id, metric, bin_ = i.key
+        print(f"DRIFT run_insights {pipeline_id} {hour.isoformat()} {metric} {bin_} "
+              f"(enterprise {enterprise_id}): {i.actual}, the events give {i.expected}")
     print(f"verified {result.events} events of {result.runs} runs in {seconds:.2f}s: "
           f"{len(result.drifts)} drifted, {len(result.counter_drifts)} counters drifted, "
           f"{len(result.version_drifts)} with non-consecutive versions")
@@ -334,7 +338,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the enterprise to seed")
     p.add_argument("--pipelines", type=int, default=10, help="new pipelines to create")
     p.add_argument("--runs", type=int, default=1000, help="runs spread over them")
-    p.add_argument("--days", type=float, default=30.0, help="runs start over the last DAYS")
+    p.add_argument("--days", type=float, default=90.0, help="runs start over the last DAYS")
     p.add_argument("--seed", type=int, default=0, help="random seed (same seed, same data)")
     p.add_argument("--batch", type=int, default=5000, help="runs per COPY transaction")
     return parser
