@@ -51,15 +51,14 @@ async def insights(conn: asyncpg.Connection, enterprise_id: str, *, start=None, 
     args = (enterprise_id, (frm, to), pipeline_ids or None, pipeline_name, granularity, group,
             as_of)
     async with conn.transaction(isolation="repeatable_read", readonly=True):
-        counters = await store.counters(conn, *args)
-        recoveries = await store.recoveries(conn, *args)
-        rows: dict[tuple, dict] = defaultdict(lambda: defaultdict(dict))
-        times: dict[tuple, list] = defaultdict(list)
-        for r in counters:
-            rows[(r["bucket"], r["pipeline_id"])][r["metric"]][r["bin"]] = r["n"]
-        for r in recoveries:
+        await store.custom_plans(conn)
+        rows: dict[tuple, dict] = defaultdict(dict)
+        recovered: dict[tuple, tuple] = {}
+        for r in await store.counters(conn, *args):
+            rows[(r["bucket"], r["pipeline_id"])][r["metric"]] = r
+        for r in await store.recoveries(conn, *args):
             rows[(r["bucket"], r["pipeline_id"])]
-            times[(r["bucket"], r["pipeline_id"])].append(r["seconds"])
+            recovered[(r["bucket"], r["pipeline_id"])] = (r["n"], r["seconds"])
         if not group and granularity is None:
             rows[(frm, None)]  # one row for the window, even empty
         names = await store.pipeline_names(conn, enterprise_id,
@@ -73,7 +72,7 @@ async def insights(conn: asyncpg.Connection, enterprise_id: str, *, start=None, 
             row.update(pipeline_id=pipeline_id, pipeline_name=names.get(pipeline_id))
         days = (finish - begin).total_seconds() / 86400
         row.update(figures_of.figures(rows[(bucket, pipeline_id)],
-                                      times.get((bucket, pipeline_id), ()), days))
+                                      recovered.get((bucket, pipeline_id), (0, 0.0)), days))
         answer.append(row)
     return {"from": frm, "to": to, "as_of": as_of, "granularity": granularity,
             "group_by": group_by, "relative_error": figures_of.RELATIVE_ERROR, "rows": answer}

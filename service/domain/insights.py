@@ -7,9 +7,8 @@ one answer row's counters into what the API answers.
 from __future__ import annotations
 
 import bisect
-import math
 from datetime import datetime, timedelta, timezone
-from typing import Any, Iterable, Mapping
+from typing import Any, Mapping
 
 from service.domain.lifecycle import TERMINAL
 
@@ -101,55 +100,44 @@ def bucket_end(start: datetime, granularity: str | None, window_to: datetime) ->
     return min(end, window_to)
 
 
-def _seconds(micros: float) -> float:
-    return round(micros / 1e6, 6)
+def _seconds(micros: float | None) -> float | None:
+    return None if micros is None else round(micros / 1e6, 6)
 
 
-def _quantile(bins: list[tuple[int, int]], count: int, q: float) -> float:
-    """The estimate of the value of rank floor(q * (count - 1)) (0-based, ascending)."""
-    rank, seen = math.floor(q * (count - 1)), 0
-    for bin_, n in bins:
-        seen += n
-        if seen > rank:
-            return estimate(bin_)
-    return estimate(bins[-1][0])
-
-
-def distribution(histogram: Mapping[int, int], percentiles=PERCENTILES) -> dict[str, Any]:
-    """count, min, mean, percentiles, max (seconds) of a histogram {bin: runs}."""
-    bins = sorted((b, n) for b, n in histogram.items() if n)
-    count = sum(n for _, n in bins)
-    out: dict[str, Any] = {"count": count}
-    if not count:
-        return {**out, "min": None, "mean": None, **{k: None for k, _ in percentiles},
+def distribution(summary: Mapping[str, Any] | None,
+                 percentiles=PERCENTILES) -> dict[str, Any]:
+    """count, min, mean, percentiles, max (seconds) from a metric's summary: n, lo, hi,
+    micros (the sum of the bins' estimates) and each percentile's bin (store/insights.py:
+    the bin of the value of rank floor(q (n - 1)))."""
+    n = summary["n"] if summary else 0
+    if not n:
+        return {"count": 0, "min": None, "mean": None, **{k: None for k, _ in percentiles},
                 "max": None}
-    out["min"] = _seconds(estimate(bins[0][0]))
-    out["mean"] = _seconds(sum(estimate(b) * n for b, n in bins) / count)
-    for name, q in percentiles:
-        out[name] = _seconds(_quantile(bins, count, q))
-    out["max"] = _seconds(estimate(bins[-1][0]))
-    return out
+    return {"count": n, "min": _seconds(estimate(summary["lo"])),
+            "mean": _seconds(summary["micros"] / n),
+            **{k: _seconds(estimate(summary[k])) for k, _ in percentiles},
+            "max": _seconds(estimate(summary["hi"]))}
 
 
-def figures(counters: Mapping[str, Mapping[int, int]], recoveries: Iterable[float],
+def figures(summaries: Mapping[str, Mapping[str, Any]], recoveries: tuple[int, float],
             days: float) -> dict[str, Any]:
-    """One row's figures from its counters {metric: {bin: runs}} and recovery times (s)."""
+    """One row's figures from its summaries {metric: summary} and (recoveries, seconds)."""
     def total(metric: str) -> int:
-        return sum(counters.get(metric, {}).values())
+        return summaries[metric]["n"] if metric in summaries else 0
 
     finished = {o: total(o) for o in OUTCOMES}
     rated = sum(finished[o] for o in RATED)
     done = sum(finished.values())
-    recoveries = list(recoveries)
-    queue = distribution(counters.get("queue", {}), (("p50", 0.5), ("p95", 0.95)))
+    recovered, seconds = recoveries
+    queue = distribution(summaries.get("queue"), (("p50", 0.5), ("p95", 0.95)))
     return {
         "created": total("created"),
         "finished": {**finished, "total": done},
         "success_rate": {"value": round(finished["success"] / rated, 6) if rated else None,
                          "count": rated},
-        "duration": distribution(counters.get("duration", {})),
+        "duration": distribution(summaries.get("duration")),
         "queue_time": {k: queue[k] for k in ("count", "p50", "p95")},
         "throughput": {"finished": done, "per_day": round(done / days, 6) if days else None},
-        "mttr": {"count": len(recoveries),
-                 "mean": round(sum(recoveries) / len(recoveries), 6) if recoveries else None},
+        "mttr": {"count": recovered,
+                 "mean": round(seconds / recovered, 6) if recovered else None},
     }
