@@ -234,3 +234,24 @@ async def test_replay_rebuilds_an_emptied_projection(seeded, db):
     assert len((await verify(db)).insight_drifts) == len(before)
     await replay(db)
     assert await db.fetch("SELECT * FROM run_insights ORDER BY 1, 2, 3, 4, 5") == before
+
+
+async def test_the_client_asks_what_the_api_answers(seeded, client):
+    from service.client import PipelineRunsClient
+
+    pipelines = await seeded.get("/pipelines/?limit=2")
+    ids = [p["id"] for p in pipelines["results"]]
+    frm, to = NOW - timedelta(days=45), NOW
+    q = f"from={iso(frm)}&to={iso(to)}&granularity=week&group_by=pipeline"
+    want = await seeded.get(f"/insights/runs/?{q}&pipeline_id={ids[0]}&pipeline_id={ids[1]}")
+    async with PipelineRunsClient(str(client.make_url("")), seeded.token) as pr:
+        got = await pr.insights(start=frm, end=to, granularity="week", group_by="pipeline",
+                                pipeline_ids=ids)
+        one = await pr.insights(ids[0], start=frm, end=to)
+    assert got == want and {r["pipeline_id"] for r in got["rows"]} == set(ids)
+    assert one == await seeded.get(f"/pipelines/{ids[0]}/insights/?from={iso(frm)}&to={iso(to)}")
+
+
+async def test_an_unknown_pipeline_is_404(api):
+    content = await api.get(f"/pipelines/{uuid.uuid4()}/insights/", status=404)
+    assert content == {} or isinstance(content, dict)

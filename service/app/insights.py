@@ -12,7 +12,7 @@ from typing import Any
 import asyncpg
 
 from service.domain import insights as figures_of
-from service.domain.errors import BadRequest
+from service.domain.errors import BadRequest, NotFound
 from service.store import insights as store
 
 DEFAULT_WINDOW = timedelta(days=30)
@@ -42,8 +42,11 @@ def window(start: datetime | None, end: datetime | None, as_of: datetime | None,
 async def insights(conn: asyncpg.Connection, enterprise_id: str, *, start=None, end=None,
                    granularity: str | None = None, group_by: str | None = None,
                    pipeline_ids: list | None = None, pipeline_name: str | None = None,
-                   as_of: datetime | None = None, now: datetime | None = None) -> dict[str, Any]:
-    """The answer: the window, how percentiles are made, and one row per bucket (and pipeline)."""
+                   as_of: datetime | None = None, now: datetime | None = None,
+                   pipeline_route: bool = False) -> dict[str, Any]:
+    """The answer: the window, how percentiles are made, and one row per bucket (and pipeline).
+
+    pipeline_route: asked of one pipeline (pipeline_ids[0]), which must exist (else 404)."""
     now = now or datetime.now(timezone.utc)
     as_of = _utc(as_of) if as_of else None
     frm, to = window(start, end, as_of, now)
@@ -52,6 +55,9 @@ async def insights(conn: asyncpg.Connection, enterprise_id: str, *, start=None, 
             as_of)
     async with conn.transaction(isolation="repeatable_read", readonly=True):
         await store.custom_plans(conn)
+        if pipeline_route and not await store.pipeline_is_live(conn, enterprise_id,
+                                                              pipeline_ids[0]):
+            raise NotFound("pipeline not found")
         rows: dict[tuple, dict] = defaultdict(dict)
         recovered: dict[tuple, tuple] = {}
         for r in await store.counters(conn, *args):

@@ -133,6 +133,9 @@ RECOVERIES = {
     + _statement(_RECOVERIES, "s", "g.recovered_at", g, grouped, grouped_by="g")
     for g, grouped, past in _SHAPES}
 
+PIPELINE_IS_LIVE = """
+SELECT EXISTS (SELECT FROM pipelines WHERE enterprise_id = $1 AND id = $2 AND deleted_at IS NULL)
+"""
 PIPELINE_NAMES = """
 SELECT id, name FROM pipelines WHERE enterprise_id = $1 AND id = ANY($2::uuid[])
 """
@@ -193,6 +196,10 @@ async def recoveries(conn: asyncpg.Connection, enterprise_id: str, window: tuple
     """Per (pipeline or NULL, bucket): n recoveries ended there, their seconds summed."""
     return await conn.fetch(RECOVERIES[(granularity, group, as_of is not None)],
                             *_args(enterprise_id, window, pipeline_ids, pipeline_name, as_of))
+
+
+async def pipeline_is_live(conn: asyncpg.Connection, enterprise_id: str, pipeline_id) -> bool:
+    return await conn.fetchval(PIPELINE_IS_LIVE, enterprise_id, pipeline_id)
 
 
 async def pipeline_names(conn: asyncpg.Connection, enterprise_id: str, ids) -> dict:

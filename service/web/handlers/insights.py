@@ -39,7 +39,8 @@ async def pipeline_insights(request: web.Request) -> web.Response:
         answer = await use.insights(
             conn, principal(request).enterprise_id, start=q.get("from_"), end=q.get("to"),
             granularity=q.get("granularity"), group_by=q.get("group_by"),
-            pipeline_ids=[path(request)["pipeline_id"]], as_of=q.get("as_of"))
+            pipeline_ids=[path(request)["pipeline_id"]], as_of=q.get("as_of"),
+            pipeline_route=True)
     return envelope(answer)
 
 
