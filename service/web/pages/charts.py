@@ -34,9 +34,19 @@ def _y(value: float, top: float) -> float:
     return TOP + (HEIGHT - TOP - BOTTOM) * (1 - value / _scale(top))
 
 
+def _human(value: float, unit: str) -> str:
+    """A tick's text: seconds as 45s, 12m, 3.5h, 2.1d; counts as they are."""
+    if unit != "s":
+        return f"{value:.0f}"
+    for size, suffix in ((86400, "d"), (3600, "h"), (60, "m")):
+        if value >= size:
+            return f"{value / size:.3g}{suffix}"
+    return f"{value:.3g}s"
+
+
 def _frame(chart: Chart, labels: list[str], top: float, unit: str) -> Chart:
-    chart.ticks = [(_y(top * f, top), f"{top * f:.3g}{unit}") for f in (0, 0.5, 1)]
-    step = max(1, len(labels) // 8)
+    chart.ticks = [(_y(top * f, top), _human(top * f, unit)) for f in (0, 0.5, 1)]
+    step = max(1, -(-len(labels) // 6))
     chart.labels = [(_x(i, len(labels)), text) for i, text in enumerate(labels) if i % step == 0]
     return chart
 

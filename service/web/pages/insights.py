@@ -102,7 +102,7 @@ async def insights(request: web.Request) -> web.Response:
     over_time, by_pipeline = await _answers(request, q)
     rows = over_time["rows"]
     buckets = [r["bucket_start"] for r in rows]
-    labels = [b.strftime("%m-%d %H:%M" if q["granularity"] == "hour" else "%Y-%m-%d")
+    labels = [b.strftime("%m-%d %H:%M" if q["granularity"] == "hour" else "%m-%d")
               for b in buckets]
     durations = charts.lines(labels, {"p50": [r["duration"]["p50"] for r in rows],
                                       "p95": [r["duration"]["p95"] for r in rows]})
