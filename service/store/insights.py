@@ -47,11 +47,6 @@ _STATES_AS_OF = f"""states AS (
     GROUP BY 1, 2
     HAVING bool_or(e.type = 'run.created') AND NOT bool_or(e.type = 'run.deleted')
 )"""
-_STATES_NOW = """states AS (
-    SELECT pipeline_id, id, created_at, started_at, ended_at, status FROM pipeline_runs
-    WHERE enterprise_id = $1
-)"""
-
 # Counters per (pipeline or NULL, bucket, metric, bin): from the projection, or as of $6
 # folded from the events (no pre-aggregate holds the past).
 _COUNTERS_NOW = """c AS (
@@ -128,8 +123,27 @@ COUNTERS = {
         _statement(_COUNTERS_AS_OF, "s", "k.hour", g, grouped) if past
         else _statement(_COUNTERS_NOW, "i", "i.hour", g, grouped)) + _SUMMARY
     for g, grouped, past in _SHAPES}
+# Live, the scan starts at each pipeline's last success before the window (one probe of
+# pipeline_runs_pipeline_status_ended): what ended earlier cannot open a streak that a
+# success in the window closes.
+_STATES_SINCE = """since AS MATERIALIZED (
+    SELECT p.id AS pipeline_id, coalesce((
+        SELECT max(r.ended_at) FROM pipeline_runs r
+        WHERE r.enterprise_id = $1 AND r.pipeline_id = p.id AND r.status = 'success'
+          AND r.ended_at < $2), '-infinity') AS at
+    FROM pipelines p
+    WHERE p.enterprise_id = $1 AND (p.deleted_at IS NULL OR p.deleted_at > $6)
+      AND ($4::uuid[] IS NULL OR p.id = ANY($4)) AND ($5::text IS NULL OR p.name = $5)
+), states AS (
+    SELECT r.* FROM since, LATERAL (
+        SELECT r.pipeline_id, r.id, r.created_at, r.started_at, r.ended_at, r.status
+        FROM pipeline_runs r
+        WHERE r.enterprise_id = $1 AND r.pipeline_id = since.pipeline_id
+          AND r.status IN ('success', 'failure', 'timeout')
+          AND r.ended_at >= since.at AND r.ended_at < $3) AS r
+)"""
 RECOVERIES = {
-    (g, grouped, past): f"WITH {_STATES_AS_OF if past else _STATES_NOW}"
+    (g, grouped, past): f"WITH {_STATES_AS_OF if past else _STATES_SINCE}"
     + _statement(_RECOVERIES, "s", "g.recovered_at", g, grouped, grouped_by="g")
     for g, grouped, past in _SHAPES}
 
