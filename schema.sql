@@ -297,6 +297,132 @@ CREATE TABLE IF NOT EXISTS run_counts (
     PRIMARY KEY (enterprise_id, pipeline_id, status)
 );
 
+-- Projection: insights (GET /insights/runs/, service/app/insights.py). Each live run adds
+-- to a few (enterprise, pipeline, UTC hour, metric, bin) counters: `created` in the hour
+-- of its created_at; its outcome (success, failure, timeout, invalid, cancelled) in the
+-- hour of its ended_at; `duration` (started_at -> ended_at, runs that started and ended)
+-- in the hour of its ended_at and `queue` (created_at -> started_at, runs that started)
+-- in the hour of its started_at, both in the log bin of the time in microseconds
+-- (insights_bin: bins at most 2% wide, so a bin's midpoint is within 1% of every value in
+-- it; a mergeable DDSketch-style histogram). Outcome and `created` rows use bin 0.
+-- Kept by a deferred trigger on pipeline_runs: every writer of the runs projection moves
+-- it in the same transaction (a run's keys out, its new keys in), at commit, when the
+-- transaction already holds its enterprises' feed locks, so like run_counts its rows are
+-- only written by the holder of the feed lock and no writer waits on them. Runs of
+-- soft-deleted pipelines stay in (readers join the live pipelines); a deleted run leaves.
+-- Replay rebuilds it from the fold and verify names its drift (app/replay.py).
+CREATE TABLE IF NOT EXISTS run_insights (
+    enterprise_id text        NOT NULL,
+    hour          timestamptz NOT NULL,
+    pipeline_id   uuid        NOT NULL,
+    metric        text        NOT NULL,
+    bin           integer     NOT NULL,
+    n             bigint      NOT NULL,
+    PRIMARY KEY (enterprise_id, hour, pipeline_id, metric, bin)
+);
+
+-- The lower bounds of the log bins, in microseconds: 1, 2, ... (one bin per microsecond
+-- while that is finer), then each bound 101/99 of the previous (integer arithmetic, the
+-- same in Python: service/domain/insights.py), up to 100 years. Constant-folded by the
+-- planner (IMMUTABLE, no argument).
+CREATE OR REPLACE FUNCTION insights_bounds() RETURNS bigint[]
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    WITH RECURSIVE b(t) AS (
+        SELECT 1::bigint
+        UNION ALL
+        SELECT greatest(t + 1, t * 101 / 99) FROM b WHERE t < 3153600000000000
+    )
+    SELECT array_agg(t ORDER BY t) FROM b
+$$;
+-- A time's bin: how many bounds are <= it (0: under a microsecond).
+CREATE OR REPLACE FUNCTION insights_bin(micros numeric) RETURNS integer
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT width_bucket(micros::bigint, insights_bounds())
+$$;
+-- The microseconds a bin stands for: 2 lo top / (lo + top), top the largest microsecond
+-- in [lo, hi), within 1% of each (domain/insights.py estimate: the same).
+CREATE OR REPLACE FUNCTION insights_estimate(bin integer) RETURNS double precision
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT CASE
+        WHEN bin <= 0 THEN 0::float8
+        WHEN bin >= cardinality(insights_bounds()) THEN (insights_bounds())[bin]::float8
+        ELSE 2.0::float8 * (insights_bounds())[bin] * ((insights_bounds())[bin + 1] - 1)
+             / ((insights_bounds())[bin] + (insights_bounds())[bin + 1] - 1)
+    END
+$$;
+-- A run's keys (hour, metric, bin) as its state gives them (the Python twin:
+-- service/domain/insights.py run_keys).
+CREATE OR REPLACE FUNCTION run_insight_keys(created_at timestamptz, started_at timestamptz,
+                                            ended_at timestamptz, status text)
+RETURNS TABLE (hour timestamptz, metric text, bin integer)
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT k.hour, k.metric, k.bin FROM (VALUES
+        (date_bin('1 hour', created_at, timestamptz '2000-01-01 00:00Z'), 'created', 0),
+        (CASE WHEN status IN ('success', 'failure', 'timeout', 'invalid', 'cancelled')
+              THEN date_bin('1 hour', ended_at, timestamptz '2000-01-01 00:00Z') END,
+         status, 0),
+        (CASE WHEN status IN ('success', 'failure', 'timeout', 'invalid', 'cancelled')
+                   AND started_at IS NOT NULL
+              THEN date_bin('1 hour', ended_at, timestamptz '2000-01-01 00:00Z') END,
+         'duration',
+         insights_bin(extract(epoch FROM ended_at - started_at) * 1000000)),
+        (date_bin('1 hour', started_at, timestamptz '2000-01-01 00:00Z'), 'queue',
+         insights_bin(extract(epoch FROM started_at - created_at) * 1000000))
+    ) AS k(hour, metric, bin)
+    WHERE k.hour IS NOT NULL
+$$;
+-- The trigger: the run's keys before the change out, after it in (zero sums skipped).
+CREATE OR REPLACE FUNCTION run_insights_move() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF current_setting('insights.bulk_load', true) = 'on' THEN
+        RETURN NULL;  -- the seeder adds its runs' keys itself, in one statement
+    END IF;
+    INSERT INTO run_insights AS i (enterprise_id, hour, pipeline_id, metric, bin, n)
+    SELECT d.enterprise_id, k.hour, d.pipeline_id, k.metric, k.bin, sum(d.sign)
+    FROM (SELECT NEW.enterprise_id, NEW.pipeline_id, NEW.created_at, NEW.started_at,
+                 NEW.ended_at, NEW.status, 1 WHERE TG_OP <> 'DELETE'
+          UNION ALL
+          SELECT OLD.enterprise_id, OLD.pipeline_id, OLD.created_at, OLD.started_at,
+                 OLD.ended_at, OLD.status, -1 WHERE TG_OP <> 'INSERT')
+         AS d(enterprise_id, pipeline_id, created_at, started_at, ended_at, status, sign),
+         LATERAL run_insight_keys(d.created_at, d.started_at, d.ended_at, d.status) AS k
+    GROUP BY 1, 2, 3, 4, 5 HAVING sum(d.sign) <> 0
+    ORDER BY 1, 2, 3, 4, 5
+    ON CONFLICT (enterprise_id, hour, pipeline_id, metric, bin)
+    DO UPDATE SET n = i.n + EXCLUDED.n;
+    RETURN NULL;
+END
+$$;
+-- Deferred to commit (after the feed lock: see above). Updates that move no key (most
+-- simple moves: queued, processing, waiting) queue nothing: the WHEN is checked per row.
+-- (CREATE OR REPLACE does not take constraint triggers: created when missing.)
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT FROM pg_trigger WHERE tgrelid = 'pipeline_runs'::regclass
+                   AND tgname = 'run_insights_insert_delete') THEN
+        CREATE CONSTRAINT TRIGGER run_insights_insert_delete
+            AFTER INSERT OR DELETE ON pipeline_runs DEFERRABLE INITIALLY DEFERRED
+            FOR EACH ROW EXECUTE FUNCTION run_insights_move();
+    END IF;
+    IF NOT EXISTS (SELECT FROM pg_trigger WHERE tgrelid = 'pipeline_runs'::regclass
+                   AND tgname = 'run_insights_update') THEN
+        CREATE CONSTRAINT TRIGGER run_insights_update
+            AFTER UPDATE ON pipeline_runs DEFERRABLE INITIALLY DEFERRED
+            FOR EACH ROW WHEN (OLD.started_at IS DISTINCT FROM NEW.started_at
+                               OR OLD.ended_at IS DISTINCT FROM NEW.ended_at
+                               OR OLD.status IS DISTINCT FROM NEW.status
+                                  AND (NEW.status IN ('success', 'failure', 'timeout',
+                                                      'invalid', 'cancelled')
+                                       OR OLD.status IN ('success', 'failure', 'timeout',
+                                                         'invalid', 'cancelled'))
+                               OR OLD.created_at IS DISTINCT FROM NEW.created_at
+                               OR OLD.pipeline_id IS DISTINCT FROM NEW.pipeline_id)
+            EXECUTE FUNCTION run_insights_move();
+    END IF;
+END
+$$;
+
 -- Projection: the stage runs of each live run, a snapshot of the pipeline's stages taken
 -- when the run was created (carried in its run.created event).
 CREATE TABLE IF NOT EXISTS stage_runs (

@@ -100,7 +100,8 @@ async def prepare(dsn: str) -> dict:
     try:
         await init_connection(conn)
         await meta.migrate(conn)
-        await conn.execute("VACUUM (ANALYZE) pipeline_runs, run_counts, pipelines, stage_runs")
+        await conn.execute(
+            "VACUUM (ANALYZE) pipeline_runs, run_counts, pipelines, stage_runs, run_insights")
         await conn.execute("ANALYZE run_events")
         _, token = await token_store.create_token(conn, ENTERPRISE, f"scale-{uuid.uuid4().hex[:6]}")
         _, writer_token = await token_store.create_token(  # not limited: they write flat out
@@ -199,7 +200,8 @@ async def measure(base: str, token: str, cases: list[tuple[str, str]], requests:
                     samples.append(elapsed)
                 if failed:
                     break
-                count = body["content"]["count"]
+                content = body["content"]
+                count = content["count"] if "count" in content else len(content["rows"])
             samples.sort()
             out.append({"label": label, "path": path, "count": count, "failed": failed,
                         "p50": statistics.median(samples),
@@ -310,6 +312,31 @@ def cases(info: dict) -> list[tuple[str, str]]:
             out.append((f"/pipelines/busy/runs/ {label:<16} {ordering or '(default)'}",
                         f"/pipelines/{busy['id']}/runs/" + (f"?{q}" if q else "")))
     return out
+
+
+INSIGHTS_TARGET_MS = 50.0
+
+
+def insight_cases(info: dict) -> list[tuple[str, str]]:
+    """Issue 21's two answers: 30 days by day, and 90 days by pipeline (count: rows)."""
+    now = datetime.now(timezone.utc)
+    def window(days: int) -> str:
+        return (f"from={quote((now - timedelta(days=days)).isoformat())}"
+                f"&to={quote(now.isoformat())}")
+    return [("/insights/runs/ 30 days granularity=day", f"/insights/runs/?{window(30)}&granularity=day"),
+            ("/insights/runs/ 90 days group_by=pipeline",
+             f"/insights/runs/?{window(90)}&group_by=pipeline")]
+
+
+def insight_lines(idle: list[dict], busy: list[dict]) -> list[str]:
+    lines = ["", f"Insights (target p95 <= {INSIGHTS_TARGET_MS:.0f} ms, idle and with the writers):",
+             "", f"| {'answer':<48} | {'rows':>6} | {'idle p95':>8} | {'busy p95':>8} | "
+             f"{'busy max':>8} |", f"|{'-' * 50}|{'-' * 8}|{'-' * 10}|{'-' * 10}|{'-' * 10}|"]
+    for a, b in zip(idle, busy):
+        ok = max(a["p95"], b["p95"]) <= INSIGHTS_TARGET_MS
+        lines.append(f"| {a['label']:<48} | {a['count']:>6} | {a['p95']:>8.1f} | "
+                     f"{b['p95']:>8.1f} | {b['max']:>8.1f} | {'met' if ok else 'NOT met'}")
+    return lines
 
 
 async def deep_pages(base: str, token: str, dsn: str, runs: int, requests: int) -> list[dict]:
@@ -426,14 +453,20 @@ def main() -> int:
                 seeded = seed(dsn, args.runs, args.pipelines, args.days)
             info = asyncio.run(prepare(dsn))
             runs = asyncio.run(_writable_runs(dsn, 100 * args.writers))
-            with service(dsn, workdir, args.service_workers) as base, Writers(
-                    base, info["writer_token"], runs, args.writers, args.write_rate,
-                    args.service_workers) as writers:
-                latencies = asyncio.run(measure(base, info["token"], cases(info), args.requests))
-                deep = asyncio.run(deep_pages(base, info["token"], dsn, info["runs"],
-                                              args.requests))
+            with service(dsn, workdir, args.service_workers) as base:
+                idle = asyncio.run(measure(base, info["token"], insight_cases(info),
+                                           args.requests))
+                with Writers(base, info["writer_token"], runs, args.writers, args.write_rate,
+                             args.service_workers) as writers:
+                    latencies = asyncio.run(measure(base, info["token"], cases(info),
+                                                    args.requests))
+                    deep = asyncio.run(deep_pages(base, info["token"], dsn, info["runs"],
+                                                  args.requests))
+                    busy = asyncio.run(measure(base, info["token"], insight_cases(info),
+                                               args.requests))
             rr = asyncio.run(replay_and_verify(dsn)) if args.replay else None
-            report = table(info, seeded, latencies, deep, rr, writers)
+            report = "\n".join([table(info, seeded, latencies, deep, rr, writers),
+                                *insight_lines(idle, busy)])
             print(report)
             if args.out:
                 Path(args.out).write_text(report + "\n")

@@ -231,6 +231,10 @@ def cmd_verify(config: Config, args) -> int:
         enterprise_id, pipeline_id, status = c.key
         print(f"DRIFT run_counts {pipeline_id} {status} (enterprise {enterprise_id}): "
               f"{c.actual}, the events give {c.expected}")
+    for i in result.insight_drifts:
+        enterprise_id, hour, pipeline_id, metric, bin_ = i.key
+        print(f"DRIFT run_insights {pipeline_id} {hour.isoformat()} {metric} {bin_} "
+              f"(enterprise {enterprise_id}): {i.actual}, the events give {i.expected}")
     print(f"verified {result.events} events of {result.runs} runs in {seconds:.2f}s: "
           f"{len(result.drifts)} drifted, {len(result.counter_drifts)} counters drifted, "
           f"{len(result.version_drifts)} with non-consecutive versions")
@@ -312,15 +316,15 @@ def cmd_dev(config: Config, args) -> int:
     if opened:  # development: receivers on this machine
         config = config.with_(webhook_allowed_networks=DEV_WEBHOOK_NETWORKS)
     with claim_data_dir(config.data_dir), _database(config, args.replica) as (cfg, psql):
-        if opened:  # said once the start is ours: a refused second start stays one line
-            log.warning("dev: webhooks may reach loopback (WEBHOOK_ALLOWED_NETWORKS=%s); "
-                        "serve refuses it unless set", ",".join(DEV_WEBHOOK_NETWORKS))
         async def work(conn):
             return await devtoken.dev_token(conn, devtoken.token_path(cfg.data_dir))
 
         asyncio.run(_prepare(cfg))
         token, reused = asyncio.run(_with_conn(cfg, work))
         path = devtoken.token_path(cfg.data_dir)
+        if opened:  # said once the start is ours: a refused start stays one line
+            log.warning("dev: webhooks may reach loopback (WEBHOOK_ALLOWED_NETWORKS=%s); "
+                        "serve refuses it unless set", ",".join(DEV_WEBHOOK_NETWORKS))
         return _serve(cfg, lambda: _print_dev_banner(cfg, token, reused, path, psql), "dev")
 
 
@@ -455,8 +459,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="new pipelines to create (default: %(default)s)")
     p.add_argument("--runs", type=_non_negative, default=1000,
                    help="runs spread over them (default: %(default)s)")
-    p.add_argument("--days", type=_positive_float, default=30.0,
-                   help="runs start over the last DAYS (default: %(default)s)")
+    p.add_argument("--days", type=_positive_float, default=90.0,
+                   help="runs are created over the last DAYS (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0,
                    help="random seed: same seed, same data (default: %(default)s)")
     p.add_argument("--batch", type=_positive, default=5000,

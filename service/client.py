@@ -15,6 +15,7 @@ from types import TracebackType
 from typing import Any, AsyncIterator, Iterable, Mapping
 
 import aiohttp
+from multidict import MultiDict
 
 try:  # optional: with OpenTelemetry installed, a call continues the caller's current trace
     from opentelemetry.propagate import inject as _inject_trace_context
@@ -322,6 +323,21 @@ class PipelineRunsClient:
         """A run's whole history (every page), in version order; kept after delete."""
         path = self._run_path(pipeline_id, run_id) + "events/"
         return [e async for e in self._pages(path, page_size, {})]
+
+    async def insights(self, pipeline_id: str | None = None, *,
+                       start: datetime | str | None = None, end: datetime | str | None = None,
+                       granularity: str | None = None, group_by: str | None = None,
+                       pipeline_ids: list[str] | None = None, pipeline_name: str | None = None,
+                       as_of: datetime | str | None = None) -> dict[str, Any]:
+        """Run insights (docs/insights.md): one pipeline's, or the enterprise's filtered by
+        pipeline_ids / pipeline_name; window [start, end), default the last 30 days."""
+        params = MultiDict(_params({"from": start, "to": end, "granularity": granularity,
+                                    "group_by": group_by, "pipeline_name": pipeline_name,
+                                    "as_of": as_of}))
+        for one in pipeline_ids or ():
+            params.add("pipeline_id", str(one))
+        path = f"/pipelines/{pipeline_id}/insights/" if pipeline_id else "/insights/runs/"
+        return await self._call("GET", path, params=params)
 
     async def feed(self, after: int = 0, wait: float = 20,
                    **filters: Any) -> AsyncIterator[dict[str, Any]]:

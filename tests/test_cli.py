@@ -93,7 +93,7 @@ def test_seed_refuses_bad_input_in_one_line(args, says):
 
 def test_seed_help_shows_the_defaults():
     text = cli("seed", "--help").stdout
-    for option, default in (("pipelines", "10"), ("runs", "1000"), ("days", "30.0"),
+    for option, default in (("pipelines", "10"), ("runs", "1000"), ("days", "90.0"),
                             ("seed", "0"), ("batch", "5000")):
         assert f"(default: {default})" in text.split(f"--{option} ", 2)[-1].split("--")[0], option
 

@@ -29,10 +29,12 @@ from typing import Any, Iterator
 
 import asyncpg
 
+from service.domain import insights as insight_keys
 from service.domain import lifecycle
 from service.app import scan_parts
 from service.infra.db import init_connection
 from service.store import counts
+from service.store import insights as insights_store
 from service.store import replay as sql
 
 BATCH = 1000
@@ -54,6 +56,13 @@ class CounterDrift:
 
 
 @dataclass
+class InsightDrift:
+    key: tuple  # (enterprise_id, hour, pipeline_id, metric, bin) of a run_insights row
+    expected: int  # runs the fold puts under the key
+    actual: int  # what run_insights says
+
+
+@dataclass
 class Scan:
     events: int = 0
     runs: int = 0
@@ -69,10 +78,15 @@ class Scan:
     # Runs whose event versions are not consecutive (versions are unique by the write
     # path's row lock, not by an index: see schema.sql, run_events).
     version_drifts: list[tuple[str, Any]] = field(default_factory=list)
+    # run_insights rows that differ from the fold, and run_insights minus the projection
+    # rows' own keys in the snapshot (repaired like counter_errors).
+    insight_drifts: list[InsightDrift] = field(default_factory=list)
+    insight_errors: Counter = field(default_factory=Counter)
 
     @property
     def clean(self) -> bool:
-        return not (self.drifts or self.counter_drifts or self.version_drifts)
+        return not (self.drifts or self.counter_drifts or self.version_drifts
+                    or self.insight_drifts)
 
 
 _ROW = operator.itemgetter(*sql.PROJECTION_COLUMNS)
@@ -81,6 +95,8 @@ _S_ORDINAL = sql.STAGE_RUN_ARRAY_COLUMNS.index("ordinal")
 _HAS_ROW = sql.ROW_AT - 1  # always true in PROJECTION_ROWS; _projection_of's None: no row
 _P_PIPELINE = sql.ROW_AT + sql.PROJECTION_COLUMNS.index("pipeline_id")
 _P_STATUS = sql.ROW_AT + sql.PROJECTION_COLUMNS.index("status")
+_P_STAMPS = operator.itemgetter(*(sql.ROW_AT + sql.PROJECTION_COLUMNS.index(c) for c in (
+    "created_at", "started_at", "ended_at", "status")))
 
 
 def _projection_of(record: asyncpg.Record) -> dict | None:
@@ -208,11 +224,27 @@ async def _batches(conn: asyncpg.Connection, query: str, size: int, *args):
 
 
 class _Counts:
-    """Live runs per (enterprise, pipeline, status): as folded, and as projected."""
+    """Live runs per (enterprise, pipeline, status), and run_insights keys: as folded, and
+    as projected."""
 
     def __init__(self):
         self.expected: Counter = Counter()
         self.projected: Counter = Counter()
+        self.insights_expected: Counter = Counter()
+        self.insights_projected: Counter = Counter()
+
+    def insights_of(self, into: Counter, enterprise_id: str, pipeline_id, run) -> None:
+        for hour, metric, bin_ in insight_keys.run_keys(run):
+            into[(enterprise_id, hour, pipeline_id, metric, bin_)] += 1
+
+    def projected_row(self, enterprise_id: str, pipeline_id, status: str, stamps) -> None:
+        self.projected[(enterprise_id, pipeline_id, status)] += 1
+        run = dict(zip(("created_at", "started_at", "ended_at", "status"), stamps))
+        self.insights_of(self.insights_projected, enterprise_id, pipeline_id, run)
+
+    def expected_run(self, enterprise_id: str, run: dict) -> None:
+        self.expected[(enterprise_id, run["pipeline_id"], run["status"])] += 1
+        self.insights_of(self.insights_expected, enterprise_id, run["pipeline_id"], run)
 
 
 def _compare_rows(batch: list, folds: dict, result: Scan, counted: _Counts) -> None:
@@ -230,8 +262,8 @@ def _compare_rows(batch: list, folds: dict, result: Scan, counted: _Counts) -> N
             if drift is not None:
                 result.drifts.append(drift)
         if run is not None:
-            counted.expected[(key[0], run["pipeline_id"], run["status"])] += 1
-        counted.projected[(key[0], record[_P_PIPELINE], record[_P_STATUS])] += 1
+            counted.expected_run(key[0], run)
+        counted.projected_row(key[0], record[_P_PIPELINE], record[_P_STATUS], _P_STAMPS(record))
 
 
 def _without_rows(folds: dict, result: Scan, counted: _Counts) -> None:
@@ -239,7 +271,7 @@ def _without_rows(folds: dict, result: Scan, counted: _Counts) -> None:
     for key, (_, run) in folds.items():
         if run is not None:
             result.drifts.append(_compare(key, _expected(run), None))
-            counted.expected[(key[0], run["pipeline_id"], run["status"])] += 1
+            counted.expected_run(key[0], run)
 
 
 async def scan(conn: asyncpg.Connection, dsn: str | None = None,
@@ -339,6 +371,9 @@ def _merge(result: Scan, counted: _Counts, part: Scan, part_counted: _Counts) ->
     result.version_drifts += part.version_drifts
     counted.expected.update(part_counted.expected)
     counted.projected.update(part_counted.projected)
+    counted.insights_expected.update(part_counted.insights_expected)
+    counted.insights_projected.update(part_counted.insights_projected)
+    result.insight_drifts += part.insight_drifts
 
 
 async def _scan_rest(conn: asyncpg.Connection, result: Scan, counted: _Counts) -> None:
@@ -349,7 +384,9 @@ async def _scan_rest(conn: asyncpg.Connection, result: Scan, counted: _Counts) -
     for row in await conn.fetch(sql.ORPHAN_ROWS):
         actual = {**dict(row), "stage_runs": []}
         result.drifts.append(_compare((row["enterprise_id"], row["id"]), None, actual))
-        counted.projected[(row["enterprise_id"], row["pipeline_id"], row["status"])] += 1
+        counted.projected_row(row["enterprise_id"], row["pipeline_id"], row["status"],
+                              (row["created_at"], row["started_at"], row["ended_at"],
+                               row["status"]))
     stored = Counter({(r["enterprise_id"], r["pipeline_id"], r["status"]): r["n"]
                       for r in await conn.fetch(counts.ALL_COUNTERS)})
     expected, projected = counted.expected, counted.projected
@@ -358,11 +395,23 @@ async def _scan_rest(conn: asyncpg.Connection, result: Scan, counted: _Counts) -
             result.counter_drifts.append(CounterDrift(k, expected[k], stored[k]))
         if stored[k] != projected[k]:
             result.counter_errors[k] = stored[k] - projected[k]
+    await _compare_insights(conn, result, counted)
     known = {d.run_key for d in result.drifts}
     for row in await conn.fetch(sql.ORPHAN_STAGE_RUN_KEYS):
         key = (row["enterprise_id"], row["run_id"])
         if key not in known:
             result.drifts.append(Drift(key, ["<stage runs without their run>"], None, None))
+
+
+async def _compare_insights(conn: asyncpg.Connection, result: Scan, counted: _Counts) -> None:
+    """run_insights against the fold's keys (drifts) and the projection's (errors)."""
+    stored = Counter(await insights_store.all_counters(conn))
+    expected, projected = counted.insights_expected, counted.insights_projected
+    for k in sorted(stored.keys() | expected.keys() | projected.keys(), key=str):
+        if stored[k] != expected[k]:
+            result.insight_drifts.append(InsightDrift(k, expected[k], stored[k]))
+        if stored[k] != projected[k]:
+            result.insight_errors[k] = stored[k] - projected[k]
 
 
 async def _refold(conn: asyncpg.Connection, enterprise_id: str, run_id) -> dict | None:
@@ -387,6 +436,7 @@ class ReplayReport:
     seconds: float
     counters_repaired: int = 0
     version_drifts: int = 0  # runs with non-consecutive versions: reported, not repairable
+    insights_repaired: int = 0  # run_insights rows
 
     @property
     def rate(self) -> float:
@@ -414,19 +464,21 @@ async def _replay(conn: asyncpg.Connection, dsn: str | None, memory_mb: int) -> 
         async with conn.transaction():
             skipped += await sql.patch_runs(conn, items[i:i + BATCH], guarded=True)
     caught_up = await _catch_up(conn, result.heads, {item[0] for item in skipped},
-                                result.counter_errors)
+                                result.counter_errors, result.insight_errors)
     return ReplayReport(result.events, result.runs, len(result.drifts), caught_up,
                         time.perf_counter() - started,
                         counters_repaired=len(result.counter_errors),
+                        insights_repaired=len(result.insight_errors),
                         version_drifts=len(result.version_drifts))
 
 
 async def _catch_up(conn: asyncpg.Connection, heads: dict[str, int], keys: set,
-                    counter_errors: Counter) -> int:
+                    counter_errors: Counter, insight_errors: Counter) -> int:
     """Under a short write lock: re-fold the runs changed since the scan, and the skipped;
     take the counters' snapshot error back out (patches and writes never change it)."""
     async with conn.transaction():
         await counts.apply_deltas(conn, Counter({k: -v for k, v in counter_errors.items()}))
+        await insights_store.apply_deltas(conn, {k: -v for k, v in insight_errors.items()})
         await conn.execute(sql.LOCK_WRITES)
         changed = await conn.fetch(sql.RUNS_CHANGED_SINCE, list(heads), list(heads.values()))
         keys = keys | {(r["enterprise_id"], r["run_id"]) for r in changed}

@@ -324,7 +324,7 @@ def _pipelines(enterprise_id: str, count: int, rng: random.Random, created_at: d
 
 
 async def seed(conn: asyncpg.Connection, enterprise_id: str, pipelines: int, runs: int, *,
-               days: float = 30.0, seed: int = 0, batch: int = 5000,
+               days: float = 90.0, seed: int = 0, batch: int = 5000,
                now: datetime | None = None,
                progress: Callable[[SeedReport], None] | None = None) -> SeedReport:
     """Create `pipelines` pipelines and `runs` runs in the enterprise (conn: init_connection'd)."""

@@ -9,7 +9,7 @@ from typing import AsyncIterator, Iterable, Sequence
 import asyncpg
 
 from service.infra.db import decode_jsonb, init_connection
-from service.store import append, counts
+from service.store import append, counts, insights
 
 try:
     import orjson
@@ -18,6 +18,7 @@ except ImportError:  # optional (the `fast` extra): json.dumps does the same, sl
 from service.store.columns import RUN_STATE_COLUMNS, STAGE_RUN_COLUMNS
 
 EVENT_COLUMNS = append.APPENDED_COLUMNS
+_ID = RUN_STATE_COLUMNS.index("id")
 
 INSERT_PIPELINE = """
 INSERT INTO pipelines (enterprise_id, id, name, description, timeout_seconds, is_active,
@@ -63,6 +64,7 @@ async def copy_batch(conn: asyncpg.Connection, enterprise_id: str, events: list[
     """One batch in one transaction: the events (positions in list order), their projection
     and its counters (run_counts deltas, keyed (enterprise_id, pipeline_id, status))."""
     async with conn.transaction():
+        await conn.execute(insights.BULK_LOAD)  # the keys of the batch's runs: added below
         await append.copy_events(conn, enterprise_id, events)
         if runs:
             await conn.copy_records_to_table("pipeline_runs", records=runs,
@@ -71,3 +73,5 @@ async def copy_batch(conn: asyncpg.Connection, enterprise_id: str, events: list[
             await conn.copy_records_to_table("stage_runs", records=stage_runs,
                                              columns=STAGE_RUN_COLUMNS)
         await counts.apply_deltas(conn, run_counts)
+        if runs:
+            await insights.add_runs(conn, enterprise_id, [r[_ID] for r in runs])

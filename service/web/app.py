@@ -12,7 +12,7 @@ from aiohttp_apispec import AiohttpApiSpec
 
 from service.infra import db
 from service.web.handlers import (
-    events, exports, health, pipelines, root, runs, stage_runs, stream, webhooks,
+    events, exports, health, insights, pipelines, root, runs, stage_runs, stream, webhooks,
 )
 from service.config import Config
 from service.web import pages
@@ -61,7 +61,7 @@ log = logging.getLogger(__name__)
 CANONICAL_MOUNT = "/pipelines/v0"
 MOUNTS = (CANONICAL_MOUNT, "/api/pipelines/v0", "/v0")
 RESOURCE_ROUTES = (*pipelines.routes, *runs.routes, *stage_runs.routes, *events.routes,
-                   *exports.routes, *stream.routes, *webhooks.routes)
+                   *exports.routes, *stream.routes, *webhooks.routes, *insights.routes)
 
 API_DESCRIPTION = """Esper pipelines-v0 Pipeline Runs API on an event-sourced store.
 

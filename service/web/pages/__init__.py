@@ -8,7 +8,7 @@ import aiohttp_jinja2
 import jinja2
 from aiohttp import web
 
-from service.web.pages import session, svg, views
+from service.web.pages import insights, session, svg, views
 
 HERE = Path(__file__).parent
 STATIC_PREFIX = "/ui/static/"
@@ -34,7 +34,7 @@ def setup(app: web.Application) -> None:
     env.filters["iso_s"] = lambda at: svg.iso(at.replace(microsecond=0)) if at else ""
     env.filters["duration"] = _duration
     env.globals["static"] = STATIC_PREFIX
-    for method, path, handler in views.routes:
+    for method, path, handler in (*views.routes, *insights.routes):
         app.router.add_route(method, path, handler)
     app.router.add_static(STATIC_PREFIX, HERE / "static", append_version=False)
     app.on_response_prepare.append(session.page_headers)

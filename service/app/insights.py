@@ -1,0 +1,84 @@
+"""Insights: run figures per time bucket and pipeline, from the run_insights projection.
+
+The window is widened to whole UTC hours (the projection's grain); `as_of` answers from
+the events as they stood then (store/insights.py), everything else from the projection.
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import asyncpg
+
+from service.domain import insights as figures_of
+from service.domain.errors import BadRequest, NotFound
+from service.store import insights as store
+
+DEFAULT_WINDOW = timedelta(days=30)
+MAX_WINDOW = timedelta(days=366)
+
+
+def _utc(at: datetime) -> datetime:
+    return at.astimezone(timezone.utc) if at.tzinfo else at.replace(tzinfo=timezone.utc)
+
+
+def window(start: datetime | None, end: datetime | None, as_of: datetime | None,
+           now: datetime) -> tuple[datetime, datetime]:
+    """[from, to) widened to whole hours; default the 30 days before as_of (or now)."""
+    end = _utc(end) if end else _utc(as_of or now)
+    start = _utc(start) if start else end - DEFAULT_WINDOW
+    if start >= end:
+        raise BadRequest("`from` must be before `to`", content={"from": [start.isoformat()]})
+    if end - start > MAX_WINDOW:
+        raise BadRequest("the window may span at most 366 days",
+                         content={"to": ["at most 366 days after `from`"]})
+    start = start.replace(minute=0, second=0, microsecond=0)
+    if end != end.replace(minute=0, second=0, microsecond=0):
+        end = end.replace(minute=0, second=0, microsecond=0) + timedelta(hours=1)
+    return start, end
+
+
+async def insights(conn: asyncpg.Connection, enterprise_id: str, *, start=None, end=None,
+                   granularity: str | None = None, group_by: str | None = None,
+                   pipeline_ids: list | None = None, pipeline_name: str | None = None,
+                   as_of: datetime | None = None, now: datetime | None = None,
+                   pipeline_route: bool = False) -> dict[str, Any]:
+    """The answer: the window, how percentiles are made, and one row per bucket (and pipeline).
+
+    pipeline_route: asked of one pipeline (pipeline_ids[0]), which must exist (else 404)."""
+    now = now or datetime.now(timezone.utc)
+    as_of = _utc(as_of) if as_of else None
+    frm, to = window(start, end, as_of, now)
+    group = group_by == "pipeline"
+    args = (enterprise_id, (frm, to), pipeline_ids or None, pipeline_name, granularity, group,
+            as_of)
+    async with conn.transaction(isolation="repeatable_read", readonly=True):
+        await store.custom_plans(conn)
+        if pipeline_route and not await store.pipeline_is_live(conn, enterprise_id,
+                                                              pipeline_ids[0]):
+            raise NotFound("pipeline not found")
+        rows: dict[tuple, dict] = defaultdict(dict)
+        recovered: dict[tuple, tuple] = {}
+        for r in await store.counters(conn, *args):
+            rows[(r["bucket"], r["pipeline_id"])][r["metric"]] = r
+        for r in await store.recoveries(conn, *args):
+            rows[(r["bucket"], r["pipeline_id"])]
+            recovered[(r["bucket"], r["pipeline_id"])] = (r["n"], r["seconds"])
+        if not group and granularity is None:
+            rows[(frm, None)]  # one row for the window, even empty
+        names = await store.pipeline_names(conn, enterprise_id,
+                                           {k[1] for k in rows if k[1] is not None})
+    answer = []
+    for (bucket, pipeline_id) in sorted(rows, key=lambda k: (k[0], str(k[1] or ""))):
+        begin = max(bucket, frm)
+        finish = figures_of.bucket_end(bucket, granularity, to)
+        row = {"bucket_start": begin, "bucket_end": finish}
+        if group:
+            row.update(pipeline_id=pipeline_id, pipeline_name=names.get(pipeline_id))
+        days = (finish - begin).total_seconds() / 86400
+        row.update(figures_of.figures(rows[(bucket, pipeline_id)],
+                                      recovered.get((bucket, pipeline_id), (0, 0.0)), days))
+        answer.append(row)
+    return {"from": frm, "to": to, "as_of": as_of, "granularity": granularity,
+            "group_by": group_by, "relative_error": figures_of.RELATIVE_ERROR, "rows": answer}

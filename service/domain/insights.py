@@ -1,0 +1,143 @@
+"""Insights, pure: the log bins of times, a run's insight keys, and a row's figures.
+
+The projection (schema.sql, run_insights) counts each live run under a few keys (hour,
+metric, bin); `run_keys` is its Python twin (replay compares the two), and `figures` turns
+one answer row's counters into what the API answers.
+"""
+from __future__ import annotations
+
+import bisect
+from datetime import datetime, timedelta, timezone
+from typing import Any, Mapping
+
+from service.domain.lifecycle import TERMINAL
+
+OUTCOMES: tuple[str, ...] = ("success", "failure", "timeout", "invalid", "cancelled")
+# Success rate's denominator: cancelled and invalid runs say nothing of the pipeline's health.
+RATED: tuple[str, ...] = ("success", "failure", "timeout")
+GRANULARITIES: tuple[str, ...] = ("hour", "day", "week", "month")
+PERCENTILES: tuple[tuple[str, float], ...] = (
+    ("p50", 0.50), ("p90", 0.90), ("p95", 0.95), ("p99", 0.99))
+# A bin [lo, hi) has hi <= lo * 101/99, so its estimate 2*lo*top/(lo+top) (top = hi - 1, the
+# largest microsecond in it) is within (top-lo)/(top+lo) < 1/100 of every value in it.
+RELATIVE_ERROR = 0.01
+_LAST = 3153600000000000  # 100 years in microseconds (schema.sql insights_bounds)
+_EPOCH = datetime(2000, 1, 1, tzinfo=timezone.utc)
+
+
+def _bounds() -> list[int]:
+    bounds = [1]
+    while bounds[-1] < _LAST:
+        t = bounds[-1]
+        bounds.append(max(t + 1, t * 101 // 99))
+    return bounds
+
+
+BOUNDS: list[int] = _bounds()
+
+
+def bin_of(micros: int) -> int:
+    """How many bounds are <= micros (0: under a microsecond): SQL's insights_bin."""
+    return bisect.bisect_right(BOUNDS, micros)
+
+
+def estimate(bin_: int) -> float:
+    """The microseconds a bin stands for (within RELATIVE_ERROR of each value in it)."""
+    if bin_ <= 0:
+        return 0.0
+    lo = BOUNDS[bin_ - 1]
+    if bin_ >= len(BOUNDS):
+        return float(lo)
+    top = BOUNDS[bin_] - 1
+    return 2.0 * lo * top / (lo + top)
+
+
+def _hour(at: datetime) -> datetime:
+    return at.astimezone(timezone.utc).replace(minute=0, second=0, microsecond=0)
+
+
+def _micros(delta: timedelta) -> int:
+    return delta // timedelta(microseconds=1)
+
+
+def run_keys(run: Mapping[str, Any]) -> list[tuple[datetime, str, int]]:
+    """A run's (hour, metric, bin) keys: SQL's run_insight_keys, for replay's comparison."""
+    keys = [(_hour(run["created_at"]), "created", 0)]
+    started, ended, status = run["started_at"], run["ended_at"], run["status"]
+    if status in TERMINAL:
+        keys.append((_hour(ended), status, 0))
+        if started is not None:
+            keys.append((_hour(ended), "duration", bin_of(_micros(ended - started))))
+    if started is not None:
+        keys.append((_hour(started), "queue", bin_of(_micros(started - run["created_at"]))))
+    return keys
+
+
+def bucket_start(at: datetime, granularity: str | None, window_from: datetime) -> datetime:
+    """The start of the bucket `at` falls in (UTC; weeks start on Monday)."""
+    at = at.astimezone(timezone.utc)
+    if granularity == "hour":
+        return _hour(at)
+    if granularity == "day":
+        return at.replace(hour=0, minute=0, second=0, microsecond=0)
+    if granularity == "week":
+        day = at.replace(hour=0, minute=0, second=0, microsecond=0)
+        return day - timedelta(days=day.weekday())
+    if granularity == "month":
+        return at.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    return window_from
+
+
+def bucket_end(start: datetime, granularity: str | None, window_to: datetime) -> datetime:
+    """The end of a bucket (exclusive), never past the window's end."""
+    if granularity is None:
+        return window_to
+    if granularity == "month":
+        end = (start + timedelta(days=32)).replace(day=1)
+    else:
+        end = start + {"hour": timedelta(hours=1), "day": timedelta(days=1),
+                       "week": timedelta(days=7)}[granularity]
+    return min(end, window_to)
+
+
+def _seconds(micros: float | None) -> float | None:
+    return None if micros is None else round(micros / 1e6, 6)
+
+
+def distribution(summary: Mapping[str, Any] | None,
+                 percentiles=PERCENTILES) -> dict[str, Any]:
+    """count, min, mean, percentiles, max (seconds) from a metric's summary: n, lo, hi,
+    micros (the sum of the bins' estimates) and each percentile's bin (store/insights.py:
+    the bin of the value of rank floor(q (n - 1)))."""
+    n = summary["n"] if summary else 0
+    if not n:
+        return {"count": 0, "min": None, "mean": None, **{k: None for k, _ in percentiles},
+                "max": None}
+    return {"count": n, "min": _seconds(estimate(summary["lo"])),
+            "mean": _seconds(summary["micros"] / n),
+            **{k: _seconds(estimate(summary[k])) for k, _ in percentiles},
+            "max": _seconds(estimate(summary["hi"]))}
+
+
+def figures(summaries: Mapping[str, Mapping[str, Any]], recoveries: tuple[int, float],
+            days: float) -> dict[str, Any]:
+    """One row's figures from its summaries {metric: summary} and (recoveries, seconds)."""
+    def total(metric: str) -> int:
+        return summaries[metric]["n"] if metric in summaries else 0
+
+    finished = {o: total(o) for o in OUTCOMES}
+    rated = sum(finished[o] for o in RATED)
+    done = sum(finished.values())
+    recovered, seconds = recoveries
+    queue = distribution(summaries.get("queue"), (("p50", 0.5), ("p95", 0.95)))
+    return {
+        "created": total("created"),
+        "finished": {**finished, "total": done},
+        "success_rate": {"value": round(finished["success"] / rated, 6) if rated else None,
+                         "count": rated},
+        "duration": distribution(summaries.get("duration")),
+        "queue_time": {k: queue[k] for k in ("count", "p50", "p95")},
+        "throughput": {"finished": done, "per_day": round(done / days, 6) if days else None},
+        "mttr": {"count": recovered,
+                 "mean": round(seconds / recovered, 6) if recovered else None},
+    }

@@ -1,0 +1,238 @@
+"""Insights SQL: the projection's counters (or, as of a past time, the events) per row.
+
+run_insights is kept by a trigger (schema.sql); here it is only read, and for replay
+compared and repaired. Parameters of every answer: $1 enterprise, $2 from, $3 to (UTC hours),
+$4 pipeline ids (NULL: all), $5 pipeline name (NULL: any), $6 as_of (NULL: now); one
+statement per granularity, grouping and as_of (COUNTERS, RECOVERIES).
+"""
+from __future__ import annotations
+
+from datetime import datetime
+
+import asyncpg
+
+from service.domain.insights import OUTCOMES
+from service.store.locks import FEED_LOCKS
+
+_TERMINAL = ", ".join(f"'{o}'" for o in OUTCOMES)
+
+
+_BUCKETS = {
+    "hour": "date_bin('1 hour', {at}, timestamptz '2000-01-01 00:00Z')",
+    "day": "date_bin('1 day', {at}, timestamptz '2000-01-01 00:00Z')",
+    "week": "date_bin('7 days', {at}, timestamptz '2000-01-03 00:00Z')",  # from Mondays
+    "month": "date_trunc('month', {at}, 'UTC')",
+    None: "$2::timestamptz",  # one bucket: the window
+}
+
+# The pipelines of the answer: live now (or, as of a past time, then), and filtered.
+_PIPELINES = """JOIN pipelines p ON p.enterprise_id = $1 AND p.id = {alias}.pipeline_id
+                AND (p.deleted_at IS NULL OR p.deleted_at > $6)
+                AND ($4::uuid[] IS NULL OR p.id = ANY($4)) AND ($5::text IS NULL OR p.name = $5)"""
+
+# Each run's state as of $6, from its run-level events: the fold's stamps (lifecycle.py):
+# started_at is the first entry into running, ended_at the entry into a terminal status,
+# the status the last event's; deleted runs are gone.
+_STATES_AS_OF = f"""states AS (
+    SELECT e.pipeline_id, e.run_id AS id,
+           min(e.occurred_at) FILTER (WHERE e.type = 'run.created') AS created_at,
+           min(e.occurred_at) FILTER (WHERE e.type = 'run.status_changed'
+                                       AND e.to_status = 'running') AS started_at,
+           max(e.occurred_at) FILTER (WHERE e.type = 'run.status_changed'
+                                       AND e.to_status IN ({_TERMINAL})) AS ended_at,
+           (array_agg(e.to_status ORDER BY e.version DESC))[1] AS status
+    FROM run_events e
+    WHERE e.enterprise_id = $1 AND e.occurred_at <= $6
+      AND e.type IN ('run.created', 'run.status_changed', 'run.deleted')
+    GROUP BY 1, 2
+    HAVING bool_or(e.type = 'run.created') AND NOT bool_or(e.type = 'run.deleted')
+)"""
+# Counters per (pipeline or NULL, bucket, metric, bin): from the projection, or as of $6
+# folded from the events (no pre-aggregate holds the past).
+_COUNTERS_NOW = """c AS (
+    SELECT {pipeline} AS pipeline_id, {bucket} AS bucket, i.metric, i.bin,
+           sum(i.n)::bigint AS n
+    FROM run_insights i {pipelines}
+    WHERE i.enterprise_id = $1 AND i.hour >= $2 AND i.hour < $3
+    GROUP BY 1, 2, 3, 4
+)"""
+_COUNTERS_AS_OF = """{states}, c AS (
+    SELECT {pipeline} AS pipeline_id, {bucket} AS bucket, k.metric, k.bin, count(*) AS n
+    FROM states s {pipelines},
+         LATERAL run_insight_keys(s.created_at, s.started_at, s.ended_at, s.status) AS k
+    WHERE k.hour >= $2 AND k.hour < $3
+    GROUP BY 1, 2, 3, 4
+)"""
+# Reduced where the counters are: per (pipeline, bucket, metric) the runs, the lowest and
+# highest bin, the sum of the bins' estimates (microseconds, for the mean) and each
+# percentile's bin: the bin of the value of rank floor(q (n - 1)) (domain/insights.py).
+_SUMMARY = """
+, s AS (
+    SELECT c.*, sum(c.n) OVER (PARTITION BY pipeline_id, bucket, metric ORDER BY bin) AS upto,
+           sum(c.n) OVER (PARTITION BY pipeline_id, bucket, metric) AS total
+    FROM c WHERE c.n <> 0
+)
+SELECT pipeline_id, bucket, metric, total::bigint AS n, min(bin) AS lo, max(bin) AS hi,
+       sum(n * insights_estimate(bin)) AS micros,
+       min(bin) FILTER (WHERE upto > floor(0.50 * (total - 1))) AS p50,
+       min(bin) FILTER (WHERE upto > floor(0.90 * (total - 1))) AS p90,
+       min(bin) FILTER (WHERE upto > floor(0.95 * (total - 1))) AS p95,
+       min(bin) FILTER (WHERE upto > floor(0.99 * (total - 1))) AS p99
+FROM s GROUP BY pipeline_id, bucket, metric, total
+"""
+
+# Recoveries: a pipeline's finished runs (success, failure, timeout) in order of ended_at;
+# `streak` counts the successes before each; a streak's first failure or timeout to the
+# success that ends it is one recovery, counted where (when) the success ended.
+_RECOVERIES = """
+, t AS (
+    SELECT s.pipeline_id, s.ended_at, s.status,
+           count(*) FILTER (WHERE s.status = 'success') OVER (
+               PARTITION BY s.pipeline_id ORDER BY s.ended_at, s.id
+               ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS streak
+    FROM states s {pipelines}
+    WHERE s.status IN ('success', 'failure', 'timeout') AND s.ended_at < $3
+), g AS (
+    SELECT pipeline_id, min(ended_at) FILTER (WHERE status <> 'success') AS failed_at,
+           min(ended_at) FILTER (WHERE status = 'success') AS recovered_at
+    FROM t GROUP BY pipeline_id, streak
+)
+SELECT {pipeline} AS pipeline_id, {bucket} AS bucket, count(*) AS n,
+       sum(extract(epoch FROM g.recovered_at - g.failed_at))::float8 AS seconds
+FROM g WHERE g.failed_at IS NOT NULL AND g.recovered_at >= $2 AND g.recovered_at < $3
+GROUP BY 1, 2
+"""
+
+
+def _statement(template: str, alias: str, at: str, granularity, group: bool,
+               grouped_by: str | None = None) -> str:
+    """The template with its pipeline column (grouped_by's, else alias'), bucket and join."""
+    parts = {"pipeline": f"{grouped_by or alias}.pipeline_id" if group else "NULL::uuid",
+             "bucket": _BUCKETS[granularity].format(at=at),
+             "pipelines": _PIPELINES.format(alias=alias), "states": _STATES_AS_OF}
+    return template.format(**parts)
+
+
+# Every statement spelled out per (granularity, group, as_of): a bucket expression the
+# planner sees as such, never a CASE over a parameter (a generic plan of that was 20x
+# slower).
+_SHAPES = [(g, grouped, past) for g in _BUCKETS for grouped in (False, True)
+           for past in (False, True)]
+COUNTERS = {
+    (g, grouped, past): "WITH " + (
+        _statement(_COUNTERS_AS_OF, "s", "k.hour", g, grouped) if past
+        else _statement(_COUNTERS_NOW, "i", "i.hour", g, grouped)) + _SUMMARY
+    for g, grouped, past in _SHAPES}
+# Live, the scan starts at each pipeline's last success before the window (one probe of
+# pipeline_runs_pipeline_status_ended): what ended earlier cannot open a streak that a
+# success in the window closes.
+_STATES_SINCE = """since AS MATERIALIZED (
+    SELECT p.id AS pipeline_id, coalesce((
+        SELECT max(r.ended_at) FROM pipeline_runs r
+        WHERE r.enterprise_id = $1 AND r.pipeline_id = p.id AND r.status = 'success'
+          AND r.ended_at < $2), '-infinity') AS at
+    FROM pipelines p
+    WHERE p.enterprise_id = $1 AND (p.deleted_at IS NULL OR p.deleted_at > $6)
+      AND ($4::uuid[] IS NULL OR p.id = ANY($4)) AND ($5::text IS NULL OR p.name = $5)
+), states AS (
+    SELECT r.* FROM since, LATERAL (
+        SELECT r.pipeline_id, r.id, r.created_at, r.started_at, r.ended_at, r.status
+        FROM pipeline_runs r
+        WHERE r.enterprise_id = $1 AND r.pipeline_id = since.pipeline_id
+          AND r.status IN ('success', 'failure', 'timeout')
+          AND r.ended_at >= since.at AND r.ended_at < $3) AS r
+)"""
+RECOVERIES = {
+    (g, grouped, past): f"WITH {_STATES_AS_OF if past else _STATES_SINCE}"
+    + _statement(_RECOVERIES, "s", "g.recovered_at", g, grouped, grouped_by="g")
+    for g, grouped, past in _SHAPES}
+
+PIPELINE_IS_LIVE = """
+SELECT EXISTS (SELECT FROM pipelines WHERE enterprise_id = $1 AND id = $2 AND deleted_at IS NULL)
+"""
+PIPELINE_NAMES = """
+SELECT id, name FROM pipelines WHERE enterprise_id = $1 AND id = ANY($2::uuid[])
+"""
+
+# Replay/verify: every stored counter (zeros are no counters), and the repair of the
+# differences, added under the feed locks like run_counts (store/counts.py).
+ALL_COUNTERS = """
+SELECT enterprise_id, hour, pipeline_id, metric, bin, n FROM run_insights WHERE n <> 0
+"""
+APPLY_DELTAS = f"""
+WITH feed_locks AS (
+    {FEED_LOCKS.format(enterprises="SELECT unnest($1::text[])")}
+)
+INSERT INTO run_insights AS i (enterprise_id, hour, pipeline_id, metric, bin, n)
+SELECT d.* FROM unnest($1::text[], $2::timestamptz[], $3::uuid[], $4::text[], $5::int[],
+                       $6::bigint[]) AS d, feed_locks
+ORDER BY 1, 2, 3, 4, 5
+ON CONFLICT (enterprise_id, hour, pipeline_id, metric, bin) DO UPDATE SET n = i.n + EXCLUDED.n
+"""
+# Bulk loads (the seeder): the trigger stands aside for the transaction, and the loaded
+# runs' keys go in by one statement (the caller holds the feed lock).
+BULK_LOAD = "SET LOCAL insights.bulk_load = 'on'"
+ADD_RUNS = """
+INSERT INTO run_insights AS i (enterprise_id, hour, pipeline_id, metric, bin, n)
+SELECT r.enterprise_id, k.hour, r.pipeline_id, k.metric, k.bin, count(*)
+FROM pipeline_runs r,
+     LATERAL run_insight_keys(r.created_at, r.started_at, r.ended_at, r.status) AS k
+WHERE r.enterprise_id = $1 AND r.id = ANY($2::uuid[])
+GROUP BY 1, 2, 3, 4, 5 ORDER BY 1, 2, 3, 4, 5
+ON CONFLICT (enterprise_id, hour, pipeline_id, metric, bin) DO UPDATE SET n = i.n + EXCLUDED.n
+"""
+DROP_ZEROS = "DELETE FROM run_insights WHERE n = 0"
+
+
+# The answers' transaction plans each statement for its parameters: a generic plan (which
+# asyncpg's prepared statements get from the sixth run on) cannot see how wide the window
+# is nor whether a filter is given, and was measured 15x slower.
+CUSTOM_PLANS = "SET LOCAL plan_cache_mode = force_custom_plan"
+
+
+async def custom_plans(conn: asyncpg.Connection) -> None:
+    await conn.execute(CUSTOM_PLANS)
+
+
+def _args(enterprise_id: str, window: tuple, pipeline_ids, pipeline_name, as_of) -> tuple:
+    return (enterprise_id, window[0], window[1], pipeline_ids, pipeline_name, as_of)
+
+
+async def counters(conn: asyncpg.Connection, enterprise_id: str, window: tuple, pipeline_ids,
+                   pipeline_name, granularity, group: bool, as_of) -> list[asyncpg.Record]:
+    """Per (pipeline or NULL, bucket, metric): n, lo, hi, micros, p50..p99 (bins)."""
+    return await conn.fetch(COUNTERS[(granularity, group, as_of is not None)],
+                            *_args(enterprise_id, window, pipeline_ids, pipeline_name, as_of))
+
+
+async def recoveries(conn: asyncpg.Connection, enterprise_id: str, window: tuple, pipeline_ids,
+                     pipeline_name, granularity, group: bool, as_of) -> list[asyncpg.Record]:
+    """Per (pipeline or NULL, bucket): n recoveries ended there, their seconds summed."""
+    return await conn.fetch(RECOVERIES[(granularity, group, as_of is not None)],
+                            *_args(enterprise_id, window, pipeline_ids, pipeline_name, as_of))
+
+
+async def pipeline_is_live(conn: asyncpg.Connection, enterprise_id: str, pipeline_id) -> bool:
+    return await conn.fetchval(PIPELINE_IS_LIVE, enterprise_id, pipeline_id)
+
+
+async def pipeline_names(conn: asyncpg.Connection, enterprise_id: str, ids) -> dict:
+    return {r["id"]: r["name"] for r in await conn.fetch(PIPELINE_NAMES, enterprise_id, list(ids))}
+
+
+async def all_counters(conn: asyncpg.Connection) -> dict[tuple, int]:
+    return {tuple(r[:5]): r["n"] for r in await conn.fetch(ALL_COUNTERS)}
+
+
+async def add_runs(conn: asyncpg.Connection, enterprise_id: str, run_ids: list) -> None:
+    await conn.execute(ADD_RUNS, enterprise_id, run_ids)
+
+
+async def apply_deltas(conn: asyncpg.Connection, deltas: dict[tuple, int]) -> int:
+    """Add the deltas {(enterprise, hour, pipeline, metric, bin): n} (zeros skipped)."""
+    items = sorted((k, v) for k, v in deltas.items() if v)
+    if items:
+        await conn.execute(APPLY_DELTAS, *([k[i] for k, _ in items] for i in range(5)),
+                           [v for _, v in items])
+    await conn.execute(DROP_ZEROS)
+    return len(items)
