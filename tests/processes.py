@@ -2,7 +2,6 @@
 `python -m service serve` / `dev` as subprocesses (Service, Dev)."""
 from __future__ import annotations
 
-import asyncio
 import os
 import re
 import signal
@@ -14,6 +13,8 @@ import urllib.request
 from pathlib import Path
 
 import aiohttp
+
+from tests.helpers import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 MOUNT = "/pipelines/v0"
@@ -50,13 +51,13 @@ def ready(port: int) -> bool:
 
 
 def wait_for(predicate, timeout: float = 60.0) -> bool:
-    """Poll a condition of another process (no event loop here) until true or timeout."""
+    """Poll a condition of another process (no event loop here) until true; fail after
+    `timeout` s (the synchronous twin of helpers.wait_until, for threads and sync tests)."""
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out after {timeout} s"
         time.sleep(0.1)
-    return False
+    return True
 
 
 class Service:
@@ -76,18 +77,17 @@ class Service:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "service", "serve", "--port", str(self.port)],
                 cwd=ROOT, env=self.env, stdout=subprocess.DEVNULL, stderr=err)
-        deadline = time.monotonic() + seconds
         async with aiohttp.ClientSession() as session:
-            while True:
+            async def ready() -> bool:
                 assert self.proc.poll() is None, self.stderr()
                 try:
                     async with session.get(self.url + "/health/ready") as resp:
-                        if resp.status == 200:
-                            return self
+                        return resp.status == 200
                 except aiohttp.ClientConnectionError:
-                    pass
-                assert time.monotonic() < deadline, "service did not become ready"
-                await asyncio.sleep(0.05)
+                    return False
+
+            await wait_until(ready, seconds, what="the service to become ready")
+        return self
 
     def stderr(self) -> str:
         return self.log.read_text(errors="replace")

@@ -3,11 +3,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 import uuid
 
 import aiohttp
 import pytest
+
+from tests.helpers import wait_until
 
 EVENTS = 50_000  # ~15 MB of NDJSON: more than the socket buffers hold, so it cannot finish
 # The export's backend (the pool's application_name), its cursor open between fetches.
@@ -34,10 +35,9 @@ async def test_an_export_cut_short_is_an_incomplete_download(api, db, enterprise
         headers={"Authorization": f"Bearer {api.token}"})
     assert resp.status == 200
     assert json.loads(await resp.content.readline())["version"] == 1
-    deadline = time.monotonic() + 60
-    while not (pids := await db.fetch(FIND)):  # the export is stuck on a full socket
-        assert time.monotonic() < deadline, "the export never paused between fetches"
-        await asyncio.sleep(0.05)  # polling a condition, with a ceiling
+    # The export is stuck on a full socket.
+    pids = await wait_until(lambda: db.fetch(FIND), 60,
+                            what="the export to pause between fetches")
     assert len(pids) == 1
     await db.execute("SELECT pg_terminate_backend($1)", pids[0]["pid"])
     with pytest.raises(aiohttp.ClientPayloadError):
