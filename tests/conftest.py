@@ -8,6 +8,7 @@ template made with CREATE DATABASE ... TEMPLATE.
 from __future__ import annotations
 
 import asyncio
+import os
 import uuid
 
 import asyncpg
@@ -18,6 +19,19 @@ from service.store import meta
 from service.web.app import create_app
 from tests.dsn import resolve_admin_dsn
 from tests.helpers import SCHEMA, Api, admin, dsn_for, make_token
+
+# A skip is not a pass: in CI (CI=true) a test whose tool is missing fails the run.
+IN_CI = os.environ.get("CI", "").lower() in ("true", "1")
+
+
+@pytest.fixture(scope="session")
+def missing_tool():
+    """Call it with why a required tool is missing: a skip here, a failure in CI."""
+    def missing(reason: str):
+        if IN_CI:
+            pytest.fail(f"{reason} (CI=true: a missing tool fails the run)", pytrace=False)
+        pytest.skip(reason)
+    return missing
 
 
 @pytest.fixture(scope="session")
@@ -113,7 +127,7 @@ def api(client, token) -> Api:
 
 
 @pytest.fixture(scope="session")
-def replica_pair():
+def replica_pair(missing_tool):
     """A private primary and its hot standby (tests/pgcluster.py), made once per session:
     (primary DSN, standby DSN) of a database holding the schema. The replica tests share it
     and isolate themselves by enterprise, as the other tests do."""
@@ -121,7 +135,7 @@ def replica_pair():
 
     reason = pgcluster.available()
     if reason is not None:
-        pytest.skip(reason)
+        missing_tool(reason)
     primary = pgcluster.PrivatePostgres()
     standby = None
     try:

@@ -122,10 +122,10 @@ async def test_slow_query_answers_503_and_the_worker_is_free(api, db, db_dsn):
 
 
 @pytest.fixture(scope="module")
-def cluster():
+def cluster(missing_tool):
     reason = pgcluster.available()
     if reason is not None:
-        pytest.skip(reason)
+        missing_tool(reason)
     pg = pgcluster.PrivatePostgres()
     try:
         pg.start()
