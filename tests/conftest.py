@@ -19,6 +19,7 @@ import pytest
 from service.config import Config
 from service.store import meta
 from service.web.app import create_app
+from tests.dbpool import ClonePool
 from tests.dsn import resolve_admin_dsn
 from tests.helpers import SCHEMA, Api, admin, dsn_for, make_token
 
@@ -133,12 +134,20 @@ def shared_db(admin_dsn, template_db):
     asyncio.run(admin(admin_dsn, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
+@pytest.fixture(scope="session")
+def clones(admin_dsn, template_db):
+    """Clones of the template made ahead of the tests that take them (tests/dbpool.py)."""
+    pool = ClonePool(admin_dsn, template_db)
+    yield pool
+    pool.close()
+
+
 @pytest.fixture
-def own_db(admin_dsn, template_db):
-    """A database of this test's own, cloned from the template."""
-    name = _clone(admin_dsn, template_db)
+def own_db(admin_dsn, clones):
+    """A database of this test's own, cloned from the template (dropped in the background)."""
+    name = clones.take()
     yield dsn_for(admin_dsn, name)
-    asyncio.run(admin(admin_dsn, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    clones.drop(name)
 
 
 @pytest.fixture
