@@ -30,8 +30,12 @@ $(STAMP): pyproject.toml
 run: $(RUN_STAMP)
 	$(PY) -m service dev $(if $(REPLICA),--replica)
 
+# In parallel (pytest-xdist: a database per worker; the wall-clock-bound modules together on
+# one worker, tests/conftest.py TIMING), saying why anything was skipped (-rs).
+# One file: make test PYTEST_ARGS=tests/test_x.py; serially: TEST_WORKERS=0.
+TEST_WORKERS ?= 4
 test: $(STAMP)
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	$(PY) -m pytest -q -rs -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
 
 # Service vs a lean reference (bench/run.py): one enterprise, 100 enterprises x 20 runs,
 # a mixed load with long-polls, a quiet tenant beside a noisy one (--scenarios picks);

@@ -11,16 +11,82 @@ template made with CREATE DATABASE ... TEMPLATE.
 from __future__ import annotations
 
 import asyncio
+import os
+import random
 import uuid
 
 import asyncpg
+import hypothesis
 import pytest
 
 from service.config import Config
 from service.store import meta
 from service.web.app import create_app
+from tests.dbpool import ClonePool
 from tests.dsn import resolve_admin_dsn
 from tests.helpers import RUNTIME_ROLE, SCHEMA, Api, admin, as_runtime, dsn_for, make_token
+
+# A skip is not a pass: in CI (CI=true) a test whose tool is missing fails the run.
+IN_CI = os.environ.get("CI", "").lower() in ("true", "1")
+# One seed for the run's random choices (PYTEST_SEED=N repeats a run); each test seeds
+# `random` from it and its own id, so a failure repeats whatever ran before it.
+SEED = int(os.environ.get("PYTEST_SEED") or random.SystemRandom().randrange(10**6))
+os.environ["PYTEST_SEED"] = str(SEED)  # xdist's workers inherit it: one seed for the run
+# Hypothesis: the same examples on every CI run (a red CI run is repeatable), new ones locally.
+hypothesis.settings.register_profile("ci", derandomize=True, print_blob=True)
+hypothesis.settings.load_profile("ci" if IN_CI else "default")
+
+
+def pytest_report_header(config):
+    return f"random seed: PYTEST_SEED={SEED}"
+
+
+@pytest.fixture(autouse=True)
+def _seeded_random(request):
+    random.seed(f"{SEED}:{request.node.nodeid}")
+
+
+# Modules whose asserts bound wall-clock time, or that start many processes: under xdist
+# (make test: --dist loadgroup) they run one after another on one worker, beside the rest.
+TIMING = {"test_outage", "test_crash", "test_feed_bounded", "test_fair_share", "test_events",
+          "test_token_cli", "test_readme", "test_noisy_neighbour", "test_rate_limit",
+          "test_rate_limit_workers", "test_workers", "test_dev_server", "test_bench_smoke",
+          "test_webhooks_crash", "test_replicas", "test_slow_readers", "test_client_gone",
+          "test_webhooks_fair", "test_pages_limits", "test_page_sessions"}
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """TIMING's modules as one unit of work, every other test on its own. (xdist 3.8's own
+    loadgroup renames node ids, which pytest 9.2 no longer lets it do.)"""
+    if config.getvalue("dist") != "loadgroup":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class TimingTogether(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.partition("::")[0].rpartition("/")[2].removesuffix(".py")
+            return "timing" if module in TIMING else nodeid
+
+    return TimingTogether(config, log)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    report = yield
+    if report.failed:
+        report.sections.append(("random seed", f"PYTEST_SEED={SEED} repeats this run"))
+    return report
+
+
+@pytest.fixture(scope="session")
+def missing_tool():
+    """Call it with why a required tool is missing: a skip here, a failure in CI."""
+    def missing(reason: str):
+        if IN_CI:
+            pytest.fail(f"{reason} (CI=true: a missing tool fails the run)", pytrace=False)
+        pytest.skip(reason)
+    return missing
 
 
 @pytest.fixture(scope="session")
@@ -31,18 +97,28 @@ def admin_dsn():
         stop()
 
 
+TEMPLATE_LOCK = 0x7072_7465  # an advisory-lock id of the tests' own ("prte")
+
+
 @pytest.fixture(scope="session")
 def template_db(admin_dsn):
     """The schema, loaded once into a template database, with the runtime role's grants."""
     name = f"pr_template_{uuid.uuid4().hex[:8]}"
 
     async def create():
-        await admin(admin_dsn, f'CREATE DATABASE "{name}"')
-        conn = await asyncpg.connect(dsn_for(admin_dsn, name))
+        # xdist's workers make their templates one at a time: migrate may touch what the
+        # whole cluster shares (roles), which concurrent sessions would race on.
+        lock = await asyncpg.connect(admin_dsn)
         try:
-            await meta.migrate(conn, SCHEMA, runtime=RUNTIME_ROLE)
+            await lock.execute("SELECT pg_advisory_lock($1)", TEMPLATE_LOCK)
+            await admin(admin_dsn, f'CREATE DATABASE "{name}"')
+            conn = await asyncpg.connect(dsn_for(admin_dsn, name))
+            try:
+                await meta.migrate(conn, SCHEMA, runtime=RUNTIME_ROLE)
+            finally:
+                await conn.close()
         finally:
-            await conn.close()
+            await lock.close()  # releases the lock
 
     asyncio.run(create())
     yield name
@@ -62,12 +138,20 @@ def shared_db(admin_dsn, template_db):
     asyncio.run(admin(admin_dsn, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
+@pytest.fixture(scope="session")
+def clones(admin_dsn, template_db):
+    """Clones of the template made ahead of the tests that take them (tests/dbpool.py)."""
+    pool = ClonePool(admin_dsn, template_db)
+    yield pool
+    pool.close()
+
+
 @pytest.fixture
-def own_db(admin_dsn, template_db):
-    """A database of this test's own, cloned from the template."""
-    name = _clone(admin_dsn, template_db)
+def own_db(admin_dsn, clones):
+    """A database of this test's own, cloned from the template (dropped in the background)."""
+    name = clones.take()
     yield dsn_for(admin_dsn, name)
-    asyncio.run(admin(admin_dsn, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    clones.drop(name)
 
 
 @pytest.fixture
@@ -117,7 +201,7 @@ def api(client, token) -> Api:
 
 
 @pytest.fixture(scope="session")
-def replica_pair():
+def replica_pair(missing_tool):
     """A private primary and its hot standby (tests/pgcluster.py), made once per session:
     (primary DSN, standby DSN) of a database holding the schema. The replica tests share it
     and isolate themselves by enterprise, as the other tests do."""
@@ -125,7 +209,7 @@ def replica_pair():
 
     reason = pgcluster.available()
     if reason is not None:
-        pytest.skip(reason)
+        missing_tool(reason)
     primary = pgcluster.PrivatePostgres()
     standby = None
     try:

@@ -237,12 +237,45 @@ async def run_in(api, pipeline: dict, status: str) -> dict:
 
 # --- the lifecycle's moves ------------------------------------------------------------
 
-ALL_PAIRS = list(itertools.product(lc.RUN_STATUSES, repeat=2))
-ALLOWED = [(a, b) for a, b in ALL_PAIRS if b in lc.RUN_TRANSITIONS[a]]
-REFUSED = [(a, b) for a, b in ALL_PAIRS if a != b and b not in lc.RUN_TRANSITIONS[a]]
+# The oracle, written out by hand from the API document (/work/shared/seed/
+# pipeline-runs-api.txt) and README's "Status lifecycle" table, NOT derived from
+# service/domain/lifecycle.py: a wrong edge in the code must turn tests red.
+STATUSES = ("pending", "queued", "processing", "running", "waiting", "complete", "success",
+            "failure", "cancelled", "timeout", "invalid")
+RUN_MOVES: dict[str, set[str]] = {
+    "pending": {"queued", "processing", "running", "cancelled", "timeout", "invalid"},
+    "queued": {"processing", "running", "cancelled", "timeout", "invalid"},
+    "processing": {"running", "cancelled", "timeout", "invalid"},
+    "running": {"waiting", "complete", "cancelled", "timeout"},
+    "waiting": {"running", "complete", "cancelled", "timeout"},
+    "complete": {"success", "failure"},
+    "success": set(), "failure": set(), "cancelled": set(), "timeout": set(), "invalid": set(),
+}
+# "Stage runs follow the same rules without `waiting`."
+STAGE_RUN_STATUSES = ("pending", "queued", "processing", "running", "complete", "success",
+                      "failure", "cancelled", "timeout", "invalid")
+STAGE_RUN_MOVES: dict[str, set[str]] = {
+    "pending": {"queued", "processing", "running", "cancelled", "timeout", "invalid"},
+    "queued": {"processing", "running", "cancelled", "timeout", "invalid"},
+    "processing": {"running", "cancelled", "timeout", "invalid"},
+    "running": {"complete", "cancelled", "timeout"},
+    "complete": {"success", "failure"},
+    "success": set(), "failure": set(), "cancelled": set(), "timeout": set(), "invalid": set(),
+}
+ALL_PAIRS = list(itertools.product(STATUSES, repeat=2))
+ALLOWED = [(a, b) for a, b in ALL_PAIRS if b in RUN_MOVES[a]]
+REFUSED = [(a, b) for a, b in ALL_PAIRS if a != b and b not in RUN_MOVES[a]]
+STAGE_PAIRS = list(itertools.product(STAGE_RUN_STATUSES, repeat=2))
+STAGE_ALLOWED = [(a, b) for a, b in STAGE_PAIRS if b in STAGE_RUN_MOVES[a]]
+STAGE_REFUSED = [(a, b) for a, b in STAGE_PAIRS if a != b and b not in STAGE_RUN_MOVES[a]]
 
 
-def _parents(start: str, transitions=lc.RUN_TRANSITIONS) -> dict[str, str | None]:
+def expected_status(current: str, target: str, moves=RUN_MOVES) -> int:
+    """What a PUT of `target` on a live item in `current` answers, by the tables."""
+    return 200 if target == current or target in moves[current] else 409
+
+
+def _parents(start: str, transitions=RUN_MOVES) -> dict[str, str | None]:
     """Breadth-first search: each status reachable from `start`, with its predecessor."""
     parents: dict[str, str | None] = {start: None}
     queue = deque([start])
@@ -255,9 +288,9 @@ def _parents(start: str, transitions=lc.RUN_TRANSITIONS) -> dict[str, str | None
     return parents
 
 
-def legal_path(target: str, start: str = lc.INITIAL_STATUS) -> list[str]:
+def legal_path(target: str, start: str = "pending", moves=RUN_MOVES) -> list[str]:
     """The shortest legal walk from `start` to `target`, `start` excluded."""
-    parents = _parents(start)
+    parents = _parents(start, moves)
     assert target in parents, f"{target} is unreachable from {start}"
     path = []
     while target != start:
@@ -334,7 +367,7 @@ def check_error(status: int, text: str, resp, where) -> None:
 
 # --- run lists --------------------------------------------------------------------------
 
-STATUS_RANK = lc.STATUS_RANK
+STATUS_RANK = {s: i for i, s in enumerate(STATUSES)}  # README: ordering=status is lifecycle order
 
 
 def expected_order(runs: list[dict], ordering: str | None) -> list[str]:

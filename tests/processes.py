@@ -2,7 +2,6 @@
 `python -m service serve` / `dev` as subprocesses (Service, Dev)."""
 from __future__ import annotations
 
-import asyncio
 import os
 import re
 import signal
@@ -15,7 +14,7 @@ from pathlib import Path
 
 import aiohttp
 
-from tests.helpers import as_runtime
+from tests.helpers import as_runtime, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 MOUNT = "/pipelines/v0"
@@ -52,13 +51,14 @@ def ready(port: int) -> bool:
 
 
 def wait_for(predicate, timeout: float = 60.0) -> bool:
-    """Poll a condition of another process (no event loop here) until true or timeout."""
+    """Poll a condition of another process (no event loop here): True once it holds, False
+    after `timeout` s. Every caller asserts the result, with the process's log as message."""
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
         time.sleep(0.1)
-    return False
+    return True
 
 
 class Service:
@@ -78,18 +78,17 @@ class Service:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "service", "serve", "--port", str(self.port)],
                 cwd=ROOT, env=self.env, stdout=subprocess.DEVNULL, stderr=err)
-        deadline = time.monotonic() + seconds
         async with aiohttp.ClientSession() as session:
-            while True:
+            async def ready() -> bool:
                 assert self.proc.poll() is None, self.stderr()
                 try:
                     async with session.get(self.url + "/health/ready") as resp:
-                        if resp.status == 200:
-                            return self
+                        return resp.status == 200
                 except aiohttp.ClientConnectionError:
-                    pass
-                assert time.monotonic() < deadline, "service did not become ready"
-                await asyncio.sleep(0.05)
+                    return False
+
+            await wait_until(ready, seconds, what="the service to become ready")
+        return self
 
     def stderr(self) -> str:
         return self.log.read_text(errors="replace")

@@ -1,7 +1,8 @@
 """The auditors' pages in a real browser: Playwright driving Debian's Chromium.
 
 .ci/run installs chromium when it is missing; these tests are skipped only when it is not
-there. Screenshots of every page are saved under tests/artifacts/ (not committed).
+there, and fail then in CI (CI=true). Screenshots of every page are saved under
+tests/artifacts/ (not committed).
 """
 from __future__ import annotations
 
@@ -22,10 +23,14 @@ CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 ARTIFACTS = Path(__file__).parent / "artifacts"
 WAIT_MS = 30_000  # a shared, loaded machine: generous ceilings, never sleeps
 
-pytestmark = pytest.mark.skipif(
-    not (shutil.which(CHROMIUM) or os.access(CHROMIUM, os.X_OK)),
-    reason=f"no Chromium at {CHROMIUM}: .ci/run installs it (apt-get install chromium) "
-           "when run as root")
+
+
+@pytest.fixture(autouse=True)
+def chromium(missing_tool):
+    """Skipped without Chromium; in CI (CI=true) its absence fails the test."""
+    if not (shutil.which(CHROMIUM) or os.access(CHROMIUM, os.X_OK)):
+        missing_tool(f"no Chromium at {CHROMIUM}: .ci/run installs it "
+                     "(apt-get install chromium) when run as root")
 
 
 @pytest.fixture

@@ -311,11 +311,7 @@ async def test_stage_runs_through_the_client(pr):
     pipeline = await pr.create_pipeline("deploy", ["build", "test"])
     run = await pr.create_run(pipeline["id"])
     await pr.update_status(pipeline["id"], run["id"], "running")
-    try:
-        stage_runs = await pr.stage_runs(run["id"], page_size=1)
-    except NotFound as exc:
-        pytest.skip("the server has no GET /runs/{run_id}/stageruns/ route yet "
-                    f"(404 {exc.message!r} for an existing run)")
+    stage_runs = await pr.stage_runs(run["id"], page_size=1)  # a 404 fails the test
     assert len(stage_runs) == 2 and all({"id", "status"} <= s.keys() for s in stage_runs)
     moved = await pr.update_stage_run(run["id"], stage_runs[0]["id"], "running")
     assert (moved["id"], moved["status"]) == (stage_runs[0]["id"], "running")
@@ -430,7 +426,7 @@ async def test_timeouts_are_retried_then_raised():
             started = time.monotonic()
             with pytest.raises(asyncio.TimeoutError):
                 await pr.get_pipeline("p-1")
-    assert len(upstream.seen) == 2 and time.monotonic() - started < 5
+    assert len(upstream.seen) == 2 and time.monotonic() - started < 15
 
 
 @pytest.mark.parametrize("status, body, kind", [

@@ -21,7 +21,8 @@ from tests.helpers import lock_waiters, make_token, wait_until
 from tests.processes import MOUNT, ROOT, Service
 
 
-SHUTDOWN_BOUND = 5.0  # seconds from SIGTERM to exit, with requests in flight
+SHUTDOWN_BOUND = 15.0  # seconds from SIGTERM to exit, with requests in flight: well under
+# the 25 s long poll it must cut short, and under SHUTDOWN_TIMEOUT (a loaded machine is slow)
 
 
 @pytest.fixture
@@ -64,16 +65,14 @@ async def _call(session, method: str, url: str, **kw) -> tuple[int, dict]:
         return resp.status, body["content"]
 
 
-async def _refused_within(url: str, seconds: float) -> bool:
-    deadline = time.monotonic() + seconds
+async def _refused(url: str) -> bool:
+    """Whether a fresh connection to `url` is refused (the service stopped accepting)."""
     async with aiohttp.ClientSession() as fresh:
-        while time.monotonic() < deadline:
-            try:
-                async with fresh.get(url) as resp:
-                    await resp.read()
-            except aiohttp.ClientConnectionError:
-                return True
-            await asyncio.sleep(0.05)
+        try:
+            async with fresh.get(url) as resp:
+                await resp.read()
+        except aiohttp.ClientConnectionError:
+            return True
     return False
 
 
@@ -110,9 +109,8 @@ async def test_sigkill_under_load_loses_no_acknowledged_write(own_db, services):
                 return  # the process is gone: whatever was in flight is unacknowledged
 
         workers = [asyncio.create_task(worker()) for _ in range(8)]
-        deadline = time.monotonic() + 20
-        while len(acked) < 30 and time.monotonic() < deadline:  # mid-load, whatever the speed
-            await asyncio.sleep(0.05)
+        await wait_until(lambda: len(acked) >= 30, 60,
+                         what="30 acknowledged changes")  # mid-load, whatever the speed
         service.proc.send_signal(signal.SIGKILL)
         service.proc.wait()
         await asyncio.wait_for(asyncio.gather(*workers), 10)
@@ -158,7 +156,7 @@ async def test_sigkill_under_load_loses_no_acknowledged_write(own_db, services):
 
 async def test_sigterm_drains_in_flight_requests_and_exits_0(own_db, services):
     # A sweeper that is busy at shutdown, too.
-    service = await services(own_db, TIMEOUT_SWEEP_SECONDS="0.2", SHUTDOWN_TIMEOUT="10",
+    service = await services(own_db, TIMEOUT_SWEEP_SECONDS="0.2", SHUTDOWN_TIMEOUT="20",
                              METRICS_ON_API_PORT="on").start()  # _in_flight reads it
     headers = {"Authorization": f"Bearer {await _token(own_db, 'drain')}"}
     async with aiohttp.ClientSession(service.url + MOUNT + "/", headers=headers) as session:
@@ -188,7 +186,8 @@ async def test_sigterm_drains_in_flight_requests_and_exits_0(own_db, services):
 
             sent = time.monotonic()
             service.proc.send_signal(signal.SIGTERM)
-            assert await _refused_within(service.url + "/health/live", 3)  # stops accepting
+            await wait_until(lambda: _refused(service.url + "/health/live"), 15,
+                             what="the service to stop accepting")  # the PUT still waits
             assert not put.done()
             await lock.rollback()
         finally:

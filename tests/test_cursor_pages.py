@@ -66,13 +66,17 @@ def _b64(value) -> str:
     return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
 
 
+# Fixed, not uuid4(): xdist's workers must collect the same parameters.
+ANY_ID = "1862bb2e-3747-489c-b945-9bad500aa59e"
+
+
 @pytest.mark.parametrize("cursor", [
     "not base64 !", _b64(b"\xff\xfe"), _b64(b"[1, 2]"), _b64({"o": "", "k": []}),
-    _b64({"o": "", "k": ["yesterday", str(uuid.uuid4())]}),
-    _b64({"o": "", "k": ["2024-01-01T00:00:00", str(uuid.uuid4())]}),  # no offset
+    _b64({"o": "", "k": ["yesterday", ANY_ID]}),
+    _b64({"o": "", "k": ["2024-01-01T00:00:00", ANY_ID]}),  # no offset
     _b64({"o": "", "k": ["2024-01-01T00:00:00+00:00", "nope"]}),
-    _b64({"o": "", "k": ["2024-01-01T00:00:00+00:00", str(uuid.uuid4())], "x": 1}),
-    _b64({"o": "run_number", "k": [1, "2024-01-01T00:00:00+00:00", str(uuid.uuid4())]}),
+    _b64({"o": "", "k": ["2024-01-01T00:00:00+00:00", ANY_ID], "x": 1}),
+    _b64({"o": "run_number", "k": [1, "2024-01-01T00:00:00+00:00", ANY_ID]}),
     "x" * 5000,
 ])
 async def test_a_malformed_or_foreign_cursor_is_a_400_envelope(api, cursor):
@@ -82,10 +86,10 @@ async def test_a_malformed_or_foreign_cursor_is_a_400_envelope(api, cursor):
 
 
 @pytest.mark.parametrize("ordering,key", [
-    ("status", ["paused", "2024-01-01T00:00:00+00:00", str(uuid.uuid4())]),
-    ("run_number", [-1, "2024-01-01T00:00:00+00:00", str(uuid.uuid4())]),
-    ("run_number", [True, "2024-01-01T00:00:00+00:00", str(uuid.uuid4())]),
-    ("pipeline__name", [7, 1, str(uuid.uuid4())]),
+    ("status", ["paused", "2024-01-01T00:00:00+00:00", ANY_ID]),
+    ("run_number", [-1, "2024-01-01T00:00:00+00:00", ANY_ID]),
+    ("run_number", [True, "2024-01-01T00:00:00+00:00", ANY_ID]),
+    ("pipeline__name", [7, 1, ANY_ID]),
     ("-started_at", [None, None]),
 ])
 async def test_cursor_keys_are_typed_per_ordering(api, ordering, key):

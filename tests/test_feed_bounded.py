@@ -64,7 +64,7 @@ async def test_a_long_poll_on_a_filter_matching_nothing_does_not_rescan(api):
     positions = await _events(api, 30)
     started = time.monotonic()
     capped = await api.get("/events/?after=0&type=nope&limit=10&wait=10")
-    assert time.monotonic() - started < 5  # answered at the cap, not after waiting
+    assert time.monotonic() - started < 9  # answered at the cap, not after its 10 s wait
     assert capped["results"] == [] and capped["next_after"] == positions[CAP - 1]
     tail = await api.get(f"/events/?after={capped['next_after']}&type=nope&limit=10&wait=1")
     assert tail["results"] == [] and tail["next_after"] == positions[-1]
@@ -94,7 +94,7 @@ async def test_a_long_poll_re_reads_only_when_woken(api, client, db, enterprise)
     run = await api.run(pipeline["id"])
     woke = await poll
     assert [e["run_id"] for e in woke["results"]] == [run["id"]]
-    assert time.monotonic() - started < 3
+    assert time.monotonic() - started < 15  # woken, not its 20 s wait (a loaded machine)
 
 
 async def test_a_write_wakes_long_polls_of_another_process(api, aiohttp_client, config,
@@ -112,7 +112,7 @@ async def test_a_write_wakes_long_polls_of_another_process(api, aiohttp_client, 
     run = await api.run(pipeline["id"])
     woke = await poll
     assert [e["run_id"] for e in woke["results"]] == [run["id"]]
-    assert time.monotonic() - started < 3
+    assert time.monotonic() - started < 15  # woken, not its 20 s wait (a loaded machine)
 
 
 async def test_the_wake_up_is_not_sent_inside_the_write(api, db_dsn):

@@ -1,9 +1,7 @@
 """/metrics: Prometheus text, per-app counters, route templates, events appended, the pool."""
 from __future__ import annotations
 
-import asyncio
 import collections
-import time
 import uuid
 
 import aiohttp
@@ -13,7 +11,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from service.web.app import create_app
 from service.config import Config
 from service.web.keys import METRICS_RUNNER
-from tests.helpers import Api
+from tests.helpers import Api, wait_until
 
 RUN_ROUTE = "/pipelines/v0/pipelines/{pipeline_id}/runs/{pipeline_run_id}/"
 
@@ -124,13 +122,12 @@ class TestEventsAppended:
         await api.move(run, "running")
         await db.execute("UPDATE pipeline_runs SET deadline = now() - interval '1 minute' "
                          "WHERE enterprise_id = $1 AND id = $2", enterprise, uuid.UUID(run["id"]))
-        deadline = time.monotonic() + 10
-        while True:
+        async def swept():
             _, families = await scrape(client)
-            timed_out = samples(families, "pipeline_runs_timed_out")
-            if timed_out[("run",)] == 1 or time.monotonic() > deadline:
-                break
-            await asyncio.sleep(0.1)
+            return families if samples(families, "pipeline_runs_timed_out")[("run",)] else None
+
+        families = await wait_until(swept, 30, what="the sweeper to time the run out")
+        timed_out = samples(families, "pipeline_runs_timed_out")
         assert timed_out == {("run",): 1, ("stage_run",): 0}
         assert samples(families, "pipeline_runs_sweeps")[()] >= 1
         assert samples(families, "pipeline_runs_sweep_failures")[()] == 0

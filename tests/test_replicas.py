@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 
 import asyncpg
 import pytest
@@ -19,6 +18,7 @@ from tests.helpers import as_runtime
 from service.config import Config
 from service.infra.replicas import parse_token, replica_name
 from service.web.keys import FEED_WAITERS
+from tests.helpers import wait_until
 
 TOKEN = "Consistency-Token"
 DEADLINE = 60.0  # generous: the machine is shared
@@ -50,17 +50,6 @@ async def standby(standby_dsn):
         await conn.close()
 
 
-async def eventually(check, what: str, deadline: float = DEADLINE):
-    """Poll `check` (async, truthy when done) until it holds."""
-    give_up = time.monotonic() + deadline
-    while True:
-        result = await check()
-        if result:
-            return result
-        assert time.monotonic() < give_up, f"timed out waiting for {what}"
-        await asyncio.sleep(0.02)
-
-
 async def caught_up(db, standby) -> None:
     """Wait until the standby has replayed everything the primary has written so far."""
     target = await db.fetchval("SELECT pg_current_wal_insert_lsn()")
@@ -68,15 +57,15 @@ async def caught_up(db, standby) -> None:
     async def replayed():
         return await standby.fetchval("SELECT pg_last_wal_replay_lsn() >= $1", target)
 
-    await eventually(replayed, "the standby to replay the primary's position")
+    await wait_until(replayed, DEADLINE, what="the standby to replay the primary's position")
 
 
 @contextlib.asynccontextmanager
 async def replay_paused(standby):
     await standby.execute("SELECT pg_wal_replay_pause()")
     try:
-        await eventually(lambda: standby.fetchval(
-            "SELECT pg_get_wal_replay_pause_state() = 'paused'"), "replay to pause")
+        await wait_until(lambda: standby.fetchval(
+            "SELECT pg_get_wal_replay_pause_state() = 'paused'"), DEADLINE, what="replay to pause")
         yield
     finally:
         await standby.execute("SELECT pg_wal_replay_resume()")
@@ -170,7 +159,7 @@ async def test_a_stopped_standby_leaves_rotation_reads_still_answer_and_it_rejoi
     async def back_in_rotation():
         return (await api.get("/health/ready"))["replicas"][0]["healthy"]
 
-    await eventually(back_in_rotation, "the standby to rejoin the rotation")
+    await wait_until(back_in_rotation, DEADLINE, what="the standby to rejoin the rotation")
     before, _ = await routing(client)
     await api.get(f"/pipelines/{pipeline['id']}/")
     after, _ = await routing(client)
@@ -255,7 +244,8 @@ async def test_a_long_poll_woken_by_a_commit_answers_it_even_from_a_paused_stand
     async with replay_paused(standby):
         poll = asyncio.create_task(api.get("/events/", params={"after": start, "wait": 30}))
         waiters = client.app[FEED_WAITERS]
-        await eventually(lambda: _subscribed(waiters, enterprise), "the long-poll to wait")
+        await wait_until(lambda: _subscribed(waiters, enterprise), DEADLINE,
+                         what="the long-poll to wait")
         _, fallbacks_before = await routing(client)
         run = await api.run(pipeline["id"])
         page = await asyncio.wait_for(poll, 25)  # before its 30 s are up

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 
 import asyncpg
 
@@ -28,13 +27,13 @@ def config(db_dsn) -> Config:
     return Config(database_url=as_runtime(db_dsn), pool_min=1, pool_max=10, timeout_sweep_seconds=1)
 
 
-async def _wait_for(api, path: str, status: str, seconds: float = 10) -> dict:
-    deadline = time.monotonic() + seconds
-    while True:
+async def _wait_for(api, path: str, status: str, seconds: float = 30) -> dict:
+    """The item at `path` once it has `status`; fails after `seconds` (the sweeper is dead)."""
+    async def reached():
         item = await api.get(path)
-        if item["status"] == status or time.monotonic() > deadline:
-            return item
-        await asyncio.sleep(0.2)
+        return item if item["status"] == status else None
+
+    return await wait_until(reached, seconds, what=f"{path} to reach {status}")
 
 
 async def test_overdue_run_times_out_with_its_stage_runs(api):

@@ -6,9 +6,8 @@ import asyncio
 import hashlib
 import os
 import sys
-import time
 
-from tests.helpers import REPO, make_token, as_runtime
+from tests.helpers import REPO, as_runtime, make_token, wait_until
 
 
 async def cli(db_dsn: str, *args: str) -> tuple[int, str, str]:
@@ -46,15 +45,16 @@ async def test_a_revoked_token_is_refused_within_seconds_despite_the_cache(api, 
     row = await token_row(db, doomed.token)
     code, out, err = await cli(db_dsn, "revoke-token", str(row["id"]))
     assert code == 0 and "revoked" in out, (out, err)
-    revoked_at = time.monotonic()
-    while True:
+
+    async def refused():
         resp = await client.get("/pipelines/v0/pipelines/",
                                 headers={"Authorization": f"Bearer {doomed.token}"})
-        if resp.status == 401:
-            break
-        assert resp.status == 200
-        assert time.monotonic() - revoked_at < config.token_cache_seconds + 2, "still accepted"
-        await asyncio.sleep(0.05)
+        assert resp.status in (200, 401), resp.status
+        return resp if resp.status == 401 else None
+
+    # Within the cache's lifetime, with room for a loaded machine.
+    resp = await wait_until(refused, config.token_cache_seconds + 15,
+                            what="the revoked token to be refused")
     body = await resp.json()
     assert body == {"code": 401, "message": body["message"], "content": {}}
     assert (await token_row(db, doomed.token))["revoked_at"] is not None

@@ -1,14 +1,12 @@
 """Webhooks: subscriptions, signed deliveries to real loopback receivers, retries, disabling."""
 from __future__ import annotations
 
-import asyncio
-import time
 import uuid
 
 import pytest
 from standardwebhooks.webhooks import Webhook
 
-from tests.helpers import make_token
+from tests.helpers import make_token, wait_until
 from service.client import WebhookVerificationError, verify_webhook
 from tests.webhook_receiver import Receiver
 
@@ -268,22 +266,19 @@ async def test_metrics_count_deliveries_lag_and_disabled(api, client, receiver):
 
 async def _audit(api, hook, count: int, seconds: float = 30) -> dict:
     """The deliveries audit once it lists `count` attempts (recorded right after the answer)."""
-    deadline = time.monotonic() + seconds
-    while (audit := await api.get(f"/webhooks/{hook['id']}/deliveries/"))["count"] < count:
-        assert time.monotonic() < deadline, audit
-        await asyncio.sleep(0.05)
-    return audit
+    async def audit():
+        got = await api.get(f"/webhooks/{hook['id']}/deliveries/")
+        return got if got["count"] >= count else None
+
+    return await wait_until(audit, seconds, what=f"{count} delivery attempts in the audit")
 
 
 async def _wait_disabled(api, receiver, hook, seconds: float = 30) -> dict:
-    async def state():
-        return await api.get(f"/webhooks/{hook['id']}/")
+    async def disabled():
+        current = await api.get(f"/webhooks/{hook['id']}/")
+        return None if current["is_active"] else current
 
-    deadline = time.monotonic() + seconds
-    while (current := await state())["is_active"]:
-        assert time.monotonic() < deadline, "not disabled"
-        await asyncio.sleep(0.1)  # polling the API for a state change, with a ceiling
-    return current
+    return await wait_until(disabled, seconds, what="the webhook to be disabled")
 
 
 def test_standardwebhooks_and_the_client_agree():

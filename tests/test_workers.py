@@ -82,7 +82,7 @@ def test_workers_end_with_a_supervisor_killed_by_sigkill(db_dsn, tmp_path):
             os.kill(pid, signal.SIGKILL)
 
 
-def test_event_loop_choice():
+def test_event_loop_choice(missing_tool):
     import asyncio
 
     loop = new_event_loop(Config(event_loop="asyncio"))
@@ -90,7 +90,10 @@ def test_event_loop_choice():
         assert type(loop).__module__.startswith("asyncio")
     finally:
         loop.close()
-    uvloop = pytest.importorskip("uvloop")
+    try:
+        import uvloop
+    except ImportError:
+        missing_tool("no uvloop: make install puts in the `fast` extra")
     for choice in ("auto", "uvloop"):
         loop = new_event_loop(Config(event_loop=choice))
         try:
