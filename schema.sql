@@ -33,6 +33,7 @@ ALTER TABLE api_tokens ADD COLUMN IF NOT EXISTS rate_limit integer
 -- Sign-ins of the /ui/ pages (service/app/ui_sessions.py): the cookie holds a random id,
 -- this row the token it signed in with. Sign-out deletes the row, so a copied cookie ends
 -- with it; a revoked token ends its sessions (joined on every page).
+-- Found by the cookie's hash alone, like api_tokens: a reference table under Citus.
 CREATE TABLE IF NOT EXISTS ui_sessions (
     id_hash       bytea       PRIMARY KEY,  -- sha256 of the cookie's session id
     enterprise_id text        NOT NULL,

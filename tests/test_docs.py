@@ -21,7 +21,8 @@ PAGES = [README, *DOCS]
 # our code: the OpenTelemetry SDK's own variables, a socket option, CI's flag.
 EXTERNAL = {"OTEL_TRACES_SAMPLER", "OTEL_TRACES_SAMPLER_ARG", "OTEL_EXPORTER_OTLP_HEADERS",
             "OTEL_EXPORTER_OTLP_TIMEOUT", "OTEL_RESOURCE_ATTRIBUTES", "OTEL_PROPAGATORS",
-            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "SO_REUSEPORT"}
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "SO_REUSEPORT",
+            "PYTEST_SEED"}  # the test run's random seed (tests/conftest.py)
 # The first path segments of what the service serves (anything else is a file path).
 ROUTE_ROOTS = {"pipelines", "runs", "events", "webhooks", "health", "ui", "api", "v0",
                "metrics", "favicon.ico"}

@@ -6,7 +6,7 @@ from tests.helpers import SCHEMA
 
 
 # Reference tables (replicated whole, not distributed): documented in schema.sql.
-REFERENCE_TABLES = {"api_tokens"}
+REFERENCE_TABLES = {"api_tokens", "ui_sessions"}  # a session is found by its hash, as a token
 # The migrator's record of applied migrations (service/store/meta.py): not tenant data.
 MIGRATOR_TABLES = {"schema_migrations"}
 
