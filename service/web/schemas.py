@@ -156,7 +156,8 @@ class PipelineRunListQuery(PageQuery):
     cursor = fields.String(validate=validate.Length(max=4096), metadata={
         "description": "Keyset paging: the `next_cursor` of the previous page (same "
                        "ordering). Answers the runs after that page's last run, however "
-                       "deep, in constant time; offset then counts from there. Opaque; "
+                       "deep, in constant time; offset then counts from there. A page's "
+                       "`previous_cursor` answers the runs just before its first run. Opaque; "
                        "empty means the first page, anything else not made by the service "
                        "is a 400."})
     created_after = Instant(metadata={"description": "created_at >= this instant (RFC 3339)"})
@@ -321,6 +322,8 @@ def _page_fields(item: type[Schema], **described: str) -> dict[str, fields.Field
         "previous": "The previous page (absolute URL); null on the first",
         "next_cursor": "Pass as `cursor` for the page after this one; null at the end and "
                        "on lists that page by offset only",
+        "previous_cursor": "Pass as `cursor` for the page before this one; null on the "
+                           "first page and on lists that page by offset only",
         **described,
     }
     return {
@@ -329,6 +332,8 @@ def _page_fields(item: type[Schema], **described: str) -> dict[str, fields.Field
         "next": fields.Url(allow_none=True, metadata={"description": doc["next"]}),
         "previous": fields.Url(allow_none=True, metadata={"description": doc["previous"]}),
         "next_cursor": fields.String(allow_none=True, metadata={"description": doc["next_cursor"]}),
+        "previous_cursor": fields.String(allow_none=True,
+                                         metadata={"description": doc["previous_cursor"]}),
         "results": fields.List(fields.Nested(item)),
     }
 
@@ -349,8 +354,12 @@ PipelineRunListEnvelope = _page_of(
           "counted up to 10000: see count_exact",
     count_exact="False when count stopped at 10000 (date-range filters only)",
     next="The next page: by offset, or by cursor when this page was",
-    previous="The previous page by offset; null on cursor pages",
-    next_cursor="Pass as `cursor` for the page after this one; null at the end")
+    previous="The previous page: by offset, or by cursor when this page was; null on the "
+             "first",
+    next_cursor="Pass as `cursor` for the page after this one; null at the end",
+    previous_cursor="Pass as `cursor` for the page before this one (the runs just before "
+                    "its first run, in the same ordering); null on the first page, and on a "
+                    "page read from a previous cursor that reached the first run")
 
 
 # --- audit: history, as_of, feed -------------------------------------------------------
