@@ -85,9 +85,23 @@ class Instant(fields.AwareDateTime):
 
     EARLIEST = datetime.min.replace(tzinfo=timezone.utc)
     LATEST = datetime.max.replace(tzinfo=timezone.utc)
+    # A URL written by hand (?as_of=2026-12-06T14:44:01+00:00) sends the offset's `+`
+    # unencoded, and form decoding turns it into a space: a space before an offset's
+    # hh:mm can mean nothing else, so it is read as the `+` it was.
+    SPACED_OFFSET = re.compile(
+        r"^(\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?) (\d{2}:\d{2})$")
+    PLUS_NOTE = ("A `+` of the offset sent unencoded (so it arrives as a space, "
+                 "`14:44:01 00:00`) is read as the `+` it was.")
+
+    def __init__(self, **kwargs):
+        metadata = dict(kwargs.pop("metadata", None) or {})
+        metadata["description"] = " ".join(
+            part for part in (metadata.get("description"), self.PLUS_NOTE) if part)
+        super().__init__(metadata=metadata, **kwargs)
 
     def _deserialize(self, value, attr, data, **kwargs):
         if isinstance(value, str):
+            value = self.SPACED_OFFSET.sub(r"\1+\2", value)
             value = value.upper()  # a date-time's only letters are T and Z
         instant = super()._deserialize(value, attr, data, **kwargs)
         try:

@@ -150,6 +150,32 @@ async def home(request: web.Request) -> web.StreamResponse:
 
 class RunsQuery(s.RunListQuery):
     limit = fields.Integer(load_default=PAGE_SIZE, validate=validate.Range(1, 200))
+    # Where the page starts, counted by the links that led here (a cursor has no position):
+    # only what the page says ("runs 41-60"), never what it reads.
+    at = fields.Integer(load_default=0, validate=validate.Range(0, 10**9))
+
+
+def position_text(start: int, shown: int, count: int, exact: bool) -> str:
+    """Where a page of runs is: "Runs 41–60 of 1,234" (count+ when capped)."""
+    if not shown:
+        return "No run matches."
+    return f"Runs {start + 1:,}–{start + shown:,} of {count:,}{'' if exact else '+'}"
+
+
+def _runs_links(request: web.Request, q: dict, found) -> dict[str, Any]:
+    """The runs page's position and its links both ways, first and next/previous."""
+    got, url = found.page, request.rel_url
+    # A backward page with nothing before it is the top, whatever the link said.
+    start = 0 if not q.get("cursor") or (got.backward and not got.previous_cursor) else q["at"]
+    return {
+        "position": position_text(start, len(got.items), got.count, got.count_exact),
+        "next": (str(url.update_query(cursor=got.next_cursor, at=start + len(got.items)))
+                 if got.next_cursor else None),
+        "previous": (str(url.update_query(cursor=got.previous_cursor,
+                                          at=max(start - q["limit"], 0)))
+                     if got.previous_cursor and q.get("cursor") else None),
+        "first": (str(url.without_query_params("cursor", "at"))
+                  if q.get("cursor") else None)}
 
 
 @page()
@@ -158,13 +184,10 @@ async def runs(request: web.Request) -> web.Response:
     q = RunsQuery().load(raw)
     async with connection(request) as conn:
         found = await audit.runs_page(conn, request[PRINCIPAL].enterprise_id, q)
-    following = (str(request.rel_url.update_query(cursor=found.page.next_cursor))
-                 if found.page.next_cursor else None)
     total = sum(found.status_counts.values())
     return _render(request, "runs.html", {
-        "q": q, "raw": raw, "page": found.page, "next": following, "counts": found.status_counts,
-        "first": (str(request.rel_url.without_query_params("cursor"))
-                  if raw.get("cursor") else None),
+        **_runs_links(request, q, found),
+        "q": q, "raw": raw, "page": found.page, "counts": found.status_counts,
         "total": total, "pipelines": found.pipelines, "statuses": lifecycle.RUN_STATUSES,
         "orderings": s.ENTERPRISE_RUN_ORDERINGS})
 
@@ -186,24 +209,54 @@ def _run_path(request: web.Request) -> dict:
         raise NotFound("pipeline run not found") from None
 
 
+async def _run_as_of(request: web.Request, p: dict, raw: dict):
+    """The run page's data as of the form's instant, and the form's error if any.
+
+    A bad or too early instant shows the run as it is now, the error above the form
+    (answered 400 or 404 as the API would), rather than an error page without the run.
+    """
+    problem = None
+    try:
+        as_of = RunPageQuery().load(raw).get("as_of")
+    except ValidationError as exc:
+        as_of, problem = None, (400, f"“{raw['as_of']}” is not an instant: "
+                                     f"{'; '.join(exc.messages.get('as_of', []))} "
+                                     "Write one as 2026-01-31T12:00:00Z (UTC) or with an "
+                                     "offset, 2026-01-31T13:00:00+01:00.")
+    enterprise_id = request[PRINCIPAL].enterprise_id
+    async with connection(request) as conn:
+        try:
+            found = await audit.run_page(conn, enterprise_id, p["pipeline_id"],
+                                         p["pipeline_run_id"], as_of)
+        except NotFound as exc:
+            if as_of is None:
+                raise
+            found = await audit.run_page(conn, enterprise_id, p["pipeline_id"],
+                                         p["pipeline_run_id"], None)
+            problem = (404, f"{exc.message.capitalize()} ({svg.iso(as_of)}): it was "
+                            f"created at {svg.iso(found.view.start)}.")
+            as_of = None
+    return found, as_of, problem
+
+
 @page(AUDIT)
 async def run(request: web.Request) -> web.Response:
     p = _run_path(request)
     raw = _form(request, ("as_of",))
-    as_of = RunPageQuery().load(raw).get("as_of")
-    async with connection(request) as conn:
-        found = await audit.run_page(conn, request[PRINCIPAL].enterprise_id, p["pipeline_id"],
-                                     p["pipeline_run_id"], as_of)
+    found, as_of, problem = await _run_as_of(request, p, raw)
     view = found.view
     api = f"/pipelines/v0/pipelines/{p['pipeline_id']}/runs/{p['pipeline_run_id']}"
     return _render(request, "run.html", {
+        "as_of_error": problem[1] if problem else None,
+        "as_of_text": svg.iso(as_of) if as_of else raw.get("as_of", ""),
         "run": view.state, "pipeline_name": found.pipeline_name, "deleted": view.deleted,
-        "as_of": as_of, "as_of_text": raw.get("as_of", ""), "events": found.all_events,
+        "as_of": as_of, "events": found.all_events,
         "shown": {e["version"] for e in view.events}, "stage_runs": audit.stage_run_rows(found),
         "timeline": svg.layout(view.lanes, view.start, view.end), "api": api,
         "legend": sorted({seg.status for lane in view.lanes for seg in lane.segments},
                          key=lifecycle.STATUS_RANK.get),
-        "stage_names": {str(sr["id"]): sr["name"] for sr in audit.stage_run_rows(found)}})
+        "stage_names": {str(sr["id"]): sr["name"] for sr in audit.stage_run_rows(found)}},
+        problem[0] if problem else 200)
 
 
 class ExportQuery(Schema):
