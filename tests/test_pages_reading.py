@@ -82,3 +82,29 @@ async def test_an_unencoded_plus_is_read_as_a_plus_on_the_page_and_in_the_api(
     assert "Past view" in text and 'role="alert"' not in text
     # a space elsewhere is still refused
     await api.get(path, params={"as_of": "2026-12-06 14:44"}, status=400)
+
+
+async def test_activity_names_the_stage_and_calls_the_run_by_pipeline_and_number(
+        client, api, token):
+    pipeline = await api.pipeline(name="deploy", stages=("build", "ship"))
+    await api.run(pipeline["id"])
+    run = await api.run(pipeline["id"])  # deploy #2
+    stage_runs = (await api.get(f"/runs/{run['id']}/stageruns/"))["results"]
+    ship = next(s for s in stage_runs if s["stage_meta"]["name"] == "ship")
+    await api.put(f"/runs/{run['id']}/stageruns/{ship['id']}/", {"status": "running"})
+    top = (await api.get("/events/?after=0&limit=1000"))["results"][-1]["position"]
+    await sign_in(client, token)
+    text = await page(client, "/ui/activity")
+    rows = re.findall(r'<tr data-position="\d+">(.*?)</tr>', text, re.S)
+    moved = next(r for r in rows if "stage_run.status_changed" in r)
+    assert "stage ship" in moved and ">deploy #2</a>" in moved
+    assert run["id"] not in re.sub(r'(href|title)="[^"]*"', "", moved)  # no uuid shown
+    assert not re.search(r"\bv\d+</td>", moved)
+    assert sum(">deploy #1</a>" in r for r in rows) == 1
+    # the live rows say the same
+    await api.put(f"/runs/{run['id']}/stageruns/{ship['id']}/", {"status": "complete"})
+    rows = await page(client, f"/ui/activity/updates?after={top}")
+    assert "stage ship" in rows and ">deploy #2</a>" in rows
+    # a deleted run keeps its name
+    await api.delete(f"/pipelines/{pipeline['id']}/runs/{run['id']}/")
+    assert ">deploy #2</a>" in await page(client, "/ui/activity?type=run.deleted")

@@ -302,6 +302,7 @@ async def activity(request: web.Request) -> web.Response:
     async with connection(request) as conn:
         items = await audit.activity(conn, enterprise_id, before=q.get("before"),
                                      limit=ACTIVITY_SIZE + 1, filters=_activity_filters(q))
+        items = await audit.labelled(conn, enterprise_id, items)
         choices = await audit.pipeline_choices(conn, enterprise_id)
     older = (str(request.rel_url.update_query(before=items[ACTIVITY_SIZE - 1]["position"]))
              if len(items) > ACTIVITY_SIZE else None)
@@ -328,6 +329,7 @@ async def activity_updates(request: web.Request) -> web.Response:
                                        scan_cap=request.app[CONFIG].feed_scan_cap,
                                        **_activity_filters(q)))[::-1]
     async with connection(request) as conn:
+        items = await audit.labelled(conn, enterprise_id, items)
         choices = await audit.pipeline_choices(conn, enterprise_id)
     response = _render(request, "activity_rows.html", {
         "items": items, "names": {c["id"]: c["name"] for c in choices}})
