@@ -252,7 +252,9 @@ async def run(request: web.Request) -> web.Response:
         "run": view.state, "pipeline_name": found.pipeline_name, "deleted": view.deleted,
         "as_of": as_of, "events": found.all_events,
         "shown": {e["version"] for e in view.events}, "stage_runs": audit.stage_run_rows(found),
-        "timeline": svg.layout(view.lanes, view.start, view.end), "api": api,
+        "timelines": [svg.layout(view.lanes, view.start, view.end, variant)
+                      for variant in (svg.WIDE, svg.NARROW)],
+        "glyphs": svg.GLYPHS, "api": api,
         "legend": sorted({seg.status for lane in view.lanes for seg in lane.segments},
                          key=lifecycle.STATUS_RANK.get),
         "stage_names": {str(sr["id"]): sr["name"] for sr in audit.stage_run_rows(found)}},
