@@ -9,6 +9,7 @@ from urllib.parse import quote
 
 import pytest
 
+from service.store import run_lists
 from service.web.schemas import ENTERPRISE_RUN_ORDERINGS, PIPELINE_RUN_ORDERINGS
 from tests.helpers import (FILTERS, cursor_walk, cursor_world, expected_order, matches_filter,
                            run_in)
@@ -71,6 +72,23 @@ async def test_previous_links_walk_back_through_the_same_pages(api):
         if len(forward) > 1:
             again = await api.get(back[-1]["next"])
             assert again["results"] == forward[1]["results"], path
+
+
+async def test_previous_links_of_a_wide_date_range_walk_back_too(api, monkeypatch):
+    """A date range wider than RANGE_CAP reads its pages by segments, filtered by the dates."""
+    monkeypatch.setattr(run_lists, "RANGE_CAP", 0)
+    await cursor_world(api)
+    for ordering in [None, *ENTERPRISE_RUN_ORDERINGS]:
+        for filters in ("created_after=2000-01-01T00:00:00Z",
+                        "created_after=2000-01-01T00:00:00Z&pipeline_name=beta"):
+            path = f"/runs/?{filters}" + (f"&ordering={ordering}" if ordering else "")
+            forward = await _pages_forward(api, path, 2)
+            back = [forward[-1]]
+            while back[-1]["previous"] is not None:
+                back.append(await api.get(back[-1]["previous"]))
+                assert len(back) <= len(forward), path
+            assert [[r["id"] for r in p["results"]] for p in reversed(back)] == \
+                [[r["id"] for r in p["results"]] for p in forward], path
 
 
 async def test_a_previous_cursor_from_an_offset_page_and_across_new_runs(api):

@@ -246,9 +246,8 @@ def _pipelines(f: Filters, arg: _Params, ent: str) -> str | None:
 def _flip(final: str) -> str:
     """An ORDER BY read the other way (NULLS LAST becomes NULLS FIRST)."""
     swap = {"ASC": "DESC", "DESC": "ASC", "LAST": "FIRST", "FIRST": "LAST"}
-    return " ".join(swap.get(word.rstrip(","), word.rstrip(",")) + ("," if word.endswith(",")
-                                                                    else "")
-                    for word in final.split())
+    return ", ".join(" ".join(swap.get(word, word) for word in part.split())
+                     for part in final.split(", "))
 
 
 def _status_segments(ordering: str | None, status: str | None, cursor: dict | None,

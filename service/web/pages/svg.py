@@ -138,11 +138,10 @@ def layout(lanes: list[Lane], start: datetime, end: datetime,
 
 def _lane(lane: Lane, x, variant: Variant, y: float) -> DrawnLane:
     """One lane: segments at least min_width wide, markers on their segments' starts."""
-    if lane.segments:
-        left = x(lane.segments[0].start)
-        sized = widths([x(s.end) - x(s.start) for s in lane.segments], variant.min_width)
+    left = x(lane.segments[0].start) if lane.segments else variant.plot_left
+    sized = widths([x(s.end) - x(s.start) for s in lane.segments], variant.min_width)
     segments, starts = [], {}
-    for seg, width in zip(lane.segments, sized if lane.segments else []):
+    for seg, width in zip(lane.segments, sized):
         width = round(width, 2)
         glyph = GLYPHS.get(seg.status, "")
         text = width >= len(glyph + seg.status) * CHAR_WIDTH + 12
