@@ -39,10 +39,10 @@ async def test_the_runs_page_pages_both_ways_and_says_where_it_is(client, api, t
 
 
 async def test_a_count_over_a_thousand_is_grouped(client, api, token):
-    from service.web.pages import views
-    assert views.position_text(40, 20, 1234, True) == "Runs 41–60 of 1,234"
-    assert views.position_text(0, 0, 0, True) == "No run matches."
-    assert views.position_text(10_000, 20, 10_000, False) == "Runs 10,001–10,020 of 10,000+"
+    from service.web.pages import reading
+    assert reading.position_text(40, 20, 1234, True) == "Runs 41–60 of 1,234"
+    assert reading.position_text(0, 0, 0, True) == "No run matches."
+    assert reading.position_text(10_000, 20, 10_000, False) == "Runs 10,001–10,020 of 10,000+"
 
 
 async def test_a_bad_or_too_early_as_of_shows_the_run_with_the_error_above_the_form(

@@ -24,7 +24,7 @@ from service.web.auth import charge, principal_for
 from service.web.handlers import exports
 from service.web.handlers.common import connection
 from service.web.keys import CONFIG, FEED_WAITERS, PRINCIPAL, WAIT_CAP
-from service.web.pages import svg
+from service.web.pages import reading, svg
 
 READ, AUDIT = "runs:read", "audit:read"
 PAGE_SIZE = 25
@@ -155,29 +155,6 @@ class RunsQuery(s.RunListQuery):
     at = fields.Integer(load_default=0, validate=validate.Range(0, 10**9))
 
 
-def position_text(start: int, shown: int, count: int, exact: bool) -> str:
-    """Where a page of runs is: "Runs 41–60 of 1,234" (count+ when capped)."""
-    if not shown:
-        return "No run matches."
-    return f"Runs {start + 1:,}–{start + shown:,} of {count:,}{'' if exact else '+'}"
-
-
-def _runs_links(request: web.Request, q: dict, found) -> dict[str, Any]:
-    """The runs page's position and its links both ways, first and next/previous."""
-    got, url = found.page, request.rel_url
-    # A backward page with nothing before it is the top, whatever the link said.
-    start = 0 if not q.get("cursor") or (got.backward and not got.previous_cursor) else q["at"]
-    return {
-        "position": position_text(start, len(got.items), got.count, got.count_exact),
-        "next": (str(url.update_query(cursor=got.next_cursor, at=start + len(got.items)))
-                 if got.next_cursor else None),
-        "previous": (str(url.update_query(cursor=got.previous_cursor,
-                                          at=max(start - q["limit"], 0)))
-                     if got.previous_cursor and q.get("cursor") else None),
-        "first": (str(url.without_query_params("cursor", "at"))
-                  if q.get("cursor") else None)}
-
-
 @page()
 async def runs(request: web.Request) -> web.Response:
     raw = _form(request, ("created_after", "created_before"))
@@ -186,20 +163,13 @@ async def runs(request: web.Request) -> web.Response:
         found = await audit.runs_page(conn, request[PRINCIPAL].enterprise_id, q)
     total = sum(found.status_counts.values())
     return _render(request, "runs.html", {
-        **_runs_links(request, q, found),
+        **reading.runs_links(request, q, found),
         "q": q, "raw": raw, "page": found.page, "counts": found.status_counts,
         "total": total, "pipelines": found.pipelines, "statuses": lifecycle.RUN_STATUSES,
         "orderings": s.ENTERPRISE_RUN_ORDERINGS})
 
 
 # --- a run ------------------------------------------------------------------------------
-
-class RunPageQuery(Schema):
-    class Meta:
-        unknown = EXCLUDE
-
-    as_of = s.Instant()
-
 
 def _run_path(request: web.Request) -> dict:
     try:
@@ -209,41 +179,11 @@ def _run_path(request: web.Request) -> dict:
         raise NotFound("pipeline run not found") from None
 
 
-async def _run_as_of(request: web.Request, p: dict, raw: dict):
-    """The run page's data as of the form's instant, and the form's error if any.
-
-    A bad or too early instant shows the run as it is now, the error above the form
-    (answered 400 or 404 as the API would), rather than an error page without the run.
-    """
-    problem = None
-    try:
-        as_of = RunPageQuery().load(raw).get("as_of")
-    except ValidationError as exc:
-        as_of, problem = None, (400, f"“{raw['as_of']}” is not an instant: "
-                                     f"{'; '.join(exc.messages.get('as_of', []))} "
-                                     "Write one as 2026-01-31T12:00:00Z (UTC) or with an "
-                                     "offset, 2026-01-31T13:00:00+01:00.")
-    enterprise_id = request[PRINCIPAL].enterprise_id
-    async with connection(request) as conn:
-        try:
-            found = await audit.run_page(conn, enterprise_id, p["pipeline_id"],
-                                         p["pipeline_run_id"], as_of)
-        except NotFound as exc:
-            if as_of is None:
-                raise
-            found = await audit.run_page(conn, enterprise_id, p["pipeline_id"],
-                                         p["pipeline_run_id"], None)
-            problem = (404, f"{exc.message.capitalize()} ({svg.iso(as_of)}): it was "
-                            f"created at {svg.iso(found.view.start)}.")
-            as_of = None
-    return found, as_of, problem
-
-
 @page(AUDIT)
 async def run(request: web.Request) -> web.Response:
     p = _run_path(request)
     raw = _form(request, ("as_of",))
-    found, as_of, problem = await _run_as_of(request, p, raw)
+    found, as_of, problem = await reading.run_as_of(request, p, raw)
     view = found.view
     api = f"/pipelines/v0/pipelines/{p['pipeline_id']}/runs/{p['pipeline_run_id']}"
     return _render(request, "run.html", {
