@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import itertools
 import math
+import os
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -137,6 +139,8 @@ async def _a_long_failed_run(api) -> dict:
     pytest.fail("the seed made no failed run with three stages")
 
 
+@pytest.mark.skipif(not (shutil.which(CHROMIUM) or os.access(CHROMIUM, os.X_OK)),
+                    reason=f"no Chromium at {CHROMIUM} (as tests/test_browser.py)")
 async def test_what_a_person_sees(server, browser, api, db, enterprise, token):  # noqa: F811
     await seed(db, enterprise, pipelines=6, runs=1234, days=30, seed=22, batch=2000)
     total = f"{(await api.get('/runs/?limit=1'))['count']:,}"  # a few runs were deleted
