@@ -62,14 +62,15 @@ async def test_every_ordering_and_single_filter_reads_index_ranges(db):
         for ordering in run_lists.ORDERS:
             if f.pipeline_id is not None and ordering and "pipeline__name" in ordering:
                 continue
-            for cursor in (None, "second page"):
-                keys = None
+            for cursor in (None, "second page", "back from the third"):
+                keys, back = None, cursor == "back from the third"
                 if cursor:
-                    row = (await run_lists.list_runs(db, f, ordering=ordering, limit=20,
-                                                     offset=0)).items[-1]
-                    keys = run_lists.decode_cursor(run_lists.encode_cursor(ordering, row),
-                                                   ordering)
-                sql, args = run_lists.build(f, ordering, 20, 0, keys)
+                    items = (await run_lists.list_runs(db, f, ordering=ordering, limit=20,
+                                                       offset=40 if back else 0)).items
+                    row = items[0] if back else items[-1]
+                    keys = run_lists.decode_cursor(
+                        run_lists.encode_cursor(ordering, row, backward=back), ordering)
+                sql, args = run_lists.build(f, ordering, 20, 0, keys, backward=back)
                 plan = json.loads(await db.fetchval("EXPLAIN (FORMAT JSON) " + sql, *args))[0]
                 found = _segment_problems(plan)
                 if found:

@@ -2,7 +2,8 @@
 (the order its schema in the served OpenAPI document declares)."""
 from __future__ import annotations
 
-PAGE = ["count", "count_exact", "next", "previous", "next_cursor", "results"]
+PAGE = ["count", "count_exact", "next", "previous", "next_cursor", "previous_cursor",
+        "results"]
 
 
 async def _schema_order(api) -> dict[str, list[str]]:
@@ -24,6 +25,7 @@ async def test_every_list_has_the_run_lists_shape(api):
         page = await api.get(path)
         assert list(page) == PAGE, path
         assert page["count_exact"] is True and page["next_cursor"] is None, path
+        assert page["previous_cursor"] is None, path
 
     # The stage-run list pages like the others: count of all pages, next link, exact.
     first = await api.get(f"/runs/{rid}/stageruns/?limit=2")

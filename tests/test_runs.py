@@ -140,7 +140,7 @@ async def test_pipeline_name_filter_and_combined_filters(api):
         r["id"] for r in runs if (r["pipeline_name"], r["status"]) == ("alpha", "running")]
     none = await api.get("/runs/?pipeline_name=gamma")
     assert none == {"count": 0, "count_exact": True, "next": None, "previous": None,
-                    "next_cursor": None, "results": []}
+                    "next_cursor": None, "previous_cursor": None, "results": []}
 
 
 @pytest.mark.parametrize("query,field", [

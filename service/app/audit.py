@@ -68,6 +68,23 @@ async def activity(conn: asyncpg.Connection, enterprise_id: str, *, before: int 
     return await events.feed_newest(conn, enterprise_id, before=before, limit=limit, **filters)
 
 
+async def labelled(conn: asyncpg.Connection, enterprise_id: str,
+                   items: list[dict]) -> list[dict]:
+    """Feed events with what people call their run and stage: run_number, pipeline_name,
+    stage_name (a stage run's events)."""
+    labels = await events.run_labels(conn, enterprise_id, [e["run_id"] for e in items])
+    out = []
+    for event in items:
+        label = labels.get(event["run_id"], {"run_number": None, "pipeline_name": None,
+                                             "stages": {}})
+        stage_run_id = (event.get("data") or {}).get("stage_run_id")
+        out.append({**event, "run_number": label["run_number"],
+                    "pipeline_name": label["pipeline_name"],
+                    "stage_name": label["stages"].get(str(stage_run_id)) if stage_run_id
+                    else None})
+    return out
+
+
 async def feed_wait(connect: Callable, waiters, enterprise_id: str, *, after: int,
                     wait: float, limit: int, scan_cap: int, **filters) -> list[dict]:
     """The feed after `after` (position order); with none yet, waits up to `wait` seconds."""

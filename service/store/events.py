@@ -90,6 +90,15 @@ WHERE e.enterprise_id = $1 AND ($2::bigint IS NULL OR e.position < $2)
 ORDER BY e.position DESC
 LIMIT $8
 """
+# What names a run and its stage runs for people (the Activity page): its run.created
+# event, which a deleted run keeps. By (enterprise_id, run_id, version), one row a run.
+RUN_LABELS = """
+SELECT e.run_id, (e.data->>'run_number')::int AS run_number, p.name AS pipeline_name,
+       coalesce(e.data->'stage_runs', '[]'::jsonb) AS stage_runs
+FROM run_events e
+LEFT JOIN pipelines p ON p.enterprise_id = e.enterprise_id AND p.id = e.pipeline_id
+WHERE e.enterprise_id = $1 AND e.run_id = ANY($2::uuid[]) AND e.version = 1
+"""
 # Exports read in keyset chunks, each a short statement on a connection taken for it and
 # given back before the chunk is written to the client: a slow reader holds no pool
 # connection and no transaction. The consistency of one snapshot comes from a cut: the
@@ -186,6 +195,15 @@ async def feed_newest(conn: asyncpg.Connection, enterprise_id: str, *, before: i
     rows = await conn.fetch(FEED_NEWEST, enterprise_id, before, pipeline_id, type_, actor,
                             since, until, limit)
     return [public_event(r) for r in rows]
+
+
+async def run_labels(conn: asyncpg.Connection, enterprise_id: str,
+                     run_ids: list[uuid.UUID]) -> dict[uuid.UUID, dict[str, Any]]:
+    """Each run's number, pipeline name, and its stage runs' names by stage run id."""
+    rows = await conn.fetch(RUN_LABELS, enterprise_id, list(set(run_ids)))
+    return {r["run_id"]: {"run_number": r["run_number"], "pipeline_name": r["pipeline_name"],
+                          "stages": {str(s["id"]): s["name"] for s in r["stage_runs"]}}
+            for r in rows}
 
 
 async def export_cut(conn: asyncpg.Connection, enterprise_id: str) -> int:

@@ -21,7 +21,9 @@ few when the range is wide; see docs/performance.md for the orderings where it i
 The cursor is the last row's sort key and id, base64url JSON; the next page is the rows
 strictly after it in the ordering, read per segment with a row comparison on the index
 columns. It stays exact while runs change: a row is never seen twice, and rows that do not
-move past the cursor are never skipped.
+move past the cursor are never skipped. A previous cursor (the first row's key, marked
+"d": "b") reads the same segments the other way: the rows strictly before it, in the
+reversed ordering (each index range scanned backward), turned round for the answer.
 """
 from __future__ import annotations
 
@@ -109,13 +111,15 @@ _TYPES = {"created_at": "timestamptz", "started_at": "timestamptz", "ended_at": 
 
 # --- the cursor ------------------------------------------------------------------------
 
-def encode_cursor(ordering: str | None, row: dict[str, Any]) -> str:
+def encode_cursor(ordering: str | None, row: dict[str, Any], backward: bool = False) -> str:
+    """The cursor after `row` (backward: before it) in the ordering."""
     keys = []
     for name in ORDERS[ordering].key:
         value = row[name]
         keys.append(value.isoformat() if isinstance(value, datetime)
                     else str(value) if isinstance(value, uuid.UUID) else value)
-    raw = json.dumps({"o": ordering or "", "k": keys}, separators=(",", ":")).encode()
+    data = {"o": ordering or "", "k": keys, **({"d": "b"} if backward else {})}
+    raw = json.dumps(data, separators=(",", ":")).encode()
     return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
 
 
@@ -125,14 +129,20 @@ def _bad_cursor(why: str) -> BadRequest:
 
 def decode_cursor(text: str, ordering: str | None) -> dict[str, Any]:
     """The cursor's key values by name; a 400 envelope when it is not one of ours."""
+    return decode_directed(text, ordering)[0]
+
+
+def decode_directed(text: str, ordering: str | None) -> tuple[dict[str, Any], bool]:
+    """The cursor's key values, and whether it reads backward (a previous cursor)."""
     try:
         raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
         data = json.loads(raw)
     except (binascii.Error, ValueError, UnicodeDecodeError, RecursionError):
         # RecursionError: JSON nested deeper than the parser's stack (never one of ours).
         raise _bad_cursor("malformed cursor") from None
-    if not (isinstance(data, dict) and set(data) == {"o", "k"}
-            and isinstance(data["k"], list) and isinstance(data["o"], str)):
+    if not (isinstance(data, dict) and set(data) in ({"o", "k"}, {"o", "k", "d"})
+            and isinstance(data["k"], list) and isinstance(data["o"], str)
+            and data.get("d", "b") == "b"):
         raise _bad_cursor("malformed cursor")
     if data["o"] != (ordering or ""):
         raise _bad_cursor("the cursor belongs to another ordering")
@@ -147,7 +157,7 @@ def decode_cursor(text: str, ordering: str | None) -> dict[str, Any]:
             raise _bad_cursor("malformed cursor") from None
     if ordering in ("status", "-status") and values["status"] not in RANK:
         raise _bad_cursor("malformed cursor")
-    return values
+    return values, "d" in data
 
 
 def _typed(name: str, kind: type, value: Any) -> Any:
@@ -239,16 +249,24 @@ def _pipelines(f: Filters, arg: _Params, ent: str) -> str | None:
              WHERE p.enterprise_id = {ent} AND p.deleted_at IS NULL AND {cond}"""
 
 
-def _status_segments(ordering: str | None, status: str | None,
-                     cursor: dict | None) -> list[tuple[str, int, bool]]:
+def _flip(final: str) -> str:
+    """An ORDER BY read the other way (NULLS LAST becomes NULLS FIRST)."""
+    swap = {"ASC": "DESC", "DESC": "ASC", "LAST": "FIRST", "FIRST": "LAST"}
+    return ", ".join(" ".join(swap.get(word, word) for word in part.split())
+                     for part in final.split(", "))
+
+
+def _status_segments(ordering: str | None, status: str | None, cursor: dict | None,
+                     backward: bool = False) -> list[tuple[str, int, bool]]:
     """(status, rank, bounded by the cursor) of each status segment, cursor-excluded ones out."""
     statuses = [status] if status is not None else list(STATUSES)
+    rising = (ordering == "status") != backward  # ranks in the direction of the read
     out = []
     for s in statuses:
         bounded = cursor is not None
         if cursor is not None and ordering in ("status", "-status"):
             c = RANK[cursor["status"]]
-            if (RANK[s] < c) if ordering == "status" else (RANK[s] > c):
+            if (RANK[s] < c) if rising else (RANK[s] > c):
                 continue  # wholly before the cursor
             bounded = RANK[s] == c
         out.append((s, RANK[s], bounded))
@@ -256,20 +274,26 @@ def _status_segments(ordering: str | None, status: str | None,
 
 
 def build(f: Filters, ordering: str | None, limit: int, offset: int,
-          cursor: dict | None, known_count: int | None = None) -> tuple[str, list[Any]]:
-    """The one statement of a page: its rows (limit + 1 of them) and the count."""
+          cursor: dict | None, known_count: int | None = None,
+          backward: bool = False) -> tuple[str, list[Any]]:
+    """The one statement of a page: its rows (limit + 1 of them) and the count.
+
+    backward: the rows before the cursor, in the reversed ordering (a previous page).
+    """
     arg = _Params()
     ent = arg(f.enterprise_id, "text")
     need = arg(offset + limit + 1, "bigint")
     order = ORDERS[ordering]
+    final = _flip(order.final) if backward else order.final
     dates = _date_conditions(f, arg)
     status = arg(f.status, "text") if f.status is not None else None
     ctes: list[str] = []
     if ordering in ("pipeline__name", "-pipeline__name"):
-        segments = _by_pipeline_name(f, order, cursor, arg, ent, need, status, dates, ctes)
+        segments = _by_pipeline_name(f, order, cursor, arg, ent, need, status, dates, ctes,
+                                     backward)
     else:
         segments = _by_status(f, ordering, order, cursor, arg, ent, need,
-                              _pipelines(f, arg, ent), dates, ctes)
+                              _pipelines(f, arg, ent), dates, ctes, backward)
     total = (_count(f, arg, ent, status, dates) if known_count is None
              else arg(known_count, "bigint"))
     exists = _pipeline_live(f, arg, ent)
@@ -277,7 +301,7 @@ def build(f: Filters, ordering: str | None, limit: int, offset: int,
     sql = f"""
 WITH {''.join(c + ', ' for c in ctes)}page AS (
     SELECT u.* FROM ({segments}) AS u
-    ORDER BY {order.final}
+    ORDER BY {final}
     LIMIT {arg(limit + 1, 'bigint')} OFFSET {arg(offset, 'bigint')}
 ), total AS (
     SELECT ({total}) AS total_count, {exists} AS pipeline_live
@@ -288,7 +312,7 @@ SELECT total.total_count, total.pipeline_live, {columns},
            WHERE n.enterprise_id = page.enterprise_id AND n.id = page.pipeline_id))
        AS pipeline_name
 FROM total LEFT JOIN page ON true
-ORDER BY {', '.join('page.' + part for part in order.final.split(', '))}"""
+ORDER BY {', '.join('page.' + part for part in final.split(', '))}"""
     return arg.finish(sql)
 
 
@@ -301,7 +325,7 @@ def _pipeline_live(f: Filters, arg: "_Params", ent: str) -> str:
 
 
 def build_range(f: Filters, ordering: str | None, limit: int, offset: int,
-                cursor: dict | None, count: int) -> tuple[str, list[Any]]:
+                cursor: dict | None, count: int, backward: bool = False) -> tuple[str, list[Any]]:
     """A page of a narrow date range (at most RANGE_CAP runs): the range, then the sort.
 
     The range is materialized first, so it is read from a date index whatever the
@@ -310,6 +334,7 @@ def build_range(f: Filters, ordering: str | None, limit: int, offset: int,
     arg = _Params()
     ent = arg(f.enterprise_id, "text")
     order = ORDERS[ordering]
+    final = _flip(order.final) if backward else order.final
     ranked = arg(sorted(STATUSES, key=RANK.get), "text[]")
     conds = [f"r.enterprise_id = {ent}"]
     if f.status is not None:
@@ -321,7 +346,7 @@ def build_range(f: Filters, ordering: str | None, limit: int, offset: int,
     if f.pipeline_name is not None:
         conds.append(f"p.name = {arg(f.pipeline_name, 'text')}")
     if cursor is not None:
-        conds.append(_after(ordering, order, cursor, arg, ranked))
+        conds.append(_after(ordering, order, cursor, arg, ranked, backward))
     exists = _pipeline_live(f, arg, ent)
     columns = ", ".join(f"page.{c}" for c in COLUMNS)
     sql = f"""
@@ -332,53 +357,63 @@ WITH range AS MATERIALIZED (
     WHERE {' AND '.join(conds)}{_date_conditions(f, arg)}
 ), page AS (
     SELECT * FROM range
-    ORDER BY {order.final}
+    ORDER BY {final}
     LIMIT {arg(limit + 1, 'bigint')} OFFSET {arg(offset, 'bigint')}
 )
 SELECT {arg(count, 'bigint')} AS total_count, {exists} AS pipeline_live, {columns}
 FROM (SELECT 1) AS one LEFT JOIN page ON true
-ORDER BY {', '.join('page.' + part for part in order.final.split(', '))}"""
+ORDER BY {', '.join('page.' + part for part in final.split(', '))}"""
     return arg.finish(sql)
 
 
 def _after(ordering: str | None, order: Order, cursor: dict, arg: _Params,
-           ranked: str) -> str:
-    """Rows strictly after the cursor in the ordering, as one condition on a run row."""
+           ranked: str, backward: bool = False) -> str:
+    """Rows strictly after the cursor in the ordering (backward: before it), as one
+    condition on a run row."""
     def key(*names: str) -> str:
         return ", ".join(arg(cursor[n], _TYPES.get(n, "text")) for n in names)
 
-    cmp = "<" if order.descending else ">"
+    cmp = "<" if order.descending != backward else ">"
     if ordering in ("status", "-status"):
         rank = f"array_position({ranked}, r.status)"
         at = f"array_position({ranked}, {arg(cursor['status'], 'text')})"
+        newer = ">" if backward else "<"  # created_at DESC within a status
         return (f"({rank} {cmp} {at} OR ({rank} = {at} AND "
-                f"(r.created_at, r.id) < ({key('created_at', 'id')})))")
+                f"(r.created_at, r.id) {newer} ({key('created_at', 'id')})))")
     if ordering in ("pipeline__name", "-pipeline__name"):
         return f"(p.name, r.run_number, r.id) {cmp} ({key('pipeline_name', 'run_number', 'id')})"
     names = order.key
     col = names[0]
     if col in _NULLABLE:  # NULLS LAST both ways: the NULL part comes after every value
+        if backward and cursor[col] is None:
+            return f"(r.{col} IS NOT NULL OR r.id {cmp} {key('id')})"
+        if backward:
+            return f"(r.{col} IS NOT NULL AND (r.{col}, r.id) {cmp} ({key(col, 'id')}))"
         if cursor[col] is None:
             return f"(r.{col} IS NULL AND r.id {cmp} {key('id')})"
         return f"(r.{col} IS NULL OR (r.{col}, r.id) {cmp} ({key(col, 'id')}))"
     return f"({', '.join('r.' + n for n in names)}) {cmp} ({key(*names)})"
 
 
-def _by_status(f, ordering, order, cursor, arg, ent, need, pipelines, dates, ctes) -> str:
-    """Segments per status (x pipeline), one index range each."""
+def _by_status(f, ordering, order, cursor, arg, ent, need, pipelines, dates, ctes,
+               backward=False) -> str:
+    """Segments per status (x pipeline), one index range each (backward: read up)."""
     run_number = ordering in ("run_number", "-run_number")
     # Within one pipeline and without a status filter, run_number order is the unique
     # (enterprise_id, pipeline_id, run_number) index itself: no status segments needed.
     per_status = not (run_number and pipelines is not None and f.status is None)
-    segs = _status_segments(ordering, f.status, cursor) if per_status else [(None, 0, True)]
+    segs = (_status_segments(ordering, f.status, cursor, backward) if per_status
+            else [(None, 0, True)])
     if not segs:
         return _empty_page()
+    desc = order.descending != backward
     # Each segment's bound is the cursor's key where the cursor applies to it, else a value
     # beyond every row in the direction of the scan (so every bound is an index condition).
     names = [k for k in order.key if k != "status"]  # the bound's columns, id last
     col = names[0] if names[0] in _NULLABLE else None
     cursor_null = cursor is not None and col is not None and cursor[col] is None
-    scans_down = order.descending or ordering in ("status", "-status")  # created_at DESC
+    # created_at DESC within a status; backward, every range is read the other way
+    scans_down = (order.descending or ordering in ("status", "-status")) != backward
     far = {"timestamptz": "'infinity'::timestamptz" if scans_down else "'-infinity'::timestamptz",
            "int": str(INT_MAX) if scans_down else "0",
            "uuid": f"'{UUID_MAX if scans_down else UUID_MIN}'::uuid"}
@@ -418,14 +453,15 @@ def _by_status(f, ordering, order, cursor, arg, ent, need, pipelines, dates, cte
         ORDER BY {order_by}
         LIMIT {need}) AS x"""
 
-    cmp = "<" if order.descending else ">"
+    cmp = "<" if desc else ">"
     if ordering is None or ordering in ("status", "-status"):
-        return lateral("(r.created_at, r.id) < (seg.b_created_at, seg.b_id)",
-                       "r.created_at DESC, r.id DESC")
+        down, d = ("<", " DESC") if scans_down else (">", "")
+        return lateral(f"(r.created_at, r.id) {down} (seg.b_created_at, seg.b_id)",
+                       f"r.created_at{d}, r.id{d}")
     if run_number:
         # Within one pipeline run numbers are unique: run_number alone is the order, and it
         # is the (..., pipeline_id, [status,] run_number) indexes' own.
-        d = " DESC" if order.descending else ""
+        d = " DESC" if desc else ""
         by = f"r.run_number{d}" if pipelines is not None else \
             f"r.run_number{d}, r.created_at{d}, r.id{d}"
         where = (f"(r.run_number, r.created_at, r.id) {cmp} "
@@ -436,20 +472,23 @@ def _by_status(f, ordering, order, cursor, arg, ent, need, pipelines, dates, cte
     # started_at / ended_at, NULLS LAST both ways: the non-NULL part, then the NULL part
     # (whose rows sort by id alone), each read from the same (..., col, id) index. The
     # segment ORDER BYs name the index's own order so the planner reads it as it lies.
-    d = " DESC" if order.descending else ""
+    # Backward (NULLS FIRST): the NULL part only when the cursor is in it, then all values.
+    d = " DESC" if desc else ""
     parts = []
-    if not cursor_null:
+    if backward or not cursor_null:
         parts.append(lateral(f"r.{col} IS NOT NULL AND (r.{col}, r.id) {cmp} "
                              f"(seg.b_{col}, seg.b_id)", f"r.{col}{d}, r.id{d}"))
-    parts.append(lateral(f"r.{col} IS NULL AND r.id {cmp} seg.b_id"
-                         if cursor_null else f"r.{col} IS NULL",
-                         f"r.{col}{d}, r.id{d}"))
+    if cursor_null or not backward:
+        parts.append(lateral(f"r.{col} IS NULL AND r.id {cmp} seg.b_id"
+                             if cursor_null else f"r.{col} IS NULL",
+                             f"r.{col}{d}, r.id{d}"))
     return "\n    UNION ALL\n    ".join(parts)
 
 
-def _by_pipeline_name(f, order, cursor, arg, ent, need, status, dates, ctes) -> str:
+def _by_pipeline_name(f, order, cursor, arg, ent, need, status, dates, ctes,
+                      backward=False) -> str:
     """Segments per pipeline in name order; counters pick the pipelines the page can reach."""
-    desc = order.descending
+    desc = order.descending != backward
     status_cond = f" AND c.status = {status}" if status is not None else ""
     name_filter = f" AND p.name = {arg(f.pipeline_name, 'text')}" if f.pipeline_name else ""
     c_name = c_rn = c_id = None
@@ -538,8 +577,10 @@ class Page:
     count: int
     count_exact: bool
     items: list[dict[str, Any]]
-    has_more: bool
+    has_more: bool  # rows after the page
     next_cursor: str | None
+    previous_cursor: str | None = None  # rows before the page (read from a cursor or offset)
+    backward: bool = False  # read from a previous cursor
 
 
 def build_count(f: Filters) -> tuple[str, list[Any]]:
@@ -552,24 +593,33 @@ def build_count(f: Filters) -> tuple[str, list[Any]]:
 
 async def list_runs(conn: asyncpg.Connection, f: Filters, *, ordering: str | None, limit: int,
                     offset: int, cursor: str | None = None) -> Page:
-    keys = decode_cursor(cursor, ordering) if cursor is not None else None
+    keys, backward = (decode_directed(cursor, ordering) if cursor is not None
+                      else (None, False))
     if f.dated:
         # Two statements, no transaction: the count picks the plan of the page (and, taken
         # a moment before it, may miss a run created in between; it is capped anyway).
         count_sql, count_args = build_count(f)
         count = await conn.fetchval(count_sql, *count_args)
         sql, args = (build_range if count <= RANGE_CAP else build)(
-            f, ordering, limit, offset, keys, count)
+            f, ordering, limit, offset, keys, count, backward=backward)
     else:
-        sql, args = build(f, ordering, limit, offset, keys)
+        sql, args = build(f, ordering, limit, offset, keys, backward=backward)
     rows = await conn.fetch(sql, *args)
     head = rows[0]
     if f.pipeline_id is not None and not head["pipeline_live"]:
         raise NotFound("pipeline not found")
     items = [{c: r[c] for c in COLUMNS} for r in rows if r["id"] is not None]
-    has_more = len(items) > limit
+    more = len(items) > limit  # more rows in the direction read
     items = items[:limit]
+    if backward:
+        items.reverse()
     count = head["total_count"]
     exact = not f.dated or count <= COUNT_CAP
-    return Page(min(count, COUNT_CAP) if not exact else count, exact, items, has_more,
-                encode_cursor(ordering, items[-1]) if has_more else None)
+    # A backward page has the cursor's row after it; a forward one, rows before it when it
+    # did not start at the top.
+    after = more or (backward and bool(items))
+    before = more if backward else bool(items) and (keys is not None or offset > 0)
+    return Page(min(count, COUNT_CAP) if not exact else count, exact, items, after,
+                encode_cursor(ordering, items[-1]) if after else None,
+                encode_cursor(ordering, items[0], backward=True) if before else None,
+                backward)

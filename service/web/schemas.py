@@ -85,9 +85,23 @@ class Instant(fields.AwareDateTime):
 
     EARLIEST = datetime.min.replace(tzinfo=timezone.utc)
     LATEST = datetime.max.replace(tzinfo=timezone.utc)
+    # A URL written by hand (?as_of=2026-12-06T14:44:01+00:00) sends the offset's `+`
+    # unencoded, and form decoding turns it into a space: a space before an offset's
+    # hh:mm can mean nothing else, so it is read as the `+` it was.
+    SPACED_OFFSET = re.compile(
+        r"^(\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?) (\d{2}:\d{2})$")
+    PLUS_NOTE = ("A `+` of the offset sent unencoded (so it arrives as a space, "
+                 "`14:44:01 00:00`) is read as the `+` it was.")
+
+    def __init__(self, **kwargs):
+        metadata = dict(kwargs.pop("metadata", None) or {})
+        metadata["description"] = " ".join(
+            part for part in (metadata.get("description"), self.PLUS_NOTE) if part)
+        super().__init__(metadata=metadata, **kwargs)
 
     def _deserialize(self, value, attr, data, **kwargs):
         if isinstance(value, str):
+            value = self.SPACED_OFFSET.sub(r"\1+\2", value)
             value = value.upper()  # a date-time's only letters are T and Z
         instant = super()._deserialize(value, attr, data, **kwargs)
         try:
@@ -156,7 +170,8 @@ class PipelineRunListQuery(PageQuery):
     cursor = fields.String(validate=validate.Length(max=4096), metadata={
         "description": "Keyset paging: the `next_cursor` of the previous page (same "
                        "ordering). Answers the runs after that page's last run, however "
-                       "deep, in constant time; offset then counts from there. Opaque; "
+                       "deep, in constant time; offset then counts from there. A page's "
+                       "`previous_cursor` answers the runs just before its first run. Opaque; "
                        "empty means the first page, anything else not made by the service "
                        "is a 400."})
     created_after = Instant(metadata={"description": "created_at >= this instant (RFC 3339)"})
@@ -343,6 +358,8 @@ def _page_fields(item: type[Schema], **described: str) -> dict[str, fields.Field
         "previous": "The previous page (absolute URL); null on the first",
         "next_cursor": "Pass as `cursor` for the page after this one; null at the end and "
                        "on lists that page by offset only",
+        "previous_cursor": "Pass as `cursor` for the page before this one; null on the "
+                           "first page and on lists that page by offset only",
         **described,
     }
     return {
@@ -351,6 +368,8 @@ def _page_fields(item: type[Schema], **described: str) -> dict[str, fields.Field
         "next": fields.Url(allow_none=True, metadata={"description": doc["next"]}),
         "previous": fields.Url(allow_none=True, metadata={"description": doc["previous"]}),
         "next_cursor": fields.String(allow_none=True, metadata={"description": doc["next_cursor"]}),
+        "previous_cursor": fields.String(allow_none=True,
+                                         metadata={"description": doc["previous_cursor"]}),
         "results": fields.List(fields.Nested(item)),
     }
 
@@ -371,8 +390,12 @@ PipelineRunListEnvelope = _page_of(
           "counted up to 10000: see count_exact",
     count_exact="False when count stopped at 10000 (date-range filters only)",
     next="The next page: by offset, or by cursor when this page was",
-    previous="The previous page by offset; null on cursor pages",
-    next_cursor="Pass as `cursor` for the page after this one; null at the end")
+    previous="The previous page: by offset, or by cursor when this page was; null on the "
+             "first",
+    next_cursor="Pass as `cursor` for the page after this one; null at the end",
+    previous_cursor="Pass as `cursor` for the page before this one (the runs just before "
+                    "its first run, in the same ordering); null on the first page, and on a "
+                    "page read from a previous cursor that reached the first run")
 
 
 # --- audit: history, as_of, feed -------------------------------------------------------

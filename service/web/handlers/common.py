@@ -188,7 +188,7 @@ def page(request: web.Request, total: int, items: list, limit: int, offset: int,
     """A list envelope; next/previous are absolute URLs keeping the other parameters.
 
     The run lists' shape (handlers/runs.py): these lists count exactly and page by offset
-    only, so count_exact is true and next_cursor null.
+    only, so count_exact is true and next_cursor and previous_cursor null.
     """
 
     def at(new_offset: int) -> str:
@@ -200,6 +200,7 @@ def page(request: web.Request, total: int, items: list, limit: int, offset: int,
         "next": at(offset + limit) if offset + limit < total else None,
         "previous": at(max(offset - limit, 0)) if offset > 0 else None,
         "next_cursor": None,
+        "previous_cursor": None,
         "results": items,
     }
     return envelope(content, message=message)

@@ -41,8 +41,9 @@ def _if_match(request: web.Request) -> int | None:
 
 LIST_DESCRIPTION = (
     "Pages by offset (limit/offset, `next`/`previous` links) or by keyset: pass a page's "
-    "`next_cursor` as `cursor` for the page after it, in constant time at any depth (with "
-    "the same ordering; `next` then carries the cursor). Every ordering reads index ranges "
+    "`next_cursor` as `cursor` for the page after it, or its `previous_cursor` for the page "
+    "before it, in constant time at any depth (with the same ordering; `next` and "
+    "`previous` then carry the cursors). Every ordering reads index ranges "
     "only, and `count` comes from maintained counters, except with created_/updated_ "
     "ranges: then it is counted up to 10000 (`count_exact`). Ranges are half-open: "
     "*_after is inclusive, *_before exclusive. An offset page reads offset + limit rows "
@@ -54,9 +55,11 @@ def _run_page(request: web.Request, result, q: dict) -> web.Response:
     """The list envelope of run lists: offset links, or cursor links on cursor pages."""
     limit, offset, url = q["limit"], q["offset"], links.here(request)
     if q.get("cursor"):
-        following = (str(url.without_query_params("offset").update_query(
-            cursor=result.next_cursor)) if result.next_cursor else None)
-        previous = None
+        keyset = url.without_query_params("offset")
+        following = (str(keyset.update_query(cursor=result.next_cursor))
+                     if result.next_cursor else None)
+        previous = (str(keyset.update_query(cursor=result.previous_cursor))
+                    if result.previous_cursor else None)
     else:
         following = (str(url.update_query(limit=limit, offset=offset + limit))
                      if result.has_more else None)
@@ -64,7 +67,8 @@ def _run_page(request: web.Request, result, q: dict) -> web.Response:
                     if offset > 0 else None)
     return envelope({"count": result.count, "count_exact": result.count_exact,
                      "next": following, "previous": previous,
-                     "next_cursor": result.next_cursor, "results": result.items})
+                     "next_cursor": result.next_cursor,
+                     "previous_cursor": result.previous_cursor, "results": result.items})
 
 
 @operation(scope=READ, tag=TAG, summary="Get all runs of the pipelines in the enterprise",

@@ -24,7 +24,7 @@ from service.web.auth import charge, principal_for
 from service.web.handlers import exports
 from service.web.handlers.common import connection
 from service.web.keys import CONFIG, FEED_WAITERS, PRINCIPAL, WAIT_CAP, Principal
-from service.web.pages import svg
+from service.web.pages import reading, svg
 from service.web.pages.session import COOKIE, MAX_AGE
 
 READ, AUDIT = "runs:read", "audit:read"
@@ -190,6 +190,9 @@ async def home(request: web.Request) -> web.StreamResponse:
 
 class RunsQuery(s.RunListQuery):
     limit = fields.Integer(load_default=PAGE_SIZE, validate=validate.Range(1, 200))
+    # Where the page starts, counted by the links that led here (a cursor has no position):
+    # only what the page says ("runs 41-60"), never what it reads.
+    at = fields.Integer(load_default=0, validate=validate.Range(0, 10**9))
 
 
 @page()
@@ -198,25 +201,15 @@ async def runs(request: web.Request) -> web.Response:
     q = RunsQuery().load(raw)
     async with connection(request) as conn:
         found = await audit.runs_page(conn, request[PRINCIPAL].enterprise_id, q)
-    following = (str(request.rel_url.update_query(cursor=found.page.next_cursor))
-                 if found.page.next_cursor else None)
     total = sum(found.status_counts.values())
     return _render(request, "runs.html", {
-        "q": q, "raw": raw, "page": found.page, "next": following, "counts": found.status_counts,
-        "first": (str(request.rel_url.without_query_params("cursor"))
-                  if raw.get("cursor") else None),
+        **reading.runs_links(request, q, found),
+        "q": q, "raw": raw, "page": found.page, "counts": found.status_counts,
         "total": total, "pipelines": found.pipelines, "statuses": lifecycle.RUN_STATUSES,
         "orderings": s.ENTERPRISE_RUN_ORDERINGS})
 
 
 # --- a run ------------------------------------------------------------------------------
-
-class RunPageQuery(Schema):
-    class Meta:
-        unknown = EXCLUDE
-
-    as_of = s.Instant()
-
 
 def _run_path(request: web.Request) -> dict:
     try:
@@ -230,20 +223,22 @@ def _run_path(request: web.Request) -> dict:
 async def run(request: web.Request) -> web.Response:
     p = _run_path(request)
     raw = _form(request, ("as_of",))
-    as_of = RunPageQuery().load(raw).get("as_of")
-    async with connection(request) as conn:
-        found = await audit.run_page(conn, request[PRINCIPAL].enterprise_id, p["pipeline_id"],
-                                     p["pipeline_run_id"], as_of)
+    found, as_of, problem = await reading.run_as_of(request, p, raw)
     view = found.view
     api = f"/pipelines/v0/pipelines/{p['pipeline_id']}/runs/{p['pipeline_run_id']}"
     return _render(request, "run.html", {
+        "as_of_error": problem[1] if problem else None,
+        "as_of_text": svg.iso(as_of) if as_of else raw.get("as_of", ""),
         "run": view.state, "pipeline_name": found.pipeline_name, "deleted": view.deleted,
-        "as_of": as_of, "as_of_text": raw.get("as_of", ""), "events": found.all_events,
+        "as_of": as_of, "events": found.all_events,
         "shown": {e["version"] for e in view.events}, "stage_runs": audit.stage_run_rows(found),
-        "timeline": svg.layout(view.lanes, view.start, view.end), "api": api,
+        "timelines": [svg.layout(view.lanes, view.start, view.end, variant)
+                      for variant in (svg.WIDE, svg.NARROW)],
+        "glyphs": svg.GLYPHS, "api": api,
         "legend": sorted({seg.status for lane in view.lanes for seg in lane.segments},
                          key=lifecycle.STATUS_RANK.get),
-        "stage_names": {str(sr["id"]): sr["name"] for sr in audit.stage_run_rows(found)}})
+        "stage_names": {str(sr["id"]): sr["name"] for sr in audit.stage_run_rows(found)}},
+        problem[0] if problem else 200)
 
 
 class ExportQuery(Schema):
@@ -289,6 +284,7 @@ async def activity(request: web.Request) -> web.Response:
     async with connection(request) as conn:
         items = await audit.activity(conn, enterprise_id, before=q.get("before"),
                                      limit=ACTIVITY_SIZE + 1, filters=_activity_filters(q))
+        items = await audit.labelled(conn, enterprise_id, items)
         choices = await audit.pipeline_choices(conn, enterprise_id)
     older = (str(request.rel_url.update_query(before=items[ACTIVITY_SIZE - 1]["position"]))
              if len(items) > ACTIVITY_SIZE else None)
@@ -315,6 +311,7 @@ async def activity_updates(request: web.Request) -> web.Response:
                                        scan_cap=request.app[CONFIG].feed_scan_cap,
                                        **_activity_filters(q)))[::-1]
     async with connection(request) as conn:
+        items = await audit.labelled(conn, enterprise_id, items)
         choices = await audit.pipeline_choices(conn, enterprise_id)
     response = _render(request, "activity_rows.html", {
         "items": items, "names": {c["id"]: c["name"] for c in choices}})
