@@ -105,6 +105,7 @@ CREATE TABLE IF NOT EXISTS run_events (
     actor_id      bigint,
     occurred_at   timestamptz NOT NULL,
     data          jsonb       NOT NULL DEFAULT '{}',
+    chain_hash    bytea,      -- the enterprise's hash chain at this event (see below)
     PRIMARY KEY (enterprise_id, position, occurred_at)
 ) PARTITION BY RANGE (occurred_at);
 CREATE INDEX IF NOT EXISTS run_events_by_run ON run_events (enterprise_id, run_id, version);
@@ -209,6 +210,68 @@ END
 $$;
 CREATE OR REPLACE TRIGGER run_events_version_is_next BEFORE INSERT ON run_events
     FOR EACH ROW EXECUTE FUNCTION run_events_take_version();
+
+-- Tamper evidence (docs/audit-chain.md): every enterprise's events form a hash chain.
+-- Each event's chain_hash = sha256(previous chain_hash of its enterprise || its canonical
+-- bytes), the first event's previous hash being 32 zero bytes, in position order. The
+-- canonical bytes are defined HERE only (migrations/0006_event_chain.sql holds a verbatim
+-- copy, checked by tests/test_audit_chain.py): a version line, then each field as
+-- "<byte length>:<UTF-8 text>\n", a NULL as "-\n". A trigger (BEFORE INSERT, cloned onto
+-- every partition, COPY included) chains each appended row, so every writer (the
+-- statement's append, a group commit's, the seeder's COPY) goes through this one
+-- definition, row after row in position order. event_chain_heads holds each enterprise's
+-- head; the row is only written under the enterprise's feed lock (store/locks.py), which
+-- the append already holds, so it adds no wait. An append out of position order (a writer
+-- without the feed lock) is refused rather than chained wrongly.
+CREATE TABLE IF NOT EXISTS event_chain_heads (
+    enterprise_id text   PRIMARY KEY,
+    position      bigint NOT NULL,
+    events        bigint NOT NULL,
+    chain_hash    bytea  NOT NULL
+);
+-- One field of the canonical bytes: "<byte length>:<text>\n", or "-\n" for a NULL.
+CREATE OR REPLACE FUNCTION run_event_field(f text) RETURNS text
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+SELECT CASE WHEN f IS NULL THEN '-' ELSE octet_length(f) || ':' || f END || E'\n'
+$$;
+CREATE OR REPLACE FUNCTION run_event_canonical(
+    pos bigint, id uuid, enterprise_id text, pipeline_id uuid, run_id uuid,
+    version integer, type text, from_status text, to_status text, actor text,
+    actor_id bigint, occurred_at timestamptz, data jsonb) RETURNS bytea
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+SELECT convert_to(E'pipeline-runs event v1\n' || run_event_field(pos::text)
+    || run_event_field(id::text) || run_event_field(enterprise_id)
+    || run_event_field(pipeline_id::text) || run_event_field(run_id::text)
+    || run_event_field(version::text) || run_event_field(type)
+    || run_event_field(from_status) || run_event_field(to_status) || run_event_field(actor)
+    || run_event_field(actor_id::text)
+    || run_event_field(to_char(occurred_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'))
+    || run_event_field(data::text), 'UTF8')
+$$;
+CREATE OR REPLACE FUNCTION run_events_chain() RETURNS trigger
+LANGUAGE plpgsql AS $$
+DECLARE
+    bytes bytea := run_event_canonical(
+        NEW.position, NEW.id, NEW.enterprise_id, NEW.pipeline_id, NEW.run_id, NEW.version,
+        NEW.type, NEW.from_status, NEW.to_status, NEW.actor, NEW.actor_id, NEW.occurred_at,
+        NEW.data);
+BEGIN
+    UPDATE event_chain_heads h
+    SET position = NEW.position, events = h.events + 1, chain_hash = sha256(h.chain_hash || bytes)
+    WHERE h.enterprise_id = NEW.enterprise_id AND h.position < NEW.position
+    RETURNING h.chain_hash INTO NEW.chain_hash;
+    IF NOT FOUND THEN
+        -- A first event, or one out of position order (then the INSERT meets the key).
+        INSERT INTO event_chain_heads (enterprise_id, position, events, chain_hash)
+        VALUES (NEW.enterprise_id, NEW.position, 1,
+                sha256(decode(repeat('00', 32), 'hex') || bytes))
+        RETURNING chain_hash INTO NEW.chain_hash;
+    END IF;
+    RETURN NEW;
+END
+$$;
+CREATE OR REPLACE TRIGGER run_events_chain BEFORE INSERT ON run_events
+    FOR EACH ROW EXECUTE FUNCTION run_events_chain();
 
 -- The projection the API reads: one row per live run, derived from run_events only.
 CREATE TABLE IF NOT EXISTS pipeline_runs (
