@@ -1,0 +1,73 @@
+"""Tamper evidence: signed checkpoints of an enterprise's hash chain, proofs, verification."""
+from __future__ import annotations
+
+import base64
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+import asyncpg
+
+from service.domain import chain as rules
+from service.infra.signing import Signer
+from service.store import chain as store
+
+
+async def checkpoint(conn: asyncpg.Connection, enterprise_id: str, signer: Signer) -> dict:
+    """The enterprise's chain head now, signed (an enterprise without events: the genesis)."""
+    row = await store.head(conn, enterprise_id)
+    position, events, chain_hash = (row["position"], row["events"], row["chain_hash"].hex()) \
+        if row else (0, 0, rules.GENESIS.hex())
+    at = datetime.now(timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
+    message = rules.checkpoint_message(enterprise_id, position, events, chain_hash, at)
+    return {"format": rules.CHECKPOINT_FORMAT, "enterprise_id": enterprise_id,
+            "position": position, "events": events, "chain_hash": chain_hash, "at": at,
+            "algorithm": "Ed25519", "public_key": signer.public_key,
+            "signature": signer.sign(message)}
+
+
+def public_key(signer: Signer) -> dict:
+    return {"algorithm": "Ed25519", "public_key": signer.public_key,
+            "format": rules.CHECKPOINT_FORMAT}
+
+
+async def proof(conn: asyncpg.Connection, enterprise_id: str, after: int, to: int | None,
+                limit: int) -> dict:
+    """The events (after, to] in chain order, at most `limit`: each one's canonical bytes
+    (base64) and chain hash; `next_from` continues the proof (None: complete)."""
+    if to is None:
+        row = await store.head(conn, enterprise_id)
+        to = row["position"] if row else 0
+    rows = await store.proof_page(conn, enterprise_id, after, to, limit)
+    more = len(rows) == limit and rows[-1]["position"] < to
+    return {"from": after, "to": to,
+            "events": [{"position": r["position"],
+                        "canonical": base64.b64encode(r["canonical"]).decode(),
+                        "chain_hash": r["chain_hash"].hex() if r["chain_hash"] else None}
+                       for r in rows],
+            "next_from": rows[-1]["position"] if more else None}
+
+
+@dataclass
+class Break:
+    enterprise_id: str
+    position: int
+    event_id: str | None
+    reason: str
+
+
+async def verify_chains(conn: asyncpg.Connection) -> tuple[int, list[Break]]:
+    """Every enterprise's chain recomputed link by link: (chains, the first break of each)."""
+    breaks = {}
+    for r in await store.broken_links(conn):
+        reason = ("not chained" if r["unchained"] else
+                  "its chain_hash does not follow from the previous event's and its own bytes")
+        breaks[r["enterprise_id"]] = Break(r["enterprise_id"], r["position"], str(r["id"]),
+                                           reason)
+    for r in await store.head_mismatches(conn):
+        if r["enterprise_id"] in breaks:
+            continue
+        reason = (f"the head says position {r['head_position']} ({r['head_events']} events), "
+                  f"the last event is at {r['last_position']} ({r['last_events']} events)")
+        breaks[r["enterprise_id"]] = Break(r["enterprise_id"], r["head_position"] or 0, None,
+                                           reason)
+    return await store.chains(conn), sorted(breaks.values(), key=lambda b: b.enterprise_id)

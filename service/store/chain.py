@@ -1,0 +1,67 @@
+"""The hash chain's reads: an enterprise's head, proof pages, and verify's link checks.
+
+The chain itself is written by schema.sql's trigger on every append (run_event_canonical
+defines the bytes); nothing here writes.
+"""
+from __future__ import annotations
+
+import asyncpg
+
+_CANONICAL = ("run_event_canonical(position, id, enterprise_id, pipeline_id, run_id, version,"
+              " type, from_status, to_status, actor, actor_id, occurred_at, data)")
+
+HEAD = """
+SELECT position, events, chain_hash FROM event_chain_heads WHERE enterprise_id = $1"""
+# Events (from, to] of one enterprise in chain order: what a proof carries.
+PROOF_PAGE = f"""
+SELECT position, {_CANONICAL} AS canonical, chain_hash FROM run_events
+WHERE enterprise_id = $1 AND position > $2 AND position <= $3
+ORDER BY position LIMIT $4"""
+# Every link that does not hold, the first of each enterprise: a link holds when an
+# event's chain_hash is sha256(the previous event's chain_hash || its canonical bytes).
+# Each link is checked on its own (the stored previous hash), so the scan is one pass.
+BROKEN_LINKS = f"""
+SELECT DISTINCT ON (enterprise_id) enterprise_id, position, id, chain_hash IS NULL AS unchained
+FROM (SELECT enterprise_id, position, id, chain_hash,
+             sha256(coalesce(lag(chain_hash) OVER w, '\\x{'00' * 32}'::bytea)
+                    || {_CANONICAL}) AS expected
+      FROM run_events WINDOW w AS (PARTITION BY enterprise_id ORDER BY position)) AS l
+WHERE chain_hash IS DISTINCT FROM expected
+ORDER BY enterprise_id, position"""
+# Heads that are not the last event of their enterprise (an event deleted at the end, a
+# partition dropped), and events of enterprises without a head.
+HEAD_MISMATCHES = """
+WITH last AS (
+    SELECT DISTINCT ON (enterprise_id) enterprise_id, position, chain_hash,
+           count(*) OVER (PARTITION BY enterprise_id) AS events
+    FROM run_events ORDER BY enterprise_id, position DESC
+)
+SELECT coalesce(h.enterprise_id, l.enterprise_id) AS enterprise_id,
+       h.position AS head_position, h.events AS head_events,
+       l.position AS last_position, l.events AS last_events
+FROM event_chain_heads h FULL JOIN last l USING (enterprise_id)
+WHERE h.position IS DISTINCT FROM l.position OR h.events IS DISTINCT FROM l.events
+   OR h.chain_hash IS DISTINCT FROM l.chain_hash
+ORDER BY 1"""
+COUNT_CHAINED = "SELECT count(*) FROM event_chain_heads"
+
+
+async def head(conn: asyncpg.Connection, enterprise_id: str) -> asyncpg.Record | None:
+    return await conn.fetchrow(HEAD, enterprise_id)
+
+
+async def proof_page(conn: asyncpg.Connection, enterprise_id: str, after: int, to: int,
+                     limit: int) -> list[asyncpg.Record]:
+    return await conn.fetch(PROOF_PAGE, enterprise_id, after, to, limit)
+
+
+async def broken_links(conn: asyncpg.Connection) -> list[asyncpg.Record]:
+    return await conn.fetch(BROKEN_LINKS)
+
+
+async def head_mismatches(conn: asyncpg.Connection) -> list[asyncpg.Record]:
+    return await conn.fetch(HEAD_MISMATCHES)
+
+
+async def chains(conn: asyncpg.Connection) -> int:
+    return await conn.fetchval(COUNT_CHAINED)

@@ -1,0 +1,161 @@
+"""Tamper evidence: every enterprise's events chained by hash, signed checkpoints, proofs,
+and the three verifiers (python -m service verify, the client, docs/verify_chain.py)."""
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import json
+import subprocess
+import sys
+from datetime import timezone
+from pathlib import Path
+
+import pytest
+from aiohttp import web
+
+from service.app.chain import verify_chains
+from service.client import ChainVerificationError, PipelineRunsClient
+from service.config import Config
+from service.web.app import create_app
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "docs" / "verify_chain.py"
+GENESIS = bytes(32)
+# A superuser's way around the append-only guard (what the tests play: a DBA gone rogue).
+UNGUARDED = "SET session_replication_role = replica"
+
+
+def field(value) -> bytes:
+    """One field of the canonical bytes, written from docs/audit-chain.md alone."""
+    if value is None:
+        return b"-\n"
+    text = value.encode()
+    return str(len(text)).encode() + b":" + text + b"\n"
+
+
+def canonical(e) -> bytes:
+    when = e["occurred_at"].astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    values = [str(e["position"]), str(e["id"]), e["enterprise_id"], str(e["pipeline_id"]),
+              str(e["run_id"]), str(e["version"]), e["type"], e["from_status"],
+              e["to_status"], e["actor"], None if e["actor_id"] is None else str(e["actor_id"]),
+              when, e["data_text"]]
+    return b"pipeline-runs event v1\n" + b"".join(field(v) for v in values)
+
+
+EVENTS = ("SELECT *, data::text AS data_text FROM run_events WHERE enterprise_id = $1 "
+          "ORDER BY position")
+
+
+@pytest.fixture
+def db_dsn(own_db):
+    return own_db
+
+
+@pytest.fixture
+def config(db_dsn, tmp_path) -> Config:
+    return Config(database_url=db_dsn, pool_min=1, pool_max=10, token_cache_seconds=0.5,
+                  audit_key_file=str(tmp_path / "audit.key"))
+
+
+@pytest.fixture
+async def server(config):
+    """The real app over TCP (the script and the client speak HTTP to it)."""
+    runner = web.AppRunner(create_app(config), shutdown_timeout=1.0)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    yield f"http://127.0.0.1:{runner.addresses[0][1]}"
+    await runner.cleanup()
+
+
+@pytest.fixture
+async def pr(server, token):
+    async with PipelineRunsClient(server, token, backoff=0.05) as client:
+        yield client
+
+
+async def history(api, runs: int = 3) -> list[dict]:
+    pipeline = await api.pipeline()
+    made = []
+    for _ in range(runs):
+        run = await api.run(pipeline["id"])
+        made.append(await api.move(run, "running", "complete", "success"))
+    return made
+
+
+def test_the_migration_copies_the_canonical_definition_verbatim():
+    schema = (ROOT / "schema.sql").read_text()
+    start = schema.index("CREATE TABLE IF NOT EXISTS event_chain_heads (")
+    end = schema.index("CREATE OR REPLACE FUNCTION run_events_chain()")
+    assert schema[start:end] in (ROOT / "migrations" / "0006_event_chain.sql").read_text()
+
+
+async def test_the_chain_recomputes_from_the_documented_bytes(api, db, enterprise):
+    await history(api)
+    rows = await db.fetch(EVENTS, enterprise)
+    head = GENESIS
+    for row in rows:
+        head = hashlib.sha256(head + canonical(dict(row))).digest()
+        assert row["chain_hash"] == head
+    checkpoint = await api.get("/audit/checkpoint/")
+    assert (checkpoint["position"], checkpoint["events"], checkpoint["chain_hash"]) == (
+        rows[-1]["position"], len(rows), head.hex())
+    assert checkpoint["public_key"] == (await api.get("/audit/public-key/"))["public_key"]
+    proof = await api.get(f"/audit/proof/?from=0&limit={len(rows)}")
+    assert [base64.b64decode(e["canonical"]) for e in proof["events"]] == [
+        canonical(dict(r)) for r in rows]
+    assert proof["next_from"] is None and proof["next"] is None
+
+
+async def test_a_new_enterprise_has_the_genesis_checkpoint(api):
+    checkpoint = await api.get("/audit/checkpoint/")
+    assert (checkpoint["position"], checkpoint["events"], checkpoint["chain_hash"]) == (
+        0, 0, "0" * 64)
+
+
+async def test_proof_pages_and_bad_parameters(api):
+    await history(api, runs=2)
+    checkpoint = await api.get("/audit/checkpoint/")
+    first = await api.get(f"/audit/proof/?to={checkpoint['position']}&limit=2")
+    assert len(first["events"]) == 2 and first["next_from"] == first["events"][-1]["position"]
+    rest = await api.get(first["next"])
+    assert rest["events"][0]["position"] > first["next_from"]
+    for bad in ("from=-1", "limit=0", "limit=10001", "from=5&to=4", "to=x"):
+        error = await api.get(f"/audit/proof/?{bad}", status=400)
+        assert error["errors"], bad
+
+
+async def test_checkpoints_need_the_audit_scope(api, db, enterprise):
+    from tests.helpers import make_token
+
+    other = await make_token(db, enterprise, scopes=["runs:read"])
+    await api.with_token(other).get("/audit/checkpoint/", status=403)
+    await api.with_token(None).get("/audit/proof/", status=401)
+
+
+async def test_the_client_and_the_script_verify_against_a_real_server(pr, api, tmp_path,
+                                                                       server, token):
+    await history(api, runs=2)
+    old = await pr.checkpoint()
+    await history(api, runs=2)
+    new = await pr.checkpoint()
+    assert await pr.verify_chain(old, new, page_size=3) == new["events"] - old["events"]
+    assert await pr.verify_chain(None, new) == new["events"]
+    kept = tmp_path / "old.json"
+    kept.write_text(json.dumps(old))
+    done = await _script(server, token, "--old", str(kept))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[-1].startswith("OK: position ")
+    # A checkpoint the key did not sign (here: a claimed head of another hash) fails both.
+    forged = {**new, "chain_hash": "ab" * 32}
+    with pytest.raises(ChainVerificationError, match="signature"):
+        await pr.verify_chain(old, forged)
+    (tmp_path / "forged.json").write_text(json.dumps(forged))
+    done = await _script(server, token, "--old", str(kept), "--new", str(tmp_path / "forged.json"))
+    assert done.returncode == 1 and "not signed" in done.stderr
+
+
+async def _script(server: str, token: str, *args: str) -> subprocess.CompletedProcess:
+    return await asyncio.to_thread(
+        subprocess.run, [sys.executable, str(SCRIPT), "--url", server, "--token", token, *args],
+        capture_output=True, text=True, timeout=60)
