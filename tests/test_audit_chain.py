@@ -159,3 +159,119 @@ async def _script(server: str, token: str, *args: str) -> subprocess.CompletedPr
     return await asyncio.to_thread(
         subprocess.run, [sys.executable, str(SCRIPT), "--url", server, "--token", token, *args],
         capture_output=True, text=True, timeout=60)
+
+
+# --- tampering as a superuser ------------------------------------------------------------
+
+async def interleaved(api, db) -> None:
+    """The test's enterprise's events with another enterprise's between them (gaps)."""
+    from tests.helpers import make_token
+
+    other = api.with_token(await make_token(db, f"{api_enterprise(api)}-other"))
+    mine, theirs = await api.pipeline(), await other.pipeline()
+    for _ in range(3):
+        for who, pipeline in ((api, mine), (other, theirs)):
+            run = await who.run(pipeline["id"])
+            await who.move(run, "running")
+    # One event in next month's partition (the chain goes across partitions), then more.
+    await db.execute(
+        "INSERT INTO run_events (enterprise_id, pipeline_id, run_id, version, type, to_status,"
+        " actor, occurred_at) VALUES ($1, $2, gen_random_uuid(), 1, 'run.created', 'pending',"
+        " 'a', date_trunc('month', now()) + interval '1 month 1 day')",
+        api_enterprise(api), mine["id"])
+    await api.run(mine["id"])
+
+
+def api_enterprise(api) -> str:
+    return api.enterprise
+
+
+async def tamper_update(db, rows):
+    await db.execute("UPDATE run_events SET to_status = 'failure' WHERE position = $1",
+                     rows[3]["position"])
+    return rows[3]["position"]
+
+
+async def tamper_delete(db, rows):
+    await db.execute("DELETE FROM run_events WHERE position = $1", rows[2]["position"])
+    return rows[3]["position"]
+
+
+async def tamper_reorder(db, rows):
+    a, b = rows[2], rows[3]  # each takes the other's place (the positions stay in order)
+    for mine, theirs in ((a, b), (b, a)):
+        await db.execute(
+            "UPDATE run_events SET id = $2, run_id = $3, version = $4, type = $5, "
+            "from_status = $6, to_status = $7, data = $8::text::jsonb WHERE position = $1",
+            mine["position"], theirs["id"], theirs["run_id"], theirs["version"],
+            theirs["type"], theirs["from_status"], theirs["to_status"], theirs["data_text"])
+    return a["position"]
+
+
+async def tamper_drop_partition(db, rows):
+    (later,) = [i for i, r in enumerate(rows) if r["occurred_at"] > rows[-1]["occurred_at"]]
+    name = await db.fetchval("SELECT 'run_events_' || to_char(date_trunc('month', now()) "
+                             "+ interval '1 month', '\"y\"YYYY\"m\"MM')")
+    await db.execute(f'DROP TABLE "{name}"')
+    return rows[later + 1]["position"]
+
+
+async def tamper_forge(db, rows):
+    # A made-up event in a gap of the positions, its own hash recomputed as the trigger would.
+    before, after = rows[1], rows[2]
+    assert after["position"] - before["position"] > 1
+    forged = {**dict(before), "position": before["position"] + 1, "to_status": "success",
+              "id": before["run_id"]}
+    forged["chain_hash"] = hashlib.sha256(before["chain_hash"] + canonical(forged)).digest()
+    await db.execute(
+        "INSERT INTO run_events (position, id, enterprise_id, pipeline_id, run_id, version, "
+        "type, from_status, to_status, actor, actor_id, occurred_at, data, chain_hash) "
+        "OVERRIDING SYSTEM VALUE VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, "
+        "$13::text::jsonb, $14)", *(forged[k] for k in (
+            "position", "id", "enterprise_id", "pipeline_id", "run_id", "version", "type",
+            "from_status", "to_status", "actor", "actor_id", "occurred_at", "data_text",
+            "chain_hash")))
+    return after["position"]
+
+
+@pytest.mark.parametrize("tamper", [tamper_update, tamper_delete, tamper_reorder,
+                                    tamper_drop_partition, tamper_forge])
+async def test_tampering_is_named_by_verify_and_fails_the_kept_checkpoint(
+        tamper, api, db, enterprise, pr):
+    api.enterprise = enterprise
+    await interleaved(api, db)
+    kept = await pr.checkpoint()
+    assert (await verify_chains(db))[1] == []
+    rows = [dict(r) for r in await db.fetch(EVENTS, enterprise)]
+    await db.execute(UNGUARDED)
+    broken_at = await tamper(db, rows)
+    await db.execute("SET session_replication_role = origin")
+    chains, breaks = await verify_chains(db)
+    assert chains == 2
+    assert [(b.enterprise_id, b.position) for b in breaks] == [(enterprise, broken_at)]
+    with pytest.raises(ChainVerificationError):
+        await pr.verify_chain(None, kept)  # the history up to the kept checkpoint changed
+
+
+async def test_a_rewritten_chain_fails_only_against_a_kept_checkpoint(api, db, enterprise, pr):
+    """A superuser who rewrites an event AND every hash after it (and the head) leaves a
+    consistent chain: the checkpoint kept elsewhere still catches it, and they cannot sign
+    one for their version without the key."""
+    await history(api, runs=2)
+    kept = await pr.checkpoint()
+    rows = [dict(r) for r in await db.fetch(EVENTS, enterprise)]
+    await db.execute(UNGUARDED)
+    rows[1]["to_status"] = "cancelled"
+    head = GENESIS
+    for row in rows:
+        head = hashlib.sha256(head + canonical(row)).digest()
+        await db.execute("UPDATE run_events SET to_status = $2, chain_hash = $3 "
+                         "WHERE position = $1", row["position"], row["to_status"], head)
+    await db.execute("UPDATE event_chain_heads SET chain_hash = $2 WHERE enterprise_id = $1",
+                     enterprise, head)
+    await db.execute("SET session_replication_role = origin")
+    assert (await verify_chains(db))[1] == []
+    with pytest.raises(ChainVerificationError, match="does not recompute"):
+        await pr.verify_chain(None, kept)
+    with pytest.raises(ChainVerificationError, match="signature"):
+        await pr.verify_chain(None, {**kept, "chain_hash": head.hex()})
