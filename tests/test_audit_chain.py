@@ -14,7 +14,11 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
+from service.app import runs as run_cases
 from service.app.chain import verify_chains
+from service.app.context import Actor, OnConnection
+from service.infra.db import init_connection
+from service.store import pipelines as pipeline_store
 from service.client import ChainVerificationError, PipelineRunsClient
 from service.config import Config
 from service.web.app import create_app
@@ -275,3 +279,74 @@ async def test_a_rewritten_chain_fails_only_against_a_kept_checkpoint(api, db, e
         await pr.verify_chain(None, kept)
     with pytest.raises(ChainVerificationError, match="signature"):
         await pr.verify_chain(None, {**kept, "chain_hash": head.hex()})
+
+
+async def test_racing_writers_keep_one_chain_in_feed_order(api, db, enterprise, pr):
+    pipeline = await api.pipeline()
+    runs = await asyncio.gather(*(api.run(pipeline["id"]) for _ in range(20)))
+    for target in ("running", "waiting", "running"):
+        await asyncio.gather(*(api.move(r, target) for r in runs))
+    await asyncio.gather(*(api.delete(f"/pipelines/{r['pipeline_id']}/runs/{r['id']}/")
+                           for r in runs[:5]))
+    assert (await verify_chains(db))[1] == []
+    checkpoint = await pr.checkpoint()
+    assert checkpoint["events"] == await db.fetchval(
+        "SELECT count(*) FROM run_events WHERE enterprise_id = $1", enterprise)
+    assert await pr.verify_chain(None, checkpoint) == checkpoint["events"]
+
+
+def test_cli_verify_names_the_first_broken_event(db_dsn):
+    async def tamper() -> tuple[str, int, str]:
+        import asyncpg
+
+        conn = await asyncpg.connect(db_dsn)
+        try:
+            await init_connection(conn)
+            pipeline = await pipeline_store.create_pipeline(conn, "cli", 1, {"name": "p"})
+            for _ in range(3):
+                await run_cases.create(OnConnection(conn), Actor("cli", "cli", 1), pipeline["id"])
+            row = await conn.fetchrow("SELECT position, id FROM run_events ORDER BY position "
+                                      "OFFSET 1 LIMIT 1")
+            await conn.execute(UNGUARDED)
+            await conn.execute("UPDATE run_events SET actor = 'someone else' WHERE id = $1",
+                               row["id"])
+            return "cli", row["position"], str(row["id"])
+        finally:
+            await conn.close()
+
+    enterprise, position, event_id = asyncio.run(tamper())
+    env = {"DATABASE_URL": db_dsn, "PATH": "/usr/bin:/bin"}
+    done = subprocess.run([sys.executable, "-m", "service", "verify"], env=env, cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert (f"CHAIN BROKEN enterprise {enterprise} at position {position} (event {event_id}): "
+            in done.stdout), done.stdout
+    assert "verified the hash chains of 1 enterprises (6 events)" in done.stdout
+    assert ": 1 broken" in done.stdout
+
+
+async def test_pages_show_chain_positions_the_checkpoint_and_a_break(client, api, db, token,
+                                                                      enterprise):
+    (run, *_) = await history(api, runs=1)
+    resp = await client.post("/ui/login", data={"token": token, "next": "/ui/runs"},
+                             allow_redirects=False)
+    assert resp.status == 303
+    rows = await db.fetch(EVENTS, enterprise)
+    run_page = f"/ui/pipelines/{run['pipeline_id']}/runs/{run['id']}"
+    for path in (run_page, "/ui/activity"):
+        text = await (await client.get(path)).text()
+        assert (f"every event shown here verified, up to checkpoint {rows[-1]['position']} "
+                f"({len(rows)} events)") in text, path
+        for row in rows:
+            assert f"#{row['position']} <span title=\"link verified\">" in text, path
+    download = await client.get("/ui/audit/checkpoint.json")
+    assert download.status == 200
+    assert download.headers["Content-Disposition"].startswith("attachment;")
+    kept = await download.json()
+    assert (kept["position"], kept["events"]) == (rows[-1]["position"], len(rows))
+    await db.execute(UNGUARDED)
+    await db.execute("UPDATE run_events SET actor = 'x' WHERE position = $1", rows[1]["position"])
+    await db.execute("SET session_replication_role = origin")
+    text = await (await client.get(run_page)).text()
+    assert f"<strong>Hash chain broken</strong> at position {rows[1]['position']}:" in text
+    assert f"#{rows[1]['position']} <strong title=\"link broken\">" in text

@@ -47,6 +47,14 @@ async def proof(conn: asyncpg.Connection, enterprise_id: str, after: int, to: in
             "next_from": rows[-1]["position"] if more else None}
 
 
+async def page_note(conn: asyncpg.Connection, enterprise_id: str, positions: list[int]) -> dict:
+    """What the pages show: the head now, and whether each shown event's link holds."""
+    row = await store.head(conn, enterprise_id)
+    links = await store.links_hold(conn, enterprise_id, positions) if positions else {}
+    return {"checkpoint": row["position"] if row else 0, "events": row["events"] if row else 0,
+            "links": links, "broken": sorted(p for p, ok in links.items() if not ok)}
+
+
 @dataclass
 class Break:
     enterprise_id: str

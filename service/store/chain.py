@@ -7,8 +7,17 @@ from __future__ import annotations
 
 import asyncpg
 
-_CANONICAL = ("run_event_canonical(position, id, enterprise_id, pipeline_id, run_id, version,"
-              " type, from_status, to_status, actor, actor_id, occurred_at, data)")
+_FIELDS = ("position", "id", "enterprise_id", "pipeline_id", "run_id", "version", "type",
+           "from_status", "to_status", "actor", "actor_id", "occurred_at", "data")
+_ZERO = f"'\\x{'00' * 32}'::bytea"  # the genesis: the "previous hash" of a first event
+
+
+def _canonical(alias: str = "") -> str:
+    """schema.sql's run_event_canonical() of a run_events row (`alias.`: of that alias)."""
+    return f"run_event_canonical({', '.join(alias + f for f in _FIELDS)})"
+
+
+_CANONICAL = _canonical()
 
 HEAD = """
 SELECT position, events, chain_hash FROM event_chain_heads WHERE enterprise_id = $1"""
@@ -23,7 +32,7 @@ ORDER BY position LIMIT $4"""
 BROKEN_LINKS = f"""
 SELECT DISTINCT ON (enterprise_id) enterprise_id, position, id, chain_hash IS NULL AS unchained
 FROM (SELECT enterprise_id, position, id, chain_hash,
-             sha256(coalesce(lag(chain_hash) OVER w, '\\x{'00' * 32}'::bytea)
+             sha256(coalesce(lag(chain_hash) OVER w, {_ZERO})
                     || {_CANONICAL}) AS expected
       FROM run_events WINDOW w AS (PARTITION BY enterprise_id ORDER BY position)) AS l
 WHERE chain_hash IS DISTINCT FROM expected
@@ -44,6 +53,15 @@ WHERE h.position IS DISTINCT FROM l.position OR h.events IS DISTINCT FROM l.even
    OR h.chain_hash IS DISTINCT FROM l.chain_hash
 ORDER BY 1"""
 COUNT_CHAINED = "SELECT count(*) FROM event_chain_heads"
+# Whether each given event's link holds (the pages' marks): one index probe per event for
+# its predecessor in the enterprise's chain.
+LINKS_HOLD = f"""
+SELECT e.position, e.chain_hash IS NOT NULL AND e.chain_hash = sha256(coalesce(
+           (SELECT p.chain_hash FROM run_events p
+            WHERE p.enterprise_id = e.enterprise_id AND p.position < e.position
+            ORDER BY p.position DESC LIMIT 1), {_ZERO})
+       || {_canonical('e.')}) AS holds
+FROM run_events e WHERE e.enterprise_id = $1 AND e.position = ANY($2::bigint[])"""
 
 
 async def head(conn: asyncpg.Connection, enterprise_id: str) -> asyncpg.Record | None:
@@ -65,3 +83,9 @@ async def head_mismatches(conn: asyncpg.Connection) -> list[asyncpg.Record]:
 
 async def chains(conn: asyncpg.Connection) -> int:
     return await conn.fetchval(COUNT_CHAINED)
+
+
+async def links_hold(conn: asyncpg.Connection, enterprise_id: str,
+                     positions: list[int]) -> dict[int, bool]:
+    rows = await conn.fetch(LINKS_HOLD, enterprise_id, positions)
+    return {r["position"]: r["holds"] for r in rows}
