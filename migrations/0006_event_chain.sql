@@ -13,14 +13,14 @@ CREATE TABLE IF NOT EXISTS event_chain_heads (
 );
 -- One field of the canonical bytes: "<byte length>:<text>\n", or "-\n" for a NULL.
 CREATE OR REPLACE FUNCTION run_event_field(f text) RETURNS text
-LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+LANGUAGE sql STABLE PARALLEL SAFE AS $$
 SELECT CASE WHEN f IS NULL THEN '-' ELSE octet_length(f) || ':' || f END || E'\n'
 $$;
 CREATE OR REPLACE FUNCTION run_event_canonical(
     pos bigint, id uuid, enterprise_id text, pipeline_id uuid, run_id uuid,
     version integer, type text, from_status text, to_status text, actor text,
     actor_id bigint, occurred_at timestamptz, data jsonb) RETURNS bytea
-LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+LANGUAGE sql STABLE PARALLEL SAFE AS $$
 SELECT convert_to(E'pipeline-runs event v1\n' || run_event_field(pos::text)
     || run_event_field(id::text) || run_event_field(enterprise_id)
     || run_event_field(pipeline_id::text) || run_event_field(run_id::text)

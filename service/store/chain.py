@@ -28,29 +28,31 @@ WHERE enterprise_id = $1 AND position > $2 AND position <= $3
 ORDER BY position LIMIT $4"""
 # Every link that does not hold, the first of each enterprise: a link holds when an
 # event's chain_hash is sha256(the previous event's chain_hash || its canonical bytes).
-# Each link is checked on its own (the stored previous hash), so the scan is one pass.
+# Each link is checked on its own (the stored previous hash), so the scan is one pass; $1
+# of $2 parts of the enterprises (by hash), so that parts can run side by side.
 BROKEN_LINKS = f"""
 SELECT DISTINCT ON (enterprise_id) enterprise_id, position, id, chain_hash IS NULL AS unchained
 FROM (SELECT enterprise_id, position, id, chain_hash,
-             sha256(coalesce(lag(chain_hash) OVER w, {_ZERO})
-                    || {_CANONICAL}) AS expected
-      FROM run_events WINDOW w AS (PARTITION BY enterprise_id ORDER BY position)) AS l
+             sha256(coalesce(lag(chain_hash) OVER w, {_ZERO}) || {_CANONICAL}) AS expected
+      FROM run_events WHERE (hashtext(enterprise_id) & 2147483647) % $2 = $1
+      WINDOW w AS (PARTITION BY enterprise_id ORDER BY position)) AS l
 WHERE chain_hash IS DISTINCT FROM expected
 ORDER BY enterprise_id, position"""
 # Heads that are not the last event of their enterprise (an event deleted at the end, a
 # partition dropped), and events of enterprises without a head.
 HEAD_MISMATCHES = """
 WITH last AS (
-    SELECT DISTINCT ON (enterprise_id) enterprise_id, position, chain_hash,
-           count(*) OVER (PARTITION BY enterprise_id) AS events
-    FROM run_events ORDER BY enterprise_id, position DESC
+    SELECT enterprise_id, max(position) AS position, count(*) AS events
+    FROM run_events GROUP BY enterprise_id
 )
 SELECT coalesce(h.enterprise_id, l.enterprise_id) AS enterprise_id,
        h.position AS head_position, h.events AS head_events,
        l.position AS last_position, l.events AS last_events
 FROM event_chain_heads h FULL JOIN last l USING (enterprise_id)
 WHERE h.position IS DISTINCT FROM l.position OR h.events IS DISTINCT FROM l.events
-   OR h.chain_hash IS DISTINCT FROM l.chain_hash
+   OR h.chain_hash IS DISTINCT FROM (SELECT e.chain_hash FROM run_events e
+                                     WHERE e.enterprise_id = l.enterprise_id
+                                       AND e.position = l.position)
 ORDER BY 1"""
 COUNT_CHAINED = "SELECT count(*) FROM event_chain_heads"
 # Whether each given event's link holds (the pages' marks): one index probe per event for
@@ -73,8 +75,9 @@ async def proof_page(conn: asyncpg.Connection, enterprise_id: str, after: int, t
     return await conn.fetch(PROOF_PAGE, enterprise_id, after, to, limit)
 
 
-async def broken_links(conn: asyncpg.Connection) -> list[asyncpg.Record]:
-    return await conn.fetch(BROKEN_LINKS)
+async def broken_links(conn: asyncpg.Connection, part: int = 0,
+                       parts: int = 1) -> list[asyncpg.Record]:
+    return await conn.fetch(BROKEN_LINKS, part, parts)
 
 
 async def head_mismatches(conn: asyncpg.Connection) -> list[asyncpg.Record]:
