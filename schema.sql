@@ -248,30 +248,58 @@ SELECT convert_to(E'pipeline-runs event v1\n' || run_event_field(pos::text)
     || run_event_field(to_char(occurred_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'))
     || run_event_field(data::text), 'UTF8')
 $$;
+-- Each row: its previous hash is the enterprise's head, or, when this transaction already
+-- appended to the enterprise, the hash it last chained (kept in a transaction-local
+-- setting per enterprise): the head row itself is moved once per statement (below), not
+-- once per row, so a COPY of many events does not update one row many times over.
 CREATE OR REPLACE FUNCTION run_events_chain() RETURNS trigger
 LANGUAGE plpgsql AS $$
 DECLARE
-    bytes bytea := run_event_canonical(
-        NEW.position, NEW.id, NEW.enterprise_id, NEW.pipeline_id, NEW.run_id, NEW.version,
-        NEW.type, NEW.from_status, NEW.to_status, NEW.actor, NEW.actor_id, NEW.occurred_at,
-        NEW.data);
+    slot text := 'pipeline_runs.chain_' || md5(NEW.enterprise_id);
+    cached text := current_setting(slot, true);
+    previous bytea;
+    previous_position bigint;
 BEGIN
-    UPDATE event_chain_heads h
-    SET position = NEW.position, events = h.events + 1, chain_hash = sha256(h.chain_hash || bytes)
-    WHERE h.enterprise_id = NEW.enterprise_id AND h.position < NEW.position
-    RETURNING h.chain_hash INTO NEW.chain_hash;
-    IF NOT FOUND THEN
-        -- A first event, or one out of position order (then the INSERT meets the key).
-        INSERT INTO event_chain_heads (enterprise_id, position, events, chain_hash)
-        VALUES (NEW.enterprise_id, NEW.position, 1,
-                sha256(decode(repeat('00', 32), 'hex') || bytes))
-        RETURNING chain_hash INTO NEW.chain_hash;
+    IF coalesce(cached, '') = '' THEN
+        SELECT h.position, h.chain_hash INTO previous_position, previous
+        FROM event_chain_heads h WHERE h.enterprise_id = NEW.enterprise_id;
+    ELSE
+        previous_position := split_part(cached, ':', 1)::bigint;
+        previous := decode(split_part(cached, ':', 2), 'hex');
     END IF;
+    IF previous_position >= NEW.position THEN  -- a writer without the feed lock
+        RAISE EXCEPTION 'run_events: position % of enterprise % is behind its chain (%)',
+            NEW.position, NEW.enterprise_id, previous_position
+            USING ERRCODE = 'serialization_failure';
+    END IF;
+    NEW.chain_hash := sha256(coalesce(previous, decode(repeat('00', 32), 'hex'))
+        || run_event_canonical(NEW.position, NEW.id, NEW.enterprise_id, NEW.pipeline_id,
+                               NEW.run_id, NEW.version, NEW.type, NEW.from_status,
+                               NEW.to_status, NEW.actor, NEW.actor_id, NEW.occurred_at,
+                               NEW.data));
+    PERFORM set_config(slot, NEW.position || ':' || encode(NEW.chain_hash, 'hex'), true);
     RETURN NEW;
 END
 $$;
 CREATE OR REPLACE TRIGGER run_events_chain BEFORE INSERT ON run_events
     FOR EACH ROW EXECUTE FUNCTION run_events_chain();
+-- Each statement: every enterprise it appended to gets its new head (last event, count).
+CREATE OR REPLACE FUNCTION run_events_chain_heads() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO event_chain_heads AS h (enterprise_id, position, events, chain_hash)
+    SELECT DISTINCT ON (enterprise_id) enterprise_id, position,
+           count(*) OVER (PARTITION BY enterprise_id), chain_hash
+    FROM appended ORDER BY enterprise_id, position DESC
+    ON CONFLICT (enterprise_id) DO UPDATE
+    SET position = EXCLUDED.position, events = h.events + EXCLUDED.events,
+        chain_hash = EXCLUDED.chain_hash;
+    RETURN NULL;
+END
+$$;
+CREATE OR REPLACE TRIGGER run_events_chain_heads AFTER INSERT ON run_events
+    REFERENCING NEW TABLE AS appended
+    FOR EACH STATEMENT EXECUTE FUNCTION run_events_chain_heads();
 
 -- The projection the API reads: one row per live run, derived from run_events only.
 CREATE TABLE IF NOT EXISTS pipeline_runs (

@@ -90,7 +90,7 @@ async def history(api, runs: int = 3) -> list[dict]:
 def test_the_migration_copies_the_canonical_definition_verbatim():
     schema = (ROOT / "schema.sql").read_text()
     start = schema.index("CREATE TABLE IF NOT EXISTS event_chain_heads (")
-    end = schema.index("CREATE OR REPLACE FUNCTION run_events_chain()")
+    end = schema.index("-- Each row: its previous hash")
     assert schema[start:end] in (ROOT / "migrations" / "0006_event_chain.sql").read_text()
 
 
