@@ -11,6 +11,7 @@ import sys
 from datetime import timezone
 from pathlib import Path
 
+import asyncpg
 import pytest
 from aiohttp import web
 
@@ -241,7 +242,7 @@ async def tamper_forge(db, rows):
 @pytest.mark.parametrize("tamper", [tamper_update, tamper_delete, tamper_reorder,
                                     tamper_drop_partition, tamper_forge])
 async def test_tampering_is_named_by_verify_and_fails_the_kept_checkpoint(
-        tamper, api, db, enterprise, pr):
+        tamper, api, db, db_dsn, enterprise, pr):
     api.enterprise = enterprise
     await interleaved(api, db)
     kept = await pr.checkpoint()
@@ -250,9 +251,10 @@ async def test_tampering_is_named_by_verify_and_fails_the_kept_checkpoint(
     await db.execute(UNGUARDED)
     broken_at = await tamper(db, rows)
     await db.execute("SET session_replication_role = origin")
-    chains, breaks = await verify_chains(db)
-    assert chains == 2
-    assert [(b.enterprise_id, b.position) for b in breaks] == [(enterprise, broken_at)]
+    for parts in (1, 3):  # one scan, or position ranges side by side (the CLI's way)
+        chains, breaks = await verify_chains(db, lambda: asyncpg.connect(db_dsn), parts)
+        assert chains == 2
+        assert [(b.enterprise_id, b.position) for b in breaks] == [(enterprise, broken_at)]
     with pytest.raises(ChainVerificationError):
         await pr.verify_chain(None, kept)  # the history up to the kept checkpoint changed
 
@@ -297,8 +299,6 @@ async def test_racing_writers_keep_one_chain_in_feed_order(api, db, enterprise, 
 
 def test_cli_verify_names_the_first_broken_event(db_dsn):
     async def tamper() -> tuple[str, int, str]:
-        import asyncpg
-
         conn = await asyncpg.connect(db_dsn)
         try:
             await init_connection(conn)

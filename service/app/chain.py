@@ -69,8 +69,8 @@ async def verify_chains(conn: asyncpg.Connection, connect: Callable | None = Non
                         parts: int = 1) -> tuple[int, list[Break]]:
     """Every enterprise's chain recomputed link by link: (chains, the first break of each).
 
-    connect: opens more connections, so that `parts` share of the enterprises are checked
-    side by side (the hashing is CPU-bound in the database: one backend per core).
+    connect: opens more connections, so that `parts` ranges of positions are checked side
+    by side (the hashing is CPU-bound in the database: one backend per core).
     """
     breaks = {}
     for r in await _broken_links(conn, connect, parts):
@@ -90,15 +90,22 @@ async def verify_chains(conn: asyncpg.Connection, connect: Callable | None = Non
 
 async def _broken_links(conn: asyncpg.Connection, connect: Callable | None,
                         parts: int) -> list[asyncpg.Record]:
+    """The first broken link of each enterprise, checked in `parts` position ranges."""
     if connect is None or parts <= 1:
         return await store.broken_links(conn)
+    step = max(1, -(-await store.last_position(conn) // parts))
+    ranges = [(k * step, (k + 1) * step if k < parts - 1 else 2**63 - 1) for k in range(parts)]
 
-    async def part(k: int) -> list[asyncpg.Record]:
+    async def part(after: int, upto: int) -> list[asyncpg.Record]:
         other = await connect()
         try:
-            return await store.broken_links(other, k, parts)
+            return await store.broken_links(other, after, upto)
         finally:
             await other.close()
 
-    return [r for found in await asyncio.gather(*(part(k) for k in range(parts)))
-            for r in found]
+    first: dict[str, asyncpg.Record] = {}
+    for found in await asyncio.gather(*(part(*r) for r in ranges)):
+        for r in found:
+            if r["enterprise_id"] not in first or r["position"] < first[r["enterprise_id"]]["position"]:
+                first[r["enterprise_id"]] = r
+    return list(first.values())

@@ -28,16 +28,23 @@ WHERE enterprise_id = $1 AND position > $2 AND position <= $3
 ORDER BY position LIMIT $4"""
 # Every link that does not hold, the first of each enterprise: a link holds when an
 # event's chain_hash is sha256(the previous event's chain_hash || its canonical bytes).
-# Each link is checked on its own (the stored previous hash), so the scan is one pass; $1
-# of $2 parts of the enterprises (by hash), so that parts can run side by side.
+# Each link is checked on its own (the stored previous hash), so the events can be checked
+# in parts, side by side: those with $1 < position <= $2 (the first of each enterprise in
+# a part looks its previous event up).
 BROKEN_LINKS = f"""
 SELECT DISTINCT ON (enterprise_id) enterprise_id, position, id, chain_hash IS NULL AS unchained
-FROM (SELECT enterprise_id, position, id, chain_hash,
-             sha256(coalesce(lag(chain_hash) OVER w, {_ZERO}) || {_CANONICAL}) AS expected
-      FROM run_events WHERE (hashtext(enterprise_id) & 2147483647) % $2 = $1
-      WINDOW w AS (PARTITION BY enterprise_id ORDER BY position)) AS l
+FROM (SELECT e.enterprise_id, e.position, e.id, e.chain_hash,
+             sha256(coalesce(lag(e.chain_hash) OVER w,
+                             (SELECT p.chain_hash FROM run_events p
+                              WHERE p.enterprise_id = e.enterprise_id AND p.position < e.position
+                              ORDER BY p.position DESC LIMIT 1), {_ZERO})
+                    || {_canonical('e.')}) AS expected
+      FROM run_events e WHERE e.position > $1 AND e.position <= $2
+      WINDOW w AS (PARTITION BY e.enterprise_id ORDER BY e.position)) AS l
 WHERE chain_hash IS DISTINCT FROM expected
 ORDER BY enterprise_id, position"""
+# The last position of any chain: where the parts of the check end.
+LAST_POSITION = "SELECT coalesce(max(position), 0) FROM event_chain_heads"
 # Heads that are not the last event of their enterprise (an event deleted at the end, a
 # partition dropped), and events of enterprises without a head.
 HEAD_MISMATCHES = """
@@ -75,9 +82,13 @@ async def proof_page(conn: asyncpg.Connection, enterprise_id: str, after: int, t
     return await conn.fetch(PROOF_PAGE, enterprise_id, after, to, limit)
 
 
-async def broken_links(conn: asyncpg.Connection, part: int = 0,
-                       parts: int = 1) -> list[asyncpg.Record]:
-    return await conn.fetch(BROKEN_LINKS, part, parts)
+async def broken_links(conn: asyncpg.Connection, after: int = 0,
+                       upto: int = 2**63 - 1) -> list[asyncpg.Record]:
+    return await conn.fetch(BROKEN_LINKS, after, upto)
+
+
+async def last_position(conn: asyncpg.Connection) -> int:
+    return await conn.fetchval(LAST_POSITION)
 
 
 async def head_mismatches(conn: asyncpg.Connection) -> list[asyncpg.Record]:
