@@ -185,7 +185,8 @@ def _check_chains(cfg: Config) -> tuple:
     # One part a core: the database hashes, each backend on one core.
     parts = max(1, min(8, os.cpu_count() or 1))
     started = time.perf_counter()
-    chains, breaks = asyncio.run(_with_conn(cfg, lambda conn: verify_chains(conn, connect, parts)))
+    chains, breaks = asyncio.run(_with_conn(
+        cfg, lambda conn: verify_chains(conn, connect, parts)))
     return chains, breaks, time.perf_counter() - started
 
 

@@ -7,6 +7,7 @@ import base64
 import hashlib
 import json
 import subprocess
+import uuid
 import sys
 from datetime import timezone
 from pathlib import Path
@@ -350,3 +351,30 @@ async def test_pages_show_chain_positions_the_checkpoint_and_a_break(client, api
     text = await (await client.get(run_page)).text()
     assert f"<strong>Hash chain broken</strong> at position {rows[1]['position']}:" in text
     assert f"#{rows[1]['position']} <strong title=\"link broken\">" in text
+
+
+async def test_migration_chains_the_events_of_a_previous_schema_database(admin_dsn):
+    """tests/data/previous_schema.sql with events of two enterprises, migrated: every chain
+    is whole, its head counts the events, and appends after it extend it."""
+    from service.store import meta
+    from tests.helpers import admin, dsn_for
+
+    name = f"pr_chain_{uuid.uuid4().hex[:8]}"
+    await admin(admin_dsn, f'CREATE DATABASE "{name}"')
+    conn = await asyncpg.connect(dsn_for(admin_dsn, name))
+    try:
+        await conn.execute((ROOT / "tests" / "data" / "previous_schema.sql").read_text())
+        add = ("INSERT INTO run_events (enterprise_id, pipeline_id, run_id, version, type, actor,"
+               " occurred_at, data) SELECT $1, gen_random_uuid(), gen_random_uuid(), 1,"
+               " 'run.created', 'a', now(), '{\"reason\": \"é\\\\n\"}' FROM generate_series(1, $2)")
+        for enterprise, n in (("a", 3), ("b", 2), ("a", 2)):
+            await conn.execute(add, enterprise, n)
+        await meta.migrate(conn)
+        assert await verify_chains(conn) == (2, [])
+        assert dict(await conn.fetch("SELECT enterprise_id, events FROM event_chain_heads")) == {
+            "a": 5, "b": 2}
+        await conn.execute(add, "a", 1)
+        assert await verify_chains(conn) == (2, [])
+    finally:
+        await conn.close()
+        await admin(admin_dsn, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

@@ -106,6 +106,7 @@ async def _broken_links(conn: asyncpg.Connection, connect: Callable | None,
     first: dict[str, asyncpg.Record] = {}
     for found in await asyncio.gather(*(part(*r) for r in ranges)):
         for r in found:
-            if r["enterprise_id"] not in first or r["position"] < first[r["enterprise_id"]]["position"]:
+            seen = first.get(r["enterprise_id"])
+            if seen is None or r["position"] < seen["position"]:
                 first[r["enterprise_id"]] = r
     return list(first.values())
