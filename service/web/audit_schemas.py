@@ -1,7 +1,7 @@
 """Schemas of the tamper-evidence reads: checkpoints, the public key, proofs."""
 from __future__ import annotations
 
-from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate, validates_schema
+from marshmallow import EXCLUDE, Schema, fields, validate
 
 from service.web.schemas import Envelope
 
@@ -37,14 +37,10 @@ class ProofQuery(Schema):
     from_ = fields.Integer(data_key="from", load_default=0, validate=_POSITION, metadata={
         "description": "Position of the older checkpoint (exclusive; 0: the genesis)"})
     to = fields.Integer(validate=_POSITION, metadata={
-        "description": "Position of the newer checkpoint (inclusive; default: the head now)"})
+        "description": "Position of the newer checkpoint (inclusive; default: the head now; "
+                       "less than `from`: no events)"})
     limit = fields.Integer(load_default=1000, validate=validate.Range(1, 10_000),
                            metadata={"description": "Events per page"})
-
-    @validates_schema
-    def _ordered(self, data, **_):
-        if data.get("to") is not None and data["to"] < data["from_"]:
-            raise ValidationError("must not be less than from", "to")
 
 
 class ProofEvent(Schema):
