@@ -116,6 +116,7 @@ CREATE TABLE IF NOT EXISTS run_events (
     actor_id      bigint,
     occurred_at   timestamptz NOT NULL,
     data          jsonb       NOT NULL DEFAULT '{}',
+    chain_hash    bytea,      -- the enterprise's hash chain at this event (see below)
     PRIMARY KEY (enterprise_id, position, occurred_at)
 ) PARTITION BY RANGE (occurred_at);
 CREATE INDEX IF NOT EXISTS run_events_by_run ON run_events (enterprise_id, run_id, version);
@@ -227,6 +228,96 @@ END
 $$;
 CREATE OR REPLACE TRIGGER run_events_version_is_next BEFORE INSERT ON run_events
     FOR EACH ROW EXECUTE FUNCTION run_events_take_version();
+
+-- Tamper evidence (docs/audit-chain.md): every enterprise's events form a hash chain.
+-- Each event's chain_hash = sha256(previous chain_hash of its enterprise || its canonical
+-- bytes), the first event's previous hash being 32 zero bytes, in position order. The
+-- canonical bytes are defined HERE only (migrations/0006_event_chain.sql holds a verbatim
+-- copy, checked by tests/test_audit_chain.py): a version line, then each field as
+-- "<byte length>:<UTF-8 text>\n", a NULL as "-\n". A trigger (BEFORE INSERT, cloned onto
+-- every partition, COPY included) chains each appended row, so every writer (the
+-- statement's append, a group commit's, the seeder's COPY) goes through this one
+-- definition, row after row in position order. event_chain_heads holds each enterprise's
+-- head; the row is only written under the enterprise's feed lock (store/locks.py), which
+-- the append already holds, so it adds no wait. An append out of position order (a writer
+-- without the feed lock) is refused rather than chained wrongly.
+CREATE TABLE IF NOT EXISTS event_chain_heads (
+    enterprise_id text   PRIMARY KEY,
+    position      bigint NOT NULL,
+    events        bigint NOT NULL,
+    chain_hash    bytea  NOT NULL
+);
+-- One field of the canonical bytes: "<byte length>:<text>\n", or "-\n" for a NULL.
+CREATE OR REPLACE FUNCTION run_event_field(f text) RETURNS text
+LANGUAGE sql STABLE PARALLEL SAFE AS $$
+SELECT CASE WHEN f IS NULL THEN '-' ELSE octet_length(f) || ':' || f END || E'\n'
+$$;
+CREATE OR REPLACE FUNCTION run_event_canonical(
+    pos bigint, id uuid, enterprise_id text, pipeline_id uuid, run_id uuid,
+    version integer, type text, from_status text, to_status text, actor text,
+    actor_id bigint, occurred_at timestamptz, data jsonb) RETURNS bytea
+LANGUAGE sql STABLE PARALLEL SAFE AS $$
+SELECT convert_to(E'pipeline-runs event v1\n' || run_event_field(pos::text)
+    || run_event_field(id::text) || run_event_field(enterprise_id)
+    || run_event_field(pipeline_id::text) || run_event_field(run_id::text)
+    || run_event_field(version::text) || run_event_field(type)
+    || run_event_field(from_status) || run_event_field(to_status) || run_event_field(actor)
+    || run_event_field(actor_id::text)
+    || run_event_field(to_char(occurred_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'))
+    || run_event_field(data::text), 'UTF8')
+$$;
+-- Each row: its previous hash is the enterprise's head, or, when this transaction already
+-- appended to the enterprise, the hash it last chained (kept in a transaction-local
+-- setting per enterprise): the head row itself is moved once per statement (below), not
+-- once per row, so a COPY of many events does not update one row many times over.
+CREATE OR REPLACE FUNCTION run_events_chain() RETURNS trigger
+LANGUAGE plpgsql AS $$
+DECLARE
+    slot text := 'pipeline_runs.chain_' || md5(NEW.enterprise_id);
+    cached text := current_setting(slot, true);
+    previous bytea;
+    previous_position bigint;
+BEGIN
+    IF coalesce(cached, '') = '' THEN
+        SELECT h.position, h.chain_hash INTO previous_position, previous
+        FROM event_chain_heads h WHERE h.enterprise_id = NEW.enterprise_id;
+    ELSE
+        previous_position := split_part(cached, ':', 1)::bigint;
+        previous := decode(split_part(cached, ':', 2), 'hex');
+    END IF;
+    IF previous_position >= NEW.position THEN  -- a writer without the feed lock
+        RAISE EXCEPTION 'run_events: position % of enterprise % is behind its chain (%)',
+            NEW.position, NEW.enterprise_id, previous_position
+            USING ERRCODE = 'serialization_failure';
+    END IF;
+    NEW.chain_hash := sha256(coalesce(previous, decode(repeat('00', 32), 'hex'))
+        || run_event_canonical(NEW.position, NEW.id, NEW.enterprise_id, NEW.pipeline_id,
+                               NEW.run_id, NEW.version, NEW.type, NEW.from_status,
+                               NEW.to_status, NEW.actor, NEW.actor_id, NEW.occurred_at,
+                               NEW.data));
+    PERFORM set_config(slot, NEW.position || ':' || encode(NEW.chain_hash, 'hex'), true);
+    RETURN NEW;
+END
+$$;
+CREATE OR REPLACE TRIGGER run_events_chain BEFORE INSERT ON run_events
+    FOR EACH ROW EXECUTE FUNCTION run_events_chain();
+-- Each statement: every enterprise it appended to gets its new head (last event, count).
+CREATE OR REPLACE FUNCTION run_events_chain_heads() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO event_chain_heads AS h (enterprise_id, position, events, chain_hash)
+    SELECT DISTINCT ON (enterprise_id) enterprise_id, position,
+           count(*) OVER (PARTITION BY enterprise_id), chain_hash
+    FROM appended ORDER BY enterprise_id, position DESC
+    ON CONFLICT (enterprise_id) DO UPDATE
+    SET position = EXCLUDED.position, events = h.events + EXCLUDED.events,
+        chain_hash = EXCLUDED.chain_hash;
+    RETURN NULL;
+END
+$$;
+CREATE OR REPLACE TRIGGER run_events_chain_heads AFTER INSERT ON run_events
+    REFERENCING NEW TABLE AS appended
+    FOR EACH STATEMENT EXECUTE FUNCTION run_events_chain_heads();
 
 -- The projection the API reads: one row per live run, derived from run_events only.
 CREATE TABLE IF NOT EXISTS pipeline_runs (

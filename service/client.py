@@ -27,7 +27,7 @@ __all__ = [
     "PipelineRunsClient", "ApiError", "BadRequest", "Unauthorized", "Forbidden", "NotFound",
     "Conflict", "PreconditionFailed", "PayloadTooLarge", "UnsupportedMediaType",
     "UnprocessableEntity", "ServiceUnavailable", "ServerError", "error_for",
-    "verify_webhook", "WebhookVerificationError",
+    "verify_webhook", "WebhookVerificationError", "verify_checkpoint", "ChainVerificationError",
 ]
 
 log = logging.getLogger(__name__)
@@ -397,6 +397,51 @@ class PipelineRunsClient:
 
     # --- transport -------------------------------------------------------------------
 
+    async def checkpoint(self) -> dict[str, Any]:
+        """The enterprise's hash-chain head, signed by the service (keep it somewhere else)."""
+        return await self._call("GET", "/audit/checkpoint/")
+
+    async def verify_chain(self, checkpoint_old: dict[str, Any] | None,
+                           checkpoint_new: dict[str, Any], *,
+                           public_key: str | None = None, page_size: int = 1000) -> int:
+        """Prove that `checkpoint_new` extends `checkpoint_old` (None: the genesis), trusting
+        neither the server nor the checkpoints' own key: answers the events checked.
+
+        Both signatures are checked against `public_key` (hex; default: the old checkpoint's,
+        the key you kept), then the chain is recomputed from the proof's canonical bytes.
+        To show that nothing up to a checkpoint changed, prove it from an older one (or
+        from None). Raises ChainVerificationError naming the first position that fails.
+        """
+        old = checkpoint_old or {"position": 0, "events": 0, "chain_hash": _GENESIS,
+                                 "enterprise_id": checkpoint_new.get("enterprise_id")}
+        key = public_key or (checkpoint_old or checkpoint_new)["public_key"]
+        for signed in filter(None, (checkpoint_old, checkpoint_new)):
+            verify_checkpoint(signed, key)
+        if old["enterprise_id"] != checkpoint_new["enterprise_id"]:
+            raise ChainVerificationError("the checkpoints are of different enterprises")
+        if checkpoint_new["position"] < old["position"]:
+            raise ChainVerificationError("the new checkpoint is older than the old one")
+        head, events = bytes.fromhex(old["chain_hash"]), 0
+        params = {"from": old["position"], "to": checkpoint_new["position"], "limit": page_size}
+        content = await self._call("GET", "/audit/proof/", params=params)
+        while True:
+            for event in content["events"]:
+                canonical = base64.b64decode(event["canonical"])
+                if canonical.split(b"\n")[1].partition(b":")[2] != str(event["position"]).encode():
+                    raise ChainVerificationError("the proof's bytes are of another position",
+                                                 event["position"])
+                head = hashlib.sha256(head + canonical).digest()
+                events += 1
+            if content["next_from"] is None:
+                break
+            content = await self._call("GET", content["next"])
+        if head.hex() != checkpoint_new["chain_hash"] or \
+                old["events"] + events != checkpoint_new["events"]:
+            raise ChainVerificationError(
+                "the history between the checkpoints does not recompute to the new one",
+                checkpoint_new["position"])
+        return events
+
     def _run_path(self, pipeline_id: str, run_id: str) -> str:
         return f"/pipelines/{pipeline_id}/runs/{run_id}/"
 
@@ -504,3 +549,34 @@ def verify_webhook(headers: Mapping[str, str], body: bytes | str, secret: str, *
         if version == "v1" and hmac.compare_digest(expected, given):
             return json.loads(text)
     raise WebhookVerificationError("no signature matches")
+
+
+# --- tamper evidence -------------------------------------------------------------------
+
+_GENESIS = "00" * 32  # the chain hash before an enterprise's first event
+
+
+class ChainVerificationError(Exception):
+    """A checkpoint or a proof that does not check out; `position`: where, when known."""
+
+    def __init__(self, message: str, position: int | None = None):
+        super().__init__(message if position is None else f"{message} (position {position})")
+        self.position = position
+
+
+def verify_checkpoint(checkpoint: Mapping[str, Any], public_key: str) -> None:
+    """Check a checkpoint's Ed25519 signature against `public_key` (hex, raw 32 bytes).
+
+    Needs the `cryptography` package (the rest of the client needs only aiohttp).
+    """
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+    message = "".join(f"{checkpoint[k]}\n" for k in (
+        "format", "enterprise_id", "position", "events", "chain_hash", "at")).encode()
+    try:
+        Ed25519PublicKey.from_public_bytes(bytes.fromhex(public_key)).verify(
+            bytes.fromhex(checkpoint["signature"]), message)
+    except (InvalidSignature, ValueError):
+        raise ChainVerificationError("the checkpoint's signature does not verify with the key",
+                                     checkpoint.get("position")) from None

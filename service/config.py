@@ -137,6 +137,9 @@ class Config:
     replica_wait_ms: int = 200  # how long a read with a token waits for a standby to catch up
     replica_max_lag_seconds: float = 30.0  # a standby further behind leaves the rotation
     replica_probe_seconds: float = 1.0  # how often standbys are checked (and retried when down)
+    # Ed25519 key (PEM, PKCS#8) that signs audit checkpoints; None: {data_dir}/audit-signing.key,
+    # made when missing (infra/signing.py). Keep it: old checkpoints are checked against it.
+    audit_key_file: str | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Config":
@@ -197,7 +200,12 @@ class Config:
             replica_wait_ms=_int(env, "REPLICA_WAIT_MS", 200),
             replica_max_lag_seconds=_float(env, "REPLICA_MAX_LAG_SECONDS", 30.0),
             replica_probe_seconds=_float(env, "REPLICA_PROBE_SECONDS", 1.0),
+            audit_key_file=env.get("AUDIT_KEY_FILE") or None,
         )
+
+    @property
+    def audit_key_path(self) -> str:
+        return self.audit_key_file or f"{self.data_dir}/audit-signing.key"
 
     def with_(self, **changes) -> "Config":
         return replace(self, **changes)

@@ -476,3 +476,17 @@ async def slow_writer(pool, enterprise: str, pipeline_id: str, changes: int) -> 
                                   uuid.UUID(pipeline_id))
                 await asyncio.sleep(0.02)
             await conn.execute(NOTIFY_FEED, [enterprise])
+
+
+# --- the pages (/ui/) -----------------------------------------------------------------
+
+def origin(client) -> dict[str, str]:
+    """The Origin header a browser sends with a form of our own pages."""
+    return {"Origin": str(client.make_url("/").origin())}
+
+
+async def sign_in(client, token: str, status: int = 303):
+    resp = await client.post("/ui/login", data={"token": token, "next": "/ui/runs"},
+                             headers=origin(client), allow_redirects=False)
+    assert resp.status == status, await resp.text()
+    return resp

@@ -12,6 +12,7 @@ from service.infra.db import create_pool
 from service.infra.replicas import primary_position
 from service.app.groupcommit import GroupCommit
 from service.web.keys import GROUP_COMMIT
+from service.app.chain import verify_chains
 from service.app.replay import verify
 from tests.helpers import lock_waiters, make_token, wait_until
 
@@ -77,6 +78,7 @@ async def test_changes_of_many_enterprises_share_statements_and_stay_exact(api, 
         counts = await tenant.get("/runs/?status=waiting")
         assert counts["count"] == 3
     assert (await verify(db)).clean
+    assert (await verify_chains(db))[1] == []  # each enterprise's chain in its feed order
 
 
 async def test_same_run_in_one_group_behaves_as_one_after_the_other(api, db, enterprise):

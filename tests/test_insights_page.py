@@ -7,13 +7,9 @@ import io
 
 from markupsafe import escape
 
-from tests.test_pages import sign_in
+from tests.helpers import sign_in
 
 EVIL = "<script>alert('x')</script>"
-
-
-async def _sign_in(client, token: str) -> None:
-    await sign_in(client, token)
 
 
 async def _get(client, path: str, status: int = 200):
@@ -36,7 +32,7 @@ async def test_the_page_draws_charts_and_a_table_per_pipeline(client, api, token
     await _world(api)
     resp, _ = await _get(client, "/ui/insights", 303)
     assert resp.headers["Location"].startswith("/ui/login")
-    await _sign_in(client, token)
+    await sign_in(client, token)
     _, text = await _get(client, "/ui/insights?days=7&granularity=hour")
     assert text.count("<svg") >= 5  # three charts and a sparkline per pipeline
     assert EVIL not in text and str(escape(EVIL)) in text
@@ -48,7 +44,7 @@ async def test_the_page_draws_charts_and_a_table_per_pipeline(client, api, token
 
 async def test_the_csv_is_the_table_with_formulas_neutralised(client, api, token):
     await _world(api)
-    await _sign_in(client, token)
+    await sign_in(client, token)
     resp, text = await _get(client, "/ui/insights/export?days=30&granularity=day")
     assert resp.content_type == "text/csv"
     rows = list(csv.DictReader(io.StringIO(text)))
@@ -58,6 +54,6 @@ async def test_the_csv_is_the_table_with_formulas_neutralised(client, api, token
 
 
 async def test_bad_filters_are_a_400_page(client, token):
-    await _sign_in(client, token)
+    await sign_in(client, token)
     _, text = await _get(client, "/ui/insights?granularity=year", 400)
     assert "<h1>400" in text

@@ -15,7 +15,8 @@ from service.web.app import create_app
 from service.web.pages.session import COOKIE, PAGE_HEADERS, _key
 from tests.helpers import make_token
 from tests.processes import Service
-from tests.test_pages import origin, page, run_url, sign_in
+from tests.helpers import origin, sign_in
+from tests.test_pages import page, run_url
 
 EVIL = "https://evil.example"
 

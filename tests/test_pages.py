@@ -9,21 +9,9 @@ from urllib.parse import quote
 from markupsafe import escape
 from yarl import URL
 
-from tests.helpers import make_token
+from tests.helpers import make_token, origin, sign_in
 
 EVIL = "<script>alert('x')</script>"
-
-
-def origin(client) -> dict[str, str]:
-    """The Origin header a browser sends with a form of our own pages."""
-    return {"Origin": str(client.make_url("/").origin())}
-
-
-async def sign_in(client, token: str, status: int = 303):
-    resp = await client.post("/ui/login", data={"token": token, "next": "/ui/runs"},
-                             headers=origin(client), allow_redirects=False)
-    assert resp.status == status, await resp.text()
-    return resp
 
 
 async def page(client, path: str, status: int = 200) -> str:

@@ -8,7 +8,7 @@ import re
 from service.store import tokens as token_store
 from service.web.keys import WAIT_CAP
 from tests.helpers import Api, token_id, wait_until
-from tests.test_pages import sign_in
+from tests.helpers import sign_in
 
 
 async def limited_token(db, enterprise: str, rate: int) -> str:

@@ -7,7 +7,8 @@ import html
 import re
 from urllib.parse import quote
 
-from tests.test_pages import page, run_url, sign_in
+from tests.helpers import sign_in
+from tests.test_pages import page, run_url
 
 
 def _link(text: str, rel: str) -> str | None:

@@ -16,7 +16,7 @@ ALL_SCOPES = ("runs:read", "runs:write", "audit:read")
 
 
 def required_scope(method: str, template: str) -> str:
-    if "/events/" in template:
+    if "/events/" in template or template.startswith("/audit/"):
         return "audit:read"
     return "runs:read" if method == "GET" else "runs:write"
 

@@ -14,7 +14,7 @@ import pytest
 from service.config import Config
 from service.infra.db import create_pool
 from tests.helpers import make_token, wait_until
-from tests.test_pages import sign_in
+from tests.helpers import sign_in
 
 READERS = 10
 EVENTS = 5_000  # ~2 KB each: ~10 MB of CSV per export, far more than the socket buffers

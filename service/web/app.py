@@ -12,8 +12,10 @@ from aiohttp_apispec import AiohttpApiSpec
 
 from service.infra import db
 from service.web.handlers import (
-    events, exports, health, insights, pipelines, root, runs, stage_runs, stream, webhooks,
+    audit_chain, events, exports, health, insights, pipelines, root, runs, stage_runs, stream,
+    webhooks,
 )
+from service.infra.signing import load_signer
 from service.config import Config
 from service.web import pages
 from service.web.auth import SECURITY_SCHEMES, auth_middleware
@@ -34,6 +36,7 @@ from service.web.keys import (
     RATE_STATE,
     READINESS,
     REPLICAS,
+    SIGNER,
     TOKEN_CACHE,
     WEBHOOK_SENDER,
     WAIT_CAP,
@@ -61,7 +64,8 @@ log = logging.getLogger(__name__)
 CANONICAL_MOUNT = "/pipelines/v0"
 MOUNTS = (CANONICAL_MOUNT, "/api/pipelines/v0", "/v0")
 RESOURCE_ROUTES = (*pipelines.routes, *runs.routes, *stage_runs.routes, *events.routes,
-                   *exports.routes, *stream.routes, *webhooks.routes, *insights.routes)
+                   *exports.routes, *stream.routes, *webhooks.routes, *insights.routes,
+                   *audit_chain.routes)
 
 API_DESCRIPTION = """Esper pipelines-v0 Pipeline Runs API on an event-sourced store.
 
@@ -282,6 +286,7 @@ def create_app(config: Config, *, span_exporter=None) -> web.Application:
     app[RATE_LIMITER] = RateLimiter(config.rate_limit_rps, config.rate_limit_burst,
                                     config.rate_limit_delay_ms / 1000)
     app[WAIT_CAP] = WaitCap(config.max_waits_per_token)
+    app[SIGNER] = load_signer(config.audit_key_path)  # checkpoints' key (AUDIT_KEY_FILE)
     app.on_response_prepare.append(_rate_headers)
     _add_routes(app)
     pages.setup(app)

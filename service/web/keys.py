@@ -38,6 +38,7 @@ METRICS = web.AppKey("metrics", object)  # service.infra.metrics.Metrics
 WEBHOOK_SENDER = web.AppKey("webhook_sender", object)  # service.app.webhook_http.Sender
 REPLICAS = web.AppKey("replicas", object)  # service.infra.replicas.ReplicaSet (or None)
 METRICS_RUNNER = web.AppKey("metrics_runner", web.AppRunner)  # the METRICS_PORT server
+SIGNER = web.AppKey("signer", object)  # service.infra.signing.Signer: signs checkpoints
 
 PRINCIPAL = web.RequestKey("principal", Principal)
 # (quota, window, remaining, reset) of the caller's rate limit, for the response headers.

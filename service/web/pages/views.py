@@ -16,14 +16,14 @@ from aiohttp import web
 from aiohttp_session import get_session, new_session
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate
 
-from service.app import audit, ui_sessions
+from service.app import audit, chain, ui_sessions
 from service.domain import lifecycle
 from service.domain.errors import DomainError, NotFound, TooManyRequests
 from service.web import schemas as s
 from service.web.auth import charge, principal_for
 from service.web.handlers import exports
 from service.web.handlers.common import connection
-from service.web.keys import CONFIG, FEED_WAITERS, PRINCIPAL, WAIT_CAP, Principal
+from service.web.keys import CONFIG, FEED_WAITERS, PRINCIPAL, SIGNER, WAIT_CAP, Principal
 from service.web.pages import reading, svg
 from service.web.pages.session import COOKIE, MAX_AGE
 
@@ -224,6 +224,9 @@ async def run(request: web.Request) -> web.Response:
     p = _run_path(request)
     raw = _form(request, ("as_of",))
     found, as_of, problem = await reading.run_as_of(request, p, raw)
+    async with connection(request) as conn:
+        note = await chain.page_note(conn, request[PRINCIPAL].enterprise_id,
+                                     [e["position"] for e in found.all_events])
     view = found.view
     api = f"/pipelines/v0/pipelines/{p['pipeline_id']}/runs/{p['pipeline_run_id']}"
     return _render(request, "run.html", {
@@ -237,7 +240,8 @@ async def run(request: web.Request) -> web.Response:
         "glyphs": svg.GLYPHS, "api": api,
         "legend": sorted({seg.status for lane in view.lanes for seg in lane.segments},
                          key=lifecycle.STATUS_RANK.get),
-        "stage_names": {str(sr["id"]): sr["name"] for sr in audit.stage_run_rows(found)}},
+        "stage_names": {str(sr["id"]): sr["name"] for sr in audit.stage_run_rows(found)},
+        "chain": note},
         problem[0] if problem else 200)
 
 
@@ -286,6 +290,8 @@ async def activity(request: web.Request) -> web.Response:
                                      limit=ACTIVITY_SIZE + 1, filters=_activity_filters(q))
         items = await audit.labelled(conn, enterprise_id, items)
         choices = await audit.pipeline_choices(conn, enterprise_id)
+        note = await chain.page_note(conn, enterprise_id,
+                                     [e["position"] for e in items[:ACTIVITY_SIZE]])
     older = (str(request.rel_url.update_query(before=items[ACTIVITY_SIZE - 1]["position"]))
              if len(items) > ACTIVITY_SIZE else None)
     items = items[:ACTIVITY_SIZE]
@@ -295,7 +301,7 @@ async def activity(request: web.Request) -> web.Response:
     return _render(request, "activity.html", {
         "items": items, "raw": raw, "older": older, "live": live, "pipelines": choices,
         "names": {c["id"]: c["name"] for c in choices}, "types": EVENT_TYPES,
-        "top": items[0]["position"] if items else 0, "export": str(export)})
+        "top": items[0]["position"] if items else 0, "export": str(export), "chain": note})
 
 
 @page(AUDIT)
@@ -313,8 +319,9 @@ async def activity_updates(request: web.Request) -> web.Response:
     async with connection(request) as conn:
         items = await audit.labelled(conn, enterprise_id, items)
         choices = await audit.pipeline_choices(conn, enterprise_id)
+        note = await chain.page_note(conn, enterprise_id, [e["position"] for e in items])
     response = _render(request, "activity_rows.html", {
-        "items": items, "names": {c["id"]: c["name"] for c in choices}})
+        "items": items, "names": {c["id"]: c["name"] for c in choices}, "chain": note})
     response.headers["X-Feed-Top"] = str(items[0]["position"] if items else q.get("after", 0))
     return response
 
@@ -328,6 +335,18 @@ async def activity_export(request: web.Request) -> web.StreamResponse:
                                  q.get("until"), fmt)
 
 
+@page(AUDIT)
+async def checkpoint(request: web.Request) -> web.Response:
+    """The signed chain head as a JSON file to keep (the API's GET /audit/checkpoint/)."""
+    async with connection(request) as conn:
+        found = await chain.checkpoint(conn, request[PRINCIPAL].enterprise_id,
+                                       request.app[SIGNER])
+    name = f"checkpoint-{found['enterprise_id']}-{found['position']}.json"
+    return web.json_response(found, headers={
+        "Content-Disposition": f"attachment; filename*=UTF-8''{quote(name)}",
+        "Cache-Control": "no-store"})
+
+
 routes = [
     ("GET", "/ui/", home),
     ("GET", "/ui/login", login_form),
@@ -339,4 +358,5 @@ routes = [
     ("GET", "/ui/activity", activity),
     ("GET", "/ui/activity/updates", activity_updates),
     ("GET", "/ui/activity/export", activity_export),
+    ("GET", "/ui/audit/checkpoint.json", checkpoint),
 ]
