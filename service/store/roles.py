@@ -76,8 +76,10 @@ END"""
 CAN_MIGRATE = """
 SELECT CASE WHEN to_regclass('run_events') IS NULL
             THEN has_schema_privilege(current_schema(), 'CREATE')
+            -- to_regclass, not a ::regclass cast: a cast is folded while planning, so it
+            -- would fail on a fresh database even in the branch not taken.
             ELSE pg_has_role(current_user, (SELECT relowner FROM pg_class
-                                            WHERE oid = 'run_events'::regclass), 'USAGE')
+                                            WHERE oid = to_regclass('run_events')), 'USAGE')
        END"""
 
 # Role rows are cluster-wide: migrations of two databases of one cluster at once (test
