@@ -245,3 +245,21 @@ async def test_access_lines_of_one_loop_iteration_are_written_together_and_in_or
             root.addHandler(handler)
     ours.flush()  # what logging.shutdown does at exit: nothing pending is lost
     assert json.loads(read()[-1])["status"] == 204
+
+
+async def test_a_request_the_http_parser_refuses_is_one_warning_line(logs, client):
+    # A URL past aiohttp's 64 KiB line limit is refused by its parser before our code runs:
+    # a 400, and one WARNING line in our format instead of an ERROR with a traceback.
+    read = logs()
+    reader, writer = await asyncio.open_connection(client.server.host, client.server.port)
+    writer.write(b"GET /pipelines/v0/runs/?status=" + b"a" * 70_000 + b" HTTP/1.1\r\n"
+                 b"Host: x\r\n\r\n")
+    await writer.drain()
+    status_line = await asyncio.wait_for(reader.readline(), 30)
+    writer.close()
+    assert status_line.split()[1] == b"400", status_line
+    lines = [json.loads(line) for line in read()]
+    refused = [line for line in lines if line["logger"] == "aiohttp.server"]
+    assert [line["level"] for line in refused] == ["WARNING"], lines
+    assert refused[0]["message"].startswith("refused a malformed HTTP request (400)")
+    assert not any("Traceback" in json.dumps(line) or "exc_info" in line for line in lines)

@@ -22,6 +22,7 @@ from json.encoder import encode_basestring_ascii as _string
 from typing import IO
 
 from service.config import Config
+from service.infra import badrequests
 
 # The id of the request being handled; None outside requests (startup, the sweeper).
 REQUEST_ID: ContextVar[str | None] = ContextVar("request_id", default=None)
@@ -266,4 +267,5 @@ def setup_logging(config: Config, stream: IO[str] | None = None,
     for name in CHATTY:
         logging.getLogger(name).setLevel(chatty_level)
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    badrequests.install()  # the HTTP parser's refusals: one line each, no traceback
     return handler
