@@ -16,6 +16,7 @@ from service.infra.logs import (
     JsonFormatter,
     _sole_json_handler,
     log_access,
+    log_request,
     setup_logging,
 )
 from tests.helpers import Api
@@ -245,3 +246,27 @@ async def test_access_lines_of_one_loop_iteration_are_written_together_and_in_or
             root.addHandler(handler)
     ours.flush()  # what logging.shutdown does at exit: nothing pending is lost
     assert json.loads(read()[-1])["status"] == 204
+
+
+def test_the_request_line_is_the_access_line_logging_would_write(logs):
+    read = logs()
+    fields = {"method": "GET", "route": "/r/{id}", "path": "/r/\u2603\"x\\\n", "status": 404,
+              "duration_ms": 0.5, "enterprise": "e\u00e9", "actor": None}
+    root = logging.getLogger()
+    ours, others = root.handlers[-1], root.handlers[:-1]  # pytest's capture handlers
+    token = REQUEST_ID.set("direct-2")
+    try:
+        for handler in others:  # ours alone, as in `serve`: the direct path
+            root.removeHandler(handler)
+        log_request(*fields.values())
+    finally:
+        for handler in others:
+            root.addHandler(handler)
+    try:
+        log_access(fields)  # more handlers: plain logging
+    finally:
+        REQUEST_ID.reset(token)
+    direct, plain = read()
+    # The very same text (the timestamp aside), key order and spacing included.
+    assert direct.split('", "level"', 1)[1] == plain.split('", "level"', 1)[1]
+    assert json.loads(direct)["path"] == fields["path"]

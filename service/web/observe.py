@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 from time import perf_counter
 
 from aiohttp import web
@@ -63,14 +62,11 @@ def observe_middleware(metrics: Metrics):
             observe(request.method, route, status, seconds)
             if pending and status < 400:  # >= 400: the transaction rolled back
                 count_appended(pending)
-            if logs.ACCESS.isEnabledFor(logging.INFO):
-                principal = request.get(PRINCIPAL)
-                logs.log_access({
-                    "method": request.method, "route": route, "path": request.path,
-                    "status": status, "duration_ms": round(seconds * 1000, 3),
-                    "enterprise": principal.enterprise_id if principal else None,
-                    "actor": principal.name if principal else None,
-                })
+            principal = request.get(PRINCIPAL)
+            logs.log_request(request.method, route, request.path, status,
+                             round(seconds * 1000, 3),
+                             principal.enterprise_id if principal else None,
+                             principal.name if principal else None)
             APPENDED.reset(appended_token)
             logs.REQUEST_ID.reset(id_token)
 
