@@ -16,6 +16,7 @@ from service.infra.logs import (
     JsonFormatter,
     _sole_json_handler,
     log_access,
+    log_request,
     setup_logging,
 )
 from tests.helpers import Api
@@ -263,3 +264,27 @@ async def test_a_request_the_http_parser_refuses_is_one_warning_line(logs, clien
     assert [line["level"] for line in refused] == ["WARNING"], lines
     assert refused[0]["message"].startswith("refused a malformed HTTP request (400)")
     assert not any("Traceback" in json.dumps(line) or "exc_info" in line for line in lines)
+
+
+def test_the_request_line_is_the_access_line_logging_would_write(logs):
+    read = logs()
+    fields = {"method": "GET", "route": "/r/{id}", "path": "/r/\u2603\"x\\\n", "status": 404,
+              "duration_ms": 0.5, "enterprise": "e\u00e9", "actor": None}
+    root = logging.getLogger()
+    ours, others = root.handlers[-1], root.handlers[:-1]  # pytest's capture handlers
+    token = REQUEST_ID.set("direct-2")
+    try:
+        for handler in others:  # ours alone, as in `serve`: the direct path
+            root.removeHandler(handler)
+        log_request(*fields.values())
+    finally:
+        for handler in others:
+            root.addHandler(handler)
+    try:
+        log_access(fields)  # more handlers: plain logging
+    finally:
+        REQUEST_ID.reset(token)
+    direct, plain = read()
+    # The very same text (the timestamp aside), key order and spacing included.
+    assert direct.split('", "level"', 1)[1] == plain.split('", "level"', 1)[1]
+    assert json.loads(direct)["path"] == fields["path"]

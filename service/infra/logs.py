@@ -118,8 +118,27 @@ class JsonFormatter(logging.Formatter):
         parts.append("}")
         return "".join(parts)
 
+    def access_line(self, created: float, request_id: str | None, trace_id: str | None,
+                    method: str, route: str, path: str, status: int, duration_ms: float,
+                    enterprise: str | None, actor: str | None) -> str:
+        """The access line as line() writes it, in one format string: its keys are known."""
+        second = int(created)
+        if second != self._second:
+            self._second_text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+            self._second = second
+        # The values' types are known (str or None, int, a finite float): no dispatch.
+        return (f'{{"timestamp": "{self._second_text}.{int((created - second) * 1000):03d}Z", '
+                f'"level": "INFO", "message": "request", "logger": "{ACCESS_LOGGER}", '
+                f'"request_id": {"null" if request_id is None else _string(request_id)}, '
+                f'"trace_id": {"null" if trace_id is None else _string(trace_id)}, '
+                f'"method": {_string(method)}, "route": {_string(route)}, '
+                f'"path": {_string(path)}, "status": {status!r}, "duration_ms": {duration_ms!r}, '
+                f'"enterprise": {"null" if enterprise is None else _string(enterprise)}, '
+                f'"actor": {"null" if actor is None else _string(actor)}}}')
 
-ACCESS = logging.getLogger("service.access")
+
+ACCESS_LOGGER = "service.access"
+ACCESS = logging.getLogger(ACCESS_LOGGER)
 
 
 def log_access(fields: dict) -> None:
@@ -135,6 +154,22 @@ def log_access(fields: dict) -> None:
         return
     handler.add_line(handler.formatter.line(time.time(), "INFO", "request", ACCESS.name,
                                             REQUEST_ID.get(), fields.items(), TRACE_ID.get()))
+
+
+def log_request(method: str, route: str, path: str, status: int, duration_ms: float,
+                enterprise: str | None, actor: str | None) -> None:
+    """The access line of one request: log_access's line, without building its dict."""
+    if not ACCESS.isEnabledFor(logging.INFO):
+        return
+    handler = _sole_json_handler()
+    if handler is None:
+        ACCESS.info("request", extra={
+            "method": method, "route": route, "path": path, "status": status,
+            "duration_ms": duration_ms, "enterprise": enterprise, "actor": actor})
+        return
+    handler.add_line(handler.formatter.access_line(
+        time.time(), REQUEST_ID.get(), TRACE_ID.get(), method, route, path, status,
+        duration_ms, enterprise, actor))
 
 
 class Handler(logging.StreamHandler):

@@ -18,7 +18,7 @@ from service.web.handlers import (
 from service.infra.signing import load_signer
 from service.config import Config
 from service.web import pages
-from service.web.auth import SECURITY_SCHEMES, auth_middleware
+from service.web.auth import SECURITY_SCHEMES
 from service.web.pages.session import ui_sessions
 from service.infra.feedwait import FeedWaiters
 from service.infra.replicas import ReplicaSet, primary_position
@@ -45,10 +45,8 @@ from service.web.handlers.health import Readiness
 from service.web.limits import RateLimiter, WaitCap
 from service.web.slots import FairSlots
 from service.web.tokencache import TokenCache
-from service.web.middleware import error_middleware
 from service.web.observe import observe_middleware
 from service.web.schemas import document_empty_values
-from service.web.validation import validation_middleware
 from service.infra import tracing
 from service.infra.metrics import Metrics, metrics_app
 from service.infra.metrics import handler as metrics_handler
@@ -276,8 +274,7 @@ def create_app(config: Config, *, span_exporter=None) -> web.Application:
         raise ValueError("config.database_url is required (the CLI starts embedded PostgreSQL)")
     metrics = Metrics()
     app = web.Application(
-        middlewares=[observe_middleware(metrics), error_middleware, ui_sessions(config),
-                     auth_middleware, validation_middleware],
+        middlewares=[observe_middleware(metrics, pages=ui_sessions(config))],
         client_max_size=config.max_body_bytes,
     )
     app[CONFIG] = config

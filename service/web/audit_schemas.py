@@ -39,7 +39,7 @@ class ProofQuery(Schema):
     to = fields.Integer(validate=_POSITION, metadata={
         "description": "Position of the newer checkpoint (inclusive; default: the head now; "
                        "less than `from`: no events)"})
-    limit = fields.Integer(load_default=1000, validate=validate.Range(1, 10_000),
+    limit = fields.Integer(load_default=1000, validate=validate.Range(1, 1000),
                            metadata={"description": "Events per page"})
 
 

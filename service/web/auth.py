@@ -20,6 +20,7 @@ from service.web.keys import (CONFIG, POOL, PRINCIPAL, RATE_LIMITER, RATE_STATE,
                               Principal)
 from service.web.tokencache import MISS
 
+# Paths that never ask for a token, even where a handler declares a scope (web/observe.py).
 PUBLIC_PREFIXES = ("/health/", "/api/docs", "/static/swagger")
 
 # `Bearer <key>` (RFC 6750) and `Token <key>` (Django REST framework, which Esper's own
@@ -86,10 +87,11 @@ async def _principal(request: web.Request, token: str) -> Principal | None:
     # Cached briefly (TOKEN_CACHE_SECONDS) so a revoked token is refused within seconds.
     cache = request.app[TOKEN_CACHE]
     key = token_store.hash_token(token)
-    now = time.monotonic()
-    hit = cache.get(key, now)
-    if hit is not MISS:
-        return hit
+    hit = cache.get(key, time.monotonic())
+    return hit if hit is not MISS else await _looked_up(request, cache, key, token)
+
+
+async def _looked_up(request: web.Request, cache, key: bytes, token: str) -> Principal | None:
     timeout = request.app[CONFIG].pool_acquire_timeout  # bounds connecting too: 503, no hang
     with translated():
         async with asyncio.timeout(timeout):
@@ -119,30 +121,41 @@ async def _lookup(request: web.Request, token: str):
             raise
 
 
-@web.middleware
-async def auth_middleware(request: web.Request, handler) -> web.StreamResponse:
-    scope = getattr(request.match_info.handler, "__scope__", None)
-    if scope is None or request.path.startswith(PUBLIC_PREFIXES):
-        return await handler(request)
+async def authenticate(request: web.Request, scope: str) -> None:
+    """The caller of an operation needing `scope` (web/observe.py): who it is (else 401),
+    its rate spent (else 429, or a wait for its turn), the scope it holds (else 403)."""
     token = credentials(request.headers.get("Authorization", ""))
-    principal = await _principal(request, token)
+    app = request.app
+    # The cached case without a coroutine of its own: it is every request but the first.
+    cache = app[TOKEN_CACHE]
+    key = token_store.hash_token(token)
+    principal = cache.get(key, time.monotonic())
+    if principal is MISS:
+        principal = await _looked_up(request, cache, key, token)
     if principal is None:
         raise _refused(INVALID_TOKEN, "invalid_token")
     request[PRINCIPAL] = principal
-    await charge(request, principal)
+    delay = _spend(request, app, principal)
+    if delay:  # over the rate, within RATE_LIMIT_DELAY_MS: its turn comes then
+        await asyncio.sleep(delay)
     if scope not in principal.scopes:
         raise _lacks(scope)
-    return await handler(request)
+
+
+def _spend(request: web.Request, app: web.Application, principal: Principal) -> float:
+    state = app[RATE_LIMITER].take(principal.token_id, principal.rate_limit)
+    if state is None:
+        return 0.0
+    request[RATE_STATE] = state[:2]  # headers added as the response is sent (web/app.py)
+    return state[2]
 
 
 async def charge(request: web.Request, principal: Principal) -> None:
     """Count a request against its token's rate (the API's and the pages' alike): over it,
     TooManyRequests; within RATE_LIMIT_DELAY_MS of its turn, it waits for it."""
-    state = request.app[RATE_LIMITER].take(principal.token_id, principal.rate_limit)
-    if state is not None:
-        request[RATE_STATE] = state[:2]  # headers added as the response is sent (web/app.py)
-        if state[2]:  # over the rate, within RATE_LIMIT_DELAY_MS: its turn comes then
-            await asyncio.sleep(state[2])
+    delay = _spend(request, request.app, principal)
+    if delay:
+        await asyncio.sleep(delay)
 
 
 def require_scope(request: web.Request, scope: str) -> None:

@@ -8,13 +8,27 @@ configured rate (docs/rate-limits.md); the operator divides.
 from __future__ import annotations
 
 import contextlib
-import math
 import time
-from typing import Iterator
+from typing import Callable, Iterator
 
 from service.domain.errors import TooManyRequests
 
 POLICY = "token"  # the quota policy's name in the RateLimit header fields
+
+
+NANO = 1_000_000_000  # a token's worth of nanotokens; a second's worth of nanoseconds
+
+
+class _Bucket:
+    """One token's bucket: its level in nanotokens as of `stamp` (monotonic ns), and the
+    RateLimit header it last answered with (built again only when its values change)."""
+
+    __slots__ = ("level", "stamp", "remaining", "reset", "header")
+
+    def __init__(self, level: int, stamp: int):
+        self.level, self.stamp = level, stamp
+        self.remaining = self.reset = -1
+        self.header = ""
 
 
 class RateLimiter:
@@ -22,21 +36,37 @@ class RateLimiter:
 
     A token's own rate (create-token --rate-limit N) replaces the default rate, with a
     bucket of the same number of seconds' worth (burst / rate; 2 s by default).
+
+    Integer arithmetic (nanotokens and nanoseconds: a bucket refills `rate` nanotokens a
+    nanosecond) and strings built once per policy and once per change of the header's
+    values: a request costs about a microsecond, not a few.
     """
 
-    __slots__ = ("rate", "burst", "max_delay", "_seconds", "_buckets", "_policies")
+    __slots__ = ("rate", "burst", "max_delay", "_max_delay_ns", "_seconds", "_buckets",
+                 "_policies", "_clock")
 
-    def __init__(self, rate: int, burst: int, max_delay: float = 0.0):
+    def __init__(self, rate: int, burst: int, max_delay: float = 0.0,
+                 clock: Callable[[], int] = time.monotonic_ns):
         self.rate, self.burst, self.max_delay = rate, max(burst, 1), max_delay
+        self._max_delay_ns = round(max_delay * NANO)
         self._seconds = self.burst / rate if rate > 0 else 2.0
-        self._buckets: dict[int, list[float]] = {}  # token id -> [tokens left, as of]
-        self._policies: dict[tuple[int, int], str] = {}
+        self._buckets: dict[int, _Bucket] = {}  # token id -> its bucket
+        # own rate (None: the default) -> (rate, burst, full bucket, window, policy header)
+        self._policies: dict[int | None, tuple[int, int, int, int, str]] = {}
+        self._clock = clock
 
     def policy(self, own_rate: int | None) -> tuple[int, int]:
         """(rate, burst) for a token; rate 0: not limited."""
         if own_rate is None:
             return self.rate, self.burst
         return own_rate, max(1, round(own_rate * self._seconds))
+
+    def _policy(self, own_rate: int | None) -> tuple[int, int, int, int, str]:
+        rate, burst = self.policy(own_rate)
+        window = max(1, round(burst / rate)) if rate > 0 else 1
+        found = self._policies[own_rate] = (rate, burst, burst * NANO, window,
+                                            policy_header(burst, window))
+        return found
 
     def take(self, token_id: int, own_rate: int | None) -> tuple[str, str, float] | None:
         """Spend one request: the RateLimit-Policy and RateLimit header values and how long
@@ -46,33 +76,41 @@ class RateLimiter:
         (the bucket goes below zero) and waits for it, as nginx's limit_req queues a burst:
         a client that sends again as soon as it is answered is slowed to the rate instead
         of spinning on 429s. Further over: TooManyRequests (429)."""
-        rate, burst = self.policy(own_rate)
+        policy = self._policies.get(own_rate) or self._policy(own_rate)
+        rate, burst, full, window, policy_text = policy
         if rate <= 0:
             return None
-        now = time.monotonic()
+        now = self._clock()
         bucket = self._buckets.get(token_id)
         if bucket is None:
-            bucket = self._buckets[token_id] = [float(burst), now]
-        left = min(float(burst), bucket[0] + (now - bucket[1]) * rate)
-        bucket[1] = now
-        window = max(1, round(burst / rate))
+            bucket = self._buckets[token_id] = _Bucket(full, now)
+        level = bucket.level + (now - bucket.stamp) * rate
+        if level > full:
+            level = full
+        bucket.stamp = now
+        unit = rate * NANO  # nanotokens a second
         delay = 0.0
-        if left < 1.0:
-            delay = (1.0 - left) / rate
-        if delay > self.max_delay:
-            bucket[0] = left
-            retry = max(1, math.ceil((1.0 - left) / rate))
-            refused = TooManyRequests(f"rate limit of this token exceeded ({rate} requests/s, "
-                                      f"bursts of {burst}); retry in {retry} s", retry)
-            refused.headers.update(
-                rate_headers(burst, window, 0, math.ceil((burst - left) / rate)))
-            raise refused
-        bucket[0] = left = left - 1.0
-        policy = self._policies.get((burst, window))
-        if policy is None:  # one string per policy, not one per request
-            policy = self._policies[(burst, window)] = policy_header(burst, window)
-        return (policy, f'"{POLICY}";r={max(0, int(left))};t={math.ceil((burst - left) / rate)}',
-                delay)
+        if level < NANO:  # short of a whole request: its turn comes in (NANO - level) / rate ns
+            if NANO - level > self._max_delay_ns * rate:
+                bucket.level = level
+                raise self._refused(rate, burst, window, level, full, unit)
+            delay = (NANO - level) / unit
+        bucket.level = level = level - NANO
+        remaining = level // NANO if level > 0 else 0
+        reset = -((level - full) // unit)  # ceil((full - level) / unit): seconds until full
+        if remaining != bucket.remaining or reset != bucket.reset:
+            bucket.remaining, bucket.reset = remaining, reset
+            bucket.header = f'"{POLICY}";r={remaining};t={reset}'
+        return policy_text, bucket.header, delay
+
+    @staticmethod
+    def _refused(rate: int, burst: int, window: int, level: int, full: int,
+                 unit: int) -> TooManyRequests:
+        retry = max(1, -((level - NANO) // unit))  # ceil((NANO - level) / unit)
+        refused = TooManyRequests(f"rate limit of this token exceeded ({rate} requests/s, "
+                                  f"bursts of {burst}); retry in {retry} s", retry)
+        refused.headers.update(rate_headers(burst, window, 0, -((level - full) // unit)))
+        return refused
 
 
 def policy_header(quota: int, window: int) -> str:

@@ -1,4 +1,4 @@
-"""Request ids, and the one place where errors become HTTP envelopes.
+"""Request ids, and how errors become HTTP envelopes (web/observe.py catches them).
 
 An error's `content` is always an object (`{}` when there is nothing to add), as Esper's
 Error_4xx schemas type it; never null.
@@ -13,7 +13,6 @@ from aiohttp import web
 
 from service.domain.errors import DomainError, UriTooLong
 from service.web.envelope import envelope
-from service.web.keys import REQUEST_ID
 
 log = logging.getLogger(__name__)
 
@@ -31,34 +30,31 @@ def request_id_of(request: web.Request) -> str:
     return given if _REQUEST_ID_OK.match(given) else os.urandom(16).hex()  # a uuid4's size
 
 
-def _check_url_length(target: str) -> None:
+def check_url_length(target: str) -> None:
     # Characters first (cheap, and never more than the bytes); bytes when it may matter.
     if len(target) > MAX_URL_BYTES and len(target.encode(errors="surrogateescape")) > MAX_URL_BYTES:
         raise UriTooLong(f"request URL too long: at most {MAX_URL_BYTES} bytes")
 
 
-@web.middleware
-async def error_middleware(request: web.Request, handler) -> web.StreamResponse:
-    request_id = request.get(REQUEST_ID) or request_id_of(request)  # observe.py sets it first
-    request[REQUEST_ID] = request_id
-    try:
-        _check_url_length(request.raw_path)
-        response = await handler(request)
-    except DomainError as exc:
-        content = {} if exc.content is None else exc.content
-        response = envelope(content, exc.status, exc.message, headers=exc.headers)
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            raise
-        response = envelope({}, exc.status, _http_message(exc))
-        if exc.status == 405 and "Allow" in exc.headers:
-            response.headers["Allow"] = exc.headers["Allow"]
-    except Exception:
-        # Unknown failure: full detail to the log with the request id, nothing to the caller.
-        log.exception("unhandled error", extra={"request_id": request_id})
-        response = envelope({}, 500, "internal server error")
-    response.headers["X-Request-ID"] = request_id
+def domain_error(exc: DomainError) -> web.Response:
+    """A refusal the code chose (4xx, 503): its envelope, its headers."""
+    content = {} if exc.content is None else exc.content
+    return envelope(content, exc.status, exc.message, headers=exc.headers)
+
+
+def http_error(exc: web.HTTPException) -> web.Response:
+    """aiohttp's own error (404, 405, 413 …) as an envelope; 405 keeps its Allow header."""
+    response = envelope({}, exc.status, _http_message(exc))
+    if exc.status == 405 and "Allow" in exc.headers:
+        response.headers["Allow"] = exc.headers["Allow"]
     return response
+
+
+def unknown_error(request_id: str) -> web.Response:
+    """Unknown failure (call from an except block): full detail to the log with the request
+    id, nothing to the caller."""
+    log.exception("unhandled error", extra={"request_id": request_id})
+    return envelope({}, 500, "internal server error")
 
 
 def _http_message(exc: web.HTTPException) -> str:

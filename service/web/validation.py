@@ -19,7 +19,6 @@ from marshmallow import fields as ma_fields
 from webargs.aiohttpparser import is_json_request
 
 from service.web.schemas import Status
-from service.web.keys import PARSED
 from service.web.parser import Parser
 
 _PARSER = Parser()  # stateless; shared by every app
@@ -29,26 +28,34 @@ FastLoader = Callable[[web.Request], Any]
 _LOADERS: dict[int, tuple[Schema, FastLoader | None]] = {}
 
 
-@web.middleware
-async def validation_middleware(request: web.Request, handler) -> web.StreamResponse:
-    # aiohttp-apispec's decorators record the schemas on the handler; we parse them here,
-    # storing results under a typed request key instead of the library's string keys.
+# One declared schema of a handler: (where the result goes, schema, location, fast loader).
+Loader = tuple[str, Schema, str, "FastLoader | None"]
+
+
+def loaders_of(handler) -> tuple[Loader, ...]:
+    """The schemas a handler declared (aiohttp-apispec's decorators record them on it),
+    each with its fast loader: resolved once per route (web/observe.py), not per request."""
+    return tuple((schema["put_into"], schema["schema"], schema["location"],
+                  _fast_loader(schema["schema"], schema["location"]))
+                 for schema in getattr(handler, "__schemas__", ()))
+
+
+async def parse(request: web.Request, loaders: tuple[Loader, ...]) -> dict:
+    """The request's input by location, as its handler declared it (else a 400 envelope)."""
     parsed: dict = {}
-    for schema in getattr(request.match_info.handler, "__schemas__", ()):
-        parsed[schema["put_into"]] = await _load(request, schema["schema"], schema["location"])
-    request[PARSED] = parsed
-    return await handler(request)
+    for put_into, schema, location, fast in loaders:
+        result = _SLOW if fast is None else fast(request)
+        if location == "json" and fast is not None:
+            result = await result
+        parsed[put_into] = (result if result is not _SLOW else
+                            await _PARSER.parse(schema, request, location=location, unknown=None))
+    return parsed
 
 
 async def _load(request: web.Request, schema: Schema, location: str) -> Any:
-    fast = _fast_loader(schema, location)
-    if fast is not None:
-        result = fast(request)
-        if location == "json":
-            result = await result
-        if result is not _SLOW:
-            return result
-    return await _PARSER.parse(schema, request, location=location, unknown=None)
+    """One schema's input (tests compare it with webargs' own)."""
+    loader = ("", schema, location, _fast_loader(schema, location))
+    return (await parse(request, (loader,)))[""]
 
 
 def _fast_loader(schema: Schema, location: str) -> FastLoader | None:

@@ -1,0 +1,107 @@
+"""The CPU a GET of a run costs the service: microseconds of its process per request.
+
+CPU time per request is far steadier than requests/s on a shared machine: the service
+(one process) is loaded with wrk for a few seconds and its user + system CPU seconds,
+read from /proc before and after, are divided by the requests answered. With --profile
+the service runs under cProfile and the functions costing most are printed (cProfile
+slows everything and counts CPU time: read the
+shares, not the totals).
+
+    .venv/bin/python bench/get_cost.py [--runs 200] [--seconds 5] [--rounds 3] [--profile]
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import pstats
+import statistics
+import subprocess
+import sys
+import tempfile
+import uuid
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "bench"))
+
+import load  # noqa: E402
+import run as bench_run  # noqa: E402
+import scratchdb  # noqa: E402
+
+
+def _profiled_service(dsn: str, workdir: Path, out: Path) -> bench_run.Server:
+    port = bench_run.free_port()
+    log = workdir / f"service-{port}.log"
+    # CPU time, not wall time: on a shared machine a preempted call would look costly.
+    code = ("import cProfile, runpy, sys, time\n"
+            "profile = cProfile.Profile(time.process_time)\n"
+            f"sys.argv = ['service', 'serve', '--host', '127.0.0.1', '--port', '{port}']\n"
+            "profile.enable()\n"
+            "try:\n    runpy.run_module('service', run_name='__main__')\n"
+            f"finally:\n    profile.disable()\n    profile.dump_stats({str(out)!r})\n")
+    cmd = [sys.executable, "-c", code]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, "DATABASE_URL": dsn},
+                            stdout=log.open("w"), stderr=subprocess.STDOUT)
+    server = bench_run.Server("service (cProfile)", proc, port, log)
+    bench_run._wait_ready(server, "/health/ready")
+    return server
+
+
+def measure(server: bench_run.Server, state: Path, token: str, seconds: float,
+            connections: int) -> tuple[float, float]:
+    """(µs of CPU per request, requests/s) of one wrk round."""
+    before = bench_run._cpu_seconds([server.proc.pid])
+    result = load.run_wrk(server.base, "GET", state, token, connections=connections,
+                          seconds=seconds)
+    used = bench_run._cpu_used(before, bench_run._cpu_seconds([server.proc.pid]))
+    if result.non_2xx or result.errors:
+        raise RuntimeError(f"{result.non_2xx} non-2xx, {result.errors} errors")
+    return used / result.requests * 1e6, result.rps
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=200)
+    parser.add_argument("--seconds", type=float, default=5)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--top", type=int, default=40)
+    args = parser.parse_args()
+    if not load.wrk_available():
+        sys.exit("wrk is not installed (apt-get install wrk)")
+    workdir = Path(tempfile.mkdtemp(prefix="get-cost-"))
+    name = f"get_cost_{uuid.uuid4().hex[:8]}"
+    with scratchdb.admin_dsn() as admin:
+        asyncio.run(scratchdb.admin(admin, f'CREATE DATABASE "{name}"'))
+        try:
+            dsn = scratchdb.dsn_for(admin, name)
+            seeded = asyncio.run(bench_run.seed(dsn, args.runs))
+            state = workdir / "get.state"
+            load.write_state(state, [(f"{bench_run.MOUNT}/pipelines/{p}/runs/{r}/", "running", t)
+                                     for p, r, t in seeded.service_runs])
+            profile = workdir / "service.prof"
+            server = (_profiled_service(dsn, workdir, profile) if args.profile
+                      else bench_run.start_service(dsn, workdir))
+            try:
+                load.run_wrk(server.base, "GET", state, "", connections=args.connections,
+                             seconds=1)  # warm up
+                rounds = [measure(server, state, "", args.seconds, args.connections)
+                          for _ in range(args.rounds)]
+            finally:
+                server.stop()
+            for cost, rps in rounds:
+                print(f"  {cost:7.1f} µs CPU/request  ({rps:,.0f} req/s)")
+            print(f"GET run: {statistics.median(c for c, _ in rounds):.1f} µs of service CPU "
+                  f"per request (median of {args.rounds})")
+            if args.profile:
+                stats = pstats.Stats(str(profile))
+                stats.sort_stats("tottime").print_stats(args.top)
+                stats.sort_stats("cumulative").print_stats(args.top)
+        finally:
+            asyncio.run(scratchdb.admin(admin, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+if __name__ == "__main__":
+    main()

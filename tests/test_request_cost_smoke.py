@@ -1,0 +1,26 @@
+"""The scripts that measure what a GET costs still run (tiny sizes, no timing asserted)."""
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from tests.dsn import REPO_ROOT
+from tests.test_bench_smoke import _bench
+
+
+def test_the_request_path_cost_runs():
+    done = subprocess.run([sys.executable, "bench/request_cost.py", "--requests", "200"],
+                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "request through the app" in done.stdout and "the access line" in done.stdout
+    assert not done.stderr  # no logging error, no warning
+
+
+@pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk is not installed")
+def test_the_get_cost_runs(admin_dsn):
+    out = _bench(admin_dsn, "get_cost.py", "--runs", "5", "--seconds", "1", "--rounds", "1",
+                 "--connections", "2")
+    assert "µs of service CPU per request" in out
