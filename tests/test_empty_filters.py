@@ -59,8 +59,8 @@ async def query_operations(api) -> list[tuple[str, list[str]]]:
 async def test_every_query_parameter_given_empty_answers_as_if_absent(api, world):
     operations = await query_operations(api)
     # The lists (runs, pipeline runs, pipelines, stages, stage runs, history, feed), the
-    # one GET with a parameter (as_of) and the two insights.
-    assert len(operations) == 10, operations
+    # one GET with a parameter (as_of), the two insights and the audit chain's proof.
+    assert len(operations) == 11, operations
     for template, names in operations:
         path = template.format(**world)
         plain = _without_empty_values(await api.get(path))
