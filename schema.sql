@@ -310,6 +310,8 @@ CREATE TABLE IF NOT EXISTS run_counts (
 -- transaction already holds its enterprises' feed locks, so like run_counts its rows are
 -- only written by the holder of the feed lock and no writer waits on them. Runs of
 -- soft-deleted pipelines stay in (readers join the live pipelines); a deleted run leaves.
+-- Each key is also counted in the enterprise's per-day rollup: pipeline_id all zeros
+-- (no pipeline has it), hour the UTC day's start (run_insight_rows).
 -- Replay rebuilds it from the fold and verify names its drift (app/replay.py).
 CREATE TABLE IF NOT EXISTS run_insights (
     enterprise_id text        NOT NULL,
@@ -320,6 +322,10 @@ CREATE TABLE IF NOT EXISTS run_insights (
     n             bigint      NOT NULL,
     PRIMARY KEY (enterprise_id, hour, pipeline_id, metric, bin)
 );
+-- The per-day rollup's rows (pipeline_id all zeros): found without walking the hourly
+-- rows of the same days (no key column changes when n does: updates stay HOT).
+CREATE INDEX IF NOT EXISTS run_insights_rollup ON run_insights (enterprise_id, hour)
+    WHERE pipeline_id = '00000000-0000-0000-0000-000000000000';
 
 -- The lower bounds of the log bins, in microseconds: 1, 2, ... (one bin per microsecond
 -- while that is finer), then each bound 101/99 of the previous (integer arithmetic, the
@@ -371,6 +377,20 @@ LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
     ) AS k(hour, metric, bin)
     WHERE k.hour IS NOT NULL
 $$;
+-- The rows a run adds to: its keys per pipeline and hour, and the same keys in the
+-- enterprise's per-day rollup (pipeline_id all zeros, hour the UTC day's start), which
+-- answers without a pipeline filter or grouping read for whole days (store/insights.py).
+CREATE OR REPLACE FUNCTION run_insight_rows(pipeline uuid, created_at timestamptz,
+                                            started_at timestamptz,
+                                            ended_at timestamptz, status text)
+RETURNS TABLE (hour timestamptz, pipeline_id uuid, metric text, bin integer)
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT t.hour, t.pipeline_id, k.metric, k.bin
+    FROM run_insight_keys(created_at, started_at, ended_at, status) AS k,
+         LATERAL (VALUES (k.hour, pipeline),
+                         (date_bin('1 day', k.hour, timestamptz '2000-01-01 00:00Z'),
+                          '00000000-0000-0000-0000-000000000000'::uuid)) AS t(hour, pipeline_id)
+$$;
 -- The trigger: the run's keys before the change out, after it in (zero sums skipped).
 CREATE OR REPLACE FUNCTION run_insights_move() RETURNS trigger
 LANGUAGE plpgsql AS $$
@@ -379,14 +399,15 @@ BEGIN
         RETURN NULL;  -- the seeder adds its runs' keys itself, in one statement
     END IF;
     INSERT INTO run_insights AS i (enterprise_id, hour, pipeline_id, metric, bin, n)
-    SELECT d.enterprise_id, k.hour, d.pipeline_id, k.metric, k.bin, sum(d.sign)
+    SELECT d.enterprise_id, k.hour, k.pipeline_id, k.metric, k.bin, sum(d.sign)
     FROM (SELECT NEW.enterprise_id, NEW.pipeline_id, NEW.created_at, NEW.started_at,
                  NEW.ended_at, NEW.status, 1 WHERE TG_OP <> 'DELETE'
           UNION ALL
           SELECT OLD.enterprise_id, OLD.pipeline_id, OLD.created_at, OLD.started_at,
                  OLD.ended_at, OLD.status, -1 WHERE TG_OP <> 'INSERT')
          AS d(enterprise_id, pipeline_id, created_at, started_at, ended_at, status, sign),
-         LATERAL run_insight_keys(d.created_at, d.started_at, d.ended_at, d.status) AS k
+         LATERAL run_insight_rows(d.pipeline_id, d.created_at, d.started_at, d.ended_at,
+                                  d.status) AS k
     GROUP BY 1, 2, 3, 4, 5 HAVING sum(d.sign) <> 0
     ORDER BY 1, 2, 3, 4, 5
     ON CONFLICT (enterprise_id, hour, pipeline_id, metric, bin)

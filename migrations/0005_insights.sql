@@ -51,9 +51,24 @@ LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
     ) AS k(hour, metric, bin)
     WHERE k.hour IS NOT NULL
 $$;
+-- The rows a run adds to: its keys per pipeline and hour, and the same keys in the
+-- enterprise's per-day rollup (pipeline_id all zeros, hour the UTC day's start), which
+-- answers without a pipeline filter or grouping read for whole days (store/insights.py).
+CREATE OR REPLACE FUNCTION run_insight_rows(pipeline uuid, created_at timestamptz,
+                                            started_at timestamptz,
+                                            ended_at timestamptz, status text)
+RETURNS TABLE (hour timestamptz, pipeline_id uuid, metric text, bin integer)
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT t.hour, t.pipeline_id, k.metric, k.bin
+    FROM run_insight_keys(created_at, started_at, ended_at, status) AS k,
+         LATERAL (VALUES (k.hour, pipeline),
+                         (date_bin('1 day', k.hour, timestamptz '2000-01-01 00:00Z'),
+                          '00000000-0000-0000-0000-000000000000'::uuid)) AS t(hour, pipeline_id)
+$$;
 LOCK TABLE pipeline_runs IN SHARE MODE;
 INSERT INTO run_insights (enterprise_id, hour, pipeline_id, metric, bin, n)
-SELECT r.enterprise_id, k.hour, r.pipeline_id, k.metric, k.bin, count(*)
-FROM pipeline_runs r, LATERAL run_insight_keys(r.created_at, r.started_at, r.ended_at, r.status) k
+SELECT r.enterprise_id, k.hour, k.pipeline_id, k.metric, k.bin, count(*)
+FROM pipeline_runs r,
+     LATERAL run_insight_rows(r.pipeline_id, r.created_at, r.started_at, r.ended_at, r.status) k
 GROUP BY 1, 2, 3, 4, 5
 ON CONFLICT (enterprise_id, hour, pipeline_id, metric, bin) DO NOTHING;

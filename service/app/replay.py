@@ -234,8 +234,8 @@ class _Counts:
         self.insights_projected: Counter = Counter()
 
     def insights_of(self, into: Counter, enterprise_id: str, pipeline_id, run) -> None:
-        for hour, metric, bin_ in insight_keys.run_keys(run):
-            into[(enterprise_id, hour, pipeline_id, metric, bin_)] += 1
+        for hour, pipeline, metric, bin_ in insight_keys.run_rows(pipeline_id, run):
+            into[(enterprise_id, hour, pipeline, metric, bin_)] += 1
 
     def projected_row(self, enterprise_id: str, pipeline_id, status: str, stamps) -> None:
         self.projected[(enterprise_id, pipeline_id, status)] += 1

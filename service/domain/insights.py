@@ -9,6 +9,7 @@ from __future__ import annotations
 import bisect
 from datetime import datetime, timedelta, timezone
 from typing import Any, Mapping
+from uuid import UUID
 
 from service.domain.lifecycle import TERMINAL
 
@@ -23,6 +24,8 @@ PERCENTILES: tuple[tuple[str, float], ...] = (
 RELATIVE_ERROR = 0.01
 _LAST = 3153600000000000  # 100 years in microseconds (schema.sql insights_bounds)
 _EPOCH = datetime(2000, 1, 1, tzinfo=timezone.utc)
+# The pipeline id of the enterprise's per-day rollup rows (no pipeline has it).
+ALL_PIPELINES = UUID(int=0)
 
 
 def _bounds() -> list[int]:
@@ -71,6 +74,16 @@ def run_keys(run: Mapping[str, Any]) -> list[tuple[datetime, str, int]]:
     if started is not None:
         keys.append((_hour(started), "queue", bin_of(_micros(started - run["created_at"]))))
     return keys
+
+
+def run_rows(pipeline_id, run: Mapping[str, Any]) -> list[tuple[datetime, Any, str, int]]:
+    """A run's (hour, pipeline, metric, bin) rows: its keys, and each again in the per-day
+    rollup (day start, ALL_PIPELINES): SQL's run_insight_rows, for replay's comparison."""
+    rows = []
+    for hour, metric, bin_ in run_keys(run):
+        rows.append((hour, pipeline_id, metric, bin_))
+        rows.append((hour.replace(hour=0), ALL_PIPELINES, metric, bin_))
+    return rows
 
 
 def bucket_start(at: datetime, granularity: str | None, window_from: datetime) -> datetime:

@@ -2,16 +2,17 @@
 
 run_insights is kept by a trigger (schema.sql); here it is only read, and for replay
 compared and repaired. Parameters of every answer: $1 enterprise, $2 from, $3 to (UTC hours),
-$4 pipeline ids (NULL: all), $5 pipeline name (NULL: any), $6 as_of (NULL: now); one
+$4 pipeline ids (NULL: all), $5 pipeline name (NULL: any), $6 as_of (NULL: now), and for
+the live counters $7, $8 the days read from the per-day rollup (rollup_days); one
 statement per granularity, grouping and as_of (COUNTERS, RECOVERIES).
 """
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import asyncpg
 
-from service.domain.insights import OUTCOMES
+from service.domain.insights import ALL_PIPELINES, OUTCOMES
 from service.store.locks import FEED_LOCKS
 
 _TERMINAL = ", ".join(f"'{o}'" for o in OUTCOMES)
@@ -49,11 +50,29 @@ _STATES_AS_OF = f"""states AS (
 )"""
 # Counters per (pipeline or NULL, bucket, metric, bin): from the projection, or as of $6
 # folded from the events (no pre-aggregate holds the past).
-_COUNTERS_NOW = """c AS (
-    SELECT {pipeline} AS pipeline_id, {bucket} AS bucket, i.metric, i.bin,
+# Live: the hourly rows of the live pipelines in [$2, $7) and [$8, $3); the days [$7, $8)
+# (empty unless the answer neither filters nor groups pipelines nor buckets by hour) from
+# the per-day rollup, less the hourly rows of soft-deleted pipelines in those days (the
+# rollup counts every pipeline's runs; the answer only the live pipelines').
+_COUNTERS_NOW = f"""c AS (
+    SELECT {{pipeline}} AS pipeline_id, {{bucket}} AS bucket, i.metric, i.bin,
            sum(i.n)::bigint AS n
-    FROM run_insights i {pipelines}
-    WHERE i.enterprise_id = $1 AND i.hour >= $2 AND i.hour < $3
+    FROM (SELECT i.hour, i.pipeline_id, i.metric, i.bin, i.n
+          FROM run_insights i {{pipelines}}
+          WHERE i.enterprise_id = $1 AND i.hour >= $2 AND i.hour < $7
+          UNION ALL
+          SELECT i.hour, i.pipeline_id, i.metric, i.bin, i.n
+          FROM run_insights i {{pipelines}}
+          WHERE i.enterprise_id = $1 AND i.hour >= $8 AND i.hour < $3
+          UNION ALL
+          SELECT i.hour, i.pipeline_id, i.metric, i.bin, i.n FROM run_insights i
+          WHERE i.enterprise_id = $1 AND i.pipeline_id = '{ALL_PIPELINES}'
+            AND i.hour >= $7 AND i.hour < $8
+          UNION ALL
+          SELECT i.hour, i.pipeline_id, i.metric, i.bin, -i.n
+          FROM pipelines p JOIN run_insights i
+            ON i.enterprise_id = $1 AND i.pipeline_id = p.id AND i.hour >= $7 AND i.hour < $8
+          WHERE p.enterprise_id = $1 AND p.deleted_at IS NOT NULL AND $7 < $8) AS i
     GROUP BY 1, 2, 3, 4
 )"""
 _COUNTERS_AS_OF = """{states}, c AS (
@@ -174,9 +193,10 @@ ON CONFLICT (enterprise_id, hour, pipeline_id, metric, bin) DO UPDATE SET n = i.
 BULK_LOAD = "SET LOCAL insights.bulk_load = 'on'"
 ADD_RUNS = """
 INSERT INTO run_insights AS i (enterprise_id, hour, pipeline_id, metric, bin, n)
-SELECT r.enterprise_id, k.hour, r.pipeline_id, k.metric, k.bin, count(*)
+SELECT r.enterprise_id, k.hour, k.pipeline_id, k.metric, k.bin, count(*)
 FROM pipeline_runs r,
-     LATERAL run_insight_keys(r.created_at, r.started_at, r.ended_at, r.status) AS k
+     LATERAL run_insight_rows(r.pipeline_id, r.created_at, r.started_at, r.ended_at,
+                              r.status) AS k
 WHERE r.enterprise_id = $1 AND r.id = ANY($2::uuid[])
 GROUP BY 1, 2, 3, 4, 5 ORDER BY 1, 2, 3, 4, 5
 ON CONFLICT (enterprise_id, hour, pipeline_id, metric, bin) DO UPDATE SET n = i.n + EXCLUDED.n
@@ -198,11 +218,24 @@ def _args(enterprise_id: str, window: tuple, pipeline_ids, pipeline_name, as_of)
     return (enterprise_id, window[0], window[1], pipeline_ids, pipeline_name, as_of)
 
 
+def rollup_days(window: tuple, pipeline_ids, pipeline_name, granularity, group: bool,
+                as_of) -> tuple[datetime, datetime]:
+    """The whole UTC days of the window the per-day rollup answers ([to, to): none)."""
+    frm, to = window
+    if as_of is not None or group or pipeline_ids or pipeline_name or granularity == "hour":
+        return to, to
+    first = frm.replace(hour=0) + (timedelta(days=1) if frm.hour else timedelta())
+    last = to.replace(hour=0)
+    return (first, last) if first < last else (to, to)
+
+
 async def counters(conn: asyncpg.Connection, enterprise_id: str, window: tuple, pipeline_ids,
                    pipeline_name, granularity, group: bool, as_of) -> list[asyncpg.Record]:
     """Per (pipeline or NULL, bucket, metric): n, lo, hi, micros, p50..p99 (bins)."""
-    return await conn.fetch(COUNTERS[(granularity, group, as_of is not None)],
-                            *_args(enterprise_id, window, pipeline_ids, pipeline_name, as_of))
+    args = _args(enterprise_id, window, pipeline_ids, pipeline_name, as_of)
+    if as_of is None:
+        args += rollup_days(window, pipeline_ids, pipeline_name, granularity, group, as_of)
+    return await conn.fetch(COUNTERS[(granularity, group, as_of is not None)], *args)
 
 
 async def recoveries(conn: asyncpg.Connection, enterprise_id: str, window: tuple, pipeline_ids,
