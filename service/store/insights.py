@@ -142,28 +142,19 @@ COUNTERS = {
         _statement(_COUNTERS_AS_OF, "s", "k.hour", g, grouped) if past
         else _statement(_COUNTERS_NOW, "i", "i.hour", g, grouped)) + _SUMMARY
     for g, grouped, past in _SHAPES}
-# Live, the scan starts at each pipeline's last success before the window (one probe of
-# pipeline_runs_pipeline_status_ended): what ended earlier cannot open a streak that a
-# success in the window closes.
-_STATES_SINCE = """since AS MATERIALIZED (
-    SELECT p.id AS pipeline_id, coalesce((
-        SELECT max(r.ended_at) FROM pipeline_runs r
-        WHERE r.enterprise_id = $1 AND r.pipeline_id = p.id AND r.status = 'success'
-          AND r.ended_at < $2), '-infinity') AS at
-    FROM pipelines p
-    WHERE p.enterprise_id = $1 AND (p.deleted_at IS NULL OR p.deleted_at > $6)
-      AND ($4::uuid[] IS NULL OR p.id = ANY($4)) AND ($5::text IS NULL OR p.name = $5)
-), states AS (
-    SELECT r.* FROM since, LATERAL (
-        SELECT r.pipeline_id, r.id, r.created_at, r.started_at, r.ended_at, r.status
-        FROM pipeline_runs r
-        WHERE r.enterprise_id = $1 AND r.pipeline_id = since.pipeline_id
-          AND r.status IN ('success', 'failure', 'timeout')
-          AND r.ended_at >= since.at AND r.ended_at < $3) AS r
-)"""
+# Live, from the recoveries projection (schema.sql run_recoveries): the window's rows.
+_RECOVERIES_NOW = """
+SELECT {pipeline} AS pipeline_id, {bucket} AS bucket, count(*) AS n,
+       sum(extract(epoch FROM g.recovered_at - g.failed_at))::float8 AS seconds
+FROM run_recoveries g {pipelines}
+WHERE g.enterprise_id = $1 AND g.recovered_at >= $2 AND g.recovered_at < $3
+GROUP BY 1, 2
+"""
 RECOVERIES = {
-    (g, grouped, past): f"WITH {_STATES_AS_OF if past else _STATES_SINCE}"
-    + _statement(_RECOVERIES, "s", "g.recovered_at", g, grouped, grouped_by="g")
+    (g, grouped, past): (
+        f"WITH {_STATES_AS_OF}" + _statement(_RECOVERIES, "s", "g.recovered_at", g, grouped,
+                                             grouped_by="g") if past
+        else _statement(_RECOVERIES_NOW, "g", "g.recovered_at", g, grouped))
     for g, grouped, past in _SHAPES}
 
 PIPELINE_IS_LIVE = """
@@ -202,6 +193,52 @@ GROUP BY 1, 2, 3, 4, 5 ORDER BY 1, 2, 3, 4, 5
 ON CONFLICT (enterprise_id, hour, pipeline_id, metric, bin) DO UPDATE SET n = i.n + EXCLUDED.n
 """
 DROP_ZEROS = "DELETE FROM run_insights WHERE n = 0"
+# The loaded runs' pipelines' recoveries around them (the trigger stood aside).
+ADD_RECOVERIES = """
+SELECT run_recoveries_refresh($1, r.pipeline_id, min(r.ended_at), max(r.ended_at))
+FROM pipeline_runs r
+WHERE r.enterprise_id = $1 AND r.id = ANY($2::uuid[])
+  AND r.status IN ('success', 'failure', 'timeout')
+GROUP BY r.pipeline_id ORDER BY r.pipeline_id
+"""
+# Verify: run_recoveries against the whole recomputation from the runs projection (which
+# verify checks against the events); a row on one side only is a drift.
+RECOVERY_DRIFTS = """
+WITH t AS (
+    SELECT r.enterprise_id, r.pipeline_id, r.id, r.ended_at, r.status,
+           count(*) FILTER (WHERE r.status = 'success') OVER (
+               PARTITION BY r.enterprise_id, r.pipeline_id ORDER BY r.ended_at, r.id
+               ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS streak
+    FROM pipeline_runs r WHERE r.status IN ('success', 'failure', 'timeout')
+), want AS (
+    SELECT * FROM (
+        SELECT enterprise_id, pipeline_id,
+               min(ended_at) FILTER (WHERE status <> 'success') AS failed_at,
+               min(ended_at) FILTER (WHERE status = 'success') AS recovered_at,
+               (array_agg(id ORDER BY ended_at, id) FILTER (WHERE status = 'success'))[1]
+                   AS run_id
+        FROM t GROUP BY enterprise_id, pipeline_id, streak) AS g
+    WHERE failed_at IS NOT NULL AND recovered_at IS NOT NULL
+)
+SELECT coalesce(w.enterprise_id, s.enterprise_id) AS enterprise_id,
+       coalesce(w.pipeline_id, s.pipeline_id) AS pipeline_id,
+       coalesce(w.run_id, s.run_id) AS run_id,
+       w.recovered_at AS expected_at, w.failed_at AS expected_failed_at,
+       s.recovered_at AS actual_at, s.failed_at AS actual_failed_at
+FROM want w FULL JOIN run_recoveries s
+  ON s.enterprise_id = w.enterprise_id AND s.pipeline_id = w.pipeline_id
+ AND s.recovered_at = w.recovered_at AND s.run_id = w.run_id AND s.failed_at = w.failed_at
+WHERE w.run_id IS NULL OR s.run_id IS NULL
+ORDER BY 1, 2, 3
+"""
+# Replay: a drifted pipeline's recoveries recomputed whole, under its enterprise's feed lock.
+REFRESH_PIPELINES = f"""
+WITH feed_locks AS MATERIALIZED (
+    {FEED_LOCKS.format(enterprises="SELECT unnest($1::text[])")}
+)
+SELECT run_recoveries_refresh(p.e, p.p, '-infinity', 'infinity')
+FROM feed_locks, unnest($1::text[], $2::uuid[]) AS p(e, p)
+"""
 
 
 # The answers' transaction plans each statement for its parameters: a generic plan (which
@@ -259,6 +296,22 @@ async def all_counters(conn: asyncpg.Connection) -> dict[tuple, int]:
 
 async def add_runs(conn: asyncpg.Connection, enterprise_id: str, run_ids: list) -> None:
     await conn.execute(ADD_RUNS, enterprise_id, run_ids)
+
+
+async def add_recoveries(conn: asyncpg.Connection, enterprise_id: str, run_ids: list) -> None:
+    await conn.execute(ADD_RECOVERIES, enterprise_id, run_ids)
+
+
+async def recovery_drifts(conn: asyncpg.Connection) -> list[asyncpg.Record]:
+    """run_recoveries rows missing, surplus or different (verify)."""
+    return await conn.fetch(RECOVERY_DRIFTS)
+
+
+async def refresh_recoveries(conn: asyncpg.Connection, pipelines: set[tuple]) -> None:
+    """Recompute these (enterprise_id, pipeline_id)'s recoveries whole (replay's repair)."""
+    if pipelines:
+        keys = sorted(pipelines, key=str)
+        await conn.execute(REFRESH_PIPELINES, [k[0] for k in keys], [k[1] for k in keys])
 
 
 async def apply_deltas(conn: asyncpg.Connection, deltas: dict[tuple, int]) -> int:
