@@ -345,17 +345,6 @@ CREATE OR REPLACE FUNCTION insights_bin(micros numeric) RETURNS integer
 LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
     SELECT width_bucket(micros::bigint, insights_bounds())
 $$;
--- The microseconds a bin stands for: 2 lo top / (lo + top), top the largest microsecond
--- in [lo, hi), within 1% of each (domain/insights.py estimate: the same).
-CREATE OR REPLACE FUNCTION insights_estimate(bin integer) RETURNS double precision
-LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
-    SELECT CASE
-        WHEN bin <= 0 THEN 0::float8
-        WHEN bin >= cardinality(insights_bounds()) THEN (insights_bounds())[bin]::float8
-        ELSE 2.0::float8 * (insights_bounds())[bin] * ((insights_bounds())[bin + 1] - 1)
-             / ((insights_bounds())[bin] + (insights_bounds())[bin + 1] - 1)
-    END
-$$;
 -- A run's keys (hour, metric, bin) as its state gives them (the Python twin:
 -- service/domain/insights.py run_keys).
 CREATE OR REPLACE FUNCTION run_insight_keys(created_at timestamptz, started_at timestamptz,

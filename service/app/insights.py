@@ -6,6 +6,7 @@ the events as they stood then (store/insights.py), everything else from the proj
 from __future__ import annotations
 
 from collections import defaultdict
+from itertools import groupby
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -60,8 +61,11 @@ async def insights(conn: asyncpg.Connection, enterprise_id: str, *, start=None, 
             raise NotFound("pipeline not found")
         rows: dict[tuple, dict] = defaultdict(dict)
         recovered: dict[tuple, tuple] = {}
-        for r in await store.counters(conn, *args):
-            rows[(r["bucket"], r["pipeline_id"])][r["metric"]] = r
+        counters = await store.counters(conn, *args)
+        for (bucket, pipeline_id, metric), bins in groupby(
+                counters, key=lambda r: (r["bucket"], r["pipeline_id"], r["metric"])):
+            rows[(bucket, pipeline_id)][metric] = figures_of.summarize(
+                (r["bin"], r["n"]) for r in bins)
         for r in await store.recoveries(conn, *args):
             rows[(r["bucket"], r["pipeline_id"])]
             recovered[(r["bucket"], r["pipeline_id"])] = (r["n"], r["seconds"])

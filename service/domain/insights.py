@@ -7,8 +7,9 @@ one answer row's counters into what the API answers.
 from __future__ import annotations
 
 import bisect
+import math
 from datetime import datetime, timedelta, timezone
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 from uuid import UUID
 
 from service.domain.lifecycle import TERMINAL
@@ -117,11 +118,26 @@ def _seconds(micros: float | None) -> float | None:
     return None if micros is None else round(micros / 1e6, 6)
 
 
+def summarize(bins: Iterable[tuple[int, int]]) -> dict[str, Any]:
+    """A metric's summary from its (bin, n) in bin order: n, lo, hi, micros (the sum of the
+    bins' estimates) and each percentile's bin: the bin of the value of rank floor(q (n-1))."""
+    bins = list(bins)
+    total = sum(n for _, n in bins)
+    summary = {"n": total, "lo": bins[0][0], "hi": bins[-1][0],
+               "micros": sum(n * estimate(b) for b, n in bins)}
+    ranks = [(key, math.floor(q * (total - 1))) for key, q in PERCENTILES]
+    upto, k = 0, 0
+    for b, n in bins:
+        upto += n
+        while k < len(ranks) and upto > ranks[k][1]:
+            summary[ranks[k][0]] = b
+            k += 1
+    return summary
+
+
 def distribution(summary: Mapping[str, Any] | None,
                  percentiles=PERCENTILES) -> dict[str, Any]:
-    """count, min, mean, percentiles, max (seconds) from a metric's summary: n, lo, hi,
-    micros (the sum of the bins' estimates) and each percentile's bin (store/insights.py:
-    the bin of the value of rank floor(q (n - 1)))."""
+    """count, min, mean, percentiles, max (seconds) from a metric's summary (summarize)."""
     n = summary["n"] if summary else 0
     if not n:
         return {"count": 0, "min": None, "mean": None, **{k: None for k, _ in percentiles},

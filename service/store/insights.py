@@ -82,22 +82,11 @@ _COUNTERS_AS_OF = """{states}, c AS (
     WHERE k.hour >= $2 AND k.hour < $3
     GROUP BY 1, 2, 3, 4
 )"""
-# Reduced where the counters are: per (pipeline, bucket, metric) the runs, the lowest and
-# highest bin, the sum of the bins' estimates (microseconds, for the mean) and each
-# percentile's bin: the bin of the value of rank floor(q (n - 1)) (domain/insights.py).
-_SUMMARY = """
-, s AS (
-    SELECT c.*, sum(c.n) OVER (PARTITION BY pipeline_id, bucket, metric ORDER BY bin) AS upto,
-           sum(c.n) OVER (PARTITION BY pipeline_id, bucket, metric) AS total
-    FROM c WHERE c.n <> 0
-)
-SELECT pipeline_id, bucket, metric, total::bigint AS n, min(bin) AS lo, max(bin) AS hi,
-       sum(n * insights_estimate(bin)) AS micros,
-       min(bin) FILTER (WHERE upto > floor(0.50 * (total - 1))) AS p50,
-       min(bin) FILTER (WHERE upto > floor(0.90 * (total - 1))) AS p90,
-       min(bin) FILTER (WHERE upto > floor(0.95 * (total - 1))) AS p95,
-       min(bin) FILTER (WHERE upto > floor(0.99 * (total - 1))) AS p99
-FROM s GROUP BY pipeline_id, bucket, metric, total
+# The counters come back sorted, for domain/insights.py summarize to reduce per (pipeline,
+# bucket, metric) in one pass (a reduction here, with window sums and a percentile filter
+# per row, took twice the time of the whole fetch).
+_SORTED = """
+SELECT pipeline_id, bucket, metric, bin, n FROM c WHERE n <> 0 ORDER BY 1, 2, 3, 4
 """
 
 # Recoveries: a pipeline's finished runs (success, failure, timeout) in order of ended_at;
@@ -140,7 +129,7 @@ _SHAPES = [(g, grouped, past) for g in _BUCKETS for grouped in (False, True)
 COUNTERS = {
     (g, grouped, past): "WITH " + (
         _statement(_COUNTERS_AS_OF, "s", "k.hour", g, grouped) if past
-        else _statement(_COUNTERS_NOW, "i", "i.hour", g, grouped)) + _SUMMARY
+        else _statement(_COUNTERS_NOW, "i", "i.hour", g, grouped)) + _SORTED
     for g, grouped, past in _SHAPES}
 # Live, from the recoveries projection (schema.sql run_recoveries): the window's rows.
 _RECOVERIES_NOW = """
@@ -268,7 +257,7 @@ def rollup_days(window: tuple, pipeline_ids, pipeline_name, granularity, group: 
 
 async def counters(conn: asyncpg.Connection, enterprise_id: str, window: tuple, pipeline_ids,
                    pipeline_name, granularity, group: bool, as_of) -> list[asyncpg.Record]:
-    """Per (pipeline or NULL, bucket, metric): n, lo, hi, micros, p50..p99 (bins)."""
+    """(pipeline or NULL, bucket, metric, bin, n), in that order, no zeros."""
     args = _args(enterprise_id, window, pipeline_ids, pipeline_name, as_of)
     if as_of is None:
         args += rollup_days(window, pipeline_ids, pipeline_name, granularity, group, as_of)
