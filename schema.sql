@@ -397,13 +397,6 @@ CREATE TABLE IF NOT EXISTS run_recoveries (
 -- Answers read a window of an enterprise's recoveries (index only).
 CREATE INDEX IF NOT EXISTS run_recoveries_by_time
     ON run_recoveries (enterprise_id, recovered_at) INCLUDE (pipeline_id, failed_at);
--- Whether a success of the pipeline ended at or after `at` (a failure there may be in a
--- streak it closes).
-CREATE OR REPLACE FUNCTION run_recoveries_closed(e text, p uuid, at timestamptz)
-RETURNS boolean LANGUAGE sql STABLE AS $$
-    SELECT EXISTS (SELECT FROM pipeline_runs r WHERE r.enterprise_id = e
-                   AND r.pipeline_id = p AND r.status = 'success' AND r.ended_at >= at)
-$$;
 -- Recompute a pipeline's recoveries around the runs that ended in [lo, hi]: from the last
 -- success before lo to the first success after hi, every streak that a run there can change
 -- (ties in ended_at are ordered by id, as the answers order them).
@@ -464,12 +457,16 @@ BEGIN
     -- Recoveries around the run before and after; a failure or timeout that no success
     -- follows (the usual newest run) is in no closed streak: nothing to recompute.
     IF TG_OP <> 'INSERT' AND (OLD.status = 'success' OR OLD.status IN ('failure', 'timeout')
-            AND run_recoveries_closed(OLD.enterprise_id, OLD.pipeline_id, OLD.ended_at)) THEN
+            AND EXISTS (SELECT FROM pipeline_runs r WHERE r.enterprise_id = OLD.enterprise_id
+                        AND r.pipeline_id = OLD.pipeline_id AND r.status = 'success'
+                        AND r.ended_at >= OLD.ended_at)) THEN
         PERFORM run_recoveries_refresh(OLD.enterprise_id, OLD.pipeline_id, OLD.ended_at,
                                        OLD.ended_at);
     END IF;
     IF TG_OP <> 'DELETE' AND (NEW.status = 'success' OR NEW.status IN ('failure', 'timeout')
-            AND run_recoveries_closed(NEW.enterprise_id, NEW.pipeline_id, NEW.ended_at)) THEN
+            AND EXISTS (SELECT FROM pipeline_runs r WHERE r.enterprise_id = NEW.enterprise_id
+                        AND r.pipeline_id = NEW.pipeline_id AND r.status = 'success'
+                        AND r.ended_at >= NEW.ended_at)) THEN
         PERFORM run_recoveries_refresh(NEW.enterprise_id, NEW.pipeline_id, NEW.ended_at,
                                        NEW.ended_at);
     END IF;
