@@ -26,6 +26,27 @@ async def test_the_rollup_leaves_out_soft_deleted_pipelines(seeded, db, days, gr
                    granularity, False)
 
 
+DAY = NOW.replace(hour=0)
+
+
+@pytest.mark.parametrize("frm,to,granularity", [
+    (DAY - timedelta(days=10, hours=-3), DAY - timedelta(days=1, hours=4), "day"),
+    (DAY - timedelta(days=10, hours=-21), DAY - timedelta(days=1, hours=22), None),
+    (DAY - timedelta(days=5, hours=-3), DAY - timedelta(days=5, hours=-20), "day"),
+    (DAY - timedelta(days=40, hours=-1), DAY - timedelta(days=2, hours=1), "week"),
+    (DAY - timedelta(days=60, hours=-23), NOW, "month")])
+async def test_ragged_days_from_the_rollup_or_the_hours(seeded, db, frm, to, granularity):
+    """Each end either way: its day from the rollup less the hours outside the window, or
+    the hours inside from the hourly rows; a soft-deleted pipeline's runs left out."""
+    runs = await _states_now(db)
+    gone = runs[-1]["pipeline_id"]
+    await seeded.delete(f"/pipelines/{gone}/")
+    query = f"from={iso(frm)}&to={iso(to)}" + (f"&granularity={granularity}"
+                                               if granularity else "")
+    await _compare(seeded, [r for r in runs if r["pipeline_id"] != gone], query, frm, to,
+                   granularity, False)
+
+
 async def test_verify_names_a_tampered_rollup_row_and_replay_restores_it(seeded, db):
     row = await db.fetchrow("SELECT * FROM run_insights WHERE pipeline_id = $1 AND n > 1 "
                             "ORDER BY hour DESC LIMIT 1", ALL_PIPELINES)

@@ -61,7 +61,7 @@ async def insights(conn: asyncpg.Connection, enterprise_id: str, *, start=None, 
             raise NotFound("pipeline not found")
         rows: dict[tuple, dict] = defaultdict(dict)
         recovered: dict[tuple, tuple] = {}
-        counters = await store.counters(conn, *args)
+        counters = await store.counters(conn, *args, now=now)
         for (bucket, pipeline_id, metric), bins in groupby(
                 counters, key=lambda r: (r["bucket"], r["pipeline_id"], r["metric"])):
             rows[(bucket, pipeline_id)][metric] = figures_of.summarize(

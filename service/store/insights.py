@@ -50,20 +50,25 @@ _STATES_AS_OF = f"""states AS (
 )"""
 # Counters per (pipeline or NULL, bucket, metric, bin): from the projection, or as of $6
 # folded from the events (no pre-aggregate holds the past).
-# Live: the hourly rows of the live pipelines in [$2, $7) and [$8, $3); the days [$7, $8)
-# (empty unless the answer neither filters nor groups pipelines nor buckets by hour) from
-# the per-day rollup, less the hourly rows of soft-deleted pipelines in those days (the
-# rollup counts every pipeline's runs; the answer only the live pipelines').
+# Live: the days [$7, $8) from the per-day rollup, the rest of the window [$2, $3) from the
+# hourly rows of the live pipelines: added where the window reaches past the rollup's days
+# ([$2, $7), [$8, $3)), taken out where those days reach past the window ([$7, $2),
+# [$3, $8)), and the soft-deleted pipelines' hourly rows in those days taken out too (the
+# rollup counts every pipeline's runs; the answer only the live pipelines'). No rollup:
+# $7 = $8 = $3 (rollup_days).
+_HOURLY = """SELECT i.hour, i.pipeline_id, i.metric, i.bin, {sign}i.n
+          FROM run_insights i {{pipelines}}
+          WHERE i.enterprise_id = $1 AND i.hour >= {lo} AND i.hour < {hi}"""
 _COUNTERS_NOW = f"""c AS (
     SELECT {{pipeline}} AS pipeline_id, {{bucket}} AS bucket, i.metric, i.bin,
            sum(i.n)::bigint AS n
-    FROM (SELECT i.hour, i.pipeline_id, i.metric, i.bin, i.n
-          FROM run_insights i {{pipelines}}
-          WHERE i.enterprise_id = $1 AND i.hour >= $2 AND i.hour < $7
+    FROM ({_HOURLY.format(sign="", lo="$2", hi="$7")}
           UNION ALL
-          SELECT i.hour, i.pipeline_id, i.metric, i.bin, i.n
-          FROM run_insights i {{pipelines}}
-          WHERE i.enterprise_id = $1 AND i.hour >= $8 AND i.hour < $3
+          {_HOURLY.format(sign="-", lo="$7", hi="$2")}
+          UNION ALL
+          {_HOURLY.format(sign="", lo="$8", hi="$3")}
+          UNION ALL
+          {_HOURLY.format(sign="-", lo="$3", hi="$8")}
           UNION ALL
           SELECT i.hour, i.pipeline_id, i.metric, i.bin, i.n FROM run_insights i
           WHERE i.enterprise_id = $1 AND i.pipeline_id = '{ALL_PIPELINES}'
@@ -245,22 +250,32 @@ def _args(enterprise_id: str, window: tuple, pipeline_ids, pipeline_name, as_of)
 
 
 def rollup_days(window: tuple, pipeline_ids, pipeline_name, granularity, group: bool,
-                as_of) -> tuple[datetime, datetime]:
-    """The whole UTC days of the window the per-day rollup answers ([to, to): none)."""
+                as_of, now: datetime) -> tuple[datetime, datetime]:
+    """The UTC days [first, last) the per-day rollup answers ([to, to): none).
+
+    A day the window covers in part is read from the rollup (less the hours outside the
+    window) when fewer of its hours lie outside than inside; hours after now count as
+    none (nothing has happened there)."""
     frm, to = window
     if as_of is not None or group or pipeline_ids or pipeline_name or granularity == "hour":
         return to, to
-    first = frm.replace(hour=0) + (timedelta(days=1) if frm.hour else timedelta())
-    last = to.replace(hour=0)
+    day = timedelta(days=1)
+    first, last = frm.replace(hour=0), to.replace(hour=0)
+    if frm.hour and frm.hour >= 24 - frm.hour:
+        first += day  # the first day's hours in the window from the hourly rows
+    if to.hour and min(last + day, max(now, to)) - to < to - last:
+        last += day  # the last day from the rollup, less its hours from `to` on
     return (first, last) if first < last else (to, to)
 
 
 async def counters(conn: asyncpg.Connection, enterprise_id: str, window: tuple, pipeline_ids,
-                   pipeline_name, granularity, group: bool, as_of) -> list[asyncpg.Record]:
+                   pipeline_name, granularity, group: bool, as_of,
+                   now: datetime) -> list[asyncpg.Record]:
     """(pipeline or NULL, bucket, metric, bin, n), in that order, no zeros."""
     args = _args(enterprise_id, window, pipeline_ids, pipeline_name, as_of)
     if as_of is None:
-        args += rollup_days(window, pipeline_ids, pipeline_name, granularity, group, as_of)
+        args += rollup_days(window, pipeline_ids, pipeline_name, granularity, group, as_of,
+                            now)
     return await conn.fetch(COUNTERS[(granularity, group, as_of is not None)], *args)
 
 
