@@ -11,7 +11,8 @@ import pytest
 from service.app.replay import replay, verify
 from service.domain.insights import ALL_PIPELINES
 from tests.helpers import iso
-from tests.test_insights import NOW, _compare, _expected, _states_now, db_dsn, seeded  # noqa: F401,E501
+from tests.test_insights import (  # noqa: F401 (fixtures)
+    NOW, _compare, _expected, _states_now, db_dsn, seeded)
 
 
 @pytest.mark.parametrize("days,granularity", [(30, "day"), (45, "week"), (100, None)])
@@ -67,7 +68,8 @@ async def test_recoveries_follow_live_writes(seeded, db):
     for outcome in ("success", "failure", "timeout", "success", "failure", "success",
                     "failure"):
         run = await seeded.run(pipeline["id"])
-        path = {"timeout": ("queued", "timeout"), "failure": ("queued", "running", "complete", "failure"),
+        path = {"timeout": ("queued", "timeout"),
+                "failure": ("queued", "running", "complete", "failure"),
                 "success": ("queued", "running", "complete", "success")}[outcome]
         runs.append(await seeded.move(run, *path))
     frm, to = NOW - timedelta(days=2), NOW
