@@ -6,8 +6,8 @@ the events as they stood then (store/insights.py), everything else from the proj
 from __future__ import annotations
 
 from collections import defaultdict
-from itertools import groupby
 from datetime import datetime, timedelta, timezone
+from itertools import groupby
 from typing import Any
 
 import asyncpg
