@@ -402,6 +402,8 @@ CREATE TABLE IF NOT EXISTS run_counts (
 -- transaction already holds its enterprises' feed locks, so like run_counts its rows are
 -- only written by the holder of the feed lock and no writer waits on them. Runs of
 -- soft-deleted pipelines stay in (readers join the live pipelines); a deleted run leaves.
+-- Each key is also counted in the enterprise's per-day rollup: pipeline_id all zeros
+-- (no pipeline has it), hour the UTC day's start (run_insight_rows).
 -- Replay rebuilds it from the fold and verify names its drift (app/replay.py).
 CREATE TABLE IF NOT EXISTS run_insights (
     enterprise_id text        NOT NULL,
@@ -412,6 +414,10 @@ CREATE TABLE IF NOT EXISTS run_insights (
     n             bigint      NOT NULL,
     PRIMARY KEY (enterprise_id, hour, pipeline_id, metric, bin)
 );
+-- The per-day rollup's rows (pipeline_id all zeros): found without walking the hourly
+-- rows of the same days (no key column changes when n does: updates stay HOT).
+CREATE INDEX IF NOT EXISTS run_insights_rollup ON run_insights (enterprise_id, hour)
+    WHERE pipeline_id = '00000000-0000-0000-0000-000000000000';
 
 -- The lower bounds of the log bins, in microseconds: 1, 2, ... (one bin per microsecond
 -- while that is finer), then each bound 101/99 of the previous (integer arithmetic, the
@@ -430,17 +436,6 @@ $$;
 CREATE OR REPLACE FUNCTION insights_bin(micros numeric) RETURNS integer
 LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
     SELECT width_bucket(micros::bigint, insights_bounds())
-$$;
--- The microseconds a bin stands for: 2 lo top / (lo + top), top the largest microsecond
--- in [lo, hi), within 1% of each (domain/insights.py estimate: the same).
-CREATE OR REPLACE FUNCTION insights_estimate(bin integer) RETURNS double precision
-LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
-    SELECT CASE
-        WHEN bin <= 0 THEN 0::float8
-        WHEN bin >= cardinality(insights_bounds()) THEN (insights_bounds())[bin]::float8
-        ELSE 2.0::float8 * (insights_bounds())[bin] * ((insights_bounds())[bin + 1] - 1)
-             / ((insights_bounds())[bin] + (insights_bounds())[bin + 1] - 1)
-    END
 $$;
 -- A run's keys (hour, metric, bin) as its state gives them (the Python twin:
 -- service/domain/insights.py run_keys).
@@ -463,26 +458,110 @@ LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
     ) AS k(hour, metric, bin)
     WHERE k.hour IS NOT NULL
 $$;
+-- The rows a run adds to: its keys per pipeline and hour, and the same keys in the
+-- enterprise's per-day rollup (pipeline_id all zeros, hour the UTC day's start), which
+-- answers without a pipeline filter or grouping read for whole days (store/insights.py).
+CREATE OR REPLACE FUNCTION run_insight_rows(pipeline uuid, created_at timestamptz,
+                                            started_at timestamptz,
+                                            ended_at timestamptz, status text)
+RETURNS TABLE (hour timestamptz, pipeline_id uuid, metric text, bin integer)
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT t.hour, t.pipeline_id, k.metric, k.bin
+    FROM run_insight_keys(created_at, started_at, ended_at, status) AS k,
+         LATERAL (VALUES (k.hour, pipeline),
+                         (date_bin('1 day', k.hour, timestamptz '2000-01-01 00:00Z'),
+                          '00000000-0000-0000-0000-000000000000'::uuid)) AS t(hour, pipeline_id)
+$$;
+-- Projection: recoveries (MTTR of the insights). Per pipeline, its finished runs (success,
+-- failure, timeout) in order of (ended_at, id): each success that ends a streak of failures
+-- and timeouts is one row, with the end of the streak's first run (failed_at). Kept by the
+-- insights trigger (run_recoveries_refresh: the changed run's stretch, from the success
+-- before it to the success after it, recomputed from pipeline_runs) under the same feed
+-- lock; verify compares it with the whole recomputation (store/insights.py).
+CREATE TABLE IF NOT EXISTS run_recoveries (
+    enterprise_id text        NOT NULL,
+    pipeline_id   uuid        NOT NULL,
+    recovered_at  timestamptz NOT NULL,
+    run_id        uuid        NOT NULL,  -- the success
+    failed_at     timestamptz NOT NULL,
+    PRIMARY KEY (enterprise_id, pipeline_id, recovered_at, run_id)
+);
+-- Answers read a window of an enterprise's recoveries (index only).
+CREATE INDEX IF NOT EXISTS run_recoveries_by_time
+    ON run_recoveries (enterprise_id, recovered_at) INCLUDE (pipeline_id, failed_at);
+-- Recompute a pipeline's recoveries around the runs that ended in [lo, hi]: from the last
+-- success before lo to the first success after hi, every streak that a run there can change
+-- (ties in ended_at are ordered by id, as the answers order them).
+CREATE OR REPLACE FUNCTION run_recoveries_refresh(e text, p uuid, lo timestamptz,
+                                                  hi timestamptz) RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    a timestamptz;
+    b timestamptz;
+BEGIN
+    SELECT coalesce(max(r.ended_at), '-infinity') INTO a FROM pipeline_runs r
+    WHERE r.enterprise_id = e AND r.pipeline_id = p AND r.status = 'success'
+      AND r.ended_at < lo;
+    SELECT coalesce(min(r.ended_at), 'infinity') INTO b FROM pipeline_runs r
+    WHERE r.enterprise_id = e AND r.pipeline_id = p AND r.status = 'success'
+      AND r.ended_at > hi;
+    DELETE FROM run_recoveries r WHERE r.enterprise_id = e AND r.pipeline_id = p
+      AND r.recovered_at > a AND r.recovered_at <= b;
+    INSERT INTO run_recoveries (enterprise_id, pipeline_id, recovered_at, run_id, failed_at)
+    SELECT e, p, g.recovered_at, g.run_id, g.failed_at
+    FROM (SELECT min(t.ended_at) FILTER (WHERE t.status <> 'success') AS failed_at,
+                 min(t.ended_at) FILTER (WHERE t.status = 'success') AS recovered_at,
+                 (array_agg(t.id ORDER BY t.ended_at, t.id)
+                      FILTER (WHERE t.status = 'success'))[1] AS run_id
+          FROM (SELECT r.id, r.ended_at, r.status,
+                       count(*) FILTER (WHERE r.status = 'success') OVER (
+                           ORDER BY r.ended_at, r.id
+                           ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS streak
+                FROM pipeline_runs r
+                WHERE r.enterprise_id = e AND r.pipeline_id = p
+                  AND r.status IN ('success', 'failure', 'timeout')
+                  AND r.ended_at >= a AND r.ended_at <= b) AS t
+          GROUP BY t.streak) AS g
+    WHERE g.failed_at IS NOT NULL AND g.recovered_at > a;
+END
+$$;
 -- The trigger: the run's keys before the change out, after it in (zero sums skipped).
 CREATE OR REPLACE FUNCTION run_insights_move() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
     IF current_setting('insights.bulk_load', true) = 'on' THEN
-        RETURN NULL;  -- the seeder adds its runs' keys itself, in one statement
+        RETURN NULL;  -- the seeder adds its runs' keys and recoveries itself
     END IF;
     INSERT INTO run_insights AS i (enterprise_id, hour, pipeline_id, metric, bin, n)
-    SELECT d.enterprise_id, k.hour, d.pipeline_id, k.metric, k.bin, sum(d.sign)
+    SELECT d.enterprise_id, k.hour, k.pipeline_id, k.metric, k.bin, sum(d.sign)
     FROM (SELECT NEW.enterprise_id, NEW.pipeline_id, NEW.created_at, NEW.started_at,
                  NEW.ended_at, NEW.status, 1 WHERE TG_OP <> 'DELETE'
           UNION ALL
           SELECT OLD.enterprise_id, OLD.pipeline_id, OLD.created_at, OLD.started_at,
                  OLD.ended_at, OLD.status, -1 WHERE TG_OP <> 'INSERT')
          AS d(enterprise_id, pipeline_id, created_at, started_at, ended_at, status, sign),
-         LATERAL run_insight_keys(d.created_at, d.started_at, d.ended_at, d.status) AS k
+         LATERAL run_insight_rows(d.pipeline_id, d.created_at, d.started_at, d.ended_at,
+                                  d.status) AS k
     GROUP BY 1, 2, 3, 4, 5 HAVING sum(d.sign) <> 0
     ORDER BY 1, 2, 3, 4, 5
     ON CONFLICT (enterprise_id, hour, pipeline_id, metric, bin)
     DO UPDATE SET n = i.n + EXCLUDED.n;
+    -- Recoveries around the run before and after; a failure or timeout that no success
+    -- follows (the usual newest run) is in no closed streak: nothing to recompute.
+    IF TG_OP <> 'INSERT' AND (OLD.status = 'success' OR OLD.status IN ('failure', 'timeout')
+            AND EXISTS (SELECT FROM pipeline_runs r WHERE r.enterprise_id = OLD.enterprise_id
+                        AND r.pipeline_id = OLD.pipeline_id AND r.status = 'success'
+                        AND r.ended_at >= OLD.ended_at)) THEN
+        PERFORM run_recoveries_refresh(OLD.enterprise_id, OLD.pipeline_id, OLD.ended_at,
+                                       OLD.ended_at);
+    END IF;
+    IF TG_OP <> 'DELETE' AND (NEW.status = 'success' OR NEW.status IN ('failure', 'timeout')
+            AND EXISTS (SELECT FROM pipeline_runs r WHERE r.enterprise_id = NEW.enterprise_id
+                        AND r.pipeline_id = NEW.pipeline_id AND r.status = 'success'
+                        AND r.ended_at >= NEW.ended_at)) THEN
+        PERFORM run_recoveries_refresh(NEW.enterprise_id, NEW.pipeline_id, NEW.ended_at,
+                                       NEW.ended_at);
+    END IF;
     RETURN NULL;
 END
 $$;

@@ -5,7 +5,9 @@ run_insights triggers enabled (A) and disabled (B), alternately A B A B:
 - create: runs created (the trigger adds their `created` key);
 - start: the one-statement status change pending -> running (store/moves.py; the trigger
   adds the queue-time key);
-- flip: running <-> waiting (the trigger's WHEN lets these pass: nothing queued).
+- flip: running <-> waiting (the trigger's WHEN lets these pass: nothing queued);
+- finish: running/waiting -> timeout by the general path (app/runs.py; the trigger moves the
+  outcome and duration keys and recomputes the pipeline's recoveries around the run).
 Statements per second per phase (A B, then B A, ...), and A against B. The lead measures on a quiet machine.
 
     .venv/bin/python bench/insights_ab.py [--connections 8] [--seconds 5] [--rounds 2]
@@ -27,6 +29,8 @@ import asyncpg  # noqa: E402
 
 import scratchdb  # noqa: E402
 
+from service.app import runs as app_runs  # noqa: E402
+from service.app.context import Actor, OnConnection  # noqa: E402
 from service.domain import lifecycle  # noqa: E402
 from service.infra.db import init_connection  # noqa: E402
 from service.store import meta, moves, pipelines, runs  # noqa: E402
@@ -39,6 +43,12 @@ async def _toggle(conn: asyncpg.Connection, on: bool) -> None:
     for name in TRIGGERS:
         await conn.execute(f"ALTER TABLE pipeline_runs {'ENABLE' if on else 'DISABLE'} "
                            f"TRIGGER {name}")
+
+
+async def finish(conn: asyncpg.Connection, pipeline_id, run_id) -> None:
+    """running/waiting -> timeout, the general path (a rated outcome: recoveries move)."""
+    await app_runs.change_status(OnConnection(conn), Actor(ENTERPRISE, "bench", None),
+                                 pipeline_id, run_id, "timeout")
 
 
 async def _phase(pool: asyncpg.Pool, pipeline_id, seconds: float, connections: int,
@@ -59,6 +69,12 @@ async def _phase(pool: asyncpg.Pool, pipeline_id, seconds: float, connections: i
                     done += 1
                     continue
                 source = pools.get(("pending", n)) if kind == "start" else pools.get(("running", n))
+                if kind == "finish":
+                    if not source:
+                        return
+                    await finish(conn, pipeline_id, source.pop())
+                    done += 1
+                    continue
                 if not source:
                     return
                 run_id = source.pop()
@@ -93,7 +109,7 @@ async def main_async(dsn: str, args) -> list[tuple]:
             for on in ((True, False) if round_ % 2 == 0 else (False, True)):  # ABBA
                 await _toggle(conn, on)
                 pools: dict = {}
-                for kind in ("create", "start", "flip"):
+                for kind in ("create", "start", "flip", "finish"):
                     n = await _phase(pool, pipeline["id"], args.seconds, args.connections, kind,
                                      pools)
                     results.append((round_, "A with" if on else "B without", kind,
@@ -121,7 +137,7 @@ def main() -> int:
     print(f"| round | trigger | phase | statements/s |\n|---|---|---|---|")
     for r in results:
         print(f"| {r[0]} | {r[1]} | {r[2]} | {r[3]:,.0f} |")
-    for kind in ("create", "start", "flip"):
+    for kind in ("create", "start", "flip", "finish"):
         a = sum(r[3] for r in results if r[2] == kind and r[1].startswith("A"))
         b = sum(r[3] for r in results if r[2] == kind and r[1].startswith("B"))
         print(f"{kind}: with the projection {a / args.rounds:,.0f}/s, without "

@@ -101,7 +101,8 @@ async def prepare(dsn: str) -> dict:
         await init_connection(conn)
         await meta.migrate(conn)
         await conn.execute(
-            "VACUUM (ANALYZE) pipeline_runs, run_counts, pipelines, stage_runs, run_insights")
+            "VACUUM (ANALYZE) pipeline_runs, run_counts, pipelines, stage_runs, run_insights, "
+            "run_recoveries")
         await conn.execute("ANALYZE run_events")
         _, token = await token_store.create_token(conn, ENTERPRISE, f"scale-{uuid.uuid4().hex[:6]}")
         _, writer_token = await token_store.create_token(  # not limited: they write flat out

@@ -1,5 +1,5 @@
--- run_insights (the insights projection; see schema.sql) on a database from before it
--- existed: created and filled from the runs projection; writers of pipeline_runs wait
+-- run_insights and run_recoveries (the insights projections; see schema.sql) on a database
+-- from before they existed: created and filled from the runs projection; writers of pipeline_runs wait
 -- meanwhile (SHARE lock until the migration commits), and schema.sql, applied in the same
 -- transaction right after, adds the trigger that keeps it from then on.
 CREATE TABLE IF NOT EXISTS run_insights (
@@ -51,9 +51,81 @@ LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
     ) AS k(hour, metric, bin)
     WHERE k.hour IS NOT NULL
 $$;
+-- The rows a run adds to: its keys per pipeline and hour, and the same keys in the
+-- enterprise's per-day rollup (pipeline_id all zeros, hour the UTC day's start), which
+-- answers without a pipeline filter or grouping read for whole days (store/insights.py).
+CREATE OR REPLACE FUNCTION run_insight_rows(pipeline uuid, created_at timestamptz,
+                                            started_at timestamptz,
+                                            ended_at timestamptz, status text)
+RETURNS TABLE (hour timestamptz, pipeline_id uuid, metric text, bin integer)
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT t.hour, t.pipeline_id, k.metric, k.bin
+    FROM run_insight_keys(created_at, started_at, ended_at, status) AS k,
+         LATERAL (VALUES (k.hour, pipeline),
+                         (date_bin('1 day', k.hour, timestamptz '2000-01-01 00:00Z'),
+                          '00000000-0000-0000-0000-000000000000'::uuid)) AS t(hour, pipeline_id)
+$$;
+-- Projection: recoveries (MTTR of the insights). Per pipeline, its finished runs (success,
+-- failure, timeout) in order of (ended_at, id): each success that ends a streak of failures
+-- and timeouts is one row, with the end of the streak's first run (failed_at). Kept by the
+-- insights trigger (run_recoveries_refresh: the changed run's stretch, from the success
+-- before it to the success after it, recomputed from pipeline_runs) under the same feed
+-- lock; verify compares it with the whole recomputation (store/insights.py).
+CREATE TABLE IF NOT EXISTS run_recoveries (
+    enterprise_id text        NOT NULL,
+    pipeline_id   uuid        NOT NULL,
+    recovered_at  timestamptz NOT NULL,
+    run_id        uuid        NOT NULL,  -- the success
+    failed_at     timestamptz NOT NULL,
+    PRIMARY KEY (enterprise_id, pipeline_id, recovered_at, run_id)
+);
+-- Answers read a window of an enterprise's recoveries (index only).
+CREATE INDEX IF NOT EXISTS run_recoveries_by_time
+    ON run_recoveries (enterprise_id, recovered_at) INCLUDE (pipeline_id, failed_at);
+-- Recompute a pipeline's recoveries around the runs that ended in [lo, hi]: from the last
+-- success before lo to the first success after hi, every streak that a run there can change
+-- (ties in ended_at are ordered by id, as the answers order them).
+CREATE OR REPLACE FUNCTION run_recoveries_refresh(e text, p uuid, lo timestamptz,
+                                                  hi timestamptz) RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    a timestamptz;
+    b timestamptz;
+BEGIN
+    SELECT coalesce(max(r.ended_at), '-infinity') INTO a FROM pipeline_runs r
+    WHERE r.enterprise_id = e AND r.pipeline_id = p AND r.status = 'success'
+      AND r.ended_at < lo;
+    SELECT coalesce(min(r.ended_at), 'infinity') INTO b FROM pipeline_runs r
+    WHERE r.enterprise_id = e AND r.pipeline_id = p AND r.status = 'success'
+      AND r.ended_at > hi;
+    DELETE FROM run_recoveries r WHERE r.enterprise_id = e AND r.pipeline_id = p
+      AND r.recovered_at > a AND r.recovered_at <= b;
+    INSERT INTO run_recoveries (enterprise_id, pipeline_id, recovered_at, run_id, failed_at)
+    SELECT e, p, g.recovered_at, g.run_id, g.failed_at
+    FROM (SELECT min(t.ended_at) FILTER (WHERE t.status <> 'success') AS failed_at,
+                 min(t.ended_at) FILTER (WHERE t.status = 'success') AS recovered_at,
+                 (array_agg(t.id ORDER BY t.ended_at, t.id)
+                      FILTER (WHERE t.status = 'success'))[1] AS run_id
+          FROM (SELECT r.id, r.ended_at, r.status,
+                       count(*) FILTER (WHERE r.status = 'success') OVER (
+                           ORDER BY r.ended_at, r.id
+                           ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS streak
+                FROM pipeline_runs r
+                WHERE r.enterprise_id = e AND r.pipeline_id = p
+                  AND r.status IN ('success', 'failure', 'timeout')
+                  AND r.ended_at >= a AND r.ended_at <= b) AS t
+          GROUP BY t.streak) AS g
+    WHERE g.failed_at IS NOT NULL AND g.recovered_at > a;
+END
+$$;
 LOCK TABLE pipeline_runs IN SHARE MODE;
 INSERT INTO run_insights (enterprise_id, hour, pipeline_id, metric, bin, n)
-SELECT r.enterprise_id, k.hour, r.pipeline_id, k.metric, k.bin, count(*)
-FROM pipeline_runs r, LATERAL run_insight_keys(r.created_at, r.started_at, r.ended_at, r.status) k
+SELECT r.enterprise_id, k.hour, k.pipeline_id, k.metric, k.bin, count(*)
+FROM pipeline_runs r,
+     LATERAL run_insight_rows(r.pipeline_id, r.created_at, r.started_at, r.ended_at, r.status) k
 GROUP BY 1, 2, 3, 4, 5
 ON CONFLICT (enterprise_id, hour, pipeline_id, metric, bin) DO NOTHING;
+-- Every pipeline's recoveries, from its first finished run on.
+SELECT run_recoveries_refresh(enterprise_id, pipeline_id, '-infinity', 'infinity')
+FROM (SELECT DISTINCT enterprise_id, pipeline_id FROM pipeline_runs
+      WHERE status IN ('success', 'failure', 'timeout')) AS p;

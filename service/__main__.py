@@ -237,6 +237,13 @@ def cmd_verify(config: Config, args) -> int:
         enterprise_id, hour, pipeline_id, metric, bin_ = i.key
         print(f"DRIFT run_insights {pipeline_id} {hour.isoformat()} {metric} {bin_} "
               f"(enterprise {enterprise_id}): {i.actual}, the events give {i.expected}")
+    def recovery(v) -> str:  # (recovered_at, failed_at) or None
+        return "none" if v is None else f"failed {v[1].isoformat()} recovered {v[0].isoformat()}"
+
+    for r in result.recovery_drifts:
+        enterprise_id, pipeline_id, run_id = r.key
+        print(f"DRIFT run_recoveries {pipeline_id} {run_id} (enterprise {enterprise_id}): "
+              f"{recovery(r.actual)}, the runs give {recovery(r.expected)}")
     print(f"verified {result.events} events of {result.runs} runs in {seconds:.2f}s: "
           f"{len(result.drifts)} drifted, {len(result.counter_drifts)} counters drifted, "
           f"{len(result.version_drifts)} with non-consecutive versions")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from datetime import datetime, timedelta, timezone
+from itertools import groupby
 from typing import Any
 
 import asyncpg
@@ -60,8 +61,11 @@ async def insights(conn: asyncpg.Connection, enterprise_id: str, *, start=None, 
             raise NotFound("pipeline not found")
         rows: dict[tuple, dict] = defaultdict(dict)
         recovered: dict[tuple, tuple] = {}
-        for r in await store.counters(conn, *args):
-            rows[(r["bucket"], r["pipeline_id"])][r["metric"]] = r
+        counters = await store.counters(conn, *args, now=now)
+        for (bucket, pipeline_id, metric), bins in groupby(
+                counters, key=lambda r: (r["bucket"], r["pipeline_id"], r["metric"])):
+            rows[(bucket, pipeline_id)][metric] = figures_of.summarize(
+                (r["bin"], r["n"]) for r in bins)
         for r in await store.recoveries(conn, *args):
             rows[(r["bucket"], r["pipeline_id"])]
             recovered[(r["bucket"], r["pipeline_id"])] = (r["n"], r["seconds"])

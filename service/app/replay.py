@@ -63,6 +63,13 @@ class InsightDrift:
 
 
 @dataclass
+class RecoveryDrift:
+    key: tuple  # (enterprise_id, pipeline_id, run_id) of the success that ends a streak
+    expected: tuple | None  # (recovered_at, failed_at) the runs give, None: no recovery
+    actual: tuple | None  # what run_recoveries says
+
+
+@dataclass
 class Scan:
     events: int = 0
     runs: int = 0
@@ -82,11 +89,13 @@ class Scan:
     # rows' own keys in the snapshot (repaired like counter_errors).
     insight_drifts: list[InsightDrift] = field(default_factory=list)
     insight_errors: Counter = field(default_factory=Counter)
+    # run_recoveries rows that differ from the recomputation over the runs projection.
+    recovery_drifts: list[RecoveryDrift] = field(default_factory=list)
 
     @property
     def clean(self) -> bool:
         return not (self.drifts or self.counter_drifts or self.version_drifts
-                    or self.insight_drifts)
+                    or self.insight_drifts or self.recovery_drifts)
 
 
 _ROW = operator.itemgetter(*sql.PROJECTION_COLUMNS)
@@ -234,8 +243,8 @@ class _Counts:
         self.insights_projected: Counter = Counter()
 
     def insights_of(self, into: Counter, enterprise_id: str, pipeline_id, run) -> None:
-        for hour, metric, bin_ in insight_keys.run_keys(run):
-            into[(enterprise_id, hour, pipeline_id, metric, bin_)] += 1
+        for hour, pipeline, metric, bin_ in insight_keys.run_rows(pipeline_id, run):
+            into[(enterprise_id, hour, pipeline, metric, bin_)] += 1
 
     def projected_row(self, enterprise_id: str, pipeline_id, status: str, stamps) -> None:
         self.projected[(enterprise_id, pipeline_id, status)] += 1
@@ -396,6 +405,7 @@ async def _scan_rest(conn: asyncpg.Connection, result: Scan, counted: _Counts) -
         if stored[k] != projected[k]:
             result.counter_errors[k] = stored[k] - projected[k]
     await _compare_insights(conn, result, counted)
+    result.recovery_drifts = await _recovery_drifts(conn)
     known = {d.run_key for d in result.drifts}
     for row in await conn.fetch(sql.ORPHAN_STAGE_RUN_KEYS):
         key = (row["enterprise_id"], row["run_id"])
@@ -412,6 +422,18 @@ async def _compare_insights(conn: asyncpg.Connection, result: Scan, counted: _Co
             result.insight_drifts.append(InsightDrift(k, expected[k], stored[k]))
         if stored[k] != projected[k]:
             result.insight_errors[k] = stored[k] - projected[k]
+
+
+async def _recovery_drifts(conn: asyncpg.Connection) -> list[RecoveryDrift]:
+    drifts: dict[tuple, RecoveryDrift] = {}
+    for r in await insights_store.recovery_drifts(conn):
+        key = (r["enterprise_id"], r["pipeline_id"], r["run_id"])
+        drift = drifts.setdefault(key, RecoveryDrift(key, None, None))
+        if r["expected_at"] is not None:
+            drift.expected = (r["expected_at"], r["expected_failed_at"])
+        if r["actual_at"] is not None:
+            drift.actual = (r["actual_at"], r["actual_failed_at"])
+    return list(drifts.values())
 
 
 async def _refold(conn: asyncpg.Connection, enterprise_id: str, run_id) -> dict | None:
@@ -437,6 +459,7 @@ class ReplayReport:
     counters_repaired: int = 0
     version_drifts: int = 0  # runs with non-consecutive versions: reported, not repairable
     insights_repaired: int = 0  # run_insights rows
+    recoveries_repaired: int = 0  # run_recoveries rows (their pipelines recomputed)
 
     @property
     def rate(self) -> float:
@@ -464,16 +487,19 @@ async def _replay(conn: asyncpg.Connection, dsn: str | None, memory_mb: int) -> 
         async with conn.transaction():
             skipped += await sql.patch_runs(conn, items[i:i + BATCH], guarded=True)
     caught_up = await _catch_up(conn, result.heads, {item[0] for item in skipped},
-                                result.counter_errors, result.insight_errors)
+                                result.counter_errors, result.insight_errors,
+                                {d.key[:2] for d in result.recovery_drifts})
     return ReplayReport(result.events, result.runs, len(result.drifts), caught_up,
                         time.perf_counter() - started,
                         counters_repaired=len(result.counter_errors),
                         insights_repaired=len(result.insight_errors),
+                        recoveries_repaired=len(result.recovery_drifts),
                         version_drifts=len(result.version_drifts))
 
 
 async def _catch_up(conn: asyncpg.Connection, heads: dict[str, int], keys: set,
-                    counter_errors: Counter, insight_errors: Counter) -> int:
+                    counter_errors: Counter, insight_errors: Counter,
+                    recovered: set[tuple]) -> int:
     """Under a short write lock: re-fold the runs changed since the scan, and the skipped;
     take the counters' snapshot error back out (patches and writes never change it)."""
     async with conn.transaction():
@@ -488,6 +514,9 @@ async def _catch_up(conn: asyncpg.Connection, heads: dict[str, int], keys: set,
             if expected != await _actual(conn, enterprise_id, run_id):
                 items.append(((enterprise_id, run_id), expected, None))
         await sql.patch_runs(conn, items, guarded=False)
+        # Recoveries follow the runs projection (its patches move them at commit); the
+        # pipelines whose recoveries drifted otherwise are recomputed whole.
+        await insights_store.refresh_recoveries(conn, recovered)
         return len(keys)
 
 

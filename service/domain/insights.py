@@ -7,8 +7,10 @@ one answer row's counters into what the API answers.
 from __future__ import annotations
 
 import bisect
+import math
 from datetime import datetime, timedelta, timezone
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
+from uuid import UUID
 
 from service.domain.lifecycle import TERMINAL
 
@@ -23,6 +25,8 @@ PERCENTILES: tuple[tuple[str, float], ...] = (
 RELATIVE_ERROR = 0.01
 _LAST = 3153600000000000  # 100 years in microseconds (schema.sql insights_bounds)
 _EPOCH = datetime(2000, 1, 1, tzinfo=timezone.utc)
+# The pipeline id of the enterprise's per-day rollup rows (no pipeline has it).
+ALL_PIPELINES = UUID(int=0)
 
 
 def _bounds() -> list[int]:
@@ -73,6 +77,16 @@ def run_keys(run: Mapping[str, Any]) -> list[tuple[datetime, str, int]]:
     return keys
 
 
+def run_rows(pipeline_id, run: Mapping[str, Any]) -> list[tuple[datetime, Any, str, int]]:
+    """A run's (hour, pipeline, metric, bin) rows: its keys, and each again in the per-day
+    rollup (day start, ALL_PIPELINES): SQL's run_insight_rows, for replay's comparison."""
+    rows = []
+    for hour, metric, bin_ in run_keys(run):
+        rows.append((hour, pipeline_id, metric, bin_))
+        rows.append((hour.replace(hour=0), ALL_PIPELINES, metric, bin_))
+    return rows
+
+
 def bucket_start(at: datetime, granularity: str | None, window_from: datetime) -> datetime:
     """The start of the bucket `at` falls in (UTC; weeks start on Monday)."""
     at = at.astimezone(timezone.utc)
@@ -104,11 +118,26 @@ def _seconds(micros: float | None) -> float | None:
     return None if micros is None else round(micros / 1e6, 6)
 
 
+def summarize(bins: Iterable[tuple[int, int]]) -> dict[str, Any]:
+    """A metric's summary from its (bin, n) in bin order: n, lo, hi, micros (the sum of the
+    bins' estimates) and each percentile's bin: the bin of the value of rank floor(q (n-1))."""
+    bins = list(bins)
+    total = sum(n for _, n in bins)
+    summary = {"n": total, "lo": bins[0][0], "hi": bins[-1][0],
+               "micros": sum(n * estimate(b) for b, n in bins)}
+    ranks = [(key, math.floor(q * (total - 1))) for key, q in PERCENTILES]
+    upto, k = 0, 0
+    for b, n in bins:
+        upto += n
+        while k < len(ranks) and upto > ranks[k][1]:
+            summary[ranks[k][0]] = b
+            k += 1
+    return summary
+
+
 def distribution(summary: Mapping[str, Any] | None,
                  percentiles=PERCENTILES) -> dict[str, Any]:
-    """count, min, mean, percentiles, max (seconds) from a metric's summary: n, lo, hi,
-    micros (the sum of the bins' estimates) and each percentile's bin (store/insights.py:
-    the bin of the value of rank floor(q (n - 1)))."""
+    """count, min, mean, percentiles, max (seconds) from a metric's summary (summarize)."""
     n = summary["n"] if summary else 0
     if not n:
         return {"count": 0, "min": None, "mean": None, **{k: None for k, _ in percentiles},

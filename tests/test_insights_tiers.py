@@ -1,0 +1,106 @@
+"""Insights' faster projections: the per-day rollup (the rows of pipeline 0…0) leaves out
+the runs of soft-deleted pipelines like the hourly rows do; run_recoveries follows live
+writes (streaks opened, closed, a closing success deleted); verify names a tampered row of
+either and replay puts it back."""
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+
+from service.app.replay import replay, verify
+from service.domain.insights import ALL_PIPELINES
+from tests.helpers import iso
+from tests.test_insights import (  # noqa: F401 (fixtures)
+    NOW, _compare, _expected, _states_now, db_dsn, seeded)
+
+
+@pytest.mark.parametrize("days,granularity", [(30, "day"), (45, "week"), (100, None)])
+async def test_the_rollup_leaves_out_soft_deleted_pipelines(seeded, db, days, granularity):
+    runs = await _states_now(db)
+    gone = runs[0]["pipeline_id"]
+    await seeded.delete(f"/pipelines/{gone}/")
+    frm, to = NOW - timedelta(days=days, hours=5), NOW  # ragged at both ends
+    query = f"from={iso(frm)}&to={iso(to)}" + (f"&granularity={granularity}"
+                                               if granularity else "")
+    await _compare(seeded, [r for r in runs if r["pipeline_id"] != gone], query, frm, to,
+                   granularity, False)
+
+
+DAY = NOW.replace(hour=0)
+
+
+@pytest.mark.parametrize("frm,to,granularity", [
+    (DAY - timedelta(days=10, hours=-3), DAY - timedelta(days=1, hours=4), "day"),
+    (DAY - timedelta(days=10, hours=-21), DAY - timedelta(days=1, hours=22), None),
+    (DAY - timedelta(days=5, hours=-3), DAY - timedelta(days=5, hours=-20), "day"),
+    (DAY - timedelta(days=40, hours=-1), DAY - timedelta(days=2, hours=1), "week"),
+    (DAY - timedelta(days=60, hours=-23), NOW, "month")])
+async def test_ragged_days_from_the_rollup_or_the_hours(seeded, db, frm, to, granularity):
+    """Each end either way: its day from the rollup less the hours outside the window, or
+    the hours inside from the hourly rows; a soft-deleted pipeline's runs left out."""
+    runs = await _states_now(db)
+    gone = runs[-1]["pipeline_id"]
+    await seeded.delete(f"/pipelines/{gone}/")
+    query = f"from={iso(frm)}&to={iso(to)}" + (f"&granularity={granularity}"
+                                               if granularity else "")
+    await _compare(seeded, [r for r in runs if r["pipeline_id"] != gone], query, frm, to,
+                   granularity, False)
+
+
+async def test_verify_names_a_tampered_rollup_row_and_replay_restores_it(seeded, db):
+    row = await db.fetchrow("SELECT * FROM run_insights WHERE pipeline_id = $1 AND n > 1 "
+                            "ORDER BY hour DESC LIMIT 1", ALL_PIPELINES)
+    key = tuple(row)[:5]
+    await db.execute("UPDATE run_insights SET n = n - 1 WHERE (enterprise_id, hour, "
+                     "pipeline_id, metric, bin) = ($1, $2, $3, $4, $5)", *key)
+    drifts = (await verify(db)).insight_drifts
+    assert [(d.key, d.expected, d.actual) for d in drifts] == [(key, row["n"], row["n"] - 1)]
+    await replay(db)
+    assert await db.fetchval("SELECT n FROM run_insights WHERE (enterprise_id, hour, "
+                             "pipeline_id, metric, bin) = ($1, $2, $3, $4, $5)", *key) == row["n"]
+    assert (await verify(db)).clean
+
+
+async def test_recoveries_follow_live_writes(seeded, db):
+    pipeline = await seeded.pipeline("flaky")
+    runs = []
+    for outcome in ("success", "failure", "timeout", "success", "failure", "success",
+                    "failure"):
+        run = await seeded.run(pipeline["id"])
+        path = {"timeout": ("queued", "timeout"),
+                "failure": ("queued", "running", "complete", "failure"),
+                "success": ("queued", "running", "complete", "success")}[outcome]
+        runs.append(await seeded.move(run, *path))
+    frm, to = NOW - timedelta(days=2), NOW
+    query = f"from={iso(frm)}&to={iso(to)}&group_by=pipeline&pipeline_id={pipeline['id']}"
+    states = [r for r in await _states_now(db) if str(r["pipeline_id"]) == pipeline["id"]]
+    want = _expected(states, frm, to, None, True)
+    assert [len(w["recoveries"]) for w in want.values()] == [2]
+    await _compare(seeded, states, query, frm, to, None, True)
+    # the success that closed the first streak goes: its streak runs on to the next success
+    await seeded.delete(f"/pipelines/{pipeline['id']}/runs/{runs[3]['id']}/")
+    states = [r for r in await _states_now(db) if str(r["pipeline_id"]) == pipeline["id"]]
+    assert [len(w["recoveries"]) for w in _expected(states, frm, to, None, True).values()] == [1]
+    await _compare(seeded, states, query, frm, to, None, True)
+    assert (await verify(db)).clean
+
+
+async def test_verify_names_a_tampered_recovery_and_replay_restores_it(seeded, db):
+    before = await db.fetch("SELECT * FROM run_recoveries ORDER BY 1, 2, 3, 4")
+    assert before
+    await db.execute("UPDATE run_recoveries SET failed_at = failed_at - interval '1 second' "
+                     "WHERE run_id = $1", before[0]["run_id"])
+    await db.execute("DELETE FROM run_recoveries WHERE run_id = $1", before[-1]["run_id"])
+    drifts = (await verify(db)).recovery_drifts
+    first, last = before[0], before[-1]
+    assert sorted((d.key, d.expected, d.actual) for d in drifts) == sorted([
+        ((first["enterprise_id"], first["pipeline_id"], first["run_id"]),
+         (first["recovered_at"], first["failed_at"]),
+         (first["recovered_at"], first["failed_at"] - timedelta(seconds=1))),
+        ((last["enterprise_id"], last["pipeline_id"], last["run_id"]),
+         (last["recovered_at"], last["failed_at"]), None)])
+    report = await replay(db)
+    assert report.recoveries_repaired == 2
+    assert await db.fetch("SELECT * FROM run_recoveries ORDER BY 1, 2, 3, 4") == before
+    assert (await verify(db)).clean
