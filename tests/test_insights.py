@@ -208,6 +208,18 @@ async def test_bad_parameters_are_400(api, query, field):
     assert field in str(content)
 
 
+async def test_a_grouped_answer_is_at_most_10000_rows(api):
+    # Two pipelines by the hour over a year could be 17,568 rows: refused before any work,
+    # naming the bound; by the day (732 rows) the same question is answered.
+    for name in ("a", "b"):
+        await api.pipeline(name=f"rows-{name}-{uuid.uuid4().hex[:6]}")
+    year = "from=2025-06-01T00:00:00Z&to=2026-06-01T00:00:00Z&group_by=pipeline"
+    content = await api.get(f"/insights/runs/?{year}&granularity=hour", status=400)
+    assert content == {"granularity": ["at most 10,000 rows (buckets × pipelines)"]}
+    assert "8,760 buckets × 2 pipelines = 17,520 rows" in (await api.last.json())["message"]
+    assert (await api.get(f"/insights/runs/?{year}&granularity=day"))["rows"] == []
+
+
 async def test_replay_rebuilds_and_verify_names_a_tampered_row(seeded, db):
     assert (await verify(db)).clean
     before = [tuple(r) for r in await db.fetch(

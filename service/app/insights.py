@@ -18,6 +18,9 @@ from service.store import insights as store
 
 DEFAULT_WINDOW = timedelta(days=30)
 MAX_WINDOW = timedelta(days=366)
+# One answer holds at most this many rows (buckets × pipelines when grouped): a year by the
+# hour for 200 pipelines would be 1.7M rows, hundreds of MB built in memory for one request.
+MAX_ROWS = 10_000
 
 
 def _utc(at: datetime) -> datetime:
@@ -59,6 +62,9 @@ async def insights(conn: asyncpg.Connection, enterprise_id: str, *, start=None, 
         if pipeline_route and not await store.pipeline_is_live(conn, enterprise_id,
                                                               pipeline_ids[0]):
             raise NotFound("pipeline not found")
+        if group:
+            await _within_max_rows(conn, enterprise_id, frm, to, granularity, pipeline_ids,
+                                   pipeline_name)
         rows: dict[tuple, dict] = defaultdict(dict)
         recovered: dict[tuple, tuple] = {}
         counters = await store.counters(conn, *args, now=now)
@@ -86,3 +92,18 @@ async def insights(conn: asyncpg.Connection, enterprise_id: str, *, start=None, 
         answer.append(row)
     return {"from": frm, "to": to, "as_of": as_of, "granularity": granularity,
             "group_by": group_by, "relative_error": figures_of.RELATIVE_ERROR, "rows": answer}
+
+
+async def _within_max_rows(conn, enterprise_id: str, frm: datetime, to: datetime,
+                           granularity: str | None, pipeline_ids, pipeline_name) -> None:
+    """A grouped answer's rows are at most buckets × pipelines: refused before any work when
+    that bound passes MAX_ROWS (a row for each is possible, so the bound is what counts)."""
+    buckets = figures_of.bucket_count(frm, to, granularity)
+    pipelines = await store.count_pipelines(conn, enterprise_id, pipeline_ids or None,
+                                            pipeline_name)
+    if buckets * pipelines > MAX_ROWS:
+        raise BadRequest(
+            f"the answer could hold {buckets:,} buckets × {pipelines:,} pipelines = "
+            f"{buckets * pipelines:,} rows, at most {MAX_ROWS:,}: narrow the window, choose a "
+            "coarser granularity, or filter the pipelines",
+            content={"granularity": [f"at most {MAX_ROWS:,} rows (buckets × pipelines)"]})

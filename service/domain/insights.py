@@ -102,6 +102,16 @@ def bucket_start(at: datetime, granularity: str | None, window_from: datetime) -
     return window_from
 
 
+def bucket_count(window_from: datetime, window_to: datetime, granularity: str | None) -> int:
+    """How many buckets the window has (exact: the buckets are walked, at most ~8,800)."""
+    count, at = 0, bucket_start(window_from, granularity, window_from)
+    while at < window_to:
+        count, at = count + 1, bucket_end(at, granularity, window_to)
+        if granularity is None:
+            break
+    return count
+
+
 def bucket_end(start: datetime, granularity: str | None, window_to: datetime) -> datetime:
     """The end of a bucket (exclusive), never past the window's end."""
     if granularity is None:

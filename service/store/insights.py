@@ -154,6 +154,12 @@ RECOVERIES = {
 PIPELINE_IS_LIVE = """
 SELECT EXISTS (SELECT FROM pipelines WHERE enterprise_id = $1 AND id = $2 AND deleted_at IS NULL)
 """
+# How many pipelines a grouped answer may have rows for (the pipeline filters applied).
+COUNT_PIPELINES = """
+SELECT count(*) FROM pipelines
+WHERE enterprise_id = $1 AND deleted_at IS NULL
+  AND ($2::uuid[] IS NULL OR id = ANY($2::uuid[])) AND ($3::text IS NULL OR name = $3)
+"""
 PIPELINE_NAMES = """
 SELECT id, name FROM pipelines WHERE enterprise_id = $1 AND id = ANY($2::uuid[])
 """
@@ -288,6 +294,11 @@ async def recoveries(conn: asyncpg.Connection, enterprise_id: str, window: tuple
 
 async def pipeline_is_live(conn: asyncpg.Connection, enterprise_id: str, pipeline_id) -> bool:
     return await conn.fetchval(PIPELINE_IS_LIVE, enterprise_id, pipeline_id)
+
+
+async def count_pipelines(conn: asyncpg.Connection, enterprise_id: str, pipeline_ids,
+                          pipeline_name) -> int:
+    return await conn.fetchval(COUNT_PIPELINES, enterprise_id, pipeline_ids, pipeline_name)
 
 
 async def pipeline_names(conn: asyncpg.Connection, enterprise_id: str, ids) -> dict:

@@ -21,7 +21,9 @@ class InsightsQuery(Schema):
         "description": "One row per UTC hour, day, week (from Monday) or month; absent: "
                        "one row for the window", "enum": list(GRANULARITIES)})
     group_by = fields.String(validate=validate.OneOf(["pipeline"]), metadata={
-        "description": "`pipeline`: a row per pipeline (and bucket)", "enum": ["pipeline"]})
+        "description": "`pipeline`: a row per pipeline (and bucket). An answer holds at "
+                       "most 10,000 rows: buckets × pipelines beyond that is a 400",
+        "enum": ["pipeline"]})
     pipeline_id = fields.List(fields.UUID(), validate=validate.Length(max=100), metadata={
         "description": "Only these pipelines (repeat the parameter, at most 100)"})
     pipeline_name = Text(validate=NAME, metadata={"description": "Only pipelines of this name"})
