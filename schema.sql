@@ -272,7 +272,7 @@ $$;
 -- reads the previous hash and writes the new one (a PUT's whole chain cost, no statement
 -- trigger function runs after it); later rows of the same transaction chain
 -- from the hash it last chained, kept in a transaction-local setting per enterprise
--- (`position:events:hash`), and leave the head row to the statement's end (below), so a
+-- (`position:events:hash`, `:lag` appended while the head is behind), and leave the head row to the statement's end (below), so a
 -- COPY of many events does not update one row many times over. A savepoint rolled back
 -- takes its settings back with its rows.
 CREATE OR REPLACE FUNCTION run_events_chain() RETURNS trigger
@@ -280,7 +280,8 @@ LANGUAGE plpgsql AS $$
 DECLARE
     slot text := 'pipeline_runs.chain_' || md5(NEW.enterprise_id);
     cached text := current_setting(slot, true);
-    lagging text;
+    parts text[];
+    lag text := '';
     n bigint;
 BEGIN
     IF coalesce(cached, '') = '' THEN
@@ -308,25 +309,24 @@ BEGIN
             END IF;
         END IF;
     ELSE
-        IF split_part(cached, ':', 1)::bigint >= NEW.position THEN
-            PERFORM run_events_chain_behind(NEW.enterprise_id, NEW.position,
-                                            split_part(cached, ':', 1)::bigint);
+        parts := string_to_array(cached, ':');
+        IF parts[1]::bigint >= NEW.position THEN
+            PERFORM run_events_chain_behind(NEW.enterprise_id, NEW.position, parts[1]::bigint);
         END IF;
-        n := split_part(cached, ':', 2)::bigint + 1;
-        NEW.chain_hash := sha256(decode(split_part(cached, ':', 3), 'hex') || run_event_canonical(
+        n := parts[2]::bigint + 1;
+        NEW.chain_hash := sha256(decode(parts[3], 'hex') || run_event_canonical(
             NEW.position, NEW.id, NEW.enterprise_id, NEW.pipeline_id, NEW.run_id,
             NEW.version, NEW.type, NEW.from_status, NEW.to_status, NEW.actor,
             NEW.actor_id, NEW.occurred_at, NEW.data));
-        lagging := current_setting('pipeline_runs.chain_lagging', true);
-        IF coalesce(lagging, '') = '' THEN
-            PERFORM set_config('pipeline_runs.chain_lagging', ARRAY[NEW.enterprise_id]::text, true);
-        ELSIF NOT NEW.enterprise_id = ANY(lagging::text[]) THEN
-            PERFORM set_config('pipeline_runs.chain_lagging',
-                               (lagging::text[] || NEW.enterprise_id)::text, true);
+        lag := ':lag';  -- the head is behind from here (once per enterprise and statement)
+        IF parts[4] IS NULL THEN
+            PERFORM set_config('pipeline_runs.chain_lagging', (coalesce(nullif(
+                current_setting('pipeline_runs.chain_lagging', true), ''), '{}')::text[]
+                || NEW.enterprise_id)::text, true);
         END IF;
     END IF;
-    PERFORM set_config(slot, NEW.position || ':' || n || ':' || encode(NEW.chain_hash, 'hex'),
-                       true);
+    PERFORM set_config(slot, NEW.position || ':' || n || ':' || encode(NEW.chain_hash, 'hex')
+                       || lag, true);
     RETURN NEW;
 END
 $$;
@@ -353,6 +353,10 @@ BEGIN
     ON CONFLICT (enterprise_id) DO UPDATE
     SET position = EXCLUDED.position, events = EXCLUDED.events,
         chain_hash = EXCLUDED.chain_hash;
+    PERFORM set_config('pipeline_runs.chain_' || md5(e),  -- caught up: no longer lagging
+                       regexp_replace(current_setting('pipeline_runs.chain_' || md5(e)),
+                                      ':lag$', ''), true)
+    FROM unnest(current_setting('pipeline_runs.chain_lagging')::text[]) AS e;
     PERFORM set_config('pipeline_runs.chain_lagging', '', true);
     RETURN NULL;
 END

@@ -35,7 +35,9 @@ from service.domain import lifecycle  # noqa: E402
 from service.infra.db import init_connection  # noqa: E402
 from service.store import append, meta, moves, pipelines, runs  # noqa: E402
 
-TRIGGERS = ("run_events_chain", "run_events_chain_lagging_heads")
+# The chain's triggers on run_events (whatever their form: older schemas named them alike).
+TRIGGERS = ("SELECT tgname FROM pg_trigger WHERE tgrelid = 'run_events'::regclass "
+            "AND tgname LIKE 'run\\_events\\_chain%'")
 COPY_EVENTS = 500
 TICK = os.sysconf("SC_CLK_TCK")
 
@@ -53,7 +55,7 @@ def _cpu(pids: list[int]) -> float | None:
 
 
 async def _toggle(conn: asyncpg.Connection, on: bool) -> None:
-    for name in TRIGGERS:
+    for name in [r["tgname"] for r in await conn.fetch(TRIGGERS)]:
         await conn.execute(f"ALTER TABLE run_events {'ENABLE' if on else 'DISABLE'} "
                            f"TRIGGER {name}")
 
