@@ -270,11 +270,11 @@ $$;
 -- here, so it is kept to one query per enterprise and transaction): the first row a
 -- transaction appends to an enterprise moves the enterprise's head in ONE statement that
 -- reads the previous hash and writes the new one (a PUT's whole chain cost, no statement
--- trigger function runs after it); later rows of the same transaction chain
--- from the hash it last chained, kept in a transaction-local setting per enterprise
--- (`position:events:hash`, `:lag` appended while the head is behind), and leave the head row to the statement's end (below), so a
--- COPY of many events does not update one row many times over. A savepoint rolled back
--- takes its settings back with its rows.
+-- trigger function runs after it); later rows of the same transaction chain from the hash
+-- it last chained, kept in a transaction-local setting per enterprise
+-- (`position:events:hash`, `:lag` appended while the head is behind), and leave the head
+-- row to the statement's end (below), so a COPY of many events does not update one row
+-- many times over. A savepoint rolled back takes its settings back with its rows.
 CREATE OR REPLACE FUNCTION run_events_chain() RETURNS trigger
 LANGUAGE plpgsql AS $$
 DECLARE
