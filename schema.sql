@@ -266,58 +266,113 @@ SELECT convert_to(E'pipeline-runs event v1\n' || run_event_field(pos::text)
     || run_event_field(to_char(occurred_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'))
     || run_event_field(data::text), 'UTF8')
 $$;
--- Each row: its previous hash is the enterprise's head, or, when this transaction already
--- appended to the enterprise, the hash it last chained (kept in a transaction-local
--- setting per enterprise): the head row itself is moved once per statement (below), not
--- once per row, so a COPY of many events does not update one row many times over.
+-- Each row: its previous hash is the head's (the chain's cost on the write path is mostly
+-- here, so it is kept to one query per enterprise and transaction): the first row a
+-- transaction appends to an enterprise moves the enterprise's head in ONE statement that
+-- reads the previous hash and writes the new one (a PUT's whole chain cost, no statement
+-- trigger function runs after it); later rows of the same transaction chain from the hash
+-- it last chained, kept in a transaction-local setting per enterprise
+-- (`position:events:hash`, `:lag` appended while the head is behind), and leave the head
+-- row to the statement's end (below), so a COPY of many events does not update one row
+-- many times over. A savepoint rolled back takes its settings back with its rows.
 CREATE OR REPLACE FUNCTION run_events_chain() RETURNS trigger
 LANGUAGE plpgsql AS $$
 DECLARE
     slot text := 'pipeline_runs.chain_' || md5(NEW.enterprise_id);
     cached text := current_setting(slot, true);
-    previous bytea;
-    previous_position bigint;
+    parts text[];
+    lag text := '';
+    n bigint;
 BEGIN
     IF coalesce(cached, '') = '' THEN
-        SELECT h.position, h.chain_hash INTO previous_position, previous
-        FROM event_chain_heads h WHERE h.enterprise_id = NEW.enterprise_id;
+        UPDATE event_chain_heads h SET position = NEW.position, events = h.events + 1,
+            chain_hash = sha256(h.chain_hash || run_event_canonical(
+                NEW.position, NEW.id, NEW.enterprise_id, NEW.pipeline_id, NEW.run_id,
+                NEW.version, NEW.type, NEW.from_status, NEW.to_status, NEW.actor,
+                NEW.actor_id, NEW.occurred_at, NEW.data))
+        WHERE h.enterprise_id = NEW.enterprise_id AND h.position < NEW.position
+        RETURNING h.events, h.chain_hash INTO n, NEW.chain_hash;
+        IF NOT FOUND THEN  -- the enterprise's first event, or a writer without the feed lock
+            n := 1;
+            NEW.chain_hash := sha256('\x0000000000000000000000000000000000000000000000000000000000000000'::bytea
+                || run_event_canonical(
+                    NEW.position, NEW.id, NEW.enterprise_id, NEW.pipeline_id, NEW.run_id,
+                    NEW.version, NEW.type, NEW.from_status, NEW.to_status, NEW.actor,
+                    NEW.actor_id, NEW.occurred_at, NEW.data));
+            INSERT INTO event_chain_heads (enterprise_id, position, events, chain_hash)
+            VALUES (NEW.enterprise_id, NEW.position, 1, NEW.chain_hash)
+            ON CONFLICT (enterprise_id) DO NOTHING;
+            IF NOT FOUND THEN
+                PERFORM run_events_chain_behind(NEW.enterprise_id, NEW.position,
+                    (SELECT h.position FROM event_chain_heads h
+                     WHERE h.enterprise_id = NEW.enterprise_id));
+            END IF;
+        END IF;
     ELSE
-        previous_position := split_part(cached, ':', 1)::bigint;
-        previous := decode(split_part(cached, ':', 2), 'hex');
+        parts := string_to_array(cached, ':');
+        IF parts[1]::bigint >= NEW.position THEN
+            PERFORM run_events_chain_behind(NEW.enterprise_id, NEW.position, parts[1]::bigint);
+        END IF;
+        n := parts[2]::bigint + 1;
+        NEW.chain_hash := sha256(decode(parts[3], 'hex') || run_event_canonical(
+            NEW.position, NEW.id, NEW.enterprise_id, NEW.pipeline_id, NEW.run_id,
+            NEW.version, NEW.type, NEW.from_status, NEW.to_status, NEW.actor,
+            NEW.actor_id, NEW.occurred_at, NEW.data));
+        lag := ':lag';  -- the head is behind from here (once per enterprise and statement)
+        IF parts[4] IS NULL THEN
+            PERFORM set_config('pipeline_runs.chain_lagging', (coalesce(nullif(
+                current_setting('pipeline_runs.chain_lagging', true), ''), '{}')::text[]
+                || NEW.enterprise_id)::text, true);
+        END IF;
     END IF;
-    IF previous_position >= NEW.position THEN  -- a writer without the feed lock
-        RAISE EXCEPTION 'run_events: position % of enterprise % is behind its chain (%)',
-            NEW.position, NEW.enterprise_id, previous_position
-            USING ERRCODE = 'serialization_failure';
-    END IF;
-    NEW.chain_hash := sha256(coalesce(previous, decode(repeat('00', 32), 'hex'))
-        || run_event_canonical(NEW.position, NEW.id, NEW.enterprise_id, NEW.pipeline_id,
-                               NEW.run_id, NEW.version, NEW.type, NEW.from_status,
-                               NEW.to_status, NEW.actor, NEW.actor_id, NEW.occurred_at,
-                               NEW.data));
-    PERFORM set_config(slot, NEW.position || ':' || encode(NEW.chain_hash, 'hex'), true);
+    PERFORM set_config(slot, NEW.position || ':' || n || ':' || encode(NEW.chain_hash, 'hex')
+                       || lag, true);
     RETURN NEW;
+END
+$$;
+CREATE OR REPLACE FUNCTION run_events_chain_behind(enterprise text, pos bigint, head bigint)
+RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION 'run_events: position % of enterprise % is behind its chain (%)',
+        pos, enterprise, head USING ERRCODE = 'serialization_failure';
 END
 $$;
 CREATE OR REPLACE TRIGGER run_events_chain BEFORE INSERT ON run_events
     FOR EACH ROW EXECUTE FUNCTION run_events_chain();
--- Each statement: every enterprise it appended to gets its new head (last event, count).
+-- Each statement whose rows left heads behind (the setting above lists their enterprises):
+-- those heads moved to the last event chained, once. A statement of one event per
+-- enterprise (a PUT, a group commit) skips it by the WHEN, before any function runs.
 CREATE OR REPLACE FUNCTION run_events_chain_heads() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
     INSERT INTO event_chain_heads AS h (enterprise_id, position, events, chain_hash)
-    SELECT DISTINCT ON (enterprise_id) enterprise_id, position,
-           count(*) OVER (PARTITION BY enterprise_id), chain_hash
-    FROM appended ORDER BY enterprise_id, position DESC
+    SELECT e, split_part(s, ':', 1)::bigint, split_part(s, ':', 2)::bigint,
+           decode(split_part(s, ':', 3), 'hex')
+    FROM unnest(current_setting('pipeline_runs.chain_lagging')::text[]) AS e,
+         current_setting('pipeline_runs.chain_' || md5(e)) AS s
     ON CONFLICT (enterprise_id) DO UPDATE
-    SET position = EXCLUDED.position, events = h.events + EXCLUDED.events,
+    SET position = EXCLUDED.position, events = EXCLUDED.events,
         chain_hash = EXCLUDED.chain_hash;
+    PERFORM set_config('pipeline_runs.chain_' || md5(e),  -- caught up: no longer lagging
+                       regexp_replace(current_setting('pipeline_runs.chain_' || md5(e)),
+                                      ':lag$', ''), true)
+    FROM unnest(current_setting('pipeline_runs.chain_lagging')::text[]) AS e;
+    PERFORM set_config('pipeline_runs.chain_lagging', '', true);
     RETURN NULL;
 END
 $$;
-CREATE OR REPLACE TRIGGER run_events_chain_heads AFTER INSERT ON run_events
-    REFERENCING NEW TABLE AS appended
-    FOR EACH STATEMENT EXECUTE FUNCTION run_events_chain_heads();
+DO $$
+BEGIN  -- the older form of the statement trigger read a transition table
+    IF EXISTS (SELECT FROM pg_trigger WHERE tgrelid = 'run_events'::regclass
+               AND tgname = 'run_events_chain_heads') THEN
+        DROP TRIGGER run_events_chain_heads ON run_events;
+    END IF;
+END
+$$;
+CREATE OR REPLACE TRIGGER run_events_chain_lagging_heads AFTER INSERT ON run_events
+    FOR EACH STATEMENT
+    WHEN (coalesce(current_setting('pipeline_runs.chain_lagging', true), '') <> '')
+    EXECUTE FUNCTION run_events_chain_heads();
 
 -- The projection the API reads: one row per live run, derived from run_events only.
 CREATE TABLE IF NOT EXISTS pipeline_runs (
