@@ -106,6 +106,20 @@ def test_ranges_grow_when_the_folds_do_not_fit():
     assert scan_parts.ranges_for(0, 1, 1) == 1
 
 
+async def test_a_log_never_analyzed_is_still_split(api, db, db_dsn, monkeypatch):
+    """Right after a bulk load (seed) the tables have no statistics yet (reltuples -1, which
+    the estimate read as 0: one process and one range for a million runs); the planner's
+    estimate sees the relation's size, so the scan is still split."""
+    await _busy_runs(api, 3)
+    assert await db.fetchval("""
+        SELECT bool_and(c.reltuples < 0) FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+        WHERE i.inhparent = 'run_events'::regclass AND pg_relation_size(c.oid) > 0""")
+    monkeypatch.setattr(scan_parts, "MIN_EVENTS_PER_PART", 1)
+    monkeypatch.setattr(scan_parts.os, "cpu_count", lambda: 2)
+    assert await scan_parts.count_parts(db, db_dsn) == 2
+    assert await sql.estimated_rows(db, sql.ESTIMATED_RUNS) >= 3
+
+
 async def test_a_scan_in_many_ranges_is_the_scan_in_one(api, db, db_dsn, monkeypatch):
     runs = await _busy_runs(api, 8)
     await db.execute("UPDATE pipeline_runs SET run_number = 77 WHERE id = $1",

@@ -41,7 +41,7 @@ class Plan:
 async def plan(conn: asyncpg.Connection, dsn: str | None, memory_mb: int) -> Plan:
     """How many processes, and how many run-id ranges for the folds to fit in memory_mb."""
     processes = await count_parts(conn, dsn)
-    runs = await conn.fetchval(sql.ESTIMATED_RUNS)
+    runs = await sql.estimated_rows(conn, sql.ESTIMATED_RUNS)
     return Plan(processes, bounds(ranges_for(runs, processes, memory_mb)))
 
 
@@ -57,7 +57,8 @@ async def count_parts(conn: asyncpg.Connection, dsn: str | None) -> int:
     """How many parts the scan is worth: one without a dsn (no other process can connect)."""
     if dsn is None:
         return 1
-    return parts_for(await conn.fetchval(sql.ESTIMATED_EVENTS), os.cpu_count() or 1)
+    events = await sql.estimated_rows(conn, sql.ESTIMATED_EVENTS)
+    return parts_for(events, os.cpu_count() or 1)
 
 
 def parts_for(events: int, cpus: int) -> int:

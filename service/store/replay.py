@@ -1,6 +1,7 @@
 """SQL for replay and verify: stream the event log, then the projection rows; patch rows."""
 from __future__ import annotations
 
+import json
 import re
 from collections import Counter
 
@@ -69,16 +70,21 @@ SET LOCAL enable_sort = off;
 PREFETCH = 5000  # rows per round trip of the scan's cursors
 # The scan's parts share the snapshot of the first: exported there, imported by the others.
 EXPORT_SNAPSHOT = "SELECT pg_export_snapshot()"
-# How many runs there are, about: how much memory the fold of all of them takes.
-ESTIMATED_RUNS = """
-SELECT greatest(reltuples, 0)::bigint FROM pg_class WHERE oid = 'pipeline_runs'::regclass
-"""
-# How many events there are, about (the planner's statistics): is the scan worth splitting?
-ESTIMATED_EVENTS = """
-SELECT coalesce(sum(c.reltuples) FILTER (WHERE c.reltuples > 0), 0)::bigint
-FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
-WHERE i.inhparent = 'run_events'::regclass
-"""
+# How many runs and events there are, about: the planner's own estimate of a scan of each
+# (EXPLAIN). Not pg_class.reltuples alone: that is unknown (-1, read as 0) until the table
+# was first vacuumed or analyzed, e.g. right after `seed`, which made the scan plan one
+# process and one range for a million runs; the planner estimates from the relation's
+# current size then, and scales reltuples by it otherwise.
+ESTIMATED_RUNS = "EXPLAIN (FORMAT JSON) SELECT 1 FROM pipeline_runs"
+ESTIMATED_EVENTS = "EXPLAIN (FORMAT JSON) SELECT 1 FROM run_events"
+
+
+async def estimated_rows(conn: asyncpg.Connection, explain: str) -> int:
+    """The row count the planner expects of `explain` (ESTIMATED_RUNS, ESTIMATED_EVENTS)."""
+    plan = await conn.fetchval(explain)
+    if isinstance(plan, str):
+        plan = json.loads(plan)
+    return max(0, int(plan[0]["Plan"]["Plan Rows"]))
 
 
 def set_snapshot(snapshot_id: str) -> str:
