@@ -14,8 +14,8 @@ from typing import Callable
 from aiohttp import web
 
 from service.domain.errors import Forbidden, Unauthorized
-from service.store import tokens as token_store
-from service.store.errors import translated
+from service.app import tokens
+from service.app.outages import translated
 from service.web.keys import (CONFIG, POOL, PRINCIPAL, RATE_LIMITER, RATE_STATE, TOKEN_CACHE,
                               Principal)
 from service.web.tokencache import MISS
@@ -85,7 +85,7 @@ def requires(scope: str) -> Callable:
 async def _principal(request: web.Request, token: str) -> Principal | None:
     # Cached briefly (TOKEN_CACHE_SECONDS) so a revoked token is refused within seconds.
     cache = request.app[TOKEN_CACHE]
-    key = token_store.hash_token(token)
+    key = tokens.hash_token(token)
     now = time.monotonic()
     hit = cache.get(key, now)
     if hit is not MISS:
@@ -113,7 +113,7 @@ async def principal_for(request: web.Request, token: str) -> Principal | None:
 async def _lookup(request: web.Request, token: str):
     async with request.app[POOL].acquire() as conn:
         try:
-            return await token_store.find_token(conn, token)
+            return await tokens.find(conn, token)
         except asyncio.TimeoutError:  # not answering: drop it (see handlers/common.connection)
             conn.terminate()
             raise

@@ -9,7 +9,7 @@ from aiohttp import web
 
 from service.infra import logs
 from service.infra.metrics import UNMATCHED, Metrics
-from service.store.appended import APPENDED
+from service.infra.appended import APPENDED
 from service.web.keys import CLIENT_GONE, FEED_WAITERS, PRINCIPAL, REQUEST_ID
 from service.web.middleware import request_id_of
 
