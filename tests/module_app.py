@@ -44,7 +44,9 @@ async def db(shared_db):
 
 
 @pytest_asyncio.fixture(loop_scope="module")
-async def token(db, enterprise) -> str:
+async def token(request, db, enterprise) -> str:
+    if request.node.get_closest_marker("own_db"):  # this app is on the shared database
+        pytest.fail("own_db needs conftest's function-scoped app, not tests/module_app.py")
     return await make_token(db, enterprise)
 
 
