@@ -13,7 +13,9 @@ from typing import Iterator
 
 import asyncpg
 
+from service.app import database as schema
 from service.app import devtoken
+from service.app import tokens
 from service.config import Config
 from service.domain.ids import enterprise_id_problem
 from service.infra import runtime
@@ -21,14 +23,12 @@ from service.infra.db import init_connection as _init
 from service.infra.db import dsn_login, redact_dsn, with_login
 from service.infra.embedded import DataDirBusy, claim_data_dir
 from service.infra.logs import setup_logging
-from service.store import meta, roles
-from service.store import tokens as token_store
 from service.web.app import create_app
 
 log = logging.getLogger("service")
 
 # Scopes a token may carry: what the handlers require (web/handlers, @operation scope=).
-KNOWN_SCOPES = token_store.DEFAULT_SCOPES
+KNOWN_SCOPES = tokens.DEFAULT_SCOPES
 # `dev` (make run) opens loopback to webhooks unless WEBHOOK_ALLOWED_NETWORKS is set.
 DEV_WEBHOOK_NETWORKS = ("127.0.0.0/8", "::1/128")
 
@@ -100,14 +100,14 @@ async def _with_conn(cfg: Config, work, dsn: str | None = None):
         await conn.close()
 
 
-def _runtime_role(cfg: Config) -> roles.RuntimeRole | None:
+def _runtime_role(cfg: Config) -> schema.RuntimeRole | None:
     """DATABASE_URL's login, when migrations go through another one (MIGRATE_DATABASE_URL)."""
     if not cfg.migrate_database_url:
         return None
     user, password = dsn_login(cfg.database_url)
     if user is None or user == dsn_login(cfg.migrate_database_url)[0]:
         return None
-    return roles.RuntimeRole(user, password)
+    return schema.RuntimeRole(user, password)
 
 
 async def _migrate(cfg: Config) -> list[str]:
@@ -115,7 +115,7 @@ async def _migrate(cfg: Config) -> list[str]:
     role's grants."""
     async def work(conn):
         try:
-            return await meta.migrate(conn, runtime=_runtime_role(cfg))
+            return await schema.migrate(conn, runtime=_runtime_role(cfg))
         except asyncpg.InsufficientPrivilegeError as exc:
             raise CannotMigrate(f"cannot migrate as {await conn.fetchval('SELECT current_user')}"
                                 f": {exc} (MIGRATE_DATABASE_URL names the owner)") from None
@@ -131,9 +131,7 @@ async def _prepare(cfg: Config) -> None:
         return
 
     async def work(conn):
-        if await roles.can_migrate(conn):
-            await meta.migrate(conn)
-        elif missing := await meta.pending_migrations(conn):
+        if missing := await schema.prepare(conn):
             raise CannotMigrate(f"the schema needs {', '.join(missing)} and "
                                 f"{await conn.fetchval('SELECT current_user')} may not apply "
                                 f"them: run migrate with MIGRATE_DATABASE_URL first")
@@ -163,8 +161,8 @@ def cmd_create_token(config: Config, args) -> int:
     scopes = args.scopes
     with database(config) as cfg:
         async def work(conn):
-            return await token_store.create_token(conn, args.enterprise, args.name, scopes,
-                                                  args.rate_limit)
+            return await tokens.create(conn, args.enterprise, args.name, scopes,
+                                       args.rate_limit)
 
         asyncio.run(_prepare(cfg))
         token_id, token = asyncio.run(_with_conn(cfg, work))
@@ -176,7 +174,7 @@ def cmd_create_token(config: Config, args) -> int:
 
 def cmd_list_tokens(config: Config, args) -> int:
     with database(config) as cfg:
-        rows = asyncio.run(_with_conn(cfg, token_store.list_tokens))
+        rows = asyncio.run(_with_conn(cfg, tokens.list_all))
     print("id\tenterprise\tname\tscopes\tcreated_at\trevoked_at\trate_limit")
     for r in rows:
         rate = "default" if r["rate_limit"] is None else r["rate_limit"]
@@ -189,7 +187,7 @@ def cmd_list_tokens(config: Config, args) -> int:
 def cmd_revoke_token(config: Config, args) -> int:
     with database(config) as cfg:
         done = asyncio.run(_with_conn(
-            cfg, lambda conn: token_store.revoke_token(conn, args.id)))
+            cfg, lambda conn: tokens.revoke(conn, args.id)))
     if not done:  # an error: on stderr, as every command's
         print(f"python -m service revoke-token: token {args.id} not found or already revoked",
               file=sys.stderr)
@@ -318,7 +316,7 @@ def _listen_config(config: Config, args) -> Config:
 
 def _serve(cfg: Config, on_ready=None, command: str = "serve") -> int:
     asyncio.run(_prepare(cfg))
-    if (reason := asyncio.run(_with_conn(cfg, roles.unprotected_because))) is not None:
+    if (reason := asyncio.run(_with_conn(cfg, schema.unprotected_because))) is not None:
         if cfg.require_protected_event_log:
             print(f"python -m service {command}: DATABASE_URL's role is {reason}: it could "
                   f"change the event log (REQUIRE_PROTECTED_EVENT_LOG=true)", file=sys.stderr)

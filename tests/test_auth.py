@@ -2,8 +2,12 @@
 from __future__ import annotations
 
 import pytest
+import pytest_asyncio
 
 from tests.helpers import CORE_ROUTES, body_for, events_of, ids, make_token
+from tests.module_app import api, client, config, db, token  # noqa: F401 (one app per module)
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 
 BAD_AUTH = {
@@ -64,7 +68,7 @@ async def test_a_read_only_token_reads_but_cannot_write(api, db, enterprise):
 
 # --- enterprise isolation ---------------------------------------------------------------
 
-@pytest.fixture
+@pytest_asyncio.fixture(loop_scope="module")
 async def intruder(api, db):
     """A caller from another enterprise, with full scopes and a pipeline of its own."""
     other = api.with_token(await make_token(db, "ent-intruder-" + api.token[-8:], "tester"))

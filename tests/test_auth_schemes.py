@@ -4,6 +4,9 @@ from __future__ import annotations
 import pytest
 
 from tests.helpers import make_token, wait_until
+from tests.module_app import api, client, config, db, token  # noqa: F401 (one app per module)
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 # Served to anyone, without a token (web/handlers/root.py): no auth, no rate limit.
 PUBLIC = {"/", "/favicon.ico"}

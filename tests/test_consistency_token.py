@@ -9,9 +9,7 @@ from service.config import Config
 from service.infra.replicas import parse_token
 from service.store import replication
 from service.web.app import create_app
-
-# Served to anyone, without a token (web/handlers/root.py): no reads of ours.
-PUBLIC = {"/", "/favicon.ico"}
+from service.web.handlers import root
 
 TOKEN = "Consistency-Token"
 INSERT_LSN = "SELECT (pg_current_wal_insert_lsn() - '0/0'::pg_lsn)::int8"
@@ -75,7 +73,7 @@ async def test_openapi_documents_the_header_on_reads_and_the_response_header_on_
     spec = await (await client.get("/api/docs/swagger.json")).json()
     operations = [(path, method, op) for path, methods in spec["paths"].items()
                   for method, op in methods.items()
-                  if not path.startswith("/health") and path not in PUBLIC]
+                  if not path.startswith("/health") and path not in root.PATHS]  # no database
     assert operations
     for path, method, op in operations:
         assert TOKEN in op["responses"]["200"]["headers"], (method, path)

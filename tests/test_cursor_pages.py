@@ -13,6 +13,9 @@ from service.store import run_lists
 from service.web.schemas import ENTERPRISE_RUN_ORDERINGS, PIPELINE_RUN_ORDERINGS
 from tests.helpers import (FILTERS, cursor_walk, cursor_world, expected_order, matches_filter,
                            run_in)
+from tests.module_app import api, client, config, db, token  # noqa: F401 (one app per module)
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 
 async def test_cursor_pages_visit_every_run_exactly_once_in_every_ordering(api):

@@ -10,6 +10,9 @@ import pytest
 from service.store import run_lists
 from service.web.schemas import ENTERPRISE_RUN_ORDERINGS, PIPELINE_RUN_ORDERINGS
 from tests.helpers import FILTERS, cursor_walk, cursor_world, expected_order, iso, matches_filter
+from tests.module_app import api, client, config, db, token  # noqa: F401 (one app per module)
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 
 @pytest.mark.parametrize("plan", ["range first", "segments"])

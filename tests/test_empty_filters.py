@@ -5,12 +5,16 @@ import re
 from typing import Any
 
 import pytest
+import pytest_asyncio
 from yarl import URL
 
 from tests.helpers import make_token
+from tests.module_app import api, client, config, db, token  # noqa: F401 (one app per module)
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 
-@pytest.fixture
+@pytest_asyncio.fixture(loop_scope="module")
 async def world(api, db, enterprise) -> dict[str, str]:
     """Two pipelines, runs in two statuses, a stage run moved: every filter would narrow."""
     api = api.with_token(await make_token(db, enterprise, "tester-2"))  # two actors

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from datetime import datetime, timedelta, timezone
 from urllib.parse import quote
@@ -9,7 +10,7 @@ from urllib.parse import quote
 import pytest
 
 from service.config import Config
-from service.infra import feedwait
+from service.app import positions
 from service.web.app import create_app
 from service.web.keys import FEED_WAITERS
 from tests.helpers import make_token, wait_until, as_runtime
@@ -231,7 +232,8 @@ class TestLongPollWakeUp:
     @pytest.fixture
     def notify_lost(self, monkeypatch):
         """The listener LISTENs where nothing is notified (set up before the app starts)."""
-        monkeypatch.setattr(feedwait, "FEED_CHANNEL", "nobody_notifies_this")
+        lost = dataclasses.replace(positions.FEED_QUERIES, channel="nobody_notifies_this")
+        monkeypatch.setattr(positions, "FEED_QUERIES", lost)
 
     async def test_without_notify_the_long_poll_answers_only_at_its_deadline(
             self, notify_lost, api, client, enterprise, other):

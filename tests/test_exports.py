@@ -9,9 +9,14 @@ import uuid
 from datetime import datetime, timedelta
 from urllib.parse import quote
 
+import pytest
+
 from tests.helpers import make_token
 from service.app import audit
 from service.store import events as event_store
+from tests.module_app import api, client, config, db, token  # noqa: F401 (one app per module)
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 
 def history_path(run: dict) -> str:

@@ -9,7 +9,7 @@ import asyncpg
 import pytest
 
 from service.infra.db import create_pool
-from service.infra.replicas import primary_position
+from service.app.positions import primary_position
 from service.app.groupcommit import GroupCommit
 from service.web.keys import GROUP_COMMIT
 from service.app.chain import verify_chains

@@ -8,10 +8,14 @@ import io
 import json
 
 import pytest
+import pytest_asyncio
 
 from service.web import schemas
 from service.web.app import RESOURCE_ROUTES as ALL_ROUTES
 from tests.helpers import body_for, check_error, counts, send, world
+from tests.module_app import api, client, config, db, token  # noqa: F401 (one app per module)
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 SQL = "'; DROP TABLE run_events; --"
 SQL_OR = "' OR '1'='1"
@@ -22,7 +26,7 @@ BODY_ROUTES = [(m, p) for m, p, _ in RESOURCE_ROUTES if m in ("POST", "PUT")]
 MIB = 1024 * 1024
 
 
-@pytest.fixture
+@pytest_asyncio.fixture(loop_scope="module")
 async def hostile(api, db, enterprise):
     """Ids to aim at, and a checker: 4xx envelope, no internals, nothing written."""
     real = await world(api)

@@ -8,6 +8,7 @@ import asyncio
 import uuid
 
 import pytest
+import pytest_asyncio
 
 from service.config import Config
 from service.infra.db import create_pool
@@ -15,6 +16,9 @@ from service.web.idempotency import KEY_HEADER, REPLAYED_HEADER
 from service.store import idempotency as key_store
 from service.app.sweeper import sweep_once
 from tests.helpers import make_token
+from tests.module_app import api, client, config, db, token  # noqa: F401 (one app per module)
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 
 def key() -> str:
@@ -43,7 +47,7 @@ OPERATIONS = {
 }
 
 
-@pytest.fixture
+@pytest_asyncio.fixture(loop_scope="module")
 async def pipeline(api) -> dict:
     return await api.pipeline()
 

@@ -6,6 +6,9 @@ import pytest
 
 from service.domain import lifecycle as lc
 from tests.helpers import check_error, events_of, run_path, send
+from tests.module_app import api, client, config, db, token  # noqa: F401 (one app per module)
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 
 async def test_run_responses_carry_the_version_as_etag(api):

@@ -6,6 +6,9 @@ import pytest
 from service.domain import lifecycle as lc
 from tests.helpers import (ALLOWED, REFUSED, assert_projection, events_of, run_in, run_level,
                            run_path, token_id, ts)
+from tests.module_app import api, client, config, db, token  # noqa: F401 (one app per module)
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 
 async def _state(api, db, status: str) -> tuple[dict, list[dict]]:

@@ -16,6 +16,7 @@ import pytest
 
 from service.web.app import create_app
 from service.config import Config
+from service.app.positions import FEED_QUERIES
 from service.infra.feedwait import FeedWaiters
 from service.web.keys import FEED_WAITERS, METRICS, POOL
 from service.store import meta
@@ -283,7 +284,7 @@ class TestPrivateCluster:
 
     async def _listener_reconnects_in_the_background(self, dsn: str) -> None:
         """A long-poll's wait never waits on the feed listener's (re)connect."""
-        waiters = FeedWaiters(dsn, connect_timeout=10)
+        waiters = FeedWaiters(dsn, FEED_QUERIES, connect_timeout=10)
         with waiters.subscribe("nobody") as event:
             _, took = await timed(waiters.wait(event, 0.3))
         assert took < 3, took  # not the listener's 10 s connect

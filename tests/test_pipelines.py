@@ -6,6 +6,9 @@ from yarl import URL
 
 from service.store import tokens as token_store
 from tests.helpers import make_token, run_path, ts, walk
+from tests.module_app import api, client, config, db, token  # noqa: F401 (one app per module)
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 PIPELINE_FIELDS = {"id", "enterprise_id", "name", "description", "timeout_seconds", "is_active",
                    "is_default", "is_valid", "created_by", "updated_by", "created_at",

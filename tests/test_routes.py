@@ -6,14 +6,19 @@ import re
 
 import jsonschema_rs
 import pytest
+import pytest_asyncio
+from aiohttp.test_utils import TestClient, TestServer
 
 from service.web.app import RESOURCE_ROUTES, create_app
 from service.web.middleware import MAX_URL_BYTES
 from service.infra.runtime import PARSER_LIMITS
 from tests.helpers import Api, CORE_ROUTES, ID_ROUTES, MOUNTS, body_for, ids
+from tests.module_app import api, client, config, db, token  # noqa: F401 (one app per module)
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 MIB = 1024 * 1024
-def test_the_app_serves_every_core_route():
+async def test_the_app_serves_every_core_route():  # async: the module is on one loop
     served = {(method, path) for method, path, _ in RESOURCE_ROUTES}
     assert set(CORE_ROUTES) <= served
 
@@ -117,11 +122,13 @@ async def test_body_over_one_mib_is_413(api):
     assert (await api.get("/pipelines/"))["count"] == 1
 
 
-@pytest.fixture
-async def served(aiohttp_server, aiohttp_client, config, token):
+@pytest_asyncio.fixture(loop_scope="module")
+async def served(config, token):
     """The app behind the parser limits it is served with (runtime.run), not the defaults."""
-    server = await aiohttp_server(create_app(config), **PARSER_LIMITS)
-    return Api(await aiohttp_client(server), token)
+    server = TestServer(create_app(config))
+    await server.start_server(**PARSER_LIMITS)
+    async with TestClient(server) as started:
+        yield Api(started, token)
 
 
 async def test_url_over_8190_bytes_is_a_414_envelope(served):

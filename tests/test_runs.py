@@ -8,6 +8,9 @@ from service.domain import lifecycle as lc
 from service.web.schemas import ENTERPRISE_RUN_ORDERINGS, PIPELINE_RUN_ORDERINGS
 from tests.helpers import (RUN_FIELDS, TIMESTAMPS, assert_projection, events_of, make_token,
                            run_in, run_level, run_path, token_id, ts, walk)
+from tests.module_app import api, client, config, db, token  # noqa: F401 (one app per module)
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 # Two pipelines, runs in every kind of state: started or not, ended or not.
 SEED = [("alpha", "pending"), ("beta", "running"), ("alpha", "success"), ("beta", "queued"),

@@ -10,6 +10,9 @@ from service.web.app import RESOURCE_ROUTES as ALL_ROUTES
 # tests/test_stream.py check their scopes.
 RESOURCE_ROUTES = [r for r in ALL_ROUTES if not r[1].startswith(("/webhooks/", "/events/stream/"))]
 from tests.helpers import body_for, counts, make_token, world
+from tests.module_app import api, client, config, db, token  # noqa: F401 (one app per module)
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 
 ALL_SCOPES = ("runs:read", "runs:write", "audit:read")

@@ -4,6 +4,9 @@ from __future__ import annotations
 import pytest
 
 from tests.helpers import MOUNTS, make_token
+from tests.module_app import api, client, config, db, token  # noqa: F401 (one app per module)
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 
 ESPER = "/api/pipelines/v0"

@@ -5,6 +5,9 @@ import pytest
 from yarl import URL
 
 from tests.helpers import make_token, ts, walk
+from tests.module_app import api, client, config, db, token  # noqa: F401 (one app per module)
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 
 STAGE_FIELDS = {"id", "enterprise_id", "pipeline_id", "name", "description", "timeout_seconds",

@@ -13,6 +13,9 @@ import pytest
 
 from tests.helpers import (STAGE_RUN_MOVES, STAGE_RUN_STATUSES, STATUSES, events_of,
                            expected_status, legal_path)
+from tests.module_app import api, client, config, db, token  # noqa: F401 (one app per module)
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 # How a caller brings a run (of a two-stage pipeline) into each status.
 PATHS = {

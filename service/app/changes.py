@@ -15,7 +15,7 @@ from service.app.context import Actor
 from service.domain import lifecycle
 from service.domain.errors import Conflict, NotFound, PreconditionFailed
 from service.store import changes as store
-from service.store.appended import note_appended
+from service.infra.appended import note_appended
 
 Plan = Callable[[dict[str, Any]], list[lifecycle.Draft]]
 

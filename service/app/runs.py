@@ -23,9 +23,9 @@ from service.domain.errors import DomainError, NotFound, PreconditionFailed
 from service.store import events as event_store
 from service.store import moves, run_lists
 from service.store import runs as store
-from service.store.appended import note_appended
+from service.infra.appended import note_appended
 from service.store.columns import answered_run
-from service.store.errors import translated
+from service.app.outages import translated
 
 # The outcome of a grouped change whose run another transaction had locked: it then runs
 # alone, on its caller's connection, waiting for the row as it would anyway.

@@ -21,8 +21,8 @@ from service.infra.metrics import Metrics
 from service.app import runs, stage_runs
 from service.app.context import OnConnection, system
 from service.store import idempotency, partitions, timeouts
-from service.store.appended import appended_events
-from service.store.errors import UNAVAILABLE
+from service.infra.appended import appended_events
+from service.infra.db import UNAVAILABLE
 
 log = logging.getLogger(__name__)
 

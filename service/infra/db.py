@@ -13,6 +13,22 @@ from service.config import Config
 
 log = logging.getLogger(__name__)
 
+# Failures that mean "the database is not answering right now", not "your request is wrong"
+# (app/outages.py turns them into a 503; the sweeper logs them in one line).
+UNAVAILABLE = (
+    # 57xxx: statement_timeout (QueryCanceled), admin/crash shutdown, cannot connect now.
+    asyncpg.exceptions.OperatorInterventionError,
+    asyncpg.exceptions.PostgresConnectionError,  # 08xxx
+    asyncpg.exceptions.InsufficientResourcesError,  # 53xxx: too many connections, disk full
+    asyncpg.exceptions.LockNotAvailableError,  # 55P03: lock_timeout
+    asyncpg.exceptions.TransactionRollbackError,  # 40xxx: deadlock, serialization; retry
+    asyncpg.exceptions.InterfaceError,  # includes ConnectionDoesNotExistError (socket lost)
+    # What a connection that timed out mid-query says when it is used again.
+    asyncpg.exceptions.InternalClientError,
+    OSError,  # refused, reset, no route, unix socket gone
+    asyncio.TimeoutError,  # connect timeout, acquire timeout, command_timeout
+)
+
 
 def redact_dsn(dsn: str) -> str:
     """The DSN without its password, for logs."""

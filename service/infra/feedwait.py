@@ -28,12 +28,12 @@ import contextlib
 import logging
 import time
 from collections import defaultdict
+from dataclasses import dataclass
+from typing import Awaitable, Callable
 
 import asyncpg
 
 from service.infra.replicas import UNKNOWN_POSITION
-from service.store import replication
-from service.store.locks import FEED_CHANNEL, NOTIFY_FEED
 
 log = logging.getLogger(__name__)
 
@@ -43,11 +43,20 @@ CLOSE_SECONDS = 2.0
 ANY = "*"  # subscribe(ANY): woken by every enterprise's commits
 
 
+@dataclass(frozen=True)
+class FeedQueries:
+    """The store's part (app/positions.py hands it over): infra runs no SQL of its own."""
+    channel: str  # LISTEN/NOTIFY channel; the payload is an enterprise id
+    notify: str  # one statement: $1 the enterprise ids to wake
+    position: Callable[[asyncpg.Connection], Awaitable[int]]  # the primary's insert position
+
+
 class FeedWaiters:
-    def __init__(self, dsn: str, connect_timeout: float = 5.0,
+    def __init__(self, dsn: str, queries: FeedQueries, connect_timeout: float = 5.0,
                  pool: asyncpg.Pool | None = None, tick_seconds: float = TICK_SECONDS,
                  track_position: bool = False):
         self._dsn = dsn
+        self._queries = queries
         self._tick = tick_seconds
         self._track_position = track_position  # with read replicas: wake-ups carry positions
         self._woken: set[str] = set()  # notified enterprises whose position is being read
@@ -79,7 +88,7 @@ class FeedWaiters:
             log.warning("feed listener: cannot connect (%s); polling meanwhile", type(exc).__name__)
             return
         try:
-            await conn.add_listener(FEED_CHANNEL, self._notified)
+            await conn.add_listener(self._queries.channel, self._notified)
         except BaseException as exc:  # cancelled by stop() included: never leak the socket
             conn.terminate()
             if not isinstance(exc, Exception):
@@ -122,11 +131,11 @@ class FeedWaiters:
                 batch, self._pending = list(self._pending), set()
                 try:
                     if self.listening:
-                        await self._conn.execute(NOTIFY_FEED, batch)
+                        await self._conn.execute(self._queries.notify, batch)
                     elif self._pool is not None:
                         async with asyncio.timeout(self._connect_timeout):
                             async with self._pool.acquire() as conn:
-                                await conn.execute(NOTIFY_FEED, batch)
+                                await conn.execute(self._queries.notify, batch)
                 except Exception as exc:  # other processes' readers fall back to a tick
                     log.warning("feed wake-up not sent (%s)", type(exc).__name__)
         finally:
@@ -167,7 +176,7 @@ class FeedWaiters:
             try:
                 # The primary's insert position only grows; after UNKNOWN_POSITION, too.
                 async with asyncio.timeout(self._connect_timeout):
-                    self.position = await replication.insert_lsn(self._conn)
+                    self.position = await self._queries.position(self._conn)
             except Exception as exc:  # the listener broke: readers of this wake-up go primary
                 log.warning("feed listener: position unknown (%s)", type(exc).__name__)
                 self.position = UNKNOWN_POSITION

@@ -5,7 +5,7 @@ no label formatting, no prometheus_client objects. At scrape time a collector re
 on the app's own CollectorRegistry (never the global default one: tests build many apps)
 turns the counters into metric families, and reads the pool's gauges from asyncpg.
 
-Events appended are counted from what the write paths report (store/appended.py; no extra
+Events appended are counted from what the write paths report (infra/appended.py; no extra
 query), once their unit of work succeeded: a request answered < 400, or a sweeper move
 that returned (the store functions own those transactions).
 """

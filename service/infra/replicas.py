@@ -26,13 +26,13 @@ import logging
 import re
 import time
 from dataclasses import dataclass
+from typing import Awaitable, Callable
 from urllib.parse import parse_qs, urlsplit
 
 import asyncpg
 
 from service.config import Config
 from service.infra import db
-from service.store import replication
 
 log = logging.getLogger(__name__)
 
@@ -97,11 +97,20 @@ class Replica:
                 "replayed": format_token(self.replayed) if self.replayed else None}
 
 
+@dataclass(frozen=True)
+class StandbyQueries:
+    """The store's part (app/positions.py hands it over): infra runs no SQL of its own."""
+    # in_recovery, replayed (its position), lag_seconds
+    state: Callable[[asyncpg.Connection], Awaitable[asyncpg.Record]]
+    replayed: Callable[[asyncpg.Connection], Awaitable[int | None]]  # None: not a standby
+
+
 class ReplicaSet:
     """The standbys of one process: pools, rotation, probes, and the counters of routing."""
 
-    def __init__(self, config: Config):
+    def __init__(self, config: Config, queries: StandbyQueries):
         self.config = config
+        self._queries = queries
         self.replicas = [Replica(replica_name(dsn), dsn) for dsn in config.read_database_urls]
         self._turn = itertools.count()
         self._prober: asyncio.Task | None = None
@@ -141,7 +150,7 @@ class ReplicaSet:
         try:
             async with asyncio.timeout(self.config.db_connect_timeout):
                 async with replica.pool.acquire() as conn:
-                    state = await replication.standby_state(conn)
+                    state = await self._queries.state(conn)
         except Exception as exc:  # refused, reset, timed out, erroring: all mean "not now"
             replica.lag_seconds = None
             replica.leave(f"probe failed: {type(exc).__name__}")
@@ -227,7 +236,7 @@ class ReplicaSet:
         deadline = time.monotonic() + self.config.replica_wait_ms / 1000
         pause = POLL_FIRST
         while True:
-            replica.saw(await replication.replay_lsn(conn))
+            replica.saw(await self._queries.replayed(conn))
             if replica.replayed >= lsn:
                 return True
             left = deadline - time.monotonic()
@@ -248,13 +257,3 @@ class ReplicaSet:
             pass
         finally:
             replica.slots.release()
-
-
-async def primary_position(conn: asyncpg.Connection) -> int:
-    """The primary's WAL position after the statements run on `conn` (store/replication.py)."""
-    return await replication.insert_lsn(conn)
-
-
-async def standby_position(conn: asyncpg.Connection) -> int | None:
-    """How far the standby behind `conn` has replayed: all its statements saw is older."""
-    return await replication.replay_lsn(conn)

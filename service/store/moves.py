@@ -21,7 +21,7 @@ import asyncpg
 
 from service.domain import lifecycle
 from service.store import append
-from service.store.appended import collection
+from service.infra.appended import collection
 from service.store.columns import RUN_FIELDS
 
 # Every legal simple move as 'from>to': the statement's transition check, from lifecycle.
@@ -101,7 +101,7 @@ class StatusChange:
     actor_id: int | None
     data: dict[str, Any]
     expected_version: int | None = None
-    # Where the unit of work that asked collects what it appended (store/appended.py):
+    # Where the unit of work that asked collects what it appended (infra/appended.py):
     # captured where the change is made, since a group commits it in another task.
     appended: list | None = field(default_factory=collection, compare=False)
 

@@ -20,8 +20,8 @@ from service.config import Config
 from service.web import pages
 from service.web.auth import SECURITY_SCHEMES
 from service.web.pages.session import ui_sessions
-from service.infra.feedwait import FeedWaiters
-from service.infra.replicas import ReplicaSet, primary_position
+from service.infra.replicas import ReplicaSet
+from service.app import database, positions
 from service.app import runs as run_cases
 from service.app.groupcommit import GroupCommit
 from service.web.keys import (
@@ -50,7 +50,6 @@ from service.web.schemas import document_empty_values
 from service.infra import tracing
 from service.infra.metrics import Metrics, metrics_app
 from service.infra.metrics import handler as metrics_handler
-from service.store import meta, roles
 from service.app.sweeper import run_forever
 from service.app.dispatcher import Dispatcher
 from service.app.webhook_http import Sender, Targets
@@ -93,8 +92,8 @@ async def _pool_ctx(app: web.Application) -> AsyncIterator[None]:
     pool = await db.create_pool(config, config.database_url)
     try:
         async with pool.acquire() as conn:
-            await meta.ping(conn)
-            unprotected = await roles.unprotected_because(conn)  # readiness reports it
+            await database.ping(conn)
+            unprotected = await database.unprotected_because(conn)  # readiness reports it
         app[POOL] = pool
         app[POOL_SLOTS] = FairSlots(config.pool_max)
         app[READINESS] = Readiness(pool, config.pool_acquire_timeout, unprotected)
@@ -103,12 +102,11 @@ async def _pool_ctx(app: web.Application) -> AsyncIterator[None]:
         # 1, 2, 3, 5, 8 lanes made 904, 1034, 894, 887, 729 status changes/s: fewer, larger
         # groups do as well as more statements at once, and leave the pool to the reads.
         app[GROUP_COMMIT] = (GroupCommit(pool, config.pool_acquire_timeout,
-                                         run_cases.grouped, primary_position,
+                                         run_cases.grouped, positions.primary_position,
                                          lanes=config.pool_max // 4)
                              if config.group_commit else None)
         replicas = await _start_replicas(app)
-        waiters = FeedWaiters(config.database_url, config.db_connect_timeout, pool,
-                              config.feed_tick_seconds, track_position=replicas is not None)
+        waiters = positions.feed_waiters(config, pool, track_position=replicas is not None)
         await waiters.start()
         app[FEED_WAITERS] = waiters
         sweeper = asyncio.create_task(run_forever(pool, config.timeout_sweep_seconds,
@@ -158,7 +156,7 @@ async def _start_replicas(app: web.Application) -> ReplicaSet | None:
     config = app[CONFIG]
     if not config.read_database_urls:
         return None
-    replicas = ReplicaSet(config)
+    replicas = positions.replica_set(config)
     await replicas.start()
     for replica in replicas.replicas:
         log.info("read replica %s: %s", replica.name,

@@ -14,8 +14,8 @@ from typing import Callable
 from aiohttp import web
 
 from service.domain.errors import Forbidden, Unauthorized
-from service.store import tokens as token_store
-from service.store.errors import translated
+from service.app import tokens
+from service.app.outages import translated
 from service.web.keys import (CONFIG, POOL, PRINCIPAL, RATE_LIMITER, RATE_STATE, TOKEN_CACHE,
                               Principal)
 from service.web.tokencache import MISS
@@ -86,7 +86,7 @@ def requires(scope: str) -> Callable:
 async def _principal(request: web.Request, token: str) -> Principal | None:
     # Cached briefly (TOKEN_CACHE_SECONDS) so a revoked token is refused within seconds.
     cache = request.app[TOKEN_CACHE]
-    key = token_store.hash_token(token)
+    key = tokens.hash_token(token)
     hit = cache.get(key, time.monotonic())
     return hit if hit is not MISS else await _looked_up(request, cache, key, token)
 
@@ -115,7 +115,7 @@ async def principal_for(request: web.Request, token: str) -> Principal | None:
 async def _lookup(request: web.Request, token: str):
     async with request.app[POOL].acquire() as conn:
         try:
-            return await token_store.find_token(conn, token)
+            return await tokens.find(conn, token)
         except asyncio.TimeoutError:  # not answering: drop it (see handlers/common.connection)
             conn.terminate()
             raise
@@ -128,7 +128,7 @@ async def authenticate(request: web.Request, scope: str) -> None:
     app = request.app
     # The cached case without a coroutine of its own: it is every request but the first.
     cache = app[TOKEN_CACHE]
-    key = token_store.hash_token(token)
+    key = tokens.hash_token(token)
     principal = cache.get(key, time.monotonic())
     if principal is MISS:
         principal = await _looked_up(request, cache, key, token)

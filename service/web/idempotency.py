@@ -1,7 +1,7 @@
 """Idempotency-Key on POSTs: the key and the write commit in one transaction.
 
 With the header, the wrapped handler runs on one connection inside one transaction whose
-first statement claims the key (store/idempotency.py); `web.handlers.common.connection` hands the
+first statement claims the key (app/idempotency.py); `web.handlers.common.connection` hands the
 handler that connection. A success stores its response in the same transaction; an error
 rolls everything back, key included, so a retry executes again. A key already committed
 answers its stored response (same status, body and ETag) if the request is the same one,
@@ -18,8 +18,8 @@ import re
 from aiohttp import web
 
 from service.domain.errors import BadRequest, Unprocessable
-from service.store import idempotency as store
-from service.store.errors import translated
+from service.app import idempotency as claims
+from service.app.outages import translated
 from service.web.keys import CONFIG, PARSED, POOL, PRINCIPAL
 
 KEY_HEADER = "Idempotency-Key"
@@ -65,7 +65,7 @@ def idempotent(handler):
             with translated():
                 async with request.app[POOL].acquire(timeout=config.pool_acquire_timeout) as conn:
                     async with conn.transaction():
-                        stored = await store.claim(conn, enterprise_id, key, request.method,
+                        stored = await claims.claim(conn, enterprise_id, key, request.method,
                                                    request.path, fingerprint)
                         if stored is not None:
                             return _replay(stored, fingerprint)
@@ -78,7 +78,7 @@ def idempotent(handler):
                             raise _RollBack(response)
                         headers = {h: response.headers[h] for h in KEPT_HEADERS
                                    if h in response.headers}
-                        await store.store_response(conn, enterprise_id, key, response.status,
+                        await claims.keep_response(conn, enterprise_id, key, response.status,
                                                    headers, response.body)
                         return response
         except _RollBack as rolled_back:

@@ -16,7 +16,7 @@ from aiohttp import web
 from service.domain.errors import DomainError
 from service.infra import logs
 from service.infra.metrics import UNMATCHED, Metrics
-from service.store.appended import APPENDED
+from service.infra.appended import APPENDED
 from service.web import validation
 from service.web.auth import PUBLIC_PREFIXES, authenticate
 from service.web.keys import CLIENT_GONE, FEED_WAITERS, PARSED, PRINCIPAL, REQUEST_ID

@@ -8,6 +8,7 @@ import asyncpg
 from aiohttp import web
 from aiohttp_apispec import docs, json_schema, match_info_schema, querystring_schema
 
+from service.app import positions
 from service.infra import replicas as replica_routing
 from service.infra import logs
 from service.web import links
@@ -30,7 +31,7 @@ from service.web.keys import (
     REQUEST_ID,
     Principal,
 )
-from service.store.errors import UNAVAILABLE, translated
+from service.app.outages import UNAVAILABLE, translated
 from service.web.slots import FairSlots
 from service.web import schemas
 
@@ -275,7 +276,7 @@ class _Connection:
             try:
                 with translated():
                     if kind is None and self.state is not None:
-                        self.state.saw(await replica_routing.primary_position(conn))
+                        self.state.saw(await positions.primary_position(conn))
                     if kind is not None and issubclass(kind, asyncio.TimeoutError):
                         # command_timeout: the server stopped answering. Drop the connection
                         # rather than have release() wait up to command_timeout again for
@@ -291,7 +292,7 @@ class _Connection:
         failure = exc if kind is not None and issubclass(kind, UNAVAILABLE) else None
         if failure is None and kind is None:
             try:
-                self.state.saw(await replica_routing.standby_position(conn))
+                self.state.saw(await positions.standby_position(conn))
             except UNAVAILABLE as position_failure:
                 failure = position_failure
         await replicas.release(replica, conn, failure)

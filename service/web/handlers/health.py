@@ -12,7 +12,7 @@ from marshmallow import Schema, fields
 
 from service.web.envelope import envelope
 from service.web.keys import FEED_WAITERS, READINESS, REPLICAS
-from service.store import meta
+from service.app import database
 from service.web.schemas import Envelope
 
 
@@ -82,7 +82,7 @@ class Readiness:
         try:
             async with asyncio.timeout(self._timeout):
                 async with self._pool.acquire() as conn:
-                    ready = await meta.ping(conn)
+                    ready = await database.ping(conn)
         except Exception:  # any failure to answer SELECT 1 means "not ready"
             ready = False
         self._answer, self._asking = (ready, time.monotonic()), None

@@ -1,0 +1,35 @@
+"""WAL positions (Consistency-Token), read replicas and feed wake-ups, given the store's SQL."""
+from __future__ import annotations
+
+import asyncpg
+
+from service.config import Config
+from service.infra.feedwait import FeedQueries, FeedWaiters
+from service.infra.replicas import ReplicaSet, StandbyQueries
+from service.store import replication
+from service.store.locks import FEED_CHANNEL, NOTIFY_FEED
+
+FEED_QUERIES = FeedQueries(FEED_CHANNEL, NOTIFY_FEED, replication.insert_lsn)
+STANDBY_QUERIES = StandbyQueries(replication.standby_state, replication.replay_lsn)
+
+
+async def primary_position(conn: asyncpg.Connection) -> int:
+    """The primary's WAL position after the statements run on `conn` (store/replication.py)."""
+    return await replication.insert_lsn(conn)
+
+
+async def standby_position(conn: asyncpg.Connection) -> int | None:
+    """How far the standby behind `conn` has replayed: all its statements saw is older."""
+    return await replication.replay_lsn(conn)
+
+
+def replica_set(config: Config) -> ReplicaSet:
+    """READ_DATABASE_URLS' standbys, probed with the store's queries (not started yet)."""
+    return ReplicaSet(config, STANDBY_QUERIES)
+
+
+def feed_waiters(config: Config, pool: asyncpg.Pool | None = None,
+                 track_position: bool = False) -> FeedWaiters:
+    """The process's feed listener on DATABASE_URL (not started yet)."""
+    return FeedWaiters(config.database_url, FEED_QUERIES, config.db_connect_timeout, pool,
+                       config.feed_tick_seconds, track_position=track_position)
