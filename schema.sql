@@ -275,8 +275,10 @@ $$;
 -- (`position:events:hash`, `:lag` appended while the head is behind), and leave the head
 -- row to the statement's end (below), so a COPY of many events does not update one row
 -- many times over. A savepoint rolled back takes its settings back with its rows.
+-- Both chain functions are SECURITY DEFINER (as run_events_take_version above): the runtime
+-- role may only read event_chain_heads, so it cannot move or delete a head by hand.
 CREATE OR REPLACE FUNCTION run_events_chain() RETURNS trigger
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = public, pg_temp AS $$
 DECLARE
     slot text := 'pipeline_runs.chain_' || md5(NEW.enterprise_id);
     cached text := current_setting(slot, true);
@@ -343,7 +345,7 @@ CREATE OR REPLACE TRIGGER run_events_chain BEFORE INSERT ON run_events
 -- those heads moved to the last event chained, once. A statement of one event per
 -- enterprise (a PUT, a group commit) skips it by the WHEN, before any function runs.
 CREATE OR REPLACE FUNCTION run_events_chain_heads() RETURNS trigger
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = public, pg_temp AS $$
 BEGIN
     INSERT INTO event_chain_heads AS h (enterprise_id, position, events, chain_hash)
     SELECT e, split_part(s, ':', 1)::bigint, split_part(s, ':', 2)::bigint,
