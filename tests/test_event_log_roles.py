@@ -121,6 +121,27 @@ async def test_the_runtime_role_still_chains_what_it_appends(api, db, runtime, e
 
 
 @pytest.mark.own_db
+async def test_the_chain_settings_cannot_move_another_enterprises_head(api, db, runtime):
+    """The trigger's transaction-local settings are anyone's to write: planted ones that
+    would move a head (here another enterprise's, onto no event of it) are refused."""
+    await api.run((await api.pipeline())["id"])
+    victim = await db.fetchval("SELECT enterprise_id FROM event_chain_heads")
+    heads = await db.fetch("SELECT * FROM event_chain_heads ORDER BY enterprise_id")
+    with pytest.raises(asyncpg.InsufficientPrivilegeError,
+                       match="a chain head set by hand is refused"):
+        async with runtime.transaction():
+            await runtime.execute(
+                "SELECT set_config('pipeline_runs.chain_lagging', ARRAY[$1]::text, true),"
+                " set_config('pipeline_runs.chain_' || md5($1), '999999:42:' || repeat('ab', 32),"
+                " true)", victim)
+            await runtime.execute(
+                "INSERT INTO run_events (enterprise_id, pipeline_id, run_id, version, type,"
+                " actor, occurred_at) VALUES ('mallory', gen_random_uuid(), gen_random_uuid(),"
+                " 1, 'run.created', 'a', now())")
+    assert await db.fetch("SELECT * FROM event_chain_heads ORDER BY enterprise_id") == heads
+
+
+@pytest.mark.own_db
 async def test_the_runtime_role_makes_partitions_it_does_not_own(runtime, db):
     made = await partitions.ensure_ahead(runtime, months=60)  # 5 years: new ones for sure
     assert made > 0
