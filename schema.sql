@@ -275,8 +275,10 @@ $$;
 -- (`position:events:hash`, `:lag` appended while the head is behind), and leave the head
 -- row to the statement's end (below), so a COPY of many events does not update one row
 -- many times over. A savepoint rolled back takes its settings back with its rows.
+-- Both chain functions are SECURITY DEFINER (as run_events_take_version above): the runtime
+-- role may only read event_chain_heads, so it cannot move or delete a head by hand.
 CREATE OR REPLACE FUNCTION run_events_chain() RETURNS trigger
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = public, pg_temp AS $$
 DECLARE
     slot text := 'pipeline_runs.chain_' || md5(NEW.enterprise_id);
     cached text := current_setting(slot, true);
@@ -342,21 +344,35 @@ CREATE OR REPLACE TRIGGER run_events_chain BEFORE INSERT ON run_events
 -- Each statement whose rows left heads behind (the setting above lists their enterprises):
 -- those heads moved to the last event chained, once. A statement of one event per
 -- enterprise (a PUT, a group commit) skips it by the WHEN, before any function runs.
+-- The settings are the caller's to write (any role may set_config them), so a head moves
+-- only forward, onto an event of its enterprise holding that hash; else the statement is
+-- refused (one index probe per enterprise left behind, per statement).
 CREATE OR REPLACE FUNCTION run_events_chain_heads() RETURNS trigger
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = public, pg_temp AS $$
+DECLARE
+    lagging text[] := current_setting('pipeline_runs.chain_lagging')::text[];
+    moved bigint;
 BEGIN
     INSERT INTO event_chain_heads AS h (enterprise_id, position, events, chain_hash)
     SELECT e, split_part(s, ':', 1)::bigint, split_part(s, ':', 2)::bigint,
            decode(split_part(s, ':', 3), 'hex')
-    FROM unnest(current_setting('pipeline_runs.chain_lagging')::text[]) AS e,
-         current_setting('pipeline_runs.chain_' || md5(e)) AS s
+    FROM unnest(lagging) AS e, current_setting('pipeline_runs.chain_' || md5(e)) AS s
+    WHERE EXISTS (SELECT FROM run_events r WHERE r.enterprise_id = e
+                  AND r.position = split_part(s, ':', 1)::bigint
+                  AND r.chain_hash = decode(split_part(s, ':', 3), 'hex'))
     ON CONFLICT (enterprise_id) DO UPDATE
     SET position = EXCLUDED.position, events = EXCLUDED.events,
-        chain_hash = EXCLUDED.chain_hash;
+        chain_hash = EXCLUDED.chain_hash
+    WHERE h.position < EXCLUDED.position;
+    GET DIAGNOSTICS moved = ROW_COUNT;
+    IF moved <> cardinality(lagging) THEN
+        RAISE EXCEPTION 'run_events: a chain head set by hand is refused'
+            USING ERRCODE = 'insufficient_privilege';
+    END IF;
     PERFORM set_config('pipeline_runs.chain_' || md5(e),  -- caught up: no longer lagging
                        regexp_replace(current_setting('pipeline_runs.chain_' || md5(e)),
                                       ':lag$', ''), true)
-    FROM unnest(current_setting('pipeline_runs.chain_lagging')::text[]) AS e;
+    FROM unnest(lagging) AS e;
     PERFORM set_config('pipeline_runs.chain_lagging', '', true);
     RETURN NULL;
 END

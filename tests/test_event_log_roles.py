@@ -12,6 +12,7 @@ import uuid
 import asyncpg
 import pytest
 
+from service.app.chain import verify_chains
 from service.store import meta, partitions, roles
 from service.web.keys import POOL
 from tests.helpers import RUNTIME_ROLE, SCHEMA, admin, as_runtime, dsn_for, run_path
@@ -47,6 +48,13 @@ REFUSED = [
     # the per-run version guard: a head deleted would let a run's version 1 be appended again
     ("DELETE FROM run_heads", asyncpg.InsufficientPrivilegeError,
      "permission denied for table run_heads"),
+    # the hash chain's heads: moved by the SECURITY DEFINER chain triggers only
+    ("UPDATE event_chain_heads SET chain_hash = sha256(chain_hash)",
+     asyncpg.InsufficientPrivilegeError, "permission denied for table event_chain_heads"),
+    ("DELETE FROM event_chain_heads", asyncpg.InsufficientPrivilegeError,
+     "permission denied for table event_chain_heads"),
+    ("INSERT INTO event_chain_heads VALUES ('forged', 1, 1, '\\x00')",
+     asyncpg.InsufficientPrivilegeError, "permission denied for table event_chain_heads"),
     ("CREATE OR REPLACE FUNCTION run_events_refuse_change() RETURNS trigger LANGUAGE plpgsql "
      "AS $$ BEGIN RETURN OLD; END $$", asyncpg.InsufficientPrivilegeError,
      "permission denied for schema public"),
@@ -69,10 +77,12 @@ async def test_the_runtime_role_cannot_change_the_event_log(api, db, runtime, st
                                                             error, message):
     await api.run((await api.pipeline())["id"])
     before = await db.fetch("SELECT * FROM run_events ORDER BY position")
+    heads = await db.fetch("SELECT * FROM event_chain_heads ORDER BY enterprise_id")
     with pytest.raises(error, match=message):
         async with runtime.transaction():
             await runtime.execute(statement)
     assert await db.fetch("SELECT * FROM run_events ORDER BY position") == before != []
+    assert await db.fetch("SELECT * FROM event_chain_heads ORDER BY enterprise_id") == heads
     assert await db.fetchval(f"SELECT to_regclass('{PART}') IS NOT NULL")
 
 
@@ -88,6 +98,47 @@ async def test_the_service_runs_as_the_runtime_role_and_appends(client, api, db,
     health = await client.get("/health/ready")
     assert health.status == 200
     assert (await health.json())["content"] == {"status": "ready", "event_log": "protected"}
+
+
+@pytest.mark.own_db
+async def test_the_runtime_role_still_chains_what_it_appends(api, db, runtime, enterprise):
+    """The chain's triggers move the heads for it: a PUT (one event, the head's UPDATE) and
+    a statement of several events (the statement trigger), and verify finds no break."""
+    run = await api.run((await api.pipeline())["id"])
+    await api.put(run_path(run), {"status": "running"})
+    await runtime.execute(
+        "INSERT INTO run_events (enterprise_id, pipeline_id, run_id, version, type, actor,"
+        " occurred_at) SELECT $1, gen_random_uuid(), gen_random_uuid(), 1, 'run.created',"
+        " 'a', now() FROM generate_series(1, 3)", enterprise)
+    head = await db.fetchrow("SELECT position, events, chain_hash FROM event_chain_heads"
+                             " WHERE enterprise_id = $1", enterprise)
+    last = await db.fetchrow("SELECT position, chain_hash FROM run_events"
+                             " WHERE enterprise_id = $1 ORDER BY position DESC LIMIT 1",
+                             enterprise)
+    assert (head["position"], head["events"], head["chain_hash"]) == (
+        last["position"], 5, last["chain_hash"])
+    assert await verify_chains(runtime) == (1, [])
+
+
+@pytest.mark.own_db
+async def test_the_chain_settings_cannot_move_another_enterprises_head(api, db, runtime):
+    """The trigger's transaction-local settings are anyone's to write: planted ones that
+    would move a head (here another enterprise's, onto no event of it) are refused."""
+    await api.run((await api.pipeline())["id"])
+    victim = await db.fetchval("SELECT enterprise_id FROM event_chain_heads")
+    heads = await db.fetch("SELECT * FROM event_chain_heads ORDER BY enterprise_id")
+    with pytest.raises(asyncpg.InsufficientPrivilegeError,
+                       match="a chain head set by hand is refused"):
+        async with runtime.transaction():
+            await runtime.execute(
+                "SELECT set_config('pipeline_runs.chain_lagging', ARRAY[$1]::text, true),"
+                " set_config('pipeline_runs.chain_' || md5($1), '999999:42:' || repeat('ab', 32),"
+                " true)", victim)
+            await runtime.execute(
+                "INSERT INTO run_events (enterprise_id, pipeline_id, run_id, version, type,"
+                " actor, occurred_at) VALUES ('mallory', gen_random_uuid(), gen_random_uuid(),"
+                " 1, 'run.created', 'a', now())")
+    assert await db.fetch("SELECT * FROM event_chain_heads ORDER BY enterprise_id") == heads
 
 
 @pytest.mark.own_db

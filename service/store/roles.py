@@ -5,8 +5,9 @@ role (the one `serve` connects as) may read and append run_events and nothing mo
 no UPDATE, DELETE or TRUNCATE, no ownership (so no ALTER/DETACH/DROP and no trigger
 switched off), no superuser (so no session_replication_role = replica). Elsewhere it gets
 the rows the service writes (SELECT/INSERT/UPDATE/DELETE on the other tables), and the
-two things it needs an owner for go through SECURITY DEFINER functions of schema.sql:
-making next month's partition and moving run_heads, the per-run version guard.
+things it needs an owner for go through SECURITY DEFINER functions of schema.sql: making
+next month's partition, moving run_heads (the per-run version guard) and moving
+event_chain_heads (each enterprise's hash chain).
 """
 from __future__ import annotations
 
@@ -29,8 +30,8 @@ SELECT format('ALTER ROLE %I WITH {ATTRIBUTES}', $1::text)
 
 # Grants, per database, made afresh on every migrate (inside its transaction): everything
 # revoked, then each table of the schema (partitions excluded: reached only through
-# run_events) gets its share. run_heads is moved by a SECURITY DEFINER trigger only;
-# schema_migrations is the migrator's.
+# run_events) gets its share. run_heads and event_chain_heads are moved by SECURITY
+# DEFINER triggers only; schema_migrations is the migrator's.
 GRANTS = """
 SELECT format('REVOKE ALL ON ALL TABLES IN SCHEMA %I FROM %I', current_schema(), $1::text)
 UNION ALL
@@ -46,6 +47,7 @@ UNION ALL
 (SELECT format('GRANT %s ON %s TO %I',
                CASE c.relname WHEN 'run_events' THEN 'SELECT, INSERT'
                               WHEN 'run_heads' THEN 'SELECT'
+                              WHEN 'event_chain_heads' THEN 'SELECT'
                               WHEN 'schema_migrations' THEN 'SELECT'
                               ELSE 'SELECT, INSERT, UPDATE, DELETE' END,
                c.oid::regclass, $1::text)
