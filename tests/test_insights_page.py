@@ -57,3 +57,19 @@ async def test_bad_filters_are_a_400_page(client, token):
     await sign_in(client, token)
     _, text = await _get(client, "/ui/insights?granularity=year", 400)
     assert "<h1>400" in text
+
+
+async def test_too_many_rows_for_the_table_falls_back_to_a_coarser_granularity(client, api,
+                                                                                token):
+    # 14 pipelines by the hour over 30 days could be 14 × 720 = 10,080 rows, past what one
+    # answer may hold: the charts stay hourly, the table's sparklines go by the day and say so.
+    for n in range(14):
+        pipeline = await api.pipeline(name=f"many-{n:02}")
+        if n == 0:
+            await api.move(await api.run(pipeline["id"]), "cancelled")
+    await sign_in(client, token)
+    _, text = await _get(client, "/ui/insights?days=30&granularity=hour")
+    assert "Finished per day" in text and "(by day: by hour, this many pipelines" in text
+    assert text.count('href="/ui/runs?pipeline_name=many-') == 1  # the one with a run
+    resp, csv_text = await _get(client, "/ui/insights/export?days=30&granularity=hour")
+    assert [r["pipeline_name"] for r in csv.DictReader(io.StringIO(csv_text))] == ["many-00"]

@@ -14,6 +14,7 @@ from marshmallow import EXCLUDE, Schema, fields, validate
 
 from service.app import audit
 from service.app import insights as use
+from service.domain.errors import BadRequest
 from service.domain.insights import GRANULARITIES
 from service.web import schemas as s
 from service.web.handlers.common import connection
@@ -43,6 +44,13 @@ def _cell(value) -> str:
     return "'" + text if text.startswith(_FORMULA) else text
 
 
+# The per-pipeline table's buckets, coarsest last: when the chosen granularity would give
+# more rows than an answer may hold (buckets × pipelines), the table's sparklines use the
+# next coarser one and say so, rather than the page failing.
+_COARSER = {"hour": ("hour", "day", "week", "month"), "day": ("day", "week", "month"),
+            "week": ("week", "month"), "month": ("month",)}
+
+
 async def _answers(request: web.Request, q: dict) -> tuple[dict, dict]:
     now = datetime.now(timezone.utc)
     start = now - timedelta(days=WINDOWS[q["days"]])
@@ -51,10 +59,23 @@ async def _answers(request: web.Request, q: dict) -> tuple[dict, dict]:
         over_time = await use.insights(conn, enterprise_id, start=start, end=now,
                                        granularity=q["granularity"],
                                        pipeline_name=q.get("pipeline_name"), now=now)
-        by_pipeline = await use.insights(conn, enterprise_id, start=start, end=now,
-                                         granularity=q["granularity"], group_by="pipeline",
-                                         pipeline_name=q.get("pipeline_name"), now=now)
+        for granularity in _COARSER[q["granularity"]]:
+            try:
+                by_pipeline = await use.insights(
+                    conn, enterprise_id, start=start, end=now, granularity=granularity,
+                    group_by="pipeline", pipeline_name=q.get("pipeline_name"), now=now)
+                break
+            except BadRequest:
+                if granularity == "month":
+                    raise
     return over_time, by_pipeline
+
+
+def _buckets(q: dict, over_time: dict, by_pipeline: dict) -> list:
+    """The sparklines' buckets: the charts' own, or the table's coarser ones (_COARSER)."""
+    if by_pipeline["granularity"] == q["granularity"]:
+        return [r["bucket_start"] for r in over_time["rows"]]
+    return sorted({r["bucket_start"] for r in by_pipeline["rows"]})
 
 
 def _table(by_pipeline: dict, buckets: list) -> list[dict]:
@@ -115,7 +136,8 @@ async def insights(request: web.Request) -> web.Response:
     export = request.rel_url.with_path("/ui/insights/export").with_query(raw)
     return _render(request, "insights.html", {
         "q": q, "raw": raw, "answer": over_time, "durations": durations, "queue": queue,
-        "outcomes": outcomes, "table": _table(by_pipeline, buckets), "windows": list(WINDOWS),
+        "outcomes": outcomes, "table": _table(by_pipeline, _buckets(q, over_time, by_pipeline)),
+        "table_granularity": by_pipeline["granularity"], "windows": list(WINDOWS),
         "granularities": GRANULARITIES, "pipelines": choices, "export": str(export),
         "outcome_order": charts.OUTCOME_ORDER})
 
@@ -124,7 +146,7 @@ async def insights(request: web.Request) -> web.Response:
 async def insights_export(request: web.Request) -> web.Response:
     q = InsightsPageQuery().load(_form(request))
     over_time, by_pipeline = await _answers(request, q)
-    buckets = [r["bucket_start"] for r in over_time["rows"]]
+    buckets = _buckets(q, over_time, by_pipeline)
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\r\n")
     writer.writerow(CSV_COLUMNS)
