@@ -23,6 +23,8 @@ import tempfile
 import uuid
 from pathlib import Path
 
+import asyncpg
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 
@@ -80,6 +82,22 @@ def measure(server: bench_run.Server, dsn: str, method: str, state: Path, second
     return used / result.requests * 1e6, db_used / result.requests * 1e6, result.rps
 
 
+def _print_functions(dsn: str, requests: float) -> None:
+    """Each database function's own and total time, in µs per request (all rounds)."""
+    async def fetch():
+        conn = await asyncpg.connect(dsn)
+        try:
+            await asyncio.sleep(0.6)  # sessions report their counts at most every 0.5 s
+            return await conn.fetch("SELECT funcname, calls, self_time, total_time "
+                                    "FROM pg_stat_user_functions ORDER BY self_time DESC")
+        finally:
+            await conn.close()
+    for row in asyncio.run(fetch()):
+        print(f"  {row['funcname']:<36} {row['calls'] / requests:5.2f} calls "
+              f"self {row['self_time'] * 1000 / requests:6.1f} µs  "
+              f"total {row['total_time'] * 1000 / requests:6.1f} µs per request")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=200)
@@ -88,6 +106,11 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--put", action="store_true", help="status PUTs instead of GETs")
+    parser.add_argument("--functions", action="store_true",
+                        help="print the database functions' (triggers') time per request")
+    parser.add_argument("--sql", default="",
+                        help="run on the database once the service is up (an A/B: drop a "
+                             "trigger ...; the service may migrate at start)")
     parser.add_argument("--top", type=int, default=40)
     args = parser.parse_args()
     if not load.wrk_available():
@@ -98,6 +121,9 @@ def main() -> None:
         asyncio.run(scratchdb.admin(admin, f'CREATE DATABASE "{name}"'))
         try:
             dsn = scratchdb.dsn_for(admin, name)
+            if args.functions:  # the service's sessions count their PL/SQL functions' time
+                asyncio.run(scratchdb.admin(
+                    admin, f'ALTER DATABASE "{name}" SET track_functions = \'all\''))
             seeded = asyncio.run(bench_run.seed(dsn, args.runs))
             method = "PUT" if args.put else "GET"
             state = workdir / "load.state"
@@ -105,6 +131,8 @@ def main() -> None:
             server = (_profiled_service(dsn, workdir, profile) if args.profile
                       else bench_run.start_service(dsn, workdir))
             try:
+                if args.sql:
+                    asyncio.run(scratchdb.admin(dsn, args.sql))
                 load.run_wrk(server.base, method, _state(dsn, seeded, state, method), "",
                              connections=args.connections, seconds=1)  # warm up
                 rounds = [measure(server, dsn, method, _state(dsn, seeded, state, method),
@@ -119,6 +147,8 @@ def main() -> None:
             print(f"{label}: {statistics.median(c for c, _, _ in rounds):.1f} µs of service "
                   f"CPU per request, database "
                   f"{statistics.median(d for _, d, _ in rounds):.1f} (median of {args.rounds})")
+            if args.functions:
+                _print_functions(dsn, sum(r for _, _, r in rounds) * args.seconds)
             if args.profile:
                 stats = pstats.Stats(str(profile))
                 stats.sort_stats("tottime").print_stats(args.top)
