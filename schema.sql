@@ -347,8 +347,12 @@ CREATE OR REPLACE TRIGGER run_events_chain BEFORE INSERT ON run_events
 -- The settings are the caller's to write (any role may set_config them), so a head moves
 -- only forward, onto an event of its enterprise holding that hash; else the statement is
 -- refused (one index probe per enterprise left behind, per statement).
+-- Its INSERT's plan is kept generic: left to choose, the plan cache kept planning it anew
+-- for each statement (~0.4 ms, a tenth of a PUT's database CPU under group commit;
+-- docs/performance.md), its generic plan being no worse.
 CREATE OR REPLACE FUNCTION run_events_chain_heads() RETURNS trigger
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = public, pg_temp AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = public, pg_temp
+SET plan_cache_mode = force_generic_plan AS $$
 DECLARE
     lagging text[] := current_setting('pipeline_runs.chain_lagging')::text[];
     moved bigint;

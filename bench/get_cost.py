@@ -1,13 +1,14 @@
-"""The CPU a GET of a run costs the service: microseconds of its process per request.
+"""The CPU a GET (or, with --put, a status PUT) of a run costs the service per request.
 
 CPU time per request is far steadier than requests/s on a shared machine: the service
 (one process) is loaded with wrk for a few seconds and its user + system CPU seconds,
 read from /proc before and after, are divided by the requests answered. With --profile
 the service runs under cProfile and the functions costing most are printed (cProfile
 slows everything and counts CPU time: read the
-shares, not the totals).
+shares, not the totals). With --put the load flips each run running <-> waiting (as the
+yardstick's PUT does) and the database backends' CPU per request is printed too.
 
-    .venv/bin/python bench/get_cost.py [--runs 200] [--seconds 5] [--rounds 3] [--profile]
+    .venv/bin/python bench/get_cost.py [--put] [--runs 200] [--seconds 5] [--rounds 3] [--profile]
 """
 from __future__ import annotations
 
@@ -22,12 +23,30 @@ import tempfile
 import uuid
 from pathlib import Path
 
+import asyncpg
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 
 import load  # noqa: E402
 import run as bench_run  # noqa: E402
 import scratchdb  # noqa: E402
+
+
+def _service_env(dsn: str) -> dict[str, str]:
+    # As bench/run.py starts it (the runtime role where the checkout has one).
+    env_of = getattr(scratchdb, "service_env", lambda d: {"DATABASE_URL": d})
+    return {**os.environ, **env_of(dsn)}
+
+
+def _state(dsn: str, seeded, path: Path, method: str) -> Path:
+    """The runs to load, each with its next legal target (read from the database)."""
+    statuses = (asyncio.run(bench_run._statuses(dsn, "SELECT id, status FROM pipeline_runs"))
+                if method == "PUT" else {})
+    load.write_state(path, [(f"{bench_run.MOUNT}/pipelines/{p}/runs/{r}/",
+                             load.OTHER.get(statuses.get(r, ""), "running"), t)
+                            for p, r, t in seeded.service_runs])
+    return path
 
 
 def _profiled_service(dsn: str, workdir: Path, out: Path) -> bench_run.Server:
@@ -41,23 +60,42 @@ def _profiled_service(dsn: str, workdir: Path, out: Path) -> bench_run.Server:
             "try:\n    runpy.run_module('service', run_name='__main__')\n"
             f"finally:\n    profile.disable()\n    profile.dump_stats({str(out)!r})\n")
     cmd = [sys.executable, "-c", code]
-    proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, "DATABASE_URL": dsn},
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=_service_env(dsn),
                             stdout=log.open("w"), stderr=subprocess.STDOUT)
     server = bench_run.Server("service (cProfile)", proc, port, log)
     bench_run._wait_ready(server, "/health/ready")
     return server
 
 
-def measure(server: bench_run.Server, state: Path, token: str, seconds: float,
-            connections: int) -> tuple[float, float]:
-    """(µs of CPU per request, requests/s) of one wrk round."""
+def measure(server: bench_run.Server, dsn: str, method: str, state: Path, seconds: float,
+            connections: int) -> tuple[float, float, float]:
+    """(µs of service CPU per request, µs of database CPU, requests/s) of one wrk round."""
+    backends = asyncio.run(bench_run._backend_pids(dsn, "service"))
     before = bench_run._cpu_seconds([server.proc.pid])
-    result = load.run_wrk(server.base, "GET", state, token, connections=connections,
+    db_before = bench_run._cpu_seconds(backends)
+    result = load.run_wrk(server.base, method, state, "", connections=connections,
                           seconds=seconds)
     used = bench_run._cpu_used(before, bench_run._cpu_seconds([server.proc.pid]))
+    db_used = bench_run._cpu_used(db_before, bench_run._cpu_seconds(backends))
     if result.non_2xx or result.errors:
         raise RuntimeError(f"{result.non_2xx} non-2xx, {result.errors} errors")
-    return used / result.requests * 1e6, result.rps
+    return used / result.requests * 1e6, db_used / result.requests * 1e6, result.rps
+
+
+def _print_functions(dsn: str, requests: float) -> None:
+    """Each database function's own and total time, in µs per request (all rounds)."""
+    async def fetch():
+        conn = await asyncpg.connect(dsn)
+        try:
+            await asyncio.sleep(0.6)  # sessions report their counts at most every 0.5 s
+            return await conn.fetch("SELECT funcname, calls, self_time, total_time "
+                                    "FROM pg_stat_user_functions ORDER BY self_time DESC")
+        finally:
+            await conn.close()
+    for row in asyncio.run(fetch()):
+        print(f"  {row['funcname']:<36} {row['calls'] / requests:5.2f} calls "
+              f"self {row['self_time'] * 1000 / requests:6.1f} µs  "
+              f"total {row['total_time'] * 1000 / requests:6.1f} µs per request")
 
 
 def main() -> None:
@@ -67,6 +105,12 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--put", action="store_true", help="status PUTs instead of GETs")
+    parser.add_argument("--functions", action="store_true",
+                        help="print the database functions' (triggers') time per request")
+    parser.add_argument("--sql", default="",
+                        help="run on the database once the service is up (an A/B: drop a "
+                             "trigger ...; the service may migrate at start)")
     parser.add_argument("--top", type=int, default=40)
     args = parser.parse_args()
     if not load.wrk_available():
@@ -77,24 +121,34 @@ def main() -> None:
         asyncio.run(scratchdb.admin(admin, f'CREATE DATABASE "{name}"'))
         try:
             dsn = scratchdb.dsn_for(admin, name)
+            if args.functions:  # the service's sessions count their PL/SQL functions' time
+                asyncio.run(scratchdb.admin(
+                    admin, f'ALTER DATABASE "{name}" SET track_functions = \'all\''))
             seeded = asyncio.run(bench_run.seed(dsn, args.runs))
-            state = workdir / "get.state"
-            load.write_state(state, [(f"{bench_run.MOUNT}/pipelines/{p}/runs/{r}/", "running", t)
-                                     for p, r, t in seeded.service_runs])
+            method = "PUT" if args.put else "GET"
+            state = workdir / "load.state"
             profile = workdir / "service.prof"
             server = (_profiled_service(dsn, workdir, profile) if args.profile
                       else bench_run.start_service(dsn, workdir))
             try:
-                load.run_wrk(server.base, "GET", state, "", connections=args.connections,
-                             seconds=1)  # warm up
-                rounds = [measure(server, state, "", args.seconds, args.connections)
+                if args.sql:
+                    asyncio.run(scratchdb.admin(dsn, args.sql))
+                load.run_wrk(server.base, method, _state(dsn, seeded, state, method), "",
+                             connections=args.connections, seconds=1)  # warm up
+                rounds = [measure(server, dsn, method, _state(dsn, seeded, state, method),
+                                  args.seconds, args.connections)
                           for _ in range(args.rounds)]
             finally:
                 server.stop()
-            for cost, rps in rounds:
-                print(f"  {cost:7.1f} µs CPU/request  ({rps:,.0f} req/s)")
-            print(f"GET run: {statistics.median(c for c, _ in rounds):.1f} µs of service CPU "
-                  f"per request (median of {args.rounds})")
+            for cost, db_cost, rps in rounds:
+                print(f"  {cost:7.1f} µs CPU/request (+ database {db_cost:.1f})  "
+                      f"({rps:,.0f} req/s)")
+            label = "PUT status" if args.put else "GET run"
+            print(f"{label}: {statistics.median(c for c, _, _ in rounds):.1f} µs of service "
+                  f"CPU per request, database "
+                  f"{statistics.median(d for _, d, _ in rounds):.1f} (median of {args.rounds})")
+            if args.functions:
+                _print_functions(dsn, sum(r for _, _, r in rounds) * args.seconds)
             if args.profile:
                 stats = pstats.Stats(str(profile))
                 stats.sort_stats("tottime").print_stats(args.top)

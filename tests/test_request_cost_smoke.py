@@ -24,3 +24,11 @@ def test_the_get_cost_runs(admin_dsn):
     out = _bench(admin_dsn, "get_cost.py", "--runs", "5", "--seconds", "1", "--rounds", "1",
                  "--connections", "2")
     assert "µs of service CPU per request" in out
+
+
+@pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk is not installed")
+def test_the_put_cost_runs_with_its_database_figures(admin_dsn):
+    out = _bench(admin_dsn, "get_cost.py", "--put", "--functions", "--sql", "SELECT 1",
+                 "--runs", "5", "--seconds", "1", "--rounds", "1", "--connections", "2")
+    assert "PUT status:" in out and "µs of service CPU per request, database" in out
+    assert "run_events_take_version" in out  # a trigger's time per request
