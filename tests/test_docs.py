@@ -22,7 +22,8 @@ PAGES = [README, *DOCS]
 EXTERNAL = {"OTEL_TRACES_SAMPLER", "OTEL_TRACES_SAMPLER_ARG", "OTEL_EXPORTER_OTLP_HEADERS",
             "OTEL_EXPORTER_OTLP_TIMEOUT", "OTEL_RESOURCE_ATTRIBUTES", "OTEL_PROPAGATORS",
             "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "SO_REUSEPORT",
-            "PYTEST_SEED"}  # the test run's random seed (tests/conftest.py)
+            "PYTEST_SEED",  # the test run's random seed (tests/conftest.py)
+            "YARDSTICK_WRK_S"}  # ../shared/bench's seconds per round
 # The first path segments of what the service serves (anything else is a file path).
 ROUTE_ROOTS = {"pipelines", "runs", "events", "webhooks", "health", "ui", "api", "v0",
                "metrics", "favicon.ico"}
