@@ -3,13 +3,11 @@ from __future__ import annotations
 
 import pytest
 
+from service.web.handlers import root  # / and /favicon.ico: no token, no rate limit
 from tests.helpers import make_token, wait_until
 from tests.module_app import api, client, config, db, token  # noqa: F401 (one app per module)
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
-
-# Served to anyone, without a token (web/handlers/root.py): no auth, no rate limit.
-PUBLIC = {"/", "/favicon.ico"}
 
 REALM = 'Bearer realm="pipeline-runs"'
 INVALID = REALM + ', error="invalid_token"'
@@ -101,7 +99,7 @@ async def test_openapi_declares_both_schemes_and_the_401_challenge(client):
         "type": "apiKey", "in": "header", "name": "Authorization"}
     assert "Token <token>" in schemes["TokenAuth"]["description"]
     operations = [op for path, ops in spec["paths"].items()
-                  if not path.startswith("/health") and path not in PUBLIC
+                  if not path.startswith("/health") and path not in root.PATHS
                   for op in ops.values()]
     assert operations
     for operation in operations:

@@ -10,13 +10,11 @@ from pathlib import Path
 
 import pytest
 
+from service.web.handlers import root  # / and /favicon.ico: no token, no rate limit
 from tests.helpers import Api, as_runtime
 from service.config import Config
 from service.store import tokens as token_store
 from service.web.app import create_app
-
-# Served to anyone, without a token (web/handlers/root.py): no auth, no rate limit.
-PUBLIC = {"/", "/favicon.ico"}
 
 REPO = Path(__file__).resolve().parent.parent
 POLICY = re.compile(r'^"token";q=(\d+);w=(\d+)$')
@@ -120,7 +118,7 @@ async def test_create_token_stores_its_rate_limit(db, db_dsn, enterprise):
 async def test_openapi_documents_429_and_the_headers(api):
     doc = await (await api.client.get("/api/docs/swagger.json")).json()
     for path, operations in doc["paths"].items():
-        if path.startswith("/health/") or path in PUBLIC:
+        if path.startswith("/health/") or path in root.PATHS:
             continue
         for method, operation in operations.items():
             responses = operation["responses"]
