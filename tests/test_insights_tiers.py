@@ -4,7 +4,7 @@ writes (streaks opened, closed, a closing success deleted); verify names a tampe
 either and replay puts it back."""
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 
 import pytest
 
@@ -72,7 +72,11 @@ async def test_recoveries_follow_live_writes(seeded, db):
                 "failure": ("queued", "running", "complete", "failure"),
                 "success": ("queued", "running", "complete", "success")}[outcome]
         runs.append(await seeded.move(run, *path))
-    frm, to = NOW - timedelta(days=2), NOW
+    # the window ends after the writes just made: NOW was taken when the module was
+    # imported, and an hour may have turned since
+    to = datetime.now(timezone.utc).replace(minute=0, second=0, microsecond=0) + timedelta(
+        hours=1)
+    frm = to - timedelta(days=2)
     query = f"from={iso(frm)}&to={iso(to)}&group_by=pipeline&pipeline_id={pipeline['id']}"
     states = [r for r in await _states_now(db) if str(r["pipeline_id"]) == pipeline["id"]]
     want = _expected(states, frm, to, None, True)
