@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import warnings
 from typing import AsyncIterator
@@ -95,7 +96,7 @@ async def _pool_ctx(app: web.Application) -> AsyncIterator[None]:
             await database.ping(conn)
             unprotected = await database.unprotected_because(conn)  # readiness reports it
         app[POOL] = pool
-        app[POOL_SLOTS] = FairSlots(config.pool_max)
+        app[POOL_SLOTS] = FairSlots(config.pool_max, functools.partial(db.release_later, pool))
         app[READINESS] = Readiness(pool, config.pool_acquire_timeout, unprotected)
         app[METRICS].pool = pool
         # Lanes: a quarter of the pool. 100 enterprises writing at once (bench, pool of 10):
