@@ -103,11 +103,6 @@ async def _reset_connection(conn: asyncpg.Connection) -> None:
         await conn.execute(conn.get_reset_query())
 
 
-def has_session_state(conn) -> bool:
-    """Marked by keeps_session_state and not reset since."""
-    return (getattr(conn, "_con", None) or conn) in _SESSION_STATE
-
-
 def pool_has_free(pool: asyncpg.Pool) -> bool:
     """Whether acquire() takes a connection at once: a holder is idle in the pool's queue
     (it may still have to connect, bounded by DB_CONNECT_TIMEOUT). get_idle_size() says
@@ -116,23 +111,21 @@ def pool_has_free(pool: asyncpg.Pool) -> bool:
     return bool(pool.get_idle_size()) if queue is None else not queue.empty()
 
 
-def pool_has_waiters(pool: asyncpg.Pool) -> bool:
-    """Whether a caller waits in acquire() (True when the pool does not say)."""
-    getters = getattr(getattr(pool, "_queue", None), "_getters", None)
-    return getters is None or bool(getters)
-
-
 def fit_to_pass_on(pool: asyncpg.Pool, conn) -> bool:
     """A connection a request is done with may go straight to the next request (slots.py
     hand_over) rather than through release() and acquire(), when release() would only
     have put it back: open, outside a transaction, no session state, short of the pool's
     max_queries, and nothing else (a group-commit lane, the dispatcher) waits on the pool,
-    which must get its turn."""
-    queries = getattr(getattr(conn, "_protocol", None), "queries_count", None)
-    limit = getattr(pool, "_max_queries", None)
-    return (queries is not None and limit is not None and queries < limit
-            and not pool_has_waiters(pool) and not conn.is_closed()
-            and not conn.is_in_transaction() and not has_session_state(conn))
+    which must get its turn. Read from asyncpg's own fields (the pool's queue, the proxy's
+    connection); a version without them passes nothing on."""
+    try:
+        con = conn._con  # the pool's proxy: its connection
+        if pool._queue._getters or con._protocol.queries_count >= pool._max_queries:
+            return False
+    except AttributeError:
+        return False
+    return (not con.is_closed() and not con.is_in_transaction()
+            and not (_SESSION_STATE and con in _SESSION_STATE))
 
 
 _RELEASING: set[asyncio.Task] = set()  # referenced until done (the loop holds tasks weakly)

@@ -41,6 +41,7 @@ from service.web.keys import (
     TOKEN_CACHE,
     WEBHOOK_SENDER,
     WAIT_CAP,
+    item,
 )
 from service.web.handlers.health import Readiness
 from service.web.limits import RateLimiter, WaitCap
@@ -176,7 +177,7 @@ async def _wake_long_polls(app: web.Application) -> None:
 
 async def _rate_headers(request: web.Request, response: web.StreamResponse) -> None:
     """Every answer to an authenticated, rate-limited request says where its limit stands."""
-    state = request.get(RATE_STATE)
+    state = item(request, RATE_STATE)
     if state is not None:
         headers = response.headers
         headers["RateLimit-Policy"], headers["RateLimit"] = state

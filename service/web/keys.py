@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import asyncpg
 from aiohttp import web
@@ -50,3 +51,10 @@ CLIENT_GONE = web.RequestKey("client_gone", bool)
 PARSED = web.RequestKey("parsed", dict)
 # The request's read/write routing and consistency-token state (web/consistency.py).
 CONSISTENCY = web.RequestKey("consistency", object)
+
+
+def item(request: web.Request, key: web.RequestKey) -> Any:
+    """request.get(key) in one dict lookup. A request's Mapping.get raises and catches a
+    KeyError for a key it lacks, and every request lacks some the hot path asks for (an
+    Idempotency-Key's connection, CLIENT_GONE)."""
+    return request._state.get(key)

@@ -19,7 +19,7 @@ from service.infra.metrics import UNMATCHED, Metrics
 from service.infra.appended import APPENDED
 from service.web import validation
 from service.web.auth import PUBLIC_PREFIXES, authenticate
-from service.web.keys import CLIENT_GONE, FEED_WAITERS, PARSED, PRINCIPAL, REQUEST_ID
+from service.web.keys import CLIENT_GONE, FEED_WAITERS, PARSED, PRINCIPAL, REQUEST_ID, item
 from service.web.middleware import (check_url_length, domain_error, http_error, request_id_of,
                                     unknown_error)
 from service.web.pages.session import PREFIX as PAGES_PREFIX
@@ -114,7 +114,7 @@ def observe_middleware(metrics: Metrics, pages=None):
             except Exception:
                 response = unknown_error(request_id)
             response.headers["X-Request-ID"] = request_id
-            status = CLIENT_CLOSED if request.get(CLIENT_GONE) else response.status
+            status = CLIENT_CLOSED if item(request, CLIENT_GONE) else response.status
             if request.method not in READS and status < 400:
                 _committed(request)
             return response
@@ -124,7 +124,7 @@ def observe_middleware(metrics: Metrics, pages=None):
             observe(request.method, plan.label, status, seconds)
             if pending and status < 400:  # >= 400: the transaction rolled back
                 count_appended(pending)
-            principal = request.get(PRINCIPAL)
+            principal = item(request, PRINCIPAL)
             logs.log_request(request.method, plan.label, request.path, status,
                              round(seconds * 1000, 3),
                              principal.enterprise_id if principal else None,

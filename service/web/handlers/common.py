@@ -31,6 +31,7 @@ from service.web.keys import (
     REPLICAS,
     REQUEST_ID,
     Principal,
+    item,
 )
 from service.app.outages import UNAVAILABLE, translated
 from service.web.slots import FairSlots
@@ -243,8 +244,8 @@ class _Connection:
     def __init__(self, request: web.Request, read: bool | None):
         self.request = request
         self.conn: asyncpg.Connection | None = None
-        self.shared = request.get(TX_CONNECTION)
-        self.state = state = request.get(CONSISTENCY)  # None outside @operation handlers
+        self.shared = item(request, TX_CONNECTION)
+        self.state = state = item(request, CONSISTENCY)  # None outside @operation handlers
         self.read = (state is not None and state.read) if read is None else read
         self.replica = None
 
@@ -262,7 +263,7 @@ class _Connection:
                     return self.conn
             replicas.count_read("primary")
         slots, pool = app[POOL_SLOTS], app[POOL]
-        caller = self.request.get(PRINCIPAL)
+        caller = item(self.request, PRINCIPAL)
         key = caller.enterprise_id if caller is not None else ""
         with translated():
             self.conn = await _acquire(slots, pool, key, app[CONFIG].pool_acquire_timeout)
