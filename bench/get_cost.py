@@ -152,8 +152,9 @@ def _print_functions(dsn: str, requests: float) -> None:
 def _spy(server: bench_run.Server, args) -> subprocess.Popen:
     """py-spy sampling the service (its own CPU adds to the rounds' figures: read shares)."""
     cmd = [str(Path(sys.executable).parent / "py-spy"), "record", "--pid", str(server.proc.pid),
-           "--rate", "250", "--format", "raw", "--output", args.py_spy, "--nonblocking"]
-    return subprocess.Popen(cmd + (["--native"] if args.native else []),
+           "--rate", "250", "--format", "raw", "--output", args.py_spy]
+    # C frames need the process paused while sampled; without them it is not paused.
+    return subprocess.Popen(cmd + (["--native"] if args.native else ["--nonblocking"]),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 

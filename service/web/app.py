@@ -34,14 +34,12 @@ from service.web.keys import (
     POOL,
     POOL_SLOTS,
     RATE_LIMITER,
-    RATE_STATE,
     READINESS,
     REPLICAS,
     SIGNER,
     TOKEN_CACHE,
     WEBHOOK_SENDER,
     WAIT_CAP,
-    item,
 )
 from service.web.handlers.health import Readiness
 from service.web.limits import RateLimiter, WaitCap
@@ -175,14 +173,6 @@ async def _wake_long_polls(app: web.Application) -> None:
         waiters.wake_all()
 
 
-async def _rate_headers(request: web.Request, response: web.StreamResponse) -> None:
-    """Every answer to an authenticated, rate-limited request says where its limit stands."""
-    state = item(request, RATE_STATE)
-    if state is not None:
-        headers = response.headers
-        headers["RateLimit-Policy"], headers["RateLimit"] = state
-
-
 async def _metrics_server_ctx(app: web.Application) -> AsyncIterator[None]:
     """METRICS_PORT set: /metrics is served there, on METRICS_HOST (loopback by default)."""
     config = app[CONFIG]
@@ -284,7 +274,6 @@ def create_app(config: Config, *, span_exporter=None) -> web.Application:
                                     config.rate_limit_delay_ms / 1000)
     app[WAIT_CAP] = WaitCap(config.max_waits_per_token)
     app[SIGNER] = load_signer(config.audit_key_path)  # checkpoints' key (AUDIT_KEY_FILE)
-    app.on_response_prepare.append(_rate_headers)
     _add_routes(app)
     pages.setup(app)
     _setup_openapi(app)
