@@ -190,10 +190,12 @@ async def _metrics_server_ctx(app: web.Application) -> AsyncIterator[None]:
 def _add_routes(app: web.Application) -> None:
     for method, path, handler in (*health.routes, *root.routes):
         app.router.add_route(method, path, handler)
-    # One resource per path with all its methods, and the run routes first: the router
-    # tries a prefix's resources in order (a regex each), so the hot paths match early.
+    # One resource per path with all its methods, and the run routes first, one run's
+    # before the lists': the router tries a prefix's resources in order (a coroutine and a
+    # regex each), so the hot paths (a run's GET and PUT) match first.
     methods: dict[str, list] = {}
-    for method, path, handler in (*runs.routes, *RESOURCE_ROUTES):
+    hot = sorted(runs.routes, key=lambda route: route[1] != runs.RUN_PATH)
+    for method, path, handler in (*hot, *RESOURCE_ROUTES):
         if (method, handler) not in methods.setdefault(path, []):
             methods[path].append((method, handler))
     for mount in MOUNTS:
