@@ -193,6 +193,30 @@ async def test_requests_pass_connections_on_yet_the_pool_s_other_callers_get_the
     assert passed > answered / 2, (passed, answered)  # most skipped the pool
 
 
+async def test_only_a_connection_release_would_just_put_back_is_passed_on(db_dsn):
+    pool = await dbinfra.create_pool(Config(pool_min=1, pool_max=1), db_dsn)
+    try:
+        conn = await pool.acquire()
+        assert dbinfra.fit_to_pass_on(pool, conn)
+        transaction = conn.transaction()
+        await transaction.start()
+        assert not dbinfra.fit_to_pass_on(pool, conn)  # release() rolls it back
+        await transaction.rollback()
+        other = asyncio.ensure_future(pool.acquire())  # someone else waits on the pool
+        await wait_until(lambda: not dbinfra.fit_to_pass_on(pool, conn))
+        await pool.release(conn)
+        conn = await asyncio.wait_for(other, 5)  # ... and gets it
+        dbinfra.keeps_session_state(conn)
+        assert not dbinfra.fit_to_pass_on(pool, conn)  # release() resets it
+        await pool.release(conn)
+        async with pool.acquire() as conn:
+            assert dbinfra.fit_to_pass_on(pool, conn)  # reset: fit again
+            conn.terminate()
+            assert not dbinfra.fit_to_pass_on(pool, conn)
+    finally:
+        pool.terminate()
+
+
 async def test_a_flooding_enterprise_does_not_delay_another_s_requests(api, client, db):
     """Pool of 2: the noisy enterprise's 30 creates queue on its pipeline's row lock; the
     quiet enterprise's read gets the next free connection, not the 31st."""
