@@ -135,7 +135,7 @@ async def test_slot_waiters_time_out_in_order_on_one_timer():
     await slots.acquire("a")
     started = time.monotonic()
     waits = [asyncio.create_task(slots.acquire("b", timeout=0.05 * (i + 1))) for i in range(3)]
-    served = asyncio.create_task(slots.acquire("c", timeout=0.2))
+    served = asyncio.create_task(slots.acquire("c", timeout=1.0))
     shorter = asyncio.create_task(slots.acquire("d", timeout=0.01))  # before those queued
     await wait_until(lambda: slots.waiting() == 5 or shorter.done())
     for wait in (shorter, *waits):
@@ -144,7 +144,7 @@ async def test_slot_waiters_time_out_in_order_on_one_timer():
     assert time.monotonic() - started >= 0.14  # each at its own deadline, not the first's
     slots.release()  # "c" is still there: served before its deadline, it keeps the slot
     assert await asyncio.wait_for(served, 5) is None
-    await asyncio.sleep(0.25)  # past its deadline: the timer leaves a served waiter alone
+    await asyncio.sleep(1.0)  # past its deadline: the timer leaves a served waiter alone
     assert slots.locked() and slots.waiting() == 0
     slots.release()
     assert not slots.locked()
