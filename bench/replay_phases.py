@@ -84,11 +84,11 @@ def _timed_sync(name: str, fn):
 
 def install() -> None:
     """The wrappers, in this process (the parts' processes install their own)."""
-    for name in ("_scan_part", "_compare_part", "_scan_rest", "_compare_insights",
-                 "_recovery_drifts", "_catch_up", "_refold_irregular"):
+    for name in ("_scan_part", "_compare_part", "_scan_rest", "_stored", "_catch_up",
+                 "_refold_irregular"):
         if hasattr(replay, name):
             setattr(replay, name, _timed(name, getattr(replay, name)))
-    for name in ("_merge",):
+    for name in ("_merge", "_compare_table"):
         if hasattr(replay, name):
             setattr(replay, name, _timed_sync(name, getattr(replay, name)))
     if hasattr(replay.sql, "patch_runs"):
@@ -160,7 +160,11 @@ async def main(args) -> None:
     notes = [json.loads(line) for line in _LOG.read_text().splitlines()]
     others = [n for n in notes if n["phase"] == "process"]
     other_cpu = sum(n["cpu"] for n in others)
-    other_backend = sum(n.get("backend_cpu", 0) for n in others)
+    # A part's backend is gone when its process ends: its CPU as last noted by _scan_part.
+    other_backend = sum(max((n.get("backend_cpu", 0) for n in notes
+                             if n["pid"] == o["pid"] and n["phase"] == "_scan_part"), default=0)
+                        for o in others)
+    other_backend += sum(n.get("backend_cpu", 0) for n in notes if n["phase"] == "_stored")
     print(f"{what}")
     print(f"{events:,} events of {runs:,} runs in {wall:.1f} s = {events / wall:,.0f} events/s "
           f"(load {os.getloadavg()[0]:.1f})")

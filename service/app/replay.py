@@ -319,12 +319,14 @@ class _Counts:
 
 def _compare_rows(batch: list, folds: dict, result: Scan, counted: _Counts) -> None:
     """Each projection row (of sql.PROJECTION_ROWS) against its run's fold, which it takes
-    out of folds. A row whose run has no events is not here: _scan_rest's ORPHAN_ROWS."""
+    out of folds (every run of the part with events has one)."""
     take = folds.pop
     for record in batch:
         key = (record[0], record[1])
         entry = take(key, None)
-        if entry is None:
+        if entry is None:  # the run has no events: its row is not explained by them
+            result.drifts.append(_compare(key, None, _projection_of(record)))
+            counted.projected.add_row(record)
             continue
         run = entry[1]
         if _unchanged(run, record):
@@ -352,7 +354,8 @@ async def scan(conn: asyncpg.Connection, dsn: str | None = None,
 
     With the database's dsn, a large scan is split: other processes fold a share of the
     runs each, in the same snapshot; and so is a scan whose folds would take more than
-    memory_mb at once (scan_parts.py).
+    memory_mb at once (scan_parts.py). The counter tables and the rest are read meanwhile
+    on a connection of their own, in the snapshot too.
     """
     result, counted = Scan(), _Counts()
     async with conn.transaction(isolation="repeatable_read", readonly=True):
@@ -360,12 +363,21 @@ async def scan(conn: asyncpg.Connection, dsn: str | None = None,
         plan = await scan_parts.plan(conn, dsn, memory_mb)
         result.parts, result.ranges = plan.processes, len(plan.ranges)
         mine, theirs = plan.shares()
-        async with scan_parts.in_other_processes(conn, scan_part_alone, dsn, theirs) as others:
+        async with contextlib.AsyncExitStack() as stack:
+            if dsn is None:
+                stored = None
+            else:
+                snapshot = await conn.fetchval(sql.EXPORT_SNAPSHOT)
+                stored = await stack.enter_async_context(
+                    scan_parts.beside(dsn, snapshot, _stored))
+                others = await stack.enter_async_context(scan_parts.in_other_processes(
+                    scan_part_alone, dsn, snapshot, theirs))
             for bounds in mine:
                 await _scan_part(conn, bounds, result, counted)
-            for other in others:
+            for other in (others if dsn is not None else ()):
                 _merge(result, counted, *await other)
-        await _scan_rest(conn, result, counted)
+            await _scan_rest(conn, result, counted,
+                             await (stored if stored is not None else _stored(conn)))
     return result
 
 
@@ -444,31 +456,41 @@ def _merge(result: Scan, counted: _Counts, part: Scan, part_counted: _Counts) ->
     counted.merge(part_counted)
 
 
-async def _scan_rest(conn: asyncpg.Connection, result: Scan, counted: _Counts) -> None:
-    """Heads, rows without events, the counter tables, stage runs without their run: in the
-    snapshot."""
+@dataclass
+class _Stored:
+    """What the scan compares whole, read in its snapshot: each counter table's cells
+    (TABLES order), the recoveries that differ, and stage runs without their run."""
+    tables: list[dict]
+    recoveries: list
+    orphan_stage_runs: list
+
+
+async def _stored(conn: asyncpg.Connection) -> _Stored:
+    return _Stored([await table.stored(conn) for table in TABLES],
+                   await insights_store.recovery_drifts(conn),
+                   await conn.fetch(sql.ORPHAN_STAGE_RUN_KEYS))
+
+
+async def _scan_rest(conn: asyncpg.Connection, result: Scan, counted: _Counts,
+                     stored: _Stored) -> None:
+    """Heads, then the counter tables, recoveries, stage runs without their run."""
     result.heads = dict(sorted(
         (r[0], r[1]) for r in await conn.fetch(sql.HEADS, list(result.heads))))
-    for row in await conn.fetch(sql.ORPHAN_ROWS):
-        actual = {**dict(row), "stage_runs": []}
-        result.drifts.append(_compare((row["enterprise_id"], row["id"]), None, actual))
-        counted.projected.add(row["enterprise_id"], row["pipeline_id"], row["status"],
-                              row["created_at"], row["started_at"], row["ended_at"])
     for n, table in enumerate(TABLES):
-        await _compare_table(conn, n, table, result, counted)
-    result.recovery_drifts = await _recovery_drifts(conn)
+        _compare_table(n, table, stored.tables[n], result, counted)
+    result.recovery_drifts = _recovery_drifts(stored.recoveries)
     known = {d.run_key for d in result.drifts}
-    for row in await conn.fetch(sql.ORPHAN_STAGE_RUN_KEYS):
+    for row in stored.orphan_stage_runs:
         key = (row["enterprise_id"], row["run_id"])
         if key not in known:
             result.drifts.append(Drift(key, ["<stage runs without their run>"], None, None))
 
 
-async def _compare_table(conn: asyncpg.Connection, n: int, table: _Table, result: Scan,
-                         counted: _Counts) -> None:
+def _compare_table(n: int, table: _Table, stored: dict, result: Scan,
+                   counted: _Counts) -> None:
     """A counter table against the fold's keys (drifts) and the projection's (errors)."""
-    drifts, errors = _differences(await table.stored(conn), counted.both.tables[n],
-                                  counted.expected.tables[n], counted.projected.tables[n])
+    drifts, errors = _differences(stored, counted.both.tables[n], counted.expected.tables[n],
+                                  counted.projected.tables[n])
     # Only what differs is put in order (the report's), not every key of the table.
     drifts = sorted(((table.key(*group, cell), want, have) for group, cell, want, have
                      in drifts), key=lambda d: str(d[0]))
@@ -503,9 +525,9 @@ def _differences(stored: dict, both: dict, expected: dict, projected: dict) -> t
     return drifts, errors
 
 
-async def _recovery_drifts(conn: asyncpg.Connection) -> list[RecoveryDrift]:
+def _recovery_drifts(rows: list) -> list[RecoveryDrift]:
     drifts: dict[tuple, RecoveryDrift] = {}
-    for r in await insights_store.recovery_drifts(conn):
+    for r in rows:
         key = (r["enterprise_id"], r["pipeline_id"], r["run_id"])
         drift = drifts.setdefault(key, RecoveryDrift(key, None, None))
         if r["expected_at"] is not None:
