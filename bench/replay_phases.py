@@ -57,14 +57,14 @@ def _timed(name: str, fn):
     has its backend's CPU noted too."""
     @functools.wraps(fn)
     async def wrapper(*args, **kwargs):
-        started = time.time()
+        started, cpu = time.time(), time.process_time()
         conn = args[0] if args and isinstance(args[0], asyncpg.Connection) else None
         if conn is not None:
             _backends.add(conn.get_server_pid())
         try:
             return await fn(*args, **kwargs)
         finally:
-            extra = {}
+            extra = {"cpu": time.process_time() - cpu}
             if conn is not None:
                 extra["backend_cpu"] = _backend_cpu(conn.get_server_pid())
             _note(name, started, time.time(), **extra)
@@ -74,11 +74,11 @@ def _timed(name: str, fn):
 def _timed_sync(name: str, fn):
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        started = time.time()
+        started, cpu = time.time(), time.process_time()
         try:
             return fn(*args, **kwargs)
         finally:
-            _note(name, started, time.time())
+            _note(name, started, time.time(), cpu=time.process_time() - cpu)
     return wrapper
 
 
@@ -181,7 +181,8 @@ async def main(args) -> None:
         if n["phase"] == "process":
             continue
         print(f"  {pids[n['pid']]:>5} {n['phase']:<18} {n['start'] - started:7.1f} → "
-              f"{n['end'] - started:7.1f}  ({n['end'] - n['start']:6.1f} s)")
+              f"{n['end'] - started:7.1f}  ({n['end'] - n['start']:6.1f} s, "
+              f"CPU {n.get('cpu', 0):6.1f} s)")
 
 
 if __name__ == "__main__":

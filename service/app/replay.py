@@ -263,6 +263,15 @@ TABLES: tuple[_Table, ...] = (
 )
 
 
+_GROUPS = tuple(table.groups for table in TABLES)
+try:  # C: each item's count added to a dict (what Counter.update does with an iterable)
+    from collections import _count_elements
+except ImportError:  # pragma: no cover - another Python
+    def _count_elements(into: dict, items) -> None:
+        for item in items:
+            into[item] = into.get(item, 0) + 1
+
+
 class _Tally:
     """Runs counted under each table's keys: per table (TABLES order)
     {(enterprise_id, group): {cell: n}}."""
@@ -274,14 +283,13 @@ class _Tally:
 
     def add(self, enterprise_id: str, pipeline_id, status: str, created_at, started_at,
             ended_at) -> None:
-        for counted, table in zip(self.tables, TABLES):
-            for group, cells in table.groups(pipeline_id, created_at, started_at, ended_at,
-                                             status):
-                into = counted.get((enterprise_id, group))
+        for counted, groups in zip(self.tables, _GROUPS):
+            for group, cells in groups(pipeline_id, created_at, started_at, ended_at, status):
+                key = (enterprise_id, group)
+                into = counted.get(key)
                 if into is None:
-                    into = counted[(enterprise_id, group)] = {}
-                for cell in cells:
-                    into[cell] = into.get(cell, 0) + 1
+                    into = counted[key] = {}
+                _count_elements(into, cells)
 
     def add_run(self, enterprise_id: str, run: dict) -> None:
         self.add(enterprise_id, run["pipeline_id"], run["status"], run["created_at"],

@@ -62,6 +62,7 @@ def _hour(at: datetime) -> datetime:
 
 _HOUR = timedelta(hours=1)
 _MICROSECOND = timedelta(microseconds=1)
+_EPOCH_DAY = _EPOCH.toordinal()
 
 
 def hour_at(number: int) -> datetime:
@@ -69,20 +70,27 @@ def hour_at(number: int) -> datetime:
     return _EPOCH + number * _HOUR
 
 
+def _hour_number(at: datetime) -> int:
+    """The UTC hour `at` falls in, as UTC hours since _EPOCH (from the date and the hour:
+    cheaper than a timedelta's division, for the times the database gives, in UTC)."""
+    if at.tzinfo is not timezone.utc:
+        at = at.astimezone(timezone.utc)
+    return (at.toordinal() - _EPOCH_DAY) * 24 + at.hour
+
+
 def run_cells(created_at: datetime, started_at: datetime | None, ended_at: datetime | None,
               status: str) -> list[tuple[int, str, int]]:
     """A run's (hour, metric, bin) keys, SQL's run_insight_keys, the hour a number: UTC hours
     since _EPOCH (replay counts these for every run: integers hash and pickle cheaply where
     datetimes did not)."""
-    created = (created_at - _EPOCH) // _HOUR
-    cells = [(created, "created", 0)]
+    cells = [(_hour_number(created_at), "created", 0)]
     if status in TERMINAL:
-        ended = (ended_at - _EPOCH) // _HOUR
+        ended = _hour_number(ended_at)
         cells.append((ended, status, 0))
         if started_at is not None:
             cells.append((ended, "duration", bin_of((ended_at - started_at) // _MICROSECOND)))
     if started_at is not None:
-        cells.append(((started_at - _EPOCH) // _HOUR, "queue",
+        cells.append((_hour_number(started_at), "queue",
                       bin_of((started_at - created_at) // _MICROSECOND)))
     return cells
 
