@@ -366,6 +366,15 @@ async def scan(conn: asyncpg.Connection, dsn: str | None = None,
     on a connection of their own, in the snapshot too.
     """
     result, counted = Scan(), _Counts()
+    # The parts' counts are merged and compared after the folds: millions of small tuples,
+    # which the collector would walk again and again.
+    with _no_cycle_collection():
+        await _scan(conn, dsn, memory_mb, result, counted)
+    return result
+
+
+async def _scan(conn: asyncpg.Connection, dsn: str | None, memory_mb: int, result: Scan,
+                counted: _Counts) -> None:
     async with conn.transaction(isolation="repeatable_read", readonly=True):
         await conn.execute(sql.SCAN_SETTINGS)
         plan = await scan_parts.plan(conn, dsn, memory_mb)
@@ -386,7 +395,6 @@ async def scan(conn: asyncpg.Connection, dsn: str | None = None,
                 _merge(result, counted, *await other)
             await _scan_rest(conn, result, counted,
                              await (stored if stored is not None else _stored(conn)))
-    return result
 
 
 async def _scan_part(conn: asyncpg.Connection, bounds: tuple, result: Scan,
