@@ -620,6 +620,7 @@ async def _catch_up(conn: asyncpg.Connection, heads: dict[str, int], keys: set,
     """Under a short write lock: re-fold the runs changed since the scan, and the skipped;
     take the counters' snapshot error back out (patches and writes never change it)."""
     async with conn.transaction():
+        await conn.execute(sql.CATCH_UP_SETTINGS)
         await counts.apply_deltas(conn, Counter({k: -v for k, v in counter_errors.items()}))
         for table in TABLES:
             if table.apply_deltas is not None:
