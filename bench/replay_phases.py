@@ -84,7 +84,7 @@ def _timed_sync(name: str, fn):
 
 def install() -> None:
     """The wrappers, in this process (the parts' processes install their own)."""
-    for name in ("_scan_part", "_compare_part", "_scan_rest", "_stored", "_catch_up",
+    for name in ("scan", "_scan_part", "_compare_part", "_scan_rest", "_stored", "_catch_up",
                  "_refold_irregular"):
         if hasattr(replay, name):
             setattr(replay, name, _timed(name, getattr(replay, name)))

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import marshal
 import operator
 import time
 from collections import Counter
@@ -240,7 +241,7 @@ class _Table:
 
     name: str
     groups: Callable  # (pipeline_id, created_at, started_at, ended_at, status) -> the
-    #                   run's ((group, [cell, ...]), ...)
+    #                   run's ((group, [cell, ...]), ...); a cell: a tuple of ints and strs
     stored: Callable  # async (conn) -> {(enterprise_id, group): {cell: n}}, no zeros
     key: Callable  # (enterprise_id, group, cell) -> the row's key, as reported and repaired
     apply_deltas: Callable | None = None  # async (conn, {key: n}): an insights table's repair
@@ -280,6 +281,14 @@ class _Tally:
 
     def __init__(self):
         self.tables: list[dict] = [{} for _ in TABLES]
+
+    # From a part's process: millions of cells, by marshal (a third of pickle's time).
+    def __getstate__(self) -> list:
+        return [(list(counted), marshal.dumps(list(counted.values())))
+                for counted in self.tables]
+
+    def __setstate__(self, state: list) -> None:
+        self.tables = [dict(zip(groups, marshal.loads(cells))) for groups, cells in state]
 
     def add(self, enterprise_id: str, pipeline_id, status: str, created_at, started_at,
             ended_at) -> None:
