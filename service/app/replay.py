@@ -79,6 +79,8 @@ class Scan:
     ranges: int = 1  # run-id ranges folded one after another (memory: scan_parts.py)
     heads: dict[str, int] = field(default_factory=dict)
     drifts: list[Drift] = field(default_factory=list)
+    # Projection rows whose run has no events: reported after the other drifts.
+    orphans: list[Drift] = field(default_factory=list)
     # run_counts rows that differ from the fold (what verify reports).
     counter_drifts: list[CounterDrift] = field(default_factory=list)
     # run_counts minus the projection rows' own counts, in the snapshot: every write moves
@@ -342,7 +344,7 @@ def _compare_rows(batch: list, folds: dict, result: Scan, counted: _Counts) -> N
         key = (record[0], record[1])
         entry = take(key, None)
         if entry is None:  # the run has no events: its row is not explained by them
-            result.drifts.append(_compare(key, None, _projection_of(record)))
+            result.orphans.append(_compare(key, None, _projection_of(record)))
             counted.projected.add_row(record)
             continue
         run = entry[1]
@@ -477,6 +479,7 @@ def _merge(result: Scan, counted: _Counts, part: Scan, part_counted: _Counts) ->
     result.runs += part.runs
     result.heads.update(part.heads)
     result.drifts += part.drifts
+    result.orphans += part.orphans
     result.version_drifts += part.version_drifts
     counted.merge(part_counted)
 
@@ -501,6 +504,8 @@ async def _scan_rest(conn: asyncpg.Connection, result: Scan, counted: _Counts,
     """Heads, then the counter tables, recoveries, stage runs without their run."""
     result.heads = dict(sorted(
         (r[0], r[1]) for r in await conn.fetch(sql.HEADS, list(result.heads))))
+    result.drifts += result.orphans
+    result.orphans = []
     for n, table in enumerate(TABLES):
         _compare_table(n, table, stored.tables[n], result, counted)
     result.recovery_drifts = _recovery_drifts(stored.recoveries)
