@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import random
 import uuid
+from datetime import datetime, timedelta, timezone
 
 import pytest
 
 from service.app import replay as replay_module
 from service.app import scan_parts
 from service.app.replay import replay, verify
-from service.domain import lifecycle
+from service.domain import insights, lifecycle
 from service.domain.insights import ALL_PIPELINES
 from service.store import replay as sql
 
@@ -170,3 +171,33 @@ async def test_counter_tables_compare_alike_in_one_process_and_split(api, db, db
     report = await replay(db, db_dsn, memory_mb=2)
     assert report.repaired == 1 and report.insights_repaired >= 1
     assert (await verify(db, db_dsn, memory_mb=2)).clean
+
+
+async def test_a_runs_insight_cells_are_sqls_run_insight_rows(db):
+    """The Python twin replay counts with (hours as numbers) against the SQL the trigger
+    counts with: times on and just off the hour and the day, in other time zones."""
+    pipeline = uuid.uuid4()
+    rng = random.Random(7)
+    base = datetime(2026, 3, 1, tzinfo=timezone.utc)
+    cases = []
+    for n in range(300):
+        created = base + timedelta(hours=rng.randrange(0, 2000),
+                                   microseconds=rng.choice((0, 1, 3_599_999_999,
+                                                            rng.randrange(3_600_000_000))))
+        if n % 3 == 0:
+            created = created.astimezone(timezone(timedelta(hours=rng.randint(-11, 12))))
+        started = (None if n % 5 == 0 else
+                   created + timedelta(microseconds=rng.choice((0, 1, rng.randrange(10**11)))))
+        status = rng.choice(("running", "success", "failure", "cancelled", "invalid", "timeout"))
+        ended = (None if status == "running" else
+                 (started or created) + timedelta(microseconds=rng.randrange(10**10)))
+        cases.append((created, started, ended, status))
+    for created, started, ended, status in cases:
+        want = sorted(tuple(r) for r in await db.fetch(
+            "SELECT hour, pipeline_id, metric, bin FROM run_insight_rows($1, $2, $3, $4, $5)",
+            pipeline, created, started, ended, status))
+        got = sorted((insights.hour_at(h), group, metric, bin_)
+                     for group, cells in insights.run_groups(pipeline, created, started, ended,
+                                                             status)
+                     for h, metric, bin_ in cells)
+        assert got == want, (created, started, ended, status)
