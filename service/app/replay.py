@@ -4,7 +4,8 @@ Replay is safe while the service runs:
 1. Scan: in one REPEATABLE READ snapshot, read the event log in the order it was written
    (a sequential read) and fold each run in memory as its events pass by, with the
    lifecycle's fold; then read the projection rows and note every one that differs from
-   its run's fold; run_counts is compared with the fold's counts too. A large scan is split
+   its run's fold; the counter tables (run_counts, run_insights: TABLES) are compared with
+   what the runs count, read meanwhile on a connection of their own. A large scan is split
    by run id across 2 processes that share the snapshot, and into more run-id ranges,
    folded one after another, when the folds of all runs would not fit in memory
    (scan_parts.py).
@@ -239,7 +240,7 @@ async def _batches(conn: asyncpg.Connection, query: str, size: int, *args):
 class _Table:
     """A projection of counts (live runs per key) that replay compares with the runs: each
     run adds 1 under each of its keys, given as cells in groups (few groups, e.g. one per
-    pipeline: a cell is a small tuple that hashes and pickles cheaply)."""
+    pipeline; a cell, a small tuple, hashes cheaply and travels by marshal: _Tally)."""
 
     name: str
     groups: Callable  # (pipeline_id, created_at, started_at, ended_at, status) -> the
