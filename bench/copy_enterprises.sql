@@ -1,8 +1,9 @@
 -- A 1M-run database from a 100,000-run seed, in minutes (bench only; see docs/performance.md
 -- "Replay and seed"): the seeded enterprise 'e' copied under e1..e9, every table the scan
 -- reads, with triggers off (session_replication_role = replica: the copies are made
--- consistent by hand, so replay and verify find them clean; their hash chains are not
--- made). Positions are new, in the original's order.
+-- consistent by hand, so replay and the projection checks of verify find them clean; the
+-- copies' hash chains do not verify, having no heads). Positions are new, in the original's
+-- order.
 --   python -m service seed --enterprise e --runs 100000 --pipelines 50 --batch 10000
 --   psql -d DB -f bench/copy_enterprises.sql && psql -d DB -c 'VACUUM ANALYZE'
 SET session_replication_role = replica;
