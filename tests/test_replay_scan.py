@@ -201,3 +201,17 @@ async def test_a_runs_insight_cells_are_sqls_run_insight_rows(db):
                                                              status)
                      for h, metric, bin_ in cells)
         assert got == want, (created, started, ended, status)
+
+
+def test_the_folds_counts_are_the_unchanged_runs_and_the_others_folds_together():
+    counts = replay_module._Counts()
+    pipeline, other = uuid.uuid4(), uuid.uuid4()
+    at = datetime(2026, 5, 4, 3, 2, 1, tzinfo=timezone.utc)
+    counts.both.add("e", pipeline, "success", at, at, at + timedelta(hours=1))
+    assert counts.folded(0) is counts.both.tables[0]  # nothing apart: no copy
+    counts.expected.add("e", pipeline, "success", at, None, at)
+    counts.expected.add("e", other, "failure", at, None, at)
+    counts.projected.add("e", pipeline, "running", at, at, None)  # not the fold's
+    assert counts.folded(0) == {("e", pipeline): {("success",): 2},
+                                ("e", other): {("failure",): 1}}
+    assert counts.both.tables[0] == {("e", pipeline): {("success",): 1}}  # left as it was

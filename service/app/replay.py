@@ -331,6 +331,20 @@ class _Counts:
         self.expected = _Tally()  # the fold of runs whose row differs, or have none
         self.projected = _Tally()  # rows that differ from their fold, or have no events
 
+    def folded(self, n: int) -> dict:
+        """What the fold counts under table n's keys (TABLES order): {(enterprise_id,
+        group): {cell: n}}, the runs whose row is their fold and the others' folds together
+        (for a projection derived from the fold's keys, e.g. totals over them)."""
+        both, extra = self.both.tables[n], self.expected.tables[n]
+        if not extra:
+            return both
+        folded = dict(both)
+        for group, cells in extra.items():
+            into = folded[group] = dict(both.get(group, {}))
+            for cell, count in cells.items():
+                into[cell] = into.get(cell, 0) + count
+        return folded
+
     def merge(self, other: _Counts) -> None:
         self.both.merge(other.both)
         self.expected.merge(other.expected)
