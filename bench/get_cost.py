@@ -8,7 +8,8 @@ slows everything and counts CPU time: read the
 shares, not the totals). With --put the load flips each run running <-> waiting (as the
 yardstick's PUT does) and the database backends' CPU per request is printed too.
 
-    .venv/bin/python bench/get_cost.py [--put] [--runs 200] [--seconds 5] [--rounds 3] [--profile]
+    .venv/bin/python bench/get_cost.py [--put] [--runs 200] [--enterprises 1] [--seconds 5]
+        [--rounds 3] [--profile]
 """
 from __future__ import annotations
 
@@ -68,13 +69,13 @@ def _profiled_service(dsn: str, workdir: Path, out: Path) -> bench_run.Server:
 
 
 def measure(server: bench_run.Server, dsn: str, method: str, state: Path, seconds: float,
-            connections: int) -> tuple[float, float, float]:
+            connections: int, threads: int = 1) -> tuple[float, float, float]:
     """(µs of service CPU per request, µs of database CPU, requests/s) of one wrk round."""
     backends = asyncio.run(bench_run._backend_pids(dsn, "service"))
     before = bench_run._cpu_seconds([server.proc.pid])
     db_before = bench_run._cpu_seconds(backends)
     result = load.run_wrk(server.base, method, state, "", connections=connections,
-                          seconds=seconds)
+                          seconds=seconds, threads=threads)
     used = bench_run._cpu_used(before, bench_run._cpu_seconds([server.proc.pid]))
     db_used = bench_run._cpu_used(db_before, bench_run._cpu_seconds(backends))
     if result.non_2xx or result.errors:
@@ -104,6 +105,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=5)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--enterprises", type=int, default=1,
+                        help="the runs spread over this many enterprises (a token each)")
+    parser.add_argument("--threads", type=int, default=1, help="wrk's threads")
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--put", action="store_true", help="status PUTs instead of GETs")
     parser.add_argument("--functions", action="store_true",
@@ -124,7 +128,7 @@ def main() -> None:
             if args.functions:  # the service's sessions count their PL/SQL functions' time
                 asyncio.run(scratchdb.admin(
                     admin, f'ALTER DATABASE "{name}" SET track_functions = \'all\''))
-            seeded = asyncio.run(bench_run.seed(dsn, args.runs))
+            seeded = asyncio.run(bench_run.seed(dsn, args.runs, args.enterprises))
             method = "PUT" if args.put else "GET"
             state = workdir / "load.state"
             profile = workdir / "service.prof"
@@ -134,9 +138,10 @@ def main() -> None:
                 if args.sql:
                     asyncio.run(scratchdb.admin(dsn, args.sql))
                 load.run_wrk(server.base, method, _state(dsn, seeded, state, method), "",
-                             connections=args.connections, seconds=1)  # warm up
+                             connections=args.connections, seconds=1,
+                             threads=args.threads)  # warm up
                 rounds = [measure(server, dsn, method, _state(dsn, seeded, state, method),
-                                  args.seconds, args.connections)
+                                  args.seconds, args.connections, args.threads)
                           for _ in range(args.rounds)]
             finally:
                 server.stop()

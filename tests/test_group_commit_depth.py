@@ -9,7 +9,7 @@ import asyncpg
 import pytest
 
 from service.app.chain import verify_chains
-from service.app.groupcommit import GroupCommit
+from service.app.groupcommit import MAX_GROUP, GroupCommit
 from service.app.replay import verify
 from service.infra.db import create_pool
 from service.store.locks import FEED_LOCK
@@ -123,7 +123,9 @@ async def test_one_enterprise_under_overlapping_groups_feeds_every_event_once(
     """Many concurrent changes of one enterprise (groups overlap) while a consumer tails the
     feed: it sees every event exactly once, in order; projections and chain stay exact."""
     pipeline = await api.pipeline()
-    runs = [await api.move(await api.run(pipeline["id"]), "running") for _ in range(40)]
+    # More runs than a group takes (MAX_GROUP): however they arrive, groups overlap.
+    runs = [await api.move(await api.run(pipeline["id"]), "running")
+            for _ in range(MAX_GROUP + 6)]
     group = client.server.app[GROUP_COMMIT]
     seen: list[int] = []
     done = asyncio.Event()
@@ -151,6 +153,34 @@ async def test_one_enterprise_under_overlapping_groups_feeds_every_event_once(
         "SELECT position FROM run_events WHERE enterprise_id = $1 ORDER BY position", enterprise)]
     assert len(seen) == len(set(seen)), "an event was served twice"
     assert seen == stored, f"missed {sorted(set(stored) - set(seen))[:10]}"
-    assert len(stored) == 40 * (2 + 6)
+    assert len(stored) == len(runs) * (2 + 6)
     assert (await verify(db)).clean
     assert (await verify_chains(db))[1] == []
+
+
+async def test_a_slots_connection_plans_once_and_goes_back_to_the_pool_as_it_came(
+        config, db_dsn):
+    """The group statement's connection plans generically (store/moves.py GENERIC_PLANS);
+    released to the pool, it is reset: no other request inherits the setting."""
+    from service.app.runs import grouping
+
+    pool = await create_pool(config, db_dsn)
+
+    async def execute(conn, items):
+        mode = await conn.fetchval("SHOW plan_cache_mode")
+        return [(i.n, mode) for i in items]
+
+    group = GroupCommit(pool, 5, execute, prepare=grouping)
+    try:
+        outcomes = await asyncio.gather(*(group.run("ent", Item(n, n)) for n in range(5)))
+        assert {result for result, _ in outcomes} == {(n, "force_generic_plan") for n in range(5)}
+        await wait_until(lambda: group.pending() == (0, 0) and not group._slots,
+                         what="the slots to give their connections back")
+        conns = [await pool.acquire() for _ in range(pool.get_max_size())]
+        try:
+            assert {await c.fetchval("SHOW plan_cache_mode") for c in conns} == {"auto"}
+        finally:
+            for c in conns:
+                await pool.release(c)
+    finally:
+        await pool.close()

@@ -78,6 +78,8 @@ DEPTH = 2
 Execute = Callable[[asyncpg.Connection, list], Awaitable[list]]
 # position(conn) -> the position after the group's commit (what its changes' answers reflect).
 Position = Callable[[asyncpg.Connection], Awaitable[int]]
+# prepare(conn): once per connection a slot takes from the pool, before its first group.
+Prepare = Callable[[asyncpg.Connection], Awaitable[None]]
 
 
 @dataclass
@@ -99,13 +101,15 @@ class GroupCommit:
     """Per process: a queue per lane, drained by up to `depth` slot tasks at a time."""
 
     def __init__(self, pool: asyncpg.Pool, acquire_timeout: float, execute: Execute,
-                 position: Position | None = None, lanes: int = 1, depth: int = DEPTH):
+                 position: Position | None = None, lanes: int = 1, depth: int = DEPTH,
+                 prepare: Prepare | None = None):
         self.pool = pool
         self.lanes = max(1, lanes)
         self.depth = max(1, depth)
         self.acquire_timeout = acquire_timeout
         self.execute = execute
         self.position = position
+        self.prepare = prepare
         self._lanes: dict[int, _Lane] = {}
         self._slots: set[asyncio.Task] = set()
         self.groups = 0  # statements that carried more than one change (for tests)
@@ -151,6 +155,8 @@ class GroupCommit:
         try:
             while group := _take_group(lane.queue, lane.flying):
                 lane.flying.update(c.item.run_id for c in group)
+                if lane.queue and not lane.starting and lane.slots < self.depth:
+                    self._start_slot(key, lane)  # more than one group's worth is waiting
                 try:
                     conn = await self._commit(conn, group, overlapping=len(lane.flying) > len(group))
                 finally:
@@ -208,9 +214,17 @@ class GroupCommit:
 
     async def _acquire(self) -> asyncpg.Connection:
         if self.pool.get_idle_size():  # taken at once: no timer (one per group otherwise)
-            return await self.pool.acquire()
-        async with asyncio.timeout(self.acquire_timeout):
-            return await self.pool.acquire()
+            conn = await self.pool.acquire()
+        else:
+            async with asyncio.timeout(self.acquire_timeout):
+                conn = await self.pool.acquire()
+        if self.prepare is not None:
+            try:
+                await self.prepare(conn)
+            except BaseException:
+                await self.pool.release(conn)
+                raise
+        return conn
 
     async def _position(self, conn: asyncpg.Connection) -> int | None:
         """Read after the commit, so it is past it. The changes are in either way: a failure
