@@ -9,7 +9,7 @@ import asyncpg
 import pytest
 
 from service.app.chain import verify_chains
-from service.app.groupcommit import MAX_GROUP, GroupCommit
+from service.app.groupcommit import GroupCommit
 from service.app.replay import verify
 from service.infra.db import create_pool
 from service.store.locks import FEED_LOCK
@@ -119,13 +119,12 @@ async def _waiters_at_least(conn, n: int) -> bool:
 
 
 async def test_one_enterprise_under_overlapping_groups_feeds_every_event_once(
-        api, client, db, enterprise):
-    """Many concurrent changes of one enterprise (groups overlap) while a consumer tails the
-    feed: it sees every event exactly once, in order; projections and chain stay exact."""
+        api, client, db, db_dsn, enterprise):
+    """Rounds of concurrent changes of one enterprise, each in two waves while its feed lock
+    is held, so a second group goes out beside the first, while a consumer tails the feed:
+    it sees every event exactly once, in order; projections and chain stay exact."""
     pipeline = await api.pipeline()
-    # More runs than a group takes (MAX_GROUP): however they arrive, groups overlap.
-    runs = [await api.move(await api.run(pipeline["id"]), "running")
-            for _ in range(MAX_GROUP + 6)]
+    runs = [await api.move(await api.run(pipeline["id"]), "running") for _ in range(30)]
     group = client.server.app[GROUP_COMMIT]
     seen: list[int] = []
     done = asyncio.Event()
@@ -140,15 +139,27 @@ async def test_one_enterprise_under_overlapping_groups_feeds_every_event_once(
             if finished and not feed["results"]:
                 return
 
+    def put(run, target):
+        return asyncio.ensure_future(
+            api.put(f"/pipelines/{run['pipeline_id']}/runs/{run['id']}/", {"status": target}))
+
     tail = asyncio.create_task(consumer())
-    before = group.overlapped
-    for target in ("waiting", "running") * 3:
-        moved = await asyncio.gather(*(api.put(f"/pipelines/{r['pipeline_id']}/runs/{r['id']}/",
-                                               {"status": target}) for r in runs))
-        assert {m["status"] for m in moved} == {target}
+    holder = await asyncpg.connect(db_dsn)
+    try:
+        for target in ("waiting", "running") * 3:
+            overlapped = group.overlapped
+            async with holder.transaction():
+                await holder.execute(f"SELECT {FEED_LOCK}", enterprise)
+                first = [put(r, target) for r in runs[:15]]
+                await wait_until(lambda: group.pending()[1] == 15, what="the first wave in flight")
+                second = [put(r, target) for r in runs[15:]]
+                await wait_until(lambda: group.overlapped > overlapped, what="a second group")
+            moved = await asyncio.gather(*first, *second)
+            assert {m["status"] for m in moved} == {target}
+    finally:
+        await holder.close()
     done.set()
     await tail
-    assert group.overlapped > before  # groups were in flight together
     stored = [r["position"] for r in await db.fetch(
         "SELECT position FROM run_events WHERE enterprise_id = $1 ORDER BY position", enterprise)]
     assert len(seen) == len(set(seen)), "an event was served twice"

@@ -128,16 +128,30 @@ class GroupCommit:
         if lane is None:
             lane = self._lanes[key] = _Lane()
         lane.queue.append(change)
-        # A slot created but not yet started takes this change too: what arrives in one
-        # turn of the event loop goes in one group.
-        if not lane.starting and lane.slots < self.depth:
+        if self._may_start(lane):
             self._start_slot(key, lane)
         return await change.future
+
+    def _may_start(self, lane: _Lane) -> bool:
+        """Whether another slot takes the queue now: at once when the lane is idle; beside
+        groups in flight only once as many changes wait as each of those carries (a group
+        of a few changes costs nearly a group's statement: overlapping stays worth it)."""
+        # A slot created but not yet started takes the queue as it is when it starts: what
+        # arrives in one turn of the event loop goes in one group.
+        return (not lane.starting and lane.slots < self.depth
+                and len(lane.queue) * lane.slots >= len(lane.flying))
 
     def pending(self) -> tuple[int, int]:
         """(changes queued, changes in groups in flight), of every lane (for tests)."""
         return (sum(len(lane.queue) for lane in self._lanes.values()),
                 sum(len(lane.flying) for lane in self._lanes.values()))
+
+    @staticmethod
+    def _may_take(lane: _Lane) -> bool:
+        """Whether a slot free again takes the next group now (as _may_start: groups in
+        flight beside it, each of len(flying) / (slots - 1) changes on average) or leaves
+        the queue to them."""
+        return len(lane.queue) * max(1, lane.slots - 1) >= len(lane.flying)
 
     def _start_slot(self, key: int, lane: _Lane) -> None:
         lane.slots += 1
@@ -153,10 +167,10 @@ class GroupCommit:
         group: list[_Change] = []
         conn: asyncpg.Connection | None = None
         try:
-            while group := _take_group(lane.queue, lane.flying):
+            while self._may_take(lane) and (group := _take_group(lane.queue, lane.flying)):
                 lane.flying.update(c.item.run_id for c in group)
-                if lane.queue and not lane.starting and lane.slots < self.depth:
-                    self._start_slot(key, lane)  # more than one group's worth is waiting
+                if lane.queue and self._may_start(lane):
+                    self._start_slot(key, lane)  # more than a group's worth was waiting
                 try:
                     conn = await self._commit(conn, group, overlapping=len(lane.flying) > len(group))
                 finally:
