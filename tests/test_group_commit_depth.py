@@ -70,6 +70,35 @@ async def test_two_groups_fly_at_once_and_a_runs_second_change_waits_for_its_fir
         await pool.close()
 
 
+async def test_a_second_group_goes_out_once_as_many_wait_as_the_first_carries(config, db_dsn):
+    pool = await create_pool(config, db_dsn)
+    sent: list[list[int]] = []
+    gate = asyncio.Event()
+
+    async def execute(conn, items):
+        sent.append([i.n for i in items])
+        await gate.wait()
+        return [i.n for i in items]
+
+    group = GroupCommit(pool, 5, execute, depth=2)
+    try:
+        first = [asyncio.create_task(group.run("ent", Item(n, n))) for n in range(4)]
+        await wait_until(lambda: sent, what="the first group to go out")
+        assert sent == [[0, 1, 2, 3]]
+        # Fewer than the 4 in flight: they wait for it (as with one group at a time).
+        waiting = [asyncio.create_task(group.run("ent", Item(n, n))) for n in range(4, 7)]
+        await wait_until(lambda: group.pending() == (3, 4), what="three changes queued")
+        assert len(sent) == 1
+        waiting.append(asyncio.create_task(group.run("ent", Item(7, 7))))  # the fourth
+        await wait_until(lambda: len(sent) == 2, what="a second group beside the first")
+        assert sent[1] == [4, 5, 6, 7] and group.overlapped == 1
+        gate.set()
+        assert [await t for t in first + waiting] == [(n, None) for n in range(8)]
+    finally:
+        gate.set()
+        await pool.close()
+
+
 async def test_groups_queued_behind_the_feed_lock_keep_the_feed_and_chain_exact(
         api, client, db, db_dsn, enterprise):
     """Two groups of one enterprise in the database at once, both waiting for its feed lock,
