@@ -76,7 +76,8 @@ import asyncpg
 log = logging.getLogger(__name__)
 
 MAX_GROUP = 64
-# Groups of one lane in flight at once (see the module's docstring: "Depth").
+# Groups of one lane in flight at once (see the module's docstring: "Depth"; the service
+# takes GROUP_COMMIT_DEPTH, default 2).
 DEPTH = 2
 
 # execute(conn, items) -> one result per item: a value, or the DomainError that refused it

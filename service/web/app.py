@@ -104,6 +104,7 @@ async def _pool_ctx(app: web.Application) -> AsyncIterator[None]:
         app[GROUP_COMMIT] = (GroupCommit(pool, config.pool_acquire_timeout,
                                          run_cases.grouped, positions.primary_position,
                                          lanes=config.pool_max // 4,
+                                         depth=config.group_commit_depth,
                                          prepare=run_cases.grouping)
                              if config.group_commit else None)
         replicas = await _start_replicas(app)
