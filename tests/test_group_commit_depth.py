@@ -99,6 +99,54 @@ async def test_a_second_group_goes_out_once_as_many_wait_as_the_first_carries(co
         await pool.close()
 
 
+async def test_a_lane_overlaps_only_while_other_lanes_leave_their_share_unused(config, db_dsn):
+    """Two lanes, depth 2: with both lanes busy each keeps to one statement (many
+    enterprises: groups as large as before); one busy lane alone takes two."""
+    pool = await create_pool(config, db_dsn)
+    sent: list[tuple[str, list[int]]] = []
+    gates = {"a": asyncio.Event(), "b": asyncio.Event()}
+
+    async def execute(conn, items):
+        ent = items[0].ent
+        sent.append((ent, [i.n for i in items]))
+        await gates[ent].wait()
+        return [i.n for i in items]
+
+    group = GroupCommit(pool, 5, execute, lanes=2, depth=2)
+    names = {}  # an enterprise id per lane (hash() of a str varies per process)
+    for k in range(100):
+        names.setdefault(hash(f"ent-{k}") % 2, f"ent-{k}")
+    a, b = names[0], names[1]
+
+    def run(ent, tag, n):
+        return asyncio.create_task(group.run(ent, LaneItem(n, n, tag)))
+
+    try:
+        tasks = [run(a, "a", 0), run(b, "b", 100)]
+        await wait_until(lambda: len(sent) == 2, what="a group in each lane")
+        tasks += [run(a, "a", n) for n in (1, 2)] + [run(b, "b", n) for n in (101, 102)]
+        await wait_until(lambda: group.pending() == (4, 2), what="the changes queued")
+        assert len(sent) == 2 and group.overlapped == 0  # both lanes busy: no second slot
+        gates["b"].set()  # lane b drains and goes idle ...
+        await wait_until(lambda: ("a", [1, 2]) in sent, what="lane a's second group")
+        assert sent.index(("b", [101, 102])) < sent.index(("a", [1, 2]))
+        assert group.overlapped == 1  # ... so lane a took its share, beside its first group
+        assert not tasks[0].done()
+        gates["a"].set()
+        assert sorted(r for r, _ in [await t for t in tasks]) == [0, 1, 2, 100, 101, 102]
+    finally:
+        for gate in gates.values():
+            gate.set()
+        await pool.close()
+
+
+@dataclass
+class LaneItem:
+    run_id: int
+    n: int
+    ent: str
+
+
 async def test_groups_queued_behind_the_feed_lock_keep_the_feed_and_chain_exact(
         api, client, db, db_dsn, enterprise):
     """Two groups of one enterprise in the database at once, both waiting for its feed lock,

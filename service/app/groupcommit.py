@@ -30,7 +30,10 @@ database nearly a statement's worth whatever it carries (~0.5 ms of executor sta
 commit and chain head: docs/performance.md), so a second group goes out beside one in
 flight only once as many changes wait as the one in flight carries (GroupCommit._may_start):
 the lane then alternates two halves of its load instead of one large group and one of a
-few changes.
+few changes. And only while other lanes are idle (all lanes' slots fewer than
+max(lanes, depth)): when many enterprises write, every lane is busy and keeps to one
+statement at a time, so their groups stay as large as before; one busy enterprise's lane
+takes the idle lanes' share.
 
 Nothing a single change guarantees is lost:
 - A group runs the very statement a change alone runs, with the same checks per change;
@@ -119,6 +122,7 @@ class GroupCommit:
         self.prepare = prepare
         self._lanes: dict[int, _Lane] = {}
         self._slots: set[asyncio.Task] = set()
+        self._alive = 0  # slots of every lane
         self.groups = 0  # statements that carried more than one change (for tests)
         self.shared = 0  # ... of more than one enterprise (for tests)
         self.overlapped = 0  # statements sent while another of their lane was in flight
@@ -141,12 +145,15 @@ class GroupCommit:
 
     def _may_start(self, lane: _Lane) -> bool:
         """Whether another slot takes the queue now: at once when the lane is idle; beside
-        groups in flight only once as many changes wait as each of those carries (a group
-        of a few changes costs nearly a group's statement: overlapping stays worth it)."""
+        groups in flight only while other lanes leave their share of slots unused, and once
+        as many changes wait as each of those carries (a group of a few changes costs
+        nearly a group's statement: overlapping stays worth it)."""
         # A slot created but not yet started takes the queue as it is when it starts: what
         # arrives in one turn of the event loop goes in one group.
-        return (not lane.starting and lane.slots < self.depth
-                and len(lane.queue) * lane.slots >= len(lane.flying))
+        if lane.starting or lane.slots >= self.depth:
+            return False
+        return not lane.slots or (self._alive < max(self.lanes, self.depth)
+                                  and len(lane.queue) * lane.slots >= len(lane.flying))
 
     def pending(self) -> tuple[int, int]:
         """(changes queued, changes in groups in flight), of every lane (for tests)."""
@@ -162,6 +169,7 @@ class GroupCommit:
 
     def _start_slot(self, key: int, lane: _Lane) -> None:
         lane.slots += 1
+        self._alive += 1
         lane.starting = True
         # Its own (empty) context: a slot serves many requests, logs for none.
         slot = asyncio.create_task(self._slot(key, lane), context=contextvars.Context())
@@ -173,6 +181,7 @@ class GroupCommit:
         lane.starting = False
         group: list[_Change] = []
         conn: asyncpg.Connection | None = None
+        failed = False
         try:
             while self._may_take(lane) and (group := _take_group(lane.queue, lane.flying)):
                 lane.flying.update(c.item.run_id for c in group)
@@ -183,19 +192,29 @@ class GroupCommit:
                 finally:
                     lane.flying.difference_update(c.item.run_id for c in group)
         except BaseException as exc:  # cancelled at shutdown: nobody may wait for ever
+            failed = True
             for change in (*group, *lane.queue):
                 _settle(change, exc if isinstance(exc, Exception) else asyncio.CancelledError())
             lane.queue.clear()
             raise
         finally:
             lane.slots -= 1
+            self._alive -= 1
+            if not lane.slots:
+                if lane.queue and not failed:  # (not expected: with none in flight, none is held back)
+                    self._start_slot(key, lane)
+                elif self._lanes.get(key) is lane:
+                    del self._lanes[key]
+            if not failed:
+                self._wake()
             if conn is not None:
                 await self.pool.release(conn)
-            if not lane.slots and not lane.starting:
-                if lane.queue:  # (not expected: with no group in flight, none is held back)
-                    self._start_slot(key, lane)
-                else:
-                    del self._lanes[key]
+
+    def _wake(self) -> None:
+        """A slot's share is free: a lane whose queue waits for one takes it."""
+        for key, lane in list(self._lanes.items()):
+            if lane.queue and self._may_start(lane):
+                self._start_slot(key, lane)
 
     async def _commit(self, conn: asyncpg.Connection | None, group: list[_Change], *,
                       overlapping: bool) -> asyncpg.Connection | None:
