@@ -244,31 +244,3 @@ async def test_one_enterprise_under_overlapping_groups_feeds_every_event_once(
     assert len(stored) == len(runs) * (2 + 6)
     assert (await verify(db)).clean
     assert (await verify_chains(db))[1] == []
-
-
-async def test_a_slots_connection_plans_once_and_goes_back_to_the_pool_as_it_came(
-        config, db_dsn):
-    """The group statement's connection plans generically (store/moves.py GENERIC_PLANS);
-    released to the pool, it is reset: no other request inherits the setting."""
-    from service.app.runs import grouping
-
-    pool = await create_pool(config, db_dsn)
-
-    async def execute(conn, items):
-        mode = await conn.fetchval("SHOW plan_cache_mode")
-        return [(i.n, mode) for i in items]
-
-    group = GroupCommit(pool, 5, execute, prepare=grouping)
-    try:
-        outcomes = await asyncio.gather(*(group.run("ent", Item(n, n)) for n in range(5)))
-        assert {result for result, _ in outcomes} == {(n, "force_generic_plan") for n in range(5)}
-        await wait_until(lambda: group.pending() == (0, 0) and not group._slots,
-                         what="the slots to give their connections back")
-        conns = [await pool.acquire() for _ in range(pool.get_max_size())]
-        try:
-            assert {await c.fetchval("SHOW plan_cache_mode") for c in conns} == {"auto"}
-        finally:
-            for c in conns:
-                await pool.release(c)
-    finally:
-        await pool.close()

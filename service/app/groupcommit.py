@@ -62,9 +62,11 @@ Nothing a single change guarantees is lost:
 After its commit a group reads the database's position once, on its own connection, for
 all its changes (their Consistency-Token, web/consistency.py): one round trip per group
 instead of one connection and round trip per change; the lane's other slots go on
-meanwhile. A slot keeps its connection from one group to the next while its lane's queue
-holds work for it, and gives it back to the pool when it has none; that connection plans
-the statement once (store/moves.py GENERIC_PLANS) and is reset when given back.
+meanwhile. While its lane is the only one writing (one busy enterprise), a slot keeps its
+connection from one group to the next and takes the next group at once, so the lane's
+load splits into two halves that take turns in the database and in Python; when other
+lanes write too, it gives the connection back after each group (as one group at a time
+did, which lets the next group grow: fewer, larger groups when many enterprises write).
 """
 from __future__ import annotations
 
@@ -88,8 +90,6 @@ DEPTH = 2
 Execute = Callable[[asyncpg.Connection, list], Awaitable[list]]
 # position(conn) -> the position after the group's commit (what its changes' answers reflect).
 Position = Callable[[asyncpg.Connection], Awaitable[int]]
-# prepare(conn): once per connection a slot takes from the pool, before its first group.
-Prepare = Callable[[asyncpg.Connection], Awaitable[None]]
 
 
 @dataclass
@@ -111,15 +111,13 @@ class GroupCommit:
     """Per process: a queue per lane, drained by up to `depth` slot tasks at a time."""
 
     def __init__(self, pool: asyncpg.Pool, acquire_timeout: float, execute: Execute,
-                 position: Position | None = None, lanes: int = 1, depth: int = DEPTH,
-                 prepare: Prepare | None = None):
+                 position: Position | None = None, lanes: int = 1, depth: int = DEPTH):
         self.pool = pool
         self.lanes = max(1, lanes)
         self.depth = max(1, depth)
         self.acquire_timeout = acquire_timeout
         self.execute = execute
         self.position = position
-        self.prepare = prepare
         self._lanes: dict[int, _Lane] = {}
         self._slots: set[asyncio.Task] = set()
         self._alive = 0  # slots of every lane
@@ -191,6 +189,12 @@ class GroupCommit:
                     conn = await self._commit(conn, group, overlapping=len(lane.flying) > len(group))
                 finally:
                     lane.flying.difference_update(c.item.run_id for c in group)
+                if conn is not None and self._alive > lane.slots:
+                    # Other lanes write too: back to the pool after each group, as with one
+                    # group at a time; the turns of the event loop that takes let the next
+                    # group grow (many enterprises: fewer, larger groups).
+                    await self.pool.release(conn)
+                    conn = None
         except BaseException as exc:  # cancelled at shutdown: nobody may wait for ever
             failed = True
             for change in (*group, *lane.queue):
@@ -254,17 +258,9 @@ class GroupCommit:
 
     async def _acquire(self) -> asyncpg.Connection:
         if self.pool.get_idle_size():  # taken at once: no timer (one per group otherwise)
-            conn = await self.pool.acquire()
-        else:
-            async with asyncio.timeout(self.acquire_timeout):
-                conn = await self.pool.acquire()
-        if self.prepare is not None:
-            try:
-                await self.prepare(conn)
-            except BaseException:
-                await self.pool.release(conn)
-                raise
-        return conn
+            return await self.pool.acquire()
+        async with asyncio.timeout(self.acquire_timeout):
+            return await self.pool.acquire()
 
     async def _position(self, conn: asyncpg.Connection) -> int | None:
         """Read after the commit, so it is past it. The changes are in either way: a failure

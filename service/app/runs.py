@@ -121,11 +121,6 @@ async def _simple(db: Db, actor: Actor, change: moves.StatusChange) -> dict[str,
     return outcome
 
 
-async def grouping(conn: asyncpg.Connection) -> None:
-    """Group commit's connection, as it takes it from the pool: statements planned once."""
-    await moves.plan_generically(conn)
-
-
 async def grouped(conn: asyncpg.Connection, group: list[moves.StatusChange]) -> list[Any]:
     """Group commit's statement (app/groupcommit.py): never waits for a busy run's lock."""
     rows = await moves.change_statuses(conn, group, skip_locked=True)

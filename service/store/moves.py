@@ -22,7 +22,6 @@ import asyncpg
 from service.domain import lifecycle
 from service.store import append
 from service.infra.appended import collection
-from service.infra.db import keeps_session_state
 from service.store.columns import RUN_FIELDS
 
 # Every legal simple move as 'from>to': the statement's transition check, from lifecycle.
@@ -89,12 +88,6 @@ ORDER BY c.ord""")
 # needs a live pipeline too: a run of a deleted pipeline is not found, never busy.)
 CHANGE_STATUSES = _CHANGE_STATUSES.format(skip="")
 CHANGE_STATUSES_SKIP_LOCKED = _CHANGE_STATUSES.format(skip="SKIP LOCKED")
-# A group commit's connection plans its statement once (a generic plan). Left to choose,
-# PostgreSQL plans it anew for each group of a few changes (its estimate of a custom plan,
-# which counts the arrays' lengths, beats the generic plan's guess of 10 rows): ~0.7 ms of
-# database CPU a statement, as much as the rest of a group of 4 (docs/performance.md).
-# The generic plan is the custom plans' shape (index probes per change, in id order).
-GENERIC_PLANS = "SET plan_cache_mode = force_generic_plan"
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,12 +122,3 @@ async def change_statuses(conn: asyncpg.Connection, changes: list[StatusChange],
         [lifecycle.status_meta(c.data) for c in changes],
         [c.expected_version for c in changes],
         _STARTS, _ENDS, LEGAL_MOVES, lifecycle.RUN_STATUS_CHANGED)
-
-
-async def plan_generically(conn: asyncpg.Connection) -> None:
-    """Have `conn` (a group commit's, for a while) plan its statements once (GENERIC_PLANS).
-
-    A session setting: the pool resets the connection in full when it is released.
-    """
-    keeps_session_state(conn)
-    await conn.execute(GENERIC_PLANS)

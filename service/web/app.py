@@ -104,8 +104,7 @@ async def _pool_ctx(app: web.Application) -> AsyncIterator[None]:
         app[GROUP_COMMIT] = (GroupCommit(pool, config.pool_acquire_timeout,
                                          run_cases.grouped, positions.primary_position,
                                          lanes=config.pool_max // 4,
-                                         depth=config.group_commit_depth,
-                                         prepare=run_cases.grouping)
+                                         depth=config.group_commit_depth)
                              if config.group_commit else None)
         replicas = await _start_replicas(app)
         waiters = positions.feed_waiters(config, pool, track_position=replicas is not None)
