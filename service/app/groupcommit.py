@@ -18,10 +18,11 @@ all would leave the pool idle.) A statement of several enterprises takes their f
 in one fixed order (store/locks.py FEED_LOCKS), and two lanes never share an enterprise.
 
 Depth: a lane has up to `depth` groups (DEPTH) in flight at once, each on a connection of
-its slot. With one group at a time, the service's Python and PostgreSQL took turns: while
-the statement ran, the next group only queued, and while the answers were written and the
-position read, the database idled (one enterprise, quiet machine: ~1 of 2 cores busy). Now
-group B's row locks and runs UPDATE run while group A appends and commits; B then waits
+its slot. With one group at a time, one busy enterprise's load became one group (32
+connections: groups of 26-31 changes, docs/performance.md), so the service's Python and
+PostgreSQL took turns: while the statement ran, nearly every request waited in it and
+Python idled; while the answers were written, the next requests read and the position
+read, the database idled (quiet machine: ~1 of 2 cores busy). Now group B's row locks and runs UPDATE run while group A appends and commits; B then waits
 for the feed lock A holds (taken late, right before positions: store/append.py), so the
 appends of one enterprise still commit one after another, in position order, and the feed
 stays gap-free. Nothing can deadlock: groups in flight never share a run (below), and each
@@ -189,10 +190,10 @@ class GroupCommit:
                     conn = await self._commit(conn, group, overlapping=len(lane.flying) > len(group))
                 finally:
                     lane.flying.difference_update(c.item.run_id for c in group)
-                if conn is not None and self._alive > lane.slots:
-                    # Other lanes write too: back to the pool after each group, as with one
-                    # group at a time; the turns of the event loop that takes let the next
-                    # group grow (many enterprises: fewer, larger groups).
+                if conn is not None and (self._alive > lane.slots or self.depth == 1):
+                    # Other lanes write too (or one group at a time): back to the pool
+                    # after each group, as before; the turns of the event loop that takes
+                    # let the next group grow (many enterprises: fewer, larger groups).
                     await self.pool.release(conn)
                     conn = None
         except BaseException as exc:  # cancelled at shutdown: nobody may wait for ever
