@@ -194,8 +194,8 @@ class GroupCommit:
                     # Other lanes write too (or one group at a time): back to the pool
                     # after each group, as before; the turns of the event loop that takes
                     # let the next group grow (many enterprises: fewer, larger groups).
-                    await self.pool.release(conn)
-                    conn = None
+                    given, conn = conn, None  # (cancelled meanwhile: not given back twice)
+                    await self.pool.release(given)
         except BaseException as exc:  # cancelled at shutdown: nobody may wait for ever
             failed = True
             for change in (*group, *lane.queue):
