@@ -228,7 +228,7 @@ async def test_one_enterprise_under_overlapping_groups_feeds_every_event_once(
             async with holder.transaction():
                 await holder.execute(f"SELECT {FEED_LOCK}", enterprise)
                 first = [put(r, target) for r in runs[:15]]
-                await wait_until(lambda: group.pending()[1] == 15, what="the first wave in flight")
+                await wait_until(lambda: sum(group.pending()) == 15, what="the first wave queued")
                 second = [put(r, target) for r in runs[15:]]
                 await wait_until(lambda: group.overlapped > overlapped, what="a second group")
             moved = await asyncio.gather(*first, *second)
