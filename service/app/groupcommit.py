@@ -27,7 +27,7 @@ for the feed lock A holds (taken late, right before positions: store/append.py),
 appends of one enterprise still commit one after another, in position order, and the feed
 stays gap-free. Nothing can deadlock: groups in flight never share a run (below), and each
 takes its row locks before its feed locks, those in one fixed order. A group costs the
-database nearly a statement's worth whatever it carries (~0.5 ms of executor start-up,
+database nearly a statement's worth whatever it carries (~0.6 ms of executor start-up,
 commit and chain head: docs/performance.md), so a second group goes out beside one in
 flight only once as many changes wait as the one in flight carries (GroupCommit._may_start):
 the lane then alternates two halves of its load instead of one large group and one of a
