@@ -10,7 +10,8 @@ yardstick's PUT does) and the database backends' CPU per request is printed too.
 --reference the yardstick's lean reference (../shared/bench/lean_app.py on its own
 lean_schema.sql database) is measured the same way, under the same load on its GET /runs/{id}.
 
-    .venv/bin/python bench/get_cost.py [--put] [--runs 200] [--seconds 5] [--rounds 3] [--profile]
+    .venv/bin/python bench/get_cost.py [--put] [--runs 200] [--enterprises 1] [--seconds 5]
+        [--rounds 3] [--profile]
     .venv/bin/python bench/get_cost.py --reference [--seconds 5] [--rounds 3]
 """
 from __future__ import annotations
@@ -72,14 +73,15 @@ def _profiled_service(dsn: str, workdir: Path, out: Path) -> bench_run.Server:
 
 
 def measure(server: bench_run.Server, dsn: str, method: str, state: Path, seconds: float,
-            connections: int, side: str = "service") -> tuple[float, float, float]:
+            connections: int, threads: int = 1,
+            side: str = "service") -> tuple[float, float, float]:
     """(µs of service CPU per request, µs of database CPU, requests/s) of one wrk round."""
     backends = asyncio.run(_backends(dsn) if side == "lean" else
                            bench_run._backend_pids(dsn, side))
     before = bench_run._cpu_seconds([server.proc.pid])
     db_before = bench_run._cpu_seconds(backends)
     result = load.run_wrk(server.base, method, state, "", connections=connections,
-                          seconds=seconds)
+                          seconds=seconds, threads=threads)
     used = bench_run._cpu_used(before, bench_run._cpu_seconds([server.proc.pid]))
     db_used = bench_run._cpu_used(db_before, bench_run._cpu_seconds(backends))
     if result.non_2xx or result.errors:
@@ -125,7 +127,7 @@ def reference(args, workdir: Path, admin: str) -> list[tuple[float, float, float
             state = workdir / "lean.state"  # the rows lean_schema.sql inserts, as get.lua asks
             load.write_state(state, [(f"/runs/{i}", "") for i in range(1, 10_001)])
             load.run_wrk(server.base, "GET", state, "", connections=args.connections, seconds=1)
-            return [measure(server, dsn, "GET", state, args.seconds, args.connections, "lean")
+            return [measure(server, dsn, "GET", state, args.seconds, args.connections, side="lean")
                     for _ in range(args.rounds)]
         finally:
             server.stop()
@@ -172,6 +174,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=5)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--enterprises", type=int, default=1,
+                        help="the runs spread over this many enterprises (a token each)")
+    parser.add_argument("--threads", type=int, default=1, help="wrk's threads")
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--put", action="store_true", help="status PUTs instead of GETs")
     parser.add_argument("--functions", action="store_true",
@@ -203,7 +208,7 @@ def main() -> None:
             if args.functions:  # the service's sessions count their PL/SQL functions' time
                 asyncio.run(scratchdb.admin(
                     admin, f'ALTER DATABASE "{name}" SET track_functions = \'all\''))
-            seeded = asyncio.run(bench_run.seed(dsn, args.runs))
+            seeded = asyncio.run(bench_run.seed(dsn, args.runs, args.enterprises))
             method = "PUT" if args.put else "GET"
             state = workdir / "load.state"
             profile = workdir / "service.prof"
@@ -214,10 +219,11 @@ def main() -> None:
                 if args.sql:
                     asyncio.run(scratchdb.admin(dsn, args.sql))
                 load.run_wrk(server.base, method, _state(dsn, seeded, state, method), "",
-                             connections=args.connections, seconds=1)  # warm up
+                             connections=args.connections, seconds=1,
+                             threads=args.threads)  # warm up
                 spy = _spy(server, args) if args.py_spy else None
                 rounds = [measure(server, dsn, method, _state(dsn, seeded, state, method),
-                                  args.seconds, args.connections)
+                                  args.seconds, args.connections, args.threads)
                           for _ in range(args.rounds)]
             finally:
                 if spy is not None:

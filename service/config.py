@@ -106,6 +106,7 @@ class Config:
     event_loop: str = "auto"  # uvloop when installed (the `fast` extra); or uvloop / asyncio
     workers: int = 1  # serve: processes sharing the port (SO_REUSEPORT)
     group_commit: bool = True  # concurrent simple status changes share a commit (app/groupcommit.py)
+    group_commit_depth: int = 2  # statements of one group-commit lane in flight at once
     stream_heartbeat_seconds: float = 15.0  # GET /events/stream: a comment line this often
     webhooks: bool = True  # the webhook dispatcher runs inside serve
     webhook_timeout_seconds: float = 10.0  # a delivery's 2xx must come within this
@@ -175,6 +176,7 @@ class Config:
             event_loop=_choice(env, "EVENT_LOOP", "auto", ("auto", "uvloop", "asyncio")),
             workers=_int(env, "WORKERS", 1),
             group_commit=_choice(env, "GROUP_COMMIT", "on", ("on", "off")) == "on",
+            group_commit_depth=_int(env, "GROUP_COMMIT_DEPTH", 2),
             stream_heartbeat_seconds=_float(env, "STREAM_HEARTBEAT_SECONDS", 15.0),
             webhooks=_choice(env, "WEBHOOKS", "on", ("on", "off")) == "on",
             webhook_timeout_seconds=_float(env, "WEBHOOK_TIMEOUT_SECONDS", 10.0),

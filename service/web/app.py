@@ -103,7 +103,8 @@ async def _pool_ctx(app: web.Application) -> AsyncIterator[None]:
         # groups do as well as more statements at once, and leave the pool to the reads.
         app[GROUP_COMMIT] = (GroupCommit(pool, config.pool_acquire_timeout,
                                          run_cases.grouped, positions.primary_position,
-                                         lanes=config.pool_max // 4)
+                                         lanes=config.pool_max // 4,
+                                         depth=config.group_commit_depth)
                              if config.group_commit else None)
         replicas = await _start_replicas(app)
         waiters = positions.feed_waiters(config, pool, track_position=replicas is not None)
