@@ -59,7 +59,10 @@ def item(request: web.Request, key: web.RequestKey) -> Any:
     """request.get(key) in one dict lookup. A request's Mapping.get raises and catches a
     KeyError for a key it lacks, and every request lacks some the hot path asks for (an
     Idempotency-Key's connection, CLIENT_GONE)."""
-    return request._state.get(key)
+    try:
+        return request._state.get(key)
+    except AttributeError:  # not aiohttp's Request (a stand-in): its own mapping
+        return request.get(key)
 
 
 def stream_headers(request: web.Request) -> dict[str, str]:
