@@ -600,27 +600,230 @@ BEGIN
     WHERE g.failed_at IS NOT NULL AND g.recovered_at > a;
 END
 $$;
+-- Projection: the insights' per-day tier (service/store/insights.py reads it). Per
+-- enterprise, pipeline (or the rollup's all-zeros id) and UTC day: everything the
+-- run_insights rows of that pipeline hold up to the end of that day, summed (a running
+-- total), and the recoveries ended by then (run_recoveries: count, and their times summed
+-- in microseconds, exactly). So any whole-day span [a, b) of a pipeline is two rows: the
+-- last row before b less the last row before a, whatever the span's length; a 90-day
+-- answer per pipeline reads 400 rows instead of every hourly row of the quarter.
+-- duration and queue are the log-bin histograms (insights_bin) as dense arrays whose
+-- subscripts are the bins (lower bound: the first nonzero bin, upper: the last).
+-- A row exists for the days that have something of their own (a key in run_insights or
+-- a recovery): the row of a day that has none would equal the day before's. Kept with
+-- run_insights by its trigger (run_insights_days_add) and by run_recoveries' trigger;
+-- replay rebuilds a drifted pipeline's rows from run_insights and run_recoveries
+-- (run_insights_days_rebuild) and verify names drifted rows (service/app/replay.py).
+CREATE TABLE IF NOT EXISTS run_insights_days (
+    enterprise_id    text        NOT NULL,
+    pipeline_id      uuid        NOT NULL,
+    day              timestamptz NOT NULL,
+    created          bigint      NOT NULL,
+    success          bigint      NOT NULL,
+    failure          bigint      NOT NULL,
+    timeout          bigint      NOT NULL,
+    invalid          bigint      NOT NULL,
+    cancelled        bigint      NOT NULL,
+    recovered        bigint      NOT NULL,
+    recovered_micros bigint      NOT NULL,
+    duration         integer[]   NOT NULL,
+    queue            integer[]   NOT NULL,
+    PRIMARY KEY (enterprise_id, pipeline_id, day)
+) WITH (toast_tuple_target = 8160);  -- rows of a few KB stay inline, uncompressed:
+                                      -- the write path rewrites today's row each time
+
+-- A time in microseconds (the bins' unit; exact: extract gives numeric).
+CREATE OR REPLACE FUNCTION insights_micros(t interval) RETURNS bigint
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT (extract(epoch FROM t) * 1000000)::bigint
+$$;
+
+-- A histogram with counts added at bins (ns[i] at bins[i]; negative: taken out), widened
+-- as needed and trimmed to its first and last nonzero bin ('{}' when nothing is left).
+CREATE OR REPLACE FUNCTION insights_hist_add(h integer[], bins integer[], ns bigint[])
+RETURNS integer[]
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE AS $$
+DECLARE
+    lo integer := array_lower(h, 1);
+    hi integer := array_upper(h, 1);
+    b_lo integer;
+    b_hi integer;
+BEGIN
+    IF coalesce(cardinality(bins), 0) = 0 THEN
+        RETURN h;
+    END IF;
+    SELECT min(b), max(b) INTO b_lo, b_hi FROM unnest(bins) AS b;
+    IF lo IS NULL THEN
+        h := array_fill(0, ARRAY[b_hi - b_lo + 1], ARRAY[b_lo]);
+        lo := b_lo;
+        hi := b_hi;
+    END IF;
+    IF b_lo < lo THEN  -- a concatenation keeps the left operand's lower bound
+        h := array_fill(0, ARRAY[lo - b_lo], ARRAY[b_lo]) || h;
+        lo := b_lo;
+    END IF;
+    IF b_hi > hi THEN
+        h := h || array_fill(0, ARRAY[b_hi - hi]);
+        hi := b_hi;
+    END IF;
+    FOR i IN 1 .. cardinality(bins) LOOP
+        h[bins[i]] := h[bins[i]] + ns[i];
+    END LOOP;
+    WHILE lo <= hi AND h[lo] = 0 LOOP
+        lo := lo + 1;
+    END LOOP;
+    WHILE hi >= lo AND h[hi] = 0 LOOP
+        hi := hi - 1;
+    END LOOP;
+    IF lo > hi THEN
+        RETURN '{}';
+    ELSIF lo = array_lower(h, 1) AND hi = array_upper(h, 1) THEN
+        RETURN h;
+    END IF;
+    RETURN array_fill(h[lo], ARRAY[1], ARRAY[lo]) || h[lo + 1 : hi];  -- a slice starts at 1
+END
+$$;
+
+-- Add a pipeline's keys of one UTC day (metric, bin, n: as in run_insights, plus
+-- 'recovered' and 'recovered_micros' at bin 0) to its per-day running totals: the day's
+-- row made if missing (the last row before it carried over), that row and every later one
+-- added to, and the day's row dropped when it no longer differs from the day before's.
+-- Later rows exist only when a change reaches back (a run's earlier keys moved or deleted).
+CREATE OR REPLACE FUNCTION run_insights_days_add(e text, p uuid, d timestamptz,
+                                                 metrics text[], bins integer[],
+                                                 ns bigint[]) RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF NOT EXISTS (SELECT FROM run_insights_days t
+                   WHERE t.enterprise_id = e AND t.pipeline_id = p AND t.day = d) THEN
+        INSERT INTO run_insights_days AS t
+        SELECT e, p, d, coalesce(b.created, 0), coalesce(b.success, 0),
+               coalesce(b.failure, 0), coalesce(b.timeout, 0), coalesce(b.invalid, 0),
+               coalesce(b.cancelled, 0), coalesce(b.recovered, 0),
+               coalesce(b.recovered_micros, 0), coalesce(b.duration, '{}'),
+               coalesce(b.queue, '{}')
+        FROM (SELECT) AS one LEFT JOIN LATERAL (
+            SELECT * FROM run_insights_days t
+            WHERE t.enterprise_id = e AND t.pipeline_id = p AND t.day < d
+            ORDER BY t.day DESC LIMIT 1) AS b ON true;
+    END IF;
+    UPDATE run_insights_days AS t SET
+        created = t.created + k.created, success = t.success + k.success,
+        failure = t.failure + k.failure, timeout = t.timeout + k.timeout,
+        invalid = t.invalid + k.invalid, cancelled = t.cancelled + k.cancelled,
+        recovered = t.recovered + k.recovered,
+        recovered_micros = t.recovered_micros + k.recovered_micros,
+        duration = insights_hist_add(t.duration, k.duration_bins, k.duration_ns),
+        queue = insights_hist_add(t.queue, k.queue_bins, k.queue_ns)
+    FROM (SELECT coalesce(sum(n) FILTER (WHERE metric = 'created'), 0) AS created,
+                 coalesce(sum(n) FILTER (WHERE metric = 'success'), 0) AS success,
+                 coalesce(sum(n) FILTER (WHERE metric = 'failure'), 0) AS failure,
+                 coalesce(sum(n) FILTER (WHERE metric = 'timeout'), 0) AS timeout,
+                 coalesce(sum(n) FILTER (WHERE metric = 'invalid'), 0) AS invalid,
+                 coalesce(sum(n) FILTER (WHERE metric = 'cancelled'), 0) AS cancelled,
+                 coalesce(sum(n) FILTER (WHERE metric = 'recovered'), 0) AS recovered,
+                 coalesce(sum(n) FILTER (WHERE metric = 'recovered_micros'), 0)
+                     AS recovered_micros,
+                 array_agg(bin) FILTER (WHERE metric = 'duration') AS duration_bins,
+                 array_agg(n) FILTER (WHERE metric = 'duration') AS duration_ns,
+                 array_agg(bin) FILTER (WHERE metric = 'queue') AS queue_bins,
+                 array_agg(n) FILTER (WHERE metric = 'queue') AS queue_ns
+          FROM unnest(metrics, bins, ns) AS u(metric, bin, n)) AS k
+    WHERE t.enterprise_id = e AND t.pipeline_id = p AND t.day >= d;
+    IF EXISTS (SELECT FROM unnest(ns) AS n WHERE n < 0) THEN
+        DELETE FROM run_insights_days AS t
+        WHERE t.enterprise_id = e AND t.pipeline_id = p AND t.day = d
+          AND (t.created, t.success, t.failure, t.timeout, t.invalid, t.cancelled,
+               t.recovered, t.recovered_micros, t.duration, t.queue)
+              = (SELECT coalesce(b.created, 0), coalesce(b.success, 0),
+                        coalesce(b.failure, 0), coalesce(b.timeout, 0),
+                        coalesce(b.invalid, 0), coalesce(b.cancelled, 0),
+                        coalesce(b.recovered, 0), coalesce(b.recovered_micros, 0),
+                        coalesce(b.duration, '{}'), coalesce(b.queue, '{}')
+                 FROM (SELECT) AS one LEFT JOIN LATERAL (
+                     SELECT * FROM run_insights_days b
+                     WHERE b.enterprise_id = e AND b.pipeline_id = p AND b.day < d
+                     ORDER BY b.day DESC LIMIT 1) AS b ON true);
+    END IF;
+END
+$$;
+
+-- A pipeline's per-day rows rebuilt whole from run_insights and run_recoveries (replay's
+-- repair, and migration 0007's fill), day by day in order (each add then writes one row).
+CREATE OR REPLACE FUNCTION run_insights_days_rebuild(e text, p uuid) RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    k record;
+BEGIN
+    DELETE FROM run_insights_days WHERE enterprise_id = e AND pipeline_id = p;
+    FOR k IN
+        SELECT u.day, array_agg(u.metric) AS metrics, array_agg(u.bin) AS bins,
+               array_agg(u.n) AS ns
+        FROM (SELECT date_bin('1 day', i.hour, timestamptz '2000-01-01 00:00Z') AS day,
+                     i.metric, i.bin, sum(i.n)::bigint AS n
+              FROM run_insights i WHERE i.enterprise_id = e AND i.pipeline_id = p
+              GROUP BY 1, 2, 3
+              UNION ALL
+              SELECT r.day, m.metric, 0, m.n
+              FROM (SELECT date_bin('1 day', r.recovered_at, timestamptz '2000-01-01 00:00Z')
+                               AS day, count(*) AS n,
+                           sum(insights_micros(r.recovered_at - r.failed_at))::bigint
+                               AS micros
+                    FROM run_recoveries r
+                    WHERE r.enterprise_id = e
+                      AND (r.pipeline_id = p OR p = '00000000-0000-0000-0000-000000000000')
+                    GROUP BY 1) AS r,
+                   LATERAL (VALUES ('recovered', r.n), ('recovered_micros', r.micros))
+                       AS m(metric, n)) AS u
+        WHERE u.n <> 0
+        GROUP BY u.day ORDER BY u.day
+    LOOP
+        PERFORM run_insights_days_add(e, p, k.day, k.metrics, k.bins, k.ns);
+    END LOOP;
+END
+$$;
+
+-- A run row's change as run_insights deltas: its rows (run_insight_rows) before the
+-- change out, after it in, zero sums left out (gone or came NULL: an insert, a delete).
+CREATE OR REPLACE FUNCTION run_insight_deltas(gone pipeline_runs, came pipeline_runs)
+RETURNS TABLE (hour timestamptz, pipeline_id uuid, metric text, bin integer, n bigint)
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT k.hour, k.pipeline_id, k.metric, k.bin, sum(d.sign)::bigint
+    FROM (SELECT came.pipeline_id, came.created_at, came.started_at, came.ended_at,
+                 came.status, 1 WHERE came.id IS NOT NULL
+          UNION ALL
+          SELECT gone.pipeline_id, gone.created_at, gone.started_at, gone.ended_at,
+                 gone.status, -1 WHERE gone.id IS NOT NULL)
+         AS d(pipeline_id, created_at, started_at, ended_at, status, sign),
+         LATERAL run_insight_rows(d.pipeline_id, d.created_at, d.started_at, d.ended_at,
+                                  d.status) AS k
+    GROUP BY 1, 2, 3, 4 HAVING sum(d.sign) <> 0
+$$;
 -- The trigger: the run's keys before the change out, after it in (zero sums skipped).
 CREATE OR REPLACE FUNCTION run_insights_move() RETURNS trigger
 LANGUAGE plpgsql AS $$
+DECLARE
+    k record;
 BEGIN
     IF current_setting('insights.bulk_load', true) = 'on' THEN
         RETURN NULL;  -- the seeder adds its runs' keys and recoveries itself
     END IF;
     INSERT INTO run_insights AS i (enterprise_id, hour, pipeline_id, metric, bin, n)
-    SELECT d.enterprise_id, k.hour, k.pipeline_id, k.metric, k.bin, sum(d.sign)
-    FROM (SELECT NEW.enterprise_id, NEW.pipeline_id, NEW.created_at, NEW.started_at,
-                 NEW.ended_at, NEW.status, 1 WHERE TG_OP <> 'DELETE'
-          UNION ALL
-          SELECT OLD.enterprise_id, OLD.pipeline_id, OLD.created_at, OLD.started_at,
-                 OLD.ended_at, OLD.status, -1 WHERE TG_OP <> 'INSERT')
-         AS d(enterprise_id, pipeline_id, created_at, started_at, ended_at, status, sign),
-         LATERAL run_insight_rows(d.pipeline_id, d.created_at, d.started_at, d.ended_at,
-                                  d.status) AS k
-    GROUP BY 1, 2, 3, 4, 5 HAVING sum(d.sign) <> 0
-    ORDER BY 1, 2, 3, 4, 5
+    SELECT coalesce(NEW.enterprise_id, OLD.enterprise_id), d.*
+    FROM run_insight_deltas(OLD, NEW) AS d
+    ORDER BY 2, 3, 4, 5
     ON CONFLICT (enterprise_id, hour, pipeline_id, metric, bin)
     DO UPDATE SET n = i.n + EXCLUDED.n;
+    -- The same deltas in the per-day running totals, per pipeline (and rollup) and day.
+    FOR k IN
+        SELECT d.pipeline_id, date_bin('1 day', d.hour, timestamptz '2000-01-01 00:00Z') AS day,
+               array_agg(d.metric) AS metrics, array_agg(d.bin) AS bins, array_agg(d.n) AS ns
+        FROM run_insight_deltas(OLD, NEW) AS d
+        GROUP BY 1, 2 ORDER BY 2, 1
+    LOOP
+        PERFORM run_insights_days_add(coalesce(NEW.enterprise_id, OLD.enterprise_id),
+                                      k.pipeline_id, k.day, k.metrics, k.bins, k.ns);
+    END LOOP;
     -- Recoveries around the run before and after; a failure or timeout that no success
     -- follows (the usual newest run) is in no closed streak: nothing to recompute.
     IF TG_OP <> 'INSERT' AND (OLD.status = 'success' OR OLD.status IN ('failure', 'timeout')
@@ -668,6 +871,27 @@ BEGIN
     END IF;
 END
 $$;
+
+-- run_recoveries' rows in the per-day running totals of their pipeline and the rollup:
+-- every writer of run_recoveries (run_recoveries_refresh, under the feed lock) moves them.
+CREATE OR REPLACE FUNCTION run_recoveries_move() RETURNS trigger
+LANGUAGE plpgsql AS $$
+DECLARE
+    r run_recoveries := CASE WHEN TG_OP = 'INSERT' THEN NEW ELSE OLD END;
+    sign integer := CASE WHEN TG_OP = 'INSERT' THEN 1 ELSE -1 END;
+BEGIN
+    PERFORM run_insights_days_add(
+        r.enterprise_id, x.pipeline_id,
+        date_bin('1 day', r.recovered_at, timestamptz '2000-01-01 00:00Z'),
+        ARRAY['recovered', 'recovered_micros'], ARRAY[0, 0],
+        ARRAY[sign, sign * insights_micros(r.recovered_at - r.failed_at)])
+    FROM (VALUES (r.pipeline_id), ('00000000-0000-0000-0000-000000000000'::uuid))
+        AS x(pipeline_id);
+    RETURN NULL;
+END
+$$;
+CREATE OR REPLACE TRIGGER run_recoveries_days AFTER INSERT OR DELETE ON run_recoveries
+    FOR EACH ROW EXECUTE FUNCTION run_recoveries_move();
 
 -- Projection: the stage runs of each live run, a snapshot of the pipeline's stages taken
 -- when the run was created (carried in its run.created event).

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import bisect
 import math
+from itertools import accumulate
+from operator import add, mul, sub
 from datetime import datetime, timedelta, timezone
 from typing import Any, Iterable, Mapping
 from uuid import UUID
@@ -56,6 +58,14 @@ def estimate(bin_: int) -> float:
     return 2.0 * lo * top / (lo + top)
 
 
+# Each bin's estimate, by bin (summarize_dense takes the slice of a histogram's bins).
+ESTIMATES: list[float] = [estimate(b) for b in range(len(BOUNDS) + 1)]
+# The metrics counted as histograms (bins of times); the others are counts (bin 0).
+HISTOGRAMS: tuple[str, ...] = ("duration", "queue")
+# The per-day running totals' counts (schema.sql run_insights_days), by column.
+DAY_COUNTS: tuple[str, ...] = ("created", *OUTCOMES)
+
+
 def _hour(at: datetime) -> datetime:
     return at.astimezone(timezone.utc).replace(minute=0, second=0, microsecond=0)
 
@@ -84,6 +94,47 @@ def run_rows(pipeline_id, run: Mapping[str, Any]) -> list[tuple[datetime, Any, s
     for hour, metric, bin_ in run_keys(run):
         rows.append((hour, pipeline_id, metric, bin_))
         rows.append((hour.replace(hour=0), ALL_PIPELINES, metric, bin_))
+    return rows
+
+
+# A run_insights_days row's columns after (enterprise, pipeline, day): the counts, then
+# each histogram as (first bin, counts) ((None, ()) when empty).
+DAY_COLUMNS: tuple[str, ...] = (*DAY_COUNTS, "recovered", "recovered_micros", *HISTOGRAMS)
+
+
+def _widen(hist: list, bin_: int, n: int) -> None:
+    """hist = [lo, counts]: n added at bin_, the counts widened to reach it."""
+    lo, counts = hist
+    if not counts:
+        hist[0], hist[1] = bin_, [n]
+        return
+    if bin_ < lo:
+        counts[:0] = [0] * (lo - bin_)
+        hist[0] = lo = bin_
+    if bin_ >= lo + len(counts):
+        counts.extend([0] * (bin_ - lo - len(counts) + 1))
+    counts[bin_ - lo] += n
+
+
+def day_rows(days: Mapping[datetime, Mapping[tuple[str, int], int]]) -> list[tuple]:
+    """A pipeline's run_insights_days rows (day, *DAY_COLUMNS) from each day's own counts
+    {(metric, bin): n} (its run_insights keys, and 'recovered' and 'recovered_micros' at bin
+    0): the running totals at each day that has something (SQL's run_insights_days_add;
+    replay compares the two). The counts are a fold's: none negative, nothing to trim."""
+    totals = dict.fromkeys(DAY_COLUMNS[:-len(HISTOGRAMS)], 0)
+    hists = {m: [None, []] for m in HISTOGRAMS}
+    rows = []
+    for day in sorted(days):
+        own = {k: n for k, n in days[day].items() if n}
+        if not own:
+            continue
+        for (metric, bin_), n in own.items():
+            if metric in hists:
+                _widen(hists[metric], bin_, n)
+            else:
+                totals[metric] += n
+        rows.append((day, *totals.values(),
+                     *((h[0], tuple(h[1])) for h in hists.values())))
     return rows
 
 
@@ -143,6 +194,82 @@ def summarize(bins: Iterable[tuple[int, int]]) -> dict[str, Any]:
             summary[ranks[k][0]] = b
             k += 1
     return summary
+
+
+def summarize_dense(lo: int, counts: list[int]) -> dict[str, Any] | None:
+    """summarize of a dense histogram (counts[i] in bin lo + i; zeros allowed), None when
+    empty: the same figures, found by bisection in its running sum."""
+    cum = list(accumulate(counts))
+    total = cum[-1] if cum else 0
+    if total <= 0:
+        return None
+    summary = {"n": total, "lo": lo + bisect.bisect_right(cum, 0),
+               "hi": lo + bisect.bisect_left(cum, total),
+               "micros": sum(map(mul, counts, ESTIMATES[lo:lo + len(counts)]))}
+    for key, q in PERCENTILES:
+        summary[key] = lo + bisect.bisect_right(cum, math.floor(q * (total - 1)))
+    return summary
+
+
+def combine(parts: list[tuple[int, int, list[int]]]) -> tuple[int, list[int]]:
+    """The dense histogram (lo, counts) of the sum of parts (sign, lo, counts), each dense."""
+    parts = [p for p in parts if p[2]]
+    if len(parts) == 1 and parts[0][0] > 0:
+        return parts[0][1], parts[0][2]
+    if not parts:
+        return 0, []
+    lo = min(p[1] for p in parts)
+    out = [0] * (max(p[1] + len(p[2]) for p in parts) - lo)
+    for sign, start, counts in parts:
+        i, j = start - lo, start - lo + len(counts)
+        out[i:j] = map(add if sign > 0 else sub, out[i:j], counts)
+    return lo, out
+
+
+class Tally:
+    """One answer row's counters as they are gathered: counts per metric, histogram parts
+    (sign, lo, dense counts) per metric, and recoveries (count, microseconds)."""
+
+    __slots__ = ("counts", "parts", "recovered", "micros")
+
+    def __init__(self):
+        self.counts: dict[str, int] = {}
+        self.parts: dict[str, list] = {}
+        self.recovered = 0
+        self.micros = 0
+
+    def add_bins(self, metric: str, bins: Iterable[tuple[int, int]]) -> None:
+        """Sparse (bin, n) of one metric, in bin order (the hourly rows)."""
+        if metric not in HISTOGRAMS:
+            self.counts[metric] = self.counts.get(metric, 0) + sum(n for _, n in bins)
+            return
+        bins = list(bins)
+        lo = bins[0][0]
+        dense = [0] * (bins[-1][0] - lo + 1)
+        for b, n in bins:
+            dense[b - lo] += n
+        self.parts.setdefault(metric, []).append((1, lo, dense))
+
+    def add_day_totals(self, sign: int, row: Mapping[str, Any]) -> None:
+        """A run_insights_days row (from _TIER), added (1) or taken out (-1)."""
+        for metric in DAY_COUNTS:
+            if row[metric]:
+                self.counts[metric] = self.counts.get(metric, 0) + sign * row[metric]
+        for metric in HISTOGRAMS:
+            if row[metric]:
+                self.parts.setdefault(metric, []).append((sign, row[f"{metric}_lo"],
+                                                          row[metric]))
+        self.recovered += sign * row["recovered"]
+        self.micros += sign * row["recovered_micros"]
+
+    def summaries(self) -> dict[str, dict[str, Any]]:
+        """{metric: summary} of what is not zero (figures' input)."""
+        out = {m: {"n": n} for m, n in self.counts.items() if n}
+        for metric, parts in self.parts.items():
+            summary = summarize_dense(*combine(parts))
+            if summary:
+                out[metric] = summary
+        return out
 
 
 def distribution(summary: Mapping[str, Any] | None,

@@ -1,0 +1,192 @@
+-- run_insights_days (the insights' per-day running totals; see schema.sql) on a database
+-- from before it existed: created and filled from run_insights and run_recoveries, a
+-- pipeline (and each enterprise's rollup) at a time, day by day; writers of pipeline_runs
+-- wait meanwhile (SHARE lock until the migration commits), and schema.sql, applied in the
+-- same transaction right after, makes the triggers keep it from then on.
+
+-- Projection: the insights' per-day tier (service/store/insights.py reads it). Per
+-- enterprise, pipeline (or the rollup's all-zeros id) and UTC day: everything the
+-- run_insights rows of that pipeline hold up to the end of that day, summed (a running
+-- total), and the recoveries ended by then (run_recoveries: count, and their times summed
+-- in microseconds, exactly). So any whole-day span [a, b) of a pipeline is two rows: the
+-- last row before b less the last row before a, whatever the span's length; a 90-day
+-- answer per pipeline reads 400 rows instead of every hourly row of the quarter.
+-- duration and queue are the log-bin histograms (insights_bin) as dense arrays whose
+-- subscripts are the bins (lower bound: the first nonzero bin, upper: the last).
+-- A row exists for the days that have something of their own (a key in run_insights or
+-- a recovery): the row of a day that has none would equal the day before's. Kept with
+-- run_insights by its trigger (run_insights_days_add) and by run_recoveries' trigger;
+-- replay rebuilds a drifted pipeline's rows from run_insights and run_recoveries
+-- (run_insights_days_rebuild) and verify names drifted rows (service/app/replay.py).
+CREATE TABLE IF NOT EXISTS run_insights_days (
+    enterprise_id    text        NOT NULL,
+    pipeline_id      uuid        NOT NULL,
+    day              timestamptz NOT NULL,
+    created          bigint      NOT NULL,
+    success          bigint      NOT NULL,
+    failure          bigint      NOT NULL,
+    timeout          bigint      NOT NULL,
+    invalid          bigint      NOT NULL,
+    cancelled        bigint      NOT NULL,
+    recovered        bigint      NOT NULL,
+    recovered_micros bigint      NOT NULL,
+    duration         integer[]   NOT NULL,
+    queue            integer[]   NOT NULL,
+    PRIMARY KEY (enterprise_id, pipeline_id, day)
+) WITH (toast_tuple_target = 8160);  -- rows of a few KB stay inline, uncompressed:
+                                      -- the write path rewrites today's row each time
+
+-- A time in microseconds (the bins' unit; exact: extract gives numeric).
+CREATE OR REPLACE FUNCTION insights_micros(t interval) RETURNS bigint
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT (extract(epoch FROM t) * 1000000)::bigint
+$$;
+
+-- A histogram with counts added at bins (ns[i] at bins[i]; negative: taken out), widened
+-- as needed and trimmed to its first and last nonzero bin ('{}' when nothing is left).
+CREATE OR REPLACE FUNCTION insights_hist_add(h integer[], bins integer[], ns bigint[])
+RETURNS integer[]
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE AS $$
+DECLARE
+    lo integer := array_lower(h, 1);
+    hi integer := array_upper(h, 1);
+    b_lo integer;
+    b_hi integer;
+BEGIN
+    IF coalesce(cardinality(bins), 0) = 0 THEN
+        RETURN h;
+    END IF;
+    SELECT min(b), max(b) INTO b_lo, b_hi FROM unnest(bins) AS b;
+    IF lo IS NULL THEN
+        h := array_fill(0, ARRAY[b_hi - b_lo + 1], ARRAY[b_lo]);
+        lo := b_lo;
+        hi := b_hi;
+    END IF;
+    IF b_lo < lo THEN  -- a concatenation keeps the left operand's lower bound
+        h := array_fill(0, ARRAY[lo - b_lo], ARRAY[b_lo]) || h;
+        lo := b_lo;
+    END IF;
+    IF b_hi > hi THEN
+        h := h || array_fill(0, ARRAY[b_hi - hi]);
+        hi := b_hi;
+    END IF;
+    FOR i IN 1 .. cardinality(bins) LOOP
+        h[bins[i]] := h[bins[i]] + ns[i];
+    END LOOP;
+    WHILE lo <= hi AND h[lo] = 0 LOOP
+        lo := lo + 1;
+    END LOOP;
+    WHILE hi >= lo AND h[hi] = 0 LOOP
+        hi := hi - 1;
+    END LOOP;
+    IF lo > hi THEN
+        RETURN '{}';
+    ELSIF lo = array_lower(h, 1) AND hi = array_upper(h, 1) THEN
+        RETURN h;
+    END IF;
+    RETURN array_fill(h[lo], ARRAY[1], ARRAY[lo]) || h[lo + 1 : hi];  -- a slice starts at 1
+END
+$$;
+
+-- Add a pipeline's keys of one UTC day (metric, bin, n: as in run_insights, plus
+-- 'recovered' and 'recovered_micros' at bin 0) to its per-day running totals: the day's
+-- row made if missing (the last row before it carried over), that row and every later one
+-- added to, and the day's row dropped when it no longer differs from the day before's.
+-- Later rows exist only when a change reaches back (a run's earlier keys moved or deleted).
+CREATE OR REPLACE FUNCTION run_insights_days_add(e text, p uuid, d timestamptz,
+                                                 metrics text[], bins integer[],
+                                                 ns bigint[]) RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF NOT EXISTS (SELECT FROM run_insights_days t
+                   WHERE t.enterprise_id = e AND t.pipeline_id = p AND t.day = d) THEN
+        INSERT INTO run_insights_days AS t
+        SELECT e, p, d, coalesce(b.created, 0), coalesce(b.success, 0),
+               coalesce(b.failure, 0), coalesce(b.timeout, 0), coalesce(b.invalid, 0),
+               coalesce(b.cancelled, 0), coalesce(b.recovered, 0),
+               coalesce(b.recovered_micros, 0), coalesce(b.duration, '{}'),
+               coalesce(b.queue, '{}')
+        FROM (SELECT) AS one LEFT JOIN LATERAL (
+            SELECT * FROM run_insights_days t
+            WHERE t.enterprise_id = e AND t.pipeline_id = p AND t.day < d
+            ORDER BY t.day DESC LIMIT 1) AS b ON true;
+    END IF;
+    UPDATE run_insights_days AS t SET
+        created = t.created + k.created, success = t.success + k.success,
+        failure = t.failure + k.failure, timeout = t.timeout + k.timeout,
+        invalid = t.invalid + k.invalid, cancelled = t.cancelled + k.cancelled,
+        recovered = t.recovered + k.recovered,
+        recovered_micros = t.recovered_micros + k.recovered_micros,
+        duration = insights_hist_add(t.duration, k.duration_bins, k.duration_ns),
+        queue = insights_hist_add(t.queue, k.queue_bins, k.queue_ns)
+    FROM (SELECT coalesce(sum(n) FILTER (WHERE metric = 'created'), 0) AS created,
+                 coalesce(sum(n) FILTER (WHERE metric = 'success'), 0) AS success,
+                 coalesce(sum(n) FILTER (WHERE metric = 'failure'), 0) AS failure,
+                 coalesce(sum(n) FILTER (WHERE metric = 'timeout'), 0) AS timeout,
+                 coalesce(sum(n) FILTER (WHERE metric = 'invalid'), 0) AS invalid,
+                 coalesce(sum(n) FILTER (WHERE metric = 'cancelled'), 0) AS cancelled,
+                 coalesce(sum(n) FILTER (WHERE metric = 'recovered'), 0) AS recovered,
+                 coalesce(sum(n) FILTER (WHERE metric = 'recovered_micros'), 0)
+                     AS recovered_micros,
+                 array_agg(bin) FILTER (WHERE metric = 'duration') AS duration_bins,
+                 array_agg(n) FILTER (WHERE metric = 'duration') AS duration_ns,
+                 array_agg(bin) FILTER (WHERE metric = 'queue') AS queue_bins,
+                 array_agg(n) FILTER (WHERE metric = 'queue') AS queue_ns
+          FROM unnest(metrics, bins, ns) AS u(metric, bin, n)) AS k
+    WHERE t.enterprise_id = e AND t.pipeline_id = p AND t.day >= d;
+    IF EXISTS (SELECT FROM unnest(ns) AS n WHERE n < 0) THEN
+        DELETE FROM run_insights_days AS t
+        WHERE t.enterprise_id = e AND t.pipeline_id = p AND t.day = d
+          AND (t.created, t.success, t.failure, t.timeout, t.invalid, t.cancelled,
+               t.recovered, t.recovered_micros, t.duration, t.queue)
+              = (SELECT coalesce(b.created, 0), coalesce(b.success, 0),
+                        coalesce(b.failure, 0), coalesce(b.timeout, 0),
+                        coalesce(b.invalid, 0), coalesce(b.cancelled, 0),
+                        coalesce(b.recovered, 0), coalesce(b.recovered_micros, 0),
+                        coalesce(b.duration, '{}'), coalesce(b.queue, '{}')
+                 FROM (SELECT) AS one LEFT JOIN LATERAL (
+                     SELECT * FROM run_insights_days b
+                     WHERE b.enterprise_id = e AND b.pipeline_id = p AND b.day < d
+                     ORDER BY b.day DESC LIMIT 1) AS b ON true);
+    END IF;
+END
+$$;
+
+-- A pipeline's per-day rows rebuilt whole from run_insights and run_recoveries (replay's
+-- repair, and migration 0007's fill), day by day in order (each add then writes one row).
+CREATE OR REPLACE FUNCTION run_insights_days_rebuild(e text, p uuid) RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    k record;
+BEGIN
+    DELETE FROM run_insights_days WHERE enterprise_id = e AND pipeline_id = p;
+    FOR k IN
+        SELECT u.day, array_agg(u.metric) AS metrics, array_agg(u.bin) AS bins,
+               array_agg(u.n) AS ns
+        FROM (SELECT date_bin('1 day', i.hour, timestamptz '2000-01-01 00:00Z') AS day,
+                     i.metric, i.bin, sum(i.n)::bigint AS n
+              FROM run_insights i WHERE i.enterprise_id = e AND i.pipeline_id = p
+              GROUP BY 1, 2, 3
+              UNION ALL
+              SELECT r.day, m.metric, 0, m.n
+              FROM (SELECT date_bin('1 day', r.recovered_at, timestamptz '2000-01-01 00:00Z')
+                               AS day, count(*) AS n,
+                           sum(insights_micros(r.recovered_at - r.failed_at))::bigint
+                               AS micros
+                    FROM run_recoveries r
+                    WHERE r.enterprise_id = e
+                      AND (r.pipeline_id = p OR p = '00000000-0000-0000-0000-000000000000')
+                    GROUP BY 1) AS r,
+                   LATERAL (VALUES ('recovered', r.n), ('recovered_micros', r.micros))
+                       AS m(metric, n)) AS u
+        WHERE u.n <> 0
+        GROUP BY u.day ORDER BY u.day
+    LOOP
+        PERFORM run_insights_days_add(e, p, k.day, k.metrics, k.bins, k.ns);
+    END LOOP;
+END
+$$;
+
+LOCK TABLE pipeline_runs IN SHARE MODE;
+SELECT count(run_insights_days_rebuild(p.enterprise_id, p.pipeline_id))
+FROM (SELECT DISTINCT enterprise_id, pipeline_id FROM run_insights) AS p;
