@@ -477,9 +477,8 @@ CREATE TABLE IF NOT EXISTS run_counts (
 -- transaction already holds its enterprises' feed locks, so like run_counts its rows are
 -- only written by the holder of the feed lock and no writer waits on them. Runs of
 -- soft-deleted pipelines stay in (readers join the live pipelines); a deleted run leaves.
--- Each key is also counted in the enterprise's per-day rollup: pipeline_id all zeros
--- (no pipeline has it), hour the UTC day's start (run_insight_rows).
--- Replay rebuilds it from the fold and verify names its drift (app/replay.py).
+-- Whole days are answered from run_insights_days (below), the hours at a window's ends
+-- from here. Replay rebuilds it from the fold and verify names its drift (app/replay.py).
 CREATE TABLE IF NOT EXISTS run_insights (
     enterprise_id text        NOT NULL,
     hour          timestamptz NOT NULL,
@@ -489,10 +488,6 @@ CREATE TABLE IF NOT EXISTS run_insights (
     n             bigint      NOT NULL,
     PRIMARY KEY (enterprise_id, hour, pipeline_id, metric, bin)
 );
--- The per-day rollup's rows (pipeline_id all zeros): found without walking the hourly
--- rows of the same days (no key column changes when n does: updates stay HOT).
-CREATE INDEX IF NOT EXISTS run_insights_rollup ON run_insights (enterprise_id, hour)
-    WHERE pipeline_id = '00000000-0000-0000-0000-000000000000';
 
 -- The lower bounds of the log bins, in microseconds: 1, 2, ... (one bin per microsecond
 -- while that is finer), then each bound 101/99 of the previous (integer arithmetic, the
@@ -532,20 +527,6 @@ LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
          insights_bin(extract(epoch FROM started_at - created_at) * 1000000))
     ) AS k(hour, metric, bin)
     WHERE k.hour IS NOT NULL
-$$;
--- The rows a run adds to: its keys per pipeline and hour, and the same keys in the
--- enterprise's per-day rollup (pipeline_id all zeros, hour the UTC day's start), which
--- answers without a pipeline filter or grouping read for whole days (store/insights.py).
-CREATE OR REPLACE FUNCTION run_insight_rows(pipeline uuid, created_at timestamptz,
-                                            started_at timestamptz,
-                                            ended_at timestamptz, status text)
-RETURNS TABLE (hour timestamptz, pipeline_id uuid, metric text, bin integer)
-LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
-    SELECT t.hour, t.pipeline_id, k.metric, k.bin
-    FROM run_insight_keys(created_at, started_at, ended_at, status) AS k,
-         LATERAL (VALUES (k.hour, pipeline),
-                         (date_bin('1 day', k.hour, timestamptz '2000-01-01 00:00Z'),
-                          '00000000-0000-0000-0000-000000000000'::uuid)) AS t(hour, pipeline_id)
 $$;
 -- Projection: recoveries (MTTR of the insights). Per pipeline, its finished runs (success,
 -- failure, timeout) in order of (ended_at, id): each success that ends a streak of failures
@@ -652,7 +633,12 @@ BEGIN
     IF coalesce(cardinality(bins), 0) = 0 THEN
         RETURN h;
     END IF;
-    SELECT min(b), max(b) INTO b_lo, b_hi FROM unnest(bins) AS b;
+    b_lo := bins[1];
+    b_hi := bins[1];
+    FOR i IN 2 .. cardinality(bins) LOOP  -- plain expressions: no query per call
+        b_lo := least(b_lo, bins[i]);
+        b_hi := greatest(b_hi, bins[i]);
+    END LOOP;
     IF lo IS NULL THEN
         h := array_fill(0, ARRAY[b_hi - b_lo + 1], ARRAY[b_lo]);
         lo := b_lo;
@@ -684,66 +670,84 @@ BEGIN
 END
 $$;
 
--- Add a pipeline's keys of one UTC day (metric, bin, n: as in run_insights, plus
--- 'recovered' and 'recovered_micros' at bin 0) to its per-day running totals: the day's
--- row made if missing (the last row before it carried over), that row and every later one
--- added to, and the day's row dropped when it no longer differs from the day before's.
--- Later rows exist only when a change reaches back (a run's earlier keys moved or deleted).
-CREATE OR REPLACE FUNCTION run_insights_days_add(e text, p uuid, d timestamptz,
+-- Add keys of one UTC day (metric, bin, n: as in run_insights, plus 'recovered' and
+-- 'recovered_micros' at bin 0) to the per-day running totals of each of the pipelines
+-- `ps` (a run's pipeline and its enterprise's rollup): the day's row and every later one
+-- added to, the day's row made if missing (the last row before it, plus the keys), and
+-- dropped when it no longer differs from the day before's. Later rows exist only when
+-- a change reaches back (a run's earlier keys moved or deleted). The keys are sorted into
+-- columns here in plain expressions: the write path's trigger calls this once per change.
+CREATE OR REPLACE FUNCTION run_insights_days_add(e text, ps uuid[], d timestamptz,
                                                  metrics text[], bins integer[],
                                                  ns bigint[]) RETURNS void
 LANGUAGE plpgsql AS $$
+DECLARE
+    -- created, success, failure, timeout, invalid, cancelled, recovered, recovered_micros
+    c bigint[] := '{0,0,0,0,0,0,0,0}';
+    columns CONSTANT text[] := '{created,success,failure,timeout,invalid,cancelled,'
+                               'recovered,recovered_micros}';
+    d_bins integer[];
+    d_ns bigint[];
+    q_bins integer[];
+    q_ns bigint[];
+    gone boolean := false;
+    made integer;
 BEGIN
-    IF NOT EXISTS (SELECT FROM run_insights_days t
-                   WHERE t.enterprise_id = e AND t.pipeline_id = p AND t.day = d) THEN
+    FOR i IN 1 .. cardinality(metrics) LOOP
+        IF metrics[i] = 'duration' THEN
+            d_bins := d_bins || bins[i];
+            d_ns := d_ns || ns[i];
+        ELSIF metrics[i] = 'queue' THEN
+            q_bins := q_bins || bins[i];
+            q_ns := q_ns || ns[i];
+        ELSE
+            c[array_position(columns, metrics[i])] := c[array_position(columns, metrics[i])]
+                                                      + ns[i];
+        END IF;
+        gone := gone OR ns[i] < 0;
+    END LOOP;
+    -- The day's row and later ones; a day's first change (per pipeline) finds none.
+    WITH changed AS (
+        UPDATE run_insights_days AS t SET
+            created = t.created + c[1], success = t.success + c[2],
+            failure = t.failure + c[3], timeout = t.timeout + c[4],
+            invalid = t.invalid + c[5], cancelled = t.cancelled + c[6],
+            recovered = t.recovered + c[7], recovered_micros = t.recovered_micros + c[8],
+            duration = CASE WHEN d_bins IS NULL THEN t.duration
+                            ELSE insights_hist_add(t.duration, d_bins, d_ns) END,
+            queue = CASE WHEN q_bins IS NULL THEN t.queue
+                         ELSE insights_hist_add(t.queue, q_bins, q_ns) END
+        WHERE t.enterprise_id = e AND t.pipeline_id = ANY(ps) AND t.day >= d
+        RETURNING t.day)
+    SELECT count(*) INTO made FROM changed WHERE changed.day = d;
+    IF made < cardinality(ps) THEN  -- the missing rows: the last row before, plus the keys
         INSERT INTO run_insights_days AS t
-        SELECT e, p, d, coalesce(b.created, 0), coalesce(b.success, 0),
-               coalesce(b.failure, 0), coalesce(b.timeout, 0), coalesce(b.invalid, 0),
-               coalesce(b.cancelled, 0), coalesce(b.recovered, 0),
-               coalesce(b.recovered_micros, 0), coalesce(b.duration, '{}'),
-               coalesce(b.queue, '{}')
-        FROM (SELECT) AS one LEFT JOIN LATERAL (
+        SELECT e, p.id, d, coalesce(b.created, 0) + c[1], coalesce(b.success, 0) + c[2],
+               coalesce(b.failure, 0) + c[3], coalesce(b.timeout, 0) + c[4],
+               coalesce(b.invalid, 0) + c[5], coalesce(b.cancelled, 0) + c[6],
+               coalesce(b.recovered, 0) + c[7], coalesce(b.recovered_micros, 0) + c[8],
+               insights_hist_add(coalesce(b.duration, '{}'), d_bins, d_ns),
+               insights_hist_add(coalesce(b.queue, '{}'), q_bins, q_ns)
+        FROM unnest(ps) AS p(id) LEFT JOIN LATERAL (
             SELECT * FROM run_insights_days t
-            WHERE t.enterprise_id = e AND t.pipeline_id = p AND t.day < d
-            ORDER BY t.day DESC LIMIT 1) AS b ON true;
+            WHERE t.enterprise_id = e AND t.pipeline_id = p.id AND t.day < d
+            ORDER BY t.day DESC LIMIT 1) AS b ON true
+        WHERE NOT EXISTS (SELECT FROM run_insights_days t
+                          WHERE t.enterprise_id = e AND t.pipeline_id = p.id AND t.day = d);
     END IF;
-    UPDATE run_insights_days AS t SET
-        created = t.created + k.created, success = t.success + k.success,
-        failure = t.failure + k.failure, timeout = t.timeout + k.timeout,
-        invalid = t.invalid + k.invalid, cancelled = t.cancelled + k.cancelled,
-        recovered = t.recovered + k.recovered,
-        recovered_micros = t.recovered_micros + k.recovered_micros,
-        duration = insights_hist_add(t.duration, k.duration_bins, k.duration_ns),
-        queue = insights_hist_add(t.queue, k.queue_bins, k.queue_ns)
-    FROM (SELECT coalesce(sum(n) FILTER (WHERE metric = 'created'), 0) AS created,
-                 coalesce(sum(n) FILTER (WHERE metric = 'success'), 0) AS success,
-                 coalesce(sum(n) FILTER (WHERE metric = 'failure'), 0) AS failure,
-                 coalesce(sum(n) FILTER (WHERE metric = 'timeout'), 0) AS timeout,
-                 coalesce(sum(n) FILTER (WHERE metric = 'invalid'), 0) AS invalid,
-                 coalesce(sum(n) FILTER (WHERE metric = 'cancelled'), 0) AS cancelled,
-                 coalesce(sum(n) FILTER (WHERE metric = 'recovered'), 0) AS recovered,
-                 coalesce(sum(n) FILTER (WHERE metric = 'recovered_micros'), 0)
-                     AS recovered_micros,
-                 array_agg(bin) FILTER (WHERE metric = 'duration') AS duration_bins,
-                 array_agg(n) FILTER (WHERE metric = 'duration') AS duration_ns,
-                 array_agg(bin) FILTER (WHERE metric = 'queue') AS queue_bins,
-                 array_agg(n) FILTER (WHERE metric = 'queue') AS queue_ns
-          FROM unnest(metrics, bins, ns) AS u(metric, bin, n)) AS k
-    WHERE t.enterprise_id = e AND t.pipeline_id = p AND t.day >= d;
-    IF EXISTS (SELECT FROM unnest(ns) AS n WHERE n < 0) THEN
+    IF gone THEN
         DELETE FROM run_insights_days AS t
-        WHERE t.enterprise_id = e AND t.pipeline_id = p AND t.day = d
+        USING unnest(ps) AS p(id) LEFT JOIN LATERAL (
+            SELECT * FROM run_insights_days b
+            WHERE b.enterprise_id = e AND b.pipeline_id = p.id AND b.day < d
+            ORDER BY b.day DESC LIMIT 1) AS b ON true
+        WHERE t.enterprise_id = e AND t.pipeline_id = p.id AND t.day = d
           AND (t.created, t.success, t.failure, t.timeout, t.invalid, t.cancelled,
                t.recovered, t.recovered_micros, t.duration, t.queue)
-              = (SELECT coalesce(b.created, 0), coalesce(b.success, 0),
-                        coalesce(b.failure, 0), coalesce(b.timeout, 0),
-                        coalesce(b.invalid, 0), coalesce(b.cancelled, 0),
-                        coalesce(b.recovered, 0), coalesce(b.recovered_micros, 0),
-                        coalesce(b.duration, '{}'), coalesce(b.queue, '{}')
-                 FROM (SELECT) AS one LEFT JOIN LATERAL (
-                     SELECT * FROM run_insights_days b
-                     WHERE b.enterprise_id = e AND b.pipeline_id = p AND b.day < d
-                     ORDER BY b.day DESC LIMIT 1) AS b ON true);
+              = (coalesce(b.created, 0), coalesce(b.success, 0), coalesce(b.failure, 0),
+                 coalesce(b.timeout, 0), coalesce(b.invalid, 0), coalesce(b.cancelled, 0),
+                 coalesce(b.recovered, 0), coalesce(b.recovered_micros, 0),
+                 coalesce(b.duration, '{}'), coalesce(b.queue, '{}'));
     END IF;
 END
 $$;
@@ -761,7 +765,9 @@ BEGIN
                array_agg(u.n) AS ns
         FROM (SELECT date_bin('1 day', i.hour, timestamptz '2000-01-01 00:00Z') AS day,
                      i.metric, i.bin, sum(i.n)::bigint AS n
-              FROM run_insights i WHERE i.enterprise_id = e AND i.pipeline_id = p
+              FROM run_insights i
+              WHERE i.enterprise_id = e
+                AND (i.pipeline_id = p OR p = '00000000-0000-0000-0000-000000000000')
               GROUP BY 1, 2, 3
               UNION ALL
               SELECT r.day, m.metric, 0, m.n
@@ -778,51 +784,53 @@ BEGIN
         WHERE u.n <> 0
         GROUP BY u.day ORDER BY u.day
     LOOP
-        PERFORM run_insights_days_add(e, p, k.day, k.metrics, k.bins, k.ns);
+        PERFORM run_insights_days_add(e, ARRAY[p], k.day, k.metrics, k.bins, k.ns);
     END LOOP;
 END
 $$;
 
--- A run row's change as run_insights deltas: its rows (run_insight_rows) before the
--- change out, after it in, zero sums left out (gone or came NULL: an insert, a delete).
+-- A run row's change as run_insights deltas: its keys (run_insight_keys) under its
+-- pipeline before the change out, after it in, zero sums left out (gone or came NULL: an
+-- insert, a delete).
 CREATE OR REPLACE FUNCTION run_insight_deltas(gone pipeline_runs, came pipeline_runs)
 RETURNS TABLE (hour timestamptz, pipeline_id uuid, metric text, bin integer, n bigint)
 LANGUAGE sql IMMUTABLE AS $$
-    SELECT k.hour, k.pipeline_id, k.metric, k.bin, sum(d.sign)::bigint
+    SELECT k.hour, d.pipeline_id, k.metric, k.bin, sum(d.sign)::bigint
     FROM (SELECT came.pipeline_id, came.created_at, came.started_at, came.ended_at,
                  came.status, 1 WHERE came.id IS NOT NULL
           UNION ALL
           SELECT gone.pipeline_id, gone.created_at, gone.started_at, gone.ended_at,
                  gone.status, -1 WHERE gone.id IS NOT NULL)
          AS d(pipeline_id, created_at, started_at, ended_at, status, sign),
-         LATERAL run_insight_rows(d.pipeline_id, d.created_at, d.started_at, d.ended_at,
-                                  d.status) AS k
+         LATERAL run_insight_keys(d.created_at, d.started_at, d.ended_at, d.status) AS k
     GROUP BY 1, 2, 3, 4 HAVING sum(d.sign) <> 0
 $$;
--- The trigger: the run's keys before the change out, after it in (zero sums skipped).
+-- The trigger: the run's keys before the change out, after it in (zero sums skipped),
+-- in run_insights and, per day, in the running totals of its pipeline and the rollup.
 CREATE OR REPLACE FUNCTION run_insights_move() RETURNS trigger
 LANGUAGE plpgsql AS $$
 DECLARE
+    e text := coalesce(NEW.enterprise_id, OLD.enterprise_id);
     k record;
 BEGIN
     IF current_setting('insights.bulk_load', true) = 'on' THEN
         RETURN NULL;  -- the seeder adds its runs' keys and recoveries itself
     END IF;
-    INSERT INTO run_insights AS i (enterprise_id, hour, pipeline_id, metric, bin, n)
-    SELECT coalesce(NEW.enterprise_id, OLD.enterprise_id), d.*
-    FROM run_insight_deltas(OLD, NEW) AS d
-    ORDER BY 2, 3, 4, 5
-    ON CONFLICT (enterprise_id, hour, pipeline_id, metric, bin)
-    DO UPDATE SET n = i.n + EXCLUDED.n;
-    -- The same deltas in the per-day running totals, per pipeline (and rollup) and day.
     FOR k IN
+        WITH d AS MATERIALIZED (SELECT * FROM run_insight_deltas(OLD, NEW)),
+             hourly AS (
+                 INSERT INTO run_insights AS i (enterprise_id, hour, pipeline_id, metric, bin,
+                                                n)
+                 SELECT e, d.* FROM d ORDER BY 2, 3, 4, 5
+                 ON CONFLICT (enterprise_id, hour, pipeline_id, metric, bin)
+                 DO UPDATE SET n = i.n + EXCLUDED.n)
         SELECT d.pipeline_id, date_bin('1 day', d.hour, timestamptz '2000-01-01 00:00Z') AS day,
                array_agg(d.metric) AS metrics, array_agg(d.bin) AS bins, array_agg(d.n) AS ns
-        FROM run_insight_deltas(OLD, NEW) AS d
-        GROUP BY 1, 2 ORDER BY 2, 1
+        FROM d GROUP BY 1, 2 ORDER BY 2, 1
     LOOP
-        PERFORM run_insights_days_add(coalesce(NEW.enterprise_id, OLD.enterprise_id),
-                                      k.pipeline_id, k.day, k.metrics, k.bins, k.ns);
+        PERFORM run_insights_days_add(
+            e, ARRAY[k.pipeline_id, '00000000-0000-0000-0000-000000000000'::uuid], k.day,
+            k.metrics, k.bins, k.ns);
     END LOOP;
     -- Recoveries around the run before and after; a failure or timeout that no success
     -- follows (the usual newest run) is in no closed streak: nothing to recompute.
@@ -881,12 +889,10 @@ DECLARE
     sign integer := CASE WHEN TG_OP = 'INSERT' THEN 1 ELSE -1 END;
 BEGIN
     PERFORM run_insights_days_add(
-        r.enterprise_id, x.pipeline_id,
+        r.enterprise_id, ARRAY[r.pipeline_id, '00000000-0000-0000-0000-000000000000'::uuid],
         date_bin('1 day', r.recovered_at, timestamptz '2000-01-01 00:00Z'),
         ARRAY['recovered', 'recovered_micros'], ARRAY[0, 0],
-        ARRAY[sign, sign * insights_micros(r.recovered_at - r.failed_at)])
-    FROM (VALUES (r.pipeline_id), ('00000000-0000-0000-0000-000000000000'::uuid))
-        AS x(pipeline_id);
+        ARRAY[sign, sign * insights_micros(r.recovered_at - r.failed_at)]);
     RETURN NULL;
 END
 $$;

@@ -1,8 +1,14 @@
 -- run_insights_days (the insights' per-day running totals; see schema.sql) on a database
 -- from before it existed: created and filled from run_insights and run_recoveries, a
--- pipeline (and each enterprise's rollup) at a time, day by day; writers of pipeline_runs
--- wait meanwhile (SHARE lock until the migration commits), and schema.sql, applied in the
--- same transaction right after, makes the triggers keep it from then on.
+-- pipeline (and each enterprise's rollup) at a time, day by day. The per-day rollup rows
+-- that run_insights held (pipeline all zeros) and their index go: run_insights_days
+-- answers whole days now. Writers of pipeline_runs wait meanwhile (SHARE lock until the
+-- migration commits), and schema.sql, applied in the same transaction right after, makes
+-- the triggers keep it from then on.
+LOCK TABLE pipeline_runs IN SHARE MODE;
+DELETE FROM run_insights WHERE pipeline_id = '00000000-0000-0000-0000-000000000000';
+DROP INDEX IF EXISTS run_insights_rollup;
+DROP FUNCTION IF EXISTS run_insight_rows(uuid, timestamptz, timestamptz, timestamptz, text);
 
 -- Projection: the insights' per-day tier (service/store/insights.py reads it). Per
 -- enterprise, pipeline (or the rollup's all-zeros id) and UTC day: everything the
@@ -56,7 +62,12 @@ BEGIN
     IF coalesce(cardinality(bins), 0) = 0 THEN
         RETURN h;
     END IF;
-    SELECT min(b), max(b) INTO b_lo, b_hi FROM unnest(bins) AS b;
+    b_lo := bins[1];
+    b_hi := bins[1];
+    FOR i IN 2 .. cardinality(bins) LOOP  -- plain expressions: no query per call
+        b_lo := least(b_lo, bins[i]);
+        b_hi := greatest(b_hi, bins[i]);
+    END LOOP;
     IF lo IS NULL THEN
         h := array_fill(0, ARRAY[b_hi - b_lo + 1], ARRAY[b_lo]);
         lo := b_lo;
@@ -88,66 +99,84 @@ BEGIN
 END
 $$;
 
--- Add a pipeline's keys of one UTC day (metric, bin, n: as in run_insights, plus
--- 'recovered' and 'recovered_micros' at bin 0) to its per-day running totals: the day's
--- row made if missing (the last row before it carried over), that row and every later one
--- added to, and the day's row dropped when it no longer differs from the day before's.
--- Later rows exist only when a change reaches back (a run's earlier keys moved or deleted).
-CREATE OR REPLACE FUNCTION run_insights_days_add(e text, p uuid, d timestamptz,
+-- Add keys of one UTC day (metric, bin, n: as in run_insights, plus 'recovered' and
+-- 'recovered_micros' at bin 0) to the per-day running totals of each of the pipelines
+-- `ps` (a run's pipeline and its enterprise's rollup): the day's row and every later one
+-- added to, the day's row made if missing (the last row before it, plus the keys), and
+-- dropped when it no longer differs from the day before's. Later rows exist only when
+-- a change reaches back (a run's earlier keys moved or deleted). The keys are sorted into
+-- columns here in plain expressions: the write path's trigger calls this once per change.
+CREATE OR REPLACE FUNCTION run_insights_days_add(e text, ps uuid[], d timestamptz,
                                                  metrics text[], bins integer[],
                                                  ns bigint[]) RETURNS void
 LANGUAGE plpgsql AS $$
+DECLARE
+    -- created, success, failure, timeout, invalid, cancelled, recovered, recovered_micros
+    c bigint[] := '{0,0,0,0,0,0,0,0}';
+    columns CONSTANT text[] := '{created,success,failure,timeout,invalid,cancelled,'
+                               'recovered,recovered_micros}';
+    d_bins integer[];
+    d_ns bigint[];
+    q_bins integer[];
+    q_ns bigint[];
+    gone boolean := false;
+    made integer;
 BEGIN
-    IF NOT EXISTS (SELECT FROM run_insights_days t
-                   WHERE t.enterprise_id = e AND t.pipeline_id = p AND t.day = d) THEN
+    FOR i IN 1 .. cardinality(metrics) LOOP
+        IF metrics[i] = 'duration' THEN
+            d_bins := d_bins || bins[i];
+            d_ns := d_ns || ns[i];
+        ELSIF metrics[i] = 'queue' THEN
+            q_bins := q_bins || bins[i];
+            q_ns := q_ns || ns[i];
+        ELSE
+            c[array_position(columns, metrics[i])] := c[array_position(columns, metrics[i])]
+                                                      + ns[i];
+        END IF;
+        gone := gone OR ns[i] < 0;
+    END LOOP;
+    -- The day's row and later ones; a day's first change (per pipeline) finds none.
+    WITH changed AS (
+        UPDATE run_insights_days AS t SET
+            created = t.created + c[1], success = t.success + c[2],
+            failure = t.failure + c[3], timeout = t.timeout + c[4],
+            invalid = t.invalid + c[5], cancelled = t.cancelled + c[6],
+            recovered = t.recovered + c[7], recovered_micros = t.recovered_micros + c[8],
+            duration = CASE WHEN d_bins IS NULL THEN t.duration
+                            ELSE insights_hist_add(t.duration, d_bins, d_ns) END,
+            queue = CASE WHEN q_bins IS NULL THEN t.queue
+                         ELSE insights_hist_add(t.queue, q_bins, q_ns) END
+        WHERE t.enterprise_id = e AND t.pipeline_id = ANY(ps) AND t.day >= d
+        RETURNING t.day)
+    SELECT count(*) INTO made FROM changed WHERE changed.day = d;
+    IF made < cardinality(ps) THEN  -- the missing rows: the last row before, plus the keys
         INSERT INTO run_insights_days AS t
-        SELECT e, p, d, coalesce(b.created, 0), coalesce(b.success, 0),
-               coalesce(b.failure, 0), coalesce(b.timeout, 0), coalesce(b.invalid, 0),
-               coalesce(b.cancelled, 0), coalesce(b.recovered, 0),
-               coalesce(b.recovered_micros, 0), coalesce(b.duration, '{}'),
-               coalesce(b.queue, '{}')
-        FROM (SELECT) AS one LEFT JOIN LATERAL (
+        SELECT e, p.id, d, coalesce(b.created, 0) + c[1], coalesce(b.success, 0) + c[2],
+               coalesce(b.failure, 0) + c[3], coalesce(b.timeout, 0) + c[4],
+               coalesce(b.invalid, 0) + c[5], coalesce(b.cancelled, 0) + c[6],
+               coalesce(b.recovered, 0) + c[7], coalesce(b.recovered_micros, 0) + c[8],
+               insights_hist_add(coalesce(b.duration, '{}'), d_bins, d_ns),
+               insights_hist_add(coalesce(b.queue, '{}'), q_bins, q_ns)
+        FROM unnest(ps) AS p(id) LEFT JOIN LATERAL (
             SELECT * FROM run_insights_days t
-            WHERE t.enterprise_id = e AND t.pipeline_id = p AND t.day < d
-            ORDER BY t.day DESC LIMIT 1) AS b ON true;
+            WHERE t.enterprise_id = e AND t.pipeline_id = p.id AND t.day < d
+            ORDER BY t.day DESC LIMIT 1) AS b ON true
+        WHERE NOT EXISTS (SELECT FROM run_insights_days t
+                          WHERE t.enterprise_id = e AND t.pipeline_id = p.id AND t.day = d);
     END IF;
-    UPDATE run_insights_days AS t SET
-        created = t.created + k.created, success = t.success + k.success,
-        failure = t.failure + k.failure, timeout = t.timeout + k.timeout,
-        invalid = t.invalid + k.invalid, cancelled = t.cancelled + k.cancelled,
-        recovered = t.recovered + k.recovered,
-        recovered_micros = t.recovered_micros + k.recovered_micros,
-        duration = insights_hist_add(t.duration, k.duration_bins, k.duration_ns),
-        queue = insights_hist_add(t.queue, k.queue_bins, k.queue_ns)
-    FROM (SELECT coalesce(sum(n) FILTER (WHERE metric = 'created'), 0) AS created,
-                 coalesce(sum(n) FILTER (WHERE metric = 'success'), 0) AS success,
-                 coalesce(sum(n) FILTER (WHERE metric = 'failure'), 0) AS failure,
-                 coalesce(sum(n) FILTER (WHERE metric = 'timeout'), 0) AS timeout,
-                 coalesce(sum(n) FILTER (WHERE metric = 'invalid'), 0) AS invalid,
-                 coalesce(sum(n) FILTER (WHERE metric = 'cancelled'), 0) AS cancelled,
-                 coalesce(sum(n) FILTER (WHERE metric = 'recovered'), 0) AS recovered,
-                 coalesce(sum(n) FILTER (WHERE metric = 'recovered_micros'), 0)
-                     AS recovered_micros,
-                 array_agg(bin) FILTER (WHERE metric = 'duration') AS duration_bins,
-                 array_agg(n) FILTER (WHERE metric = 'duration') AS duration_ns,
-                 array_agg(bin) FILTER (WHERE metric = 'queue') AS queue_bins,
-                 array_agg(n) FILTER (WHERE metric = 'queue') AS queue_ns
-          FROM unnest(metrics, bins, ns) AS u(metric, bin, n)) AS k
-    WHERE t.enterprise_id = e AND t.pipeline_id = p AND t.day >= d;
-    IF EXISTS (SELECT FROM unnest(ns) AS n WHERE n < 0) THEN
+    IF gone THEN
         DELETE FROM run_insights_days AS t
-        WHERE t.enterprise_id = e AND t.pipeline_id = p AND t.day = d
+        USING unnest(ps) AS p(id) LEFT JOIN LATERAL (
+            SELECT * FROM run_insights_days b
+            WHERE b.enterprise_id = e AND b.pipeline_id = p.id AND b.day < d
+            ORDER BY b.day DESC LIMIT 1) AS b ON true
+        WHERE t.enterprise_id = e AND t.pipeline_id = p.id AND t.day = d
           AND (t.created, t.success, t.failure, t.timeout, t.invalid, t.cancelled,
                t.recovered, t.recovered_micros, t.duration, t.queue)
-              = (SELECT coalesce(b.created, 0), coalesce(b.success, 0),
-                        coalesce(b.failure, 0), coalesce(b.timeout, 0),
-                        coalesce(b.invalid, 0), coalesce(b.cancelled, 0),
-                        coalesce(b.recovered, 0), coalesce(b.recovered_micros, 0),
-                        coalesce(b.duration, '{}'), coalesce(b.queue, '{}')
-                 FROM (SELECT) AS one LEFT JOIN LATERAL (
-                     SELECT * FROM run_insights_days b
-                     WHERE b.enterprise_id = e AND b.pipeline_id = p AND b.day < d
-                     ORDER BY b.day DESC LIMIT 1) AS b ON true);
+              = (coalesce(b.created, 0), coalesce(b.success, 0), coalesce(b.failure, 0),
+                 coalesce(b.timeout, 0), coalesce(b.invalid, 0), coalesce(b.cancelled, 0),
+                 coalesce(b.recovered, 0), coalesce(b.recovered_micros, 0),
+                 coalesce(b.duration, '{}'), coalesce(b.queue, '{}'));
     END IF;
 END
 $$;
@@ -165,7 +194,9 @@ BEGIN
                array_agg(u.n) AS ns
         FROM (SELECT date_bin('1 day', i.hour, timestamptz '2000-01-01 00:00Z') AS day,
                      i.metric, i.bin, sum(i.n)::bigint AS n
-              FROM run_insights i WHERE i.enterprise_id = e AND i.pipeline_id = p
+              FROM run_insights i
+              WHERE i.enterprise_id = e
+                AND (i.pipeline_id = p OR p = '00000000-0000-0000-0000-000000000000')
               GROUP BY 1, 2, 3
               UNION ALL
               SELECT r.day, m.metric, 0, m.n
@@ -182,11 +213,13 @@ BEGIN
         WHERE u.n <> 0
         GROUP BY u.day ORDER BY u.day
     LOOP
-        PERFORM run_insights_days_add(e, p, k.day, k.metrics, k.bins, k.ns);
+        PERFORM run_insights_days_add(e, ARRAY[p], k.day, k.metrics, k.bins, k.ns);
     END LOOP;
 END
 $$;
 
-LOCK TABLE pipeline_runs IN SHARE MODE;
 SELECT count(run_insights_days_rebuild(p.enterprise_id, p.pipeline_id))
-FROM (SELECT DISTINCT enterprise_id, pipeline_id FROM run_insights) AS p;
+FROM (SELECT DISTINCT enterprise_id, pipeline_id FROM run_insights
+      UNION
+      SELECT DISTINCT enterprise_id, '00000000-0000-0000-0000-000000000000'::uuid
+      FROM run_insights) AS p;

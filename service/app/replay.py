@@ -443,10 +443,12 @@ async def _compare_insights(conn: asyncpg.Connection, result: Scan, counted: _Co
 
 async def _day_drifts(conn: asyncpg.Connection, keys: Counter) -> list[DayDrift]:
     """run_insights_days against the running totals of the fold's run_insights keys and of
-    run_recoveries, per pipeline (and rollup) and day."""
+    run_recoveries, per pipeline and day, and per enterprise (the rollup: every pipeline's)."""
     own: dict[tuple, dict] = defaultdict(lambda: defaultdict(Counter))
     for (enterprise_id, hour, pipeline_id, metric, bin_), n in keys.items():
-        own[(enterprise_id, pipeline_id)][hour.replace(hour=0)][(metric, bin_)] += n
+        day = hour.replace(hour=0)
+        own[(enterprise_id, pipeline_id)][day][(metric, bin_)] += n
+        own[(enterprise_id, insight_keys.ALL_PIPELINES)][day][(metric, bin_)] += n
     for r in await insights_store.recoveries_by_day(conn):
         day = own[(r["enterprise_id"], r["pipeline_id"])][r["day"]]
         day[("recovered", 0)] += r["n"]

@@ -88,13 +88,9 @@ def run_keys(run: Mapping[str, Any]) -> list[tuple[datetime, str, int]]:
 
 
 def run_rows(pipeline_id, run: Mapping[str, Any]) -> list[tuple[datetime, Any, str, int]]:
-    """A run's (hour, pipeline, metric, bin) rows: its keys, and each again in the per-day
-    rollup (day start, ALL_PIPELINES): SQL's run_insight_rows, for replay's comparison."""
-    rows = []
-    for hour, metric, bin_ in run_keys(run):
-        rows.append((hour, pipeline_id, metric, bin_))
-        rows.append((hour.replace(hour=0), ALL_PIPELINES, metric, bin_))
-    return rows
+    """A run's run_insights rows (hour, pipeline, metric, bin): its keys under its pipeline
+    (run_insights_move in SQL), for replay's comparison."""
+    return [(hour, pipeline_id, metric, bin_) for hour, metric, bin_ in run_keys(run)]
 
 
 # A run_insights_days row's columns after (enterprise, pipeline, day): the counts, then

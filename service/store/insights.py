@@ -208,23 +208,23 @@ ON CONFLICT (enterprise_id, hour, pipeline_id, metric, bin) DO UPDATE SET n = i.
 BULK_LOAD = "SET LOCAL insights.bulk_load = 'on'"
 ADD_RUNS = """
 INSERT INTO run_insights AS i (enterprise_id, hour, pipeline_id, metric, bin, n)
-SELECT r.enterprise_id, k.hour, k.pipeline_id, k.metric, k.bin, count(*)
+SELECT r.enterprise_id, k.hour, r.pipeline_id, k.metric, k.bin, count(*)
 FROM pipeline_runs r,
-     LATERAL run_insight_rows(r.pipeline_id, r.created_at, r.started_at, r.ended_at,
-                              r.status) AS k
+     LATERAL run_insight_keys(r.created_at, r.started_at, r.ended_at, r.status) AS k
 WHERE r.enterprise_id = $1 AND r.id = ANY($2::uuid[])
 GROUP BY 1, 2, 3, 4, 5 ORDER BY 1, 2, 3, 4, 5
 ON CONFLICT (enterprise_id, hour, pipeline_id, metric, bin) DO UPDATE SET n = i.n + EXCLUDED.n
 """
-# ... and in the per-day running totals, per pipeline (and rollup) and day, in day order.
-ADD_RUN_DAYS = """
-SELECT count(run_insights_days_add($1, k.pipeline_id, k.day, k.metrics, k.bins, k.ns))
+# ... and in the per-day running totals, per pipeline and rollup and day, in day order.
+ADD_RUN_DAYS = f"""
+SELECT count(run_insights_days_add($1, ARRAY[k.pipeline_id], k.day, k.metrics, k.bins, k.ns))
 FROM (SELECT k.pipeline_id, date_bin('1 day', k.hour, timestamptz '2000-01-01 00:00Z') AS day,
              array_agg(k.metric) AS metrics, array_agg(k.bin) AS bins, array_agg(k.n) AS ns
-      FROM (SELECT k.hour, k.pipeline_id, k.metric, k.bin, count(*) AS n
+      FROM (SELECT k.hour, p.pipeline_id, k.metric, k.bin, count(*) AS n
             FROM pipeline_runs r,
-                 LATERAL run_insight_rows(r.pipeline_id, r.created_at, r.started_at,
-                                          r.ended_at, r.status) AS k
+                 LATERAL run_insight_keys(r.created_at, r.started_at, r.ended_at,
+                                          r.status) AS k,
+                 LATERAL (VALUES (r.pipeline_id), ('{ALL_PIPELINES}'::uuid)) AS p(pipeline_id)
             WHERE r.enterprise_id = $1 AND r.id = ANY($2::uuid[])
             GROUP BY 1, 2, 3, 4) AS k
       GROUP BY 1, 2 ORDER BY 2, 1) AS k
