@@ -153,12 +153,12 @@ RECOVERIES = {
 # The per-day running totals (schema.sql run_insights_days) at each boundary $4 (UTC day
 # starts): per member pipeline, its last row before the boundary (none: nothing yet). The
 # members: the live pipelines (filtered); or, answering for all of them, the rollup less
-# the soft-deleted pipelines (the rollup counts every pipeline's runs).
+# the soft-deleted pipelines (the rollup counts every pipeline's runs). The histograms in
+# PostgreSQL's binary form (domain/insights.py packed reads it without a step per bin).
 _TIER = """
 SELECT m.pipeline_id, m.sign, b.at, t.day, t.created, t.success, t.failure, t.timeout,
        t.invalid, t.cancelled, t.recovered, t.recovered_micros,
-       array_lower(t.duration, 1) AS duration_lo, t.duration,
-       array_lower(t.queue, 1) AS queue_lo, t.queue
+       array_send(t.duration) AS duration, array_send(t.queue) AS queue
 FROM ({members}) AS m, unnest($4::timestamptz[]) AS b(at),
      LATERAL (SELECT * FROM run_insights_days t
               WHERE t.enterprise_id = $1 AND t.pipeline_id = m.pipeline_id AND t.day < b.at
