@@ -581,24 +581,30 @@ BEGIN
     WHERE g.failed_at IS NOT NULL AND g.recovered_at > a;
 END
 $$;
--- Projection: the insights' per-day tier (service/store/insights.py reads it). Per
--- enterprise, pipeline (or the rollup's all-zeros id) and UTC day: everything the
--- run_insights rows of that pipeline hold up to the end of that day, summed (a running
--- total), and the recoveries ended by then (run_recoveries: count, and their times summed
--- in microseconds, exactly). So any whole-day span [a, b) of a pipeline is two rows: the
--- last row before b less the last row before a, whatever the span's length; a 90-day
--- answer per pipeline reads 400 rows instead of every hourly row of the quarter.
--- duration and queue are the log-bin histograms (insights_bin) as dense arrays whose
--- subscripts are the bins (lower bound: the first nonzero bin, upper: the last).
--- A row exists for the days that have something of their own (a key in run_insights or
--- a recovery): the row of a day that has none would equal the day before's. Kept with
--- run_insights by its trigger (run_insights_days_add) and by run_recoveries' trigger;
--- replay rebuilds a drifted pipeline's rows from run_insights and run_recoveries
--- (run_insights_days_rebuild) and verify names drifted rows (service/app/replay.py).
-CREATE TABLE IF NOT EXISTS run_insights_days (
+-- Projection: the insights' running totals (service/store/insights.py reads them). Per
+-- enterprise, pipeline (or the rollup's all-zeros id: every pipeline's) and 6-hour period
+-- (UTC, from midnight: insights_period): everything the run_insights rows of that
+-- pipeline hold up to the end of that period, summed, and the recoveries ended by then
+-- (run_recoveries: count, and their times summed in microseconds, exactly). So any span
+-- [a, b) of whole periods is two rows per pipeline: the last row before b less the last
+-- row before a, however long the span; a 90-day answer per pipeline reads 400 rows
+-- instead of every hourly row of the quarter, and at most 3 hours at each ragged end of a
+-- window come from run_insights. duration and queue are the log-bin histograms
+-- (insights_bin) as dense arrays whose subscripts are the bins (lower bound: the first
+-- nonzero bin, upper: the last). A row exists for the periods that have something of
+-- their own (a key in run_insights or a recovery): the row of a period that has none
+-- would equal the one before. Kept with run_insights by its trigger
+-- (run_insights_totals_add) and by run_recoveries' trigger; replay rebuilds a drifted
+-- pipeline's rows from run_insights and run_recoveries (run_insights_totals_rebuild) and
+-- verify names drifted rows (service/app/replay.py).
+CREATE OR REPLACE FUNCTION insights_period(at timestamptz) RETURNS timestamptz
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT date_bin('6 hours', at, timestamptz '2000-01-01 00:00Z')
+$$;
+CREATE TABLE IF NOT EXISTS run_insights_totals (
     enterprise_id    text        NOT NULL,
     pipeline_id      uuid        NOT NULL,
-    day              timestamptz NOT NULL,
+    at               timestamptz NOT NULL,  -- the period's start
     created          bigint      NOT NULL,
     success          bigint      NOT NULL,
     failure          bigint      NOT NULL,
@@ -609,9 +615,9 @@ CREATE TABLE IF NOT EXISTS run_insights_days (
     recovered_micros bigint      NOT NULL,
     duration         integer[]   NOT NULL,
     queue            integer[]   NOT NULL,
-    PRIMARY KEY (enterprise_id, pipeline_id, day)
+    PRIMARY KEY (enterprise_id, pipeline_id, at)
 ) WITH (toast_tuple_target = 8160);  -- rows of a few KB stay inline, uncompressed:
-                                      -- the write path rewrites today's row each time
+                                      -- the write path rewrites the current row each time
 
 -- A time in microseconds (the bins' unit; exact: extract gives numeric).
 CREATE OR REPLACE FUNCTION insights_micros(t interval) RETURNS bigint
@@ -670,14 +676,14 @@ BEGIN
 END
 $$;
 
--- Add keys of one UTC day (metric, bin, n: as in run_insights, plus 'recovered' and
--- 'recovered_micros' at bin 0) to the per-day running totals of each of the pipelines
--- `ps` (a run's pipeline and its enterprise's rollup): the day's row and every later one
--- added to, the day's row made if missing (the last row before it, plus the keys), and
--- dropped when it no longer differs from the day before's. Later rows exist only when
+-- Add keys of one period (metric, bin, n: as in run_insights, plus 'recovered' and
+-- 'recovered_micros' at bin 0) to the running totals of each of the pipelines `ps` (a
+-- run's pipeline and its enterprise's rollup): the period's row and every later one added
+-- to, the period's row made if missing (the last row before it, plus the keys), and
+-- dropped when it no longer differs from the one before. Later rows exist only when
 -- a change reaches back (a run's earlier keys moved or deleted). The keys are sorted into
 -- columns here in plain expressions: the write path's trigger calls this once per change.
-CREATE OR REPLACE FUNCTION run_insights_days_add(e text, ps uuid[], d timestamptz,
+CREATE OR REPLACE FUNCTION run_insights_totals_add(e text, ps uuid[], d timestamptz,
                                                  metrics text[], bins integer[],
                                                  ns bigint[]) RETURNS void
 LANGUAGE plpgsql AS $$
@@ -706,9 +712,9 @@ BEGIN
         END IF;
         gone := gone OR ns[i] < 0;
     END LOOP;
-    -- The day's row and later ones; a day's first change (per pipeline) finds none.
+    -- The period's row and later ones; a period's first change (per pipeline) finds none.
     WITH changed AS (
-        UPDATE run_insights_days AS t SET
+        UPDATE run_insights_totals AS t SET
             created = t.created + c[1], success = t.success + c[2],
             failure = t.failure + c[3], timeout = t.timeout + c[4],
             invalid = t.invalid + c[5], cancelled = t.cancelled + c[6],
@@ -717,11 +723,11 @@ BEGIN
                             ELSE insights_hist_add(t.duration, d_bins, d_ns) END,
             queue = CASE WHEN q_bins IS NULL THEN t.queue
                          ELSE insights_hist_add(t.queue, q_bins, q_ns) END
-        WHERE t.enterprise_id = e AND t.pipeline_id = ANY(ps) AND t.day >= d
-        RETURNING t.day)
-    SELECT count(*) INTO made FROM changed WHERE changed.day = d;
+        WHERE t.enterprise_id = e AND t.pipeline_id = ANY(ps) AND t.at >= d
+        RETURNING t.at)
+    SELECT count(*) INTO made FROM changed WHERE changed.at = d;
     IF made < cardinality(ps) THEN  -- the missing rows: the last row before, plus the keys
-        INSERT INTO run_insights_days AS t
+        INSERT INTO run_insights_totals AS t
         SELECT e, p.id, d, coalesce(b.created, 0) + c[1], coalesce(b.success, 0) + c[2],
                coalesce(b.failure, 0) + c[3], coalesce(b.timeout, 0) + c[4],
                coalesce(b.invalid, 0) + c[5], coalesce(b.cancelled, 0) + c[6],
@@ -729,19 +735,19 @@ BEGIN
                insights_hist_add(coalesce(b.duration, '{}'), d_bins, d_ns),
                insights_hist_add(coalesce(b.queue, '{}'), q_bins, q_ns)
         FROM unnest(ps) AS p(id) LEFT JOIN LATERAL (
-            SELECT * FROM run_insights_days t
-            WHERE t.enterprise_id = e AND t.pipeline_id = p.id AND t.day < d
-            ORDER BY t.day DESC LIMIT 1) AS b ON true
-        WHERE NOT EXISTS (SELECT FROM run_insights_days t
-                          WHERE t.enterprise_id = e AND t.pipeline_id = p.id AND t.day = d);
+            SELECT * FROM run_insights_totals t
+            WHERE t.enterprise_id = e AND t.pipeline_id = p.id AND t.at < d
+            ORDER BY t.at DESC LIMIT 1) AS b ON true
+        WHERE NOT EXISTS (SELECT FROM run_insights_totals t
+                          WHERE t.enterprise_id = e AND t.pipeline_id = p.id AND t.at = d);
     END IF;
     IF gone THEN
-        DELETE FROM run_insights_days AS t
+        DELETE FROM run_insights_totals AS t
         USING unnest(ps) AS p(id) LEFT JOIN LATERAL (
-            SELECT * FROM run_insights_days b
-            WHERE b.enterprise_id = e AND b.pipeline_id = p.id AND b.day < d
-            ORDER BY b.day DESC LIMIT 1) AS b ON true
-        WHERE t.enterprise_id = e AND t.pipeline_id = p.id AND t.day = d
+            SELECT * FROM run_insights_totals b
+            WHERE b.enterprise_id = e AND b.pipeline_id = p.id AND b.at < d
+            ORDER BY b.at DESC LIMIT 1) AS b ON true
+        WHERE t.enterprise_id = e AND t.pipeline_id = p.id AND t.at = d
           AND (t.created, t.success, t.failure, t.timeout, t.invalid, t.cancelled,
                t.recovered, t.recovered_micros, t.duration, t.queue)
               = (coalesce(b.created, 0), coalesce(b.success, 0), coalesce(b.failure, 0),
@@ -752,27 +758,27 @@ BEGIN
 END
 $$;
 
--- A pipeline's per-day rows rebuilt whole from run_insights and run_recoveries (replay's
--- repair, and migration 0007's fill), day by day in order (each add then writes one row).
-CREATE OR REPLACE FUNCTION run_insights_days_rebuild(e text, p uuid) RETURNS void
+-- A pipeline's running totals rebuilt whole from run_insights and run_recoveries (replay's
+-- repair, and migration 0007's fill), period by period in order (each add then writes one
+-- row).
+CREATE OR REPLACE FUNCTION run_insights_totals_rebuild(e text, p uuid) RETURNS void
 LANGUAGE plpgsql AS $$
 DECLARE
     k record;
 BEGIN
-    DELETE FROM run_insights_days WHERE enterprise_id = e AND pipeline_id = p;
+    DELETE FROM run_insights_totals WHERE enterprise_id = e AND pipeline_id = p;
     FOR k IN
-        SELECT u.day, array_agg(u.metric) AS metrics, array_agg(u.bin) AS bins,
+        SELECT u.at, array_agg(u.metric) AS metrics, array_agg(u.bin) AS bins,
                array_agg(u.n) AS ns
-        FROM (SELECT date_bin('1 day', i.hour, timestamptz '2000-01-01 00:00Z') AS day,
+        FROM (SELECT insights_period(i.hour) AS at,
                      i.metric, i.bin, sum(i.n)::bigint AS n
               FROM run_insights i
               WHERE i.enterprise_id = e
                 AND (i.pipeline_id = p OR p = '00000000-0000-0000-0000-000000000000')
               GROUP BY 1, 2, 3
               UNION ALL
-              SELECT r.day, m.metric, 0, m.n
-              FROM (SELECT date_bin('1 day', r.recovered_at, timestamptz '2000-01-01 00:00Z')
-                               AS day, count(*) AS n,
+              SELECT r.at, m.metric, 0, m.n
+              FROM (SELECT insights_period(r.recovered_at) AS at, count(*) AS n,
                            sum(insights_micros(r.recovered_at - r.failed_at))::bigint
                                AS micros
                     FROM run_recoveries r
@@ -782,9 +788,9 @@ BEGIN
                    LATERAL (VALUES ('recovered', r.n), ('recovered_micros', r.micros))
                        AS m(metric, n)) AS u
         WHERE u.n <> 0
-        GROUP BY u.day ORDER BY u.day
+        GROUP BY u.at ORDER BY u.at
     LOOP
-        PERFORM run_insights_days_add(e, ARRAY[p], k.day, k.metrics, k.bins, k.ns);
+        PERFORM run_insights_totals_add(e, ARRAY[p], k.at, k.metrics, k.bins, k.ns);
     END LOOP;
 END
 $$;
@@ -806,7 +812,7 @@ LANGUAGE sql IMMUTABLE AS $$
     GROUP BY 1, 2, 3, 4 HAVING sum(d.sign) <> 0
 $$;
 -- The trigger: the run's keys before the change out, after it in (zero sums skipped),
--- in run_insights and, per day, in the running totals of its pipeline and the rollup.
+-- in run_insights and, per period, in the running totals of its pipeline and the rollup.
 CREATE OR REPLACE FUNCTION run_insights_move() RETURNS trigger
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -824,12 +830,12 @@ BEGIN
                  SELECT e, d.* FROM d ORDER BY 2, 3, 4, 5
                  ON CONFLICT (enterprise_id, hour, pipeline_id, metric, bin)
                  DO UPDATE SET n = i.n + EXCLUDED.n)
-        SELECT d.pipeline_id, date_bin('1 day', d.hour, timestamptz '2000-01-01 00:00Z') AS day,
+        SELECT d.pipeline_id, insights_period(d.hour) AS at,
                array_agg(d.metric) AS metrics, array_agg(d.bin) AS bins, array_agg(d.n) AS ns
         FROM d GROUP BY 1, 2 ORDER BY 2, 1
     LOOP
-        PERFORM run_insights_days_add(
-            e, ARRAY[k.pipeline_id, '00000000-0000-0000-0000-000000000000'::uuid], k.day,
+        PERFORM run_insights_totals_add(
+            e, ARRAY[k.pipeline_id, '00000000-0000-0000-0000-000000000000'::uuid], k.at,
             k.metrics, k.bins, k.ns);
     END LOOP;
     -- Recoveries around the run before and after; a failure or timeout that no success
@@ -880,7 +886,7 @@ BEGIN
 END
 $$;
 
--- run_recoveries' rows in the per-day running totals of their pipeline and the rollup:
+-- run_recoveries' rows in the running totals of their pipeline and the rollup:
 -- every writer of run_recoveries (run_recoveries_refresh, under the feed lock) moves them.
 CREATE OR REPLACE FUNCTION run_recoveries_move() RETURNS trigger
 LANGUAGE plpgsql AS $$
@@ -888,15 +894,15 @@ DECLARE
     r run_recoveries := CASE WHEN TG_OP = 'INSERT' THEN NEW ELSE OLD END;
     sign integer := CASE WHEN TG_OP = 'INSERT' THEN 1 ELSE -1 END;
 BEGIN
-    PERFORM run_insights_days_add(
+    PERFORM run_insights_totals_add(
         r.enterprise_id, ARRAY[r.pipeline_id, '00000000-0000-0000-0000-000000000000'::uuid],
-        date_bin('1 day', r.recovered_at, timestamptz '2000-01-01 00:00Z'),
+        insights_period(r.recovered_at),
         ARRAY['recovered', 'recovered_micros'], ARRAY[0, 0],
         ARRAY[sign, sign * insights_micros(r.recovered_at - r.failed_at)]);
     RETURN NULL;
 END
 $$;
-CREATE OR REPLACE TRIGGER run_recoveries_days AFTER INSERT OR DELETE ON run_recoveries
+CREATE OR REPLACE TRIGGER run_recoveries_totals AFTER INSERT OR DELETE ON run_recoveries
     FOR EACH ROW EXECUTE FUNCTION run_recoveries_move();
 
 -- Projection: the stage runs of each live run, a snapshot of the pipeline's stages taken

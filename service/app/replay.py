@@ -70,11 +70,11 @@ class RecoveryDrift:
 
 
 @dataclass
-class DayDrift:
-    key: tuple  # (enterprise_id, pipeline_id, day) of a run_insights_days row
+class TotalDrift:
+    key: tuple  # (enterprise_id, pipeline_id, at) of a run_insights_totals row
     fields: list[str]  # the columns that differ (all of them: a row missing or surplus)
-    expected: tuple | None  # the row (DAY_COLUMNS) the fold's keys and the recoveries give
-    actual: tuple | None  # what run_insights_days says
+    expected: tuple | None  # the row (TOTAL_COLUMNS) the fold's keys and the recoveries give
+    actual: tuple | None  # what run_insights_totals says
 
 
 @dataclass
@@ -99,14 +99,14 @@ class Scan:
     insight_errors: Counter = field(default_factory=Counter)
     # run_recoveries rows that differ from the recomputation over the runs projection.
     recovery_drifts: list[RecoveryDrift] = field(default_factory=list)
-    # run_insights_days rows that differ from the running totals of the fold's keys (and
+    # run_insights_totals rows that differ from the running totals of the fold's keys (and
     # run_recoveries).
-    day_drifts: list[DayDrift] = field(default_factory=list)
+    total_drifts: list[TotalDrift] = field(default_factory=list)
 
     @property
     def clean(self) -> bool:
         return not (self.drifts or self.counter_drifts or self.version_drifts
-                    or self.insight_drifts or self.recovery_drifts or self.day_drifts)
+                    or self.insight_drifts or self.recovery_drifts or self.total_drifts)
 
 
 _ROW = operator.itemgetter(*sql.PROJECTION_COLUMNS)
@@ -438,36 +438,37 @@ async def _compare_insights(conn: asyncpg.Connection, result: Scan, counted: _Co
     # sorting all of them was seconds of one process alone at the end of a large scan.
     result.insight_drifts.extend(sorted(drifts, key=lambda d: str(d.key)))
     result.insight_errors.update(dict(sorted(errors.items(), key=lambda item: str(item[0]))))
-    result.day_drifts = await _day_drifts(conn, expected)
+    result.total_drifts = await _total_drifts(conn, expected)
 
 
-async def _day_drifts(conn: asyncpg.Connection, keys: Counter) -> list[DayDrift]:
-    """run_insights_days against the running totals of the fold's run_insights keys and of
-    run_recoveries, per pipeline and day, and per enterprise (the rollup: every pipeline's)."""
+async def _total_drifts(conn: asyncpg.Connection, keys: Counter) -> list[TotalDrift]:
+    """run_insights_totals against the running totals of the fold's run_insights keys and
+    of run_recoveries, per pipeline and period, and per enterprise (the rollup: every
+    pipeline's)."""
     own: dict[tuple, dict] = defaultdict(lambda: defaultdict(Counter))
     for (enterprise_id, hour, pipeline_id, metric, bin_), n in keys.items():
-        day = hour.replace(hour=0)
-        own[(enterprise_id, pipeline_id)][day][(metric, bin_)] += n
-        own[(enterprise_id, insight_keys.ALL_PIPELINES)][day][(metric, bin_)] += n
-    for r in await insights_store.recoveries_by_day(conn):
-        day = own[(r["enterprise_id"], r["pipeline_id"])][r["day"]]
-        day[("recovered", 0)] += r["n"]
-        day[("recovered_micros", 0)] += r["micros"]
+        at = insight_keys.period_of(hour)
+        own[(enterprise_id, pipeline_id)][at][(metric, bin_)] += n
+        own[(enterprise_id, insight_keys.ALL_PIPELINES)][at][(metric, bin_)] += n
+    for r in await insights_store.recoveries_by_period(conn):
+        period = own[(r["enterprise_id"], r["pipeline_id"])][r["at"]]
+        period[("recovered", 0)] += r["n"]
+        period[("recovered_micros", 0)] += r["micros"]
     stored: dict[tuple, dict] = defaultdict(dict)
-    for r in await insights_store.all_day_totals(conn):
-        stored[(r["enterprise_id"], r["pipeline_id"])][r["day"]] = (
-            *(r[c] for c in insight_keys.DAY_COLUMNS[:-2]),
+    for r in await insights_store.all_totals(conn):
+        stored[(r["enterprise_id"], r["pipeline_id"])][r["at"]] = (
+            *(r[c] for c in insight_keys.TOTAL_COLUMNS[:-2]),
             *((r[f"{m}_lo"], tuple(r[m])) for m in insight_keys.HISTOGRAMS))
     drifts = []
     for pipeline in own.keys() | stored.keys():
-        want = {row[0]: row[1:] for row in insight_keys.day_rows(own.get(pipeline, {}))}
+        want = {row[0]: row[1:] for row in insight_keys.total_rows(own.get(pipeline, {}))}
         have = stored.get(pipeline, {})
-        for day in want.keys() | have.keys():
-            w, h = want.get(day), have.get(day)
+        for at in want.keys() | have.keys():
+            w, h = want.get(at), have.get(at)
             if w != h:
-                fields = [c for i, c in enumerate(insight_keys.DAY_COLUMNS)
+                fields = [c for i, c in enumerate(insight_keys.TOTAL_COLUMNS)
                           if w is None or h is None or w[i] != h[i]]
-                drifts.append(DayDrift((*pipeline, day), fields, w, h))
+                drifts.append(TotalDrift((*pipeline, at), fields, w, h))
     return sorted(drifts, key=lambda d: str(d.key))
 
 
@@ -536,7 +537,7 @@ async def _replay(conn: asyncpg.Connection, dsn: str | None, memory_mb: int) -> 
     caught_up = await _catch_up(conn, result.heads, {item[0] for item in skipped},
                                 result.counter_errors, result.insight_errors,
                                 {d.key[:2] for d in result.recovery_drifts},
-                                _day_totals_to_rebuild(result))
+                                _totals_to_rebuild(result))
     return ReplayReport(result.events, result.runs, len(result.drifts), caught_up,
                         time.perf_counter() - started,
                         counters_repaired=len(result.counter_errors),
@@ -545,11 +546,11 @@ async def _replay(conn: asyncpg.Connection, dsn: str | None, memory_mb: int) -> 
                         version_drifts=len(result.version_drifts))
 
 
-def _day_totals_to_rebuild(result: Scan) -> set[tuple]:
-    """The (enterprise, pipeline)s whose run_insights_days replay rebuilds: those that
+def _totals_to_rebuild(result: Scan) -> set[tuple]:
+    """The (enterprise, pipeline)s whose run_insights_totals replay rebuilds: those that
     drifted, or whose run_insights rows or recoveries are repaired other than by the
     triggers; and their enterprises' rollups."""
-    pipelines = ({d.key[:2] for d in result.day_drifts}
+    pipelines = ({d.key[:2] for d in result.total_drifts}
                  | {(k[0], k[2]) for k in result.insight_errors}
                  | {d.key[:2] for d in result.recovery_drifts})
     return pipelines | {(e, insight_keys.ALL_PIPELINES) for e, _ in pipelines}
@@ -557,7 +558,7 @@ def _day_totals_to_rebuild(result: Scan) -> set[tuple]:
 
 async def _catch_up(conn: asyncpg.Connection, heads: dict[str, int], keys: set,
                     counter_errors: Counter, insight_errors: Counter,
-                    recovered: set[tuple], day_totals: set[tuple]) -> int:
+                    recovered: set[tuple], totals: set[tuple]) -> int:
     """Under a short write lock: re-fold the runs changed since the scan, and the skipped;
     take the counters' snapshot error back out (patches and writes never change it)."""
     async with conn.transaction():
@@ -575,7 +576,7 @@ async def _catch_up(conn: asyncpg.Connection, heads: dict[str, int], keys: set,
         # Recoveries follow the runs projection (its patches move them at commit); the
         # pipelines whose recoveries drifted otherwise are recomputed whole.
         await insights_store.refresh_recoveries(conn, recovered)
-        await insights_store.rebuild_days(conn, day_totals)
+        await insights_store.rebuild_totals(conn, totals)
         return len(keys)
 
 

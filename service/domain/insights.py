@@ -30,8 +30,10 @@ PERCENTILES: tuple[tuple[str, float], ...] = (
 RELATIVE_ERROR = 0.01
 _LAST = 3153600000000000  # 100 years in microseconds (schema.sql insights_bounds)
 _EPOCH = datetime(2000, 1, 1, tzinfo=timezone.utc)
-# The pipeline id of the enterprise's per-day rollup rows (no pipeline has it).
+# The pipeline id of the enterprise's rollup in the running totals (no pipeline has it).
 ALL_PIPELINES = UUID(int=0)
+# The running totals' period (schema.sql insights_period: 6-hour periods from midnight UTC).
+PERIOD = timedelta(hours=6)
 
 
 def _bounds() -> list[int]:
@@ -65,8 +67,8 @@ def estimate(bin_: int) -> float:
 ESTIMATES: list[float] = [estimate(b) for b in range(len(BOUNDS) + 1)]
 # The metrics counted as histograms (bins of times); the others are counts (bin 0).
 HISTOGRAMS: tuple[str, ...] = ("duration", "queue")
-# The per-day running totals' counts (schema.sql run_insights_days), by column.
-DAY_COUNTS: tuple[str, ...] = ("created", *OUTCOMES)
+# The running totals' counts (schema.sql run_insights_totals), by column.
+TOTAL_COUNTS: tuple[str, ...] = ("created", *OUTCOMES)
 
 
 def _hour(at: datetime) -> datetime:
@@ -96,9 +98,9 @@ def run_rows(pipeline_id, run: Mapping[str, Any]) -> list[tuple[datetime, Any, s
     return [(hour, pipeline_id, metric, bin_) for hour, metric, bin_ in run_keys(run)]
 
 
-# A run_insights_days row's columns after (enterprise, pipeline, day): the counts, then
+# A run_insights_totals row's columns after (enterprise, pipeline, at): the counts, then
 # each histogram as (first bin, counts) ((None, ()) when empty).
-DAY_COLUMNS: tuple[str, ...] = (*DAY_COUNTS, "recovered", "recovered_micros", *HISTOGRAMS)
+TOTAL_COLUMNS: tuple[str, ...] = (*TOTAL_COUNTS, "recovered", "recovered_micros", *HISTOGRAMS)
 
 
 def _widen(hist: list, bin_: int, n: int) -> None:
@@ -115,16 +117,22 @@ def _widen(hist: list, bin_: int, n: int) -> None:
     counts[bin_ - lo] += n
 
 
-def day_rows(days: Mapping[datetime, Mapping[tuple[str, int], int]]) -> list[tuple]:
-    """A pipeline's run_insights_days rows (day, *DAY_COLUMNS) from each day's own counts
-    {(metric, bin): n} (its run_insights keys, and 'recovered' and 'recovered_micros' at bin
-    0): the running totals at each day that has something (SQL's run_insights_days_add;
-    replay compares the two). The counts are a fold's: none negative, nothing to trim."""
-    totals = dict.fromkeys(DAY_COLUMNS[:-len(HISTOGRAMS)], 0)
+def period_of(hour: datetime) -> datetime:
+    """The start of the 6-hour period an hour is in (SQL's insights_period)."""
+    return hour.replace(hour=hour.hour - hour.hour % 6)
+
+
+def total_rows(periods: Mapping[datetime, Mapping[tuple[str, int], int]]) -> list[tuple]:
+    """A pipeline's run_insights_totals rows (at, *TOTAL_COLUMNS) from each period's own
+    counts {(metric, bin): n} (its run_insights keys, and 'recovered' and 'recovered_micros'
+    at bin 0): the running totals at each period that has something (SQL's
+    run_insights_totals_add; replay compares the two). The counts are a fold's: none
+    negative, nothing to trim."""
+    totals = dict.fromkeys(TOTAL_COLUMNS[:-len(HISTOGRAMS)], 0)
     hists = {m: [None, []] for m in HISTOGRAMS}
     rows = []
-    for day in sorted(days):
-        own = {k: n for k, n in days[day].items() if n}
+    for at in sorted(periods):
+        own = {k: n for k, n in periods[at].items() if n}
         if not own:
             continue
         for (metric, bin_), n in own.items():
@@ -132,7 +140,7 @@ def day_rows(days: Mapping[datetime, Mapping[tuple[str, int], int]]) -> list[tup
                 _widen(hists[metric], bin_, n)
             else:
                 totals[metric] += n
-        rows.append((day, *totals.values(),
+        rows.append((at, *totals.values(),
                      *((h[0], tuple(h[1])) for h in hists.values())))
     return rows
 
@@ -239,8 +247,11 @@ def packed(sent: bytes) -> int:
 
 
 def packed_bins(bins: Iterable[tuple[int, int]]) -> int:
-    """Sparse (bin, n) (n < 0: taken out) as one integer, like packed."""
-    return sum(n << (64 * (TOP - b)) for b, n in bins)
+    """Sparse (bin, n) in bin order (n < 0: taken out) as one integer, like packed (built
+    from its last bin up, then shifted once: small integers until then)."""
+    bins = list(bins)
+    last = bins[-1][0]
+    return sum(n << (64 * (last - b)) for b, n in bins) << (64 * (TOP - last))
 
 
 def unpacked(total: int) -> tuple[int, Any]:
@@ -275,10 +286,10 @@ class Tally:
         else:
             self.counts[metric] = self.counts.get(metric, 0) + sum(n for _, n in bins)
 
-    def add_day_totals(self, sign: int, row: Mapping[str, Any]) -> None:
-        """A run_insights_days row (from _TIER: histograms as array_send gives them), added
+    def add_totals(self, sign: int, row: Mapping[str, Any]) -> None:
+        """A run_insights_totals row (from _TIER: histograms as array_send gives them), added
         (1) or taken out (-1)."""
-        for metric in DAY_COUNTS:
+        for metric in TOTAL_COUNTS:
             if row[metric]:
                 self.counts[metric] = self.counts.get(metric, 0) + sign * row[metric]
         for metric in HISTOGRAMS:

@@ -1,10 +1,10 @@
 """Insights SQL: the projections' counters (or, as of a past time, the events) per row.
 
-run_insights, run_recoveries and run_insights_days are kept by triggers (schema.sql); here
+run_insights, run_recoveries and run_insights_totals are kept by triggers (schema.sql); here
 they are only read, and for replay compared and repaired. Parameters of the hourly rows and
 recoveries: $1 enterprise, $2 from, $3 to (UTC hours), $4 pipeline ids (NULL: all), $5
-pipeline name (NULL: any), $6 as_of (NULL: now), and live $7, $8 the days the per-day
-running totals answer instead (tier_days); one statement per granularity, grouping and
+pipeline name (NULL: any), $6 as_of (NULL: now), and live $7, $8 the span of whole
+6-hour periods the running totals answer instead (tier_span); one statement per granularity, grouping and
 as_of (COUNTERS, RECOVERIES). The running totals: TIER_PIPELINES, TIER_ROLLUP.
 """
 from __future__ import annotations
@@ -13,7 +13,7 @@ from datetime import datetime, timedelta
 
 import asyncpg
 
-from service.domain.insights import ALL_PIPELINES, OUTCOMES
+from service.domain.insights import ALL_PIPELINES, OUTCOMES, PERIOD
 from service.store.locks import FEED_LOCKS
 
 _TERMINAL = ", ".join(f"'{o}'" for o in OUTCOMES)
@@ -51,10 +51,11 @@ _STATES_AS_OF = f"""states AS (
 )"""
 # Counters per (pipeline or NULL, bucket, metric, bin): from the projection, or as of $6
 # folded from the events (no pre-aggregate holds the past).
-# Live: the window [$2, $3) less the days [$7, $8) that the per-day running totals answer
+# Live: the window [$2, $3) less the periods [$7, $8) that the running totals answer
 # (TIER), from the hourly rows of the live pipelines: added where the window reaches past
-# those days ([$2, $7), [$8, $3)), taken out where the days reach past the window
-# ([$7, $2), [$3, $8)). No such days: $7 = $8 = $3 (tier_days), the whole window hourly.
+# those periods ([$2, $7), [$8, $3)), taken out where the periods reach past the window
+# ([$7, $2), [$3, $8)); at most 3 hours at each end. No such periods: $7 = $8 = $3
+# (tier_span), the whole window hourly.
 _HOURLY = """SELECT i.hour, i.pipeline_id, i.metric, i.bin, {sign}i.n
           FROM run_insights i {{pipelines}}
           WHERE i.enterprise_id = $1 AND i.hour >= {lo} AND i.hour < {hi}"""
@@ -127,7 +128,7 @@ COUNTERS = {
         else _statement(_COUNTERS_NOW, "i", "i.hour", g, grouped)) + _SORTED
     for g, grouped, past in _SHAPES}
 # Live, from the recoveries projection (schema.sql run_recoveries): the window's rows
-# outside the days the per-day running totals answer, added or taken out as the counters'.
+# outside the periods the running totals answer, added or taken out as the counters'.
 _RECOVERED = """SELECT g.pipeline_id, g.recovered_at, g.failed_at, {sign}1 AS sign
           FROM run_recoveries g
           WHERE g.enterprise_id = $1 AND g.recovered_at >= {lo} AND g.recovered_at < {hi}"""
@@ -150,19 +151,19 @@ RECOVERIES = {
         else _statement(_RECOVERIES_NOW, "g", "g.recovered_at", g, grouped))
     for g, grouped, past in _SHAPES}
 
-# The per-day running totals (schema.sql run_insights_days) at each boundary $4 (UTC day
+# The running totals (schema.sql run_insights_totals) at each boundary $4 (period
 # starts): per member pipeline, its last row before the boundary (none: nothing yet). The
 # members: the live pipelines (filtered); or, answering for all of them, the rollup less
 # the soft-deleted pipelines (the rollup counts every pipeline's runs). The histograms in
 # PostgreSQL's binary form (domain/insights.py packed reads it without a step per bin).
 _TIER = """
-SELECT m.pipeline_id, m.sign, b.at, t.day, t.created, t.success, t.failure, t.timeout,
+SELECT m.pipeline_id, m.sign, b.at AS boundary, t.at, t.created, t.success, t.failure, t.timeout,
        t.invalid, t.cancelled, t.recovered, t.recovered_micros,
        array_send(t.duration) AS duration, array_send(t.queue) AS queue
 FROM ({members}) AS m, unnest($4::timestamptz[]) AS b(at),
-     LATERAL (SELECT * FROM run_insights_days t
-              WHERE t.enterprise_id = $1 AND t.pipeline_id = m.pipeline_id AND t.day < b.at
-              ORDER BY t.day DESC LIMIT 1) AS t
+     LATERAL (SELECT * FROM run_insights_totals t
+              WHERE t.enterprise_id = $1 AND t.pipeline_id = m.pipeline_id AND t.at < b.at
+              ORDER BY t.at DESC LIMIT 1) AS t
 """
 TIER_PIPELINES = _TIER.format(members="""
     SELECT p.id AS pipeline_id, 1 AS sign FROM pipelines p
@@ -215,10 +216,10 @@ WHERE r.enterprise_id = $1 AND r.id = ANY($2::uuid[])
 GROUP BY 1, 2, 3, 4, 5 ORDER BY 1, 2, 3, 4, 5
 ON CONFLICT (enterprise_id, hour, pipeline_id, metric, bin) DO UPDATE SET n = i.n + EXCLUDED.n
 """
-# ... and in the per-day running totals, per pipeline and rollup and day, in day order.
-ADD_RUN_DAYS = f"""
-SELECT count(run_insights_days_add($1, ARRAY[k.pipeline_id], k.day, k.metrics, k.bins, k.ns))
-FROM (SELECT k.pipeline_id, date_bin('1 day', k.hour, timestamptz '2000-01-01 00:00Z') AS day,
+# ... and in the running totals, per pipeline and rollup and period, in period order.
+ADD_RUN_TOTALS = f"""
+SELECT count(run_insights_totals_add($1, ARRAY[k.pipeline_id], k.at, k.metrics, k.bins, k.ns))
+FROM (SELECT k.pipeline_id, insights_period(k.hour) AS at,
              array_agg(k.metric) AS metrics, array_agg(k.bin) AS bins, array_agg(k.n) AS ns
       FROM (SELECT k.hour, p.pipeline_id, k.metric, k.bin, count(*) AS n
             FROM pipeline_runs r,
@@ -268,17 +269,17 @@ FROM want w FULL JOIN run_recoveries s
 WHERE w.run_id IS NULL OR s.run_id IS NULL
 ORDER BY 1, 2, 3
 """
-# Verify: every per-day running total, and the recoveries per (pipeline and rollup, day)
+# Verify: every running total, and the recoveries per (pipeline and rollup, period)
 # they are compared with (run_recoveries is checked against the runs on its own).
-ALL_DAY_TOTALS = """
-SELECT enterprise_id, pipeline_id, day, created, success, failure, timeout, invalid,
+ALL_TOTALS = """
+SELECT enterprise_id, pipeline_id, at, created, success, failure, timeout, invalid,
        cancelled, recovered, recovered_micros, array_lower(duration, 1) AS duration_lo,
        duration, array_lower(queue, 1) AS queue_lo, queue
-FROM run_insights_days
+FROM run_insights_totals
 """
-RECOVERIES_BY_DAY = f"""
+RECOVERIES_BY_PERIOD = f"""
 SELECT r.enterprise_id, p.pipeline_id,
-       date_bin('1 day', r.recovered_at, timestamptz '2000-01-01 00:00Z') AS day,
+       insights_period(r.recovered_at) AS at,
        count(*) AS n, sum(insights_micros(r.recovered_at - r.failed_at))::bigint AS micros
 FROM run_recoveries r, LATERAL (VALUES (r.pipeline_id), ('{ALL_PIPELINES}'::uuid))
     AS p(pipeline_id)
@@ -286,11 +287,11 @@ GROUP BY 1, 2, 3
 """
 # Replay: drifted pipelines' (and rollups') running totals rebuilt whole from run_insights
 # and run_recoveries, under their enterprises' feed locks.
-REBUILD_DAYS = f"""
+REBUILD_TOTALS = f"""
 WITH feed_locks AS MATERIALIZED (
     {FEED_LOCKS.format(enterprises="SELECT unnest($1::text[])")}
 )
-SELECT run_insights_days_rebuild(p.e, p.p)
+SELECT run_insights_totals_rebuild(p.e, p.p)
 FROM feed_locks, unnest($1::text[], $2::uuid[]) AS p(e, p)
 """
 # Replay: a drifted pipeline's recoveries recomputed whole, under its enterprise's feed lock.
@@ -317,47 +318,51 @@ def _args(enterprise_id: str, window: tuple, pipeline_ids, pipeline_name, as_of)
     return (enterprise_id, window[0], window[1], pipeline_ids, pipeline_name, as_of)
 
 
-def tier_days(window: tuple, granularity, as_of, now: datetime) -> tuple[datetime, datetime]:
-    """The UTC days [first, last) the per-day running totals answer ([to, to): none).
+def tier_span(window: tuple, granularity, as_of, now: datetime) -> tuple[datetime, datetime]:
+    """The whole periods [first, last) the running totals answer ([to, to): none).
 
-    A day the window covers in part is read from them (less the hours outside the window)
-    when fewer of its hours lie outside than inside; hours after now count as none
-    (nothing has happened there)."""
+    A period the window covers in part is read from them (less its hours outside the
+    window) when fewer of its hours lie outside than inside, else its hours inside come
+    from the hourly rows; hours after now count as none (nothing has happened there)."""
     frm, to = window
     if as_of is not None or granularity == "hour":
         return to, to
-    day = timedelta(days=1)
-    first, last = frm.replace(hour=0), to.replace(hour=0)
-    if frm.hour and frm.hour >= 24 - frm.hour:
-        first += day  # the first day's hours in the window from the hourly rows
-    if to.hour and min(last + day, max(now, to)) - to < to - last:
-        last += day  # the last day from the totals, less its hours from `to` on
+    first, last = _period(frm), _period(to)
+    if frm - first >= first + PERIOD - frm:
+        first += PERIOD  # the first period's hours in the window from the hourly rows
+    if to > last and min(last + PERIOD, max(now, to)) - to < to - last:
+        last += PERIOD  # the last period from the totals, less its hours from `to` on
     return (first, last) if first < last else (to, to)
+
+
+def _period(at: datetime) -> datetime:
+    """The start of the 6-hour period `at` is in (SQL's insights_period)."""
+    return at.replace(hour=at.hour - at.hour % 6, minute=0, second=0, microsecond=0)
 
 
 async def counters(conn: asyncpg.Connection, enterprise_id: str, window: tuple, pipeline_ids,
                    pipeline_name, granularity, group: bool, as_of,
-                   days: tuple) -> list[asyncpg.Record]:
+                   span: tuple) -> list[asyncpg.Record]:
     """(pipeline or NULL, bucket, metric, bin, n), in that order, no zeros: the hourly rows
-    of the window outside `days` (tier_days), or as of a past time the whole window's."""
+    of the window outside `span` (tier_span), or as of a past time the whole window's."""
     args = _args(enterprise_id, window, pipeline_ids, pipeline_name, as_of)
     return await conn.fetch(COUNTERS[(granularity, group, as_of is not None)],
-                            *(args if as_of is not None else args + days))
+                            *(args if as_of is not None else args + span))
 
 
 async def recoveries(conn: asyncpg.Connection, enterprise_id: str, window: tuple, pipeline_ids,
                      pipeline_name, granularity, group: bool, as_of,
-                     days: tuple) -> list[asyncpg.Record]:
-    """Per (pipeline or NULL, bucket): n recoveries ended there (outside `days`), their
+                     span: tuple) -> list[asyncpg.Record]:
+    """Per (pipeline or NULL, bucket): n recoveries ended there (outside `span`), their
     microseconds summed."""
     args = _args(enterprise_id, window, pipeline_ids, pipeline_name, as_of)
     return await conn.fetch(RECOVERIES[(granularity, group, as_of is not None)],
-                            *(args if as_of is not None else args + days))
+                            *(args if as_of is not None else args + span))
 
 
 async def tier(conn: asyncpg.Connection, enterprise_id: str, pipeline_ids, pipeline_name,
                per_pipeline: bool, boundaries: list[datetime]) -> list[asyncpg.Record]:
-    """The per-day running totals at each boundary: per live pipeline (per_pipeline), else
+    """The running totals at each boundary: per live pipeline (per_pipeline), else
     the rollup's (sign 1) and each soft-deleted pipeline's (sign -1)."""
     return await conn.fetch(TIER_PIPELINES if per_pipeline else TIER_ROLLUP, enterprise_id,
                             pipeline_ids, pipeline_name, boundaries)
@@ -384,23 +389,23 @@ async def add_runs(conn: asyncpg.Connection, enterprise_id: str, run_ids: list) 
     await conn.execute(ADD_RUNS, enterprise_id, run_ids)
 
 
-async def add_run_days(conn: asyncpg.Connection, enterprise_id: str, run_ids: list) -> None:
-    await conn.execute(ADD_RUN_DAYS, enterprise_id, run_ids)
+async def add_run_totals(conn: asyncpg.Connection, enterprise_id: str, run_ids: list) -> None:
+    await conn.execute(ADD_RUN_TOTALS, enterprise_id, run_ids)
 
 
-async def all_day_totals(conn: asyncpg.Connection) -> list[asyncpg.Record]:
-    return await conn.fetch(ALL_DAY_TOTALS)
+async def all_totals(conn: asyncpg.Connection) -> list[asyncpg.Record]:
+    return await conn.fetch(ALL_TOTALS)
 
 
-async def recoveries_by_day(conn: asyncpg.Connection) -> list[asyncpg.Record]:
-    return await conn.fetch(RECOVERIES_BY_DAY)
+async def recoveries_by_period(conn: asyncpg.Connection) -> list[asyncpg.Record]:
+    return await conn.fetch(RECOVERIES_BY_PERIOD)
 
 
-async def rebuild_days(conn: asyncpg.Connection, pipelines: set[tuple]) -> None:
-    """Rebuild these (enterprise_id, pipeline_id)'s per-day running totals (replay)."""
+async def rebuild_totals(conn: asyncpg.Connection, pipelines: set[tuple]) -> None:
+    """Rebuild these (enterprise_id, pipeline_id)'s running totals (replay)."""
     if pipelines:
         keys = sorted(pipelines, key=str)
-        await conn.execute(REBUILD_DAYS, [k[0] for k in keys], [k[1] for k in keys])
+        await conn.execute(REBUILD_TOTALS, [k[0] for k in keys], [k[1] for k in keys])
 
 
 async def add_recoveries(conn: asyncpg.Connection, enterprise_id: str, run_ids: list) -> None:

@@ -1,33 +1,39 @@
--- run_insights_days (the insights' per-day running totals; see schema.sql) on a database
--- from before it existed: created and filled from run_insights and run_recoveries, a
--- pipeline (and each enterprise's rollup) at a time, day by day. The per-day rollup rows
--- that run_insights held (pipeline all zeros) and their index go: run_insights_days
--- answers whole days now. Writers of pipeline_runs wait meanwhile (SHARE lock until the
--- migration commits), and schema.sql, applied in the same transaction right after, makes
--- the triggers keep it from then on.
+-- run_insights_totals (the insights' running totals per 6-hour period; see schema.sql) on
+-- a database from before they existed: created and filled from run_insights and
+-- run_recoveries, a pipeline (and each enterprise's rollup) at a time, period by period.
+-- The per-day rollup rows that run_insights held (pipeline all zeros) and their index go:
+-- the running totals answer whole periods now. Writers of pipeline_runs wait meanwhile
+-- (SHARE lock until the migration commits), and schema.sql, applied in the same
+-- transaction right after, makes the triggers keep them from then on.
 LOCK TABLE pipeline_runs IN SHARE MODE;
 DELETE FROM run_insights WHERE pipeline_id = '00000000-0000-0000-0000-000000000000';
 DROP INDEX IF EXISTS run_insights_rollup;
 DROP FUNCTION IF EXISTS run_insight_rows(uuid, timestamptz, timestamptz, timestamptz, text);
 
--- Projection: the insights' per-day tier (service/store/insights.py reads it). Per
--- enterprise, pipeline (or the rollup's all-zeros id) and UTC day: everything the
--- run_insights rows of that pipeline hold up to the end of that day, summed (a running
--- total), and the recoveries ended by then (run_recoveries: count, and their times summed
--- in microseconds, exactly). So any whole-day span [a, b) of a pipeline is two rows: the
--- last row before b less the last row before a, whatever the span's length; a 90-day
--- answer per pipeline reads 400 rows instead of every hourly row of the quarter.
--- duration and queue are the log-bin histograms (insights_bin) as dense arrays whose
--- subscripts are the bins (lower bound: the first nonzero bin, upper: the last).
--- A row exists for the days that have something of their own (a key in run_insights or
--- a recovery): the row of a day that has none would equal the day before's. Kept with
--- run_insights by its trigger (run_insights_days_add) and by run_recoveries' trigger;
--- replay rebuilds a drifted pipeline's rows from run_insights and run_recoveries
--- (run_insights_days_rebuild) and verify names drifted rows (service/app/replay.py).
-CREATE TABLE IF NOT EXISTS run_insights_days (
+-- Projection: the insights' running totals (service/store/insights.py reads them). Per
+-- enterprise, pipeline (or the rollup's all-zeros id: every pipeline's) and 6-hour period
+-- (UTC, from midnight: insights_period): everything the run_insights rows of that
+-- pipeline hold up to the end of that period, summed, and the recoveries ended by then
+-- (run_recoveries: count, and their times summed in microseconds, exactly). So any span
+-- [a, b) of whole periods is two rows per pipeline: the last row before b less the last
+-- row before a, however long the span; a 90-day answer per pipeline reads 400 rows
+-- instead of every hourly row of the quarter, and at most 3 hours at each ragged end of a
+-- window come from run_insights. duration and queue are the log-bin histograms
+-- (insights_bin) as dense arrays whose subscripts are the bins (lower bound: the first
+-- nonzero bin, upper: the last). A row exists for the periods that have something of
+-- their own (a key in run_insights or a recovery): the row of a period that has none
+-- would equal the one before. Kept with run_insights by its trigger
+-- (run_insights_totals_add) and by run_recoveries' trigger; replay rebuilds a drifted
+-- pipeline's rows from run_insights and run_recoveries (run_insights_totals_rebuild) and
+-- verify names drifted rows (service/app/replay.py).
+CREATE OR REPLACE FUNCTION insights_period(at timestamptz) RETURNS timestamptz
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT date_bin('6 hours', at, timestamptz '2000-01-01 00:00Z')
+$$;
+CREATE TABLE IF NOT EXISTS run_insights_totals (
     enterprise_id    text        NOT NULL,
     pipeline_id      uuid        NOT NULL,
-    day              timestamptz NOT NULL,
+    at               timestamptz NOT NULL,  -- the period's start
     created          bigint      NOT NULL,
     success          bigint      NOT NULL,
     failure          bigint      NOT NULL,
@@ -38,9 +44,9 @@ CREATE TABLE IF NOT EXISTS run_insights_days (
     recovered_micros bigint      NOT NULL,
     duration         integer[]   NOT NULL,
     queue            integer[]   NOT NULL,
-    PRIMARY KEY (enterprise_id, pipeline_id, day)
+    PRIMARY KEY (enterprise_id, pipeline_id, at)
 ) WITH (toast_tuple_target = 8160);  -- rows of a few KB stay inline, uncompressed:
-                                      -- the write path rewrites today's row each time
+                                      -- the write path rewrites the current row each time
 
 -- A time in microseconds (the bins' unit; exact: extract gives numeric).
 CREATE OR REPLACE FUNCTION insights_micros(t interval) RETURNS bigint
@@ -99,14 +105,14 @@ BEGIN
 END
 $$;
 
--- Add keys of one UTC day (metric, bin, n: as in run_insights, plus 'recovered' and
--- 'recovered_micros' at bin 0) to the per-day running totals of each of the pipelines
--- `ps` (a run's pipeline and its enterprise's rollup): the day's row and every later one
--- added to, the day's row made if missing (the last row before it, plus the keys), and
--- dropped when it no longer differs from the day before's. Later rows exist only when
+-- Add keys of one period (metric, bin, n: as in run_insights, plus 'recovered' and
+-- 'recovered_micros' at bin 0) to the running totals of each of the pipelines `ps` (a
+-- run's pipeline and its enterprise's rollup): the period's row and every later one added
+-- to, the period's row made if missing (the last row before it, plus the keys), and
+-- dropped when it no longer differs from the one before. Later rows exist only when
 -- a change reaches back (a run's earlier keys moved or deleted). The keys are sorted into
 -- columns here in plain expressions: the write path's trigger calls this once per change.
-CREATE OR REPLACE FUNCTION run_insights_days_add(e text, ps uuid[], d timestamptz,
+CREATE OR REPLACE FUNCTION run_insights_totals_add(e text, ps uuid[], d timestamptz,
                                                  metrics text[], bins integer[],
                                                  ns bigint[]) RETURNS void
 LANGUAGE plpgsql AS $$
@@ -135,9 +141,9 @@ BEGIN
         END IF;
         gone := gone OR ns[i] < 0;
     END LOOP;
-    -- The day's row and later ones; a day's first change (per pipeline) finds none.
+    -- The period's row and later ones; a period's first change (per pipeline) finds none.
     WITH changed AS (
-        UPDATE run_insights_days AS t SET
+        UPDATE run_insights_totals AS t SET
             created = t.created + c[1], success = t.success + c[2],
             failure = t.failure + c[3], timeout = t.timeout + c[4],
             invalid = t.invalid + c[5], cancelled = t.cancelled + c[6],
@@ -146,11 +152,11 @@ BEGIN
                             ELSE insights_hist_add(t.duration, d_bins, d_ns) END,
             queue = CASE WHEN q_bins IS NULL THEN t.queue
                          ELSE insights_hist_add(t.queue, q_bins, q_ns) END
-        WHERE t.enterprise_id = e AND t.pipeline_id = ANY(ps) AND t.day >= d
-        RETURNING t.day)
-    SELECT count(*) INTO made FROM changed WHERE changed.day = d;
+        WHERE t.enterprise_id = e AND t.pipeline_id = ANY(ps) AND t.at >= d
+        RETURNING t.at)
+    SELECT count(*) INTO made FROM changed WHERE changed.at = d;
     IF made < cardinality(ps) THEN  -- the missing rows: the last row before, plus the keys
-        INSERT INTO run_insights_days AS t
+        INSERT INTO run_insights_totals AS t
         SELECT e, p.id, d, coalesce(b.created, 0) + c[1], coalesce(b.success, 0) + c[2],
                coalesce(b.failure, 0) + c[3], coalesce(b.timeout, 0) + c[4],
                coalesce(b.invalid, 0) + c[5], coalesce(b.cancelled, 0) + c[6],
@@ -158,19 +164,19 @@ BEGIN
                insights_hist_add(coalesce(b.duration, '{}'), d_bins, d_ns),
                insights_hist_add(coalesce(b.queue, '{}'), q_bins, q_ns)
         FROM unnest(ps) AS p(id) LEFT JOIN LATERAL (
-            SELECT * FROM run_insights_days t
-            WHERE t.enterprise_id = e AND t.pipeline_id = p.id AND t.day < d
-            ORDER BY t.day DESC LIMIT 1) AS b ON true
-        WHERE NOT EXISTS (SELECT FROM run_insights_days t
-                          WHERE t.enterprise_id = e AND t.pipeline_id = p.id AND t.day = d);
+            SELECT * FROM run_insights_totals t
+            WHERE t.enterprise_id = e AND t.pipeline_id = p.id AND t.at < d
+            ORDER BY t.at DESC LIMIT 1) AS b ON true
+        WHERE NOT EXISTS (SELECT FROM run_insights_totals t
+                          WHERE t.enterprise_id = e AND t.pipeline_id = p.id AND t.at = d);
     END IF;
     IF gone THEN
-        DELETE FROM run_insights_days AS t
+        DELETE FROM run_insights_totals AS t
         USING unnest(ps) AS p(id) LEFT JOIN LATERAL (
-            SELECT * FROM run_insights_days b
-            WHERE b.enterprise_id = e AND b.pipeline_id = p.id AND b.day < d
-            ORDER BY b.day DESC LIMIT 1) AS b ON true
-        WHERE t.enterprise_id = e AND t.pipeline_id = p.id AND t.day = d
+            SELECT * FROM run_insights_totals b
+            WHERE b.enterprise_id = e AND b.pipeline_id = p.id AND b.at < d
+            ORDER BY b.at DESC LIMIT 1) AS b ON true
+        WHERE t.enterprise_id = e AND t.pipeline_id = p.id AND t.at = d
           AND (t.created, t.success, t.failure, t.timeout, t.invalid, t.cancelled,
                t.recovered, t.recovered_micros, t.duration, t.queue)
               = (coalesce(b.created, 0), coalesce(b.success, 0), coalesce(b.failure, 0),
@@ -181,27 +187,27 @@ BEGIN
 END
 $$;
 
--- A pipeline's per-day rows rebuilt whole from run_insights and run_recoveries (replay's
--- repair, and migration 0007's fill), day by day in order (each add then writes one row).
-CREATE OR REPLACE FUNCTION run_insights_days_rebuild(e text, p uuid) RETURNS void
+-- A pipeline's running totals rebuilt whole from run_insights and run_recoveries (replay's
+-- repair, and migration 0007's fill), period by period in order (each add then writes one
+-- row).
+CREATE OR REPLACE FUNCTION run_insights_totals_rebuild(e text, p uuid) RETURNS void
 LANGUAGE plpgsql AS $$
 DECLARE
     k record;
 BEGIN
-    DELETE FROM run_insights_days WHERE enterprise_id = e AND pipeline_id = p;
+    DELETE FROM run_insights_totals WHERE enterprise_id = e AND pipeline_id = p;
     FOR k IN
-        SELECT u.day, array_agg(u.metric) AS metrics, array_agg(u.bin) AS bins,
+        SELECT u.at, array_agg(u.metric) AS metrics, array_agg(u.bin) AS bins,
                array_agg(u.n) AS ns
-        FROM (SELECT date_bin('1 day', i.hour, timestamptz '2000-01-01 00:00Z') AS day,
+        FROM (SELECT insights_period(i.hour) AS at,
                      i.metric, i.bin, sum(i.n)::bigint AS n
               FROM run_insights i
               WHERE i.enterprise_id = e
                 AND (i.pipeline_id = p OR p = '00000000-0000-0000-0000-000000000000')
               GROUP BY 1, 2, 3
               UNION ALL
-              SELECT r.day, m.metric, 0, m.n
-              FROM (SELECT date_bin('1 day', r.recovered_at, timestamptz '2000-01-01 00:00Z')
-                               AS day, count(*) AS n,
+              SELECT r.at, m.metric, 0, m.n
+              FROM (SELECT insights_period(r.recovered_at) AS at, count(*) AS n,
                            sum(insights_micros(r.recovered_at - r.failed_at))::bigint
                                AS micros
                     FROM run_recoveries r
@@ -211,14 +217,14 @@ BEGIN
                    LATERAL (VALUES ('recovered', r.n), ('recovered_micros', r.micros))
                        AS m(metric, n)) AS u
         WHERE u.n <> 0
-        GROUP BY u.day ORDER BY u.day
+        GROUP BY u.at ORDER BY u.at
     LOOP
-        PERFORM run_insights_days_add(e, ARRAY[p], k.day, k.metrics, k.bins, k.ns);
+        PERFORM run_insights_totals_add(e, ARRAY[p], k.at, k.metrics, k.bins, k.ns);
     END LOOP;
 END
 $$;
 
-SELECT count(run_insights_days_rebuild(p.enterprise_id, p.pipeline_id))
+SELECT count(run_insights_totals_rebuild(p.enterprise_id, p.pipeline_id))
 FROM (SELECT DISTINCT enterprise_id, pipeline_id FROM run_insights
       UNION
       SELECT DISTINCT enterprise_id, '00000000-0000-0000-0000-000000000000'::uuid
