@@ -7,6 +7,7 @@ one answer row's counters into what the API answers.
 from __future__ import annotations
 
 import bisect
+import functools
 import math
 import struct
 import sys
@@ -230,6 +231,7 @@ def summarize_dense(lo: int, counts, mean: bool = True) -> dict[str, Any] | None
 # 4-byte count, big-endian: read as one big-endian integer, each 8 bytes are a field
 # holding 4 * 2**32 + count, the first the lowest bin, so less the lengths it is the
 # packed form with its own last bin on top.
+@functools.lru_cache(maxsize=4096)
 def _lengths(n: int) -> int:
     return int.from_bytes(b"\0\0\0\4\0\0\0\0" * n, "big")
 
