@@ -699,19 +699,33 @@ DECLARE
     gone boolean := false;
     made integer;
 BEGIN
-    FOR i IN 1 .. cardinality(metrics) LOOP
-        IF metrics[i] = 'duration' THEN
-            d_bins := d_bins || bins[i];
-            d_ns := d_ns || ns[i];
-        ELSIF metrics[i] = 'queue' THEN
-            q_bins := q_bins || bins[i];
-            q_ns := q_ns || ns[i];
-        ELSE
-            c[array_position(columns, metrics[i])] := c[array_position(columns, metrics[i])]
-                                                      + ns[i];
-        END IF;
-        gone := gone OR ns[i] < 0;
-    END LOOP;
+    IF cardinality(metrics) > 8 THEN  -- a rebuild's period: two queries, not n appends
+        SELECT array_agg(u.bin) FILTER (WHERE u.metric = 'duration'),
+               array_agg(u.n) FILTER (WHERE u.metric = 'duration'),
+               array_agg(u.bin) FILTER (WHERE u.metric = 'queue'),
+               array_agg(u.n) FILTER (WHERE u.metric = 'queue'), bool_or(u.n < 0)
+        INTO d_bins, d_ns, q_bins, q_ns, gone
+        FROM unnest(metrics, bins, ns) AS u(metric, bin, n);
+        SELECT array_agg(coalesce(v.n, 0) ORDER BY x.i) INTO c
+        FROM unnest(columns) WITH ORDINALITY AS x(metric, i)
+        LEFT JOIN (SELECT u.metric, sum(u.n)::bigint AS n
+                   FROM unnest(metrics, ns) AS u(metric, n) GROUP BY 1) AS v
+          ON v.metric = x.metric;
+    ELSE
+        FOR i IN 1 .. cardinality(metrics) LOOP  -- plain expressions: the trigger's few keys
+            IF metrics[i] = 'duration' THEN
+                d_bins := d_bins || bins[i];
+                d_ns := d_ns || ns[i];
+            ELSIF metrics[i] = 'queue' THEN
+                q_bins := q_bins || bins[i];
+                q_ns := q_ns || ns[i];
+            ELSE
+                c[array_position(columns, metrics[i])] :=
+                    c[array_position(columns, metrics[i])] + ns[i];
+            END IF;
+            gone := gone OR ns[i] < 0;
+        END LOOP;
+    END IF;
     -- The period's row and later ones; a period's first change (per pipeline) finds none.
     WITH changed AS (
         UPDATE run_insights_totals AS t SET
@@ -758,22 +772,28 @@ BEGIN
 END
 $$;
 
--- A pipeline's running totals rebuilt whole from run_insights and run_recoveries (replay's
--- repair, and migration 0007's fill), period by period in order (each add then writes one
--- row).
-CREATE OR REPLACE FUNCTION run_insights_totals_rebuild(e text, p uuid) RETURNS void
+-- A pipeline's running totals from the period of `since` on rebuilt from run_insights and
+-- run_recoveries (whole: replay's repair, migration 0007's fill; from its batch's first
+-- period: the seeder's bulk load), period by period in order (each add then writes one
+-- row, carrying over the one before).
+CREATE OR REPLACE FUNCTION run_insights_totals_rebuild(e text, p uuid,
+                                                       since timestamptz DEFAULT '-infinity')
+RETURNS void
 LANGUAGE plpgsql AS $$
 DECLARE
     k record;
 BEGIN
-    DELETE FROM run_insights_totals WHERE enterprise_id = e AND pipeline_id = p;
+    IF isfinite(since) THEN
+        since := insights_period(since);
+    END IF;
+    DELETE FROM run_insights_totals WHERE enterprise_id = e AND pipeline_id = p AND at >= since;
     FOR k IN
         SELECT u.at, array_agg(u.metric) AS metrics, array_agg(u.bin) AS bins,
                array_agg(u.n) AS ns
         FROM (SELECT insights_period(i.hour) AS at,
                      i.metric, i.bin, sum(i.n)::bigint AS n
               FROM run_insights i
-              WHERE i.enterprise_id = e
+              WHERE i.enterprise_id = e AND i.hour >= since
                 AND (i.pipeline_id = p OR p = '00000000-0000-0000-0000-000000000000')
               GROUP BY 1, 2, 3
               UNION ALL
@@ -782,7 +802,7 @@ BEGIN
                            sum(insights_micros(r.recovered_at - r.failed_at))::bigint
                                AS micros
                     FROM run_recoveries r
-                    WHERE r.enterprise_id = e
+                    WHERE r.enterprise_id = e AND r.recovered_at >= since
                       AND (r.pipeline_id = p OR p = '00000000-0000-0000-0000-000000000000')
                     GROUP BY 1) AS r,
                    LATERAL (VALUES ('recovered', r.n), ('recovered_micros', r.micros))
@@ -894,6 +914,9 @@ DECLARE
     r run_recoveries := CASE WHEN TG_OP = 'INSERT' THEN NEW ELSE OLD END;
     sign integer := CASE WHEN TG_OP = 'INSERT' THEN 1 ELSE -1 END;
 BEGIN
+    IF current_setting('insights.bulk_load', true) = 'on' THEN
+        RETURN NULL;  -- the seeder rebuilds the running totals of its batch's periods
+    END IF;
     PERFORM run_insights_totals_add(
         r.enterprise_id, ARRAY[r.pipeline_id, '00000000-0000-0000-0000-000000000000'::uuid],
         insights_period(r.recovered_at),

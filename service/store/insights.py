@@ -216,19 +216,26 @@ WHERE r.enterprise_id = $1 AND r.id = ANY($2::uuid[])
 GROUP BY 1, 2, 3, 4, 5 ORDER BY 1, 2, 3, 4, 5
 ON CONFLICT (enterprise_id, hour, pipeline_id, metric, bin) DO UPDATE SET n = i.n + EXCLUDED.n
 """
-# ... and in the running totals, per pipeline and rollup and period, in period order.
-ADD_RUN_TOTALS = f"""
-SELECT count(run_insights_totals_add($1, ARRAY[k.pipeline_id], k.at, k.metrics, k.bins, k.ns))
-FROM (SELECT k.pipeline_id, insights_period(k.hour) AS at,
-             array_agg(k.metric) AS metrics, array_agg(k.bin) AS bins, array_agg(k.n) AS ns
-      FROM (SELECT k.hour, p.pipeline_id, k.metric, k.bin, count(*) AS n
-            FROM pipeline_runs r,
-                 LATERAL run_insight_keys(r.created_at, r.started_at, r.ended_at,
-                                          r.status) AS k,
-                 LATERAL (VALUES (r.pipeline_id), ('{ALL_PIPELINES}'::uuid)) AS p(pipeline_id)
-            WHERE r.enterprise_id = $1 AND r.id = ANY($2::uuid[])
-            GROUP BY 1, 2, 3, 4) AS k
-      GROUP BY 1, 2 ORDER BY 2, 1) AS k
+# ... then (after their recoveries) the running totals of their pipelines and the rollup
+# rebuilt from the first period the batch can have changed: its runs' first key, or the
+# last success before its runs' first end (their recoveries reach back to it).
+REBUILD_BATCH_TOTALS = f"""
+WITH since AS MATERIALIZED (
+    SELECT b.pipeline_id, least(b.first_key, s.last_success) AS since
+    FROM (SELECT r.pipeline_id, min(least(r.created_at, r.started_at, r.ended_at)) AS first_key,
+                 min(r.ended_at) AS first_end
+          FROM pipeline_runs r WHERE r.enterprise_id = $1 AND r.id = ANY($2::uuid[])
+          GROUP BY 1) AS b
+    LEFT JOIN LATERAL (
+        SELECT max(x.ended_at) AS last_success FROM pipeline_runs x
+        WHERE x.enterprise_id = $1 AND x.pipeline_id = b.pipeline_id AND x.status = 'success'
+          AND x.ended_at < b.first_end) AS s ON true
+)
+SELECT count(run_insights_totals_rebuild($1, p.pipeline_id, p.since))
+FROM (SELECT pipeline_id, since FROM since
+      UNION ALL
+      SELECT '{ALL_PIPELINES}'::uuid, min(since) FROM since HAVING count(*) > 0
+      ORDER BY 1) AS p
 """
 DROP_ZEROS = "DELETE FROM run_insights WHERE n = 0"
 # The loaded runs' pipelines' recoveries around them (the trigger stood aside).
@@ -393,8 +400,9 @@ async def add_runs(conn: asyncpg.Connection, enterprise_id: str, run_ids: list) 
     await conn.execute(ADD_RUNS, enterprise_id, run_ids)
 
 
-async def add_run_totals(conn: asyncpg.Connection, enterprise_id: str, run_ids: list) -> None:
-    await conn.execute(ADD_RUN_TOTALS, enterprise_id, run_ids)
+async def rebuild_batch_totals(conn: asyncpg.Connection, enterprise_id: str,
+                               run_ids: list) -> None:
+    await conn.execute(REBUILD_BATCH_TOTALS, enterprise_id, run_ids)
 
 
 async def all_totals(conn: asyncpg.Connection) -> list[asyncpg.Record]:
