@@ -6,9 +6,12 @@ read from /proc before and after, are divided by the requests answered. With --p
 the service runs under cProfile and the functions costing most are printed (cProfile
 slows everything and counts CPU time: read the
 shares, not the totals). With --put the load flips each run running <-> waiting (as the
-yardstick's PUT does) and the database backends' CPU per request is printed too.
+yardstick's PUT does) and the database backends' CPU per request is printed too. With
+--reference the yardstick's lean reference (../shared/bench/lean_app.py on its own
+lean_schema.sql database) is measured the same way, under the same load on its GET /runs/{id}.
 
     .venv/bin/python bench/get_cost.py [--put] [--runs 200] [--seconds 5] [--rounds 3] [--profile]
+    .venv/bin/python bench/get_cost.py --reference [--seconds 5] [--rounds 3]
 """
 from __future__ import annotations
 
@@ -16,6 +19,7 @@ import argparse
 import asyncio
 import os
 import pstats
+import signal
 import statistics
 import subprocess
 import sys
@@ -68,9 +72,10 @@ def _profiled_service(dsn: str, workdir: Path, out: Path) -> bench_run.Server:
 
 
 def measure(server: bench_run.Server, dsn: str, method: str, state: Path, seconds: float,
-            connections: int) -> tuple[float, float, float]:
+            connections: int, side: str = "service") -> tuple[float, float, float]:
     """(µs of service CPU per request, µs of database CPU, requests/s) of one wrk round."""
-    backends = asyncio.run(bench_run._backend_pids(dsn, "service"))
+    backends = asyncio.run(_backends(dsn) if side == "lean" else
+                           bench_run._backend_pids(dsn, side))
     before = bench_run._cpu_seconds([server.proc.pid])
     db_before = bench_run._cpu_seconds(backends)
     result = load.run_wrk(server.base, method, state, "", connections=connections,
@@ -80,6 +85,52 @@ def measure(server: bench_run.Server, dsn: str, method: str, state: Path, second
     if result.non_2xx or result.errors:
         raise RuntimeError(f"{result.non_2xx} non-2xx, {result.errors} errors")
     return used / result.requests * 1e6, db_used / result.requests * 1e6, result.rps
+
+
+async def _backends(dsn: str) -> list[int]:
+    """Every client backend of the database but ours (the lean reference names none)."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        return [r["pid"] for r in await conn.fetch(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+            "AND backend_type = 'client backend' AND pid <> pg_backend_pid()")]
+    finally:
+        await conn.close()
+
+
+def _lean_dir() -> Path:
+    """The yardstick's directory: ../shared/bench of the checkout (or of its worktrees')."""
+    for base in (ROOT.parent, ROOT.parent.parent):
+        if (base / "shared" / "bench" / "lean_app.py").exists():
+            return base / "shared" / "bench"
+    sys.exit("no shared/bench/lean_app.py beside the checkout")
+
+
+def reference(args, workdir: Path, admin: str) -> list[tuple[float, float, float]]:
+    """The lean reference's rounds, on a database of its own (dropped after)."""
+    lean = _lean_dir()
+    name = f"get_cost_lean_{uuid.uuid4().hex[:8]}"
+    asyncio.run(scratchdb.admin(admin, f'CREATE DATABASE "{name}"'))
+    try:
+        dsn = scratchdb.dsn_for(admin, name)
+        asyncio.run(scratchdb.admin(dsn, (lean / "lean_schema.sql").read_text()))
+        port = bench_run.free_port()
+        log = workdir / f"lean-{port}.log"
+        proc = subprocess.Popen([sys.executable, str(lean / "lean_app.py"), str(port)],
+                                env={**os.environ, "DATABASE_URL": dsn},
+                                stdout=log.open("w"), stderr=subprocess.STDOUT)
+        server = bench_run.Server("lean reference", proc, port, log)
+        try:
+            bench_run._wait_ready(server, "/hello")
+            state = workdir / "lean.state"  # the rows lean_schema.sql inserts, as get.lua asks
+            load.write_state(state, [(f"/runs/{i}", "") for i in range(1, 10_001)])
+            load.run_wrk(server.base, "GET", state, "", connections=args.connections, seconds=1)
+            return [measure(server, dsn, "GET", state, args.seconds, args.connections, "lean")
+                    for _ in range(args.rounds)]
+        finally:
+            server.stop()
+    finally:
+        asyncio.run(scratchdb.admin(admin, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
 def _print_functions(dsn: str, requests: float) -> None:
@@ -98,6 +149,23 @@ def _print_functions(dsn: str, requests: float) -> None:
               f"total {row['total_time'] * 1000 / requests:6.1f} µs per request")
 
 
+def _spy(server: bench_run.Server, args) -> subprocess.Popen:
+    """py-spy sampling the service (its own CPU adds to the rounds' figures: read shares)."""
+    cmd = [str(Path(sys.executable).parent / "py-spy"), "record", "--pid", str(server.proc.pid),
+           "--rate", "250", "--format", "raw", "--output", args.py_spy]
+    # C frames need the process paused while sampled; without them it is not paused.
+    return subprocess.Popen(cmd + (["--native"] if args.native else ["--nonblocking"]),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def _print_rounds(rounds, label: str, count: int, side: str = "service") -> None:
+    for cost, db_cost, rps in rounds:
+        print(f"  {cost:7.1f} µs CPU/request (+ database {db_cost:.1f})  ({rps:,.0f} req/s)")
+    print(f"{label}: {statistics.median(c for c, _, _ in rounds):.1f} µs of {side} "
+          f"CPU per request, database "
+          f"{statistics.median(d for _, d, _ in rounds):.1f} (median of {count})")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=200)
@@ -112,10 +180,21 @@ def main() -> None:
                         help="run on the database once the service is up (an A/B: drop a "
                              "trigger ...; the service may migrate at start)")
     parser.add_argument("--top", type=int, default=40)
+    parser.add_argument("--py-spy", default="", metavar="FILE",
+                        help="sample the service with py-spy during the rounds (collapsed "
+                             "stacks to FILE; py-spy must be installed)")
+    parser.add_argument("--native", action="store_true", help="py-spy: C frames too")
+    parser.add_argument("--reference", action="store_true",
+                        help="measure the yardstick's lean reference's GET instead")
     args = parser.parse_args()
     if not load.wrk_available():
         sys.exit("wrk is not installed (apt-get install wrk)")
     workdir = Path(tempfile.mkdtemp(prefix="get-cost-"))
+    if args.reference:
+        with scratchdb.admin_dsn() as admin:
+            rounds = reference(args, workdir, admin)
+        _print_rounds(rounds, "lean reference GET", args.rounds, "process")
+        return
     name = f"get_cost_{uuid.uuid4().hex[:8]}"
     with scratchdb.admin_dsn() as admin:
         asyncio.run(scratchdb.admin(admin, f'CREATE DATABASE "{name}"'))
@@ -128,6 +207,7 @@ def main() -> None:
             method = "PUT" if args.put else "GET"
             state = workdir / "load.state"
             profile = workdir / "service.prof"
+            spy = None
             server = (_profiled_service(dsn, workdir, profile) if args.profile
                       else bench_run.start_service(dsn, workdir))
             try:
@@ -135,18 +215,16 @@ def main() -> None:
                     asyncio.run(scratchdb.admin(dsn, args.sql))
                 load.run_wrk(server.base, method, _state(dsn, seeded, state, method), "",
                              connections=args.connections, seconds=1)  # warm up
+                spy = _spy(server, args) if args.py_spy else None
                 rounds = [measure(server, dsn, method, _state(dsn, seeded, state, method),
                                   args.seconds, args.connections)
                           for _ in range(args.rounds)]
             finally:
+                if spy is not None:
+                    spy.send_signal(signal.SIGINT)
+                    spy.wait()
                 server.stop()
-            for cost, db_cost, rps in rounds:
-                print(f"  {cost:7.1f} µs CPU/request (+ database {db_cost:.1f})  "
-                      f"({rps:,.0f} req/s)")
-            label = "PUT status" if args.put else "GET run"
-            print(f"{label}: {statistics.median(c for c, _, _ in rounds):.1f} µs of service "
-                  f"CPU per request, database "
-                  f"{statistics.median(d for _, d, _ in rounds):.1f} (median of {args.rounds})")
+            _print_rounds(rounds, "PUT status" if args.put else "GET run", args.rounds)
             if args.functions:
                 _print_functions(dsn, sum(r for _, _, r in rounds) * args.seconds)
             if args.profile:

@@ -13,7 +13,7 @@ from service.config import Config
 from service.infra import db as dbinfra
 from service.store import tokens as token_store
 from service.web.handlers.health import Readiness
-from service.web.keys import POOL_SLOTS, WAIT_CAP
+from service.web.keys import POOL, POOL_SLOTS, WAIT_CAP
 from service.web.slots import FairSlots
 
 
@@ -95,6 +95,126 @@ async def test_a_slot_waiter_gives_up_at_its_timeout_and_loses_no_slot():
     await asyncio.wait_for(later, 5)  # handed the slot before its timer: keeps it
     slots.release()
     assert not slots.locked()
+
+
+async def test_a_slot_passes_with_its_connection_to_the_waiter_next_in_turn():
+    given_back: list[str] = []
+    slots = FairSlots(1, given_back.append)
+    assert await slots.acquire("a") is None  # a free slot comes alone
+    assert not slots.hand_over("conn-1")  # no one waits: the caller releases it as usual
+    first = asyncio.create_task(slots.acquire("b", timeout=5))
+    second = asyncio.create_task(slots.acquire("c", timeout=5))
+    await wait_until(lambda: slots.waiting() == 2)
+    assert slots.has_waiters()
+    assert slots.hand_over("conn-1")
+    assert await asyncio.wait_for(first, 5) == "conn-1"  # first come, first served
+    slots.release()  # its holder gave the connection back to the pool
+    assert await asyncio.wait_for(second, 5) is None  # a slot alone: it asks the pool
+    # Handed a connection while being cancelled: the connection goes on to the next waiter.
+    gone = asyncio.create_task(slots.acquire("d", timeout=5))
+    kept = asyncio.create_task(slots.acquire("e", timeout=5))
+    await wait_until(lambda: slots.waiting() == 2)
+    assert slots.hand_over("conn-2")
+    gone.cancel()
+    assert await asyncio.wait_for(kept, 5) == "conn-2"
+    with pytest.raises(asyncio.CancelledError):
+        await gone
+    # ... and with no waiter left, back to its pool, the slot freed.
+    last = asyncio.create_task(slots.acquire("f", timeout=5))
+    await wait_until(lambda: slots.waiting() == 1)
+    assert slots.hand_over("conn-3")  # "e" is done: its slot and connection go to "f"
+    last.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await last
+    assert given_back == ["conn-3"]
+    assert not slots.locked()
+
+
+async def test_slot_waiters_time_out_in_order_on_one_timer():
+    slots = FairSlots(1)
+    await slots.acquire("a")
+    started = time.monotonic()
+    waits = [asyncio.create_task(slots.acquire("b", timeout=0.05 * (i + 1))) for i in range(3)]
+    served = asyncio.create_task(slots.acquire("c", timeout=1.0))
+    shorter = asyncio.create_task(slots.acquire("d", timeout=0.01))  # before those queued
+    await wait_until(lambda: slots.waiting() == 5 or shorter.done())
+    for wait in (shorter, *waits):
+        with pytest.raises(TimeoutError):
+            await wait
+    assert time.monotonic() - started >= 0.14  # each at its own deadline, not the first's
+    slots.release()  # "c" is still there: served before its deadline, it keeps the slot
+    assert await asyncio.wait_for(served, 5) is None
+    await asyncio.sleep(1.0)  # past its deadline: the timer leaves a served waiter alone
+    assert slots.locked() and slots.waiting() == 0
+    slots.release()
+    assert not slots.locked()
+
+
+async def test_requests_pass_connections_on_yet_the_pool_s_other_callers_get_theirs(
+        api, client, monkeypatch):
+    """Pool of 2, 8 readers: a reader done with its connection hands it to the next reader
+    waiting for a slot, but not while anything else (a group-commit lane, the dispatcher)
+    waits on the pool: that caller gets the next connection released."""
+    pipeline = await api.pipeline()
+    run = await api.run(pipeline["id"])
+    path = f"/pipelines/{pipeline['id']}/runs/{run['id']}/"
+    app = client.server.app
+    pool, slots = app[POOL], app[POOL_SLOTS]
+    passed = 0
+    hand_over = FairSlots.hand_over
+
+    def counted(self, conn) -> bool:
+        nonlocal passed
+        handed = hand_over(self, conn)
+        passed += handed
+        return handed
+
+    monkeypatch.setattr(FairSlots, "hand_over", counted)
+    answered = 0
+    stop = False
+
+    async def reader() -> None:
+        nonlocal answered
+        while not stop:
+            assert (await api.get(path))["id"] == run["id"]
+            answered += 1
+
+    readers = [asyncio.create_task(reader()) for _ in range(8)]
+    try:
+        await wait_until(lambda: slots.waiting() >= 3 and answered >= 20)
+        for _ in range(5):  # the pool's other callers wait one request, not all of them
+            started = time.monotonic()
+            async with pool.acquire(timeout=5):
+                assert time.monotonic() - started < 2
+            await asyncio.sleep(0.01)
+    finally:
+        stop = True
+        await asyncio.gather(*readers)
+    assert passed > answered / 2, (passed, answered)  # most skipped the pool
+
+
+async def test_only_a_connection_release_would_just_put_back_is_passed_on(db_dsn):
+    pool = await dbinfra.create_pool(Config(pool_min=1, pool_max=1), db_dsn)
+    try:
+        conn = await pool.acquire()
+        assert dbinfra.fit_to_pass_on(pool, conn)
+        transaction = conn.transaction()
+        await transaction.start()
+        assert not dbinfra.fit_to_pass_on(pool, conn)  # release() rolls it back
+        await transaction.rollback()
+        other = asyncio.ensure_future(pool.acquire())  # someone else waits on the pool
+        await wait_until(lambda: not dbinfra.fit_to_pass_on(pool, conn))
+        await pool.release(conn)
+        conn = await asyncio.wait_for(other, 5)  # ... and gets it
+        dbinfra.keeps_session_state(conn)
+        assert not dbinfra.fit_to_pass_on(pool, conn)  # release() resets it
+        await pool.release(conn)
+        async with pool.acquire() as conn:
+            assert dbinfra.fit_to_pass_on(pool, conn)  # reset: fit again
+            conn.terminate()
+            assert not dbinfra.fit_to_pass_on(pool, conn)
+    finally:
+        pool.terminate()
 
 
 async def test_a_flooding_enterprise_does_not_delay_another_s_requests(api, client, db):

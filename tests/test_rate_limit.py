@@ -68,6 +68,12 @@ async def test_every_authenticated_answer_carries_the_ratelimit_fields(api):
                                    headers={"Authorization": f"Bearer {api.token}"})
     assert missing.status == 404
     assert int(STATE.match(missing.headers["RateLimit"]).group(1)) <= 1
+    # An export, whose headers go out before its handler returns, says it too.
+    export = await api.client.get(api.url("/events/export/?format=ndjson"),
+                                  headers={"Authorization": f"Bearer {api.token}"})
+    assert export.status == 200 and export.headers["RateLimit-Policy"] == '"token";q=3;w=3'
+    assert int(STATE.match(export.headers["RateLimit"]).group(1)) <= 1
+    await export.read()
     # An unauthenticated answer has no token, hence no limit.
     anonymous = await api.client.get(api.url("/pipelines/"))
     assert anonymous.status == 401 and "RateLimit" not in anonymous.headers

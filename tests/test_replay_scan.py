@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import random
 import uuid
+from datetime import datetime, timedelta, timezone
 
 import pytest
 
 from service.app import replay as replay_module
 from service.app import scan_parts
 from service.app.replay import replay, verify
-from service.domain import lifecycle
+from service.domain import insights, lifecycle
+from service.domain.insights import ALL_PIPELINES
 from service.store import replay as sql
 
 ALL_IDS = (uuid.UUID(int=0), uuid.UUID(int=2**128 - 1))
@@ -135,3 +137,86 @@ async def test_a_scan_in_many_ranges_is_the_scan_in_one(api, db, db_dsn, monkeyp
         [(str(d.run_key[1]), d.fields) for d in whole.drifts] == [(runs[3]["id"], ["run_number"])]
     assert (await replay(db, db_dsn, memory_mb=2)).repaired == 1
     assert (await verify(db, db_dsn, memory_mb=2)).clean
+
+
+async def test_counter_tables_compare_alike_in_one_process_and_split(api, db, db_dsn,
+                                                                     monkeypatch):
+    """A row changed behind the log's back moves the counter tables with it (their
+    triggers): verify names the counters the events disagree with, the same whole or split
+    across processes and ranges; replay puts all back."""
+    runs = await _busy_runs(api, 6)
+    await db.execute("UPDATE pipeline_runs SET status = 'timeout', ended_at = now() "
+                     "WHERE id = $1", uuid.UUID(runs[2]["id"]))
+    await db.execute("UPDATE run_insights SET n = n + 2 WHERE ctid = "
+                     "(SELECT min(ctid) FROM run_insights)")
+    await db.execute("ANALYZE pipeline_runs")
+    whole = await verify(db)
+    monkeypatch.setattr(scan_parts, "BYTES_PER_RUN", 2**20)
+    monkeypatch.setattr(scan_parts, "parts_for", lambda events, cpus: 2)
+    split = await verify(db, db_dsn, memory_mb=2)
+    assert split.parts == 2 and split.ranges >= 4
+
+    def counters(scan):
+        return ([(d.key, d.expected, d.actual) for d in scan.counter_drifts],
+                [(d.table, d.key, d.expected, d.actual) for d in scan.insight_drifts],
+                scan.counter_errors, scan.insight_errors)
+
+    assert counters(split) == counters(whole)
+    # The changed run's keys under its pipeline, and the running totals of its pipeline and
+    # of the rollup; the row set by hand is an error of the table itself (the projection
+    # rows do not explain it).
+    assert {str(d.key[2]) for d in whole.insight_drifts} >= {runs[2]["pipeline_id"]}
+    assert [(d.key, d.fields) for d in split.total_drifts] == [
+        (d.key, d.fields) for d in whole.total_drifts]
+    assert {str(d.key[1]) for d in whole.total_drifts} >= {runs[2]["pipeline_id"],
+                                                           str(ALL_PIPELINES)}
+    assert list(whole.insight_errors["run_insights"].values()) == [2]
+    assert [str(d.run_key[1]) for d in whole.drifts] == [runs[2]["id"]]
+    report = await replay(db, db_dsn, memory_mb=2)
+    assert report.repaired == 1 and report.insights_repaired >= 1
+    assert (await verify(db, db_dsn, memory_mb=2)).clean
+
+
+async def test_a_runs_insight_cells_are_sqls_run_insight_keys(db):
+    """The Python twin replay counts with (hours as numbers) against the SQL the trigger
+    counts with (a run's keys under its pipeline: run_insight_deltas): times on and just
+    off the hour and the day, in other time zones."""
+    pipeline = uuid.uuid4()
+    rng = random.Random(7)
+    base = datetime(2026, 3, 1, tzinfo=timezone.utc)
+    cases = []
+    for n in range(300):
+        created = base + timedelta(hours=rng.randrange(0, 2000),
+                                   microseconds=rng.choice((0, 1, 3_599_999_999,
+                                                            rng.randrange(3_600_000_000))))
+        if n % 3 == 0:
+            created = created.astimezone(timezone(timedelta(hours=rng.randint(-11, 12))))
+        started = (None if n % 5 == 0 else
+                   created + timedelta(microseconds=rng.choice((0, 1, rng.randrange(10**11)))))
+        status = rng.choice(("running", "success", "failure", "cancelled", "invalid", "timeout"))
+        ended = (None if status == "running" else
+                 (started or created) + timedelta(microseconds=rng.randrange(10**10)))
+        cases.append((created, started, ended, status))
+    for created, started, ended, status in cases:
+        want = sorted(tuple(r) for r in await db.fetch(
+            "SELECT hour, $1::uuid, metric, bin FROM run_insight_keys($2, $3, $4, $5)",
+            pipeline, created, started, ended, status))
+        got = sorted((insights.hour_at(h), group, metric, bin_)
+                     for group, cells in insights.run_groups(pipeline, created, started, ended,
+                                                             status)
+                     for h, metric, bin_ in cells)
+        assert got == want, (created, started, ended, status)
+
+
+def test_the_folds_counts_are_the_unchanged_runs_and_the_others_folds_together():
+    counts = replay_module._Counts()
+    pipeline, other = uuid.uuid4(), uuid.uuid4()
+    at = datetime(2026, 5, 4, 3, 2, 1, tzinfo=timezone.utc)
+    counts.both.add("e", pipeline, "success", at, at, at + timedelta(hours=1))
+    assert counts.folded(0) is counts.both.tables[0]  # nothing apart: no copy
+    counts.expected.add("e", pipeline, "success", at, None, at)
+    counts.expected.add("e", other, "failure", at, None, at)
+    counts.projected.add("e", pipeline, "running", at, at, None)  # not the fold's
+    assert counts.folded(0) == {("e", pipeline): {("success",): 2},
+                                ("e", other): {("failure",): 1}}
+    assert counts.both.tables[0] == {("e", pipeline): {("success",): 1}}  # left as it was

@@ -32,3 +32,13 @@ def test_the_put_cost_runs_with_its_database_figures(admin_dsn):
                  "--runs", "5", "--seconds", "1", "--rounds", "1", "--connections", "2")
     assert "PUT status:" in out and "µs of service CPU per request, database" in out
     assert "run_events_take_version" in out  # a trigger's time per request
+
+
+@pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk is not installed")
+def test_the_reference_s_get_cost_runs(admin_dsn):
+    if not any((base / "shared" / "bench" / "lean_app.py").exists()
+               for base in (REPO_ROOT.parent, REPO_ROOT.parent.parent)):
+        pytest.skip("no ../shared/bench/lean_app.py beside the checkout")
+    out = _bench(admin_dsn, "get_cost.py", "--reference", "--seconds", "1", "--rounds", "1",
+                 "--connections", "2")
+    assert "lean reference GET:" in out and "µs of process CPU per request, database" in out

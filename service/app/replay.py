@@ -4,7 +4,8 @@ Replay is safe while the service runs:
 1. Scan: in one REPEATABLE READ snapshot, read the event log in the order it was written
    (a sequential read) and fold each run in memory as its events pass by, with the
    lifecycle's fold; then read the projection rows and note every one that differs from
-   its run's fold; run_counts is compared with the fold's counts too. A large scan is split
+   its run's fold; the counter tables (run_counts, run_insights: TABLES) are compared with
+   what the runs count, read meanwhile on a connection of their own. A large scan is split
    by run id across 2 processes that share the snapshot, and into more run-id ranges,
    folded one after another, when the folds of all runs would not fit in memory
    (scan_parts.py).
@@ -20,12 +21,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import marshal
 import operator
 import time
 from collections import Counter, defaultdict
 from contextlib import aclosing
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import asyncpg
 
@@ -60,6 +62,7 @@ class InsightDrift:
     key: tuple  # (enterprise_id, hour, pipeline_id, metric, bin) of a run_insights row
     expected: int  # runs the fold puts under the key
     actual: int  # what run_insights says
+    table: str = "run_insights"  # the counter table (see TABLES)
 
 
 @dataclass
@@ -85,6 +88,8 @@ class Scan:
     ranges: int = 1  # run-id ranges folded one after another (memory: scan_parts.py)
     heads: dict[str, int] = field(default_factory=dict)
     drifts: list[Drift] = field(default_factory=list)
+    # Projection rows whose run has no events: reported after the other drifts.
+    orphans: list[Drift] = field(default_factory=list)
     # run_counts rows that differ from the fold (what verify reports).
     counter_drifts: list[CounterDrift] = field(default_factory=list)
     # run_counts minus the projection rows' own counts, in the snapshot: every write moves
@@ -93,10 +98,10 @@ class Scan:
     # Runs whose event versions are not consecutive (versions are unique by the write
     # path's row lock, not by an index: see schema.sql, run_events).
     version_drifts: list[tuple[str, Any]] = field(default_factory=list)
-    # run_insights rows that differ from the fold, and run_insights minus the projection
-    # rows' own keys in the snapshot (repaired like counter_errors).
+    # Insights rows that differ from the fold, and per insights table (TABLES) its rows
+    # minus the projection rows' own keys in the snapshot (repaired like counter_errors).
     insight_drifts: list[InsightDrift] = field(default_factory=list)
-    insight_errors: Counter = field(default_factory=Counter)
+    insight_errors: dict[str, Counter] = field(default_factory=dict)
     # run_recoveries rows that differ from the recomputation over the runs projection.
     recovery_drifts: list[RecoveryDrift] = field(default_factory=list)
     # run_insights_totals rows that differ from the running totals of the fold's keys (and
@@ -114,9 +119,8 @@ _STAGE_ROW = operator.itemgetter(*sql.STAGE_RUN_ARRAY_COLUMNS)
 _S_ORDINAL = sql.STAGE_RUN_ARRAY_COLUMNS.index("ordinal")
 _HAS_ROW = sql.ROW_AT - 1  # always true in PROJECTION_ROWS; _projection_of's None: no row
 _P_PIPELINE = sql.ROW_AT + sql.PROJECTION_COLUMNS.index("pipeline_id")
-_P_STATUS = sql.ROW_AT + sql.PROJECTION_COLUMNS.index("status")
 _P_STAMPS = operator.itemgetter(*(sql.ROW_AT + sql.PROJECTION_COLUMNS.index(c) for c in (
-    "created_at", "started_at", "ended_at", "status")))
+    "status", "created_at", "started_at", "ended_at")))
 
 
 def _projection_of(record: asyncpg.Record) -> dict | None:
@@ -243,47 +247,144 @@ async def _batches(conn: asyncpg.Connection, query: str, size: int, *args):
             await asyncio.gather(pending, return_exceptions=True)
 
 
-class _Counts:
-    """Live runs per (enterprise, pipeline, status), and run_insights keys: as folded, and
-    as projected."""
+@dataclass(frozen=True)
+class _Table:
+    """A projection of counts (live runs per key) that replay compares with the runs: each
+    run adds 1 under each of its keys, given as cells in groups (few groups, e.g. one per
+    pipeline; a cell, a small tuple, hashes cheaply and travels by marshal: _Tally)."""
+
+    name: str
+    groups: Callable  # (pipeline_id, created_at, started_at, ended_at, status) -> the
+    #                   run's ((group, [cell, ...]), ...); a cell: a tuple of ints and strs
+    stored: Callable  # async (conn) -> {(enterprise_id, group): {cell: n}}, no zeros
+    key: Callable  # (enterprise_id, group, cell) -> the row's key, as reported and repaired
+    apply_deltas: Callable | None = None  # async (conn, {key: n}): an insights table's repair
+
+
+def _status_groups(pipeline_id, created_at, started_at, ended_at, status) -> tuple:
+    return ((pipeline_id, ((status,),)),)
+
+
+def _insights_key(enterprise_id: str, pipeline_id, cell: tuple) -> tuple:
+    return (enterprise_id, insight_keys.hour_at(cell[0]), pipeline_id, cell[1], cell[2])
+
+
+# run_counts first (CounterDrift, counts.apply_deltas), then the insights tables.
+TABLES: tuple[_Table, ...] = (
+    _Table("run_counts", _status_groups, counts.all_cells,
+           lambda enterprise_id, pipeline_id, cell: (enterprise_id, pipeline_id, cell[0])),
+    _Table("run_insights", insight_keys.run_groups, insights_store.all_cells, _insights_key,
+           insights_store.apply_deltas),
+)
+
+
+_GROUPS = tuple(table.groups for table in TABLES)
+_INSIGHTS = [table.name for table in TABLES].index("run_insights")  # its totals: TotalDrift
+_ROLLUP = insight_keys.ALL_PIPELINES
+try:  # C: each item's count added to a dict (what Counter.update does with an iterable)
+    from collections import _count_elements
+except ImportError:  # pragma: no cover - another Python
+    def _count_elements(into: dict, items) -> None:
+        for item in items:
+            into[item] = into.get(item, 0) + 1
+
+
+class _Tally:
+    """Runs counted under each table's keys: per table (TABLES order)
+    {(enterprise_id, group): {cell: n}}."""
+
+    __slots__ = ("tables",)
 
     def __init__(self):
-        self.expected: Counter = Counter()
-        self.projected: Counter = Counter()
-        self.insights_expected: Counter = Counter()
-        self.insights_projected: Counter = Counter()
+        self.tables: list[dict] = [{} for _ in TABLES]
 
-    def insights_of(self, into: Counter, enterprise_id: str, pipeline_id, run) -> None:
-        for hour, pipeline, metric, bin_ in insight_keys.run_rows(pipeline_id, run):
-            into[(enterprise_id, hour, pipeline, metric, bin_)] += 1
+    # From a part's process: millions of cells, by marshal (a third of pickle's time).
+    def __getstate__(self) -> list:
+        return [(list(counted), marshal.dumps(list(counted.values())))
+                for counted in self.tables]
 
-    def projected_row(self, enterprise_id: str, pipeline_id, status: str, stamps) -> None:
-        self.projected[(enterprise_id, pipeline_id, status)] += 1
-        run = dict(zip(("created_at", "started_at", "ended_at", "status"), stamps))
-        self.insights_of(self.insights_projected, enterprise_id, pipeline_id, run)
+    def __setstate__(self, state: list) -> None:
+        self.tables = [dict(zip(groups, marshal.loads(cells))) for groups, cells in state]
 
-    def expected_run(self, enterprise_id: str, run: dict) -> None:
-        self.expected[(enterprise_id, run["pipeline_id"], run["status"])] += 1
-        self.insights_of(self.insights_expected, enterprise_id, run["pipeline_id"], run)
+    def add(self, enterprise_id: str, pipeline_id, status: str, created_at, started_at,
+            ended_at) -> None:
+        for counted, groups in zip(self.tables, _GROUPS):
+            for group, cells in groups(pipeline_id, created_at, started_at, ended_at, status):
+                key = (enterprise_id, group)
+                into = counted.get(key)
+                if into is None:
+                    into = counted[key] = {}
+                _count_elements(into, cells)
+
+    def add_run(self, enterprise_id: str, run: dict) -> None:
+        self.add(enterprise_id, run["pipeline_id"], run["status"], run["created_at"],
+                 run["started_at"], run["ended_at"])
+
+    def add_row(self, record) -> None:
+        """A PROJECTION_ROWS record's run."""
+        self.add(record[0], record[_P_PIPELINE], *_P_STAMPS(record))
+
+    def merge(self, other: _Tally) -> None:
+        for counted, theirs in zip(self.tables, other.tables):
+            for group, cells in theirs.items():
+                into = counted.get(group)
+                if into is None:
+                    counted[group] = cells
+                    continue
+                for cell, n in cells.items():
+                    into[cell] = into.get(cell, 0) + n
+
+
+class _Counts:
+    """What the runs count under each table's keys: those whose projection row is their fold
+    (nearly all) once for both sides; the rest apart, as folded and as projected."""
+
+    def __init__(self):
+        self.both = _Tally()
+        self.expected = _Tally()  # the fold of runs whose row differs, or have none
+        self.projected = _Tally()  # rows that differ from their fold, or have no events
+
+    def folded(self, n: int) -> dict:
+        """What the fold counts under table n's keys (TABLES order): {(enterprise_id,
+        group): {cell: n}}, the runs whose row is their fold and the others' folds together
+        (for a projection derived from the fold's keys, e.g. totals over them)."""
+        both, extra = self.both.tables[n], self.expected.tables[n]
+        if not extra:
+            return both
+        folded = dict(both)
+        for group, cells in extra.items():
+            into = folded[group] = dict(both.get(group, {}))
+            for cell, count in cells.items():
+                into[cell] = into.get(cell, 0) + count
+        return folded
+
+    def merge(self, other: _Counts) -> None:
+        self.both.merge(other.both)
+        self.expected.merge(other.expected)
+        self.projected.merge(other.projected)
 
 
 def _compare_rows(batch: list, folds: dict, result: Scan, counted: _Counts) -> None:
     """Each projection row (of sql.PROJECTION_ROWS) against its run's fold, which it takes
-    out of folds. A row whose run has no events is not here: _scan_rest's ORPHAN_ROWS."""
+    out of folds (every run of the part with events has one)."""
     take = folds.pop
     for record in batch:
         key = (record[0], record[1])
         entry = take(key, None)
-        if entry is None:
+        if entry is None:  # the run has no events: its row is not explained by them
+            result.orphans.append(_compare(key, None, _projection_of(record)))
+            counted.projected.add_row(record)
             continue
         run = entry[1]
-        if not _unchanged(run, record):
-            drift = _compare(key, _expected(run), _projection_of(record))
-            if drift is not None:
-                result.drifts.append(drift)
+        if _unchanged(run, record):
+            counted.both.add_row(record)
+            continue
+        drift = _compare(key, _expected(run), _projection_of(record))
+        if drift is not None:
+            result.drifts.append(drift)
         if run is not None:
-            counted.expected_run(key[0], run)
-        counted.projected_row(key[0], record[_P_PIPELINE], record[_P_STATUS], _P_STAMPS(record))
+            counted.expected.add_run(key[0], run)
+        counted.projected.add_row(record)
 
 
 def _without_rows(folds: dict, result: Scan, counted: _Counts) -> None:
@@ -291,7 +392,7 @@ def _without_rows(folds: dict, result: Scan, counted: _Counts) -> None:
     for key, (_, run) in folds.items():
         if run is not None:
             result.drifts.append(_compare(key, _expected(run), None))
-            counted.expected_run(key[0], run)
+            counted.expected.add_run(key[0], run)
 
 
 async def scan(conn: asyncpg.Connection, dsn: str | None = None,
@@ -300,21 +401,39 @@ async def scan(conn: asyncpg.Connection, dsn: str | None = None,
 
     With the database's dsn, a large scan is split: other processes fold a share of the
     runs each, in the same snapshot; and so is a scan whose folds would take more than
-    memory_mb at once (scan_parts.py).
+    memory_mb at once (scan_parts.py). The counter tables and the rest are read meanwhile
+    on a connection of their own, in the snapshot too.
     """
     result, counted = Scan(), _Counts()
+    # The parts' counts are merged and compared after the folds: millions of small tuples,
+    # which the collector would walk again and again.
+    with _no_cycle_collection():
+        await _scan(conn, dsn, memory_mb, result, counted)
+    return result
+
+
+async def _scan(conn: asyncpg.Connection, dsn: str | None, memory_mb: int, result: Scan,
+                counted: _Counts) -> None:
     async with conn.transaction(isolation="repeatable_read", readonly=True):
         await conn.execute(sql.SCAN_SETTINGS)
         plan = await scan_parts.plan(conn, dsn, memory_mb)
         result.parts, result.ranges = plan.processes, len(plan.ranges)
         mine, theirs = plan.shares()
-        async with scan_parts.in_other_processes(conn, scan_part_alone, dsn, theirs) as others:
+        async with contextlib.AsyncExitStack() as stack:
+            if dsn is None:
+                stored = None
+            else:
+                snapshot = await conn.fetchval(sql.EXPORT_SNAPSHOT)
+                stored = await stack.enter_async_context(
+                    scan_parts.beside(dsn, snapshot, _stored))
+                others = await stack.enter_async_context(scan_parts.in_other_processes(
+                    scan_part_alone, dsn, snapshot, theirs))
             for bounds in mine:
                 await _scan_part(conn, bounds, result, counted)
-            for other in others:
+            for other in (others if dsn is not None else ()):
                 _merge(result, counted, *await other)
-        await _scan_rest(conn, result, counted)
-    return result
+            await _scan_rest(conn, result, counted,
+                             await (stored if stored is not None else _stored(conn)))
 
 
 async def _scan_part(conn: asyncpg.Connection, bounds: tuple, result: Scan,
@@ -388,81 +507,93 @@ def _merge(result: Scan, counted: _Counts, part: Scan, part_counted: _Counts) ->
     result.runs += part.runs
     result.heads.update(part.heads)
     result.drifts += part.drifts
+    result.orphans += part.orphans
     result.version_drifts += part.version_drifts
-    counted.expected.update(part_counted.expected)
-    counted.projected.update(part_counted.projected)
-    counted.insights_expected.update(part_counted.insights_expected)
-    counted.insights_projected.update(part_counted.insights_projected)
-    result.insight_drifts += part.insight_drifts
+    counted.merge(part_counted)
 
 
-async def _scan_rest(conn: asyncpg.Connection, result: Scan, counted: _Counts) -> None:
-    """Heads, rows without events, the counters, stage runs without their run: in the
-    snapshot."""
+@dataclass
+class _Stored:
+    """What the scan compares whole, read in its snapshot: each counter table's cells
+    (TABLES order), the recoveries that differ, stage runs without their run, and the
+    insights' running totals with the recoveries per period they count."""
+    tables: list[dict]
+    recoveries: list
+    orphan_stage_runs: list
+    totals: list
+    recoveries_by_period: list
+
+
+async def _stored(conn: asyncpg.Connection) -> _Stored:
+    return _Stored([await table.stored(conn) for table in TABLES],
+                   await insights_store.recovery_drifts(conn),
+                   await conn.fetch(sql.ORPHAN_STAGE_RUN_KEYS),
+                   await insights_store.all_totals(conn),
+                   await insights_store.recoveries_by_period(conn))
+
+
+async def _scan_rest(conn: asyncpg.Connection, result: Scan, counted: _Counts,
+                     stored: _Stored) -> None:
+    """Heads, then the counter tables, recoveries, stage runs without their run."""
     result.heads = dict(sorted(
         (r[0], r[1]) for r in await conn.fetch(sql.HEADS, list(result.heads))))
-    for row in await conn.fetch(sql.ORPHAN_ROWS):
-        actual = {**dict(row), "stage_runs": []}
-        result.drifts.append(_compare((row["enterprise_id"], row["id"]), None, actual))
-        counted.projected_row(row["enterprise_id"], row["pipeline_id"], row["status"],
-                              (row["created_at"], row["started_at"], row["ended_at"],
-                               row["status"]))
-    stored = Counter({(r["enterprise_id"], r["pipeline_id"], r["status"]): r["n"]
-                      for r in await conn.fetch(counts.ALL_COUNTERS)})
-    expected, projected = counted.expected, counted.projected
-    for k in sorted(stored.keys() | expected.keys() | projected.keys(), key=str):
-        if stored[k] != expected[k]:
-            result.counter_drifts.append(CounterDrift(k, expected[k], stored[k]))
-        if stored[k] != projected[k]:
-            result.counter_errors[k] = stored[k] - projected[k]
-    await _compare_insights(conn, result, counted)
-    result.recovery_drifts = await _recovery_drifts(conn)
+    result.drifts += result.orphans
+    result.orphans = []
+    for n, table in enumerate(TABLES):
+        _compare_table(n, table, stored.tables[n], result, counted)
+    result.recovery_drifts = _recovery_drifts(stored.recoveries)
+    result.total_drifts = _total_drifts(counted.folded(_INSIGHTS), stored.totals,
+                                        stored.recoveries_by_period)
     known = {d.run_key for d in result.drifts}
-    for row in await conn.fetch(sql.ORPHAN_STAGE_RUN_KEYS):
+    for row in stored.orphan_stage_runs:
         key = (row["enterprise_id"], row["run_id"])
         if key not in known:
             result.drifts.append(Drift(key, ["<stage runs without their run>"], None, None))
 
 
-async def _compare_insights(conn: asyncpg.Connection, result: Scan, counted: _Counts) -> None:
-    """run_insights against the fold's keys (drifts) and the projection's (errors)."""
-    stored = Counter(await insights_store.all_counters(conn))
-    expected, projected = counted.insights_expected, counted.insights_projected
-    drifts, errors = [], {}
-    for k in stored.keys() | expected.keys() | projected.keys():
-        if stored[k] != expected[k]:
-            drifts.append(InsightDrift(k, expected[k], stored[k]))
-        if stored[k] != projected[k]:
-            errors[k] = stored[k] - projected[k]
-    # Only what differs is put in order (the report's), not every key of the projection:
-    # sorting all of them was seconds of one process alone at the end of a large scan.
-    result.insight_drifts.extend(sorted(drifts, key=lambda d: str(d.key)))
-    result.insight_errors.update(dict(sorted(errors.items(), key=lambda item: str(item[0]))))
-    result.total_drifts = await _total_drifts(conn, expected)
+def _compare_table(n: int, table: _Table, stored: dict, result: Scan,
+                   counted: _Counts) -> None:
+    """A counter table against the fold's keys (drifts) and the projection's (errors)."""
+    drifts, errors = _differences(stored, counted.both.tables[n], counted.expected.tables[n],
+                                  counted.projected.tables[n])
+    # Only what differs is put in order (the report's), not every key of the table.
+    drifts = sorted(((table.key(*group, cell), want, have) for group, cell, want, have
+                     in drifts), key=lambda d: str(d[0]))
+    errors = dict(sorted(((table.key(*group, cell), delta) for group, cell, delta in errors),
+                         key=lambda item: str(item[0])))
+    if table.apply_deltas is None:  # run_counts
+        result.counter_drifts += [CounterDrift(*d) for d in drifts]
+        result.counter_errors.update(errors)
+    else:
+        result.insight_drifts += [InsightDrift(*d, table=table.name) for d in drifts]
+        result.insight_errors[table.name] = Counter(errors)
 
 
-async def _total_drifts(conn: asyncpg.Connection, keys: Counter) -> list[TotalDrift]:
-    """run_insights_totals against the running totals of the fold's run_insights keys and
-    of run_recoveries, per pipeline and period, and per enterprise (the rollup: every
-    pipeline's)."""
+def _total_drifts(folded: dict, stored: list, recoveries: list) -> list[TotalDrift]:
+    """run_insights_totals (stored) against the running totals of the fold's run_insights
+    keys (folded: {(enterprise_id, pipeline_id): {(hour number, metric, bin): n}}) and of
+    run_recoveries (per pipeline and period), per pipeline and period, and per enterprise
+    (the rollup: every pipeline's)."""
     own: dict[tuple, dict] = defaultdict(lambda: defaultdict(Counter))
-    for (enterprise_id, hour, pipeline_id, metric, bin_), n in keys.items():
-        at = insight_keys.period_of(hour)
-        own[(enterprise_id, pipeline_id)][at][(metric, bin_)] += n
-        own[(enterprise_id, insight_keys.ALL_PIPELINES)][at][(metric, bin_)] += n
-    for r in await insights_store.recoveries_by_period(conn):
+    for (enterprise_id, pipeline_id), cells in folded.items():
+        mine, rollup = own[(enterprise_id, pipeline_id)], own[(enterprise_id, _ROLLUP)]
+        for (hour, metric, bin_), n in cells.items():
+            at = insight_keys.period_of(hour)
+            mine[at][(metric, bin_)] += n
+            rollup[at][(metric, bin_)] += n
+    for r in recoveries:
         period = own[(r["enterprise_id"], r["pipeline_id"])][r["at"]]
         period[("recovered", 0)] += r["n"]
         period[("recovered_micros", 0)] += r["micros"]
-    stored: dict[tuple, dict] = defaultdict(dict)
-    for r in await insights_store.all_totals(conn):
-        stored[(r["enterprise_id"], r["pipeline_id"])][r["at"]] = (
+    have_all: dict[tuple, dict] = defaultdict(dict)
+    for r in stored:
+        have_all[(r["enterprise_id"], r["pipeline_id"])][r["at"]] = (
             *(r[c] for c in insight_keys.TOTAL_COLUMNS[:-2]),
             *((r[f"{m}_lo"], tuple(r[m])) for m in insight_keys.HISTOGRAMS))
     drifts = []
-    for pipeline in own.keys() | stored.keys():
+    for pipeline in own.keys() | have_all.keys():
         want = {row[0]: row[1:] for row in insight_keys.total_rows(own.get(pipeline, {}))}
-        have = stored.get(pipeline, {})
+        have = have_all.get(pipeline, {})
         for at in want.keys() | have.keys():
             w, h = want.get(at), have.get(at)
             if w != h:
@@ -472,9 +603,32 @@ async def _total_drifts(conn: asyncpg.Connection, keys: Counter) -> list[TotalDr
     return sorted(drifts, key=lambda d: str(d.key))
 
 
-async def _recovery_drifts(conn: asyncpg.Connection) -> list[RecoveryDrift]:
+
+
+def _differences(stored: dict, both: dict, expected: dict, projected: dict) -> tuple[list, list]:
+    """Where a table (stored) differs from the fold's counts (both + expected): (group, cell,
+    expected, stored); and from the projection rows' (both + projected): (group, cell,
+    stored - projected). Each argument {group: {cell: n}} without zeros."""
+    drifts, errors = [], []
+    for group in stored.keys() | both.keys() | expected.keys() | projected.keys():
+        have, common = stored.get(group, {}), both.get(group, {})
+        folded, rows = expected.get(group, {}), projected.get(group, {})
+        if not folded and not rows and have == common:  # nearly every group: a dict compare
+            continue
+        for cell in have.keys() | common.keys() | folded.keys() | rows.keys():
+            n, c = have.get(cell, 0), common.get(cell, 0)
+            want = c + folded.get(cell, 0)
+            if n != want:
+                drifts.append((group, cell, want, n))
+            delta = n - c - rows.get(cell, 0)
+            if delta:
+                errors.append((group, cell, delta))
+    return drifts, errors
+
+
+def _recovery_drifts(rows: list) -> list[RecoveryDrift]:
     drifts: dict[tuple, RecoveryDrift] = {}
-    for r in await insights_store.recovery_drifts(conn):
+    for r in rows:
         key = (r["enterprise_id"], r["pipeline_id"], r["run_id"])
         drift = drifts.setdefault(key, RecoveryDrift(key, None, None))
         if r["expected_at"] is not None:
@@ -541,7 +695,7 @@ async def _replay(conn: asyncpg.Connection, dsn: str | None, memory_mb: int) -> 
     return ReplayReport(result.events, result.runs, len(result.drifts), caught_up,
                         time.perf_counter() - started,
                         counters_repaired=len(result.counter_errors),
-                        insights_repaired=len(result.insight_errors),
+                        insights_repaired=sum(map(len, result.insight_errors.values())),
                         recoveries_repaired=len(result.recovery_drifts),
                         version_drifts=len(result.version_drifts))
 
@@ -551,19 +705,23 @@ def _totals_to_rebuild(result: Scan) -> set[tuple]:
     drifted, or whose run_insights rows or recoveries are repaired other than by the
     triggers; and their enterprises' rollups."""
     pipelines = ({d.key[:2] for d in result.total_drifts}
-                 | {(k[0], k[2]) for k in result.insight_errors}
+                 | {(k[0], k[2]) for errors in result.insight_errors.values() for k in errors}
                  | {d.key[:2] for d in result.recovery_drifts})
     return pipelines | {(e, insight_keys.ALL_PIPELINES) for e, _ in pipelines}
 
 
 async def _catch_up(conn: asyncpg.Connection, heads: dict[str, int], keys: set,
-                    counter_errors: Counter, insight_errors: Counter,
+                    counter_errors: Counter, insight_errors: dict[str, Counter],
                     recovered: set[tuple], totals: set[tuple]) -> int:
     """Under a short write lock: re-fold the runs changed since the scan, and the skipped;
     take the counters' snapshot error back out (patches and writes never change it)."""
     async with conn.transaction():
+        await conn.execute(sql.CATCH_UP_SETTINGS)
         await counts.apply_deltas(conn, Counter({k: -v for k, v in counter_errors.items()}))
-        await insights_store.apply_deltas(conn, {k: -v for k, v in insight_errors.items()})
+        for table in TABLES:
+            if table.apply_deltas is not None:
+                errors = insight_errors.get(table.name, {})
+                await table.apply_deltas(conn, {k: -v for k, v in errors.items()})
         await conn.execute(sql.LOCK_WRITES)
         changed = await conn.fetch(sql.RUNS_CHANGED_SINCE, list(heads), list(heads.values()))
         keys = keys | {(r["enterprise_id"], r["run_id"]) for r in changed}

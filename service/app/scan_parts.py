@@ -13,6 +13,7 @@ from typing import Callable
 
 import asyncpg
 
+from service.infra.db import init_connection
 from service.store import replay as sql
 
 # Below this many events a second process costs more (its start, ~0.5 s) than it saves.
@@ -74,20 +75,46 @@ def bounds(parts: int) -> list[tuple[uuid.UUID, uuid.UUID]]:
 
 
 @asynccontextmanager
-async def in_other_processes(conn: asyncpg.Connection, work: Callable, dsn: str,
+async def in_other_processes(work: Callable, dsn: str, snapshot: str,
                              ranges: list[list[tuple]]):
     """work(dsn, snapshot, its ranges) for each share of ranges, each in a process of its own,
-    in the snapshot of conn's transaction (which must stay open until they are done); yields
+    in the exported snapshot (its transaction must stay open until they are done); yields
     their futures."""
     if not ranges:
         yield []
         return
-    snapshot = await conn.fetchval(sql.EXPORT_SNAPSHOT)
     loop = asyncio.get_running_loop()
     # spawn: a fork would copy the caller's event loop and connections.
-    with ProcessPoolExecutor(len(ranges), mp_context=multiprocessing.get_context("spawn")) as pool:
+    pool = ProcessPoolExecutor(len(ranges), mp_context=multiprocessing.get_context("spawn"))
+    try:
         futures = [loop.run_in_executor(pool, work, dsn, snapshot, r) for r in ranges]
         try:
             yield futures
         finally:  # done, or the caller failed: never leave a part running unawaited
             await asyncio.gather(*futures, return_exceptions=True)
+    finally:
+        # Their results are in: the processes' exits (a part's gigabytes handed back) need
+        # not be waited for (seconds at a million runs).
+        pool.shutdown(wait=False)
+
+
+@asynccontextmanager
+async def beside(dsn: str, snapshot: str, work: Callable):
+    """work(connection) as a task, on a connection of its own in the exported snapshot
+    (read-only, the scan's settings), while the caller goes on: yields the task."""
+    conn = await asyncpg.connect(dsn)
+    task = None
+    try:
+        await init_connection(conn)
+        async with conn.transaction(isolation="repeatable_read", readonly=True):
+            await conn.execute(sql.set_snapshot(snapshot))  # first, as PostgreSQL requires
+            await conn.execute(sql.SCAN_SETTINGS)
+            task = asyncio.ensure_future(work(conn))
+            try:
+                yield task
+            finally:  # the caller failed: the connection must be free to close
+                if not task.done():
+                    task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+    finally:
+        await conn.close()

@@ -1,7 +1,7 @@
 """Insights, pure: the log bins of times, a run's insight keys, and a row's figures.
 
 The projection (schema.sql, run_insights) counts each live run under a few keys (hour,
-metric, bin); `run_keys` is its Python twin (replay compares the two), and `figures` turns
+metric, bin); `run_cells` is its Python twin (replay compares the two), and `figures` turns
 one answer row's counters into what the API answers.
 """
 from __future__ import annotations
@@ -76,27 +76,46 @@ def _hour(at: datetime) -> datetime:
     return at.astimezone(timezone.utc).replace(minute=0, second=0, microsecond=0)
 
 
-def _micros(delta: timedelta) -> int:
-    return delta // timedelta(microseconds=1)
+_HOUR = timedelta(hours=1)
+_MICROSECOND = timedelta(microseconds=1)
+_EPOCH_DAY = _EPOCH.toordinal()
 
 
-def run_keys(run: Mapping[str, Any]) -> list[tuple[datetime, str, int]]:
-    """A run's (hour, metric, bin) keys: SQL's run_insight_keys, for replay's comparison."""
-    keys = [(_hour(run["created_at"]), "created", 0)]
-    started, ended, status = run["started_at"], run["ended_at"], run["status"]
+def hour_at(number: int) -> datetime:
+    """The start of an hour given as its number (run_cells' hours)."""
+    return _EPOCH + number * _HOUR
+
+
+def _hour_number(at: datetime) -> int:
+    """The UTC hour `at` falls in, as UTC hours since _EPOCH (from the date and the hour:
+    cheaper than a timedelta's division, for the times the database gives, in UTC)."""
+    if at.tzinfo is not timezone.utc:
+        at = at.astimezone(timezone.utc)
+    return (at.toordinal() - _EPOCH_DAY) * 24 + at.hour
+
+
+def run_cells(created_at: datetime, started_at: datetime | None, ended_at: datetime | None,
+              status: str) -> list[tuple[int, str, int]]:
+    """A run's (hour, metric, bin) keys, SQL's run_insight_keys, the hour a number: UTC hours
+    since _EPOCH (replay counts these for every run: integers hash and pickle cheaply where
+    datetimes did not)."""
+    cells = [(_hour_number(created_at), "created", 0)]
     if status in TERMINAL:
-        keys.append((_hour(ended), status, 0))
-        if started is not None:
-            keys.append((_hour(ended), "duration", bin_of(_micros(ended - started))))
-    if started is not None:
-        keys.append((_hour(started), "queue", bin_of(_micros(started - run["created_at"]))))
-    return keys
+        ended = _hour_number(ended_at)
+        cells.append((ended, status, 0))
+        if started_at is not None:
+            cells.append((ended, "duration", bin_of((ended_at - started_at) // _MICROSECOND)))
+    if started_at is not None:
+        cells.append((_hour_number(started_at), "queue",
+                      bin_of((started_at - created_at) // _MICROSECOND)))
+    return cells
 
 
-def run_rows(pipeline_id, run: Mapping[str, Any]) -> list[tuple[datetime, Any, str, int]]:
-    """A run's run_insights rows (hour, pipeline, metric, bin): its keys under its pipeline
+def run_groups(pipeline_id, created_at: datetime, started_at: datetime | None,
+               ended_at: datetime | None, status: str) -> tuple[tuple[Any, list], ...]:
+    """A run's run_insights rows as (pipeline, its run_cells): its keys under its pipeline
     (run_insights_move in SQL), for replay's comparison."""
-    return [(hour, pipeline_id, metric, bin_) for hour, metric, bin_ in run_keys(run)]
+    return ((pipeline_id, run_cells(created_at, started_at, ended_at, status)),)
 
 
 # A run_insights_totals row's columns after (enterprise, pipeline, at): the counts, then
@@ -118,9 +137,10 @@ def _widen(hist: list, bin_: int, n: int) -> None:
     counts[bin_ - lo] += n
 
 
-def period_of(hour: datetime) -> datetime:
-    """The start of the 6-hour period an hour is in (SQL's insights_period)."""
-    return hour.replace(hour=hour.hour - hour.hour % 6)
+def period_of(hour: int) -> datetime:
+    """The start of the 6-hour period an hour (a number: run_cells') is in (SQL's
+    insights_period)."""
+    return hour_at(hour - hour % 6)
 
 
 def total_rows(periods: Mapping[datetime, Mapping[tuple[str, int], int]]) -> list[tuple]:

@@ -103,6 +103,41 @@ async def _reset_connection(conn: asyncpg.Connection) -> None:
         await conn.execute(conn.get_reset_query())
 
 
+def pool_has_free(pool: asyncpg.Pool) -> bool:
+    """Whether acquire() takes a connection at once: a holder is idle in the pool's queue
+    (it may still have to connect, bounded by DB_CONNECT_TIMEOUT). get_idle_size() says
+    about as much by walking every holder, a tenth of the pool's cost a request."""
+    queue = getattr(pool, "_queue", None)  # asyncpg's queue of free holders
+    return bool(pool.get_idle_size()) if queue is None else not queue.empty()
+
+
+def fit_to_pass_on(pool: asyncpg.Pool, conn) -> bool:
+    """A connection a request is done with may go straight to the next request (slots.py
+    hand_over) rather than through release() and acquire(), when release() would only
+    have put it back: open, outside a transaction, no session state, short of the pool's
+    max_queries, and nothing else (a group-commit lane, the dispatcher) waits on the pool,
+    which must get its turn. Read from asyncpg's own fields (the pool's queue, the proxy's
+    connection); a version without them passes nothing on."""
+    try:
+        con = conn._con  # the pool's proxy: its connection
+        if pool._queue._getters or con._protocol.queries_count >= pool._max_queries:
+            return False
+    except AttributeError:
+        return False
+    return (not con.is_closed() and not con.is_in_transaction()
+            and not (_SESSION_STATE and con in _SESSION_STATE))
+
+
+_RELEASING: set[asyncio.Task] = set()  # referenced until done (the loop holds tasks weakly)
+
+
+def release_later(pool: asyncpg.Pool, conn) -> None:
+    """Give a connection back to its pool from a callback, where no one can await it."""
+    task = asyncio.get_running_loop().create_task(pool.release(conn))
+    _RELEASING.add(task)
+    task.add_done_callback(_RELEASING.discard)
+
+
 async def create_pool(config: Config, dsn: str, min_size: int | None = None) -> asyncpg.Pool:
     """min_size=0: connect on first use only (a standby may be down when the service starts)."""
     return await asyncpg.create_pool(

@@ -53,6 +53,14 @@ GROUP BY c.status
 Key = tuple  # (enterprise_id, pipeline_id, status)
 
 
+async def all_cells(conn: asyncpg.Connection) -> dict[tuple, dict[tuple, int]]:
+    """{(enterprise_id, pipeline_id): {(status,): n}} of every counter (replay)."""
+    cells: dict[tuple, dict[tuple, int]] = {}
+    for r in await conn.fetch(ALL_COUNTERS):
+        cells.setdefault((r[0], r[1]), {})[(r[2],)] = r[3]
+    return cells
+
+
 def transition(enterprise_id: str, pipeline_id, before: str | None,
                after: str | None) -> Counter:
     """The deltas of one run going from status `before` to `after` (None: no row)."""

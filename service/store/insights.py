@@ -191,8 +191,14 @@ SELECT id, name FROM pipelines WHERE enterprise_id = $1 AND id = ANY($2::uuid[])
 
 # Replay/verify: every stored counter (zeros are no counters), and the repair of the
 # differences, added under the feed locks like run_counts (store/counts.py).
-ALL_COUNTERS = """
-SELECT enterprise_id, hour, pipeline_id, metric, bin, n FROM run_insights WHERE n <> 0
+# Every row, per (enterprise, pipeline): its hours as numbers (domain/insights.py run_cells:
+# hours since 2000-01-01 UTC, the origin of date_bin's hours), metrics, bins and counts as
+# parallel arrays, which the client decodes without an object per row.
+ALL_CELLS = """
+SELECT enterprise_id, pipeline_id,
+       array_agg((extract(epoch FROM hour - timestamptz '2000-01-01 00:00Z') / 3600)::bigint),
+       array_agg(metric), array_agg(bin), array_agg(n)
+FROM run_insights WHERE n <> 0 GROUP BY enterprise_id, pipeline_id
 """
 APPLY_DELTAS = f"""
 WITH feed_locks AS (
@@ -392,8 +398,10 @@ async def pipeline_names(conn: asyncpg.Connection, enterprise_id: str, ids) -> d
     return {r["id"]: r["name"] for r in await conn.fetch(PIPELINE_NAMES, enterprise_id, list(ids))}
 
 
-async def all_counters(conn: asyncpg.Connection) -> dict[tuple, int]:
-    return {tuple(r[:5]): r["n"] for r in await conn.fetch(ALL_COUNTERS)}
+async def all_cells(conn: asyncpg.Connection) -> dict[tuple, dict[tuple, int]]:
+    """{(enterprise_id, pipeline_id): {(hour number, metric, bin): n}} of every row (replay)."""
+    return {(r[0], r[1]): dict(zip(zip(r[2], r[3], r[4]), r[5]))
+            for r in await conn.fetch(ALL_CELLS)}
 
 
 async def add_runs(conn: asyncpg.Connection, enterprise_id: str, run_ids: list) -> None:

@@ -63,7 +63,9 @@ async def insert_lsn(conn: asyncpg.Connection) -> int:
 def _queries(conn: asyncpg.Connection) -> int:
     # How many queries the connection has sent (asyncpg's pool reads the same counter to
     # retire connections); -1 when a driver version lacks it, so no note is ever trusted.
-    return getattr(getattr(conn, "_protocol", None), "queries_count", -1)
+    # A pool's proxy: read its connection's (the proxy's own attribute lookup is slower).
+    con = getattr(conn, "_con", None) or conn
+    return getattr(getattr(con, "_protocol", None), "queries_count", -1)
 
 
 async def replay_lsn(conn: asyncpg.Connection) -> int | None:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import warnings
 from typing import AsyncIterator
@@ -33,7 +34,6 @@ from service.web.keys import (
     POOL,
     POOL_SLOTS,
     RATE_LIMITER,
-    RATE_STATE,
     READINESS,
     REPLICAS,
     SIGNER,
@@ -95,7 +95,7 @@ async def _pool_ctx(app: web.Application) -> AsyncIterator[None]:
             await database.ping(conn)
             unprotected = await database.unprotected_because(conn)  # readiness reports it
         app[POOL] = pool
-        app[POOL_SLOTS] = FairSlots(config.pool_max)
+        app[POOL_SLOTS] = FairSlots(config.pool_max, functools.partial(db.release_later, pool))
         app[READINESS] = Readiness(pool, config.pool_acquire_timeout, unprotected)
         app[METRICS].pool = pool
         # Lanes: a quarter of the pool. 100 enterprises writing at once (bench, pool of 10):
@@ -173,14 +173,6 @@ async def _wake_long_polls(app: web.Application) -> None:
         waiters.wake_all()
 
 
-async def _rate_headers(request: web.Request, response: web.StreamResponse) -> None:
-    """Every answer to an authenticated, rate-limited request says where its limit stands."""
-    state = request.get(RATE_STATE)
-    if state is not None:
-        headers = response.headers
-        headers["RateLimit-Policy"], headers["RateLimit"] = state
-
-
 async def _metrics_server_ctx(app: web.Application) -> AsyncIterator[None]:
     """METRICS_PORT set: /metrics is served there, on METRICS_HOST (loopback by default)."""
     config = app[CONFIG]
@@ -198,10 +190,12 @@ async def _metrics_server_ctx(app: web.Application) -> AsyncIterator[None]:
 def _add_routes(app: web.Application) -> None:
     for method, path, handler in (*health.routes, *root.routes):
         app.router.add_route(method, path, handler)
-    # One resource per path with all its methods, and the run routes first: the router
-    # tries a prefix's resources in order (a regex each), so the hot paths match early.
+    # One resource per path with all its methods, and the run routes first, one run's
+    # before the lists': the router tries a prefix's resources in order (a coroutine and a
+    # regex each), so the hot paths (a run's GET and PUT) match first.
     methods: dict[str, list] = {}
-    for method, path, handler in (*runs.routes, *RESOURCE_ROUTES):
+    hot = sorted(runs.routes, key=lambda route: route[1] != runs.RUN_PATH)
+    for method, path, handler in (*hot, *RESOURCE_ROUTES):
         if (method, handler) not in methods.setdefault(path, []):
             methods[path].append((method, handler))
     for mount in MOUNTS:
@@ -282,7 +276,6 @@ def create_app(config: Config, *, span_exporter=None) -> web.Application:
                                     config.rate_limit_delay_ms / 1000)
     app[WAIT_CAP] = WaitCap(config.max_waits_per_token)
     app[SIGNER] = load_signer(config.audit_key_path)  # checkpoints' key (AUDIT_KEY_FILE)
-    app.on_response_prepare.append(_rate_headers)
     _add_routes(app)
     pages.setup(app)
     _setup_openapi(app)

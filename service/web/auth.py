@@ -146,7 +146,7 @@ def _spend(request: web.Request, app: web.Application, principal: Principal) -> 
     state = app[RATE_LIMITER].take(principal.token_id, principal.rate_limit)
     if state is None:
         return 0.0
-    request[RATE_STATE] = state[:2]  # headers added as the response is sent (web/app.py)
+    request[RATE_STATE] = state[:2]  # the answer's headers (web/observe.py)
     return state[2]
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import asyncpg
 from aiohttp import web
@@ -50,3 +51,24 @@ CLIENT_GONE = web.RequestKey("client_gone", bool)
 PARSED = web.RequestKey("parsed", dict)
 # The request's read/write routing and consistency-token state (web/consistency.py).
 CONSISTENCY = web.RequestKey("consistency", object)
+# A /ui/ request's answer headers (pages/session.py PAGE_HEADERS), set by web/observe.py.
+PAGE_POLICY = web.RequestKey("page_policy", dict)
+
+
+def item(request: web.Request, key: web.RequestKey) -> Any:
+    """request.get(key) in one dict lookup. A request's Mapping.get raises and catches a
+    KeyError for a key it lacks, and every request lacks some the hot path asks for (an
+    Idempotency-Key's connection, CLIENT_GONE)."""
+    return request._state.get(key)
+
+
+def stream_headers(request: web.Request) -> dict[str, str]:
+    """What web/observe.py adds to every answer it returns, for an answer whose headers go
+    out before its handler returns (a stream, an export): where the token's rate limit
+    stands, a page's policy."""
+    state = item(request, RATE_STATE)
+    headers = {} if state is None else {"RateLimit-Policy": state[0], "RateLimit": state[1]}
+    policy = item(request, PAGE_POLICY)
+    if policy:
+        headers.update(policy)
+    return headers

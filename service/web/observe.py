@@ -19,10 +19,12 @@ from service.infra.metrics import UNMATCHED, Metrics
 from service.infra.appended import APPENDED
 from service.web import validation
 from service.web.auth import PUBLIC_PREFIXES, authenticate
-from service.web.keys import CLIENT_GONE, FEED_WAITERS, PARSED, PRINCIPAL, REQUEST_ID
+from service.web.keys import (CLIENT_GONE, FEED_WAITERS, PAGE_POLICY, PARSED, PRINCIPAL,
+                              RATE_STATE, REQUEST_ID, item)
 from service.web.middleware import (check_url_length, domain_error, http_error, request_id_of,
                                     unknown_error)
 from service.web.pages.session import PREFIX as PAGES_PREFIX
+from service.web.pages.session import PAGE_HEADERS, page_headers
 
 CLIENT_CLOSED = 499  # the status recorded when the caller went away mid-request
 READS = frozenset(("GET", "HEAD", "OPTIONS"))
@@ -67,6 +69,23 @@ async def _guarded(request: web.Request, handler, plan: RoutePlan) -> web.Stream
     return await handler(request)
 
 
+def _answer_headers(request: web.Request, response: web.StreamResponse, plan: RoutePlan,
+                    request_id: str) -> None:
+    """The headers every answer carries: its request id, where its token's rate limit
+    stands, and a /ui/ answer's page headers (pages/session.py). Added here, not as an
+    on_response_prepare signal, which costs every response a few µs; a stream, whose
+    headers go out before its handler returns, takes them itself (keys.stream_headers)."""
+    headers = response.headers
+    headers["X-Request-ID"] = request_id
+    if response.prepared:
+        return
+    state = item(request, RATE_STATE)
+    if state is not None:
+        headers["RateLimit-Policy"], headers["RateLimit"] = state
+    if plan.pages:
+        page_headers(response)
+
+
 def observe_middleware(metrics: Metrics, pages=None):
     """Bound to one app's metrics (the hot path looks nothing up on the app); `pages`: the
     middleware /ui/ requests go through (their session, web/pages/session.py)."""
@@ -94,6 +113,7 @@ def observe_middleware(metrics: Metrics, pages=None):
             try:
                 check_url_length(request.raw_path)
                 if plan.pages and pages is not None:
+                    request[PAGE_POLICY] = PAGE_HEADERS  # for its streams (keys.stream_headers)
                     response = await pages(request, lambda r: _guarded(r, handler, plan))
                 else:
                     if plan.scope is not None:
@@ -106,6 +126,7 @@ def observe_middleware(metrics: Metrics, pages=None):
             except web.HTTPException as exc:
                 if exc.status < 400:  # redirects: aiohttp answers them
                     status = exc.status
+                    _answer_headers(request, exc, plan, request_id)
                     raise
                 response = http_error(exc)
             except asyncio.CancelledError:
@@ -113,8 +134,8 @@ def observe_middleware(metrics: Metrics, pages=None):
                 raise
             except Exception:
                 response = unknown_error(request_id)
-            response.headers["X-Request-ID"] = request_id
-            status = CLIENT_CLOSED if request.get(CLIENT_GONE) else response.status
+            _answer_headers(request, response, plan, request_id)
+            status = CLIENT_CLOSED if item(request, CLIENT_GONE) else response.status
             if request.method not in READS and status < 400:
                 _committed(request)
             return response
@@ -124,7 +145,7 @@ def observe_middleware(metrics: Metrics, pages=None):
             observe(request.method, plan.label, status, seconds)
             if pending and status < 400:  # >= 400: the transaction rolled back
                 count_appended(pending)
-            principal = request.get(PRINCIPAL)
+            principal = item(request, PRINCIPAL)
             logs.log_request(request.method, plan.label, request.path, status,
                              round(seconds * 1000, 3),
                              principal.enterprise_id if principal else None,

@@ -10,6 +10,7 @@ from aiohttp_apispec import docs, json_schema, match_info_schema, querystring_sc
 
 from service.app import positions
 from service.infra import replicas as replica_routing
+from service.infra import db as dbinfra
 from service.infra import logs
 from service.web import links
 from service.web.auth import CHALLENGE, SECURITY, requires
@@ -30,6 +31,7 @@ from service.web.keys import (
     REPLICAS,
     REQUEST_ID,
     Principal,
+    item,
 )
 from service.app.outages import UNAVAILABLE, translated
 from service.web.slots import FairSlots
@@ -242,8 +244,8 @@ class _Connection:
     def __init__(self, request: web.Request, read: bool | None):
         self.request = request
         self.conn: asyncpg.Connection | None = None
-        self.shared = request.get(TX_CONNECTION)
-        self.state = state = request.get(CONSISTENCY)  # None outside @operation handlers
+        self.shared = item(request, TX_CONNECTION)
+        self.state = state = item(request, CONSISTENCY)  # None outside @operation handlers
         self.read = (state is not None and state.read) if read is None else read
         self.replica = None
 
@@ -261,7 +263,7 @@ class _Connection:
                     return self.conn
             replicas.count_read("primary")
         slots, pool = app[POOL_SLOTS], app[POOL]
-        caller = self.request.get(PRINCIPAL)
+        caller = item(self.request, PRINCIPAL)
         key = caller.enterprise_id if caller is not None else ""
         with translated():
             self.conn = await _acquire(slots, pool, key, app[CONFIG].pool_acquire_timeout)
@@ -273,6 +275,8 @@ class _Connection:
             return await self._exit_replica(conn, kind, exc)
         if conn is not None:
             app = self.request.app
+            slots = app[POOL_SLOTS]
+            handed = False
             try:
                 with translated():
                     if kind is None and self.state is not None:
@@ -282,9 +286,15 @@ class _Connection:
                         # rather than have release() wait up to command_timeout again for
                         # the query's cancellation.
                         conn.terminate()
-                    await app[POOL].release(conn)
+                    pool = app[POOL]
+                    # Under load a request waits for a slot: it gets this connection with it.
+                    if kind is None and slots.has_waiters() and dbinfra.fit_to_pass_on(pool, conn):
+                        handed = slots.hand_over(conn)
+                    if not handed:
+                        await pool.release(conn)
             finally:
-                app[POOL_SLOTS].release()
+                if not handed:
+                    slots.release()
         return translated().__exit__(kind, exc, tb)  # the body's failure, translated too
 
     async def _exit_replica(self, conn: asyncpg.Connection, kind, exc) -> bool:
@@ -313,13 +323,16 @@ async def _acquire(slots: FairSlots, pool: asyncpg.Pool, key: str,
     when it has no idle connection (the writers outside the slots, group commit and the
     webhook dispatcher, may hold them all), and then asyncio.timeout bounds it (not
     acquire(timeout=): that one costs a task). Taking an idle connection does not wait,
-    and opening one is bounded by DB_CONNECT_TIMEOUT.
+    and opening one is bounded by DB_CONNECT_TIMEOUT. A slot that comes with the
+    connection of the request that gave it up (slots.hand_over) needs no pool at all.
     """
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
-    await slots.acquire(key, timeout)
+    handed = await slots.acquire(key, timeout)
+    if handed is not None:
+        return handed
     try:
-        if pool.get_idle_size():
+        if dbinfra.pool_has_free(pool):
             return await pool.acquire()
         async with asyncio.timeout_at(deadline):
             return await pool.acquire()

@@ -20,7 +20,7 @@ from service.web import consistency
 from service.web import schemas as s
 from service.web.envelope import dumps, dumps_bytes
 from service.web.handlers.common import connection, operation, path, principal, query
-from service.web.keys import CLIENT_GONE, CONSISTENCY, REQUEST_ID, WAIT_CAP
+from service.web.keys import CLIENT_GONE, CONSISTENCY, REQUEST_ID, WAIT_CAP, stream_headers
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +84,7 @@ async def _answer(request: web.Request, fmt: str, filename: str,
     response = web.StreamResponse(headers={
         "Content-Type": f"{MEDIA[fmt]}; charset=utf-8",
         "Content-Disposition": f'attachment; filename="{filename}.{fmt}"',
-        **consistency.headers(request)})
+        **consistency.headers(request), **stream_headers(request)})
     await response.prepare(request)
     return await _write(request, response, fmt, first, batches)
 

@@ -147,11 +147,12 @@ async def delete_run(request: web.Request) -> web.Response:
     return envelope(run, message="Deleted Pipeline Run")
 
 
+RUN_PATH = "/pipelines/{pipeline_id}/runs/{pipeline_run_id}/"
 routes = [
     ("GET", "/runs/", list_enterprise_runs),
     ("GET", "/pipelines/{pipeline_id}/runs/", list_pipeline_runs),
     ("POST", "/pipelines/{pipeline_id}/runs/", create_run),
-    ("GET", "/pipelines/{pipeline_id}/runs/{pipeline_run_id}/", get_run),
-    ("PUT", "/pipelines/{pipeline_id}/runs/{pipeline_run_id}/", update_run),
-    ("DELETE", "/pipelines/{pipeline_id}/runs/{pipeline_run_id}/", delete_run),
+    ("GET", RUN_PATH, get_run),
+    ("PUT", RUN_PATH, update_run),
+    ("DELETE", RUN_PATH, delete_run),
 ]

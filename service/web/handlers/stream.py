@@ -13,7 +13,7 @@ from service.web import consistency, gone
 from service.web import schemas as s
 from service.web.envelope import dumps
 from service.web.handlers.common import connection, operation, principal, query
-from service.web.keys import CONFIG, FEED_WAITERS, WAIT_CAP
+from service.web.keys import CONFIG, FEED_WAITERS, WAIT_CAP, stream_headers
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +85,8 @@ async def stream(request: web.Request) -> web.StreamResponse:
         first = await _read(request, enterprise_id, after, q)  # a failure: still an envelope
         # Its headers go out now: the token is what the first read reflects.
         async with sse_response(request, ping_interval=heartbeat,
-                                headers=consistency.headers(request)) as resp:
+                                headers={**consistency.headers(request),
+                                         **stream_headers(request)}) as resp:
             await _follow(request, resp, enterprise_id, after, first, q)
     return resp
 

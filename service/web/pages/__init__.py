@@ -37,4 +37,3 @@ def setup(app: web.Application) -> None:
     for method, path, handler in (*views.routes, *insights.routes):
         app.router.add_route(method, path, handler)
     app.router.add_static(STATIC_PREFIX, HERE / "static", append_version=False)
-    app.on_response_prepare.append(session.page_headers)

@@ -86,11 +86,11 @@ def _refused(request: web.Request) -> web.Response:
         "message": "This form was not sent from this site's own pages."}, status=403)
 
 
-async def page_headers(request: web.Request, response: web.StreamResponse) -> None:
-    """on_response_prepare: every /ui/ answer (pages, redirects, errors, static files)."""
-    if request.path.startswith(PREFIX):
-        for name, value in PAGE_HEADERS.items():
-            response.headers.setdefault(name, value)
+def page_headers(response: web.StreamResponse) -> None:
+    """Every /ui/ answer's (pages, redirects, errors, static files): web/observe.py adds them."""
+    headers = response.headers
+    for name, value in PAGE_HEADERS.items():
+        headers.setdefault(name, value)
 
 
 def ui_sessions(config: Config):
