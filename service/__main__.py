@@ -235,6 +235,12 @@ def cmd_verify(config: Config, args) -> int:
         enterprise_id, hour, pipeline_id, metric, bin_ = i.key
         print(f"DRIFT run_insights {pipeline_id} {hour.isoformat()} {metric} {bin_} "
               f"(enterprise {enterprise_id}): {i.actual}, the events give {i.expected}")
+    for d in result.total_drifts:
+        enterprise_id, pipeline_id, at = d.key
+        print(f"DRIFT run_insights_totals {pipeline_id} {at.isoformat()} "
+              f"(enterprise {enterprise_id}): "
+              + ("missing" if d.actual is None else "surplus" if d.expected is None
+                 else ", ".join(d.fields) + " differ") + " (the events' running totals)")
     def recovery(v) -> str:  # (recovered_at, failed_at) or None
         return "none" if v is None else f"failed {v[1].isoformat()} recovered {v[0].isoformat()}"
 

@@ -1,5 +1,5 @@
-"""Insights' faster projections: the per-day rollup (the rows of pipeline 0…0) leaves out
-the runs of soft-deleted pipelines like the hourly rows do; run_recoveries follows live
+"""Insights' faster projections: the per-day rollup (the running totals of pipeline 0…0)
+leaves out the runs of soft-deleted pipelines like the hourly rows do; run_recoveries follows live
 writes (streaks opened, closed, a closing success deleted); verify names a tampered row of
 either and replay puts it back."""
 from __future__ import annotations
@@ -37,7 +37,7 @@ DAY = NOW.replace(hour=0)
     (DAY - timedelta(days=40, hours=-1), DAY - timedelta(days=2, hours=1), "week"),
     (DAY - timedelta(days=60, hours=-23), NOW, "month")])
 async def test_ragged_days_from_the_rollup_or_the_hours(seeded, db, frm, to, granularity):
-    """Each end either way: its day from the rollup less the hours outside the window, or
+    """Each end either way: its period from the rollup less the hours outside the window, or
     the hours inside from the hourly rows; a soft-deleted pipeline's runs left out."""
     runs = await _states_now(db)
     gone = runs[-1]["pipeline_id"]
@@ -49,16 +49,17 @@ async def test_ragged_days_from_the_rollup_or_the_hours(seeded, db, frm, to, gra
 
 
 async def test_verify_names_a_tampered_rollup_row_and_replay_restores_it(seeded, db):
-    row = await db.fetchrow("SELECT * FROM run_insights WHERE pipeline_id = $1 AND n > 1 "
-                            "ORDER BY hour DESC LIMIT 1", ALL_PIPELINES)
-    key = tuple(row)[:5]
-    await db.execute("UPDATE run_insights SET n = n - 1 WHERE (enterprise_id, hour, "
-                     "pipeline_id, metric, bin) = ($1, $2, $3, $4, $5)", *key)
-    drifts = (await verify(db)).insight_drifts
-    assert [(d.key, d.expected, d.actual) for d in drifts] == [(key, row["n"], row["n"] - 1)]
+    row = await db.fetchrow("SELECT * FROM run_insights_totals WHERE pipeline_id = $1 "
+                            "AND created > 1 ORDER BY at DESC LIMIT 1", ALL_PIPELINES)
+    key = tuple(row)[:3]
+    await db.execute("UPDATE run_insights_totals SET created = created - 1 WHERE (enterprise_id, "
+                     "pipeline_id, at) = ($1, $2, $3)", *key)
+    drifts = (await verify(db)).total_drifts
+    assert [(d.key, d.fields, d.expected[0], d.actual[0]) for d in drifts] == [
+        (key, ["created"], row["created"], row["created"] - 1)]
     await replay(db)
-    assert await db.fetchval("SELECT n FROM run_insights WHERE (enterprise_id, hour, "
-                             "pipeline_id, metric, bin) = ($1, $2, $3, $4, $5)", *key) == row["n"]
+    assert await db.fetchrow("SELECT * FROM run_insights_totals WHERE (enterprise_id, "
+                             "pipeline_id, at) = ($1, $2, $3)", *key) == row
     assert (await verify(db)).clean
 
 

@@ -162,10 +162,14 @@ async def test_counter_tables_compare_alike_in_one_process_and_split(api, db, db
                 scan.counter_errors, scan.insight_errors)
 
     assert counters(split) == counters(whole)
-    # The changed run's keys under its pipeline and in the rollup; the row set by hand is
-    # an error of the table itself (the projection rows do not explain it).
-    assert {str(d.key[2]) for d in whole.insight_drifts} >= {runs[2]["pipeline_id"],
-                                                              str(ALL_PIPELINES)}
+    # The changed run's keys under its pipeline, and the running totals of its pipeline and
+    # of the rollup; the row set by hand is an error of the table itself (the projection
+    # rows do not explain it).
+    assert {str(d.key[2]) for d in whole.insight_drifts} >= {runs[2]["pipeline_id"]}
+    assert [(d.key, d.fields) for d in split.total_drifts] == [
+        (d.key, d.fields) for d in whole.total_drifts]
+    assert {str(d.key[1]) for d in whole.total_drifts} >= {runs[2]["pipeline_id"],
+                                                           str(ALL_PIPELINES)}
     assert list(whole.insight_errors["run_insights"].values()) == [2]
     assert [str(d.run_key[1]) for d in whole.drifts] == [runs[2]["id"]]
     report = await replay(db, db_dsn, memory_mb=2)
@@ -173,9 +177,10 @@ async def test_counter_tables_compare_alike_in_one_process_and_split(api, db, db
     assert (await verify(db, db_dsn, memory_mb=2)).clean
 
 
-async def test_a_runs_insight_cells_are_sqls_run_insight_rows(db):
+async def test_a_runs_insight_cells_are_sqls_run_insight_keys(db):
     """The Python twin replay counts with (hours as numbers) against the SQL the trigger
-    counts with: times on and just off the hour and the day, in other time zones."""
+    counts with (a run's keys under its pipeline: run_insight_deltas): times on and just
+    off the hour and the day, in other time zones."""
     pipeline = uuid.uuid4()
     rng = random.Random(7)
     base = datetime(2026, 3, 1, tzinfo=timezone.utc)
@@ -194,7 +199,7 @@ async def test_a_runs_insight_cells_are_sqls_run_insight_rows(db):
         cases.append((created, started, ended, status))
     for created, started, ended, status in cases:
         want = sorted(tuple(r) for r in await db.fetch(
-            "SELECT hour, pipeline_id, metric, bin FROM run_insight_rows($1, $2, $3, $4, $5)",
+            "SELECT hour, $1::uuid, metric, bin FROM run_insight_keys($2, $3, $4, $5)",
             pipeline, created, started, ended, status))
         got = sorted((insights.hour_at(h), group, metric, bin_)
                      for group, cells in insights.run_groups(pipeline, created, started, ended,

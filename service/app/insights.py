@@ -1,7 +1,8 @@
-"""Insights: run figures per time bucket and pipeline, from the run_insights projection.
+"""Insights: run figures per time bucket and pipeline, from the insights projections.
 
-The window is widened to whole UTC hours (the projection's grain); `as_of` answers from
-the events as they stood then (store/insights.py), everything else from the projection.
+The window is widened to whole UTC hours (the projection's grain); its whole 6-hour
+periods come from the running totals, its ragged ends from the hourly rows; `as_of` answers
+from the events as they stood then (store/insights.py).
 """
 from __future__ import annotations
 
@@ -65,18 +66,23 @@ async def insights(conn: asyncpg.Connection, enterprise_id: str, *, start=None, 
         if group:
             await _within_max_rows(conn, enterprise_id, frm, to, granularity, pipeline_ids,
                                    pipeline_name)
-        rows: dict[tuple, dict] = defaultdict(dict)
-        recovered: dict[tuple, tuple] = {}
-        counters = await store.counters(conn, *args, now=now)
+        span = store.tier_span((frm, to), granularity, as_of, now)
+        tallies: dict[tuple, figures_of.Tally] = defaultdict(figures_of.Tally)
         for (bucket, pipeline_id, metric), bins in groupby(
-                counters, key=lambda r: (r["bucket"], r["pipeline_id"], r["metric"])):
-            rows[(bucket, pipeline_id)][metric] = figures_of.summarize(
-                (r["bin"], r["n"]) for r in bins)
-        for r in await store.recoveries(conn, *args):
-            rows[(r["bucket"], r["pipeline_id"])]
-            recovered[(r["bucket"], r["pipeline_id"])] = (r["n"], r["seconds"])
-        if not group and granularity is None:
-            rows[(frm, None)]  # one row for the window, even empty
+                await store.counters(conn, *args, span=span),
+                key=lambda r: (r["bucket"], r["pipeline_id"], r["metric"])):
+            tallies[(bucket, pipeline_id)].add_bins(metric, ((r["bin"], r["n"]) for r in bins))
+        for r in await store.recoveries(conn, *args, span=span):
+            tally = tallies[(r["bucket"], r["pipeline_id"])]
+            tally.recovered += r["n"]
+            tally.micros += r["micros"]
+        if span[0] < span[1]:
+            await _add_totals(conn, tallies, enterprise_id, pipeline_ids or None,
+                              pipeline_name, granularity, group, frm, span)
+        rows = {key: (summaries, tally) for key, tally in tallies.items()
+                if (summaries := tally.summaries()) or tally.recovered}
+        if not group and granularity is None and (frm, None) not in rows:
+            rows[(frm, None)] = ({}, figures_of.Tally())  # one row for the window, even empty
         names = await store.pipeline_names(conn, enterprise_id,
                                            {k[1] for k in rows if k[1] is not None})
     answer = []
@@ -86,12 +92,43 @@ async def insights(conn: asyncpg.Connection, enterprise_id: str, *, start=None, 
         row = {"bucket_start": begin, "bucket_end": finish}
         if group:
             row.update(pipeline_id=pipeline_id, pipeline_name=names.get(pipeline_id))
-        days = (finish - begin).total_seconds() / 86400
-        row.update(figures_of.figures(rows[(bucket, pipeline_id)],
-                                      recovered.get((bucket, pipeline_id), (0, 0.0)), days))
+        days_long = (finish - begin).total_seconds() / 86400
+        summaries, tally = rows[(bucket, pipeline_id)]
+        row.update(figures_of.figures(summaries, (tally.recovered, tally.micros / 1e6),
+                                      days_long))
         answer.append(row)
     return {"from": frm, "to": to, "as_of": as_of, "granularity": granularity,
             "group_by": group_by, "relative_error": figures_of.RELATIVE_ERROR, "rows": answer}
+
+
+def _boundaries(first: datetime, last: datetime, granularity: str | None) -> list[datetime]:
+    """first, each bucket start between first and last, and last (period starts)."""
+    out = [first]
+    while out[-1] < last:
+        out.append(figures_of.bucket_end(figures_of.bucket_start(out[-1], granularity, first),
+                                         granularity, last))
+    return out
+
+
+async def _add_totals(conn, tallies: dict, enterprise_id: str, pipeline_ids, pipeline_name,
+                      granularity: str | None, group: bool, frm: datetime,
+                      span: tuple) -> None:
+    """The periods [first, last) of the window from the running totals: per bucket and
+    member pipeline, its totals at the bucket's end less those at its start."""
+    bounds = _boundaries(*span, granularity)
+    per_pipeline = group or pipeline_ids is not None or pipeline_name is not None
+    at = {(r["pipeline_id"], r["boundary"]): r for r in await store.tier(
+        conn, enterprise_id, pipeline_ids, pipeline_name, per_pipeline, bounds)}
+    for pipeline_id, sign in {(r["pipeline_id"], r["sign"]) for r in at.values()}:
+        for start, end in zip(bounds, bounds[1:]):
+            upto, before = at.get((pipeline_id, end)), at.get((pipeline_id, start))
+            if upto is None or before is not None and before["at"] == upto["at"]:
+                continue  # nothing of this pipeline in [start, end)
+            tally = tallies[(figures_of.bucket_start(start, granularity, frm),
+                             pipeline_id if group else None)]
+            tally.add_totals(sign, upto)
+            if before is not None:
+                tally.add_totals(-sign, before)
 
 
 async def _within_max_rows(conn, enterprise_id: str, frm: datetime, to: datetime,

@@ -24,7 +24,7 @@ import gc
 import marshal
 import operator
 import time
-from collections import Counter
+from collections import Counter, defaultdict
 from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
@@ -73,6 +73,14 @@ class RecoveryDrift:
 
 
 @dataclass
+class TotalDrift:
+    key: tuple  # (enterprise_id, pipeline_id, at) of a run_insights_totals row
+    fields: list[str]  # the columns that differ (all of them: a row missing or surplus)
+    expected: tuple | None  # the row (TOTAL_COLUMNS) the fold's keys and the recoveries give
+    actual: tuple | None  # what run_insights_totals says
+
+
+@dataclass
 class Scan:
     events: int = 0
     runs: int = 0
@@ -96,11 +104,14 @@ class Scan:
     insight_errors: dict[str, Counter] = field(default_factory=dict)
     # run_recoveries rows that differ from the recomputation over the runs projection.
     recovery_drifts: list[RecoveryDrift] = field(default_factory=list)
+    # run_insights_totals rows that differ from the running totals of the fold's keys (and
+    # run_recoveries).
+    total_drifts: list[TotalDrift] = field(default_factory=list)
 
     @property
     def clean(self) -> bool:
         return not (self.drifts or self.counter_drifts or self.version_drifts
-                    or self.insight_drifts or self.recovery_drifts)
+                    or self.insight_drifts or self.recovery_drifts or self.total_drifts)
 
 
 _ROW = operator.itemgetter(*sql.PROJECTION_COLUMNS)
@@ -268,6 +279,8 @@ TABLES: tuple[_Table, ...] = (
 
 
 _GROUPS = tuple(table.groups for table in TABLES)
+_INSIGHTS = [table.name for table in TABLES].index("run_insights")  # its totals: TotalDrift
+_ROLLUP = insight_keys.ALL_PIPELINES
 try:  # C: each item's count added to a dict (what Counter.update does with an iterable)
     from collections import _count_elements
 except ImportError:  # pragma: no cover - another Python
@@ -502,16 +515,21 @@ def _merge(result: Scan, counted: _Counts, part: Scan, part_counted: _Counts) ->
 @dataclass
 class _Stored:
     """What the scan compares whole, read in its snapshot: each counter table's cells
-    (TABLES order), the recoveries that differ, and stage runs without their run."""
+    (TABLES order), the recoveries that differ, stage runs without their run, and the
+    insights' running totals with the recoveries per period they count."""
     tables: list[dict]
     recoveries: list
     orphan_stage_runs: list
+    totals: list
+    recoveries_by_period: list
 
 
 async def _stored(conn: asyncpg.Connection) -> _Stored:
     return _Stored([await table.stored(conn) for table in TABLES],
                    await insights_store.recovery_drifts(conn),
-                   await conn.fetch(sql.ORPHAN_STAGE_RUN_KEYS))
+                   await conn.fetch(sql.ORPHAN_STAGE_RUN_KEYS),
+                   await insights_store.all_totals(conn),
+                   await insights_store.recoveries_by_period(conn))
 
 
 async def _scan_rest(conn: asyncpg.Connection, result: Scan, counted: _Counts,
@@ -524,6 +542,8 @@ async def _scan_rest(conn: asyncpg.Connection, result: Scan, counted: _Counts,
     for n, table in enumerate(TABLES):
         _compare_table(n, table, stored.tables[n], result, counted)
     result.recovery_drifts = _recovery_drifts(stored.recoveries)
+    result.total_drifts = _total_drifts(counted.folded(_INSIGHTS), stored.totals,
+                                        stored.recoveries_by_period)
     known = {d.run_key for d in result.drifts}
     for row in stored.orphan_stage_runs:
         key = (row["enterprise_id"], row["run_id"])
@@ -547,6 +567,42 @@ def _compare_table(n: int, table: _Table, stored: dict, result: Scan,
     else:
         result.insight_drifts += [InsightDrift(*d, table=table.name) for d in drifts]
         result.insight_errors[table.name] = Counter(errors)
+
+
+def _total_drifts(folded: dict, stored: list, recoveries: list) -> list[TotalDrift]:
+    """run_insights_totals (stored) against the running totals of the fold's run_insights
+    keys (folded: {(enterprise_id, pipeline_id): {(hour number, metric, bin): n}}) and of
+    run_recoveries (per pipeline and period), per pipeline and period, and per enterprise
+    (the rollup: every pipeline's)."""
+    own: dict[tuple, dict] = defaultdict(lambda: defaultdict(Counter))
+    for (enterprise_id, pipeline_id), cells in folded.items():
+        mine, rollup = own[(enterprise_id, pipeline_id)], own[(enterprise_id, _ROLLUP)]
+        for (hour, metric, bin_), n in cells.items():
+            at = insight_keys.period_of(hour)
+            mine[at][(metric, bin_)] += n
+            rollup[at][(metric, bin_)] += n
+    for r in recoveries:
+        period = own[(r["enterprise_id"], r["pipeline_id"])][r["at"]]
+        period[("recovered", 0)] += r["n"]
+        period[("recovered_micros", 0)] += r["micros"]
+    have_all: dict[tuple, dict] = defaultdict(dict)
+    for r in stored:
+        have_all[(r["enterprise_id"], r["pipeline_id"])][r["at"]] = (
+            *(r[c] for c in insight_keys.TOTAL_COLUMNS[:-2]),
+            *((r[f"{m}_lo"], tuple(r[m])) for m in insight_keys.HISTOGRAMS))
+    drifts = []
+    for pipeline in own.keys() | have_all.keys():
+        want = {row[0]: row[1:] for row in insight_keys.total_rows(own.get(pipeline, {}))}
+        have = have_all.get(pipeline, {})
+        for at in want.keys() | have.keys():
+            w, h = want.get(at), have.get(at)
+            if w != h:
+                fields = [c for i, c in enumerate(insight_keys.TOTAL_COLUMNS)
+                          if w is None or h is None or w[i] != h[i]]
+                drifts.append(TotalDrift((*pipeline, at), fields, w, h))
+    return sorted(drifts, key=lambda d: str(d.key))
+
+
 
 
 def _differences(stored: dict, both: dict, expected: dict, projected: dict) -> tuple[list, list]:
@@ -634,7 +690,8 @@ async def _replay(conn: asyncpg.Connection, dsn: str | None, memory_mb: int) -> 
             skipped += await sql.patch_runs(conn, items[i:i + BATCH], guarded=True)
     caught_up = await _catch_up(conn, result.heads, {item[0] for item in skipped},
                                 result.counter_errors, result.insight_errors,
-                                {d.key[:2] for d in result.recovery_drifts})
+                                {d.key[:2] for d in result.recovery_drifts},
+                                _totals_to_rebuild(result))
     return ReplayReport(result.events, result.runs, len(result.drifts), caught_up,
                         time.perf_counter() - started,
                         counters_repaired=len(result.counter_errors),
@@ -643,9 +700,19 @@ async def _replay(conn: asyncpg.Connection, dsn: str | None, memory_mb: int) -> 
                         version_drifts=len(result.version_drifts))
 
 
+def _totals_to_rebuild(result: Scan) -> set[tuple]:
+    """The (enterprise, pipeline)s whose run_insights_totals replay rebuilds: those that
+    drifted, or whose run_insights rows or recoveries are repaired other than by the
+    triggers; and their enterprises' rollups."""
+    pipelines = ({d.key[:2] for d in result.total_drifts}
+                 | {(k[0], k[2]) for errors in result.insight_errors.values() for k in errors}
+                 | {d.key[:2] for d in result.recovery_drifts})
+    return pipelines | {(e, insight_keys.ALL_PIPELINES) for e, _ in pipelines}
+
+
 async def _catch_up(conn: asyncpg.Connection, heads: dict[str, int], keys: set,
                     counter_errors: Counter, insight_errors: dict[str, Counter],
-                    recovered: set[tuple]) -> int:
+                    recovered: set[tuple], totals: set[tuple]) -> int:
     """Under a short write lock: re-fold the runs changed since the scan, and the skipped;
     take the counters' snapshot error back out (patches and writes never change it)."""
     async with conn.transaction():
@@ -667,6 +734,7 @@ async def _catch_up(conn: asyncpg.Connection, heads: dict[str, int], keys: set,
         # Recoveries follow the runs projection (its patches move them at commit); the
         # pipelines whose recoveries drifted otherwise are recomputed whole.
         await insights_store.refresh_recoveries(conn, recovered)
+        await insights_store.rebuild_totals(conn, totals)
         return len(keys)
 
 

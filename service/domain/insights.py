@@ -7,7 +7,13 @@ one answer row's counters into what the API answers.
 from __future__ import annotations
 
 import bisect
+import functools
 import math
+import struct
+import sys
+from array import array
+from itertools import accumulate
+from operator import mul
 from datetime import datetime, timedelta, timezone
 from typing import Any, Iterable, Mapping
 from uuid import UUID
@@ -25,8 +31,10 @@ PERCENTILES: tuple[tuple[str, float], ...] = (
 RELATIVE_ERROR = 0.01
 _LAST = 3153600000000000  # 100 years in microseconds (schema.sql insights_bounds)
 _EPOCH = datetime(2000, 1, 1, tzinfo=timezone.utc)
-# The pipeline id of the enterprise's per-day rollup rows (no pipeline has it).
+# The pipeline id of the enterprise's rollup in the running totals (no pipeline has it).
 ALL_PIPELINES = UUID(int=0)
+# The running totals' period (schema.sql insights_period: 6-hour periods from midnight UTC).
+PERIOD = timedelta(hours=6)
 
 
 def _bounds() -> list[int]:
@@ -54,6 +62,14 @@ def estimate(bin_: int) -> float:
         return float(lo)
     top = BOUNDS[bin_] - 1
     return 2.0 * lo * top / (lo + top)
+
+
+# Each bin's estimate, by bin (summarize_dense takes the slice of a histogram's bins).
+ESTIMATES: list[float] = [estimate(b) for b in range(len(BOUNDS) + 1)]
+# The metrics counted as histograms (bins of times); the others are counts (bin 0).
+HISTOGRAMS: tuple[str, ...] = ("duration", "queue")
+# The running totals' counts (schema.sql run_insights_totals), by column.
+TOTAL_COUNTS: tuple[str, ...] = ("created", *OUTCOMES)
 
 
 def _hour(at: datetime) -> datetime:
@@ -97,11 +113,57 @@ def run_cells(created_at: datetime, started_at: datetime | None, ended_at: datet
 
 def run_groups(pipeline_id, created_at: datetime, started_at: datetime | None,
                ended_at: datetime | None, status: str) -> tuple[tuple[Any, list], ...]:
-    """A run's run_insights rows as (pipeline, its run_cells): its keys under its pipeline,
-    and each again in the per-day rollup (the UTC day's first hour, ALL_PIPELINES): SQL's
-    run_insight_rows, for replay's comparison."""
-    cells = run_cells(created_at, started_at, ended_at, status)
-    return (pipeline_id, cells), (ALL_PIPELINES, [(h - h % 24, m, b) for h, m, b in cells])
+    """A run's run_insights rows as (pipeline, its run_cells): its keys under its pipeline
+    (run_insights_move in SQL), for replay's comparison."""
+    return ((pipeline_id, run_cells(created_at, started_at, ended_at, status)),)
+
+
+# A run_insights_totals row's columns after (enterprise, pipeline, at): the counts, then
+# each histogram as (first bin, counts) ((None, ()) when empty).
+TOTAL_COLUMNS: tuple[str, ...] = (*TOTAL_COUNTS, "recovered", "recovered_micros", *HISTOGRAMS)
+
+
+def _widen(hist: list, bin_: int, n: int) -> None:
+    """hist = [lo, counts]: n added at bin_, the counts widened to reach it."""
+    lo, counts = hist
+    if not counts:
+        hist[0], hist[1] = bin_, [n]
+        return
+    if bin_ < lo:
+        counts[:0] = [0] * (lo - bin_)
+        hist[0] = lo = bin_
+    if bin_ >= lo + len(counts):
+        counts.extend([0] * (bin_ - lo - len(counts) + 1))
+    counts[bin_ - lo] += n
+
+
+def period_of(hour: int) -> datetime:
+    """The start of the 6-hour period an hour (a number: run_cells') is in (SQL's
+    insights_period)."""
+    return hour_at(hour - hour % 6)
+
+
+def total_rows(periods: Mapping[datetime, Mapping[tuple[str, int], int]]) -> list[tuple]:
+    """A pipeline's run_insights_totals rows (at, *TOTAL_COLUMNS) from each period's own
+    counts {(metric, bin): n} (its run_insights keys, and 'recovered' and 'recovered_micros'
+    at bin 0): the running totals at each period that has something (SQL's
+    run_insights_totals_add; replay compares the two). The counts are a fold's: none
+    negative, nothing to trim."""
+    totals = dict.fromkeys(TOTAL_COLUMNS[:-len(HISTOGRAMS)], 0)
+    hists = {m: [None, []] for m in HISTOGRAMS}
+    rows = []
+    for at in sorted(periods):
+        own = {k: n for k, n in periods[at].items() if n}
+        if not own:
+            continue
+        for (metric, bin_), n in own.items():
+            if metric in hists:
+                _widen(hists[metric], bin_, n)
+            else:
+                totals[metric] += n
+        rows.append((at, *totals.values(),
+                     *((h[0], tuple(h[1])) for h in hists.values())))
+    return rows
 
 
 def bucket_start(at: datetime, granularity: str | None, window_from: datetime) -> datetime:
@@ -162,6 +224,111 @@ def summarize(bins: Iterable[tuple[int, int]]) -> dict[str, Any]:
     return summary
 
 
+def summarize_dense(lo: int, counts, mean: bool = True) -> dict[str, Any] | None:
+    """summarize of a dense histogram (counts[i] in bin lo + i; zeros allowed), None when
+    empty: the same figures, found by bisection in its running sum (micros None unless
+    `mean`: queue times show no mean)."""
+    cum = list(accumulate(counts))
+    total = cum[-1] if cum else 0
+    if total <= 0:
+        return None
+    summary = {"n": total, "lo": lo + bisect.bisect_right(cum, 0),
+               "hi": lo + bisect.bisect_left(cum, total),
+               "micros": sum(map(mul, counts, ESTIMATES[lo:lo + len(counts)])) if mean
+               else None}
+    for key, q in PERCENTILES:
+        summary[key] = lo + bisect.bisect_right(cum, math.floor(q * (total - 1)))
+    return summary
+
+
+# Histograms are added as integers with a 64-bit field per bin (bin b at field hi - b for
+# a chosen top bin hi): adding and taking out whole histograms is then a few big-integer
+# operations (in C) instead of a Python step per bin (a 90-day answer per pipeline adds
+# ~800 histograms of ~500 bins). The sum is linear, so fields negative in between (parts
+# taken out) come right when the final counts are (none negative). The stored histograms
+# come as PostgreSQL's binary form of an integer array (array_send): after a 20-byte header
+# (its length and lower bound: the first bin), each count as a 4-byte length (4) and the
+# 4-byte count, big-endian: read as one big-endian integer, each 8 bytes are a field
+# holding 4 * 2**32 + count, the first the lowest bin, so less the lengths it is the
+# packed form with its own last bin on top.
+@functools.lru_cache(maxsize=4096)
+def _lengths(n: int) -> int:
+    return int.from_bytes(b"\0\0\0\4\0\0\0\0" * n, "big")
+
+
+def packed(sent: bytes) -> tuple[int, int] | None:
+    """An int4[] histogram as array_send gives it (lower bound: its first bin): (its last
+    bin, the packed counts), None when empty."""
+    if len(sent) <= 12:  # no dimension: empty
+        return None
+    n, lo = struct.unpack_from(">ii", sent, 12)
+    return lo + n - 1, int.from_bytes(memoryview(sent)[20:], "big") - _lengths(n)
+
+
+def packed_bins(bins: Iterable[tuple[int, int]]) -> tuple[int, int]:
+    """Sparse (bin, n) in bin order (n < 0: taken out), like packed."""
+    bins = list(bins)
+    last = bins[-1][0]
+    return last, sum(n << (64 * (last - b)) for b, n in bins)
+
+
+def unpacked(parts: list[tuple[int, int, int]]) -> tuple[int, Any]:
+    """The dense histogram (lo, counts) of the sum of parts (sign, last bin, packed)."""
+    top = max((hi for _, hi, _ in parts), default=0)
+    total = sum(sign * (value << (64 * (top - hi))) for sign, hi, value in parts)
+    if total <= 0:
+        return 0, []
+    low = ((total & -total).bit_length() - 1) // 64  # the last nonzero bin's field
+    total >>= 64 * low
+    counts = array("q")
+    counts.frombytes(total.to_bytes((total.bit_length() + 63) // 64 * 8, "big"))
+    if sys.byteorder == "little":
+        counts.byteswap()
+    return top - low - len(counts) + 1, counts
+
+
+class Tally:
+    """One answer row's counters as they are gathered: counts per metric, the parts of each
+    histogram (sign, last bin, packed), and recoveries (count, microseconds)."""
+
+    __slots__ = ("counts", "parts", "recovered", "micros")
+
+    def __init__(self):
+        self.counts: dict[str, int] = {}
+        self.parts: dict[str, list] = {}
+        self.recovered = 0
+        self.micros = 0
+
+    def add_bins(self, metric: str, bins: Iterable[tuple[int, int]]) -> None:
+        """Sparse (bin, n) of one metric in bin order (the hourly rows; n < 0: taken out)."""
+        if metric in HISTOGRAMS:
+            self.parts.setdefault(metric, []).append((1, *packed_bins(bins)))
+        else:
+            self.counts[metric] = self.counts.get(metric, 0) + sum(n for _, n in bins)
+
+    def add_totals(self, sign: int, row: Mapping[str, Any]) -> None:
+        """A run_insights_totals row (from _TIER: histograms as array_send gives them), added
+        (1) or taken out (-1)."""
+        for metric in TOTAL_COUNTS:
+            if row[metric]:
+                self.counts[metric] = self.counts.get(metric, 0) + sign * row[metric]
+        for metric in HISTOGRAMS:
+            part = packed(row[metric])
+            if part:
+                self.parts.setdefault(metric, []).append((sign, *part))
+        self.recovered += sign * row["recovered"]
+        self.micros += sign * row["recovered_micros"]
+
+    def summaries(self) -> dict[str, dict[str, Any]]:
+        """{metric: summary} of what is not zero (figures' input)."""
+        out = {m: {"n": n} for m, n in self.counts.items() if n}
+        for metric, parts in self.parts.items():
+            summary = summarize_dense(*unpacked(parts), mean=metric == "duration")
+            if summary:
+                out[metric] = summary
+        return out
+
+
 def distribution(summary: Mapping[str, Any] | None,
                  percentiles=PERCENTILES) -> dict[str, Any]:
     """count, min, mean, percentiles, max (seconds) from a metric's summary (summarize)."""
@@ -169,8 +336,9 @@ def distribution(summary: Mapping[str, Any] | None,
     if not n:
         return {"count": 0, "min": None, "mean": None, **{k: None for k, _ in percentiles},
                 "max": None}
+    micros = summary["micros"]
     return {"count": n, "min": _seconds(estimate(summary["lo"])),
-            "mean": _seconds(summary["micros"] / n),
+            "mean": None if micros is None else _seconds(micros / n),
             **{k: _seconds(estimate(summary[k])) for k, _ in percentiles},
             "max": _seconds(estimate(summary["hi"]))}
 

@@ -1,10 +1,11 @@
-"""Insights SQL: the projection's counters (or, as of a past time, the events) per row.
+"""Insights SQL: the projections' counters (or, as of a past time, the events) per row.
 
-run_insights is kept by a trigger (schema.sql); here it is only read, and for replay
-compared and repaired. Parameters of every answer: $1 enterprise, $2 from, $3 to (UTC hours),
-$4 pipeline ids (NULL: all), $5 pipeline name (NULL: any), $6 as_of (NULL: now), and for
-the live counters $7, $8 the days read from the per-day rollup (rollup_days); one
-statement per granularity, grouping and as_of (COUNTERS, RECOVERIES).
+run_insights, run_recoveries and run_insights_totals are kept by triggers (schema.sql); here
+they are only read, and for replay compared and repaired. Parameters of the hourly rows and
+recoveries: $1 enterprise, $2 from, $3 to (UTC hours), $4 pipeline ids (NULL: all), $5
+pipeline name (NULL: any), $6 as_of (NULL: now), and live $7, $8 the span of whole
+6-hour periods the running totals answer instead (tier_span); one statement per granularity, grouping and
+as_of (COUNTERS, RECOVERIES). The running totals: TIER_PIPELINES, TIER_ROLLUP.
 """
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from datetime import datetime, timedelta
 
 import asyncpg
 
-from service.domain.insights import ALL_PIPELINES, OUTCOMES
+from service.domain.insights import ALL_PIPELINES, OUTCOMES, PERIOD
 from service.store.locks import FEED_LOCKS
 
 _TERMINAL = ", ".join(f"'{o}'" for o in OUTCOMES)
@@ -50,12 +51,11 @@ _STATES_AS_OF = f"""states AS (
 )"""
 # Counters per (pipeline or NULL, bucket, metric, bin): from the projection, or as of $6
 # folded from the events (no pre-aggregate holds the past).
-# Live: the days [$7, $8) from the per-day rollup, the rest of the window [$2, $3) from the
-# hourly rows of the live pipelines: added where the window reaches past the rollup's days
-# ([$2, $7), [$8, $3)), taken out where those days reach past the window ([$7, $2),
-# [$3, $8)), and the soft-deleted pipelines' hourly rows in those days taken out too (the
-# rollup counts every pipeline's runs; the answer only the live pipelines'). No rollup:
-# $7 = $8 = $3 (rollup_days).
+# Live: the window [$2, $3) less the periods [$7, $8) that the running totals answer
+# (TIER), from the hourly rows of the live pipelines: added where the window reaches past
+# those periods ([$2, $7), [$8, $3)), taken out where the periods reach past the window
+# ([$7, $2), [$3, $8)); at most 3 hours at each end. No such periods: $7 = $8 = $3
+# (tier_span), the whole window hourly.
 _HOURLY = """SELECT i.hour, i.pipeline_id, i.metric, i.bin, {sign}i.n
           FROM run_insights i {{pipelines}}
           WHERE i.enterprise_id = $1 AND i.hour >= {lo} AND i.hour < {hi}"""
@@ -68,16 +68,7 @@ _COUNTERS_NOW = f"""c AS (
           UNION ALL
           {_HOURLY.format(sign="", lo="$8", hi="$3")}
           UNION ALL
-          {_HOURLY.format(sign="-", lo="$3", hi="$8")}
-          UNION ALL
-          SELECT i.hour, i.pipeline_id, i.metric, i.bin, i.n FROM run_insights i
-          WHERE i.enterprise_id = $1 AND i.pipeline_id = '{ALL_PIPELINES}'
-            AND i.hour >= $7 AND i.hour < $8
-          UNION ALL
-          SELECT i.hour, i.pipeline_id, i.metric, i.bin, -i.n
-          FROM pipelines p JOIN run_insights i
-            ON i.enterprise_id = $1 AND i.pipeline_id = p.id AND i.hour >= $7 AND i.hour < $8
-          WHERE p.enterprise_id = $1 AND p.deleted_at IS NOT NULL AND $7 < $8) AS i
+          {_HOURLY.format(sign="-", lo="$3", hi="$8")}) AS i
     GROUP BY 1, 2, 3, 4
 )"""
 _COUNTERS_AS_OF = """{states}, c AS (
@@ -111,7 +102,7 @@ _RECOVERIES = """
     FROM t GROUP BY pipeline_id, streak
 )
 SELECT {pipeline} AS pipeline_id, {bucket} AS bucket, count(*) AS n,
-       sum(extract(epoch FROM g.recovered_at - g.failed_at))::float8 AS seconds
+       sum(insights_micros(g.recovered_at - g.failed_at))::bigint AS micros
 FROM g WHERE g.failed_at IS NOT NULL AND g.recovered_at >= $2 AND g.recovered_at < $3
 GROUP BY 1, 2
 """
@@ -136,12 +127,21 @@ COUNTERS = {
         _statement(_COUNTERS_AS_OF, "s", "k.hour", g, grouped) if past
         else _statement(_COUNTERS_NOW, "i", "i.hour", g, grouped)) + _SORTED
     for g, grouped, past in _SHAPES}
-# Live, from the recoveries projection (schema.sql run_recoveries): the window's rows.
-_RECOVERIES_NOW = """
-SELECT {pipeline} AS pipeline_id, {bucket} AS bucket, count(*) AS n,
-       sum(extract(epoch FROM g.recovered_at - g.failed_at))::float8 AS seconds
-FROM run_recoveries g {pipelines}
-WHERE g.enterprise_id = $1 AND g.recovered_at >= $2 AND g.recovered_at < $3
+# Live, from the recoveries projection (schema.sql run_recoveries): the window's rows
+# outside the periods the running totals answer, added or taken out as the counters'.
+_RECOVERED = """SELECT g.pipeline_id, g.recovered_at, g.failed_at, {sign}1 AS sign
+          FROM run_recoveries g
+          WHERE g.enterprise_id = $1 AND g.recovered_at >= {lo} AND g.recovered_at < {hi}"""
+_RECOVERIES_NOW = f"""
+SELECT {{pipeline}} AS pipeline_id, {{bucket}} AS bucket, sum(g.sign)::bigint AS n,
+       sum(g.sign * insights_micros(g.recovered_at - g.failed_at))::bigint AS micros
+FROM ({_RECOVERED.format(sign="", lo="$2", hi="$7")}
+      UNION ALL
+      {_RECOVERED.format(sign="-", lo="$7", hi="$2")}
+      UNION ALL
+      {_RECOVERED.format(sign="", lo="$8", hi="$3")}
+      UNION ALL
+      {_RECOVERED.format(sign="-", lo="$3", hi="$8")}) AS g {{pipelines}}
 GROUP BY 1, 2
 """
 RECOVERIES = {
@@ -150,6 +150,31 @@ RECOVERIES = {
                                              grouped_by="g") if past
         else _statement(_RECOVERIES_NOW, "g", "g.recovered_at", g, grouped))
     for g, grouped, past in _SHAPES}
+
+# The running totals (schema.sql run_insights_totals) at each boundary $4 (period
+# starts): per member pipeline, its last row before the boundary (none: nothing yet). The
+# members: the live pipelines (filtered); or, answering for all of them, the rollup less
+# the soft-deleted pipelines (the rollup counts every pipeline's runs). The histograms in
+# PostgreSQL's binary form (domain/insights.py packed reads it without a step per bin).
+_TIER = """
+SELECT m.pipeline_id, m.sign, b.at AS boundary, t.at, t.created, t.success, t.failure, t.timeout,
+       t.invalid, t.cancelled, t.recovered, t.recovered_micros,
+       array_send(t.duration) AS duration, array_send(t.queue) AS queue
+FROM ({members}) AS m, unnest($4::timestamptz[]) AS b(at),
+     LATERAL (SELECT * FROM run_insights_totals t
+              WHERE t.enterprise_id = $1 AND t.pipeline_id = m.pipeline_id AND t.at < b.at
+              ORDER BY t.at DESC LIMIT 1) AS t
+"""
+TIER_PIPELINES = _TIER.format(members="""
+    SELECT p.id AS pipeline_id, 1 AS sign FROM pipelines p
+    WHERE p.enterprise_id = $1 AND p.deleted_at IS NULL
+      AND ($2::uuid[] IS NULL OR p.id = ANY($2)) AND ($3::text IS NULL OR p.name = $3)""")
+TIER_ROLLUP = _TIER.format(members=f"""
+    SELECT '{ALL_PIPELINES}'::uuid AS pipeline_id, 1 AS sign
+    UNION ALL
+    SELECT p.id, -1 FROM pipelines p
+    WHERE p.enterprise_id = $1 AND p.deleted_at IS NOT NULL
+      AND $2::uuid[] IS NULL AND $3::text IS NULL""")
 
 PIPELINE_IS_LIVE = """
 SELECT EXISTS (SELECT FROM pipelines WHERE enterprise_id = $1 AND id = $2 AND deleted_at IS NULL)
@@ -190,13 +215,33 @@ ON CONFLICT (enterprise_id, hour, pipeline_id, metric, bin) DO UPDATE SET n = i.
 BULK_LOAD = "SET LOCAL insights.bulk_load = 'on'"
 ADD_RUNS = """
 INSERT INTO run_insights AS i (enterprise_id, hour, pipeline_id, metric, bin, n)
-SELECT r.enterprise_id, k.hour, k.pipeline_id, k.metric, k.bin, count(*)
+SELECT r.enterprise_id, k.hour, r.pipeline_id, k.metric, k.bin, count(*)
 FROM pipeline_runs r,
-     LATERAL run_insight_rows(r.pipeline_id, r.created_at, r.started_at, r.ended_at,
-                              r.status) AS k
+     LATERAL run_insight_keys(r.created_at, r.started_at, r.ended_at, r.status) AS k
 WHERE r.enterprise_id = $1 AND r.id = ANY($2::uuid[])
 GROUP BY 1, 2, 3, 4, 5 ORDER BY 1, 2, 3, 4, 5
 ON CONFLICT (enterprise_id, hour, pipeline_id, metric, bin) DO UPDATE SET n = i.n + EXCLUDED.n
+"""
+# ... then (after their recoveries) the running totals of their pipelines and the rollup
+# rebuilt from the first period the batch can have changed: its runs' first key, or the
+# last success before its runs' first end (their recoveries reach back to it).
+REBUILD_BATCH_TOTALS = f"""
+WITH since AS MATERIALIZED (
+    SELECT b.pipeline_id, least(b.first_key, s.last_success) AS since
+    FROM (SELECT r.pipeline_id, min(least(r.created_at, r.started_at, r.ended_at)) AS first_key,
+                 min(r.ended_at) AS first_end
+          FROM pipeline_runs r WHERE r.enterprise_id = $1 AND r.id = ANY($2::uuid[])
+          GROUP BY 1) AS b
+    LEFT JOIN LATERAL (
+        SELECT max(x.ended_at) AS last_success FROM pipeline_runs x
+        WHERE x.enterprise_id = $1 AND x.pipeline_id = b.pipeline_id AND x.status = 'success'
+          AND x.ended_at < b.first_end) AS s ON true
+)
+SELECT count(run_insights_totals_rebuild($1, p.pipeline_id, p.since))
+FROM (SELECT pipeline_id, since FROM since
+      UNION ALL
+      SELECT '{ALL_PIPELINES}'::uuid, min(since) FROM since HAVING count(*) > 0
+      ORDER BY 1) AS p
 """
 DROP_ZEROS = "DELETE FROM run_insights WHERE n = 0"
 # The loaded runs' pipelines' recoveries around them (the trigger stood aside).
@@ -237,6 +282,31 @@ FROM want w FULL JOIN run_recoveries s
 WHERE w.run_id IS NULL OR s.run_id IS NULL
 ORDER BY 1, 2, 3
 """
+# Verify: every running total, and the recoveries per (pipeline and rollup, period)
+# they are compared with (run_recoveries is checked against the runs on its own).
+ALL_TOTALS = """
+SELECT enterprise_id, pipeline_id, at, created, success, failure, timeout, invalid,
+       cancelled, recovered, recovered_micros, array_lower(duration, 1) AS duration_lo,
+       duration, array_lower(queue, 1) AS queue_lo, queue
+FROM run_insights_totals
+"""
+RECOVERIES_BY_PERIOD = f"""
+SELECT r.enterprise_id, p.pipeline_id,
+       insights_period(r.recovered_at) AS at,
+       count(*) AS n, sum(insights_micros(r.recovered_at - r.failed_at))::bigint AS micros
+FROM run_recoveries r, LATERAL (VALUES (r.pipeline_id), ('{ALL_PIPELINES}'::uuid))
+    AS p(pipeline_id)
+GROUP BY 1, 2, 3
+"""
+# Replay: drifted pipelines' (and rollups') running totals rebuilt whole from run_insights
+# and run_recoveries, under their enterprises' feed locks.
+REBUILD_TOTALS = f"""
+WITH feed_locks AS MATERIALIZED (
+    {FEED_LOCKS.format(enterprises="SELECT unnest($1::text[])")}
+)
+SELECT run_insights_totals_rebuild(p.e, p.p)
+FROM feed_locks, unnest($1::text[], $2::uuid[]) AS p(e, p)
+"""
 # Replay: a drifted pipeline's recoveries recomputed whole, under its enterprise's feed lock.
 REFRESH_PIPELINES = f"""
 WITH feed_locks AS MATERIALIZED (
@@ -250,7 +320,11 @@ FROM feed_locks, unnest($1::text[], $2::uuid[]) AS p(e, p)
 # The answers' transaction plans each statement for its parameters: a generic plan (which
 # asyncpg's prepared statements get from the sixth run on) cannot see how wide the window
 # is nor whether a filter is given, and was measured 15x slower.
-CUSTOM_PLANS = "SET LOCAL plan_cache_mode = force_custom_plan"
+# Nor parallel workers: each statement reads a few thousand rows at most, and starting
+# workers took longer than that (measured at 1M runs: the ragged hours' counters 13 ms of
+# 22 ms less without them).
+CUSTOM_PLANS = ("SET LOCAL plan_cache_mode = force_custom_plan; "
+                "SET LOCAL max_parallel_workers_per_gather = 0")
 
 
 async def custom_plans(conn: asyncpg.Connection) -> None:
@@ -261,41 +335,54 @@ def _args(enterprise_id: str, window: tuple, pipeline_ids, pipeline_name, as_of)
     return (enterprise_id, window[0], window[1], pipeline_ids, pipeline_name, as_of)
 
 
-def rollup_days(window: tuple, pipeline_ids, pipeline_name, granularity, group: bool,
-                as_of, now: datetime) -> tuple[datetime, datetime]:
-    """The UTC days [first, last) the per-day rollup answers ([to, to): none).
+def tier_span(window: tuple, granularity, as_of, now: datetime) -> tuple[datetime, datetime]:
+    """The whole periods [first, last) the running totals answer ([to, to): none).
 
-    A day the window covers in part is read from the rollup (less the hours outside the
-    window) when fewer of its hours lie outside than inside; hours after now count as
-    none (nothing has happened there)."""
+    A period the window covers in part is read from them (less its hours outside the
+    window) when fewer of its hours lie outside than inside, else its hours inside come
+    from the hourly rows; hours after now count as none (nothing has happened there)."""
     frm, to = window
-    if as_of is not None or group or pipeline_ids or pipeline_name or granularity == "hour":
+    if as_of is not None or granularity == "hour":
         return to, to
-    day = timedelta(days=1)
-    first, last = frm.replace(hour=0), to.replace(hour=0)
-    if frm.hour and frm.hour >= 24 - frm.hour:
-        first += day  # the first day's hours in the window from the hourly rows
-    if to.hour and min(last + day, max(now, to)) - to < to - last:
-        last += day  # the last day from the rollup, less its hours from `to` on
+    first, last = _period(frm), _period(to)
+    if frm - first >= first + PERIOD - frm:
+        first += PERIOD  # the first period's hours in the window from the hourly rows
+    if to > last and min(last + PERIOD, max(now, to)) - to < to - last:
+        last += PERIOD  # the last period from the totals, less its hours from `to` on
     return (first, last) if first < last else (to, to)
+
+
+def _period(at: datetime) -> datetime:
+    """The start of the 6-hour period `at` is in (SQL's insights_period)."""
+    return at.replace(hour=at.hour - at.hour % 6, minute=0, second=0, microsecond=0)
 
 
 async def counters(conn: asyncpg.Connection, enterprise_id: str, window: tuple, pipeline_ids,
                    pipeline_name, granularity, group: bool, as_of,
-                   now: datetime) -> list[asyncpg.Record]:
-    """(pipeline or NULL, bucket, metric, bin, n), in that order, no zeros."""
+                   span: tuple) -> list[asyncpg.Record]:
+    """(pipeline or NULL, bucket, metric, bin, n), in that order, no zeros: the hourly rows
+    of the window outside `span` (tier_span), or as of a past time the whole window's."""
     args = _args(enterprise_id, window, pipeline_ids, pipeline_name, as_of)
-    if as_of is None:
-        args += rollup_days(window, pipeline_ids, pipeline_name, granularity, group, as_of,
-                            now)
-    return await conn.fetch(COUNTERS[(granularity, group, as_of is not None)], *args)
+    return await conn.fetch(COUNTERS[(granularity, group, as_of is not None)],
+                            *(args if as_of is not None else args + span))
 
 
 async def recoveries(conn: asyncpg.Connection, enterprise_id: str, window: tuple, pipeline_ids,
-                     pipeline_name, granularity, group: bool, as_of) -> list[asyncpg.Record]:
-    """Per (pipeline or NULL, bucket): n recoveries ended there, their seconds summed."""
+                     pipeline_name, granularity, group: bool, as_of,
+                     span: tuple) -> list[asyncpg.Record]:
+    """Per (pipeline or NULL, bucket): n recoveries ended there (outside `span`), their
+    microseconds summed."""
+    args = _args(enterprise_id, window, pipeline_ids, pipeline_name, as_of)
     return await conn.fetch(RECOVERIES[(granularity, group, as_of is not None)],
-                            *_args(enterprise_id, window, pipeline_ids, pipeline_name, as_of))
+                            *(args if as_of is not None else args + span))
+
+
+async def tier(conn: asyncpg.Connection, enterprise_id: str, pipeline_ids, pipeline_name,
+               per_pipeline: bool, boundaries: list[datetime]) -> list[asyncpg.Record]:
+    """The running totals at each boundary: per live pipeline (per_pipeline), else
+    the rollup's (sign 1) and each soft-deleted pipeline's (sign -1)."""
+    return await conn.fetch(TIER_PIPELINES if per_pipeline else TIER_ROLLUP, enterprise_id,
+                            pipeline_ids, pipeline_name, boundaries)
 
 
 async def pipeline_is_live(conn: asyncpg.Connection, enterprise_id: str, pipeline_id) -> bool:
@@ -319,6 +406,26 @@ async def all_cells(conn: asyncpg.Connection) -> dict[tuple, dict[tuple, int]]:
 
 async def add_runs(conn: asyncpg.Connection, enterprise_id: str, run_ids: list) -> None:
     await conn.execute(ADD_RUNS, enterprise_id, run_ids)
+
+
+async def rebuild_batch_totals(conn: asyncpg.Connection, enterprise_id: str,
+                               run_ids: list) -> None:
+    await conn.execute(REBUILD_BATCH_TOTALS, enterprise_id, run_ids)
+
+
+async def all_totals(conn: asyncpg.Connection) -> list[asyncpg.Record]:
+    return await conn.fetch(ALL_TOTALS)
+
+
+async def recoveries_by_period(conn: asyncpg.Connection) -> list[asyncpg.Record]:
+    return await conn.fetch(RECOVERIES_BY_PERIOD)
+
+
+async def rebuild_totals(conn: asyncpg.Connection, pipelines: set[tuple]) -> None:
+    """Rebuild these (enterprise_id, pipeline_id)'s running totals (replay)."""
+    if pipelines:
+        keys = sorted(pipelines, key=str)
+        await conn.execute(REBUILD_TOTALS, [k[0] for k in keys], [k[1] for k in keys])
 
 
 async def add_recoveries(conn: asyncpg.Connection, enterprise_id: str, run_ids: list) -> None:

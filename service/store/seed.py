@@ -76,3 +76,4 @@ async def copy_batch(conn: asyncpg.Connection, enterprise_id: str, events: list[
         if runs:
             await insights.add_runs(conn, enterprise_id, [r[_ID] for r in runs])
             await insights.add_recoveries(conn, enterprise_id, [r[_ID] for r in runs])
+            await insights.rebuild_batch_totals(conn, enterprise_id, [r[_ID] for r in runs])
