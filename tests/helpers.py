@@ -455,6 +455,19 @@ def iso(value: datetime) -> str:
 FILTERS = ["", "status=pending", "status=running", "pipeline_name=beta", "pipeline_name=nope"]
 
 
+async def tail_feed(api, done, seen: list[int], limit: int) -> None:
+    """Read the feed from the start, `limit` events a page, into `seen` until `done` is set
+    and a page after it is empty (a consumer tailing the feed while writers write)."""
+    after = 0
+    while True:
+        finished = done.is_set()  # read before querying: the last read is after all commits
+        feed = await api.get(f"/events/?after={after}&limit={limit}")
+        seen.extend(e["position"] for e in feed["results"])
+        after = feed["next_after"]
+        if finished and not feed["results"]:
+            return
+
+
 async def random_writer(api, pipeline_id: str, changes: int) -> None:
     """Creates runs and moves each through a random short legal path, over the API."""
     for _ in range(changes):

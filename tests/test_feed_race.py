@@ -6,7 +6,7 @@ import asyncio
 import pytest
 
 from service.web.keys import POOL
-from tests.helpers import random_writer, slow_writer
+from tests.helpers import random_writer, slow_writer, tail_feed
 
 
 @pytest.fixture
@@ -19,17 +19,7 @@ async def test_tailing_consumer_sees_every_event_exactly_once(api, client, db, e
     seen: list[int] = []
     done = asyncio.Event()
 
-    async def consumer():
-        after = 0
-        while True:
-            finished = done.is_set()  # read before querying: the last read is after all commits
-            feed = await api.get(f"/events/?after={after}&limit=7")
-            seen.extend(e["position"] for e in feed["results"])
-            after = feed["next_after"]
-            if finished and not feed["results"]:
-                return
-
-    tail = asyncio.create_task(consumer())
+    tail = asyncio.create_task(tail_feed(api, done, seen, 7))
     pool = client.app[POOL]
     await asyncio.gather(
         *(random_writer(api, pipelines[i % 4]["id"], 15) for i in range(10)),

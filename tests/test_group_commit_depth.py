@@ -14,7 +14,7 @@ from service.app.replay import verify
 from service.infra.db import create_pool
 from service.store.locks import FEED_LOCK
 from service.web.keys import GROUP_COMMIT
-from tests.helpers import lock_waiters, wait_until
+from tests.helpers import lock_waiters, tail_feed, wait_until
 
 
 @pytest.fixture
@@ -206,21 +206,11 @@ async def test_one_enterprise_under_overlapping_groups_feeds_every_event_once(
     seen: list[int] = []
     done = asyncio.Event()
 
-    async def consumer():
-        after = 0
-        while True:
-            finished = done.is_set()  # read before querying: the last read is after all commits
-            feed = await api.get(f"/events/?after={after}&limit=9")
-            seen.extend(e["position"] for e in feed["results"])
-            after = feed["next_after"]
-            if finished and not feed["results"]:
-                return
-
     def put(run, target):
         return asyncio.ensure_future(
             api.put(f"/pipelines/{run['pipeline_id']}/runs/{run['id']}/", {"status": target}))
 
-    tail = asyncio.create_task(consumer())
+    tail = asyncio.create_task(tail_feed(api, done, seen, 9))
     holder = await asyncpg.connect(db_dsn)
     try:
         for target in ("waiting", "running") * 3:

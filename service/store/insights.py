@@ -421,11 +421,16 @@ async def recoveries_by_period(conn: asyncpg.Connection) -> list[asyncpg.Record]
     return await conn.fetch(RECOVERIES_BY_PERIOD)
 
 
-async def rebuild_totals(conn: asyncpg.Connection, pipelines: set[tuple]) -> None:
-    """Rebuild these (enterprise_id, pipeline_id)'s running totals (replay)."""
+async def _per_pipeline(conn: asyncpg.Connection, sql: str, pipelines: set[tuple]) -> None:
+    """Run `sql` over (enterprise_id, pipeline_id) pairs, as two arrays in a fixed order."""
     if pipelines:
         keys = sorted(pipelines, key=str)
-        await conn.execute(REBUILD_TOTALS, [k[0] for k in keys], [k[1] for k in keys])
+        await conn.execute(sql, [k[0] for k in keys], [k[1] for k in keys])
+
+
+async def rebuild_totals(conn: asyncpg.Connection, pipelines: set[tuple]) -> None:
+    """Rebuild these (enterprise_id, pipeline_id)'s running totals (replay)."""
+    await _per_pipeline(conn, REBUILD_TOTALS, pipelines)
 
 
 async def add_recoveries(conn: asyncpg.Connection, enterprise_id: str, run_ids: list) -> None:
@@ -439,9 +444,7 @@ async def recovery_drifts(conn: asyncpg.Connection) -> list[asyncpg.Record]:
 
 async def refresh_recoveries(conn: asyncpg.Connection, pipelines: set[tuple]) -> None:
     """Recompute these (enterprise_id, pipeline_id)'s recoveries whole (replay's repair)."""
-    if pipelines:
-        keys = sorted(pipelines, key=str)
-        await conn.execute(REFRESH_PIPELINES, [k[0] for k in keys], [k[1] for k in keys])
+    await _per_pipeline(conn, REFRESH_PIPELINES, pipelines)
 
 
 async def apply_deltas(conn: asyncpg.Connection, deltas: dict[tuple, int]) -> int:
