@@ -41,6 +41,30 @@ def children(pid: int) -> set[int]:
     return out
 
 
+def listening(pids: set[int], port: int) -> set[int]:
+    """Those of `pids` holding a listening IPv4 socket on `port` (from /proc): with
+    SO_REUSEPORT a worker takes connections only once its own socket listens."""
+    inodes = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+            inodes.add(f"socket:[{fields[9]}]")
+    found = set()
+    for pid in pids:
+        try:
+            fds = list(Path(f"/proc/{pid}/fd").iterdir())
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                if os.readlink(fd) in inodes:
+                    found.add(pid)
+                    break
+            except OSError:
+                continue
+    return found
+
+
 def ready(port: int) -> bool:
     """Whether the service on `port` answers /health/ready with a 200."""
     try:

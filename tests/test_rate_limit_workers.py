@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from tests.helpers import make_token, as_runtime
-from tests.processes import ROOT, children, free_port, ready, wait_for
+from tests.processes import ROOT, children, free_port, listening, ready, wait_for
 
 BURST, RATE = 4, 1
 
@@ -22,6 +22,13 @@ BURST, RATE = 4, 1
 @pytest.fixture
 def db_dsn(own_db):
     return own_db
+
+
+def _both_listen(pid: int, port: int) -> bool:
+    """Both workers started and each listening: before that the kernel gives every
+    connection to the one that is, and the test would see one bucket."""
+    workers = children(pid)
+    return len(workers) == 2 and listening(workers, port) == workers
 
 
 def _get(url: str, token: str) -> tuple[int, dict]:
@@ -51,7 +58,7 @@ async def test_each_worker_limits_a_token_on_its_own(db, db_dsn, enterprise, tmp
             cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
         try:
             up = await loop.run_in_executor(
-                None, lambda: wait_for(lambda: len(children(proc.pid)) == 2 and ready(port)))
+                None, lambda: wait_for(lambda: _both_listen(proc.pid, port) and ready(port)))
             assert up, log_path.read_text()
             url = f"http://127.0.0.1:{port}/pipelines/v0/pipelines/"
             started = time.monotonic()
