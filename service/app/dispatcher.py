@@ -22,6 +22,7 @@ from datetime import datetime, timedelta, timezone
 
 import asyncpg
 
+from service.app.outages import UNAVAILABLE
 from service.app.webhook_http import Outcome, Sender, to_json
 from service.domain import lifecycle
 from service.infra.feedwait import ANY
@@ -77,7 +78,7 @@ class Dispatcher:
                     woken.clear()
                     try:
                         await self.step()
-                    except (OSError, asyncpg.PostgresError, asyncio.TimeoutError) as exc:
+                    except (asyncpg.PostgresError, *UNAVAILABLE) as exc:  # one line, no trace
                         log.warning("webhook dispatcher: %s; retrying", type(exc).__name__)
                     except Exception:
                         log.exception("webhook dispatcher pass failed; retrying")
@@ -146,6 +147,9 @@ class Dispatcher:
             raise
         except asyncpg.ForeignKeyViolationError:
             pass  # the subscription was deleted while its delivery was out
+        except UNAVAILABLE as exc:  # an outage, not a defect: one line, and tried again
+            log.warning("webhook delivery of event %s: database unavailable (%s); its lease "
+                        "runs out and it is tried again", d["event_id"], type(exc).__name__)
         except Exception:  # the lease runs out and the delivery is tried again
             log.exception("webhook delivery of event %s failed unexpectedly", d["event_id"])
         finally:

@@ -79,6 +79,8 @@ from typing import Any, Awaitable, Callable
 
 import asyncpg
 
+from service.infra.db import CONNECTION_LOST, usable
+
 log = logging.getLogger(__name__)
 
 MAX_GROUP = 64
@@ -224,8 +226,8 @@ class GroupCommit:
     async def _commit(self, conn: asyncpg.Connection | None, group: list[_Change], *,
                       overlapping: bool) -> asyncpg.Connection | None:
         """One group's statement and answers; the connection to keep for the next group."""
-        if conn is None or conn.is_closed():
-            if conn is not None:
+        if conn is None or not usable(conn):
+            if conn is not None:  # (a connection asyncpg took back already: a no-op)
                 await self.pool.release(conn)
             try:
                 conn = await self._acquire()
@@ -237,11 +239,13 @@ class GroupCommit:
         try:
             results = await self.execute(conn, [c.item for c in group])
         except Exception as exc:
-            if isinstance(exc, asyncio.TimeoutError):
-                # command_timeout: the server stopped answering; drop the connection
-                # (as web.handlers.common.connection does) and let every change learn it.
+            lost = isinstance(exc, CONNECTION_LOST)
+            if isinstance(exc, asyncio.TimeoutError) or lost and usable(conn):
+                # command_timeout: the server stopped answering; or it ended the session:
+                # drop the connection (as web.handlers.common.connection does) and let
+                # every change learn it. The failure is not theirs: none runs again alone.
                 conn.terminate()
-            if len(group) == 1 or conn.is_closed():
+            if len(group) == 1 or lost or not usable(conn):
                 for change in group:
                     _settle(change, exc)
                 return conn
@@ -266,7 +270,7 @@ class GroupCommit:
     async def _position(self, conn: asyncpg.Connection) -> int | None:
         """Read after the commit, so it is past it. The changes are in either way: a failure
         here costs only this shortcut (each caller then reads a position itself)."""
-        if self.position is None or conn.is_closed():
+        if self.position is None or not usable(conn):
             return None
         try:
             return await self.position(conn)

@@ -29,6 +29,30 @@ UNAVAILABLE = (
     asyncio.TimeoutError,  # connect timeout, acquire timeout, command_timeout
 )
 
+# ... of those, the ones after which the connection itself is no use: the server ended the
+# session (administrator, crash, restart) or the socket went. Until asyncpg sees the socket
+# close, such a connection still looks open and refuses the next statement ("another
+# operation is in progress"): whoever holds it drops it instead of running more on it.
+CONNECTION_LOST = (
+    asyncpg.exceptions.PostgresConnectionError,
+    asyncpg.exceptions.AdminShutdownError,
+    asyncpg.exceptions.CrashShutdownError,
+    asyncpg.exceptions.CannotConnectNowError,
+    asyncpg.exceptions.InterfaceError,
+    asyncpg.exceptions.InternalClientError,
+    OSError,
+)
+
+
+def usable(conn) -> bool:
+    """Whether a pooled connection someone kept can run a statement. asyncpg gives the
+    holder of a connection that closed back to its pool by itself and detaches the proxy,
+    which then raises on every call, is_closed() included."""
+    try:
+        return not conn.is_closed()
+    except asyncpg.exceptions.InterfaceError:
+        return False
+
 
 def redact_dsn(dsn: str) -> str:
     """The DSN without its password, for logs."""

@@ -274,28 +274,44 @@ class _Connection:
         if conn is not None and self.replica is not None:
             return await self._exit_replica(conn, kind, exc)
         if conn is not None:
-            app = self.request.app
-            slots = app[POOL_SLOTS]
-            handed = False
+            failure = kind
             try:
-                with translated():
-                    if kind is None and self.state is not None:
-                        self.state.saw(await positions.primary_position(conn))
-                    if kind is not None and issubclass(kind, asyncio.TimeoutError):
-                        # command_timeout: the server stopped answering. Drop the connection
-                        # rather than have release() wait up to command_timeout again for
-                        # the query's cancellation.
-                        conn.terminate()
-                    pool = app[POOL]
-                    # Under load a request waits for a slot: it gets this connection with it.
-                    if kind is None and slots.has_waiters() and dbinfra.fit_to_pass_on(pool, conn):
-                        handed = slots.hand_over(conn)
-                    if not handed:
-                        await pool.release(conn)
+                if kind is None and self.state is not None:
+                    with translated():
+                        try:
+                            self.state.saw(await positions.primary_position(conn))
+                        except BaseException as err:
+                            failure = type(err)  # the connection is given back all the same
+                            raise
             finally:
-                if not handed:
-                    slots.release()
+                await self._give_back(conn, failure)
         return translated().__exit__(kind, exc, tb)  # the body's failure, translated too
+
+    async def _give_back(self, conn: asyncpg.Connection, failure: type | None) -> None:
+        """The connection to the next request waiting for a slot, else to the pool; the
+        slot with it. After any failure only to the pool (which resets or drops it)."""
+        app = self.request.app
+        slots = app[POOL_SLOTS]
+        handed = False
+        try:
+            with translated():
+                if failure is not None and issubclass(failure, (asyncio.TimeoutError,
+                                                                *dbinfra.CONNECTION_LOST)):
+                    # command_timeout: the server stopped answering; or it ended the
+                    # session. Drop the connection rather than have release() wait up to
+                    # command_timeout again for the query's cancellation, or reset one
+                    # that will only fail.
+                    if dbinfra.usable(conn):
+                        conn.terminate()
+                pool = app[POOL]
+                # Under load a request waits for a slot: it gets this connection with it.
+                if failure is None and slots.has_waiters() and dbinfra.fit_to_pass_on(pool, conn):
+                    handed = slots.hand_over(conn)
+                if not handed:
+                    await pool.release(conn)
+        finally:
+            if not handed:
+                slots.release()
 
     async def _exit_replica(self, conn: asyncpg.Connection, kind, exc) -> bool:
         replicas, replica = self.request.app[REPLICAS], self.replica
