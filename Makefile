@@ -37,7 +37,7 @@ TEST_WORKERS ?= 4
 test: $(STAMP)
 	$(PY) -m pytest -q -rs -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
 
-# Service vs a lean reference (bench/run.py): one enterprise, 100 enterprises x 20 runs,
+# Then the service vs a lean reference (bench/run.py): one enterprise, 100 enterprises x 20 runs,
 # a mixed load with long-polls, a quiet tenant beside a noisy one (--scenarios picks);
 # e.g. make bench BENCH_ARGS="--workers 1,2" or BENCH_ARGS="--scenarios tenants,mixed".
 # Then the service at scale (bench/scale.py): 1M runs seeded, list latency, replay rate;
@@ -45,11 +45,17 @@ test: $(STAMP)
 # (bench/webhooks.py; WEBHOOK_BENCH_ARGS="--seconds 30 --workers 2"). Then reads with and
 # without a hot standby
 # (bench/replicas.py), e.g. REPLICA_ARGS="--seconds 10 --rounds 2".
+# First the yardstick (YARDSTICK, ../shared/bench: the one measure of our speed ratios,
+# docs/performance.md): its two lines, whether or not a goal is missed (it exits 1 then).
+YARDSTICK ?= ../shared/bench
 bench: $(STAMP)
 	@# wrk drives the load (Debian's package); without it bench/run.py falls back to a
 	@# Python load generator, which takes much of the 2 cores itself.
 	@command -v wrk >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
 		apt-get install -y -q wrk >/dev/null 2>&1; } || echo "wrk not installed: Python load" >&2
+	@if [ -x $(YARDSTICK)/ratio-one-enterprise ]; then \
+		$(YARDSTICK)/ratio-one-enterprise || true; $(YARDSTICK)/ratio-many-enterprises || true; \
+	else echo "no yardstick at $(YARDSTICK): skipped" >&2; fi
 	$(PY) bench/run.py $(BENCH_ARGS)
 	$(PY) bench/scale.py $(SCALE_ARGS)
 	$(PY) bench/webhooks.py $(WEBHOOK_BENCH_ARGS)
