@@ -390,6 +390,7 @@ async def _batches(conn, make, loop, runs: int, batch: int, report: SeedReport,
                    started: float, progress) -> None:
     """COPY batch after batch, making the next one meanwhile."""
     enterprise_id = report.enterprise_id
+    analyzed = 0  # runs loaded when the tables were last analyzed
     with ThreadPoolExecutor(1, thread_name_prefix="seed") as pool:
         ready = make(0) if runs else None
         for start in range(0, runs, batch):
@@ -402,6 +403,11 @@ async def _batches(conn, make, loop, runs: int, batch: int, report: SeedReport,
             finally:
                 ready = await following if following is not None else None
             report.runs += made
+            if report.runs >= 2 * analyzed and start + batch < runs:
+                # Each time the load has doubled (8 times for 1M runs in batches of
+                # 5,000): the next batches' plans see the tables as they are.
+                await sql.analyze_loaded(conn)
+                analyzed = report.runs
             report.live_runs += len(run_rows)
             report.events += len(events)
             report.stage_runs += len(stage_rows)

@@ -59,6 +59,19 @@ async def insert_pipelines(conn: asyncpg.Connection, pipelines: Iterable[Sequenc
     await conn.executemany(INSERT_STAGE, stages)
 
 
+# The tables a seed loads, analyzed as they grow (service/app/seed.py): a bulk load
+# outruns autovacuum, or runs where it is off, and the batch's statements (ids = ANY, the
+# recoveries' window per pipeline) need row estimates: without any, a 1M seed sat for
+# minutes on one batch at 320,000 runs. As the table owner (or a superuser) only: for
+# another role PostgreSQL skips each table with a warning.
+ANALYZE_LOADED = ("ANALYZE pipeline_runs, stage_runs, run_counts, run_insights, "
+                  "run_recoveries, run_insights_totals")
+
+
+async def analyze_loaded(conn: asyncpg.Connection) -> None:
+    await conn.execute(ANALYZE_LOADED)
+
+
 async def copy_batch(conn: asyncpg.Connection, enterprise_id: str, events: list[tuple],
                      runs: list[tuple], stage_runs: list[tuple], run_counts: Counter) -> None:
     """One batch in one transaction: the events (positions in list order), their projection
