@@ -7,11 +7,7 @@ one answer row's counters into what the API answers.
 from __future__ import annotations
 
 import bisect
-import functools
 import math
-import struct
-import sys
-from array import array
 from itertools import accumulate
 from operator import mul
 from datetime import datetime, timedelta, timezone
@@ -239,94 +235,6 @@ def summarize_dense(lo: int, counts, mean: bool = True) -> dict[str, Any] | None
     for key, q in PERCENTILES:
         summary[key] = lo + bisect.bisect_right(cum, math.floor(q * (total - 1)))
     return summary
-
-
-# Histograms are added as integers with a 64-bit field per bin (bin b at field hi - b for
-# a chosen top bin hi): adding and taking out whole histograms is then a few big-integer
-# operations (in C) instead of a Python step per bin (a 90-day answer per pipeline adds
-# ~800 histograms of ~500 bins). The sum is linear, so fields negative in between (parts
-# taken out) come right when the final counts are (none negative). The stored histograms
-# come as PostgreSQL's binary form of an integer array (array_send): after a 20-byte header
-# (its length and lower bound: the first bin), each count as a 4-byte length (4) and the
-# 4-byte count, big-endian: read as one big-endian integer, each 8 bytes are a field
-# holding 4 * 2**32 + count, the first the lowest bin, so less the lengths it is the
-# packed form with its own last bin on top.
-@functools.lru_cache(maxsize=4096)
-def _lengths(n: int) -> int:
-    return int.from_bytes(b"\0\0\0\4\0\0\0\0" * n, "big")
-
-
-def packed(sent: bytes) -> tuple[int, int] | None:
-    """An int4[] histogram as array_send gives it (lower bound: its first bin): (its last
-    bin, the packed counts), None when empty."""
-    if len(sent) <= 12:  # no dimension: empty
-        return None
-    n, lo = struct.unpack_from(">ii", sent, 12)
-    return lo + n - 1, int.from_bytes(memoryview(sent)[20:], "big") - _lengths(n)
-
-
-def packed_bins(bins: Iterable[tuple[int, int]]) -> tuple[int, int]:
-    """Sparse (bin, n) in bin order (n < 0: taken out), like packed."""
-    bins = list(bins)
-    last = bins[-1][0]
-    return last, sum(n << (64 * (last - b)) for b, n in bins)
-
-
-def unpacked(parts: list[tuple[int, int, int]]) -> tuple[int, Any]:
-    """The dense histogram (lo, counts) of the sum of parts (sign, last bin, packed)."""
-    top = max((hi for _, hi, _ in parts), default=0)
-    total = sum(sign * (value << (64 * (top - hi))) for sign, hi, value in parts)
-    if total <= 0:
-        return 0, []
-    low = ((total & -total).bit_length() - 1) // 64  # the last nonzero bin's field
-    total >>= 64 * low
-    counts = array("q")
-    counts.frombytes(total.to_bytes((total.bit_length() + 63) // 64 * 8, "big"))
-    if sys.byteorder == "little":
-        counts.byteswap()
-    return top - low - len(counts) + 1, counts
-
-
-class Tally:
-    """One answer row's counters as they are gathered: counts per metric, the parts of each
-    histogram (sign, last bin, packed), and recoveries (count, microseconds)."""
-
-    __slots__ = ("counts", "parts", "recovered", "micros")
-
-    def __init__(self):
-        self.counts: dict[str, int] = {}
-        self.parts: dict[str, list] = {}
-        self.recovered = 0
-        self.micros = 0
-
-    def add_bins(self, metric: str, bins: Iterable[tuple[int, int]]) -> None:
-        """Sparse (bin, n) of one metric in bin order (the hourly rows; n < 0: taken out)."""
-        if metric in HISTOGRAMS:
-            self.parts.setdefault(metric, []).append((1, *packed_bins(bins)))
-        else:
-            self.counts[metric] = self.counts.get(metric, 0) + sum(n for _, n in bins)
-
-    def add_totals(self, sign: int, row: Mapping[str, Any]) -> None:
-        """A run_insights_totals row (from _TIER: histograms as array_send gives them), added
-        (1) or taken out (-1)."""
-        for metric in TOTAL_COUNTS:
-            if row[metric]:
-                self.counts[metric] = self.counts.get(metric, 0) + sign * row[metric]
-        for metric in HISTOGRAMS:
-            part = packed(row[metric])
-            if part:
-                self.parts.setdefault(metric, []).append((sign, *part))
-        self.recovered += sign * row["recovered"]
-        self.micros += sign * row["recovered_micros"]
-
-    def summaries(self) -> dict[str, dict[str, Any]]:
-        """{metric: summary} of what is not zero (figures' input)."""
-        out = {m: {"n": n} for m, n in self.counts.items() if n}
-        for metric, parts in self.parts.items():
-            summary = summarize_dense(*unpacked(parts), mean=metric == "duration")
-            if summary:
-                out[metric] = summary
-        return out
 
 
 def distribution(summary: Mapping[str, Any] | None,
