@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from collections import defaultdict
 from datetime import datetime, timedelta, timezone
-from itertools import groupby
 from typing import Any
 
 import asyncpg
@@ -69,10 +68,8 @@ async def insights(conn: asyncpg.Connection, enterprise_id: str, *, start=None, 
                                    pipeline_name)
         span = store.tier_span((frm, to), granularity, as_of, now)
         tallies: dict[tuple, insights_sums.Tally] = defaultdict(insights_sums.Tally)
-        for (bucket, pipeline_id, metric), bins in groupby(
-                await store.counters(conn, *args, span=span),
-                key=lambda r: (r["bucket"], r["pipeline_id"], r["metric"])):
-            tallies[(bucket, pipeline_id)].add_bins(metric, ((r["bin"], r["n"]) for r in bins))
+        for r in await store.counters(conn, *args, span=span):
+            tallies[(r["bucket"], r["pipeline_id"])].add_bins(r["metric"], r["bins"], r["ns"])
         for r in await store.recoveries(conn, *args, span=span):
             tally = tallies[(r["bucket"], r["pipeline_id"])]
             tally.recovered += r["n"]

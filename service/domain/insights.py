@@ -203,27 +203,17 @@ def _seconds(micros: float | None) -> float | None:
     return None if micros is None else round(micros / 1e6, 6)
 
 
-def summarize(bins: Iterable[tuple[int, int]]) -> dict[str, Any]:
-    """A metric's summary from its (bin, n) in bin order: n, lo, hi, micros (the sum of the
-    bins' estimates) and each percentile's bin: the bin of the value of rank floor(q (n-1))."""
-    bins = list(bins)
-    total = sum(n for _, n in bins)
-    summary = {"n": total, "lo": bins[0][0], "hi": bins[-1][0],
-               "micros": sum(n * estimate(b) for b, n in bins)}
-    ranks = [(key, math.floor(q * (total - 1))) for key, q in PERCENTILES]
-    upto, k = 0, 0
-    for b, n in bins:
-        upto += n
-        while k < len(ranks) and upto > ranks[k][1]:
-            summary[ranks[k][0]] = b
-            k += 1
-    return summary
+# Each bin's estimate in seconds, by bin (distribution's min, percentiles and max).
+SECONDS: list[float] = [_seconds(e) for e in ESTIMATES]
 
 
 def summarize_dense(lo: int, counts, mean: bool = True) -> dict[str, Any] | None:
-    """summarize of a dense histogram (counts[i] in bin lo + i; zeros allowed), None when
-    empty: the same figures, found by bisection in its running sum (micros None unless
-    `mean`: queue times show no mean)."""
+    """A dense histogram's summary (counts[i] in bin lo + i; zeros allowed; None when
+    empty): n, lo, hi (its first and last nonzero bin), micros (the sum of the bins'
+    estimates, None unless `mean`: queue times show no mean) and each percentile's bin: the
+    bin of the value of rank floor(q (n-1)), found by bisection in its running sum. The
+    plain definition: the answers compute it for all their histograms at once
+    (insights_sums.py summarize_many), to the bit the same."""
     cum = list(accumulate(counts))
     total = cum[-1] if cum else 0
     if total <= 0:
@@ -245,10 +235,10 @@ def distribution(summary: Mapping[str, Any] | None,
         return {"count": 0, "min": None, "mean": None, **{k: None for k, _ in percentiles},
                 "max": None}
     micros = summary["micros"]
-    return {"count": n, "min": _seconds(estimate(summary["lo"])),
+    return {"count": n, "min": SECONDS[summary["lo"]],
             "mean": None if micros is None else _seconds(micros / n),
-            **{k: _seconds(estimate(summary[k])) for k, _ in percentiles},
-            "max": _seconds(estimate(summary["hi"]))}
+            **{k: SECONDS[summary[k]] for k, _ in percentiles},
+            "max": SECONDS[summary["hi"]]}
 
 
 def figures(summaries: Mapping[str, Mapping[str, Any]], recoveries: tuple[int, float],

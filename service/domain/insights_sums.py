@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import struct
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -37,17 +37,15 @@ class Tally:
         self.recovered = 0
         self.micros = 0
 
-    def add_bins(self, metric: str, bins: Iterable[tuple[int, int]]) -> None:
-        """Sparse (bin, n) of one metric in bin order (the hourly rows; n < 0: taken out)."""
+    def add_bins(self, metric: str, bins: Sequence[int], ns: Sequence[int]) -> None:
+        """One metric's counts ns at bins (in order; the hourly rows; n < 0: taken out)."""
         if metric in HISTOGRAMS:
-            bins = list(bins)
-            lo = bins[0][0]
-            counts = np.zeros(bins[-1][0] - lo + 1, dtype=np.int64)
-            for b, n in bins:
-                counts[b - lo] = n
+            lo = bins[0]
+            counts = np.zeros(bins[-1] - lo + 1, dtype=np.int64)
+            counts[np.subtract(bins, lo)] = ns
             self.parts.setdefault(metric, []).append((1, lo, counts))
         else:
-            self.counts[metric] = self.counts.get(metric, 0) + sum(n for _, n in bins)
+            self.counts[metric] = self.counts.get(metric, 0) + sum(ns)
 
     def add_totals(self, sign: int, row: Mapping[str, Any]) -> None:
         """A run_insights_totals row (store/insights.py _TIER: histograms as array_send gives
