@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import bisect
 import math
+import struct
 from itertools import accumulate
 from operator import mul
 from datetime import datetime, timedelta, timezone
@@ -131,6 +132,15 @@ def _widen(hist: list, bin_: int, n: int) -> None:
     if bin_ >= lo + len(counts):
         counts.extend([0] * (bin_ - lo - len(counts) + 1))
     counts[bin_ - lo] += n
+
+
+def histogram_of(stored: bytes) -> tuple[int | None, tuple[int, ...]]:
+    """A run_insights_totals histogram's bytes (schema.sql: the first bin, then the counts,
+    big-endian int4s) as total_rows gives it: (first bin, counts); (None, ()) when empty."""
+    if not stored:
+        return None, ()
+    lo, *counts = struct.unpack(f">{len(stored) // 4}i", stored)
+    return lo, tuple(counts)
 
 
 def period_of(hour: int) -> datetime:

@@ -1,7 +1,6 @@
 """Insights: an answer's counters gathered per row and summarized all at once (numpy)."""
 from __future__ import annotations
 
-import struct
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -14,15 +13,14 @@ _ESTIMATES = np.array(ESTIMATES, dtype=np.float64)
 _CELLS = 1 << 18
 
 
-def sent_histogram(sent: bytes) -> tuple[int, np.ndarray] | None:
-    """An int4[] histogram as array_send gives it (lower bound: its first bin): (first bin,
-    counts) with the counts a view of the bytes, None when empty. After a 20-byte header
-    (its length and lower bound), each count is a 4-byte length (4) and the 4-byte count,
-    big-endian."""
-    if len(sent) <= 12:  # no dimension: empty
+def stored_histogram(stored: bytes) -> tuple[int, np.ndarray] | None:
+    """A run_insights_totals histogram's bytes (schema.sql: the first bin, then the counts,
+    big-endian int4s) as (first bin, counts), the counts a view of the bytes; None when
+    empty."""
+    if not stored:
         return None
-    n, lo = struct.unpack_from(">ii", sent, 12)
-    return lo, np.frombuffer(sent, dtype=">i4", count=2 * n, offset=20)[1::2]
+    values = np.frombuffer(stored, dtype=">i4")
+    return int(values[0]), values[1:]
 
 
 class Tally:
@@ -48,13 +46,13 @@ class Tally:
             self.counts[metric] = self.counts.get(metric, 0) + sum(ns)
 
     def add_totals(self, sign: int, row: Mapping[str, Any]) -> None:
-        """A run_insights_totals row (store/insights.py _TIER: histograms as array_send gives
-        them), added (1) or taken out (-1)."""
+        """A run_insights_totals row (store/insights.py _TIER), added (1) or taken out
+        (-1)."""
         for metric in TOTAL_COUNTS:
             if row[metric]:
                 self.counts[metric] = self.counts.get(metric, 0) + sign * row[metric]
         for metric in HISTOGRAMS:
-            part = sent_histogram(row[metric])
+            part = stored_histogram(row[metric])
             if part:
                 self.parts.setdefault(metric, []).append((sign, *part))
         self.recovered += sign * row["recovered"]

@@ -158,13 +158,12 @@ RECOVERIES = {
 # The running totals (schema.sql run_insights_totals) at each boundary $4 (period
 # starts): per member pipeline, its last row before the boundary (none: nothing yet). The
 # members: the live pipelines (filtered); or, answering for all of them, the rollup less
-# the soft-deleted pipelines (the rollup counts every pipeline's runs). The histograms in
-# PostgreSQL's binary form (domain/insights_sums.py sent_histogram reads it without a step per
-# bin).
+# the soft-deleted pipelines (the rollup counts every pipeline's runs). The histograms as
+# the bytes they are stored as (domain/insights_sums.py reads them without a step per bin).
 _TIER = """
 SELECT m.pipeline_id, m.sign, b.at AS boundary, t.at, t.created, t.success, t.failure, t.timeout,
        t.invalid, t.cancelled, t.recovered, t.recovered_micros,
-       array_send(t.duration) AS duration, array_send(t.queue) AS queue
+       t.duration, t.queue
 FROM ({members}) AS m, unnest($4::timestamptz[]) AS b(at),
      LATERAL (SELECT * FROM run_insights_totals t
               WHERE t.enterprise_id = $1 AND t.pipeline_id = m.pipeline_id AND t.at < b.at
@@ -291,8 +290,7 @@ ORDER BY 1, 2, 3
 # they are compared with (run_recoveries is checked against the runs on its own).
 ALL_TOTALS = """
 SELECT enterprise_id, pipeline_id, at, created, success, failure, timeout, invalid,
-       cancelled, recovered, recovered_micros, array_lower(duration, 1) AS duration_lo,
-       duration, array_lower(queue, 1) AS queue_lo, queue
+       cancelled, recovered, recovered_micros, duration, queue
 FROM run_insights_totals
 """
 RECOVERIES_BY_PERIOD = f"""
