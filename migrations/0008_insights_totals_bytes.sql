@@ -4,7 +4,7 @@
 -- meanwhile (SHARE lock until the migration commits), and schema.sql, applied in the same
 -- transaction right after, replaces the functions that keep them.
 LOCK TABLE pipeline_runs IN SHARE MODE;
-CREATE FUNCTION pg_temp.insights_hist_bytes(h integer[]) RETURNS bytea
+CREATE OR REPLACE FUNCTION pg_temp.insights_hist_bytes(h integer[]) RETURNS bytea
 LANGUAGE sql IMMUTABLE AS $$
     SELECT coalesce(int4send(array_lower(h, 1))
                     || (SELECT string_agg(int4send(x), ''::bytea ORDER BY i)

@@ -98,15 +98,21 @@ def summarize_many(hists: Sequence[list[tuple[int, int, Any]]],
 def _summarize_chunk(hists, rows: list[int], lo: int, hi: int, mean: bool,
                      out: list) -> None:
     """The histograms `rows` (bins within [lo, hi)) summarized into out[row]."""
-    counts = np.zeros((len(rows), hi - lo), dtype=np.int64)
-    for k, i in enumerate(rows):
-        row = counts[k]
-        for sign, first, values in hists[i]:
-            cells = row[first - lo:first - lo + len(values)]
-            if sign > 0:
-                cells += values
-            else:
-                cells -= values
+    width = hi - lo
+    counts = np.zeros((len(rows), width), dtype=np.int64)
+    parts = [(k * width - lo + first, sign, values)
+             for k, i in enumerate(rows) for sign, first, values in hists[i]]
+    # All parts' counts in native int64 at once (one conversion, not one per part), then
+    # each added in place at its row and first bin of the flat matrix.
+    values = np.concatenate([v for _, _, v in parts]).astype(np.int64, copy=False)
+    flat, at = counts.reshape(-1), 0
+    for start, sign, part in parts:
+        end = at + len(part)
+        if sign > 0:
+            flat[start:start + end - at] += values[at:end]
+        else:
+            flat[start:start + end - at] -= values[at:end]
+        at = end
     cum = np.cumsum(counts, axis=1)
     total = cum[:, -1:]
     found = {"n": total[:, 0],
