@@ -13,19 +13,12 @@ _ESTIMATES = np.array(ESTIMATES, dtype=np.float64)
 _CELLS = 1 << 18
 
 
-def stored_histogram(stored: bytes) -> tuple[int, np.ndarray] | None:
-    """A run_insights_totals histogram's bytes (schema.sql: the first bin, then the counts,
-    big-endian int4s) as (first bin, counts), the counts a view of the bytes; None when
-    empty."""
-    if not stored:
-        return None
-    values = np.frombuffer(stored, dtype=">i4")
-    return int(values[0]), values[1:]
-
-
 class Tally:
     """One answer row's counters as they are gathered: counts per metric, the parts of each
-    histogram (sign, first bin, counts), and recoveries (count, microseconds)."""
+    histogram, and recoveries (count, microseconds). A part is (sign, first bin, last bin +
+    1, data): data a run_insights_totals histogram's bytes (schema.sql: the first bin, then
+    the counts, big-endian int4s), or (bins, ns) of the hourly rows. Both are read when
+    summarized, all of a matrix's at once (no numpy call per part here)."""
 
     __slots__ = ("counts", "parts", "recovered", "micros")
 
@@ -38,10 +31,7 @@ class Tally:
     def add_bins(self, metric: str, bins: Sequence[int], ns: Sequence[int]) -> None:
         """One metric's counts ns at bins (in order; the hourly rows; n < 0: taken out)."""
         if metric in HISTOGRAMS:
-            lo = bins[0]
-            counts = np.zeros(bins[-1] - lo + 1, dtype=np.int64)
-            counts[np.subtract(bins, lo)] = ns
-            self.parts.setdefault(metric, []).append((1, lo, counts))
+            self.parts.setdefault(metric, []).append((1, bins[0], bins[-1] + 1, (bins, ns)))
         else:
             self.counts[metric] = self.counts.get(metric, 0) + sum(ns)
 
@@ -52,9 +42,11 @@ class Tally:
             if row[metric]:
                 self.counts[metric] = self.counts.get(metric, 0) + sign * row[metric]
         for metric in HISTOGRAMS:
-            part = stored_histogram(row[metric])
-            if part:
-                self.parts.setdefault(metric, []).append((sign, *part))
+            stored = row[metric]
+            if stored:  # empty: no bytes
+                first = int.from_bytes(stored[:4], "big", signed=True)
+                self.parts.setdefault(metric, []).append(
+                    (sign, first, first + len(stored) // 4 - 1, stored))
         self.recovered += sign * row["recovered"]
         self.micros += sign * row["recovered_micros"]
 
@@ -72,15 +64,14 @@ def summaries(tallies: Sequence[Tally]) -> list[dict[str, dict[str, Any]]]:
     return out
 
 
-def summarize_many(hists: Sequence[list[tuple[int, int, Any]]],
-                   mean: bool) -> list[dict | None]:
-    """For each histogram given as its parts [(sign, first bin, counts)], summed: what
-    domain/insights.py summarize_dense gives for the sum (None: empty), to the bit. The
-    histograms are the rows of a matrix over their bins, each figure one vectorized pass
-    over it instead of a Python step per bin; the mean's sum is a running sum along the
-    row, in bin order, as Python's sum adds."""
+def summarize_many(hists: Sequence[list[tuple]], mean: bool) -> list[dict | None]:
+    """For each histogram given as its parts (Tally's), summed: what domain/insights.py
+    summarize_dense gives for the sum (None: empty), to the bit. The histograms are the rows
+    of a matrix over their bins, each figure one vectorized pass over it instead of a Python
+    step per bin; the mean's sum is a running sum along the row, in bin order, as Python's
+    sum adds."""
     out: list[dict | None] = [None] * len(hists)
-    spans = [(min(lo for _, lo, _ in parts), max(lo + len(c) for _, lo, c in parts), i)
+    spans = [(min(p[1] for p in parts), max(p[2] for p in parts), i)
              for i, parts in enumerate(hists) if parts]
     chunk: list[int] = []
     lo = hi = 0
@@ -95,24 +86,38 @@ def summarize_many(hists: Sequence[list[tuple[int, int, Any]]],
     return out
 
 
+def _matrix(hists, rows: list[int], lo: int, width: int) -> np.ndarray:
+    """The histograms `rows` summed from their parts, as the rows of a matrix over the bins
+    [lo, lo + width): every stored part's bytes read at once (one conversion), each added in
+    place; the hourly parts' counts added by one indexed addition."""
+    flat = np.zeros(len(rows) * width, dtype=np.int64)
+    stored, at, ns = [], [], []
+    for k, i in enumerate(rows):
+        base = k * width - lo
+        for sign, first, end, data in hists[i]:
+            if isinstance(data, bytes):
+                stored.append((base + first, end - first, sign, data))
+            else:
+                at.extend([base + b for b in data[0]])
+                ns.extend(data[1])
+    if stored:
+        values = np.frombuffer(b"".join([s[3] for s in stored]), dtype=">i4").astype(np.int64)
+        offset = 1  # past each part's first bin
+        for start, n, sign, _ in stored:
+            if sign > 0:
+                flat[start:start + n] += values[offset:offset + n]
+            else:
+                flat[start:start + n] -= values[offset:offset + n]
+            offset += n + 1
+    if at:
+        np.add.at(flat, np.array(at, dtype=np.intp), np.array(ns, dtype=np.int64))
+    return flat.reshape(len(rows), width)
+
+
 def _summarize_chunk(hists, rows: list[int], lo: int, hi: int, mean: bool,
                      out: list) -> None:
     """The histograms `rows` (bins within [lo, hi)) summarized into out[row]."""
-    width = hi - lo
-    counts = np.zeros((len(rows), width), dtype=np.int64)
-    parts = [(k * width - lo + first, sign, values)
-             for k, i in enumerate(rows) for sign, first, values in hists[i]]
-    # All parts' counts in native int64 at once (one conversion, not one per part), then
-    # each added in place at its row and first bin of the flat matrix.
-    values = np.concatenate([v for _, _, v in parts]).astype(np.int64, copy=False)
-    flat, at = counts.reshape(-1), 0
-    for start, sign, part in parts:
-        end = at + len(part)
-        if sign > 0:
-            flat[start:start + end - at] += values[at:end]
-        else:
-            flat[start:start + end - at] -= values[at:end]
-        at = end
+    counts = _matrix(hists, rows, lo, hi - lo)
     cum = np.cumsum(counts, axis=1)
     total = cum[:, -1:]
     found = {"n": total[:, 0],
