@@ -61,7 +61,7 @@ def estimate(bin_: int) -> float:
     return 2.0 * lo * top / (lo + top)
 
 
-# Each bin's estimate, by bin (summarize_dense takes the slice of a histogram's bins).
+# Each bin's estimate, by bin (summarize_dense and insights_sums take a histogram's slice).
 ESTIMATES: list[float] = [estimate(b) for b in range(len(BOUNDS) + 1)]
 # The metrics counted as histograms (bins of times); the others are counts (bin 0).
 HISTOGRAMS: tuple[str, ...] = ("duration", "queue")

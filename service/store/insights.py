@@ -83,7 +83,7 @@ _COUNTERS_AS_OF = """{states}, c AS (
 # per bin was ~2,200 rows of Python steps for the ragged hours of a 90-day answer per
 # pipeline; a reduction here, with window sums and a percentile filter per row, took twice
 # the time of the whole fetch).
-_SORTED = """
+_BY_METRIC = """
 SELECT pipeline_id, bucket, metric, array_agg(bin ORDER BY bin) AS bins,
        array_agg(n ORDER BY bin) AS ns
 FROM c WHERE n <> 0 GROUP BY 1, 2, 3
@@ -129,7 +129,7 @@ _SHAPES = [(g, grouped, past) for g in _BUCKETS for grouped in (False, True)
 COUNTERS = {
     (g, grouped, past): "WITH " + (
         _statement(_COUNTERS_AS_OF, "s", "k.hour", g, grouped) if past
-        else _statement(_COUNTERS_NOW, "i", "i.hour", g, grouped)) + _SORTED
+        else _statement(_COUNTERS_NOW, "i", "i.hour", g, grouped)) + _BY_METRIC
     for g, grouped, past in _SHAPES}
 # Live, from the recoveries projection (schema.sql run_recoveries): the window's rows
 # outside the periods the running totals answer, added or taken out as the counters'.
