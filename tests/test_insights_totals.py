@@ -2,23 +2,27 @@
 whole-enterprise answers that read them match the runs table for windows ragged at either
 end; they follow writes that reach back (an old run deleted, a period left empty); verify
 names a
-tampered row and replay puts it back byte for byte; migration 0007 fills what the triggers
-keep."""
+tampered row and replay puts it back byte for byte; migrations 0007 and 0008 fill what the
+triggers keep; a histogram's bytes are its first bin and dense counts."""
 from __future__ import annotations
 
+import struct
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
 
 from service.app.replay import replay, verify
-from service.domain.insights import ALL_PIPELINES
+from service.domain.insights import ALL_PIPELINES, histogram_of
 from tests.helpers import iso
 from tests.test_insights import (  # noqa: F401 (fixtures)
     NOW, _compare, _states_now, db_dsn, seeded)
 
 DAY = NOW.replace(hour=0)
-MIGRATION = Path(__file__).resolve().parent.parent / "migrations" / "0007_insights_totals.sql"
+ROOT = Path(__file__).resolve().parent.parent
+MIGRATION = ROOT / "migrations" / "0007_insights_totals.sql"
+BYTES_MIGRATION = ROOT / "migrations" / "0008_insights_totals_bytes.sql"
+SCHEMA = ROOT / "schema.sql"
 ROWS = "SELECT * FROM run_insights_totals ORDER BY 1, 2, 3"
 
 
@@ -82,9 +86,9 @@ async def test_the_running_totals_follow_writes_that_reach_back(seeded, db):
 async def test_verify_names_a_tampered_running_total_and_replay_restores_it(seeded, db):
     before = await db.fetch(ROWS)
     bent, gone = before[len(before) // 2], before[-1]
-    assert len(bent["duration"]) > 2
-    await db.execute("UPDATE run_insights_totals SET duration[array_lower(duration, 1) + 1] = "
-                     "duration[array_lower(duration, 1) + 1] + 1, recovered = recovered + 1 "
+    assert len(bent["duration"]) >= 12  # its first bin and two counts at least
+    await db.execute("UPDATE run_insights_totals SET duration = set_byte(duration, 11, "
+                     "(get_byte(duration, 11) + 1) % 256), recovered = recovered + 1 "
                      "WHERE (enterprise_id, pipeline_id, at) = ($1, $2, $3)", *bent[:3])
     await db.execute("DELETE FROM run_insights_totals WHERE (enterprise_id, pipeline_id, at) "
                      "= ($1, $2, $3)", *gone[:3])
@@ -100,10 +104,40 @@ async def test_verify_names_a_tampered_running_total_and_replay_restores_it(seed
     assert (await verify(db)).clean
 
 
-async def test_migration_0007_fills_what_the_triggers_keep(seeded, db):
+async def test_migrations_0007_and_0008_fill_what_the_triggers_keep(seeded, db):
+    """0007 makes and fills the running totals with int4[] histograms, 0008 turns them into
+    bytes, and schema.sql then keeps them: byte for byte what the triggers kept."""
     before = await db.fetch(ROWS)
     assert {r["pipeline_id"] for r in before} >= {ALL_PIPELINES}
     async with db.transaction():
-        await db.execute("TRUNCATE run_insights_totals")
+        await db.execute("DROP TABLE run_insights_totals")
         await db.execute(MIGRATION.read_text())
+        assert await db.fetchval("SELECT atttypid::regtype::text FROM pg_attribute WHERE "
+                                 "attrelid = 'run_insights_totals'::regclass AND "
+                                 "attname = 'duration'") == "integer[]"
+        await db.execute(BYTES_MIGRATION.read_text())
+        await db.execute(SCHEMA.read_text())
     assert await db.fetch(ROWS) == before
+
+
+@pytest.mark.parametrize("steps", [
+    [([5], [3])],  # a first count: the first bin, then the count
+    [([5], [3]), ([2, 9], [1, 4])],  # widened at both ends
+    [([5, 6, 7], [1, 2, 3]), ([5], [-1]), ([7], [-3])],  # trimmed at both ends
+    [([5, 6], [1, 2]), ([6, 5], [-2, -1])],  # nothing left: no bytes
+    [([40], [70000]), ([1], [1]), ([40], [-69999])],  # counts past 2 bytes, wide gaps
+])
+async def test_a_histograms_bytes_are_its_first_bin_and_counts(db, steps):
+    """insights_hist_add against the plain model: the dense counts from the first nonzero
+    bin to the last, after each step; replay's reading (histogram_of) gives them back."""
+    stored, model = b"", {}
+    for bins, ns in steps:
+        stored = await db.fetchval("SELECT insights_hist_add($1, $2, $3)", stored, bins, ns)
+        for b, n in zip(bins, ns):
+            model[b] = model.get(b, 0) + n
+        nonzero = sorted(b for b, n in model.items() if n)
+        counts = tuple(model.get(b, 0) for b in range(nonzero[0], nonzero[-1] + 1)) \
+            if nonzero else ()
+        assert stored == (struct.pack(f">{len(counts) + 1}i", nonzero[0], *counts)
+                          if nonzero else b"")
+        assert histogram_of(stored) == ((nonzero[0], counts) if nonzero else (None, ()))

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 from collections import defaultdict
 from datetime import datetime, timedelta, timezone
-from itertools import groupby
 from typing import Any
 
 import asyncpg
 
 from service.domain import insights as figures_of
+from service.domain import insights_sums
 from service.domain.errors import BadRequest, NotFound
 from service.store import insights as store
 
@@ -67,11 +67,9 @@ async def insights(conn: asyncpg.Connection, enterprise_id: str, *, start=None, 
             await _within_max_rows(conn, enterprise_id, frm, to, granularity, pipeline_ids,
                                    pipeline_name)
         span = store.tier_span((frm, to), granularity, as_of, now)
-        tallies: dict[tuple, figures_of.Tally] = defaultdict(figures_of.Tally)
-        for (bucket, pipeline_id, metric), bins in groupby(
-                await store.counters(conn, *args, span=span),
-                key=lambda r: (r["bucket"], r["pipeline_id"], r["metric"])):
-            tallies[(bucket, pipeline_id)].add_bins(metric, ((r["bin"], r["n"]) for r in bins))
+        tallies: dict[tuple, insights_sums.Tally] = defaultdict(insights_sums.Tally)
+        for r in await store.counters(conn, *args, span=span):
+            tallies[(r["bucket"], r["pipeline_id"])].add_bins(r["metric"], r["bins"], r["ns"])
         for r in await store.recoveries(conn, *args, span=span):
             tally = tallies[(r["bucket"], r["pipeline_id"])]
             tally.recovered += r["n"]
@@ -79,10 +77,11 @@ async def insights(conn: asyncpg.Connection, enterprise_id: str, *, start=None, 
         if span[0] < span[1]:
             await _add_totals(conn, tallies, enterprise_id, pipeline_ids or None,
                               pipeline_name, granularity, group, frm, span)
-        rows = {key: (summaries, tally) for key, tally in tallies.items()
-                if (summaries := tally.summaries()) or tally.recovered}
+        rows = {key: (summaries, tally) for (key, tally), summaries
+                in zip(tallies.items(), insights_sums.summaries(list(tallies.values())))
+                if summaries or tally.recovered}
         if not group and granularity is None and (frm, None) not in rows:
-            rows[(frm, None)] = ({}, figures_of.Tally())  # one row for the window, even empty
+            rows[(frm, None)] = ({}, insights_sums.Tally())  # one row for the window, even empty
         names = await store.pipeline_names(conn, enterprise_id,
                                            {k[1] for k in rows if k[1] is not None})
     answer = []

@@ -589,7 +589,7 @@ def _total_drifts(folded: dict, stored: list, recoveries: list) -> list[TotalDri
     for r in stored:
         have_all[(r["enterprise_id"], r["pipeline_id"])][r["at"]] = (
             *(r[c] for c in insight_keys.TOTAL_COLUMNS[:-2]),
-            *((r[f"{m}_lo"], tuple(r[m])) for m in insight_keys.HISTOGRAMS))
+            *(insight_keys.histogram_of(r[m]) for m in insight_keys.HISTOGRAMS))
     drifts = []
     for pipeline in own.keys() | have_all.keys():
         want = {row[0]: row[1:] for row in insight_keys.total_rows(own.get(pipeline, {}))}

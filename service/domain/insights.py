@@ -7,11 +7,8 @@ one answer row's counters into what the API answers.
 from __future__ import annotations
 
 import bisect
-import functools
 import math
 import struct
-import sys
-from array import array
 from itertools import accumulate
 from operator import mul
 from datetime import datetime, timedelta, timezone
@@ -64,7 +61,7 @@ def estimate(bin_: int) -> float:
     return 2.0 * lo * top / (lo + top)
 
 
-# Each bin's estimate, by bin (summarize_dense takes the slice of a histogram's bins).
+# Each bin's estimate, by bin (summarize_dense and insights_sums take a histogram's slice).
 ESTIMATES: list[float] = [estimate(b) for b in range(len(BOUNDS) + 1)]
 # The metrics counted as histograms (bins of times); the others are counts (bin 0).
 HISTOGRAMS: tuple[str, ...] = ("duration", "queue")
@@ -137,6 +134,15 @@ def _widen(hist: list, bin_: int, n: int) -> None:
     counts[bin_ - lo] += n
 
 
+def histogram_of(stored: bytes) -> tuple[int | None, tuple[int, ...]]:
+    """A run_insights_totals histogram's bytes (schema.sql: the first bin, then the counts,
+    big-endian int4s) as total_rows gives it: (first bin, counts); (None, ()) when empty."""
+    if not stored:
+        return None, ()
+    lo, *counts = struct.unpack(f">{len(stored) // 4}i", stored)
+    return lo, tuple(counts)
+
+
 def period_of(hour: int) -> datetime:
     """The start of the 6-hour period an hour (a number: run_cells') is in (SQL's
     insights_period)."""
@@ -207,27 +213,17 @@ def _seconds(micros: float | None) -> float | None:
     return None if micros is None else round(micros / 1e6, 6)
 
 
-def summarize(bins: Iterable[tuple[int, int]]) -> dict[str, Any]:
-    """A metric's summary from its (bin, n) in bin order: n, lo, hi, micros (the sum of the
-    bins' estimates) and each percentile's bin: the bin of the value of rank floor(q (n-1))."""
-    bins = list(bins)
-    total = sum(n for _, n in bins)
-    summary = {"n": total, "lo": bins[0][0], "hi": bins[-1][0],
-               "micros": sum(n * estimate(b) for b, n in bins)}
-    ranks = [(key, math.floor(q * (total - 1))) for key, q in PERCENTILES]
-    upto, k = 0, 0
-    for b, n in bins:
-        upto += n
-        while k < len(ranks) and upto > ranks[k][1]:
-            summary[ranks[k][0]] = b
-            k += 1
-    return summary
+# Each bin's estimate in seconds, by bin (distribution's min, percentiles and max).
+SECONDS: list[float] = [_seconds(e) for e in ESTIMATES]
 
 
 def summarize_dense(lo: int, counts, mean: bool = True) -> dict[str, Any] | None:
-    """summarize of a dense histogram (counts[i] in bin lo + i; zeros allowed), None when
-    empty: the same figures, found by bisection in its running sum (micros None unless
-    `mean`: queue times show no mean)."""
+    """A dense histogram's summary (counts[i] in bin lo + i; zeros allowed; None when
+    empty): n, lo, hi (its first and last nonzero bin), micros (the sum of the bins'
+    estimates, None unless `mean`: queue times show no mean) and each percentile's bin: the
+    bin of the value of rank floor(q (n-1)), found by bisection in its running sum. The
+    plain definition: the answers compute it for all their histograms at once
+    (insights_sums.py summarize_many), to the bit the same."""
     cum = list(accumulate(counts))
     total = cum[-1] if cum else 0
     if total <= 0:
@@ -241,94 +237,6 @@ def summarize_dense(lo: int, counts, mean: bool = True) -> dict[str, Any] | None
     return summary
 
 
-# Histograms are added as integers with a 64-bit field per bin (bin b at field hi - b for
-# a chosen top bin hi): adding and taking out whole histograms is then a few big-integer
-# operations (in C) instead of a Python step per bin (a 90-day answer per pipeline adds
-# ~800 histograms of ~500 bins). The sum is linear, so fields negative in between (parts
-# taken out) come right when the final counts are (none negative). The stored histograms
-# come as PostgreSQL's binary form of an integer array (array_send): after a 20-byte header
-# (its length and lower bound: the first bin), each count as a 4-byte length (4) and the
-# 4-byte count, big-endian: read as one big-endian integer, each 8 bytes are a field
-# holding 4 * 2**32 + count, the first the lowest bin, so less the lengths it is the
-# packed form with its own last bin on top.
-@functools.lru_cache(maxsize=4096)
-def _lengths(n: int) -> int:
-    return int.from_bytes(b"\0\0\0\4\0\0\0\0" * n, "big")
-
-
-def packed(sent: bytes) -> tuple[int, int] | None:
-    """An int4[] histogram as array_send gives it (lower bound: its first bin): (its last
-    bin, the packed counts), None when empty."""
-    if len(sent) <= 12:  # no dimension: empty
-        return None
-    n, lo = struct.unpack_from(">ii", sent, 12)
-    return lo + n - 1, int.from_bytes(memoryview(sent)[20:], "big") - _lengths(n)
-
-
-def packed_bins(bins: Iterable[tuple[int, int]]) -> tuple[int, int]:
-    """Sparse (bin, n) in bin order (n < 0: taken out), like packed."""
-    bins = list(bins)
-    last = bins[-1][0]
-    return last, sum(n << (64 * (last - b)) for b, n in bins)
-
-
-def unpacked(parts: list[tuple[int, int, int]]) -> tuple[int, Any]:
-    """The dense histogram (lo, counts) of the sum of parts (sign, last bin, packed)."""
-    top = max((hi for _, hi, _ in parts), default=0)
-    total = sum(sign * (value << (64 * (top - hi))) for sign, hi, value in parts)
-    if total <= 0:
-        return 0, []
-    low = ((total & -total).bit_length() - 1) // 64  # the last nonzero bin's field
-    total >>= 64 * low
-    counts = array("q")
-    counts.frombytes(total.to_bytes((total.bit_length() + 63) // 64 * 8, "big"))
-    if sys.byteorder == "little":
-        counts.byteswap()
-    return top - low - len(counts) + 1, counts
-
-
-class Tally:
-    """One answer row's counters as they are gathered: counts per metric, the parts of each
-    histogram (sign, last bin, packed), and recoveries (count, microseconds)."""
-
-    __slots__ = ("counts", "parts", "recovered", "micros")
-
-    def __init__(self):
-        self.counts: dict[str, int] = {}
-        self.parts: dict[str, list] = {}
-        self.recovered = 0
-        self.micros = 0
-
-    def add_bins(self, metric: str, bins: Iterable[tuple[int, int]]) -> None:
-        """Sparse (bin, n) of one metric in bin order (the hourly rows; n < 0: taken out)."""
-        if metric in HISTOGRAMS:
-            self.parts.setdefault(metric, []).append((1, *packed_bins(bins)))
-        else:
-            self.counts[metric] = self.counts.get(metric, 0) + sum(n for _, n in bins)
-
-    def add_totals(self, sign: int, row: Mapping[str, Any]) -> None:
-        """A run_insights_totals row (from _TIER: histograms as array_send gives them), added
-        (1) or taken out (-1)."""
-        for metric in TOTAL_COUNTS:
-            if row[metric]:
-                self.counts[metric] = self.counts.get(metric, 0) + sign * row[metric]
-        for metric in HISTOGRAMS:
-            part = packed(row[metric])
-            if part:
-                self.parts.setdefault(metric, []).append((sign, *part))
-        self.recovered += sign * row["recovered"]
-        self.micros += sign * row["recovered_micros"]
-
-    def summaries(self) -> dict[str, dict[str, Any]]:
-        """{metric: summary} of what is not zero (figures' input)."""
-        out = {m: {"n": n} for m, n in self.counts.items() if n}
-        for metric, parts in self.parts.items():
-            summary = summarize_dense(*unpacked(parts), mean=metric == "duration")
-            if summary:
-                out[metric] = summary
-        return out
-
-
 def distribution(summary: Mapping[str, Any] | None,
                  percentiles=PERCENTILES) -> dict[str, Any]:
     """count, min, mean, percentiles, max (seconds) from a metric's summary (summarize)."""
@@ -337,10 +245,10 @@ def distribution(summary: Mapping[str, Any] | None,
         return {"count": 0, "min": None, "mean": None, **{k: None for k, _ in percentiles},
                 "max": None}
     micros = summary["micros"]
-    return {"count": n, "min": _seconds(estimate(summary["lo"])),
+    return {"count": n, "min": SECONDS[summary["lo"]],
             "mean": None if micros is None else _seconds(micros / n),
-            **{k: _seconds(estimate(summary[k])) for k, _ in percentiles},
-            "max": _seconds(estimate(summary["hi"]))}
+            **{k: SECONDS[summary[k]] for k, _ in percentiles},
+            "max": SECONDS[summary["hi"]]}
 
 
 def figures(summaries: Mapping[str, Mapping[str, Any]], recoveries: tuple[int, float],
