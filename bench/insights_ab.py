@@ -43,7 +43,8 @@ from service.infra.db import init_connection  # noqa: E402
 from service.store import meta, moves, pipelines, runs  # noqa: E402
 
 ENTERPRISE = "ab"
-TRIGGERS = ("run_insights_insert_delete", "run_insights_update")
+TRIGGERS = ("run_insights_insert_delete", "run_insights_update", "run_insights_collect_update",
+            "run_insights_collect_insert_delete")
 
 
 async def _toggle(conn: asyncpg.Connection, on: bool) -> None:
@@ -54,7 +55,7 @@ async def _toggle(conn: asyncpg.Connection, on: bool) -> None:
 
 TICKS = os.sysconf("SC_CLK_TCK")
 # The insights functions whose time per change is reported (pg_stat_user_functions).
-FUNCTIONS = ("run_insights_move", "run_insights_flush", "run_insights_totals_add",
+FUNCTIONS = ("run_insights_move", "run_insights_collect", "run_insights_pass", "run_insights_totals_add",
              "run_recoveries_refresh", "run_recoveries_move")
 FUNCTION_TIMES = """
 SELECT funcname, sum(self_time) FROM pg_stat_user_functions
