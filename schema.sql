@@ -885,7 +885,8 @@ $$;
 -- streak: nothing to recompute.
 -- (Generic plans: planning its statements for each transaction's notes cost more than
 -- running them; measured: half the pass's own time.)
-CREATE OR REPLACE FUNCTION run_insights_pass(changes run_insights_change[]) RETURNS void
+CREATE OR REPLACE FUNCTION run_insights_pass(changes run_insights_change[], rated boolean)
+RETURNS void
 LANGUAGE plpgsql SET plan_cache_mode = force_generic_plan AS $$
 DECLARE
     g record;
@@ -937,6 +938,9 @@ BEGIN
     LOOP
         PERFORM run_insights_totals_add(g.e, g.ps, g.at, g.metrics, g.bins, g.ns);
     END LOOP;
+    IF NOT rated THEN
+        RETURN;  -- no note was or is a success, failure or timeout: no recovery moves
+    END IF;
     PERFORM run_recoveries_refresh(s.e, s.p, s.lo, s.hi)
     FROM (SELECT c.enterprise_id AS e, c.pipeline_id AS p, min(c.ended_at) AS lo,
                  max(c.ended_at) AS hi
@@ -963,7 +967,11 @@ BEGIN
         RETURN NULL;  -- an earlier firing applied them (or a bulk load took none)
     END IF;
     PERFORM set_config('insights.pending', '', true);
-    PERFORM run_insights_pass(('{' || notes || '}')::run_insights_change[]);
+    -- `rated`: a cheap look at the text first (an enterprise id may hold these words too:
+    -- then the pass only looks at the statuses for nothing)
+    PERFORM run_insights_pass(('{' || notes || '}')::run_insights_change[],
+                              strpos(notes, 'success') > 0 OR strpos(notes, 'failure') > 0
+                              OR strpos(notes, 'timeout') > 0);
     RETURN NULL;
 END
 $$;

@@ -55,8 +55,8 @@ async def _toggle(conn: asyncpg.Connection, on: bool) -> None:
 
 TICKS = os.sysconf("SC_CLK_TCK")
 # The insights functions whose time per change is reported (pg_stat_user_functions).
-FUNCTIONS = ("run_insights_move", "run_insights_collect", "run_insights_pass", "run_insights_totals_add",
-             "run_recoveries_refresh", "run_recoveries_move")
+FUNCTIONS = ("run_insights_move", "run_insights_collect", "run_insights_pass",
+             "run_insights_totals_add", "run_recoveries_refresh", "run_recoveries_move")
 FUNCTION_TIMES = """
 SELECT funcname, sum(self_time) FROM pg_stat_user_functions
 WHERE funcname = ANY($1::text[]) GROUP BY 1
@@ -71,6 +71,15 @@ def _backend_cpu(pids: list[int]) -> float:
             fields = f.read().rsplit(")", 1)[1].split()
         total += int(fields[11]) + int(fields[12])
     return total / TICKS
+
+
+async def _flush(pool: asyncpg.Pool, connections: int) -> None:
+    """Every backend of the pool reports its function times now (else up to 1 s later)."""
+    held = [await pool.acquire() for _ in range(connections)]
+    for c in held:
+        await c.execute("SELECT pg_stat_force_next_flush()")
+        await c.execute("SELECT 1")
+        await pool.release(c)
 
 
 async def _function_ms(conn: asyncpg.Connection) -> dict[str, float]:
@@ -161,7 +170,9 @@ async def main_async(dsn: str, args) -> list[tuple]:
                     cpu, fn = _backend_cpu(pids), await _function_ms(conn)
                     n = await _phase(pool, pipeline["id"], args.seconds, args.connections, kind,
                                      pools, args.batch)
-                    cpu, fn2 = _backend_cpu(pids) - cpu, await _function_ms(conn)
+                    cpu = _backend_cpu(pids) - cpu
+                    await _flush(pool, args.connections)
+                    fn2 = await _function_ms(conn)
                     per = {k: 1000 * (fn2[k] - fn.get(k, 0)) / max(n, 1) for k in fn2}
                     results.append((round_, "A with" if on else "B without", kind,
                                     n / args.seconds, 1e6 * cpu / max(n, 1), per))
