@@ -1,8 +1,9 @@
 """The insights' write path as notes and one pass per transaction (schema.sql,
 run_insights_collect / run_insights_pass): many runs of a pipeline changed by one
-statement, by a group commit, and in a transaction with a rolled-back savepoint leave
-run_insights, the running totals and the recoveries equal to a computation over the runs
-table; replay rebuilds them byte for byte."""
+statement (of one or two enterprises), by a group commit, in a transaction with a
+rolled-back savepoint, and deletes reaching back over many periods leave run_insights, the
+running totals and the recoveries equal to a computation over the runs table; replay
+rebuilds them byte for byte; a transaction moves each running total once."""
 from __future__ import annotations
 
 import asyncio
@@ -18,6 +19,7 @@ from service.domain import lifecycle
 from service.domain.insights import ALL_PIPELINES
 from service.store import moves, pipelines, runs as store_runs
 from service.web.keys import GROUP_COMMIT
+from tests.test_insights import db_dsn, seeded  # noqa: F401 (fixtures)
 
 COLUMNS = ("created", "success", "failure", "timeout", "invalid", "cancelled")
 # The hourly keys recomputed from the runs as they are (not from the projection).
@@ -227,3 +229,36 @@ async def test_a_transaction_moves_each_running_total_once(db, enterprise):
     assert calls == {"run_insights_pass": 1, "run_insights_collect": 25,
                      "run_insights_totals_add": 3}
     await _assert_exact(db, enterprise)
+
+
+async def test_one_statement_of_two_enterprises_keeps_each_exact(db, enterprise):
+    """A group commit's statement may carry several enterprises' changes (lanes): the pass
+    keeps each enterprise's keys, rows and rollup apart."""
+    other = enterprise + "-b"
+    made = []
+    for ent in (enterprise, other):
+        pipeline = await pipelines.create_pipeline(db, ent, 1, {"name": "lane"})
+        async with db.transaction():
+            made.append((ent, pipeline["id"], await _create(db, ent, pipeline["id"], 8)))
+    done = await moves.change_statuses(db, [c for ent, p, ids in made
+                                            for c in _changes(ent, p, ids, ["running"] * 8)])
+    assert len(done) == 16 and all(r["changed"] for r in done)
+    for ent, _, _ in made:
+        await _assert_exact(db, ent)
+        assert await db.fetchval("SELECT created FROM run_insights_totals WHERE "
+                                 "enterprise_id = $1 AND pipeline_id = $2", ent,
+                                 ALL_PIPELINES) == 8
+
+
+async def test_one_transaction_reaching_back_over_many_periods(seeded, db):
+    """Deletes of old runs of several pipelines and periods in one transaction: one pass
+    moves every later row of each pipeline and of the rollup (the reach-back)."""
+    old = (await db.fetch("SELECT pipeline_id, id FROM pipeline_runs WHERE enterprise_id = "
+                          "'ins' AND status IN ('success', 'failure', 'timeout') "
+                          "ORDER BY created_at LIMIT 40"))[::5]
+    assert len({r["pipeline_id"] for r in old}) > 1
+    async with db.transaction():
+        for r in old:
+            await app_runs.delete(OnConnection(db), Actor("ins", "t", None), r["pipeline_id"],
+                                  r["id"])
+    await _assert_exact(db, "ins")
