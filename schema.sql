@@ -832,72 +832,203 @@ BEGIN
 END
 $$;
 
--- A run row's change as run_insights deltas: its keys (run_insight_keys) under its
--- pipeline before the change out, after it in, zero sums left out (gone or came NULL: an
--- insert, a delete).
-CREATE OR REPLACE FUNCTION run_insight_deltas(gone pipeline_runs, came pipeline_runs)
-RETURNS TABLE (hour timestamptz, pipeline_id uuid, metric text, bin integer, n bigint)
-LANGUAGE sql IMMUTABLE AS $$
-    SELECT k.hour, d.pipeline_id, k.metric, k.bin, sum(d.sign)::bigint
-    FROM (SELECT came.pipeline_id, came.created_at, came.started_at, came.ended_at,
-                 came.status, 1 WHERE came.id IS NOT NULL
-          UNION ALL
-          SELECT gone.pipeline_id, gone.created_at, gone.started_at, gone.ended_at,
-                 gone.status, -1 WHERE gone.id IS NOT NULL)
-         AS d(pipeline_id, created_at, started_at, ended_at, status, sign),
-         LATERAL run_insight_keys(d.created_at, d.started_at, d.ended_at, d.status) AS k
-    GROUP BY 1, 2, 3, 4 HAVING sum(d.sign) <> 0
+-- The write path's upkeep, proportional to the distinct keys a transaction touches, not to
+-- its rows (a group commit changes ~30 runs of an enterprise in one statement):
+-- 1. run_insights_collect, a plain row trigger (filtered like the deferred one), notes each
+--    changed row's state before (sign -1) and after (+1) in the transaction-local setting
+--    insights.pending (set_config(..., true): a rolled-back savepoint takes its notes
+--    back with it, and the transaction's end clears them). It takes no lock.
+-- 2. run_insights_move, the deferred constraint trigger, fires at commit once per changed
+--    row; its first firing applies every note at once (run_insights_pass) and clears them,
+--    the others find nothing and return. So, as before, the projection's row locks are
+--    taken at commit, after every statement of the transaction, hence after the feed locks
+--    its appends took (store/append.py): like run_counts, its rows are only written by the
+--    holder of their enterprise's feed lock, and no writer waits on them (a SET
+--    CONSTRAINTS ... IMMEDIATE applies the notes so far, also after the appends).
+-- The notes are the runs' states, not their keys: the pass computes the keys and the
+-- recoveries' stretches of all of them set-based.
+DO $$
+BEGIN
+    IF to_regtype('run_insights_change') IS NULL THEN
+        CREATE TYPE run_insights_change AS (
+            sign integer, enterprise_id text, pipeline_id uuid,
+            created_at bigint, started_at bigint, ended_at bigint,  -- micros since 1970
+            status text);
+    END IF;
+END
 $$;
--- The trigger: the run's keys before the change out, after it in (zero sums skipped),
--- in run_insights and, per period, in the running totals of its pipeline and the rollup.
-CREATE OR REPLACE FUNCTION run_insights_move() RETURNS trigger
+CREATE OR REPLACE FUNCTION run_insights_collect() RETURNS trigger
 LANGUAGE plpgsql AS $$
 DECLARE
-    e text := coalesce(NEW.enterprise_id, OLD.enterprise_id);
-    k record;
+    notes text := nullif(current_setting('insights.pending', true), '');
+    note text;
 BEGIN
     IF current_setting('insights.bulk_load', true) = 'on' THEN
         RETURN NULL;  -- the seeder adds its runs' keys and recoveries itself
     END IF;
-    FOR k IN
-        WITH d AS MATERIALIZED (SELECT * FROM run_insight_deltas(OLD, NEW)),
-             hourly AS (
-                 INSERT INTO run_insights AS i (enterprise_id, hour, pipeline_id, metric, bin,
-                                                n)
-                 SELECT e, d.* FROM d ORDER BY 2, 3, 4, 5
-                 ON CONFLICT (enterprise_id, hour, pipeline_id, metric, bin)
-                 DO UPDATE SET n = i.n + EXCLUDED.n)
-        SELECT d.pipeline_id, insights_period(d.hour) AS at,
-               array_agg(d.metric) AS metrics, array_agg(d.bin) AS bins, array_agg(d.n) AS ns
-        FROM d GROUP BY 1, 2 ORDER BY 2, 1
-    LOOP
-        PERFORM run_insights_totals_add(
-            e, ARRAY[k.pipeline_id, '00000000-0000-0000-0000-000000000000'::uuid], k.at,
-            k.metrics, k.bins, k.ns);
-    END LOOP;
-    -- Recoveries around the run before and after; a failure or timeout that no success
-    -- follows (the usual newest run) is in no closed streak: nothing to recompute.
-    IF TG_OP <> 'INSERT' AND (OLD.status = 'success' OR OLD.status IN ('failure', 'timeout')
-            AND EXISTS (SELECT FROM pipeline_runs r WHERE r.enterprise_id = OLD.enterprise_id
-                        AND r.pipeline_id = OLD.pipeline_id AND r.status = 'success'
-                        AND r.ended_at >= OLD.ended_at)) THEN
-        PERFORM run_recoveries_refresh(OLD.enterprise_id, OLD.pipeline_id, OLD.ended_at,
-                                       OLD.ended_at);
+    -- Each note an element of a run_insights_change[] literal, quoted as array_out quotes
+    -- it; times as microseconds since 1970, exact both ways whatever the session's
+    -- DateStyle and TimeZone. (Plain expressions: no query, no function call per row.)
+    IF TG_OP <> 'INSERT' THEN
+        note := ARRAY[ROW(-1, OLD.enterprise_id, OLD.pipeline_id,
+                          (extract(epoch FROM OLD.created_at) * 1000000)::bigint,
+                          (extract(epoch FROM OLD.started_at) * 1000000)::bigint,
+                          (extract(epoch FROM OLD.ended_at) * 1000000)::bigint,
+                          OLD.status)::run_insights_change]::text;
+        notes := concat_ws(',', notes, substr(note, 2, length(note) - 2));
     END IF;
-    IF TG_OP <> 'DELETE' AND (NEW.status = 'success' OR NEW.status IN ('failure', 'timeout')
-            AND EXISTS (SELECT FROM pipeline_runs r WHERE r.enterprise_id = NEW.enterprise_id
-                        AND r.pipeline_id = NEW.pipeline_id AND r.status = 'success'
-                        AND r.ended_at >= NEW.ended_at)) THEN
-        PERFORM run_recoveries_refresh(NEW.enterprise_id, NEW.pipeline_id, NEW.ended_at,
-                                       NEW.ended_at);
+    IF TG_OP <> 'DELETE' THEN
+        note := ARRAY[ROW(1, NEW.enterprise_id, NEW.pipeline_id,
+                          (extract(epoch FROM NEW.created_at) * 1000000)::bigint,
+                          (extract(epoch FROM NEW.started_at) * 1000000)::bigint,
+                          (extract(epoch FROM NEW.ended_at) * 1000000)::bigint,
+                          NEW.status)::run_insights_change]::text;
+        notes := concat_ws(',', notes, substr(note, 2, length(note) - 2));
     END IF;
+    PERFORM set_config('insights.pending', notes, true);
     RETURN NULL;
 END
 $$;
--- Deferred to commit (after the feed lock: see above). Updates that move no key (most
--- simple moves: queued, processing, waiting) queue nothing: the WHEN is checked per row.
--- (CREATE OR REPLACE does not take constraint triggers: created when missing.)
+-- The notes' keys: every run's keys (run_insight_keys) before out and after in, summed per
+-- key, zero sums left out.
+CREATE OR REPLACE FUNCTION run_insights_note_keys(changes run_insights_change[])
+RETURNS TABLE (e text, p uuid, hour timestamptz, metric text, bin integer, n bigint)
+LANGUAGE sql STABLE AS $$
+    SELECT c.enterprise_id, c.pipeline_id, k.hour, k.metric, k.bin, sum(c.sign)::bigint
+    FROM (SELECT u.sign, u.enterprise_id, u.pipeline_id, u.status,
+                 timestamptz 'epoch' + u.created_at * interval '1 microsecond' AS created_at,
+                 timestamptz 'epoch' + u.started_at * interval '1 microsecond' AS started_at,
+                 timestamptz 'epoch' + u.ended_at * interval '1 microsecond' AS ended_at
+          FROM unnest(changes) AS u) AS c,
+         LATERAL run_insight_keys(c.created_at, c.started_at, c.ended_at, c.status) AS k
+    GROUP BY 1, 2, 3, 4, 5 HAVING sum(c.sign) <> 0
+$$;
+-- The pass over a transaction's notes: their keys (run_insights_note_keys) into
+-- run_insights (one INSERT ... ON CONFLICT) and into the running totals once per distinct
+-- (pipeline, period) they touch (run_insights_totals_add: that period's row and any later
+-- one). One run's change (the API's one-run transactions: at most two notes) moves its
+-- pipeline's row and the rollup's together; notes of several runs move, per period, each
+-- pipeline's row and then the rollup's once with their sums (the two statements differ
+-- only in that: the split costs the one-run pass a third more, measured). Then, per
+-- pipeline, its recoveries recomputed once over the stretch its noted finished runs can
+-- change (run_recoveries_refresh from the first to the last of their ends: the stretches
+-- between successes recomputed from the runs as they are at commit, as one refresh per
+-- run did). A failure or timeout that no success follows (the usual newest run) is in no
+-- closed streak: nothing to recompute.
+-- (Generic plans: planning its statements for each transaction's notes cost more than
+-- running them; measured: half the pass's own time.)
+CREATE OR REPLACE FUNCTION run_insights_pass(changes run_insights_change[], rated boolean)
+RETURNS void
+LANGUAGE plpgsql SET plan_cache_mode = force_generic_plan AS $$
+DECLARE
+    g record;
+BEGIN
+    IF cardinality(changes) <= 2 THEN
+        FOR g IN
+            WITH k AS MATERIALIZED (SELECT * FROM run_insights_note_keys(changes)),
+            hourly AS (
+                INSERT INTO run_insights AS i (enterprise_id, hour, pipeline_id, metric, bin,
+                                               n)
+                SELECT k.e, k.hour, k.p, k.metric, k.bin, k.n FROM k ORDER BY 1, 2, 3, 4, 5
+                ON CONFLICT (enterprise_id, hour, pipeline_id, metric, bin)
+                DO UPDATE SET n = i.n + EXCLUDED.n
+            )
+            SELECT k.e, insights_period(k.hour) AS at,
+                   ARRAY[k.p, '00000000-0000-0000-0000-000000000000'::uuid] AS ps,
+                   array_agg(k.metric) AS metrics, array_agg(k.bin) AS bins,
+                   array_agg(k.n) AS ns
+            FROM k GROUP BY k.e, 2, k.p ORDER BY 1, 2, 3
+        LOOP
+            PERFORM run_insights_totals_add(g.e, g.ps, g.at, g.metrics, g.bins, g.ns);
+        END LOOP;
+    ELSE
+        FOR g IN
+            WITH k AS MATERIALIZED (SELECT * FROM run_insights_note_keys(changes)),
+            hourly AS (
+                INSERT INTO run_insights AS i (enterprise_id, hour, pipeline_id, metric, bin,
+                                               n)
+                SELECT k.e, k.hour, k.p, k.metric, k.bin, k.n FROM k ORDER BY 1, 2, 3, 4, 5
+                ON CONFLICT (enterprise_id, hour, pipeline_id, metric, bin)
+                DO UPDATE SET n = i.n + EXCLUDED.n
+            ), d AS MATERIALIZED (  -- per period
+                SELECT k.e, k.p, insights_period(k.hour) AS at, k.metric, k.bin,
+                       sum(k.n)::bigint AS n
+                FROM k GROUP BY 1, 2, 3, 4, 5 HAVING sum(k.n) <> 0
+            ), many AS (  -- the periods that more than one pipeline moves
+                SELECT d.e, d.at FROM d GROUP BY 1, 2 HAVING count(DISTINCT d.p) > 1
+            )
+            SELECT d.e, d.at, d.p,
+                   CASE WHEN m.e IS NULL
+                        THEN ARRAY[d.p, '00000000-0000-0000-0000-000000000000'::uuid]
+                        ELSE ARRAY[d.p] END AS ps,
+                   array_agg(d.metric) AS metrics, array_agg(d.bin) AS bins,
+                   array_agg(d.n) AS ns
+            FROM d LEFT JOIN many m ON m.e = d.e AND m.at = d.at
+            GROUP BY d.e, d.at, d.p, m.e
+            UNION ALL
+            SELECT r.e, r.at, '00000000-0000-0000-0000-000000000000'::uuid,
+                   ARRAY['00000000-0000-0000-0000-000000000000'::uuid],
+                   array_agg(r.metric), array_agg(r.bin), array_agg(r.n)
+            FROM (SELECT d.e, d.at, d.metric, d.bin, sum(d.n)::bigint AS n
+                  FROM d JOIN many m ON m.e = d.e AND m.at = d.at
+                  GROUP BY 1, 2, 3, 4 HAVING sum(d.n) <> 0) AS r
+            GROUP BY r.e, r.at
+            ORDER BY 1, 2, 3
+        LOOP
+            PERFORM run_insights_totals_add(g.e, g.ps, g.at, g.metrics, g.bins, g.ns);
+        END LOOP;
+    END IF;
+    IF NOT rated THEN
+        RETURN;  -- no note was or is a success, failure or timeout: no recovery moves
+    END IF;
+    PERFORM run_recoveries_refresh(s.e, s.p, s.lo, s.hi)
+    FROM (SELECT c.enterprise_id AS e, c.pipeline_id AS p, min(c.ended_at) AS lo,
+                 max(c.ended_at) AS hi
+          FROM (SELECT u.enterprise_id, u.pipeline_id, u.status,
+                       timestamptz 'epoch' + u.ended_at * interval '1 microsecond'
+                           AS ended_at
+                FROM unnest(changes) AS u) AS c
+          WHERE c.status = 'success'
+             OR c.status IN ('failure', 'timeout')
+                AND EXISTS (SELECT FROM pipeline_runs r
+                            WHERE r.enterprise_id = c.enterprise_id
+                              AND r.pipeline_id = c.pipeline_id AND r.status = 'success'
+                              AND r.ended_at >= c.ended_at)
+          GROUP BY 1, 2 ORDER BY 1, 2) AS s;
+END
+$$;
+-- The deferred trigger: its first firing in a transaction (at commit) applies the notes.
+CREATE OR REPLACE FUNCTION run_insights_move() RETURNS trigger
+LANGUAGE plpgsql AS $$
+DECLARE
+    notes text := nullif(current_setting('insights.pending', true), '');
+BEGIN
+    IF notes IS NULL THEN
+        RETURN NULL;  -- an earlier firing applied them (or a bulk load took none)
+    END IF;
+    PERFORM set_config('insights.pending', '', true);
+    -- `rated`: a cheap look at the text first (an enterprise id may hold these words too:
+    -- then the pass only looks at the statuses for nothing)
+    PERFORM run_insights_pass(('{' || notes || '}')::run_insights_change[],
+                              strpos(notes, 'success') > 0 OR strpos(notes, 'failure') > 0
+                              OR strpos(notes, 'timeout') > 0);
+    RETURN NULL;
+END
+$$;
+-- Which updates move a key (the rest, most simple moves: queued, processing, waiting, a
+-- second running, note and queue nothing): checked per row by both triggers' WHEN.
+-- Deferred to commit (after the feed lock: see above). (CREATE OR REPLACE does not take
+-- constraint triggers: created when missing.)
 DO $$
+DECLARE
+    moves_a_key CONSTANT text := $w$
+        OLD.started_at IS DISTINCT FROM NEW.started_at
+        OR OLD.ended_at IS DISTINCT FROM NEW.ended_at
+        OR OLD.status IS DISTINCT FROM NEW.status
+           AND (NEW.status IN ('success', 'failure', 'timeout', 'invalid', 'cancelled')
+                OR OLD.status IN ('success', 'failure', 'timeout', 'invalid', 'cancelled'))
+        OR OLD.created_at IS DISTINCT FROM NEW.created_at
+        OR OLD.pipeline_id IS DISTINCT FROM NEW.pipeline_id$w$;
 BEGIN
     IF NOT EXISTS (SELECT FROM pg_trigger WHERE tgrelid = 'pipeline_runs'::regclass
                    AND tgname = 'run_insights_insert_delete') THEN
@@ -907,22 +1038,18 @@ BEGIN
     END IF;
     IF NOT EXISTS (SELECT FROM pg_trigger WHERE tgrelid = 'pipeline_runs'::regclass
                    AND tgname = 'run_insights_update') THEN
-        CREATE CONSTRAINT TRIGGER run_insights_update
+        EXECUTE 'CREATE CONSTRAINT TRIGGER run_insights_update
             AFTER UPDATE ON pipeline_runs DEFERRABLE INITIALLY DEFERRED
-            FOR EACH ROW WHEN (OLD.started_at IS DISTINCT FROM NEW.started_at
-                               OR OLD.ended_at IS DISTINCT FROM NEW.ended_at
-                               OR OLD.status IS DISTINCT FROM NEW.status
-                                  AND (NEW.status IN ('success', 'failure', 'timeout',
-                                                      'invalid', 'cancelled')
-                                       OR OLD.status IN ('success', 'failure', 'timeout',
-                                                         'invalid', 'cancelled'))
-                               OR OLD.created_at IS DISTINCT FROM NEW.created_at
-                               OR OLD.pipeline_id IS DISTINCT FROM NEW.pipeline_id)
-            EXECUTE FUNCTION run_insights_move();
+            FOR EACH ROW WHEN (' || moves_a_key || ') EXECUTE FUNCTION run_insights_move()';
     END IF;
+    EXECUTE 'CREATE OR REPLACE TRIGGER run_insights_collect_update
+        AFTER UPDATE ON pipeline_runs FOR EACH ROW WHEN (' || moves_a_key || ')
+        EXECUTE FUNCTION run_insights_collect()';
 END
 $$;
-
+CREATE OR REPLACE TRIGGER run_insights_collect_insert_delete
+    AFTER INSERT OR DELETE ON pipeline_runs FOR EACH ROW
+    EXECUTE FUNCTION run_insights_collect();
 -- run_recoveries' rows in the running totals of their pipeline and the rollup:
 -- every writer of run_recoveries (run_recoveries_refresh, under the feed lock) moves them.
 CREATE OR REPLACE FUNCTION run_recoveries_move() RETURNS trigger

@@ -8,15 +8,23 @@ run_insights triggers enabled (A) and disabled (B), alternately A B A B:
 - flip: running <-> waiting (the trigger's WHEN lets these pass: nothing queued);
 - finish: running/waiting -> timeout by the general path (app/runs.py; the trigger moves the
   outcome and duration keys and recomputes the pipeline's recoveries around the run).
-Statements per second per phase (A B, then B A, ...), and A against B. The lead measures on a quiet machine.
+Changes per second per phase (A B, then B A, ...), and A against B; and, less moved by
+other work on the machine, the CPU of the database backends per change (user + system from
+/proc, the pool's backends) and the insights functions' own time per change
+(pg_stat_user_functions, track_functions = all on the scratch database). `--batch N` makes
+each start and flip statement change N runs, as a group commit does (creates and the
+general path's finishes stay one a transaction, as the API makes them).
+The lead measures on a quiet machine.
 
     .venv/bin/python bench/insights_ab.py [--connections 8] [--seconds 5] [--rounds 2]
+                                          [--batch 1]
 """
 from __future__ import annotations
 
 import argparse
 import asyncio
 import sys
+import os
 import time
 import uuid
 from pathlib import Path
@@ -36,13 +44,50 @@ from service.infra.db import init_connection  # noqa: E402
 from service.store import meta, moves, pipelines, runs  # noqa: E402
 
 ENTERPRISE = "ab"
-TRIGGERS = ("run_insights_insert_delete", "run_insights_update")
+TRIGGERS = ("run_insights_insert_delete", "run_insights_update", "run_insights_collect_update",
+            "run_insights_collect_insert_delete")
 
 
 async def _toggle(conn: asyncpg.Connection, on: bool) -> None:
-    for name in TRIGGERS:
+    names = {r[0] for r in await conn.fetch(  # those the schema has (an older one: fewer)
+        "SELECT tgname FROM pg_trigger WHERE tgrelid = 'pipeline_runs'::regclass")}
+    for name in (n for n in TRIGGERS if n in names):
         await conn.execute(f"ALTER TABLE pipeline_runs {'ENABLE' if on else 'DISABLE'} "
                            f"TRIGGER {name}")
+
+
+TICKS = os.sysconf("SC_CLK_TCK")
+# The insights functions whose time per change is reported (pg_stat_user_functions).
+FUNCTIONS = ("run_insights_move", "run_insights_collect", "run_insights_pass",
+             "run_insights_totals_add", "run_recoveries_refresh", "run_recoveries_move")
+FUNCTION_TIMES = """
+SELECT funcname, sum(self_time) FROM pg_stat_user_functions
+WHERE funcname = ANY($1::text[]) GROUP BY 1
+"""
+
+
+def _backend_cpu(pids: list[int]) -> float:
+    """Seconds of CPU (user + system) the backends `pids` used so far."""
+    total = 0
+    for pid in pids:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])
+    return total / TICKS
+
+
+async def _flush(pool: asyncpg.Pool, connections: int) -> None:
+    """Every backend of the pool reports its function times now (else up to 1 s later)."""
+    held = [await pool.acquire() for _ in range(connections)]
+    for c in held:
+        await c.execute("SELECT pg_stat_force_next_flush()")
+        await c.execute("SELECT 1")
+        await pool.release(c)
+
+
+async def _function_ms(conn: asyncpg.Connection) -> dict[str, float]:
+    await conn.execute("SELECT pg_stat_clear_snapshot()")
+    return {r[0]: r[1] for r in await conn.fetch(FUNCTION_TIMES, list(FUNCTIONS))}
 
 
 async def finish(conn: asyncpg.Connection, pipeline_id, run_id) -> None:
@@ -51,58 +96,74 @@ async def finish(conn: asyncpg.Connection, pipeline_id, run_id) -> None:
                                  pipeline_id, run_id, "timeout")
 
 
+async def _create(conn, pipeline_id, pools: dict, n: int) -> int:
+    run, _ = await runs.create_run(conn, ENTERPRISE, pipeline_id, "pending", "bench", None,
+                                   lifecycle.RUN_CREATED, {}, 3600, 3600)
+    pools.setdefault(("pending", n), []).append(run["id"])
+    return 1
+
+
+async def _step(conn, pipeline_id, kind: str, pools: dict, n: int, batch: int) -> int:
+    """One statement (one transaction) of the phase `kind`: how many runs it changed."""
+    if kind == "create":  # one a transaction, as the API creates them
+        return await _create(conn, pipeline_id, pools, n)
+    source = pools.get(("pending", n)) if kind == "start" else pools.get(("running", n))
+    if not source:
+        return 0
+    if kind == "finish":  # the general path: one run a transaction
+        await finish(conn, pipeline_id, source.pop())
+        return 1
+    chosen = [source.pop() for _ in range(min(batch, len(source)))]
+    state = pools.setdefault(("state", n), {})
+    changes = []
+    for run_id in chosen:
+        target = "running"
+        if kind == "flip":
+            target = "waiting" if state.get(run_id, "running") == "running" else "running"
+            state[run_id] = target
+        changes.append(moves.StatusChange(ENTERPRISE, pipeline_id, run_id, target, "bench",
+                                          None, {}))
+    await moves.change_statuses(conn, changes)
+    if kind == "start":
+        pools.setdefault(("running", n), []).extend(chosen)
+    else:
+        source[:0] = chosen
+    return len(chosen)
+
+
 async def _phase(pool: asyncpg.Pool, pipeline_id, seconds: float, connections: int,
-                 kind: str, pools: dict) -> int:
+                 kind: str, pools: dict, batch: int = 1) -> tuple[int, float]:
+    """Changes made, and the seconds they took (less than `seconds` when the runs to
+    change ran out first)."""
     done = 0
-    stop = time.perf_counter() + seconds
+    start = time.perf_counter()
+    stop = start + seconds
 
     async def worker(n: int) -> None:
         nonlocal done
         async with pool.acquire() as conn:
-            mine = pools.setdefault((kind, n), [])
             while time.perf_counter() < stop:
-                if kind == "create":
-                    run, _ = await runs.create_run(conn, ENTERPRISE, pipeline_id, "pending",
-                                                   "bench", None, lifecycle.RUN_CREATED, {},
-                                                   3600, 3600)
-                    pools.setdefault(("pending", n), []).append(run["id"])
-                    done += 1
-                    continue
-                source = pools.get(("pending", n)) if kind == "start" else pools.get(("running", n))
-                if kind == "finish":
-                    if not source:
-                        return
-                    await finish(conn, pipeline_id, source.pop())
-                    done += 1
-                    continue
-                if not source:
+                got = await _step(conn, pipeline_id, kind, pools, n, batch)
+                if not got:
                     return
-                run_id = source.pop()
-                target = "running" if kind == "start" else None
-                if kind == "flip":
-                    state = pools.setdefault(("state", n), {})
-                    target = "waiting" if state.get(run_id, "running") == "running" else "running"
-                    state[run_id] = target
-                change = moves.StatusChange(ENTERPRISE, pipeline_id, run_id, target, "bench",
-                                            None, {})
-                await moves.change_statuses(conn, [change])
-                if kind == "start":
-                    pools.setdefault(("running", n), []).append(run_id)
-                else:
-                    source.insert(0, run_id)
-                done += 1
+                done += got
 
     await asyncio.gather(*(worker(n) for n in range(connections)))
-    return done
+    return done, time.perf_counter() - start
 
 
 async def main_async(dsn: str, args) -> list[tuple]:
     conn = await asyncpg.connect(dsn)
     await meta.migrate(conn)
+    await conn.execute(f"ALTER DATABASE {conn._params.database} SET track_functions = 'all'")
     await init_connection(conn)
     pipeline = await pipelines.create_pipeline(conn, ENTERPRISE, 1, {"name": "ab"})
     pool = await asyncpg.create_pool(dsn, min_size=args.connections, max_size=args.connections,
                                      init=init_connection)
+    held = [await pool.acquire() for _ in range(args.connections)]  # every backend's pid
+    pids = [await c.fetchval("SELECT pg_backend_pid()") for c in held]
+    for c in held:
+        await pool.release(c)
     results = []
     try:
         for round_ in range(args.rounds):
@@ -110,10 +171,15 @@ async def main_async(dsn: str, args) -> list[tuple]:
                 await _toggle(conn, on)
                 pools: dict = {}
                 for kind in ("create", "start", "flip", "finish"):
-                    n = await _phase(pool, pipeline["id"], args.seconds, args.connections, kind,
-                                     pools)
+                    cpu, fn = _backend_cpu(pids), await _function_ms(conn)
+                    n, took = await _phase(pool, pipeline["id"], args.seconds,
+                                           args.connections, kind, pools, args.batch)
+                    cpu = _backend_cpu(pids) - cpu
+                    await _flush(pool, args.connections)
+                    fn2 = await _function_ms(conn)
+                    per = {k: 1000 * (fn2[k] - fn.get(k, 0)) / max(n, 1) for k in fn2}
                     results.append((round_, "A with" if on else "B without", kind,
-                                    n / args.seconds))
+                                    n / took, 1e6 * cpu / max(n, 1), per))
         await _toggle(conn, True)
     finally:
         await pool.close()
@@ -126,6 +192,8 @@ def main() -> int:
     parser.add_argument("--connections", type=int, default=8)
     parser.add_argument("--seconds", type=float, default=5)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--batch", type=int, default=1,
+                        help="runs changed per start and flip statement")
     args = parser.parse_args()
     name = f"pr_ab_{uuid.uuid4().hex[:8]}"
     with scratchdb.admin_dsn() as admin:
@@ -134,14 +202,20 @@ def main() -> int:
             results = asyncio.run(main_async(scratchdb.dsn_for(admin, name), args))
         finally:
             asyncio.run(scratchdb.admin(admin, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    print(f"| round | trigger | phase | statements/s |\n|---|---|---|---|")
+    print(f"load average {os.getloadavg()[0]:.2f}, batch {args.batch}")
+    print("| round | trigger | phase | changes/s | backend CPU µs/change | functions µs/change |"
+          "\n|---|---|---|---|---|---|")
     for r in results:
-        print(f"| {r[0]} | {r[1]} | {r[2]} | {r[3]:,.0f} |")
+        fns = ", ".join(f"{k} {v:.0f}" for k, v in sorted(r[5].items()) if v)
+        print(f"| {r[0]} | {r[1]} | {r[2]} | {r[3]:,.0f} | {r[4]:,.0f} | {fns} |")
     for kind in ("create", "start", "flip", "finish"):
-        a = sum(r[3] for r in results if r[2] == kind and r[1].startswith("A"))
-        b = sum(r[3] for r in results if r[2] == kind and r[1].startswith("B"))
-        print(f"{kind}: with the projection {a / args.rounds:,.0f}/s, without "
-              f"{b / args.rounds:,.0f}/s: {100 * (a - b) / b:+.1f}%")
+        a = [r for r in results if r[2] == kind and r[1].startswith("A")]
+        b = [r for r in results if r[2] == kind and r[1].startswith("B")]
+        ra, rb = sum(r[3] for r in a) / len(a), sum(r[3] for r in b) / len(b)
+        ca, cb = sum(r[4] for r in a) / len(a), sum(r[4] for r in b) / len(b)
+        print(f"{kind}: with the projection {ra:,.0f}/s, without {rb:,.0f}/s: "
+              f"{100 * (ra - rb) / rb:+.1f}%; backend CPU {ca:,.0f} against {cb:,.0f} "
+              f"µs/change: {100 * (ca - cb) / cb:+.1f}%")
     return 0
 
 

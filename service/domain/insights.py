@@ -111,7 +111,7 @@ def run_cells(created_at: datetime, started_at: datetime | None, ended_at: datet
 def run_groups(pipeline_id, created_at: datetime, started_at: datetime | None,
                ended_at: datetime | None, status: str) -> tuple[tuple[Any, list], ...]:
     """A run's run_insights rows as (pipeline, its run_cells): its keys under its pipeline
-    (run_insights_move in SQL), for replay's comparison."""
+    (run_insights_note_keys in SQL), for replay's comparison."""
     return ((pipeline_id, run_cells(created_at, started_at, ended_at, status)),)
 
 
