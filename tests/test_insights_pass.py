@@ -7,6 +7,7 @@ rebuilds them byte for byte; a transaction moves each running total once."""
 from __future__ import annotations
 
 import asyncio
+import struct
 from collections import defaultdict
 from datetime import datetime, timedelta
 
@@ -34,8 +35,7 @@ SELECT pipeline_id, hour, metric, bin, n FROM run_insights WHERE enterprise_id =
 """
 TOTALS = """
 SELECT pipeline_id, at, created, success, failure, timeout, invalid, cancelled, recovered,
-       recovered_micros, array_lower(duration, 1) AS d_lo, duration,
-       array_lower(queue, 1) AS q_lo, queue
+       recovered_micros, duration, queue
 FROM run_insights_totals WHERE enterprise_id = $1
 """
 # The recoveries recomputed whole from the runs (a success ending a failure streak).
@@ -80,9 +80,11 @@ async def _expected_totals(db, enterprise) -> dict:
 
 def _stored(row) -> dict:
     got = {(c, 0): row[c] for c in COLUMNS + ("recovered", "recovered_micros")}
-    for metric, lo, hist in (("duration", row["d_lo"], row["duration"]),
-                             ("queue", row["q_lo"], row["queue"])):
-        got.update({(metric, lo + i): n for i, n in enumerate(hist or [])})
+    for metric in ("duration", "queue"):  # bytes: the first bin, then big-endian int4 counts
+        stored = row[metric]
+        if stored:
+            lo, *hist = struct.unpack(f">{len(stored) // 4}i", stored)
+            got.update({(metric, lo + i): n for i, n in enumerate(hist)})
     return {k: v for k, v in got.items() if v}
 
 
