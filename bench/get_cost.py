@@ -11,13 +11,14 @@ yardstick's PUT does) and the database backends' CPU per request is printed too.
 lean_schema.sql database) is measured the same way, under the same load on its GET /runs/{id}.
 
     .venv/bin/python bench/get_cost.py [--put] [--runs 200] [--enterprises 1] [--seconds 5]
-        [--rounds 3] [--profile]
+        [--rounds 3] [--profile] [--put --lanes]
     .venv/bin/python bench/get_cost.py --reference [--seconds 5] [--rounds 3]
 """
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import pstats
 import signal
@@ -25,6 +26,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 import uuid
 from pathlib import Path
 
@@ -70,6 +72,71 @@ def _profiled_service(dsn: str, workdir: Path, out: Path) -> bench_run.Server:
     server = bench_run.Server("service (cProfile)", proc, port, log)
     bench_run._wait_ready(server, "/health/ready")
     return server
+
+
+# Wraps the group commit's _commit and _position in the service process: per group, its
+# size, whether another group of its lane was in flight, and when it started, got its
+# statement's answer and its position; written as JSON lines at exit.
+_LANE_TRACE = """
+import atexit, json, runpy, sys, time
+from service.app import groupcommit
+rows = []
+commit, position = groupcommit.GroupCommit._commit, groupcommit.GroupCommit._position
+async def traced_commit(self, conn, group, *, overlapping):
+    row = [len(group), overlapping, time.perf_counter(), None, None]
+    rows.append(row)
+    try:
+        return await commit(self, conn, group, overlapping=overlapping)
+    finally:
+        row[4] = time.perf_counter()
+async def traced_position(self, conn):
+    if rows:
+        rows[-1][3] = time.perf_counter()
+    return await position(self, conn)
+groupcommit.GroupCommit._commit, groupcommit.GroupCommit._position = traced_commit, traced_position
+def dump():
+    with open(OUT, 'w') as f:
+        f.writelines(json.dumps(r) + '\\n' for r in rows)
+atexit.register(dump)
+sys.argv = ['service', 'serve', '--host', '127.0.0.1', '--port', PORT]
+runpy.run_module('service', run_name='__main__')
+"""
+
+
+def _traced_service(dsn: str, workdir: Path, out: Path) -> bench_run.Server:
+    port = bench_run.free_port()
+    log = workdir / f"service-{port}.log"
+    code = f"OUT = {str(out)!r}\nPORT = '{port}'\n" + _LANE_TRACE
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, env=_service_env(dsn),
+                            stdout=log.open("w"), stderr=subprocess.STDOUT)
+    server = bench_run.Server("service (lane trace)", proc, port, log)
+    bench_run._wait_ready(server, "/health/ready")
+    return server
+
+
+def _print_lanes(path: Path, since: float) -> None:
+    """The groups of the measured rounds: sizes, statement and position times, overlap."""
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    rows = [r for r in rows if r[2] >= since and r[4] is not None]
+    if not rows:
+        print("lanes: no group was traced")
+        return
+    statement = [((r[3] or r[4]) - r[2]) * 1e3 for r in rows]
+    position = [(r[4] - r[3]) * 1e3 for r in rows if r[3] is not None]
+    events = sorted([(r[2], 1) for r in rows] + [(r[4], -1) for r in rows])
+    shares, flying, last = {}, 0, events[0][0]
+    for at, step in events:
+        shares[flying] = shares.get(flying, 0.0) + at - last
+        flying, last = flying + step, at
+    span = events[-1][0] - events[0][0]
+    print(f"lanes: {len(rows)} groups, {sum(r[0] for r in rows) / len(rows):.1f} changes each "
+          f"(median {statistics.median(r[0] for r in rows)}), "
+          f"{sum(r[1] for r in rows) / len(rows):.0%} sent beside another of their lane")
+    print(f"  statement wall ms: median {statistics.median(statement):.2f}, "
+          f"mean {statistics.mean(statement):.2f}; position read ms: median "
+          f"{statistics.median(position):.2f}" if position else "")
+    print("  share of the time with k groups in flight: " + ", ".join(
+        f"{k}: {v / span:.0%}" for k, v in sorted(shares.items())))
 
 
 def measure(server: bench_run.Server, dsn: str, method: str, state: Path, seconds: float,
@@ -189,6 +256,9 @@ def main() -> None:
                         help="sample the service with py-spy during the rounds (collapsed "
                              "stacks to FILE; py-spy must be installed)")
     parser.add_argument("--native", action="store_true", help="py-spy: C frames too")
+    parser.add_argument("--lanes", action="store_true",
+                        help="with --put: trace the group commit's groups in the service (sizes, "
+                             "statement and position times, groups in flight) over the rounds")
     parser.add_argument("--reference", action="store_true",
                         help="measure the yardstick's lean reference's GET instead")
     args = parser.parse_args()
@@ -213,7 +283,9 @@ def main() -> None:
             state = workdir / "load.state"
             profile = workdir / "service.prof"
             spy = None
+            lanes = workdir / "lanes.jsonl"
             server = (_profiled_service(dsn, workdir, profile) if args.profile
+                      else _traced_service(dsn, workdir, lanes) if args.lanes
                       else bench_run.start_service(dsn, workdir))
             try:
                 if args.sql:
@@ -222,6 +294,7 @@ def main() -> None:
                              connections=args.connections, seconds=1,
                              threads=args.threads)  # warm up
                 spy = _spy(server, args) if args.py_spy else None
+                since = time.perf_counter()
                 rounds = [measure(server, dsn, method, _state(dsn, seeded, state, method),
                                   args.seconds, args.connections, args.threads)
                           for _ in range(args.rounds)]
@@ -231,6 +304,8 @@ def main() -> None:
                     spy.wait()
                 server.stop()
             _print_rounds(rounds, "PUT status" if args.put else "GET run", args.rounds)
+            if args.lanes:
+                _print_lanes(lanes, since)
             if args.functions:
                 _print_functions(dsn, sum(r for _, _, r in rounds) * args.seconds)
             if args.profile:

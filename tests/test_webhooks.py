@@ -6,6 +6,7 @@ import uuid
 import pytest
 from standardwebhooks.webhooks import Webhook
 
+from service.web.keys import DISPATCHER
 from tests.helpers import make_token, wait_until
 from service.client import WebhookVerificationError, verify_webhook
 from tests.webhook_receiver import Receiver
@@ -138,6 +139,24 @@ async def test_delivers_signed_events_with_the_run_after_each(api, receiver):
     audit = await _audit(api, hook, len(events))
     assert {(a["attempt"], a["status_code"], a["error"], a["next_attempt_at"])
             for a in audit["results"]} == {(1, 200, None, None)}
+
+
+async def test_commits_wake_no_pass_while_nobody_subscribes(api, client, receiver, db):
+    """Every commit wakes the dispatcher; with no active subscription anywhere, that costs
+    no pass (no pool connection, no round trips). A subscription made here starts passes at
+    once; one activated by another process is seen at the dispatcher's next look."""
+    dispatcher = client.app[DISPATCHER]
+    pipeline = await api.pipeline()
+    for _ in range(3):
+        await _life(api, pipeline["id"])
+    assert dispatcher.passes == 0
+    hook = await _subscribe(api, receiver, "ok", is_active=False)
+    await wait_until(lambda: not dispatcher.watching)  # the next look: none active
+    await db.execute("UPDATE webhooks SET is_active = true WHERE id = $1", uuid.UUID(hook["id"]))
+    events = await _life(api, pipeline["id"])  # (another process's doing, for this one)
+    await receiver.wait_for(lambda: len(receiver.delivered("ok")) >= len(events), seconds=10)
+    assert [r.message_id for r in receiver.delivered("ok")] == [e["id"] for e in events]
+    assert dispatcher.passes > 0
 
 
 async def test_deleted_run_is_delivered_with_run_null(api, receiver):

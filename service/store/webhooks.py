@@ -55,6 +55,9 @@ RETURNING {COLUMNS}
 
 # --- the dispatcher ----------------------------------------------------------------------
 
+# Whether any subscription is active (of any enterprise): while none is, a commit gives
+# the dispatcher nothing to do (app/dispatcher.py).
+ANY_ACTIVE = "SELECT EXISTS (SELECT FROM webhooks WHERE is_active)"
 # Active subscriptions behind the feed, each claimed by one worker at a time.
 CLAIM_BEHIND = """
 SELECT w.enterprise_id, w.id, w.cursor, w.event_types, w.pipeline_id FROM webhooks w
@@ -214,6 +217,10 @@ async def rotate(conn: asyncpg.Connection, enterprise_id: str, webhook_id: uuid.
                  secret: str):
     row = await conn.fetchrow(ROTATE, enterprise_id, webhook_id, secret)
     return None if row is None else public(row)
+
+
+async def any_active(conn: asyncpg.Connection) -> bool:
+    return await conn.fetchval(ANY_ACTIVE)
 
 
 async def fan_out(conn: asyncpg.Connection, batch: int) -> int:

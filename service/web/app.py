@@ -27,6 +27,7 @@ from service.app import runs as run_cases
 from service.app.groupcommit import GroupCommit
 from service.web.keys import (
     CONFIG,
+    DISPATCHER,
     FEED_WAITERS,
     GROUP_COMMIT,
     METRICS,
@@ -138,6 +139,7 @@ async def _webhooks_ctx(app: web.Application) -> AsyncIterator[None]:
                                 config.webhook_concurrency, app[METRICS], app[FEED_WAITERS],
                                 config.webhook_concurrency_per_enterprise)
         task = asyncio.create_task(dispatcher.run_forever())
+    app[DISPATCHER] = dispatcher
     try:
         yield
     finally:

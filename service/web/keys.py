@@ -37,6 +37,7 @@ FEED_WAITERS = web.AppKey("feed_waiters", object)  # service.infra.feedwait.Feed
 GROUP_COMMIT = web.AppKey("group_commit", object)  # service.app.groupcommit.GroupCommit or None
 METRICS = web.AppKey("metrics", object)  # service.infra.metrics.Metrics
 WEBHOOK_SENDER = web.AppKey("webhook_sender", object)  # service.app.webhook_http.Sender
+DISPATCHER = web.AppKey("dispatcher", object)  # service.app.dispatcher.Dispatcher or None
 REPLICAS = web.AppKey("replicas", object)  # service.infra.replicas.ReplicaSet (or None)
 METRICS_RUNNER = web.AppKey("metrics_runner", web.AppRunner)  # the METRICS_PORT server
 SIGNER = web.AppKey("signer", object)  # service.infra.signing.Signer: signs checkpoints

@@ -8,10 +8,17 @@ from service.app.webhook_http import PINGS_PER_ENTERPRISE
 from service.web import schemas as s
 from service.web.envelope import envelope
 from service.web.handlers.common import body, connection, operation, page, path, principal, query
-from service.web.keys import CONFIG, WEBHOOK_SENDER
+from service.web.keys import CONFIG, DISPATCHER, WEBHOOK_SENDER
 
 SCOPE = "webhooks:manage"
 TAG = "Webhooks"
+
+
+def _poke(request: web.Request) -> None:
+    """This process's dispatcher, idle while no subscription was active, passes from now."""
+    dispatcher = request.app.get(DISPATCHER)
+    if dispatcher is not None:
+        dispatcher.poke()
 
 
 def _targets(request: web.Request):
@@ -43,6 +50,7 @@ async def create_webhook(request: web.Request) -> web.Response:
     async with connection(request) as conn:
         hook = await app.create(conn, who.enterprise_id, fields, who.token_id,
                                 request.app[CONFIG].webhook_max_per_enterprise)
+    _poke(request)
     return envelope(hook, message="webhook created")
 
 
@@ -64,6 +72,7 @@ async def put_webhook(request: web.Request) -> web.Response:
     async with connection(request) as conn:
         hook = await app.replace(conn, principal(request).enterprise_id,
                                  path(request)["webhook_id"], fields)
+    _poke(request)
     return envelope(hook, message="webhook updated")
 
 
@@ -104,6 +113,7 @@ async def redeliver(request: web.Request) -> web.Response:
     async with connection(request) as conn:
         result = await app.redeliver(conn, principal(request).enterprise_id, p["webhook_id"],
                                      p["event_id"])
+    _poke(request)
     return envelope(result, message="redelivery queued")
 
 
