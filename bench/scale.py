@@ -148,8 +148,16 @@ def free_port() -> int:
 
 @contextmanager
 def service(dsn: str, workdir: Path, workers: int = 1):
+    with service_process(dsn, workdir, workers) as (base, _):
+        yield base
+
+
+@contextmanager
+def service_process(dsn: str, workdir: Path, workers: int = 1, log_level: str = "WARNING"):
+    """service(), yielding (base URL, the Popen) for tools that read its CPU time or its
+    access lines (log_level INFO: in workdir/scale-service.log)."""
     port = free_port()
-    env = {**os.environ, **scratchdb.service_env(dsn), "LOG_LEVEL": "WARNING",
+    env = {**os.environ, **scratchdb.service_env(dsn), "LOG_LEVEL": log_level,
            "TIMEOUT_SWEEP_SECONDS": "3600"}  # no sweeper writes during the measurement
     log = workdir / "scale-service.log"
     with log.open("w") as out:
@@ -169,7 +177,7 @@ def service(dsn: str, workdir: Path, workers: int = 1):
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise SystemExit(f"service did not start; see {log}")
             time.sleep(0.2)
-        yield base
+        yield base, proc
     finally:
         proc.terminate()
         try:

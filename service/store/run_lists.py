@@ -11,7 +11,8 @@ ordering needs an index of its own: `status` is the statuses read in lifecycle o
 LAST is the non-NULL part then the NULL part.
 
 `count` comes from run_counts (store/counts.py) in the same statement, so it agrees with the
-page. A created_/updated_ range cannot be answered by counters: then its runs are counted
+page, and so does the Consistency-Token's position (store/replication.py POSITION_COLUMN):
+a page is one round trip. A created_/updated_ range cannot be answered by counters: then its runs are counted
 first, up to COUNT_CAP (`count_exact` says whether the count was capped), from a date index
 range. That count also picks how the page is read: a range of at most RANGE_CAP runs is
 read whole from its date index and sorted (cost: the range, whatever the ordering); a wider
@@ -40,6 +41,7 @@ import asyncpg
 
 from service.domain import lifecycle
 from service.domain.errors import BadRequest, NotFound
+from service.store import replication
 
 COUNT_CAP = 10_000  # date-filtered lists count their runs up to this many
 RANGE_CAP = 4_000  # ...and read a range of at most this many runs whole, then sort it
@@ -304,9 +306,9 @@ WITH {''.join(c + ', ' for c in ctes)}page AS (
     ORDER BY {final}
     LIMIT {arg(limit + 1, 'bigint')} OFFSET {arg(offset, 'bigint')}
 ), total AS (
-    SELECT ({total}) AS total_count, {exists} AS pipeline_live
+    SELECT ({total}) AS total_count, {exists} AS pipeline_live, {replication.POSITION_COLUMN}
 )
-SELECT total.total_count, total.pipeline_live, {columns},
+SELECT total.total_count, total.pipeline_live, total.wal_position, {columns},
        coalesce(page.pipeline_name, (
            SELECT n.name FROM pipelines n
            WHERE n.enterprise_id = page.enterprise_id AND n.id = page.pipeline_id))
@@ -360,8 +362,9 @@ WITH range AS MATERIALIZED (
     ORDER BY {final}
     LIMIT {arg(limit + 1, 'bigint')} OFFSET {arg(offset, 'bigint')}
 )
-SELECT {arg(count, 'bigint')} AS total_count, {exists} AS pipeline_live, {columns}
-FROM (SELECT 1) AS one LEFT JOIN page ON true
+SELECT {arg(count, 'bigint')} AS total_count, {exists} AS pipeline_live, one.wal_position,
+       {columns}
+FROM (SELECT {replication.POSITION_COLUMN}) AS one LEFT JOIN page ON true
 ORDER BY {', '.join('page.' + part for part in final.split(', '))}"""
     return arg.finish(sql)
 
@@ -606,6 +609,8 @@ async def list_runs(conn: asyncpg.Connection, f: Filters, *, ordering: str | Non
         sql, args = build(f, ordering, limit, offset, keys, backward=backward)
     rows = await conn.fetch(sql, *args)
     head = rows[0]
+    # The page answered the connection's position: no round trip for the Consistency-Token.
+    replication.note(conn, head["wal_position"])
     if f.pipeline_id is not None and not head["pipeline_live"]:
         raise NotFound("pipeline not found")
     items = [{c: r[c] for c in COLUMNS} for r in rows if r["id"] is not None]
