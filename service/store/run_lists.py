@@ -500,6 +500,9 @@ def _by_pipeline_name(f, order, cursor, arg, ent, need, status, dates, ctes,
     cname = arg(c_name, "text")
     after_cursor = (f" AND p.name {'<=' if desc else '>='} {cname}" if cursor is not None else "")
     # The count of a name group where the cursor is counts 0: it may have fewer rows left.
+    # `before`: the runs of the names before this one, as a running sum (its own name's
+    # group, RANGE's peers, taken off): a frame with EXCLUDE GROUP was summed afresh for
+    # every row, quadratic in the pipelines (9 ms of a page at 200 of them).
     # With a date range the counters overstate what a pipeline can give: no pruning then.
     prune = "" if f.dated else f"\n        WHERE before < {need}"
     ctes.append(f"""pc AS (
@@ -516,11 +519,10 @@ def _by_pipeline_name(f, order, cursor, arg, ent, need, status, dates, ctes,
                    CASE WHEN name = {cname} THEN {arg(c_rn, 'int')} ELSE {far_rn} END AS b_rn,
                    CASE WHEN name = {cname} THEN {arg(c_id, 'uuid')} ELSE '{far_id}'::uuid
                    END AS b_id,
-                   coalesce(sum(CASE WHEN name = {cname} THEN 0 ELSE n END) OVER (
-                       ORDER BY name {'DESC' if desc else 'ASC'}
-                       RANGE BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW EXCLUDE GROUP),
-                   0) AS before
-            FROM pc) AS counted{prune}
+                   sum(v) OVER (ORDER BY name {'DESC' if desc else 'ASC'})
+                       - sum(v) OVER (PARTITION BY name) AS before
+            FROM (SELECT *, CASE WHEN name = {cname} THEN 0 ELSE n END AS v FROM pc) AS pv
+            ) AS counted{prune}
     )""")
     cmp, d = ("<", " DESC") if desc else (">", "")
     status_row = f" AND r.status = {status}" if status is not None else ""
