@@ -216,16 +216,32 @@ class _Params:
         return f"@{len(self.values) - 1}@::{cast}"
 
     def finish(self, sql: str) -> tuple[str, list[Any]]:
-        numbers: dict[int, int] = {}
+        numbered = _NUMBERED.get(sql)
+        if numbered is None:
+            if len(_NUMBERED) >= _NUMBERED_MAX:
+                _NUMBERED.clear()
+            numbered = _NUMBERED[sql] = _number(sql)
+        text, used = numbered
+        return text, [self.values[i] for i in used]
 
-        def number(match: re.Match) -> str:
-            i = int(match.group(1))
-            if i not in numbers:
-                numbers[i] = len(numbers) + 1
-            return f"${numbers[i]}"
 
-        sql = re.sub(r"@(\d+)@", number, sql)
-        return sql, [self.values[i] for i in sorted(numbers, key=numbers.get)]
+# A statement's text with its placeholders numbered, by its text with them by value: one
+# shape of list gives one text, so the regular expression runs once per shape, not per page.
+_NUMBERED: dict[str, tuple[str, tuple[int, ...]]] = {}
+_NUMBERED_MAX = 1024
+
+
+def _number(sql: str) -> tuple[str, tuple[int, ...]]:
+    numbers: dict[int, int] = {}
+
+    def number(match: re.Match) -> str:
+        i = int(match.group(1))
+        if i not in numbers:
+            numbers[i] = len(numbers) + 1
+        return f"${numbers[i]}"
+
+    text = re.sub(r"@(\d+)@", number, sql)
+    return text, tuple(sorted(numbers, key=numbers.get))
 
 
 def _date_conditions(f: Filters, arg: _Params) -> str:
