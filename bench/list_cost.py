@@ -116,6 +116,8 @@ async def measure(dsn: str, dbname: str, base: str, pid: int, info: dict,
                 totals.append(r)
                 lines.append(f"{label:<58} {r['p50']:6.1f} {r['p99']:6.1f}   {'':>15}"
                              f"{r['service']:7.2f} {r['db']:8.2f} {r['client']:6.2f}")
+        if not totals:
+            return lines
         mean = {k: statistics.mean(t[k] for t in totals) for k in ("service", "db", "client")}
         worst = max(totals, key=lambda t: t["p99"])
         lines.append(f"mean CPU per request: service {mean['service']:.2f} ms, postgres "
