@@ -13,11 +13,12 @@ LAST is the non-NULL part then the NULL part.
 `count` comes from run_counts (store/counts.py) in the same statement, so it agrees with the
 page, and so does the Consistency-Token's position (store/replication.py POSITION_COLUMN):
 a page is one round trip. A created_/updated_ range cannot be answered by counters: then
-its runs are counted first, up to COUNT_CAP (`count_exact` says whether the count was capped), from a date index
-range. That count also picks how the page is read: a range of at most RANGE_CAP runs is
-read whole from its date index and sorted (cost: the range, whatever the ordering); a wider
-one as above, its segments filtered by the dates (cost: rows skipped until the page fills,
-few when the range is wide; see docs/performance.md for the orderings where it is not).
+its runs are counted first, up to COUNT_CAP (`count_exact` says whether the count was
+capped), from a date index range. That count also picks how the page is read: a range of
+at most RANGE_CAP runs is read whole from its date index and sorted (cost: the range,
+whatever the ordering); a wider one as above, its segments filtered by the dates (cost:
+rows skipped until the page fills, few when the range is wide; see docs/performance.md for
+the orderings where it is not).
 
 The cursor is the last row's sort key and id, base64url JSON; the next page is the rows
 strictly after it in the ordering, read per segment with a row comparison on the index
