@@ -445,6 +445,8 @@ def main() -> int:
                         help="serve --workers N for the list measurement")
     parser.add_argument("--no-replay", dest="replay", action="store_false",
                         help="lists only: skip replay and verify")
+    parser.add_argument("--no-insights", dest="insights", action="store_false",
+                        help="lists only: skip the insights answers")
     parser.add_argument("--write-rate", type=float, default=400,
                         help="their changes/s together (0: as fast as answered)")
     args = parser.parse_args()
@@ -463,19 +465,19 @@ def main() -> int:
             info = asyncio.run(prepare(dsn))
             runs = asyncio.run(_writable_runs(dsn, 100 * args.writers))
             with service(dsn, workdir, args.service_workers) as base:
-                idle = asyncio.run(measure(base, info["token"], insight_cases(info),
-                                           args.requests))
+                insights = insight_cases(info) if args.insights else []
+                idle = asyncio.run(measure(base, info["token"], insights, args.requests))
                 with Writers(base, info["writer_token"], runs, args.writers, args.write_rate,
                              args.service_workers) as writers:
                     latencies = asyncio.run(measure(base, info["token"], cases(info),
                                                     args.requests))
                     deep = asyncio.run(deep_pages(base, info["token"], dsn, info["runs"],
                                                   args.requests))
-                    busy = asyncio.run(measure(base, info["token"], insight_cases(info),
+                    busy = asyncio.run(measure(base, info["token"], insights,
                                                args.requests))
             rr = asyncio.run(replay_and_verify(dsn)) if args.replay else None
             report = "\n".join([table(info, seeded, latencies, deep, rr, writers),
-                                *insight_lines(idle, busy)])
+                                *(insight_lines(idle, busy) if insights else [])])
             print(report)
             if args.out:
                 Path(args.out).write_text(report + "\n")
