@@ -148,8 +148,16 @@ def free_port() -> int:
 
 @contextmanager
 def service(dsn: str, workdir: Path, workers: int = 1):
+    with service_process(dsn, workdir, workers) as (base, _):
+        yield base
+
+
+@contextmanager
+def service_process(dsn: str, workdir: Path, workers: int = 1, log_level: str = "WARNING"):
+    """service(), yielding (base URL, the Popen) for tools that read its CPU time or its
+    access lines (log_level INFO: in workdir/scale-service.log)."""
     port = free_port()
-    env = {**os.environ, **scratchdb.service_env(dsn), "LOG_LEVEL": "WARNING",
+    env = {**os.environ, **scratchdb.service_env(dsn), "LOG_LEVEL": log_level,
            "TIMEOUT_SWEEP_SECONDS": "3600"}  # no sweeper writes during the measurement
     log = workdir / "scale-service.log"
     with log.open("w") as out:
@@ -169,7 +177,7 @@ def service(dsn: str, workdir: Path, workers: int = 1):
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise SystemExit(f"service did not start; see {log}")
             time.sleep(0.2)
-        yield base
+        yield base, proc
     finally:
         proc.terminate()
         try:
@@ -437,6 +445,8 @@ def main() -> int:
                         help="serve --workers N for the list measurement")
     parser.add_argument("--no-replay", dest="replay", action="store_false",
                         help="lists only: skip replay and verify")
+    parser.add_argument("--no-insights", dest="insights", action="store_false",
+                        help="lists only: skip the insights answers")
     parser.add_argument("--write-rate", type=float, default=400,
                         help="their changes/s together (0: as fast as answered)")
     args = parser.parse_args()
@@ -455,19 +465,19 @@ def main() -> int:
             info = asyncio.run(prepare(dsn))
             runs = asyncio.run(_writable_runs(dsn, 100 * args.writers))
             with service(dsn, workdir, args.service_workers) as base:
-                idle = asyncio.run(measure(base, info["token"], insight_cases(info),
-                                           args.requests))
+                insights = insight_cases(info) if args.insights else []
+                idle = asyncio.run(measure(base, info["token"], insights, args.requests))
                 with Writers(base, info["writer_token"], runs, args.writers, args.write_rate,
                              args.service_workers) as writers:
                     latencies = asyncio.run(measure(base, info["token"], cases(info),
                                                     args.requests))
                     deep = asyncio.run(deep_pages(base, info["token"], dsn, info["runs"],
                                                   args.requests))
-                    busy = asyncio.run(measure(base, info["token"], insight_cases(info),
+                    busy = asyncio.run(measure(base, info["token"], insights,
                                                args.requests))
             rr = asyncio.run(replay_and_verify(dsn)) if args.replay else None
             report = "\n".join([table(info, seeded, latencies, deep, rr, writers),
-                                *insight_lines(idle, busy)])
+                                *(insight_lines(idle, busy) if insights else [])])
             print(report)
             if args.out:
                 Path(args.out).write_text(report + "\n")

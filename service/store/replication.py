@@ -33,7 +33,7 @@ SELECT pg_is_in_recovery() AS in_recovery,
 
 
 # A read can answer its own position as one more column, saving INSERT_LSN's round trip
-# (the hot reads: a run). Evaluated while the statement runs, after its snapshot was taken;
+# (the hot reads: a run, a page of runs). Evaluated while the statement runs, after its snapshot was taken;
 # a commit is visible to a snapshot only once its commit record is in the WAL, so this is
 # past every commit the statement saw. NULL on a standby, whose position is read after the
 # statements instead (web/handlers/common.py).

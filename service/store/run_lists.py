@@ -11,12 +11,14 @@ ordering needs an index of its own: `status` is the statuses read in lifecycle o
 LAST is the non-NULL part then the NULL part.
 
 `count` comes from run_counts (store/counts.py) in the same statement, so it agrees with the
-page. A created_/updated_ range cannot be answered by counters: then its runs are counted
-first, up to COUNT_CAP (`count_exact` says whether the count was capped), from a date index
-range. That count also picks how the page is read: a range of at most RANGE_CAP runs is
-read whole from its date index and sorted (cost: the range, whatever the ordering); a wider
-one as above, its segments filtered by the dates (cost: rows skipped until the page fills,
-few when the range is wide; see docs/performance.md for the orderings where it is not).
+page, and so does the Consistency-Token's position (store/replication.py POSITION_COLUMN):
+a page is one round trip. A created_/updated_ range cannot be answered by counters: then
+its runs are counted first, up to COUNT_CAP (`count_exact` says whether the count was
+capped), from a date index range. That count also picks how the page is read: a range of
+at most RANGE_CAP runs is read whole from its date index and sorted (cost: the range,
+whatever the ordering); a wider one as above, its segments filtered by the dates (cost:
+rows skipped until the page fills, few when the range is wide; see docs/performance.md for
+the orderings where it is not).
 
 The cursor is the last row's sort key and id, base64url JSON; the next page is the rows
 strictly after it in the ordering, read per segment with a row comparison on the index
@@ -40,6 +42,7 @@ import asyncpg
 
 from service.domain import lifecycle
 from service.domain.errors import BadRequest, NotFound
+from service.store import replication
 
 COUNT_CAP = 10_000  # date-filtered lists count their runs up to this many
 RANGE_CAP = 4_000  # ...and read a range of at most this many runs whole, then sort it
@@ -214,16 +217,32 @@ class _Params:
         return f"@{len(self.values) - 1}@::{cast}"
 
     def finish(self, sql: str) -> tuple[str, list[Any]]:
-        numbers: dict[int, int] = {}
+        numbered = _NUMBERED.get(sql)
+        if numbered is None:
+            if len(_NUMBERED) >= _NUMBERED_MAX:
+                _NUMBERED.clear()
+            numbered = _NUMBERED[sql] = _number(sql)
+        text, used = numbered
+        return text, [self.values[i] for i in used]
 
-        def number(match: re.Match) -> str:
-            i = int(match.group(1))
-            if i not in numbers:
-                numbers[i] = len(numbers) + 1
-            return f"${numbers[i]}"
 
-        sql = re.sub(r"@(\d+)@", number, sql)
-        return sql, [self.values[i] for i in sorted(numbers, key=numbers.get)]
+# A statement's text with its placeholders numbered, by its text with them by value: one
+# shape of list gives one text, so the regular expression runs once per shape, not per page.
+_NUMBERED: dict[str, tuple[str, tuple[int, ...]]] = {}
+_NUMBERED_MAX = 1024
+
+
+def _number(sql: str) -> tuple[str, tuple[int, ...]]:
+    numbers: dict[int, int] = {}
+
+    def number(match: re.Match) -> str:
+        i = int(match.group(1))
+        if i not in numbers:
+            numbers[i] = len(numbers) + 1
+        return f"${numbers[i]}"
+
+    text = re.sub(r"@(\d+)@", number, sql)
+    return text, tuple(sorted(numbers, key=numbers.get))
 
 
 def _date_conditions(f: Filters, arg: _Params) -> str:
@@ -304,9 +323,9 @@ WITH {''.join(c + ', ' for c in ctes)}page AS (
     ORDER BY {final}
     LIMIT {arg(limit + 1, 'bigint')} OFFSET {arg(offset, 'bigint')}
 ), total AS (
-    SELECT ({total}) AS total_count, {exists} AS pipeline_live
+    SELECT ({total}) AS total_count, {exists} AS pipeline_live, {replication.POSITION_COLUMN}
 )
-SELECT total.total_count, total.pipeline_live, {columns},
+SELECT total.total_count, total.pipeline_live, total.wal_position, {columns},
        coalesce(page.pipeline_name, (
            SELECT n.name FROM pipelines n
            WHERE n.enterprise_id = page.enterprise_id AND n.id = page.pipeline_id))
@@ -360,8 +379,9 @@ WITH range AS MATERIALIZED (
     ORDER BY {final}
     LIMIT {arg(limit + 1, 'bigint')} OFFSET {arg(offset, 'bigint')}
 )
-SELECT {arg(count, 'bigint')} AS total_count, {exists} AS pipeline_live, {columns}
-FROM (SELECT 1) AS one LEFT JOIN page ON true
+SELECT {arg(count, 'bigint')} AS total_count, {exists} AS pipeline_live, one.wal_position,
+       {columns}
+FROM (SELECT {replication.POSITION_COLUMN}) AS one LEFT JOIN page ON true
 ORDER BY {', '.join('page.' + part for part in final.split(', '))}"""
     return arg.finish(sql)
 
@@ -497,6 +517,9 @@ def _by_pipeline_name(f, order, cursor, arg, ent, need, status, dates, ctes,
     cname = arg(c_name, "text")
     after_cursor = (f" AND p.name {'<=' if desc else '>='} {cname}" if cursor is not None else "")
     # The count of a name group where the cursor is counts 0: it may have fewer rows left.
+    # `before`: the runs of the names before this one, as a running sum (its own name's
+    # group, RANGE's peers, taken off): a frame with EXCLUDE GROUP was summed afresh for
+    # every row, quadratic in the pipelines (9 ms of a page at 200 of them).
     # With a date range the counters overstate what a pipeline can give: no pruning then.
     prune = "" if f.dated else f"\n        WHERE before < {need}"
     ctes.append(f"""pc AS (
@@ -513,11 +536,10 @@ def _by_pipeline_name(f, order, cursor, arg, ent, need, status, dates, ctes,
                    CASE WHEN name = {cname} THEN {arg(c_rn, 'int')} ELSE {far_rn} END AS b_rn,
                    CASE WHEN name = {cname} THEN {arg(c_id, 'uuid')} ELSE '{far_id}'::uuid
                    END AS b_id,
-                   coalesce(sum(CASE WHEN name = {cname} THEN 0 ELSE n END) OVER (
-                       ORDER BY name {'DESC' if desc else 'ASC'}
-                       RANGE BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW EXCLUDE GROUP),
-                   0) AS before
-            FROM pc) AS counted{prune}
+                   sum(v) OVER (ORDER BY name {'DESC' if desc else 'ASC'})
+                       - sum(v) OVER (PARTITION BY name) AS before
+            FROM (SELECT *, CASE WHEN name = {cname} THEN 0 ELSE n END AS v FROM pc) AS pv
+            ) AS counted{prune}
     )""")
     cmp, d = ("<", " DESC") if desc else (">", "")
     status_row = f" AND r.status = {status}" if status is not None else ""
@@ -606,6 +628,8 @@ async def list_runs(conn: asyncpg.Connection, f: Filters, *, ordering: str | Non
         sql, args = build(f, ordering, limit, offset, keys, backward=backward)
     rows = await conn.fetch(sql, *args)
     head = rows[0]
+    # The page answered the connection's position: no round trip for the Consistency-Token.
+    replication.note(conn, head["wal_position"])
     if f.pipeline_id is not None and not head["pipeline_live"]:
         raise NotFound("pipeline not found")
     items = [{c: r[c] for c in COLUMNS} for r in rows if r["id"] is not None]

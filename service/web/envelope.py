@@ -20,10 +20,19 @@ except ImportError:  # optional: the standard library does the same, slower
     orjson = None
 
 
+# UUID subclasses seen (asyncpg's own UUID type, which orjson does not take for one): a
+# list's page hands ~40 of them to _default, so they are recognised by type at once.
+_UUID_TYPES: set[type] = {uuid.UUID}
+
+
 def _default(value: Any) -> Any:
+    kind = type(value)
+    if kind in _UUID_TYPES:
+        return str(value)
     if isinstance(value, datetime):
         return value.isoformat()  # RFC 3339 with offset: asyncpg returns aware datetimes
     if isinstance(value, uuid.UUID):
+        _UUID_TYPES.add(kind)
         return str(value)
     raise TypeError(f"not JSON serializable: {type(value).__name__}")
 
