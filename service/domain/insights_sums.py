@@ -31,7 +31,7 @@ class Tally:
     def add_bins(self, metric: str, bins: Sequence[int], ns: Sequence[int]) -> None:
         """One metric's counts ns at bins (in order; the hourly rows; n < 0: taken out)."""
         if metric in HISTOGRAMS:
-            self.parts.setdefault(metric, []).append((1, bins[0], bins[-1] + 1, (bins, ns)))
+            self.parts.setdefault(metric, []).append((1, min(bins), max(bins) + 1, (bins, ns)))
         else:
             self.counts[metric] = self.counts.get(metric, 0) + sum(ns)
 

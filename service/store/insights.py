@@ -60,8 +60,7 @@ _HOURLY = """SELECT i.hour, i.pipeline_id, i.metric, i.bin, {sign}i.n
           FROM run_insights i {{pipelines}}
           WHERE i.enterprise_id = $1 AND i.hour >= {lo} AND i.hour < {hi}"""
 _COUNTERS_NOW = f"""c AS (
-    SELECT {{pipeline}} AS pipeline_id, {{bucket}} AS bucket, i.metric, i.bin,
-           sum(i.n)::bigint AS n
+    SELECT {{pipeline}} AS pipeline_id, {{bucket}} AS bucket, i.metric, i.bin, i.n
     FROM ({_HOURLY.format(sign="", lo="$2", hi="$7")}
           UNION ALL
           {_HOURLY.format(sign="-", lo="$7", hi="$2")}
@@ -69,7 +68,6 @@ _COUNTERS_NOW = f"""c AS (
           {_HOURLY.format(sign="", lo="$8", hi="$3")}
           UNION ALL
           {_HOURLY.format(sign="-", lo="$3", hi="$8")}) AS i
-    GROUP BY 1, 2, 3, 4
 )"""
 _COUNTERS_AS_OF = """{states}, c AS (
     SELECT {pipeline} AS pipeline_id, {bucket} AS bucket, k.metric, k.bin, count(*) AS n
@@ -84,9 +82,8 @@ _COUNTERS_AS_OF = """{states}, c AS (
 # pipeline; a reduction here, with window sums and a percentile filter per row, took twice
 # the time of the whole fetch).
 _BY_METRIC = """
-SELECT pipeline_id, bucket, metric, array_agg(bin ORDER BY bin) AS bins,
-       array_agg(n ORDER BY bin) AS ns
-FROM c WHERE n <> 0 GROUP BY 1, 2, 3
+SELECT pipeline_id, bucket, metric, array_agg(bin) AS bins, array_agg(n) AS ns
+FROM c GROUP BY 1, 2, 3
 """
 
 # Recoveries: a pipeline's finished runs (success, failure, timeout) in order of ended_at;
