@@ -69,7 +69,7 @@ async def insights(conn: asyncpg.Connection, enterprise_id: str, *, start=None, 
         span = store.tier_span((frm, to), granularity, as_of, now)
         tallies: dict[tuple, insights_sums.Tally] = defaultdict(insights_sums.Tally)
         for r in await store.counters(conn, *args, span=span):
-            tallies[(r["bucket"], r["pipeline_id"])].add_bins(r["metric"], r["bins"], r["ns"])
+            tallies[(r["bucket"], r["pipeline_id"])].add_counters(r)
         for r in await store.recoveries(conn, *args, span=span):
             tally = tallies[(r["bucket"], r["pipeline_id"])]
             tally.recovered += r["n"]

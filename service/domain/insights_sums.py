@@ -39,7 +39,7 @@ class Tally:
     """One answer row's counters as they are gathered: counts per metric, the parts of each
     histogram, and recoveries (count, microseconds). A part is (sign, first bin, last bin +
     1, data): data a run_insights_totals histogram's bytes (schema.sql: the first bin, then
-    the counts, big-endian int4s), or (bins, ns) of the hourly rows. Both are read when
+    the counts, big-endian int4s), or (bins, ns) of the hourly rows (any order, repeats added). Both are read when
     summarized, all of a matrix's at once (no numpy call per part here)."""
 
     __slots__ = ("counts", "parts", "recovered", "micros")
@@ -50,12 +50,18 @@ class Tally:
         self.recovered = 0
         self.micros = 0
 
-    def add_bins(self, metric: str, bins: Sequence[int], ns: Sequence[int]) -> None:
-        """One metric's counts ns at bins (in order; the hourly rows; n < 0: taken out)."""
-        if metric in HISTOGRAMS:
-            self.parts.setdefault(metric, []).append((1, min(bins), max(bins) + 1, (bins, ns)))
-        else:
-            self.counts[metric] = self.counts.get(metric, 0) + sum(ns)
+    def add_counters(self, row: Mapping[str, Any]) -> None:
+        """A row of the hourly counters (store/insights.py _BY_ROW): counts (NULL: none) and
+        each histogram's bins and counts (n < 0: taken out), in any order, repeats added."""
+        for metric in TOTAL_COUNTS:
+            n = row[metric]
+            if n:
+                self.counts[metric] = self.counts.get(metric, 0) + n
+        for metric in HISTOGRAMS:
+            bins = row[metric + "_bins"]
+            if bins:
+                self.parts.setdefault(metric, []).append(
+                    (1, min(bins), max(bins) + 1, (bins, row[metric + "_ns"])))
 
     def add_totals(self, sign: int, row: Mapping[str, Any]) -> None:
         """A run_insights_totals row (store/insights.py _TIER), added (1) or taken out

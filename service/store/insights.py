@@ -13,7 +13,8 @@ from datetime import datetime, timedelta
 
 import asyncpg
 
-from service.domain.insights import ALL_PIPELINES, OUTCOMES, PERIOD
+from service.domain.insights import (ALL_PIPELINES, HISTOGRAMS, OUTCOMES, PERIOD,
+                                     TOTAL_COUNTS)
 from service.store.locks import FEED_LOCKS
 
 _TERMINAL = ", ".join(f"'{o}'" for o in OUTCOMES)
@@ -76,14 +77,19 @@ _COUNTERS_AS_OF = """{states}, c AS (
     WHERE k.hour >= $2 AND k.hour < $3
     GROUP BY 1, 2, 3, 4
 )"""
-# The counters come back one row per (pipeline, bucket, metric): its bins in order and
-# their counts as two arrays, which the client decodes without an object per bin (a row
-# per bin was ~2,200 rows of Python steps for the ragged hours of a 90-day answer per
-# pipeline; a reduction here, with window sums and a percentile filter per row, took twice
-# the time of the whole fetch).
-_BY_METRIC = """
-SELECT pipeline_id, bucket, metric, array_agg(bin) AS bins, array_agg(n) AS ns
-FROM c GROUP BY 1, 2, 3
+# The counters come back one row per (pipeline, bucket): each count summed in a column of
+# its own (TOTAL_COUNTS, as the running totals have them), each histogram's bins and
+# counts as two arrays (`duration_bins`, `duration_ns`, ...), unsorted, a bin possibly more
+# than once (an hour taken out, another added), which the client adds up as they come (no
+# object per bin, no Python step per metric; a row per bin was ~2,200 rows of Python steps
+# for the ragged hours of a 90-day answer per pipeline, and sorting each metric's bins
+# here, a sort per group, half the statement).
+_BY_ROW = f"""
+SELECT pipeline_id, bucket, {", ".join(
+    f"sum(n) FILTER (WHERE metric = '{m}')::bigint AS {m}" for m in TOTAL_COUNTS)}, {", ".join(
+    f"array_agg(bin) FILTER (WHERE metric = '{m}') AS {m}_bins, "
+    f"array_agg(n) FILTER (WHERE metric = '{m}') AS {m}_ns" for m in HISTOGRAMS)}
+FROM c GROUP BY 1, 2
 """
 
 # Recoveries: a pipeline's finished runs (success, failure, timeout) in order of ended_at;
@@ -126,7 +132,7 @@ _SHAPES = [(g, grouped, past) for g in _BUCKETS for grouped in (False, True)
 COUNTERS = {
     (g, grouped, past): "WITH " + (
         _statement(_COUNTERS_AS_OF, "s", "k.hour", g, grouped) if past
-        else _statement(_COUNTERS_NOW, "i", "i.hour", g, grouped)) + _BY_METRIC
+        else _statement(_COUNTERS_NOW, "i", "i.hour", g, grouped)) + _BY_ROW
     for g, grouped, past in _SHAPES}
 # Live, from the recoveries projection (schema.sql run_recoveries): the window's rows
 # outside the periods the running totals answer, added or taken out as the counters'.
@@ -360,7 +366,7 @@ def _period(at: datetime) -> datetime:
 async def counters(conn: asyncpg.Connection, enterprise_id: str, window: tuple, pipeline_ids,
                    pipeline_name, granularity, group: bool, as_of,
                    span: tuple) -> list[asyncpg.Record]:
-    """(pipeline or NULL, bucket, metric, bins, ns): the bins in order, no zero counts; the
+    """(pipeline or NULL, bucket, each count, each histogram's bins and ns: _BY_ROW): the
     hourly rows of the window outside `span` (tier_span), or as of a past time the whole
     window's."""
     args = _args(enterprise_id, window, pipeline_ids, pipeline_name, as_of)
