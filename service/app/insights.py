@@ -116,18 +116,11 @@ async def _add_totals(conn, tallies: dict, enterprise_id: str, pipeline_ids, pip
     member pipeline, its totals at the bucket's end less those at its start."""
     bounds = _boundaries(*span, granularity)
     per_pipeline = group or pipeline_ids is not None or pipeline_name is not None
-    at = {(r["pipeline_id"], r["boundary"]): r for r in await store.tier(
-        conn, enterprise_id, pipeline_ids, pipeline_name, per_pipeline, bounds)}
-    for pipeline_id, sign in {(r["pipeline_id"], r["sign"]) for r in at.values()}:
-        for start, end in zip(bounds, bounds[1:]):
-            upto, before = at.get((pipeline_id, end)), at.get((pipeline_id, start))
-            if upto is None or before is not None and before["at"] == upto["at"]:
-                continue  # nothing of this pipeline in [start, end)
-            tally = tallies[(figures_of.bucket_start(start, granularity, frm),
-                             pipeline_id if group else None)]
-            tally.add_totals(sign, upto)
-            if before is not None:
-                tally.add_totals(-sign, before)
+    for r in await store.tier(conn, enterprise_id, pipeline_ids, pipeline_name, per_pipeline,
+                              bounds):
+        start = bounds[r["k"] - 2]  # k: the span's end in bounds, from 1
+        tallies[(figures_of.bucket_start(start, granularity, frm),
+                 r["pipeline_id"] if group else None)].add_totals(r)
 
 
 async def _within_max_rows(conn, enterprise_id: str, frm: datetime, to: datetime,

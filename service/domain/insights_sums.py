@@ -63,20 +63,24 @@ class Tally:
                 self.parts.setdefault(metric, []).append(
                     (1, min(bins), max(bins) + 1, (bins, row[metric + "_ns"])))
 
-    def add_totals(self, sign: int, row: Mapping[str, Any]) -> None:
-        """A run_insights_totals row (store/insights.py _TIER), added (1) or taken out
-        (-1)."""
+    def add_totals(self, row: Mapping[str, Any]) -> None:
+        """The running totals over a span (store/insights.py _TIER): the counts' differences
+        and both ends' histograms, added (row["sign"] 1) or taken out (-1)."""
+        sign = row["sign"]
         for metric in TOTAL_COUNTS:
             if row[metric]:
                 self.counts[metric] = self.counts.get(metric, 0) + sign * row[metric]
         for metric in HISTOGRAMS:
-            stored = row[metric]
-            if stored:  # empty: no bytes
-                first = int.from_bytes(stored[:4], "big", signed=True)
-                self.parts.setdefault(metric, []).append(
-                    (sign, first, first + len(stored) // 4 - 1, stored))
+            self._add_stored(metric, sign, row[metric])
+            self._add_stored(metric, -sign, row[metric + "_before"])
         self.recovered += sign * row["recovered"]
         self.micros += sign * row["recovered_micros"]
+
+    def _add_stored(self, metric: str, sign: int, stored: bytes | None) -> None:
+        if stored:  # empty: no bytes; None: no row before the span
+            first = int.from_bytes(stored[:4], "big", signed=True)
+            self.parts.setdefault(metric, []).append(
+                (sign, first, first + len(stored) // 4 - 1, stored))
 
 
 def summaries(tallies: Sequence[Tally]) -> list[dict[str, dict[str, Any]]]:

@@ -158,19 +158,28 @@ RECOVERIES = {
         else _statement(_RECOVERIES_NOW, "g", "g.recovered_at", g, grouped))
     for g, grouped, past in _SHAPES}
 
-# The running totals (schema.sql run_insights_totals) at each boundary $4 (period
-# starts): per member pipeline, its last row before the boundary (none: nothing yet). The
-# members: the live pipelines (filtered); or, answering for all of them, the rollup less
-# the soft-deleted pipelines (the rollup counts every pipeline's runs). The histograms as
-# the bytes they are stored as (domain/insights_sums.py reads them without a step per bin).
-_TIER = """
-SELECT m.pipeline_id, m.sign, b.at AS boundary, t.at, t.created, t.success, t.failure, t.timeout,
-       t.invalid, t.cancelled, t.recovered, t.recovered_micros,
-       t.duration, t.queue
-FROM ({members}) AS m, unnest($4::timestamptz[]) AS b(at),
-     LATERAL (SELECT * FROM run_insights_totals t
-              WHERE t.enterprise_id = $1 AND t.pipeline_id = m.pipeline_id AND t.at < b.at
-              ORDER BY t.at DESC LIMIT 1) AS t
+# The running totals (schema.sql run_insights_totals) over each span between consecutive
+# boundaries $4 (period starts), per member pipeline: its last row before the span's end less
+# its last row before the span's start (none: nothing yet), a row per span where the two
+# differ (`k`: the end's place in $4, from 2). The members: the live pipelines (filtered);
+# or, answering for all of them, the rollup less the soft-deleted pipelines (the rollup
+# counts every pipeline's runs). The counts come as differences, the histograms as the
+# bytes they are stored as, both ends' (domain/insights_sums.py reads them without a step
+# per bin): one row per span instead of two, the counts subtracted here.
+_TIER = f"""
+WITH x AS (
+    SELECT m.pipeline_id, m.sign, b.k, t.at, {", ".join(
+        f"t.{c}" for c in (*TOTAL_COUNTS, "recovered", "recovered_micros", *HISTOGRAMS))}
+    FROM ({{members}}) AS m, unnest($4::timestamptz[]) WITH ORDINALITY AS b(at, k),
+         LATERAL (SELECT * FROM run_insights_totals t
+                  WHERE t.enterprise_id = $1 AND t.pipeline_id = m.pipeline_id AND t.at < b.at
+                  ORDER BY t.at DESC LIMIT 1) AS t
+)
+SELECT u.pipeline_id, u.sign, u.k, {", ".join(
+    f"u.{c} - coalesce(b.{c}, 0) AS {c}" for c in (*TOTAL_COUNTS, "recovered", "recovered_micros"))},
+       u.duration, b.duration AS duration_before, u.queue, b.queue AS queue_before
+FROM x AS u LEFT JOIN x AS b ON b.pipeline_id = u.pipeline_id AND b.k = u.k - 1
+WHERE u.k > 1 AND (b.at IS NULL OR b.at <> u.at)
 """
 TIER_PIPELINES = _TIER.format(members="""
     SELECT p.id AS pipeline_id, 1 AS sign FROM pipelines p
@@ -386,8 +395,9 @@ async def recoveries(conn: asyncpg.Connection, enterprise_id: str, window: tuple
 
 async def tier(conn: asyncpg.Connection, enterprise_id: str, pipeline_ids, pipeline_name,
                per_pipeline: bool, boundaries: list[datetime]) -> list[asyncpg.Record]:
-    """The running totals at each boundary: per live pipeline (per_pipeline), else
-    the rollup's (sign 1) and each soft-deleted pipeline's (sign -1)."""
+    """The running totals over each span between consecutive boundaries (_TIER): per live
+    pipeline (per_pipeline), else the rollup's (sign 1) and each soft-deleted pipeline's
+    (sign -1)."""
     return await conn.fetch(TIER_PIPELINES if per_pipeline else TIER_ROLLUP, enterprise_id,
                             pipeline_ids, pipeline_name, boundaries)
 
