@@ -63,9 +63,8 @@ async def insights(conn: asyncpg.Connection, enterprise_id: str, *, start=None, 
         if pipeline_route and not await store.pipeline_is_live(conn, enterprise_id,
                                                               pipeline_ids[0]):
             raise NotFound("pipeline not found")
-        if group:
-            await _within_max_rows(conn, enterprise_id, frm, to, granularity, pipeline_ids,
-                                   pipeline_name)
+        names = await _within_max_rows(conn, enterprise_id, frm, to, granularity, pipeline_ids,
+                                       pipeline_name) if group else {}
         span = store.tier_span((frm, to), granularity, as_of, now)
         tallies: dict[tuple, insights_sums.Tally] = defaultdict(insights_sums.Tally)
         for r in await store.counters(conn, *args, span=span):
@@ -82,8 +81,9 @@ async def insights(conn: asyncpg.Connection, enterprise_id: str, *, start=None, 
                 if summaries or tally.recovered}
         if not group and granularity is None and (frm, None) not in rows:
             rows[(frm, None)] = ({}, insights_sums.Tally())  # one row for the window, even empty
-        names = await store.pipeline_names(conn, enterprise_id,
-                                           {k[1] for k in rows if k[1] is not None})
+        unnamed = {k[1] for k in rows if k[1] is not None} - names.keys()
+        if unnamed:  # as of a past time: pipelines deleted since
+            names.update(await store.pipeline_names(conn, enterprise_id, unnamed))
     answer = []
     for (bucket, pipeline_id) in sorted(rows, key=lambda k: (k[0], str(k[1] or ""))):
         begin = max(bucket, frm)
@@ -124,15 +124,17 @@ async def _add_totals(conn, tallies: dict, enterprise_id: str, pipeline_ids, pip
 
 
 async def _within_max_rows(conn, enterprise_id: str, frm: datetime, to: datetime,
-                           granularity: str | None, pipeline_ids, pipeline_name) -> None:
+                           granularity: str | None, pipeline_ids, pipeline_name) -> dict:
     """A grouped answer's rows are at most buckets × pipelines: refused before any work when
-    that bound passes MAX_ROWS (a row for each is possible, so the bound is what counts)."""
+    that bound passes MAX_ROWS (a row for each is possible, so the bound is what counts).
+    The pipelines' names {id: name} (all of them when the answer is not refused)."""
     buckets = figures_of.bucket_count(frm, to, granularity)
-    pipelines = await store.count_pipelines(conn, enterprise_id, pipeline_ids or None,
-                                            pipeline_name)
+    pipelines, names = await store.live_pipelines(conn, enterprise_id, pipeline_ids or None,
+                                                  pipeline_name, MAX_ROWS + 1)
     if buckets * pipelines > MAX_ROWS:
         raise BadRequest(
             f"the answer could hold {buckets:,} buckets × {pipelines:,} pipelines = "
             f"{buckets * pipelines:,} rows, at most {MAX_ROWS:,}: narrow the window, choose a "
             "coarser granularity, or filter the pipelines",
             content={"granularity": [f"at most {MAX_ROWS:,} rows (buckets × pipelines)"]})
+    return names

@@ -195,11 +195,13 @@ TIER_ROLLUP = _TIER.format(members=f"""
 PIPELINE_IS_LIVE = """
 SELECT EXISTS (SELECT FROM pipelines WHERE enterprise_id = $1 AND id = $2 AND deleted_at IS NULL)
 """
-# How many pipelines a grouped answer may have rows for (the pipeline filters applied).
-COUNT_PIPELINES = """
-SELECT count(*) FROM pipelines
+# The pipelines a grouped answer may have rows for (the pipeline filters applied): how many,
+# and the names of the first $4 (the answer's names, without a statement of their own).
+LIVE_PIPELINES = """
+SELECT id, name, count(*) OVER () AS total FROM pipelines
 WHERE enterprise_id = $1 AND deleted_at IS NULL
   AND ($2::uuid[] IS NULL OR id = ANY($2::uuid[])) AND ($3::text IS NULL OR name = $3)
+LIMIT $4
 """
 PIPELINE_NAMES = """
 SELECT id, name FROM pipelines WHERE enterprise_id = $1 AND id = ANY($2::uuid[])
@@ -406,9 +408,11 @@ async def pipeline_is_live(conn: asyncpg.Connection, enterprise_id: str, pipelin
     return await conn.fetchval(PIPELINE_IS_LIVE, enterprise_id, pipeline_id)
 
 
-async def count_pipelines(conn: asyncpg.Connection, enterprise_id: str, pipeline_ids,
-                          pipeline_name) -> int:
-    return await conn.fetchval(COUNT_PIPELINES, enterprise_id, pipeline_ids, pipeline_name)
+async def live_pipelines(conn: asyncpg.Connection, enterprise_id: str, pipeline_ids,
+                         pipeline_name, limit: int) -> tuple[int, dict]:
+    """(how many live pipelines pass the filters, {id: name} of at most `limit` of them)."""
+    rows = await conn.fetch(LIVE_PIPELINES, enterprise_id, pipeline_ids, pipeline_name, limit)
+    return (rows[0]["total"] if rows else 0), {r["id"]: r["name"] for r in rows}
 
 
 async def pipeline_names(conn: asyncpg.Connection, enterprise_id: str, ids) -> dict:
