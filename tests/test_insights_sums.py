@@ -25,7 +25,7 @@ def _parts(rng: random.Random) -> list[tuple]:
     before = [rng.choice((0, 0, rng.randrange(1, 50))) for _ in range(width)]
     upto = [b + rng.choice((0, rng.randrange(0, 10_000))) for b in before]
     parts = [_stored(1, lo, upto), _stored(-1, lo, before)]
-    for _ in range(rng.randrange(0, 3)):  # hourly parts (Tally.add_bins), some overlapping
+    for _ in range(rng.randrange(0, 3)):  # hourly parts (Tally.add_counters), some overlapping
         bins = sorted(rng.sample(range(lo, lo + width + 5), 3))
         parts.append((1, bins[0], bins[-1] + 1, (bins, [rng.randrange(0, 5) for _ in bins])))
     return parts
