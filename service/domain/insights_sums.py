@@ -39,8 +39,9 @@ class Tally:
     """One answer row's counters as they are gathered: counts per metric, the parts of each
     histogram, and recoveries (count, microseconds). A part is (sign, first bin, last bin +
     1, data): data a run_insights_totals histogram's bytes (schema.sql: the first bin, then
-    the counts, big-endian int4s), or (bins, ns) of the hourly rows (any order, repeats added). Both are read when
-    summarized, all of a matrix's at once (no numpy call per part here)."""
+    the counts, big-endian int4s), or (bins, ns) of the hourly rows (any order, a bin
+    possibly twice: they add up). Both are read when summarized, all of a matrix's at once
+    (no numpy call per part here)."""
 
     __slots__ = ("counts", "parts", "recovered", "micros")
 

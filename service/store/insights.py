@@ -4,8 +4,9 @@ run_insights, run_recoveries and run_insights_totals are kept by triggers (schem
 they are only read, and for replay compared and repaired. Parameters of the hourly rows and
 recoveries: $1 enterprise, $2 from, $3 to (UTC hours), $4 pipeline ids (NULL: all), $5
 pipeline name (NULL: any), $6 as_of (NULL: now), and live $7, $8 the span of whole
-6-hour periods the running totals answer instead (tier_span); one statement per granularity, grouping and
-as_of (COUNTERS, RECOVERIES). The running totals: TIER_PIPELINES, TIER_ROLLUP.
+6-hour periods the running totals answer instead (tier_span); one statement per
+granularity, grouping and as_of (COUNTERS, RECOVERIES). The running totals:
+TIER_PIPELINES, TIER_ROLLUP.
 """
 from __future__ import annotations
 
@@ -176,7 +177,8 @@ WITH x AS (
                   ORDER BY t.at DESC LIMIT 1) AS t
 )
 SELECT u.pipeline_id, u.sign, u.k, {", ".join(
-    f"u.{c} - coalesce(b.{c}, 0) AS {c}" for c in (*TOTAL_COUNTS, "recovered", "recovered_micros"))},
+    f"u.{c} - coalesce(b.{c}, 0) AS {c}"
+    for c in (*TOTAL_COUNTS, "recovered", "recovered_micros"))},
        u.duration, b.duration AS duration_before, u.queue, b.queue AS queue_before
 FROM x AS u LEFT JOIN x AS b ON b.pipeline_id = u.pipeline_id AND b.k = u.k - 1
 WHERE u.k > 1 AND (b.at IS NULL OR b.at <> u.at)
