@@ -109,3 +109,21 @@ async def test_verify_names_a_tampered_recovery_and_replay_restores_it(seeded, d
     assert report.recoveries_repaired == 2
     assert await db.fetch("SELECT * FROM run_recoveries ORDER BY 1, 2, 3, 4") == before
     assert (await verify(db)).clean
+
+
+async def test_a_grouped_answer_as_of_names_pipelines_deleted_since(seeded, db):
+    """As of before a pipeline's deletion, a grouped answer has its row and its name (the
+    names of the live pipelines come with their count; those deleted since, apart)."""
+    runs = await _states_now(db)
+    gone = runs[0]["pipeline_id"]
+    names = {r["id"]: r["name"] for r in await db.fetch(
+        "SELECT id, name FROM pipelines WHERE enterprise_id = 'ins'")}
+    as_of = datetime.now(timezone.utc)
+    await seeded.delete(f"/pipelines/{gone}/")
+    query = f"from={iso(NOW - timedelta(days=90))}&to={iso(NOW)}&group_by=pipeline"
+    past = await seeded.get(f"/insights/runs/?{query}&as_of={iso(as_of)}")
+    now = await seeded.get(f"/insights/runs/?{query}")
+    assert {(r["pipeline_id"], r["pipeline_name"]) for r in past["rows"]} == {
+        (str(p), n) for p, n in names.items() if any(r["pipeline_id"] == p for r in runs)}
+    assert str(gone) in {r["pipeline_id"] for r in past["rows"]}
+    assert str(gone) not in {r["pipeline_id"] for r in now["rows"]}

@@ -63,13 +63,12 @@ async def insights(conn: asyncpg.Connection, enterprise_id: str, *, start=None, 
         if pipeline_route and not await store.pipeline_is_live(conn, enterprise_id,
                                                               pipeline_ids[0]):
             raise NotFound("pipeline not found")
-        if group:
-            await _within_max_rows(conn, enterprise_id, frm, to, granularity, pipeline_ids,
-                                   pipeline_name)
+        names = await _within_max_rows(conn, enterprise_id, frm, to, granularity, pipeline_ids,
+                                       pipeline_name) if group else {}
         span = store.tier_span((frm, to), granularity, as_of, now)
         tallies: dict[tuple, insights_sums.Tally] = defaultdict(insights_sums.Tally)
         for r in await store.counters(conn, *args, span=span):
-            tallies[(r["bucket"], r["pipeline_id"])].add_bins(r["metric"], r["bins"], r["ns"])
+            tallies[(r["bucket"], r["pipeline_id"])].add_counters(r)
         for r in await store.recoveries(conn, *args, span=span):
             tally = tallies[(r["bucket"], r["pipeline_id"])]
             tally.recovered += r["n"]
@@ -82,8 +81,9 @@ async def insights(conn: asyncpg.Connection, enterprise_id: str, *, start=None, 
                 if summaries or tally.recovered}
         if not group and granularity is None and (frm, None) not in rows:
             rows[(frm, None)] = ({}, insights_sums.Tally())  # one row for the window, even empty
-        names = await store.pipeline_names(conn, enterprise_id,
-                                           {k[1] for k in rows if k[1] is not None})
+        unnamed = {k[1] for k in rows if k[1] is not None} - names.keys()
+        if unnamed:  # as of a past time: pipelines deleted since
+            names.update(await store.pipeline_names(conn, enterprise_id, unnamed))
     answer = []
     for (bucket, pipeline_id) in sorted(rows, key=lambda k: (k[0], str(k[1] or ""))):
         begin = max(bucket, frm)
@@ -116,30 +116,25 @@ async def _add_totals(conn, tallies: dict, enterprise_id: str, pipeline_ids, pip
     member pipeline, its totals at the bucket's end less those at its start."""
     bounds = _boundaries(*span, granularity)
     per_pipeline = group or pipeline_ids is not None or pipeline_name is not None
-    at = {(r["pipeline_id"], r["boundary"]): r for r in await store.tier(
-        conn, enterprise_id, pipeline_ids, pipeline_name, per_pipeline, bounds)}
-    for pipeline_id, sign in {(r["pipeline_id"], r["sign"]) for r in at.values()}:
-        for start, end in zip(bounds, bounds[1:]):
-            upto, before = at.get((pipeline_id, end)), at.get((pipeline_id, start))
-            if upto is None or before is not None and before["at"] == upto["at"]:
-                continue  # nothing of this pipeline in [start, end)
-            tally = tallies[(figures_of.bucket_start(start, granularity, frm),
-                             pipeline_id if group else None)]
-            tally.add_totals(sign, upto)
-            if before is not None:
-                tally.add_totals(-sign, before)
+    for r in await store.tier(conn, enterprise_id, pipeline_ids, pipeline_name, per_pipeline,
+                              bounds):
+        start = bounds[r["k"] - 2]  # k: the span's end in bounds, from 1
+        tallies[(figures_of.bucket_start(start, granularity, frm),
+                 r["pipeline_id"] if group else None)].add_totals(r)
 
 
 async def _within_max_rows(conn, enterprise_id: str, frm: datetime, to: datetime,
-                           granularity: str | None, pipeline_ids, pipeline_name) -> None:
+                           granularity: str | None, pipeline_ids, pipeline_name) -> dict:
     """A grouped answer's rows are at most buckets × pipelines: refused before any work when
-    that bound passes MAX_ROWS (a row for each is possible, so the bound is what counts)."""
+    that bound passes MAX_ROWS (a row for each is possible, so the bound is what counts).
+    The pipelines' names {id: name} (all of them when the answer is not refused)."""
     buckets = figures_of.bucket_count(frm, to, granularity)
-    pipelines = await store.count_pipelines(conn, enterprise_id, pipeline_ids or None,
-                                            pipeline_name)
+    pipelines, names = await store.live_pipelines(conn, enterprise_id, pipeline_ids or None,
+                                                  pipeline_name, MAX_ROWS + 1)
     if buckets * pipelines > MAX_ROWS:
         raise BadRequest(
             f"the answer could hold {buckets:,} buckets × {pipelines:,} pipelines = "
             f"{buckets * pipelines:,} rows, at most {MAX_ROWS:,}: narrow the window, choose a "
             "coarser granularity, or filter the pipelines",
             content={"granularity": [f"at most {MAX_ROWS:,} rows (buckets × pipelines)"]})
+    return names

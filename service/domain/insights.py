@@ -251,24 +251,26 @@ def distribution(summary: Mapping[str, Any] | None,
             "max": SECONDS[summary["hi"]]}
 
 
+_NO_QUEUE = {"count": 0, "p50": None, "p95": None}
+
+
 def figures(summaries: Mapping[str, Mapping[str, Any]], recoveries: tuple[int, float],
             days: float) -> dict[str, Any]:
     """One row's figures from its summaries {metric: summary} and (recoveries, seconds)."""
-    def total(metric: str) -> int:
-        return summaries[metric]["n"] if metric in summaries else 0
-
-    finished = {o: total(o) for o in OUTCOMES}
-    rated = sum(finished[o] for o in RATED)
+    finished = {o: summaries[o]["n"] if o in summaries else 0 for o in OUTCOMES}
+    rated = sum([finished[o] for o in RATED])
     done = sum(finished.values())
+    finished["total"] = done
     recovered, seconds = recoveries
-    queue = distribution(summaries.get("queue"), (("p50", 0.5), ("p95", 0.95)))
+    queue = summaries.get("queue")
     return {
-        "created": total("created"),
-        "finished": {**finished, "total": done},
+        "created": summaries["created"]["n"] if "created" in summaries else 0,
+        "finished": finished,
         "success_rate": {"value": round(finished["success"] / rated, 6) if rated else None,
                          "count": rated},
         "duration": distribution(summaries.get("duration")),
-        "queue_time": {k: queue[k] for k in ("count", "p50", "p95")},
+        "queue_time": {"count": queue["n"], "p50": SECONDS[queue["p50"]],
+                       "p95": SECONDS[queue["p95"]]} if queue else dict(_NO_QUEUE),
         "throughput": {"finished": done, "per_day": round(done / days, 6) if days else None},
         "mttr": {"count": recovered,
                  "mean": round(seconds / recovered, 6) if recovered else None},

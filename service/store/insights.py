@@ -4,8 +4,9 @@ run_insights, run_recoveries and run_insights_totals are kept by triggers (schem
 they are only read, and for replay compared and repaired. Parameters of the hourly rows and
 recoveries: $1 enterprise, $2 from, $3 to (UTC hours), $4 pipeline ids (NULL: all), $5
 pipeline name (NULL: any), $6 as_of (NULL: now), and live $7, $8 the span of whole
-6-hour periods the running totals answer instead (tier_span); one statement per granularity, grouping and
-as_of (COUNTERS, RECOVERIES). The running totals: TIER_PIPELINES, TIER_ROLLUP.
+6-hour periods the running totals answer instead (tier_span); one statement per
+granularity, grouping and as_of (COUNTERS, RECOVERIES). The running totals:
+TIER_PIPELINES, TIER_ROLLUP.
 """
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ from datetime import datetime, timedelta
 
 import asyncpg
 
-from service.domain.insights import ALL_PIPELINES, OUTCOMES, PERIOD
+from service.domain.insights import (ALL_PIPELINES, HISTOGRAMS, OUTCOMES, PERIOD,
+                                     TOTAL_COUNTS)
 from service.store.locks import FEED_LOCKS
 
 _TERMINAL = ", ".join(f"'{o}'" for o in OUTCOMES)
@@ -60,8 +62,7 @@ _HOURLY = """SELECT i.hour, i.pipeline_id, i.metric, i.bin, {sign}i.n
           FROM run_insights i {{pipelines}}
           WHERE i.enterprise_id = $1 AND i.hour >= {lo} AND i.hour < {hi}"""
 _COUNTERS_NOW = f"""c AS (
-    SELECT {{pipeline}} AS pipeline_id, {{bucket}} AS bucket, i.metric, i.bin,
-           sum(i.n)::bigint AS n
+    SELECT {{pipeline}} AS pipeline_id, {{bucket}} AS bucket, i.metric, i.bin, i.n
     FROM ({_HOURLY.format(sign="", lo="$2", hi="$7")}
           UNION ALL
           {_HOURLY.format(sign="-", lo="$7", hi="$2")}
@@ -69,7 +70,6 @@ _COUNTERS_NOW = f"""c AS (
           {_HOURLY.format(sign="", lo="$8", hi="$3")}
           UNION ALL
           {_HOURLY.format(sign="-", lo="$3", hi="$8")}) AS i
-    GROUP BY 1, 2, 3, 4
 )"""
 _COUNTERS_AS_OF = """{states}, c AS (
     SELECT {pipeline} AS pipeline_id, {bucket} AS bucket, k.metric, k.bin, count(*) AS n
@@ -78,15 +78,19 @@ _COUNTERS_AS_OF = """{states}, c AS (
     WHERE k.hour >= $2 AND k.hour < $3
     GROUP BY 1, 2, 3, 4
 )"""
-# The counters come back one row per (pipeline, bucket, metric): its bins in order and
-# their counts as two arrays, which the client decodes without an object per bin (a row
-# per bin was ~2,200 rows of Python steps for the ragged hours of a 90-day answer per
-# pipeline; a reduction here, with window sums and a percentile filter per row, took twice
-# the time of the whole fetch).
-_BY_METRIC = """
-SELECT pipeline_id, bucket, metric, array_agg(bin ORDER BY bin) AS bins,
-       array_agg(n ORDER BY bin) AS ns
-FROM c WHERE n <> 0 GROUP BY 1, 2, 3
+# The counters come back one row per (pipeline, bucket): each count summed in a column of
+# its own (TOTAL_COUNTS, as the running totals have them), each histogram's bins and
+# counts as two arrays (`duration_bins`, `duration_ns`, ...), unsorted, a bin possibly more
+# than once (an hour taken out, another added), which the client adds up as they come (no
+# object per bin, no Python step per metric; a row per bin was ~2,200 rows of Python steps
+# for the ragged hours of a 90-day answer per pipeline, and sorting each metric's bins
+# here, a sort per group, half the statement).
+_BY_ROW = f"""
+SELECT pipeline_id, bucket, {", ".join(
+    f"sum(n) FILTER (WHERE metric = '{m}')::bigint AS {m}" for m in TOTAL_COUNTS)}, {", ".join(
+    f"array_agg(bin) FILTER (WHERE metric = '{m}') AS {m}_bins, "
+    f"array_agg(n) FILTER (WHERE metric = '{m}') AS {m}_ns" for m in HISTOGRAMS)}
+FROM c GROUP BY 1, 2
 """
 
 # Recoveries: a pipeline's finished runs (success, failure, timeout) in order of ended_at;
@@ -129,7 +133,7 @@ _SHAPES = [(g, grouped, past) for g in _BUCKETS for grouped in (False, True)
 COUNTERS = {
     (g, grouped, past): "WITH " + (
         _statement(_COUNTERS_AS_OF, "s", "k.hour", g, grouped) if past
-        else _statement(_COUNTERS_NOW, "i", "i.hour", g, grouped)) + _BY_METRIC
+        else _statement(_COUNTERS_NOW, "i", "i.hour", g, grouped)) + _BY_ROW
     for g, grouped, past in _SHAPES}
 # Live, from the recoveries projection (schema.sql run_recoveries): the window's rows
 # outside the periods the running totals answer, added or taken out as the counters'.
@@ -155,19 +159,29 @@ RECOVERIES = {
         else _statement(_RECOVERIES_NOW, "g", "g.recovered_at", g, grouped))
     for g, grouped, past in _SHAPES}
 
-# The running totals (schema.sql run_insights_totals) at each boundary $4 (period
-# starts): per member pipeline, its last row before the boundary (none: nothing yet). The
-# members: the live pipelines (filtered); or, answering for all of them, the rollup less
-# the soft-deleted pipelines (the rollup counts every pipeline's runs). The histograms as
-# the bytes they are stored as (domain/insights_sums.py reads them without a step per bin).
-_TIER = """
-SELECT m.pipeline_id, m.sign, b.at AS boundary, t.at, t.created, t.success, t.failure, t.timeout,
-       t.invalid, t.cancelled, t.recovered, t.recovered_micros,
-       t.duration, t.queue
-FROM ({members}) AS m, unnest($4::timestamptz[]) AS b(at),
-     LATERAL (SELECT * FROM run_insights_totals t
-              WHERE t.enterprise_id = $1 AND t.pipeline_id = m.pipeline_id AND t.at < b.at
-              ORDER BY t.at DESC LIMIT 1) AS t
+# The running totals (schema.sql run_insights_totals) over each span between consecutive
+# boundaries $4 (period starts), per member pipeline: its last row before the span's end less
+# its last row before the span's start (none: nothing yet), a row per span where the two
+# differ (`k`: the end's place in $4, from 2). The members: the live pipelines (filtered);
+# or, answering for all of them, the rollup less the soft-deleted pipelines (the rollup
+# counts every pipeline's runs). The counts come as differences, the histograms as the
+# bytes they are stored as, both ends' (domain/insights_sums.py reads them without a step
+# per bin): one row per span instead of two, the counts subtracted here.
+_TIER = f"""
+WITH x AS (
+    SELECT m.pipeline_id, m.sign, b.k, t.at, {", ".join(
+        f"t.{c}" for c in (*TOTAL_COUNTS, "recovered", "recovered_micros", *HISTOGRAMS))}
+    FROM ({{members}}) AS m, unnest($4::timestamptz[]) WITH ORDINALITY AS b(at, k),
+         LATERAL (SELECT * FROM run_insights_totals t
+                  WHERE t.enterprise_id = $1 AND t.pipeline_id = m.pipeline_id AND t.at < b.at
+                  ORDER BY t.at DESC LIMIT 1) AS t
+)
+SELECT u.pipeline_id, u.sign, u.k, {", ".join(
+    f"u.{c} - coalesce(b.{c}, 0) AS {c}"
+    for c in (*TOTAL_COUNTS, "recovered", "recovered_micros"))},
+       u.duration, b.duration AS duration_before, u.queue, b.queue AS queue_before
+FROM x AS u LEFT JOIN x AS b ON b.pipeline_id = u.pipeline_id AND b.k = u.k - 1
+WHERE u.k > 1 AND (b.at IS NULL OR b.at <> u.at)
 """
 TIER_PIPELINES = _TIER.format(members="""
     SELECT p.id AS pipeline_id, 1 AS sign FROM pipelines p
@@ -183,11 +197,13 @@ TIER_ROLLUP = _TIER.format(members=f"""
 PIPELINE_IS_LIVE = """
 SELECT EXISTS (SELECT FROM pipelines WHERE enterprise_id = $1 AND id = $2 AND deleted_at IS NULL)
 """
-# How many pipelines a grouped answer may have rows for (the pipeline filters applied).
-COUNT_PIPELINES = """
-SELECT count(*) FROM pipelines
+# The pipelines a grouped answer may have rows for (the pipeline filters applied): how many,
+# and the names of the first $4 (the answer's names, without a statement of their own).
+LIVE_PIPELINES = """
+SELECT id, name, count(*) OVER () AS total FROM pipelines
 WHERE enterprise_id = $1 AND deleted_at IS NULL
   AND ($2::uuid[] IS NULL OR id = ANY($2::uuid[])) AND ($3::text IS NULL OR name = $3)
+LIMIT $4
 """
 PIPELINE_NAMES = """
 SELECT id, name FROM pipelines WHERE enterprise_id = $1 AND id = ANY($2::uuid[])
@@ -363,7 +379,7 @@ def _period(at: datetime) -> datetime:
 async def counters(conn: asyncpg.Connection, enterprise_id: str, window: tuple, pipeline_ids,
                    pipeline_name, granularity, group: bool, as_of,
                    span: tuple) -> list[asyncpg.Record]:
-    """(pipeline or NULL, bucket, metric, bins, ns): the bins in order, no zero counts; the
+    """(pipeline or NULL, bucket, each count, each histogram's bins and ns: _BY_ROW): the
     hourly rows of the window outside `span` (tier_span), or as of a past time the whole
     window's."""
     args = _args(enterprise_id, window, pipeline_ids, pipeline_name, as_of)
@@ -383,8 +399,9 @@ async def recoveries(conn: asyncpg.Connection, enterprise_id: str, window: tuple
 
 async def tier(conn: asyncpg.Connection, enterprise_id: str, pipeline_ids, pipeline_name,
                per_pipeline: bool, boundaries: list[datetime]) -> list[asyncpg.Record]:
-    """The running totals at each boundary: per live pipeline (per_pipeline), else
-    the rollup's (sign 1) and each soft-deleted pipeline's (sign -1)."""
+    """The running totals over each span between consecutive boundaries (_TIER): per live
+    pipeline (per_pipeline), else the rollup's (sign 1) and each soft-deleted pipeline's
+    (sign -1)."""
     return await conn.fetch(TIER_PIPELINES if per_pipeline else TIER_ROLLUP, enterprise_id,
                             pipeline_ids, pipeline_name, boundaries)
 
@@ -393,9 +410,11 @@ async def pipeline_is_live(conn: asyncpg.Connection, enterprise_id: str, pipelin
     return await conn.fetchval(PIPELINE_IS_LIVE, enterprise_id, pipeline_id)
 
 
-async def count_pipelines(conn: asyncpg.Connection, enterprise_id: str, pipeline_ids,
-                          pipeline_name) -> int:
-    return await conn.fetchval(COUNT_PIPELINES, enterprise_id, pipeline_ids, pipeline_name)
+async def live_pipelines(conn: asyncpg.Connection, enterprise_id: str, pipeline_ids,
+                         pipeline_name, limit: int) -> tuple[int, dict]:
+    """(how many live pipelines pass the filters, {id: name} of at most `limit` of them)."""
+    rows = await conn.fetch(LIVE_PIPELINES, enterprise_id, pipeline_ids, pipeline_name, limit)
+    return (rows[0]["total"] if rows else 0), {r["id"]: r["name"] for r in rows}
 
 
 async def pipeline_names(conn: asyncpg.Connection, enterprise_id: str, ids) -> dict:
