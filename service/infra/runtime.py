@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import errno
+import gc
 import logging
 import multiprocessing
 import os
@@ -104,7 +105,14 @@ def run(factory: AppFactory, config: Config, *, reuse_port: bool = False,
              type(loop).__module__.split(".")[0])
     try:
         # run_app calls `print` once its sites listen: the moment to call on_ready.
-        ready = None if on_ready is None else (lambda _banner: on_ready())
+        def ready(_banner: str) -> None:
+            # What exists now (modules, the app, its pools) lives as long as the process:
+            # out of the collector's sight, so a full collection walks only what requests
+            # made since (each one over the ~70,000 start-up objects cost a request in
+            # flight ~20 ms: the grouped insights answer's p95 twice its p50).
+            gc.freeze()
+            if on_ready is not None:
+                on_ready()
         web.run_app(factory(config), host=config.host, port=config.port, print=ready,
                     access_log=None, shutdown_timeout=config.shutdown_timeout,
                     reuse_port=reuse_port or None, loop=loop, **PARSER_LIMITS)
