@@ -4,26 +4,14 @@ from __future__ import annotations
 
 from urllib.parse import quote
 
-import pytest
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 
-from tests.helpers import Api
 from service.infra.replicas import parse_token
-from service.web.app import create_app
+from tests.test_tracing import spans, traced  # noqa: F401 (fixtures)
 
 TOKEN = "Consistency-Token"
 INSERT_LSN = "SELECT (pg_current_wal_insert_lsn() - '0/0'::pg_lsn)::int8"
-
-
-@pytest.fixture
-def spans() -> InMemorySpanExporter:
-    return InMemorySpanExporter()
-
-
-@pytest.fixture
-async def traced(aiohttp_client, config, token, spans) -> Api:
-    return Api(await aiohttp_client(create_app(config, span_exporter=spans)), token)
 
 
 def _statements(spans: InMemorySpanExporter) -> list[str]:

@@ -58,18 +58,22 @@ _STATES_AS_OF = f"""states AS (
 # those periods ([$2, $7), [$8, $3)), taken out where the periods reach past the window
 # ([$7, $2), [$3, $8)); at most 3 hours at each end. No such periods: $7 = $8 = $3
 # (tier_span), the whole window hourly.
+# Those four spans, each with the sign its rows count with.
+_SPANS = (("", "$2", "$7"), ("-", "$7", "$2"), ("", "$8", "$3"), ("-", "$3", "$8"))
+
+
+def _over_spans(part: str) -> str:
+    """`part` (a SELECT with {sign}, {lo} and {hi}) over the four spans, as one UNION ALL."""
+    return "\n          UNION ALL\n          ".join(
+        part.format(sign=sign, lo=lo, hi=hi) for sign, lo, hi in _SPANS)
+
+
 _HOURLY = """SELECT i.hour, i.pipeline_id, i.metric, i.bin, {sign}i.n
           FROM run_insights i {{pipelines}}
           WHERE i.enterprise_id = $1 AND i.hour >= {lo} AND i.hour < {hi}"""
 _COUNTERS_NOW = f"""c AS (
     SELECT {{pipeline}} AS pipeline_id, {{bucket}} AS bucket, i.metric, i.bin, i.n
-    FROM ({_HOURLY.format(sign="", lo="$2", hi="$7")}
-          UNION ALL
-          {_HOURLY.format(sign="-", lo="$7", hi="$2")}
-          UNION ALL
-          {_HOURLY.format(sign="", lo="$8", hi="$3")}
-          UNION ALL
-          {_HOURLY.format(sign="-", lo="$3", hi="$8")}) AS i
+    FROM ({_over_spans(_HOURLY)}) AS i
 )"""
 _COUNTERS_AS_OF = """{states}, c AS (
     SELECT {pipeline} AS pipeline_id, {bucket} AS bucket, k.metric, k.bin, count(*) AS n
@@ -143,13 +147,7 @@ _RECOVERED = """SELECT g.pipeline_id, g.recovered_at, g.failed_at, {sign}1 AS si
 _RECOVERIES_NOW = f"""
 SELECT {{pipeline}} AS pipeline_id, {{bucket}} AS bucket, sum(g.sign)::bigint AS n,
        sum(g.sign * insights_micros(g.recovered_at - g.failed_at))::bigint AS micros
-FROM ({_RECOVERED.format(sign="", lo="$2", hi="$7")}
-      UNION ALL
-      {_RECOVERED.format(sign="-", lo="$7", hi="$2")}
-      UNION ALL
-      {_RECOVERED.format(sign="", lo="$8", hi="$3")}
-      UNION ALL
-      {_RECOVERED.format(sign="-", lo="$3", hi="$8")}) AS g {{pipelines}}
+FROM ({_over_spans(_RECOVERED)}) AS g {{pipelines}}
 GROUP BY 1, 2
 """
 RECOVERIES = {
