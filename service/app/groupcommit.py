@@ -79,7 +79,7 @@ from typing import Any, Awaitable, Callable
 
 import asyncpg
 
-from service.infra.db import CONNECTION_LOST, usable
+from service.infra.db import CONNECTION_LOST, drop_if_lost, usable
 
 log = logging.getLogger(__name__)
 
@@ -239,13 +239,11 @@ class GroupCommit:
         try:
             results = await self.execute(conn, [c.item for c in group])
         except Exception as exc:
-            lost = isinstance(exc, CONNECTION_LOST)
-            if isinstance(exc, asyncio.TimeoutError) or lost and usable(conn):
-                # command_timeout: the server stopped answering; or it ended the session:
-                # drop the connection (as web.handlers.common.connection does) and let
-                # every change learn it. The failure is not theirs: none runs again alone.
-                conn.terminate()
-            if len(group) == 1 or lost or not usable(conn):
+            # command_timeout, or the server ended the session: the connection is dropped
+            # (as web.handlers.common.connection does) and every change learns it. The
+            # failure is not theirs: none runs again alone.
+            drop_if_lost(conn, type(exc))
+            if len(group) == 1 or isinstance(exc, CONNECTION_LOST) or not usable(conn):
                 for change in group:
                     _settle(change, exc)
                 return conn

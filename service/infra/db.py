@@ -54,6 +54,14 @@ def usable(conn) -> bool:
         return False
 
 
+def drop_if_lost(conn, failure: type) -> None:
+    """After command_timeout (the server stopped answering) or a lost session, terminate
+    the connection: release() would wait up to command_timeout again for the query's
+    cancellation, or reset one that can only fail. One asyncpg took back is left alone."""
+    if issubclass(failure, (asyncio.TimeoutError, *CONNECTION_LOST)) and usable(conn):
+        conn.terminate()
+
+
 def redact_dsn(dsn: str) -> str:
     """The DSN without its password, for logs."""
     parts = urlsplit(dsn)

@@ -295,14 +295,8 @@ class _Connection:
         handed = False
         try:
             with translated():
-                if failure is not None and issubclass(failure, (asyncio.TimeoutError,
-                                                                *dbinfra.CONNECTION_LOST)):
-                    # command_timeout: the server stopped answering; or it ended the
-                    # session. Drop the connection rather than have release() wait up to
-                    # command_timeout again for the query's cancellation, or reset one
-                    # that will only fail.
-                    if dbinfra.usable(conn):
-                        conn.terminate()
+                if failure is not None:
+                    dbinfra.drop_if_lost(conn, failure)
                 pool = app[POOL]
                 # Under load a request waits for a slot: it gets this connection with it.
                 if failure is None and slots.has_waiters() and dbinfra.fit_to_pass_on(pool, conn):
