@@ -18,6 +18,12 @@ async def primary_position(conn: asyncpg.Connection) -> int:
     return await replication.insert_lsn(conn)
 
 
+def noted_position(conn: asyncpg.Connection) -> int | None:
+    """primary_position() when the last statement on `conn` answered it (a hot read's
+    POSITION_COLUMN), without a round trip or a coroutine; else None: await that one."""
+    return replication.noted(conn)
+
+
 async def standby_position(conn: asyncpg.Connection) -> int | None:
     """How far the standby behind `conn` has replayed: all its statements saw is older."""
     return await replication.replay_lsn(conn)

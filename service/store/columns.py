@@ -51,6 +51,12 @@ def answered_run(row: Mapping[str, Any], pipeline_name: str | None = None) -> di
             for field in RUN_FIELDS}
 
 
+def run_of_row(row) -> dict[str, Any]:
+    """answered_run of a row whose first columns are run_select()'s, in its order (more may
+    follow): its values taken in order, not each looked up by name (a third of the cost)."""
+    return dict(zip(RUN_FIELDS, row))
+
+
 def answered(fields: tuple[str, ...], row: Mapping[str, Any], **values: Any) -> dict[str, Any]:
     """`fields` of `row` in that order (STAGE_RUN_FIELDS, EVENT_FIELDS), `values` first."""
     return {field: values[field] if field in values else row[field] for field in fields}

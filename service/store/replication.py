@@ -51,13 +51,20 @@ def note(conn: asyncpg.Connection, position: int | None) -> None:
         _NOTED.set((conn, count, position))
 
 
-async def insert_lsn(conn: asyncpg.Connection) -> int:
-    """The primary's position after everything `conn` ran: what its last statement noted,
-    if that statement is still the last one (no COMMIT or other query since), else read."""
+def noted(conn: asyncpg.Connection) -> int | None:
+    """What the last statement on `conn` answered as its position, if it is still the last
+    one (no COMMIT or other query since); else None. Without a coroutine: the hot reads'
+    case, and insert_lsn's first step."""
     noted = _NOTED.get()
     if noted is not None and noted[0] is conn and noted[1] == _queries(conn):
         return noted[2]
-    return await conn.fetchval(INSERT_LSN)
+    return None
+
+
+async def insert_lsn(conn: asyncpg.Connection) -> int:
+    """The primary's position after everything `conn` ran: noted(), else read."""
+    position = noted(conn)
+    return position if position is not None else await conn.fetchval(INSERT_LSN)
 
 
 def _queries(conn: asyncpg.Connection) -> int:

@@ -17,7 +17,7 @@ from typing import Any
 import asyncpg
 
 from service.store import append, replication
-from service.store.columns import answered_run, run_select
+from service.store.columns import run_of_row, run_select
 
 RUN_JOIN = """
     pipeline_runs r
@@ -103,7 +103,7 @@ async def create_run(conn: asyncpg.Connection, enterprise_id: str, pipeline_id: 
     """The new run and its number of stage runs; None when the pipeline is not there."""
     row = await conn.fetchrow(CREATE_RUN, enterprise_id, pipeline_id, uuid.uuid4(), status,
                               actor, actor_id, event_type, data, run_timeout, stage_timeout)
-    return None if row is None else (answered_run(row), row["stage_count"])
+    return None if row is None else (run_of_row(row), row["stage_count"])
 
 
 async def get_run(conn: asyncpg.Connection, enterprise_id: str, pipeline_id: uuid.UUID,
@@ -112,7 +112,7 @@ async def get_run(conn: asyncpg.Connection, enterprise_id: str, pipeline_id: uui
     if row is None:
         return None
     replication.note(conn, row["wal_position"])
-    return answered_run(row)
+    return run_of_row(row)
 
 
 async def delete_run(conn: asyncpg.Connection, enterprise_id: str, pipeline_id: uuid.UUID,
@@ -122,4 +122,4 @@ async def delete_run(conn: asyncpg.Connection, enterprise_id: str, pipeline_id: 
     """The run as it was, and whether it was deleted (not: another version); None: no run."""
     row = await conn.fetchrow(DELETE_RUN, enterprise_id, pipeline_id, run_id, actor, actor_id,
                               data, expected_version, event_type)
-    return None if row is None else (answered_run(row), row["deleted"])
+    return None if row is None else (run_of_row(row), row["deleted"])

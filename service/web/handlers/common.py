@@ -279,7 +279,9 @@ class _Connection:
                 if kind is None and self.state is not None:
                     with translated():
                         try:
-                            self.state.saw(await positions.primary_position(conn))
+                            position = positions.noted_position(conn)
+                            self.state.saw(position if position is not None else
+                                           await positions.primary_position(conn))
                         except BaseException as err:
                             failure = type(err)  # the connection is given back all the same
                             raise
