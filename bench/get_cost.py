@@ -11,7 +11,7 @@ yardstick's PUT does) and the database backends' CPU per request is printed too.
 lean_schema.sql database) is measured the same way, under the same load on its GET /runs/{id}.
 
     .venv/bin/python bench/get_cost.py [--put] [--runs 200] [--enterprises 1] [--seconds 5]
-        [--rounds 3] [--profile] [--put --lanes]
+        [--rounds 3] [--profile] [--put --lanes] [--after-puts SECONDS]
     .venv/bin/python bench/get_cost.py --reference [--seconds 5] [--rounds 3]
 """
 from __future__ import annotations
@@ -259,6 +259,9 @@ def main() -> None:
     parser.add_argument("--lanes", action="store_true",
                         help="with --put: trace the group commit's groups in the service (sizes, "
                              "statement and position times, groups in flight) over the rounds")
+    parser.add_argument("--after-puts", type=float, default=0, metavar="SECONDS",
+                        help="load the service with status PUTs this long before measuring "
+                             "(the yardstick measures its GETs after its PUTs)")
     parser.add_argument("--reference", action="store_true",
                         help="measure the yardstick's lean reference's GET instead")
     args = parser.parse_args()
@@ -290,6 +293,10 @@ def main() -> None:
             try:
                 if args.sql:
                     asyncio.run(scratchdb.admin(dsn, args.sql))
+                if args.after_puts:  # as the yardstick's GETs come after its PUT rounds
+                    load.run_wrk(server.base, "PUT", _state(dsn, seeded, state, "PUT"), "",
+                                 connections=args.connections, seconds=args.after_puts,
+                                 threads=args.threads)
                 load.run_wrk(server.base, method, _state(dsn, seeded, state, method), "",
                              connections=args.connections, seconds=1,
                              threads=args.threads)  # warm up

@@ -1,6 +1,8 @@
 """A run's answered columns are defined once (store/columns.py) and are what every answer has."""
 from __future__ import annotations
 
+import uuid
+
 from service.store.columns import RUN_FIELDS
 from service.web.schemas import PipelineRun
 
@@ -35,3 +37,27 @@ async def test_a_run_of_a_pipeline_without_stages_answers_the_columns(api):
     run = await api.run(pipeline["id"])
     assert tuple(run) == RUN_FIELDS
     assert (run["status"], run["pipeline_name"], run["version"]) == ("invalid", "empty", 2)
+
+
+def test_statements_answered_by_position_start_with_the_answered_columns():
+    # run_of_row takes a row's first columns as RUN_FIELDS, in order: each statement it
+    # answers must select run_select()'s list first (a column moved would answer a value
+    # under another field's name, which the key-order test above cannot see).
+    from service.store import runs as run_store
+    from service.store.columns import run_select
+    assert run_store.SELECT_RUN.lstrip().startswith(f"SELECT {run_select()}, ")
+    assert f"SELECT {run_select('r', 'p.name')}, (SELECT count(*)" in run_store.CREATE_RUN
+    assert f"cur AS (\n    SELECT {run_select()}, clock_timestamp() AS at" in run_store.DELETE_RUN
+    assert run_store.DELETE_RUN.rstrip().endswith("SELECT cur.*, EXISTS (SELECT FROM "
+                                                  "appended_events) AS deleted FROM cur")
+
+
+async def test_a_run_read_by_position_equals_the_run_read_by_name(api, db, enterprise):
+    from service.store import runs as run_store
+    from service.store.columns import answered_run, run_of_row
+    pipeline = await api.pipeline()
+    run = await api.run(pipeline["id"])
+    row = await db.fetchrow(run_store.SELECT_RUN, enterprise, uuid.UUID(pipeline["id"]),
+                            uuid.UUID(run["id"]))
+    assert run_of_row(row) == answered_run(row)
+    assert tuple(run_of_row(row)) == RUN_FIELDS
