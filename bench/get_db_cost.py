@@ -4,9 +4,12 @@ One connection runs each variant's prepared statement over random runs of a seed
 scratch database, one at a time; the backend's CPU is read from /proc/<pid>/schedstat
 (nanoseconds) around each batch. Variants alternate (A B A B ...) and the median batch
 of each is printed, so other work on the machine moves them alike. The variants: the
-service's SELECT_RUN as it is, and pieces left out to see what each costs.
+service's SELECT_RUN as it is, and pieces left out to see what each costs; the lean
+reference's GET (and the reset its pool runs after it) too, on its own table made from
+../shared/bench/lean_schema.sql.
 
     .venv/bin/python bench/get_db_cost.py [--runs 1500] [--executions 4000] [--rounds 5]
+        [--explain]
 """
 from __future__ import annotations
 
@@ -35,6 +38,10 @@ LEAN_DIR = next((base / "shared" / "bench" for base in (ROOT.parent, ROOT.parent
                  if (base / "shared" / "bench" / "lean_schema.sql").exists()), None)
 VARIANTS = {
     "SELECT_RUN (the service's)": run_store.SELECT_RUN,
+    "the position as pg_lsn (no numeric arithmetic)": (
+        f"SELECT {run_select()}, CASE WHEN pg_is_in_recovery() THEN NULL ELSE "
+        f"pg_current_wal_insert_lsn() END AS wal_position FROM {run_store.RUN_JOIN} "
+        "WHERE r.enterprise_id = $1 AND r.pipeline_id = $2 AND r.id = $3"),
     "without the position column": f"SELECT {run_select()} FROM {run_store.RUN_JOIN} "
                                    "WHERE r.enterprise_id = $1 AND r.pipeline_id = $2 "
                                    "AND r.id = $3",
@@ -96,11 +103,28 @@ async def measure(dsn: str, keys: list, executions: int, rounds: int) -> dict[st
         await conn.close()
 
 
+async def explain(dsn: str, key: tuple) -> None:
+    """SELECT_RUN's plan as a prepared statement runs it (after the executions that let
+    the plan cache settle on a generic plan), with its buffers and times."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute(f"PREPARE get_run(text, uuid, uuid) AS {run_store.SELECT_RUN}")
+        arguments = f"'{key[0]}', '{key[1]}', '{key[2]}'"
+        for _ in range(6):
+            await conn.execute(f"EXECUTE get_run({arguments})")
+        for row in await conn.fetch(
+                f"EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) EXECUTE get_run({arguments})"):
+            print("  " + row[0])
+    finally:
+        await conn.close()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=1500)
     parser.add_argument("--executions", type=int, default=4000)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--explain", action="store_true", help="print SELECT_RUN's plan first")
     args = parser.parse_args()
     if LEAN_DIR is None:
         sys.exit("no shared/bench/lean_schema.sql beside the checkout")
@@ -113,6 +137,8 @@ def main() -> None:
             asyncio.run(scratchdb.admin(dsn, (LEAN_DIR / "lean_schema.sql").read_text()))
             keys = [(bench_run.ENTERPRISE, uuid.UUID(p), uuid.UUID(r))
                     for p, r, _ in seeded.service_runs]
+            if args.explain:
+                asyncio.run(explain(dsn, keys[0]))
             started = time.perf_counter()
             costs = asyncio.run(measure(dsn, keys, args.executions, args.rounds))
             print(f"{args.rounds} rounds of {args.executions} executions each "

@@ -5,7 +5,8 @@ slots, handler, store, envelope, metrics and access line to /dev/null) answers m
 GETs of seeded runs, 32 at a time as under wrk -c32, on a scratch database: what bench/get_cost.py measures
 less HTTP parsing, the response's writing and wrk, so far steadier. This process's CPU
 per request (the best of the repeats), and its database backend's (schedstat) alongside.
-Run it from two checkouts in turn (A B B A) to compare them.
+Run it from two checkouts in turn (A B B A) to compare them, or let bench/get_path_ab.py
+run both at once, batch for batch (--repeats 0: a batch per "go" line on stdin).
 
     .venv/bin/python bench/get_path_cost.py [--runs 200] [--requests 5000] [--repeats 7] [--concurrency 32]
 """
@@ -89,11 +90,18 @@ async def measure(dsn: str, seeded, requests: int, repeats: int,
 
         await batch(1000)  # warm up: plans, the token cache, prepared statements
         backends = await _backends(dsn)
-        costs, db_costs = [], []
-        for _ in range(repeats):
+
+        async def measured() -> tuple[float, float]:
             db_before = _schedstat(backends)
-            costs.append(await batch(requests))
-            db_costs.append((_schedstat(backends) - db_before) / requests / 1000)
+            cost = await batch(requests)
+            return cost, (_schedstat(backends) - db_before) / requests / 1000
+
+        if repeats == 0:  # paired mode (bench/get_path_ab.py): a batch per line read
+            print("ready", flush=True)
+            while sys.stdin.readline().strip() == "go":
+                print("%.2f %.2f" % await measured(), flush=True)
+            return 0.0, 0.0
+        costs, db_costs = zip(*[await measured() for _ in range(repeats)])
         return min(costs), sorted(db_costs)[len(db_costs) // 2]
     finally:
         await runner.cleanup()
@@ -120,6 +128,8 @@ def main() -> None:
                     dsn, seeded, args.requests, args.repeats, args.concurrency))
             finally:
                 loop.close()
+            if args.repeats == 0:
+                return
             print(f"GET run in process: {cost:.1f} µs of CPU per request (best of "
                   f"{args.repeats}), database {db_cost:.1f} (median)")
         finally:
