@@ -89,10 +89,10 @@ async def traced_commit(self, conn, group, *, overlapping):
         return await commit(self, conn, group, overlapping=overlapping)
     finally:
         row[4] = time.perf_counter()
-async def traced_position(self, conn):
+async def traced_position(self, conn, *args):
     if rows:
         rows[-1][3] = time.perf_counter()
-    return await position(self, conn)
+    return await position(self, conn, *args)
 groupcommit.GroupCommit._commit, groupcommit.GroupCommit._position = traced_commit, traced_position
 def dump():
     with open(OUT, 'w') as f:
@@ -147,13 +147,28 @@ def measure(server: bench_run.Server, dsn: str, method: str, state: Path, second
                            bench_run._backend_pids(dsn, side))
     before = bench_run._cpu_seconds([server.proc.pid])
     db_before = bench_run._cpu_seconds(backends)
+    xacts = asyncio.run(_xacts(dsn))
     result = load.run_wrk(server.base, method, state, "", connections=connections,
                           seconds=seconds, threads=threads)
     used = bench_run._cpu_used(before, bench_run._cpu_seconds([server.proc.pid]))
     db_used = bench_run._cpu_used(db_before, bench_run._cpu_seconds(backends))
     if result.non_2xx or result.errors:
         raise RuntimeError(f"{result.non_2xx} non-2xx, {result.errors} errors")
+    # Transactions (statements outside one) per request, of every session (the feed's
+    # listener included): read after the sessions' statistics are flushed (every second).
+    time.sleep(1.1)
+    print(f"  {(asyncio.run(_xacts(dsn)) - xacts) / result.requests:.2f} transactions "
+          f"per request")
     return used / result.requests * 1e6, db_used / result.requests * 1e6, result.rps
+
+
+async def _xacts(dsn: str) -> int:
+    conn = await asyncpg.connect(dsn)
+    try:
+        return await conn.fetchval("SELECT xact_commit + xact_rollback FROM pg_stat_database "
+                                   "WHERE datname = current_database()")
+    finally:
+        await conn.close()
 
 
 async def _backends(dsn: str) -> list[int]:

@@ -117,9 +117,12 @@ class FeedWaiters:
                 self._conn.terminate()
             self._conn = None
 
-    def notify(self, enterprise_id: str) -> None:
-        """The enterprise has committed new events: wake its readers here and elsewhere."""
+    def notify(self, enterprise_id: str, announced: bool = False) -> None:
+        """The enterprise has committed new events: wake its readers here and elsewhere
+        (`announced`: the other processes' were woken already, after that commit)."""
         self._arrived(enterprise_id)
+        if announced:
+            return
         self._pending.add(enterprise_id)
         if self._sending is None and not self.closing:
             self._sending = asyncio.ensure_future(self._send())
