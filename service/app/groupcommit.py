@@ -63,7 +63,10 @@ Nothing a single change guarantees is lost:
 After its commit a group reads the database's position once, on its own connection, for
 all its changes (their Consistency-Token, web/consistency.py): one round trip per group
 instead of one connection and round trip per change; the lane's other slots go on
-meanwhile. While its lane is the only one writing (one busy enterprise), a slot keeps its
+meanwhile. The same statement sends the feed's wake-up for the group's enterprises
+(NOTIFY: store/locks.py ANNOUNCE_COMMIT), which each request used to send after its
+answer, coalesced by infra/feedwait.py: about two more round trips per group
+(docs/performance.md). While its lane is the only one writing (one busy enterprise), a slot keeps its
 connection from one group to the next and takes the next group at once, so the lane's
 load splits into two halves that take turns in the database and in Python; when other
 lanes write too, it gives the connection back after each group (as one group at a time

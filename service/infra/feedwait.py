@@ -10,7 +10,9 @@ The wake-up is sent AFTER the writer's commit, from the process that wrote (noti
 a NOTIFY inside the writing transaction would make every write's commit queue behind
 every other notifying commit of the cluster (PostgreSQL serializes them with one lock).
 Notifications of many writes are coalesced: one statement per round trip, one payload per
-enterprise. The feed's correctness never depended on them: they are only wake-ups.
+enterprise. A group commit sends its own with the position it reads after its commit (one
+round trip for both: app/groupcommit.py); its requests then pass `announced` and wake only
+this process's readers. The feed's correctness never depended on them: they are only wake-ups.
 
 With read replicas, NOTIFY is not delivered on standbys (they run no transactions of
 their own), so the listener stays on the primary, and a wake-up carries a WAL position:

@@ -30,12 +30,11 @@ FEED_LOCK = _FEED_LOCK_OF.format("$1")
 FEED_LOCKS = (f"SELECT count({_FEED_LOCK_OF.format('k.e')}) AS n "
               "FROM (SELECT DISTINCT e FROM ({enterprises}) AS d(e) ORDER BY 1) AS k")
 # The wake-up, sent after commit by whoever committed: one statement for many enterprises.
-# A NOTIFY makes its transaction write a commit record; a wake-up needs no durability, so
-# that commit does not wait for its WAL flush (nor make a group commit's flush wait).
-_NOTIFY = (f"SELECT set_config('synchronous_commit', 'off', true) AS async, "
-           f"count(pg_notify('{FEED_CHANNEL}', e)) AS n FROM unnest($1::text[]) AS e")
-NOTIFY_FEED = _NOTIFY
+# (Its transaction writes a commit record but nothing else, so its commit waits for no
+# WAL flush: measured, docs/performance.md.)
+NOTIFY_FEED = f"SELECT pg_notify('{FEED_CHANNEL}', e) FROM unnest($1::text[]) AS e"
 # A group commit's wake-up and its position in one round trip, on its connection after
 # its commit (app/groupcommit.py): the primary's insert position, read after that commit
 # (the NOTIFY's own commit record comes later: the position is the group's, not past it).
-ANNOUNCE_COMMIT = f"SELECT (pg_current_wal_insert_lsn() - '0/0'::pg_lsn)::int8 FROM ({_NOTIFY}) AS w"
+ANNOUNCE_COMMIT = ("SELECT (pg_current_wal_insert_lsn() - '0/0'::pg_lsn)::int8 FROM (SELECT "
+                   f"count(pg_notify('{FEED_CHANNEL}', e)) FROM unnest($1::text[]) AS e) AS w")
