@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from dataclasses import dataclass
 
@@ -193,6 +194,23 @@ async def test_a_group_wakes_other_processes_readers_itself(api, client, db_dsn,
         assert sends == [{enterprise}]
     finally:
         await listener.close()
+
+
+async def test_a_groups_notify_wakes_this_processes_long_poll(api, client, enterprise):
+    """The request of a group sends no wake-up of its own: the group's NOTIFY, heard by
+    this process's listener, wakes its long-polls (no tick: the listener is up)."""
+    (run,) = await _runs(api, 1)
+    waiters = client.server.app[FEED_WAITERS]
+    assert waiters.listening
+    head = (await api.get("/events/"))["next_after"]
+    waiting = asyncio.create_task(api.get(f"/events/?after={head}&wait=20"))
+    await wait_until(lambda: waiters.waiting(enterprise), what="the long-poll to be waiting")
+    moved = await api.put(_url(run), {"status": "waiting"})
+    answered = time.monotonic()
+    feed = await waiting
+    assert time.monotonic() - answered < 10  # woken, not answered at its deadline
+    assert [(e["run_id"], e["to_status"]) for e in feed["results"]] == [(run["id"], "waiting")]
+    assert feed["results"][0]["version"] == moved["version"]
 
 
 @dataclass

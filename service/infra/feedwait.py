@@ -11,8 +11,10 @@ a NOTIFY inside the writing transaction would make every write's commit queue be
 every other notifying commit of the cluster (PostgreSQL serializes them with one lock).
 Notifications of many writes are coalesced: one statement per round trip, one payload per
 enterprise. A group commit sends its own with the position it reads after its commit (one
-round trip for both: app/groupcommit.py); its requests then pass `announced` and wake only
-this process's readers. The feed's correctness never depended on them: they are only wake-ups.
+round trip for both: app/groupcommit.py), on a connection of the pool, so the listener hears
+it as another process's and wakes this process's readers once per group; its requests then
+pass `announced` and send nothing (while the listener is down, they wake the readers here
+themselves). The feed's correctness never depended on them: they are only wake-ups.
 
 With read replicas, NOTIFY is not delivered on standbys (they run no transactions of
 their own), so the listener stays on the primary, and a wake-up carries a WAL position:
@@ -121,7 +123,9 @@ class FeedWaiters:
 
     def notify(self, enterprise_id: str, announced: bool = False) -> None:
         """The enterprise has committed new events: wake its readers here and elsewhere
-        (`announced`: the other processes' were woken already, after that commit)."""
+        (`announced`: a NOTIFY was sent already, after that commit)."""
+        if announced and self.listening:
+            return  # that NOTIFY wakes this process's readers too (sent on another connection)
         self._arrived(enterprise_id)
         if announced:
             return
