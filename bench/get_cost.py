@@ -10,8 +10,12 @@ yardstick's PUT does) and the database backends' CPU per request is printed too.
 --reference the yardstick's lean reference (../shared/bench/lean_app.py on its own
 lean_schema.sql database) is measured the same way, under the same load on its GET /runs/{id}.
 
+Each round also prints the transactions (statements outside one) per request of every
+session of the database, the feed's listener included. With --renice, run under
+`nice -n -10`, the database backends get that priority too (a shared machine).
+
     .venv/bin/python bench/get_cost.py [--put] [--runs 200] [--enterprises 1] [--seconds 5]
-        [--rounds 3] [--profile] [--put --lanes]
+        [--rounds 3] [--profile] [--put --lanes] [--renice]
     .venv/bin/python bench/get_cost.py --reference [--seconds 5] [--rounds 3]
 """
 from __future__ import annotations
