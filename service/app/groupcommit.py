@@ -66,7 +66,9 @@ instead of one connection and round trip per change; the lane's other slots go o
 meanwhile. The same statement sends the feed's wake-up for the group's enterprises
 (NOTIFY: store/locks.py ANNOUNCE_COMMIT), which each request used to send after its
 answer, coalesced by infra/feedwait.py: about two more round trips per group
-(docs/performance.md). While its lane is the only one writing (one busy enterprise), a slot keeps its
+(docs/performance.md).
+
+While its lane is the only one writing (one busy enterprise), a slot keeps its
 connection from one group to the next and takes the next group at once, so the lane's
 load splits into two halves that take turns in the database and in Python; when other
 lanes write too, it gives the connection back after each group (as one group at a time

@@ -124,11 +124,13 @@ class FeedWaiters:
     def notify(self, enterprise_id: str, announced: bool = False) -> None:
         """The enterprise has committed new events: wake its readers here and elsewhere
         (`announced`: a NOTIFY was sent already, after that commit)."""
-        if announced and self.listening:
-            return  # that NOTIFY wakes this process's readers too (sent on another connection)
-        self._arrived(enterprise_id)
         if announced:
+            # That NOTIFY, sent on another connection, wakes this process's readers too
+            # once the listener hears it; with the listener down, they are woken here.
+            if not self.listening:
+                self._arrived(enterprise_id)
             return
+        self._arrived(enterprise_id)
         self._pending.add(enterprise_id)
         if self._sending is None and not self.closing:
             self._sending = asyncio.ensure_future(self._send())
