@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from dataclasses import dataclass
 
@@ -11,7 +12,8 @@ import pytest
 from service.infra.db import create_pool
 from service.app.positions import primary_position
 from service.app.groupcommit import GroupCommit
-from service.web.keys import GROUP_COMMIT
+from service.store.locks import FEED_CHANNEL
+from service.web.keys import FEED_WAITERS, GROUP_COMMIT
 from service.app.chain import verify_chains
 from service.app.replay import verify
 from tests.helpers import lock_waiters, make_token, wait_until
@@ -146,7 +148,8 @@ async def test_a_group_reads_one_position_after_its_commit_for_all(config, db_ds
         await conn.execute("SELECT txid_current() FROM pg_sleep(0.05)")
         return [i.n for i in items]
 
-    async def position(conn):
+    async def position(conn, enterprise_ids):
+        assert enterprise_ids == ["ent"]
         reads.append(await primary_position(conn))
         return reads[-1]
 
@@ -162,6 +165,52 @@ async def test_a_group_reads_one_position_after_its_commit_for_all(config, db_ds
         assert reads[0] < reads[1]  # each read after its group's commit
     finally:
         await pool.close()
+
+
+async def test_a_group_wakes_other_processes_readers_itself(api, client, db_dsn, enterprise):
+    """The group's position read carries its feed wake-up (one round trip after its commit):
+    another session LISTENing hears it by the time the change is answered, and the request
+    sends no second one; a write outside group commit still sends its own."""
+    (run,) = await _runs(api, 1)
+    waiters = client.server.app[FEED_WAITERS]
+    sends: list[set] = []
+
+    async def send():  # stands in for the process's own NOTIFY, counting what it would send
+        sends.append(set(waiters._pending))
+        waiters._pending.clear()
+        waiters._sending = None
+
+    waiters._send = send
+    heard: asyncio.Queue = asyncio.Queue()
+    listener = await asyncpg.connect(db_dsn)
+    try:
+        await listener.add_listener(FEED_CHANNEL, lambda *args: heard.put_nowait(args[3]))
+        moved = await api.put(_url(run), {"status": "waiting"})
+        assert moved["status"] == "waiting" and moved["version"] == run["version"] + 1
+        assert api.last.headers["Consistency-Token"].startswith("1.")
+        assert await asyncio.wait_for(heard.get(), 10) == enterprise
+        assert sends == []  # announced by the group: the request woke this process only
+        await api.run(run["pipeline_id"])  # not a group commit: the request sends it
+        assert sends == [{enterprise}]
+    finally:
+        await listener.close()
+
+
+async def test_a_groups_notify_wakes_this_processes_long_poll(api, client, enterprise):
+    """The request of a group sends no wake-up of its own: the group's NOTIFY, heard by
+    this process's listener, wakes its long-polls (no tick: the listener is up)."""
+    (run,) = await _runs(api, 1)
+    waiters = client.server.app[FEED_WAITERS]
+    assert waiters.listening
+    head = (await api.get("/events/"))["next_after"]
+    waiting = asyncio.create_task(api.get(f"/events/?after={head}&wait=20"))
+    await wait_until(lambda: waiters.waiting(enterprise), what="the long-poll to be waiting")
+    moved = await api.put(_url(run), {"status": "waiting"})
+    answered = time.monotonic()
+    feed = await waiting
+    assert time.monotonic() - answered < 10  # woken, not answered at its deadline
+    assert [(e["run_id"], e["to_status"]) for e in feed["results"]] == [(run["id"], "waiting")]
+    assert feed["results"][0]["version"] == moved["version"]
 
 
 @dataclass

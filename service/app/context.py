@@ -46,9 +46,10 @@ class Db(Protocol):
 
     def connection(self) -> AsyncContextManager[asyncpg.Connection]: ...
 
-    def saw(self, position: int | None) -> None:
+    def saw(self, position: int | None, announced: bool = False) -> None:
         """The answer reflects the database up to `position` (a write's commit, read
-        elsewhere than on connection()'s connections: the group commit's)."""
+        elsewhere than on connection()'s connections: the group commit's); `announced`: its
+        feed wake-up went out with that read (app/groupcommit.py)."""
 
 
 class OnConnection:
@@ -59,7 +60,7 @@ class OnConnection:
     def __init__(self, conn: asyncpg.Connection):
         self.conn = conn
 
-    def saw(self, position: int | None) -> None:
+    def saw(self, position: int | None, announced: bool = False) -> None:
         pass  # no answer to carry it
 
     @contextlib.asynccontextmanager

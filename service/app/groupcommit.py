@@ -63,7 +63,12 @@ Nothing a single change guarantees is lost:
 After its commit a group reads the database's position once, on its own connection, for
 all its changes (their Consistency-Token, web/consistency.py): one round trip per group
 instead of one connection and round trip per change; the lane's other slots go on
-meanwhile. While its lane is the only one writing (one busy enterprise), a slot keeps its
+meanwhile. The same statement sends the feed's wake-up for the group's enterprises
+(NOTIFY: store/locks.py ANNOUNCE_COMMIT), which each request used to send after its
+answer, coalesced by infra/feedwait.py: about two more round trips per group
+(docs/performance.md).
+
+While its lane is the only one writing (one busy enterprise), a slot keeps its
 connection from one group to the next and takes the next group at once, so the lane's
 load splits into two halves that take turns in the database and in Python; when other
 lanes write too, it gives the connection back after each group (as one group at a time
@@ -91,8 +96,10 @@ DEPTH = 2
 # execute(conn, items) -> one result per item: a value, or the DomainError that refused it
 # (it wrote nothing). Raising means the whole statement failed.
 Execute = Callable[[asyncpg.Connection, list], Awaitable[list]]
-# position(conn) -> the position after the group's commit (what its changes' answers reflect).
-Position = Callable[[asyncpg.Connection], Awaitable[int]]
+# position(conn, enterprise_ids) -> the position after the group's commit (what its changes'
+# answers reflect), read by a statement that also wakes those enterprises' feed readers in
+# every process (the wake-up each request would otherwise send after its answer).
+Position = Callable[[asyncpg.Connection, list], Awaitable[int]]
 
 
 @dataclass
@@ -253,7 +260,7 @@ class GroupCommit:
         else:
             self.groups += len(group) > 1
             self.shared += len({c.enterprise_id for c in group}) > 1
-        position = await self._position(conn)
+        position = await self._position(conn, group)
         for change, result in zip(group, results):
             _settle(change, result if isinstance(result, BaseException)
                     else (result, position))
@@ -265,13 +272,14 @@ class GroupCommit:
         async with asyncio.timeout(self.acquire_timeout):
             return await self.pool.acquire()
 
-    async def _position(self, conn: asyncpg.Connection) -> int | None:
-        """Read after the commit, so it is past it. The changes are in either way: a failure
-        here costs only this shortcut (each caller then reads a position itself)."""
+    async def _position(self, conn: asyncpg.Connection, group: list[_Change]) -> int | None:
+        """Read after the commit, so it is past it, with the feed's wake-up for the group's
+        enterprises. The changes are in either way: a failure here costs only this shortcut
+        (each caller then reads a position and sends its wake-up itself)."""
         if self.position is None or not usable(conn):
             return None
         try:
-            return await self.position(conn)
+            return await self.position(conn, sorted({c.enterprise_id for c in group}))
         except Exception as exc:
             log.info("no position after a group's commit (%s: %s)", type(exc).__name__, exc)
             return None

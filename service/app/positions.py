@@ -24,6 +24,12 @@ def noted_position(conn: asyncpg.Connection) -> int | None:
     return replication.noted(conn)
 
 
+async def announced_position(conn: asyncpg.Connection, enterprise_ids: list[str]) -> int:
+    """After a group's commit on `conn`: its enterprises' feed readers woken in every
+    process (the wake-up FeedWaiters.notify would send) and the position past the commit."""
+    return await replication.announce_commit(conn, enterprise_ids)
+
+
 async def standby_position(conn: asyncpg.Connection) -> int | None:
     """How far the standby behind `conn` has replayed: all its statements saw is older."""
     return await replication.replay_lsn(conn)

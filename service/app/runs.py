@@ -111,7 +111,7 @@ async def _simple(db: Db, actor: Actor, change: moves.StatusChange) -> dict[str,
         with translated():
             outcome, position = await db.group.run(actor.enterprise_id, change)
         if outcome is not BUSY:
-            db.saw(position)
+            db.saw(position, announced=position is not None)  # (both read after its commit)
             return outcome
     async with db.connection() as conn:
         (row,) = await moves.change_statuses(conn, [change])

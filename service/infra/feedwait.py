@@ -10,7 +10,11 @@ The wake-up is sent AFTER the writer's commit, from the process that wrote (noti
 a NOTIFY inside the writing transaction would make every write's commit queue behind
 every other notifying commit of the cluster (PostgreSQL serializes them with one lock).
 Notifications of many writes are coalesced: one statement per round trip, one payload per
-enterprise. The feed's correctness never depended on them: they are only wake-ups.
+enterprise. A group commit sends its own with the position it reads after its commit (one
+round trip for both: app/groupcommit.py), on a connection of the pool, so the listener hears
+it as another process's and wakes this process's readers once per group; its requests then
+pass `announced` and send nothing (while the listener is down, they wake the readers here
+themselves). The feed's correctness never depended on them: they are only wake-ups.
 
 With read replicas, NOTIFY is not delivered on standbys (they run no transactions of
 their own), so the listener stays on the primary, and a wake-up carries a WAL position:
@@ -117,8 +121,15 @@ class FeedWaiters:
                 self._conn.terminate()
             self._conn = None
 
-    def notify(self, enterprise_id: str) -> None:
-        """The enterprise has committed new events: wake its readers here and elsewhere."""
+    def notify(self, enterprise_id: str, announced: bool = False) -> None:
+        """The enterprise has committed new events: wake its readers here and elsewhere
+        (`announced`: a NOTIFY was sent already, after that commit)."""
+        if announced:
+            # That NOTIFY, sent on another connection, wakes this process's readers too
+            # once the listener hears it; with the listener down, they are woken here.
+            if not self.listening:
+                self._arrived(enterprise_id)
+            return
         self._arrived(enterprise_id)
         self._pending.add(enterprise_id)
         if self._sending is None and not self.closing:

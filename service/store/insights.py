@@ -229,14 +229,22 @@ ORDER BY 1, 2, 3, 4, 5
 ON CONFLICT (enterprise_id, hour, pipeline_id, metric, bin) DO UPDATE SET n = i.n + EXCLUDED.n
 """
 # Bulk loads (the seeder): the trigger stands aside for the transaction, and the loaded
-# runs' keys go in by one statement (the caller holds the feed lock).
+# runs' keys go in by one statement (the caller holds the feed lock). The batch's runs
+# (10,000 ids) are probed one by one by primary key (_BATCH_RUNS: OFFSET 0 keeps the
+# planner from flattening the probe into a join). Written as `r.id = ANY($2)`, the
+# generic plan a prepared statement gets from its sixth batch on put the ids in an index
+# condition behind (enterprise_id, status) and compared every rated run of the enterprise
+# with every id: a batch's recoveries step took 1-8 minutes at 400,000 runs (the 1M
+# seed's stalls); as a plain join, a hash join over all those runs (~1 s a batch).
+_BATCH_RUNS = """unnest($2::uuid[]) AS u(id),
+     LATERAL (SELECT x.* FROM pipeline_runs x
+              WHERE x.enterprise_id = $1 AND x.id = u.id OFFSET 0) AS r"""
 BULK_LOAD = "SET LOCAL insights.bulk_load = 'on'"
-ADD_RUNS = """
+ADD_RUNS = f"""
 INSERT INTO run_insights AS i (enterprise_id, hour, pipeline_id, metric, bin, n)
 SELECT r.enterprise_id, k.hour, r.pipeline_id, k.metric, k.bin, count(*)
-FROM pipeline_runs r,
+FROM {_BATCH_RUNS},
      LATERAL run_insight_keys(r.created_at, r.started_at, r.ended_at, r.status) AS k
-WHERE r.enterprise_id = $1 AND r.id = ANY($2::uuid[])
 GROUP BY 1, 2, 3, 4, 5 ORDER BY 1, 2, 3, 4, 5
 ON CONFLICT (enterprise_id, hour, pipeline_id, metric, bin) DO UPDATE SET n = i.n + EXCLUDED.n
 """
@@ -248,7 +256,7 @@ WITH since AS MATERIALIZED (
     SELECT b.pipeline_id, least(b.first_key, s.last_success) AS since
     FROM (SELECT r.pipeline_id, min(least(r.created_at, r.started_at, r.ended_at)) AS first_key,
                  min(r.ended_at) AS first_end
-          FROM pipeline_runs r WHERE r.enterprise_id = $1 AND r.id = ANY($2::uuid[])
+          FROM {_BATCH_RUNS}
           GROUP BY 1) AS b
     LEFT JOIN LATERAL (
         SELECT max(x.ended_at) AS last_success FROM pipeline_runs x
@@ -263,11 +271,10 @@ FROM (SELECT pipeline_id, since FROM since
 """
 DROP_ZEROS = "DELETE FROM run_insights WHERE n = 0"
 # The loaded runs' pipelines' recoveries around them (the trigger stood aside).
-ADD_RECOVERIES = """
+ADD_RECOVERIES = f"""
 SELECT run_recoveries_refresh($1, r.pipeline_id, min(r.ended_at), max(r.ended_at))
-FROM pipeline_runs r
-WHERE r.enterprise_id = $1 AND r.id = ANY($2::uuid[])
-  AND r.status IN ('success', 'failure', 'timeout')
+FROM {_BATCH_RUNS}
+WHERE r.status IN ('success', 'failure', 'timeout')
 GROUP BY r.pipeline_id ORDER BY r.pipeline_id
 """
 # Verify: run_recoveries against the whole recomputation from the runs projection (which

@@ -30,4 +30,11 @@ FEED_LOCK = _FEED_LOCK_OF.format("$1")
 FEED_LOCKS = (f"SELECT count({_FEED_LOCK_OF.format('k.e')}) AS n "
               "FROM (SELECT DISTINCT e FROM ({enterprises}) AS d(e) ORDER BY 1) AS k")
 # The wake-up, sent after commit by whoever committed: one statement for many enterprises.
+# (Its transaction writes a commit record but nothing else, so its commit waits for no
+# WAL flush: measured, docs/performance.md.)
 NOTIFY_FEED = f"SELECT pg_notify('{FEED_CHANNEL}', e) FROM unnest($1::text[]) AS e"
+# A group commit's wake-up and its position in one round trip, on its connection after
+# its commit (app/groupcommit.py): the primary's insert position, read after that commit
+# (the NOTIFY's own commit record comes later: the position is the group's, not past it).
+ANNOUNCE_COMMIT = ("SELECT (pg_current_wal_insert_lsn() - '0/0'::pg_lsn)::int8 FROM (SELECT "
+                   f"count(pg_notify('{FEED_CHANNEL}', e)) FROM unnest($1::text[]) AS e) AS w")

@@ -9,6 +9,8 @@ from contextvars import ContextVar
 
 import asyncpg
 
+from service.store.locks import ANNOUNCE_COMMIT
+
 # Read after a commit: the insert position is past the end of every record inserted so far,
 # the commit record included, whatever synchronous_commit says (pg_current_wal_lsn, the
 # written position, may trail it when commits do not wait for their flush). This is what
@@ -73,6 +75,12 @@ def _queries(conn: asyncpg.Connection) -> int:
     # A pool's proxy: read its connection's (the proxy's own attribute lookup is slower).
     con = getattr(conn, "_con", None) or conn
     return getattr(getattr(con, "_protocol", None), "queries_count", -1)
+
+
+async def announce_commit(conn: asyncpg.Connection, enterprise_ids: list[str]) -> int:
+    """After a commit on `conn`: wake the enterprises' feed readers in every process
+    (locks.ANNOUNCE_COMMIT) and read the position past that commit, in one round trip."""
+    return await conn.fetchval(ANNOUNCE_COMMIT, enterprise_ids)
 
 
 async def replay_lsn(conn: asyncpg.Connection) -> int | None:

@@ -103,7 +103,7 @@ async def _pool_ctx(app: web.Application) -> AsyncIterator[None]:
         # 1, 2, 3, 5, 8 lanes made 904, 1034, 894, 887, 729 status changes/s: fewer, larger
         # groups do as well as more statements at once, and leave the pool to the reads.
         app[GROUP_COMMIT] = (GroupCommit(pool, config.pool_acquire_timeout,
-                                         run_cases.grouped, positions.primary_position,
+                                         run_cases.grouped, positions.announced_position,
                                          lanes=config.pool_max // 4,
                                          depth=config.group_commit_depth)
                              if config.group_commit else None)

@@ -52,6 +52,10 @@ CLIENT_GONE = web.RequestKey("client_gone", bool)
 PARSED = web.RequestKey("parsed", dict)
 # The request's read/write routing and consistency-token state (web/consistency.py).
 CONSISTENCY = web.RequestKey("consistency", object)
+# Set when the request's writes so far were announced to the feed's readers in every process
+# after their commit (a group commit's wake-up: app/groupcommit.py); cleared by any later
+# write connection. web/observe.py then sends no wake-up (infra/feedwait.py notify).
+FEED_ANNOUNCED = web.RequestKey("feed_announced", bool)
 # A /ui/ request's answer headers (pages/session.py PAGE_HEADERS), set by web/observe.py.
 PAGE_POLICY = web.RequestKey("page_policy", dict)
 

@@ -19,8 +19,8 @@ from service.infra.metrics import UNMATCHED, Metrics
 from service.infra.appended import APPENDED
 from service.web import validation
 from service.web.auth import PUBLIC_PREFIXES, authenticate
-from service.web.keys import (CLIENT_GONE, FEED_WAITERS, PAGE_POLICY, PARSED, PRINCIPAL,
-                              RATE_STATE, REQUEST_ID, item)
+from service.web.keys import (CLIENT_GONE, FEED_ANNOUNCED, FEED_WAITERS, PAGE_POLICY, PARSED,
+                              PRINCIPAL, RATE_STATE, REQUEST_ID, item)
 from service.web.middleware import (check_url_length, domain_error, http_error, request_id_of,
                                     unknown_error)
 from service.web.pages.session import PREFIX as PAGES_PREFIX
@@ -58,7 +58,7 @@ def _committed(request: web.Request) -> None:
     """
     principal, waiters = request.get(PRINCIPAL), request.app.get(FEED_WAITERS)
     if principal is not None and waiters is not None:
-        waiters.notify(principal.enterprise_id)
+        waiters.notify(principal.enterprise_id, request.get(FEED_ANNOUNCED, False))
 
 
 async def _guarded(request: web.Request, handler, plan: RoutePlan) -> web.StreamResponse:

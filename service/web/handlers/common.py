@@ -23,6 +23,7 @@ from service.app.context import Actor
 from service.web.keys import (
     CONFIG,
     CONSISTENCY,
+    FEED_ANNOUNCED,
     GROUP_COMMIT,
     PARSED,
     POOL,
@@ -168,10 +169,12 @@ class RequestDb:
     def connection(self) -> "_Connection":
         return _Connection(self.request, False)  # use cases write: the primary
 
-    def saw(self, position: int | None) -> None:
+    def saw(self, position: int | None, announced: bool = False) -> None:
         state = self.request.get(CONSISTENCY)
         if state is not None:
             state.saw(position)
+        if announced:
+            self.request[FEED_ANNOUNCED] = True
 
 
 def path(request: web.Request) -> dict[str, Any]:
@@ -275,6 +278,7 @@ class _Connection:
             return await self._exit_replica(conn, kind, exc)
         if conn is not None:
             failure = kind
+            self.request[FEED_ANNOUNCED] = False  # a write here, if any, is not announced yet
             try:
                 if kind is None and self.state is not None:
                     with translated():
