@@ -620,7 +620,19 @@ CREATE TABLE IF NOT EXISTS run_insights_totals (
     queue            bytea       NOT NULL,
     PRIMARY KEY (enterprise_id, pipeline_id, at)
 ) WITH (toast_tuple_target = 8160);  -- rows of a few KB stay inline, uncompressed:
-                                      -- the write path rewrites the current row each time
+                                      -- a reach-back change rewrites them in place
+-- The running totals hold CLOSED periods only: per enterprise, everything before `through`
+-- (a period start; no row: nothing closed, '-infinity'). Keys and recoveries at or after
+-- it are only in run_insights and run_recoveries, which answers read from `through` on; so
+-- the write path's usual change (keys of the current period) writes no totals row at all,
+-- and a change reaching back before `through` (an old run deleted or backdated) still adds
+-- to every row from its period on. run_insights_close (the sweeper, soon after a period
+-- ends; the seeder) moves it forward under the enterprise's feed lock, the lock the write
+-- path's pass runs under: no change falls between the hourly rows and the totals.
+CREATE TABLE IF NOT EXISTS run_insights_closed (
+    enterprise_id text        PRIMARY KEY,
+    through       timestamptz NOT NULL
+);
 
 -- A time in microseconds (the bins' unit; exact: extract gives numeric).
 CREATE OR REPLACE FUNCTION insights_micros(t interval) RETURNS bigint
@@ -792,13 +804,15 @@ $$;
 -- A pipeline's running totals from the period of `since` on rebuilt from run_insights and
 -- run_recoveries (whole: replay's repair, migration 0007's fill; from its batch's first
 -- period: the seeder's bulk load), period by period in order (each add then writes one
--- row, carrying over the one before).
+-- row, carrying over the one before), up to its enterprise's watermark (run_insights_closed).
 CREATE OR REPLACE FUNCTION run_insights_totals_rebuild(e text, p uuid,
                                                        since timestamptz DEFAULT '-infinity')
 RETURNS void
 LANGUAGE plpgsql AS $$
 DECLARE
     k record;
+    upto timestamptz := coalesce((SELECT c.through FROM run_insights_closed c
+                                  WHERE c.enterprise_id = e), '-infinity');
 BEGIN
     IF isfinite(since) THEN
         since := insights_period(since);
@@ -810,7 +824,7 @@ BEGIN
         FROM (SELECT insights_period(i.hour) AS at,
                      i.metric, i.bin, sum(i.n)::bigint AS n
               FROM run_insights i
-              WHERE i.enterprise_id = e AND i.hour >= since
+              WHERE i.enterprise_id = e AND i.hour >= since AND i.hour < upto
                 AND (i.pipeline_id = p OR p = '00000000-0000-0000-0000-000000000000')
               GROUP BY 1, 2, 3
               UNION ALL
@@ -820,6 +834,7 @@ BEGIN
                                AS micros
                     FROM run_recoveries r
                     WHERE r.enterprise_id = e AND r.recovered_at >= since
+                      AND r.recovered_at < upto
                       AND (r.pipeline_id = p OR p = '00000000-0000-0000-0000-000000000000')
                     GROUP BY 1) AS r,
                    LATERAL (VALUES ('recovered', r.n), ('recovered_micros', r.micros))
@@ -829,6 +844,63 @@ BEGIN
     LOOP
         PERFORM run_insights_totals_add(e, ARRAY[p], k.at, k.metrics, k.bins, k.ns);
     END LOOP;
+END
+$$;
+
+-- Close an enterprise's periods that ended by `upto` (at most the current period's start:
+-- a period is closed once it has ended): each period from the watermark on gets its rows,
+-- per pipeline with keys or recoveries in it and the rollup, in order (each add writes one
+-- row, carrying over the one before), and the watermark moves to the last closed period's
+-- end. The caller holds the enterprise's feed lock (the write path's pass runs under it:
+-- no change falls between the hourly rows read here and the watermark). Returns the rows
+-- written. Closing a period whose keys are all gone (or that had none) only moves the
+-- watermark.
+CREATE OR REPLACE FUNCTION run_insights_close(e text, upto timestamptz) RETURNS integer
+LANGUAGE plpgsql AS $$
+DECLARE
+    was timestamptz;
+    k record;
+    made integer := 0;
+BEGIN
+    upto := least(insights_period(upto), insights_period(now()));
+    was := coalesce((SELECT c.through FROM run_insights_closed c WHERE c.enterprise_id = e),
+                    '-infinity');
+    IF upto <= was THEN
+        RETURN 0;
+    END IF;
+    FOR k IN
+        SELECT u.p, u.at, array_agg(u.metric) AS metrics, array_agg(u.bin) AS bins,
+               array_agg(u.n) AS ns
+        FROM (SELECT l.p, insights_period(i.hour) AS at, i.metric, i.bin,
+                     sum(i.n)::bigint AS n
+              FROM run_insights i,
+                   LATERAL (VALUES (i.pipeline_id),
+                                   ('00000000-0000-0000-0000-000000000000'::uuid)) AS l(p)
+              WHERE i.enterprise_id = e AND i.hour >= was AND i.hour < upto
+              GROUP BY 1, 2, 3, 4
+              UNION ALL
+              SELECT r.p, r.at, m.metric, 0, m.n
+              FROM (SELECT l.p, insights_period(r.recovered_at) AS at, count(*) AS n,
+                           sum(insights_micros(r.recovered_at - r.failed_at))::bigint
+                               AS micros
+                    FROM run_recoveries r,
+                         LATERAL (VALUES (r.pipeline_id),
+                                         ('00000000-0000-0000-0000-000000000000'::uuid))
+                             AS l(p)
+                    WHERE r.enterprise_id = e AND r.recovered_at >= was
+                      AND r.recovered_at < upto
+                    GROUP BY 1, 2) AS r,
+                   LATERAL (VALUES ('recovered', r.n), ('recovered_micros', r.micros))
+                       AS m(metric, n)) AS u
+        WHERE u.n <> 0
+        GROUP BY u.at, u.p ORDER BY u.at, u.p
+    LOOP
+        PERFORM run_insights_totals_add(e, ARRAY[k.p], k.at, k.metrics, k.bins, k.ns);
+        made := made + 1;
+    END LOOP;
+    INSERT INTO run_insights_closed AS c (enterprise_id, through) VALUES (e, upto)
+    ON CONFLICT (enterprise_id) DO UPDATE SET through = EXCLUDED.through;
+    RETURN made;
 END
 $$;
 
@@ -937,7 +1009,9 @@ BEGIN
                    ARRAY[k.p, '00000000-0000-0000-0000-000000000000'::uuid] AS ps,
                    array_agg(k.metric) AS metrics, array_agg(k.bin) AS bins,
                    array_agg(k.n) AS ns
-            FROM k GROUP BY k.e, 2, k.p ORDER BY 1, 2, 3
+            FROM k JOIN run_insights_closed c  -- closed periods only (reaching back)
+              ON c.enterprise_id = k.e AND k.hour < c.through
+            GROUP BY k.e, 2, k.p ORDER BY 1, 2, 3
         LOOP
             PERFORM run_insights_totals_add(g.e, g.ps, g.at, g.metrics, g.bins, g.ns);
         END LOOP;
@@ -953,7 +1027,9 @@ BEGIN
             ), d AS MATERIALIZED (  -- per period
                 SELECT k.e, k.p, insights_period(k.hour) AS at, k.metric, k.bin,
                        sum(k.n)::bigint AS n
-                FROM k GROUP BY 1, 2, 3, 4, 5 HAVING sum(k.n) <> 0
+                FROM k JOIN run_insights_closed c  -- closed periods only (reaching back)
+                  ON c.enterprise_id = k.e AND k.hour < c.through
+                GROUP BY 1, 2, 3, 4, 5 HAVING sum(k.n) <> 0
             ), many AS (  -- the periods that more than one pipeline moves
                 SELECT d.e, d.at FROM d GROUP BY 1, 2 HAVING count(DISTINCT d.p) > 1
             )
@@ -1060,6 +1136,10 @@ DECLARE
 BEGIN
     IF current_setting('insights.bulk_load', true) = 'on' THEN
         RETURN NULL;  -- the seeder rebuilds the running totals of its batch's periods
+    END IF;
+    IF NOT EXISTS (SELECT FROM run_insights_closed c WHERE c.enterprise_id = r.enterprise_id
+                   AND c.through > r.recovered_at) THEN
+        RETURN NULL;  -- an open period's: answers read it from run_recoveries
     END IF;
     PERFORM run_insights_totals_add(
         r.enterprise_id, ARRAY[r.pipeline_id, '00000000-0000-0000-0000-000000000000'::uuid],

@@ -149,6 +149,12 @@ def period_of(hour: int) -> datetime:
     return hour_at(hour - hour % 6)
 
 
+def period_start(at: datetime) -> datetime:
+    """The start of the 6-hour period a time is in (UTC; SQL's insights_period)."""
+    at = at.astimezone(timezone.utc)
+    return at.replace(hour=at.hour - at.hour % 6, minute=0, second=0, microsecond=0)
+
+
 def total_rows(periods: Mapping[datetime, Mapping[tuple[str, int], int]]) -> list[tuple]:
     """A pipeline's run_insights_totals rows (at, *TOTAL_COLUMNS) from each period's own
     counts {(metric, bin): n} (its run_insights keys, and 'recovered' and 'recovered_micros'
