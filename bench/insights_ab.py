@@ -41,7 +41,7 @@ from service.app import runs as app_runs  # noqa: E402
 from service.app.context import Actor, OnConnection  # noqa: E402
 from service.domain import lifecycle  # noqa: E402
 from service.infra.db import init_connection  # noqa: E402
-from service.store import meta, moves, pipelines, runs  # noqa: E402
+from service.store import insights, meta, moves, pipelines, runs  # noqa: E402
 
 ENTERPRISE = "ab"
 TRIGGERS = ("run_insights_insert_delete", "run_insights_update", "run_insights_collect_update",
@@ -158,6 +158,8 @@ async def main_async(dsn: str, args) -> list[tuple]:
     await conn.execute(f"ALTER DATABASE {conn._params.database} SET track_functions = 'all'")
     await init_connection(conn)
     pipeline = await pipelines.create_pipeline(conn, ENTERPRISE, 1, {"name": "ab"})
+    if await conn.fetchval("SELECT to_regproc('run_insights_close') IS NOT NULL"):
+        await insights.close(conn, ENTERPRISE)  # a watermark, as the sweeper keeps it
     pool = await asyncpg.create_pool(dsn, min_size=args.connections, max_size=args.connections,
                                      init=init_connection)
     held = [await pool.acquire() for _ in range(args.connections)]  # every backend's pid
