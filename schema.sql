@@ -976,7 +976,12 @@ LANGUAGE sql STABLE AS $$
     GROUP BY 1, 2, 3, 4, 5 HAVING sum(c.sign) <> 0
 $$;
 -- The pass over a transaction's notes: their keys (run_insights_note_keys) into
--- run_insights (one INSERT ... ON CONFLICT) and into the running totals once per distinct
+-- run_insights (one INSERT ... ON CONFLICT), which also says whether any moved key is in a
+-- closed period (before its enterprise's watermark, run_insights_closed): the usual
+-- change's keys are all in the open period, and the running totals are left alone (no
+-- second statement: measured, the totals' statement cost half the pass even when it
+-- found nothing). Only then (a change reaching back), the closed periods' keys into the
+-- running totals once per distinct
 -- (pipeline, period) they touch (run_insights_totals_add: that period's row and any later
 -- one). One run's change (the API's one-run transactions: at most two notes) moves its
 -- pipeline's row and the rollup's together; notes of several runs move, per period, each
@@ -994,41 +999,40 @@ RETURNS void
 LANGUAGE plpgsql SET plan_cache_mode = force_generic_plan AS $$
 DECLARE
     g record;
+    reaching_back boolean;
 BEGIN
-    IF cardinality(changes) <= 2 THEN
+    -- The hourly rows, and whether a moved key is in a closed period (before its
+    -- enterprise's watermark): the usual change's are all in the open one, and it stops here.
+    WITH k AS MATERIALIZED (SELECT * FROM run_insights_note_keys(changes)),
+    moved AS (
+        INSERT INTO run_insights AS i (enterprise_id, hour, pipeline_id, metric, bin, n)
+        SELECT k.e, k.hour, k.p, k.metric, k.bin, k.n FROM k ORDER BY 1, 2, 3, 4, 5
+        ON CONFLICT (enterprise_id, hour, pipeline_id, metric, bin)
+        DO UPDATE SET n = i.n + EXCLUDED.n
+        RETURNING i.enterprise_id, i.hour
+    )
+    SELECT EXISTS (SELECT FROM moved m JOIN run_insights_closed c
+                   ON c.enterprise_id = m.enterprise_id AND m.hour < c.through)
+    INTO reaching_back;
+    IF reaching_back AND cardinality(changes) <= 2 THEN
         FOR g IN
-            WITH k AS MATERIALIZED (SELECT * FROM run_insights_note_keys(changes)),
-            hourly AS (
-                INSERT INTO run_insights AS i (enterprise_id, hour, pipeline_id, metric, bin,
-                                               n)
-                SELECT k.e, k.hour, k.p, k.metric, k.bin, k.n FROM k ORDER BY 1, 2, 3, 4, 5
-                ON CONFLICT (enterprise_id, hour, pipeline_id, metric, bin)
-                DO UPDATE SET n = i.n + EXCLUDED.n
-            )
             SELECT k.e, insights_period(k.hour) AS at,
                    ARRAY[k.p, '00000000-0000-0000-0000-000000000000'::uuid] AS ps,
                    array_agg(k.metric) AS metrics, array_agg(k.bin) AS bins,
                    array_agg(k.n) AS ns
-            FROM k JOIN run_insights_closed c  -- closed periods only (reaching back)
-              ON c.enterprise_id = k.e AND k.hour < c.through
+            FROM run_insights_note_keys(changes) AS k
+            JOIN run_insights_closed c ON c.enterprise_id = k.e AND k.hour < c.through
             GROUP BY k.e, 2, k.p ORDER BY 1, 2, 3
         LOOP
             PERFORM run_insights_totals_add(g.e, g.ps, g.at, g.metrics, g.bins, g.ns);
         END LOOP;
-    ELSE
+    ELSIF reaching_back THEN
         FOR g IN
-            WITH k AS MATERIALIZED (SELECT * FROM run_insights_note_keys(changes)),
-            hourly AS (
-                INSERT INTO run_insights AS i (enterprise_id, hour, pipeline_id, metric, bin,
-                                               n)
-                SELECT k.e, k.hour, k.p, k.metric, k.bin, k.n FROM k ORDER BY 1, 2, 3, 4, 5
-                ON CONFLICT (enterprise_id, hour, pipeline_id, metric, bin)
-                DO UPDATE SET n = i.n + EXCLUDED.n
-            ), d AS MATERIALIZED (  -- per period
+            WITH d AS MATERIALIZED (  -- per period, closed ones only
                 SELECT k.e, k.p, insights_period(k.hour) AS at, k.metric, k.bin,
                        sum(k.n)::bigint AS n
-                FROM k JOIN run_insights_closed c  -- closed periods only (reaching back)
-                  ON c.enterprise_id = k.e AND k.hour < c.through
+                FROM run_insights_note_keys(changes) AS k
+                JOIN run_insights_closed c ON c.enterprise_id = k.e AND k.hour < c.through
                 GROUP BY 1, 2, 3, 4, 5 HAVING sum(k.n) <> 0
             ), many AS (  -- the periods that more than one pipeline moves
                 SELECT d.e, d.at FROM d GROUP BY 1, 2 HAVING count(DISTINCT d.p) > 1
