@@ -604,6 +604,11 @@ CREATE OR REPLACE FUNCTION insights_period(at timestamptz) RETURNS timestamptz
 LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
     SELECT date_bin('6 hours', at, timestamptz '2000-01-01 00:00Z')
 $$;
+-- The UTC hour `at` is in (the watermark's grain).
+CREATE OR REPLACE FUNCTION insights_hour(at timestamptz) RETURNS timestamptz
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT date_bin('1 hour', at, timestamptz '2000-01-01 00:00Z')
+$$;
 CREATE TABLE IF NOT EXISTS run_insights_totals (
     enterprise_id    text        NOT NULL,
     pipeline_id      uuid        NOT NULL,
@@ -621,14 +626,16 @@ CREATE TABLE IF NOT EXISTS run_insights_totals (
     PRIMARY KEY (enterprise_id, pipeline_id, at)
 ) WITH (toast_tuple_target = 8160);  -- rows of a few KB stay inline, uncompressed:
                                       -- a reach-back change rewrites them in place
--- The running totals hold CLOSED periods only: per enterprise, everything before `through`
--- (a period start; no row: nothing closed, '-infinity'). Keys and recoveries at or after
--- it are only in run_insights and run_recoveries, which answers read from `through` on; so
--- the write path's usual change (keys of the current period) writes no totals row at all,
--- and a change reaching back before `through` (an old run deleted or backdated) still adds
--- to every row from its period on. run_insights_close (the sweeper, soon after a period
--- ends; the seeder) moves it forward under the enterprise's feed lock, the lock the write
--- path's pass runs under: no change falls between the hourly rows and the totals.
+-- The running totals hold CLOSED hours only: per enterprise, everything before `through`
+-- (an hour start; no row: nothing closed, '-infinity'); a period's row holds its hours
+-- before `through` (all of them once the period has ended). Keys and recoveries at or
+-- after it are only in run_insights and run_recoveries, which answers read from `through`
+-- on; so the write path's usual change (keys of the current hour) writes no totals row at
+-- all, and a change reaching back before `through` (an old run deleted or backdated)
+-- still adds to every row from its period on. run_insights_close (the sweeper, soon after
+-- each hour ends; the seeder) moves it forward under the enterprise's feed lock, the lock
+-- the write path's pass runs under: no change falls between the hourly rows and the
+-- totals.
 CREATE TABLE IF NOT EXISTS run_insights_closed (
     enterprise_id text        PRIMARY KEY,
     through       timestamptz NOT NULL
@@ -847,11 +854,13 @@ BEGIN
 END
 $$;
 
--- Close an enterprise's periods that ended by `upto` (at most the current period's start:
--- a period is closed once it has ended): each period from the watermark on gets its rows,
--- per pipeline with keys or recoveries in it and the rollup, in order (each add writes one
--- row, carrying over the one before), and the watermark moves to the last closed period's
--- end. The caller holds the enterprise's feed lock (the write path's pass runs under it:
+-- Close an enterprise's hours that ended by `upto` (at most the current hour's start: an
+-- hour is closed once it has ended): each period from the watermark on gets its hours
+-- before `upto` added to its row, per pipeline with keys or recoveries in them and the
+-- rollup, in order (each add writes or rewrites one row, carrying over the one before),
+-- and the watermark moves to `upto`. Hourly, so answers read at most the current hour
+-- (and the sweeper's lag) from run_insights at a window's end; the current period's row
+-- is rewritten once an hour instead of once a change. The caller holds the enterprise's feed lock (the write path's pass runs under it:
 -- no change falls between the hourly rows read here and the watermark). Returns the rows
 -- written. Closing a period whose keys are all gone (or that had none) only moves the
 -- watermark.
@@ -862,7 +871,7 @@ DECLARE
     k record;
     made integer := 0;
 BEGIN
-    upto := least(insights_period(upto), insights_period(now()));
+    upto := least(insights_hour(upto), insights_hour(now()));
     was := coalesce((SELECT c.through FROM run_insights_closed c WHERE c.enterprise_id = e),
                     '-infinity');
     IF upto <= was THEN

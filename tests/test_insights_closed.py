@@ -50,7 +50,7 @@ async def _lag(db, days: int):
 
 
 async def test_answers_are_the_same_before_and_after_closing(seeded, db):
-    current = await db.fetchval("SELECT insights_period(now())")
+    current = await db.fetchval("SELECT insights_hour(now())")
     assert await db.fetchval(THROUGH) == current  # the seeder closed what had ended
     closed = await db.fetch(ROWS)
     await _lag(db, 12)
@@ -84,7 +84,7 @@ async def test_the_sweeper_closes_ended_periods(seeded, db):
     closed = await db.fetch(ROWS)
     await _lag(db, 3)
     assert await close_insights(db) > 0
-    assert await db.fetchval(THROUGH) == await db.fetchval("SELECT insights_period(now())")
+    assert await db.fetchval(THROUGH) == await db.fetchval("SELECT insights_hour(now())")
     assert await db.fetch(ROWS) == closed
     assert await close_insights(db) == 0  # nothing ended since
 
@@ -103,14 +103,14 @@ async def test_verify_names_a_wrong_watermark_and_replay_restores_it(seeded, db)
     await replay(db)  # the rows follow the watermark
     assert (await verify(db)).clean
     assert await db.fetch(ROWS) == [r for r in closed if r["at"] < last]
-    # not a period start
+    # not an hour start
     await db.execute("UPDATE run_insights_closed SET through = $1 WHERE enterprise_id = 'ins'",
-                     through - timedelta(hours=1))
+                     through - timedelta(minutes=30))
     result = await verify(db)
     assert [(c.enterprise_id, c.through, c.why) for c in result.closed_drifts] == [
-        ("ins", through - timedelta(hours=1), "not a period start")]
+        ("ins", through - timedelta(minutes=30), "not an hour start")]
     await replay(db)
-    assert await db.fetchval(THROUGH) == through - timedelta(hours=6)
+    assert await db.fetchval(THROUGH) == through - timedelta(hours=1)
     assert (await verify(db)).clean
     await close_insights(db)
     assert await db.fetch(ROWS) == closed
@@ -120,8 +120,9 @@ async def test_verify_names_a_wrong_watermark_and_replay_restores_it(seeded, db)
     await db.execute("UPDATE run_insights_closed SET through = through + interval '1 day' "
                      "WHERE enterprise_id = 'ins'")
     result = await verify(db)
+    period = await db.fetchval("SELECT insights_period(now())")
     assert {(str(d.key[1]), d.key[2]) for d in result.total_drifts if d.actual is None} >= {
-        (pipeline["id"], through)}
+        (pipeline["id"], period)}
     await replay(db)  # a watermark ahead is kept (every change before it moves the totals)
     assert (await verify(db)).clean
     assert await db.fetchval("SELECT count(*) FROM run_insights_totals WHERE pipeline_id = $1",

@@ -68,24 +68,27 @@ async def _closed_ahead(db, *enterprises) -> None:
 
 async def _expected_totals(db, enterprise) -> dict:
     """Running totals per (pipeline or rollup, period) folded here from the runs' keys and
-    recoveries: only periods with something of their own, before the watermark."""
+    recoveries before the watermark (closed hours): only periods with something of their
+    own."""
     through = await db.fetchval("SELECT through FROM run_insights_closed "
                                 "WHERE enterprise_id = $1", enterprise)
     if through is None:
         return {}
     own: dict = defaultdict(lambda: defaultdict(int))
     for r in await db.fetch(KEYS_FROM_RUNS, enterprise):
+        if r["hour"] >= through:
+            continue
         for p in (r["pipeline_id"], ALL_PIPELINES):
             own[(p, _period(r["hour"]))][(r["metric"], r["bin"])] += r["n"]
     for r in await db.fetch(RECOVERIES_FROM_RUNS, enterprise):
         micros = (r["recovered_at"] - r["failed_at"]) // timedelta(microseconds=1)
+        if r["recovered_at"] >= through:
+            continue
         for p in (r["pipeline_id"], ALL_PIPELINES):
             own[(p, _period(r["recovered_at"]))][("recovered", 0)] += 1
             own[(p, _period(r["recovered_at"]))][("recovered_micros", 0)] += micros
     totals, running = {}, defaultdict(lambda: defaultdict(int))
     for (p, at) in sorted(own, key=lambda k: (str(k[0]), k[1])):
-        if at >= through:
-            continue
         for key, n in own[(p, at)].items():
             running[p][key] += n
         totals[(p, at)] = {k: v for k, v in running[p].items() if v}
@@ -290,7 +293,7 @@ async def test_a_change_in_the_open_period_writes_no_running_total(db, enterpris
     hourly rows only: no run_insights_totals_add, no row; closing the period later (the
     sweeper) brings them in, as the fold gives them."""
     pipeline = await pipelines.create_pipeline(db, enterprise, 1, {"name": "open"})
-    await db.execute("INSERT INTO run_insights_closed VALUES ($1, insights_period(now()))",
+    await db.execute("INSERT INTO run_insights_closed VALUES ($1, insights_hour(now()))",
                      enterprise)
     async with db.transaction():
         ids = await _create(db, enterprise, pipeline["id"], 6)

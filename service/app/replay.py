@@ -27,7 +27,7 @@ import time
 from collections import Counter, defaultdict
 from contextlib import aclosing
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Callable, Iterator
 
 import asyncpg
@@ -85,7 +85,7 @@ class TotalDrift:
 class ClosedDrift:
     enterprise_id: str
     through: datetime  # the watermark run_insights_closed holds
-    why: str  # "not a period start"
+    why: str  # "not an hour start"
     pipelines: set  # the enterprise's pipelines with running totals (replay rebuilds them)
 
 
@@ -591,12 +591,19 @@ def _total_drifts(folded: dict, stored: list, recoveries: list,
     """run_insights_totals (stored) against the running totals of the fold's run_insights
     keys (folded: {(enterprise_id, pipeline_id): {(hour number, metric, bin): n}}) and of
     run_recoveries (per pipeline and period), per pipeline and period, and per enterprise
-    (the rollup: every pipeline's), for the closed periods (before each enterprise's
-    watermark, `closed`): a row at or after it is surplus."""
+    (the rollup: every pipeline's), for the closed hours (before each enterprise's
+    watermark, `closed`; the recoveries come counted so): a row of a period at or after it
+    is surplus."""
     own: dict[tuple, dict] = defaultdict(lambda: defaultdict(Counter))
     for (enterprise_id, pipeline_id), cells in folded.items():
         mine, rollup = own[(enterprise_id, pipeline_id)], own[(enterprise_id, _ROLLUP)]
+        through = closed.get(enterprise_id)
+        # the first hour number not closed (hours before `through`: numbers below it)
+        limit = -((insight_keys.hour_at(0) - through) // timedelta(hours=1)) \
+            if through is not None else None
         for (hour, metric, bin_), n in cells.items():
+            if limit is None or hour >= limit:
+                continue  # not closed: not in the running totals
             at = insight_keys.period_of(hour)
             mine[at][(metric, bin_)] += n
             rollup[at][(metric, bin_)] += n
@@ -611,10 +618,7 @@ def _total_drifts(folded: dict, stored: list, recoveries: list,
             *(insight_keys.histogram_of(r[m]) for m in insight_keys.HISTOGRAMS))
     drifts = []
     for pipeline in own.keys() | have_all.keys():
-        through = closed.get(pipeline[0])
-        periods = {at: keys for at, keys in own.get(pipeline, {}).items()
-                   if through is not None and at < through}
-        want = {row[0]: row[1:] for row in insight_keys.total_rows(periods)}
+        want = {row[0]: row[1:] for row in insight_keys.total_rows(own.get(pipeline, {}))}
         have = have_all.get(pipeline, {})
         for at in want.keys() | have.keys():
             w, h = want.get(at), have.get(at)
@@ -626,13 +630,13 @@ def _total_drifts(folded: dict, stored: list, recoveries: list,
 
 
 def _closed_drifts(closed: dict, totals: list, folded: dict) -> list[ClosedDrift]:
-    """Watermarks that are not a period start, with the enterprise's pipelines to rebuild.
+    """Watermarks that are not an hour start, with the enterprise's pipelines to rebuild.
     (One ahead of now is no drift: every change before it keeps the totals, as a change
     reaching back does; one that disagrees with the rows shows as their drift: rows at or
     after it surplus, rows of a period before it missing.)"""
     drifts = []
     for enterprise_id, through in sorted(closed.items()):
-        why = "not a period start" if insight_keys.period_start(through) != through else None
+        why = "not an hour start" if insight_keys.hour_start(through) != through else None
         if why:
             pipelines = ({r["pipeline_id"] for r in totals if r["enterprise_id"] == enterprise_id}
                          | {p for e, p in folded if e == enterprise_id} | {_ROLLUP})

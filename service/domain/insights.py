@@ -149,10 +149,9 @@ def period_of(hour: int) -> datetime:
     return hour_at(hour - hour % 6)
 
 
-def period_start(at: datetime) -> datetime:
-    """The start of the 6-hour period a time is in (UTC; SQL's insights_period)."""
-    at = at.astimezone(timezone.utc)
-    return at.replace(hour=at.hour - at.hour % 6, minute=0, second=0, microsecond=0)
+def hour_start(at: datetime) -> datetime:
+    """The start of the UTC hour a time is in (SQL's insights_hour)."""
+    return at.astimezone(timezone.utc).replace(minute=0, second=0, microsecond=0)
 
 
 def total_rows(periods: Mapping[datetime, Mapping[tuple[str, int], int]]) -> list[tuple]:

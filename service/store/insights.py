@@ -200,15 +200,15 @@ CLOSE = f"""
 WITH feed_lock AS MATERIALIZED (SELECT {FEED_LOCK} AS locked)
 SELECT run_insights_close($1, coalesce($2::timestamptz, now())) FROM feed_lock
 """
-# The enterprises whose watermark is behind the current period's start (or that have none
+# The enterprises whose watermark is behind the current hour's start (or that have none
 # and hourly rows): from the pipelines (a few thousand rows), not run_insights.
 TO_CLOSE = """
 SELECT e.enterprise_id FROM (SELECT DISTINCT enterprise_id FROM pipelines) AS e
 LEFT JOIN run_insights_closed c ON c.enterprise_id = e.enterprise_id
 WHERE (c.through IS NULL AND EXISTS (SELECT FROM run_insights i
                                      WHERE i.enterprise_id = e.enterprise_id
-                                       AND i.hour < insights_period(now())))
-   OR c.through < insights_period(now())
+                                       AND i.hour < insights_hour(now())))
+   OR c.through < insights_hour(now())
 ORDER BY 1
 """
 ALL_CLOSED = "SELECT enterprise_id, through FROM run_insights_closed"
@@ -322,7 +322,7 @@ WHERE w.run_id IS NULL OR s.run_id IS NULL
 ORDER BY 1, 2, 3
 """
 # Verify: every running total, and the recoveries per (pipeline and rollup, period)
-# they are compared with (run_recoveries is checked against the runs on its own).
+# before the watermark they are compared with (run_recoveries is checked against the runs on its own).
 ALL_TOTALS = """
 SELECT enterprise_id, pipeline_id, at, created, success, failure, timeout, invalid,
        cancelled, recovered, recovered_micros, duration, queue
@@ -332,8 +332,10 @@ RECOVERIES_BY_PERIOD = f"""
 SELECT r.enterprise_id, p.pipeline_id,
        insights_period(r.recovered_at) AS at,
        count(*) AS n, sum(insights_micros(r.recovered_at - r.failed_at))::bigint AS micros
-FROM run_recoveries r, LATERAL (VALUES (r.pipeline_id), ('{ALL_PIPELINES}'::uuid))
-    AS p(pipeline_id)
+FROM run_recoveries r
+JOIN run_insights_closed c  -- the closed hours': the running totals hold those only
+  ON c.enterprise_id = r.enterprise_id AND r.recovered_at < c.through,
+     LATERAL (VALUES (r.pipeline_id), ('{ALL_PIPELINES}'::uuid)) AS p(pipeline_id)
 GROUP BY 1, 2, 3
 """
 # Replay: drifted pipelines' (and rollups') running totals rebuilt whole from run_insights
@@ -345,14 +347,14 @@ WITH feed_locks AS MATERIALIZED (
 SELECT run_insights_totals_rebuild(p.e, p.p)
 FROM feed_locks, unnest($1::text[], $2::uuid[]) AS p(e, p)
 """
-# Replay: watermarks that are no period start moved back to one (their enterprises'
+# Replay: watermarks that are no hour start moved back to one (their enterprises'
 # running totals then rebuilt up to it), under their enterprises' feed locks.
 FIX_WATERMARKS = f"""
 WITH feed_locks AS MATERIALIZED (
     {FEED_LOCKS.format(enterprises="SELECT unnest($1::text[])")}
 )
 UPDATE run_insights_closed c
-SET through = insights_period(c.through)
+SET through = insights_hour(c.through)
 FROM feed_locks WHERE c.enterprise_id = ANY($1::text[])
 """
 # Replay: a drifted pipeline's recoveries recomputed whole, under its enterprise's feed lock.
@@ -514,7 +516,7 @@ async def rebuild_totals(conn: asyncpg.Connection, pipelines: set[tuple]) -> Non
 
 
 async def fix_watermarks(conn: asyncpg.Connection, enterprises: list[str]) -> None:
-    """Move these enterprises' watermarks back to a period start (replay)."""
+    """Move these enterprises' watermarks back to an hour start (replay)."""
     if enterprises:
         await conn.execute(FIX_WATERMARKS, sorted(enterprises))
 
