@@ -1,6 +1,6 @@
 """The timeout sweeper: moves overdue runs and stage runs to timeout, as `system` events.
 
-Each sweep also closes the insights periods that ended (close_insights: the running
+Each sweep also closes the insights hours that ended (close_insights: the running
 totals' watermark, docs/insights.md).
 
 Every TIMEOUT_SWEEP_SECONDS, in every service process; a session advisory lock lets only
@@ -68,7 +68,7 @@ async def _ensure_partitions(conn: asyncpg.Connection) -> None:
 
 
 async def close_insights(conn: asyncpg.Connection) -> int:
-    """Close every enterprise's ended insights periods (store/insights.py close): one
+    """Close every enterprise's ended insights hours (store/insights.py close): one
     transaction each, under its feed lock, so writers of one enterprise wait at most for
     its own closing; never fatal (the next sweep tries again, and answers are right
     whatever the watermark's lag: they read more hourly rows). The rows written."""
@@ -78,7 +78,7 @@ async def close_insights(conn: asyncpg.Connection) -> int:
             async with conn.transaction():
                 made += await insights.close(conn, enterprise_id)
     except (asyncpg.PostgresError, OSError) as exc:
-        log.warning("insights periods not closed this time: %s", exc)
+        log.warning("insights hours not closed this time: %s", exc)
     return made
 
 

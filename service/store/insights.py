@@ -193,7 +193,7 @@ TIER_ROLLUP = _TIER.format(members=f"""
       AND $2::uuid[] IS NULL AND $3::text IS NULL""")
 
 # The running totals' watermark (schema.sql run_insights_closed), and its moving on: an
-# enterprise's ended periods closed under its feed lock (the write path's pass runs under
+# enterprise's ended hours closed under its feed lock (the write path's pass runs under
 # it), in one transaction per enterprise (the sweeper, the seeder, tests).
 CLOSED_THROUGH = "SELECT through FROM run_insights_closed WHERE enterprise_id = $1"
 CLOSE = f"""
@@ -387,9 +387,10 @@ def _args(enterprise_id: str, window: tuple, pipeline_ids, pipeline_name, as_of)
 
 def tier_span(window: tuple, granularity, as_of, now: datetime,
               through: datetime | None) -> tuple[datetime, datetime]:
-    """The whole periods [first, last) the running totals answer ([to, to): none): closed
-    ones only, before `through` (the enterprise's watermark, None: nothing closed); the
-    window from `through` on comes from the hourly rows.
+    """The whole periods [first, last) the running totals answer ([to, to): none), up to
+    `through` at most (the enterprise's watermark, an hour start; None: nothing closed): a
+    period's row holds its hours before it, so `last` may fall inside a period; the window
+    from `through` on comes from the hourly rows.
 
     A period the window covers in part is read from them (less its hours outside the
     window) when fewer of its hours lie outside than inside, else its hours inside come
@@ -479,14 +480,14 @@ async def rebuild_batch_totals(conn: asyncpg.Connection, enterprise_id: str,
 
 async def close(conn: asyncpg.Connection, enterprise_id: str,
                 upto: datetime | None = None) -> int:
-    """Close the enterprise's periods ended by `upto` (None: now; never a period not yet
+    """Close the enterprise's hours ended by `upto` (None: now; never an hour not yet
     ended) under its feed lock, held to the end of the caller's transaction (else of this
     statement); the running totals' rows written."""
     return await conn.fetchval(CLOSE, enterprise_id, upto)
 
 
 async def to_close(conn: asyncpg.Connection) -> list[str]:
-    """The enterprises with ended periods not yet closed."""
+    """The enterprises with ended hours not yet closed."""
     return [r[0] for r in await conn.fetch(TO_CLOSE)]
 
 
