@@ -860,10 +860,10 @@ $$;
 -- rollup, in order (each add writes or rewrites one row, carrying over the one before),
 -- and the watermark moves to `upto`. Hourly, so answers read at most the current hour
 -- (and the sweeper's lag) from run_insights at a window's end; the current period's row
--- is rewritten once an hour instead of once a change. The caller holds the enterprise's feed lock (the write path's pass runs under it:
--- no change falls between the hourly rows read here and the watermark). Returns the rows
--- written. Closing a period whose keys are all gone (or that had none) only moves the
--- watermark.
+-- is rewritten once an hour instead of once a change. The caller holds the enterprise's
+-- feed lock (the write path's pass runs under it: no change is applied between reading
+-- the hours' rows here and moving the watermark). Returns the rows written or rewritten.
+-- Closing hours without keys only moves the watermark.
 CREATE OR REPLACE FUNCTION run_insights_close(e text, upto timestamptz) RETURNS integer
 LANGUAGE plpgsql AS $$
 DECLARE

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+import pytest
+
 from service.app.replay import replay, verify
 from service.app.sweeper import close_insights
 from tests.helpers import iso
@@ -127,3 +129,65 @@ async def test_verify_names_a_wrong_watermark_and_replay_restores_it(seeded, db)
     assert (await verify(db)).clean
     assert await db.fetchval("SELECT count(*) FROM run_insights_totals WHERE pipeline_id = $1",
                              pipeline["id"]) == 1
+
+
+async def _lag_hours(db, hours: int):
+    """The watermark `hours` back (so maybe inside a period) and the running totals rebuilt
+    up to it: a period's row then holds its hours before the watermark only."""
+    through = await db.fetchval(
+        "UPDATE run_insights_closed SET through = through - make_interval(hours => $1) "
+        "WHERE enterprise_id = 'ins' RETURNING through", hours)
+    await db.execute(
+        "SELECT run_insights_totals_rebuild('ins', p.id, insights_period($1)) FROM "
+        "(SELECT id FROM pipelines WHERE enterprise_id = 'ins' UNION ALL "
+        "SELECT '00000000-0000-0000-0000-000000000000') AS p", through)
+    return through
+
+
+@pytest.mark.parametrize("inside", [1, 3, 5])
+async def test_a_watermark_inside_a_period_gives_the_same_answers(seeded, db, inside):
+    """Windows ending before, at and after a watermark `inside` hours into its period, by
+    day, week or none, grouped or not: the runs table's answers, to the bit what the
+    closed watermark gives; closing again writes the rows as they were."""
+    closed = await db.fetch(ROWS)
+    through = await db.fetchval(THROUGH)
+    lag = (through.hour - inside) % 6 + 6  # back to `inside` hours into a period
+    moved = await _lag_hours(db, lag)
+    assert moved.hour % 6 == inside
+    assert (await verify(db)).clean
+    windows = [(moved - timedelta(days=20, hours=5), moved - timedelta(hours=2), "day", True),
+               (moved - timedelta(days=9, hours=1), moved, None, False),
+               (moved - timedelta(days=30), moved + timedelta(hours=2), "week", True),
+               (moved - timedelta(days=12, hours=3), NOW, "day", False)]
+    runs = await _states_now(db)
+    answers = []
+    for frm, to, granularity, group in windows:
+        await _compare(seeded, runs, _query(frm, to, granularity, group), frm, to,
+                       granularity, group)
+        answers.append(await seeded.get(f"/insights/runs/?{_query(frm, to, granularity, group)}"))
+    await close_insights(db)
+    assert await db.fetch(ROWS) == closed
+    assert [await seeded.get(f"/insights/runs/?{_query(*w)}") for w in windows] == answers
+
+
+async def test_a_watermark_inside_the_current_period_holds_its_runs(seeded, db):
+    """Runs of this hour, the watermark moved past them but inside their period (ahead of
+    now is allowed): the period's row holds them, and the answers stay the runs table's."""
+    pipeline = await seeded.pipeline("now")
+    for status in ("success", "failure", "success"):
+        run = await seeded.run(pipeline["id"])
+        await seeded.move(run, "queued", "processing", "running", "complete", status)
+    through = await db.fetchval(THROUGH)
+    ahead = 1 if (through.hour + 1) % 6 else 2  # past this hour, inside its period
+    moved = await _lag_hours(db, -ahead)
+    assert moved.hour % 6 and moved > NOW - timedelta(hours=1)
+    assert (await verify(db)).clean
+    assert await db.fetchval("SELECT created FROM run_insights_totals WHERE pipeline_id = $1 "
+                             "AND at = insights_period(now())", pipeline["id"]) == 3
+    runs = await _states_now(db)
+    for frm, to, granularity, group in [
+            (moved - timedelta(days=20, hours=5), moved, "day", True),
+            (moved - timedelta(days=9, hours=1), NOW, None, False),
+            (moved - timedelta(days=9, hours=1), moved - timedelta(hours=ahead), None, True)]:
+        await _compare(seeded, runs, _query(frm, to, granularity, group), frm, to,
+                       granularity, group)

@@ -1,8 +1,8 @@
 """Insights: run figures per time bucket and pipeline, from the insights projections.
 
-The window is widened to whole UTC hours (the projection's grain); its whole closed 6-hour
-periods come from the running totals, its ragged ends and the open periods from the hourly
-rows; `as_of` answers
+The window is widened to whole UTC hours (the projection's grain); its whole 6-hour periods
+come from the running totals up to the enterprise's watermark (the closed hours), its
+ragged ends and the hours from the watermark on from the hourly rows; `as_of` answers
 from the events as they stood then (store/insights.py).
 """
 from __future__ import annotations

@@ -116,8 +116,8 @@ class Scan:
     # run_insights_totals rows that differ from the running totals of the fold's keys (and
     # run_recoveries).
     total_drifts: list[TotalDrift] = field(default_factory=list)
-    # run_insights_closed watermarks no period could have closed at (the rows before them
-    # are checked as total_drifts: rows at or after a watermark are surplus).
+    # run_insights_closed watermarks that are not an hour start (the rows are checked as
+    # total_drifts against each watermark: rows of periods at or after it are surplus).
     closed_drifts: list[ClosedDrift] = field(default_factory=list)
 
     @property
@@ -638,7 +638,8 @@ def _closed_drifts(closed: dict, totals: list, folded: dict) -> list[ClosedDrift
     for enterprise_id, through in sorted(closed.items()):
         why = "not an hour start" if insight_keys.hour_start(through) != through else None
         if why:
-            pipelines = ({r["pipeline_id"] for r in totals if r["enterprise_id"] == enterprise_id}
+            pipelines = ({r["pipeline_id"] for r in totals
+                          if r["enterprise_id"] == enterprise_id}
                          | {p for e, p in folded if e == enterprise_id} | {_ROLLUP})
             drifts.append(ClosedDrift(enterprise_id, through, why, pipelines))
     return drifts

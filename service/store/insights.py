@@ -6,7 +6,7 @@ recoveries: $1 enterprise, $2 from, $3 to (UTC hours), $4 pipeline ids (NULL: al
 pipeline name (NULL: any), $6 as_of (NULL: now), and live $7, $8 the span of whole
 6-hour periods the running totals answer instead (tier_span); one statement per
 granularity, grouping and as_of (COUNTERS, RECOVERIES). The running totals:
-TIER_PIPELINES, TIER_ROLLUP (closed periods only: CLOSED_THROUGH).
+TIER_PIPELINES, TIER_ROLLUP (closed hours only: CLOSED_THROUGH).
 """
 from __future__ import annotations
 
@@ -322,7 +322,8 @@ WHERE w.run_id IS NULL OR s.run_id IS NULL
 ORDER BY 1, 2, 3
 """
 # Verify: every running total, and the recoveries per (pipeline and rollup, period)
-# before the watermark they are compared with (run_recoveries is checked against the runs on its own).
+# before the watermark they are compared with (run_recoveries is checked against the runs
+# on its own).
 ALL_TOTALS = """
 SELECT enterprise_id, pipeline_id, at, created, success, failure, timeout, invalid,
        cancelled, recovered, recovered_micros, duration, queue
