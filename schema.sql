@@ -1000,7 +1000,9 @@ $$;
 -- change (run_recoveries_refresh from the first to the last of their ends: the stretches
 -- between successes recomputed from the runs as they are at commit, as one refresh per
 -- run did). A failure or timeout that no success follows (the usual newest run) is in no
--- closed streak: nothing to recompute.
+-- closed streak: nothing to recompute; nor is a new success with no failure or timeout
+-- since the success before it (the usual success: it closes no streak, and no streak
+-- after it changes, there being no failure there).
 -- (Generic plans: planning its statements for each transaction's notes cost more than
 -- running them; measured: half the pass's own time.)
 CREATE OR REPLACE FUNCTION run_insights_pass(changes run_insights_change[], rated boolean)
@@ -1073,11 +1075,23 @@ BEGIN
     PERFORM run_recoveries_refresh(s.e, s.p, s.lo, s.hi)
     FROM (SELECT c.enterprise_id AS e, c.pipeline_id AS p, min(c.ended_at) AS lo,
                  max(c.ended_at) AS hi
-          FROM (SELECT u.enterprise_id, u.pipeline_id, u.status,
+          FROM (SELECT u.enterprise_id, u.pipeline_id, u.status, u.sign,
                        timestamptz 'epoch' + u.ended_at * interval '1 microsecond'
                            AS ended_at
                 FROM unnest(changes) AS u) AS c
           WHERE c.status = 'success'
+                AND (c.sign < 0  -- a success gone: its recovery may go
+                     OR EXISTS (  -- a failure or timeout since the last success before it
+                         SELECT FROM pipeline_runs r
+                         WHERE r.enterprise_id = c.enterprise_id
+                           AND r.pipeline_id = c.pipeline_id
+                           AND r.status IN ('failure', 'timeout')
+                           AND r.ended_at > coalesce(
+                               (SELECT max(x.ended_at) FROM pipeline_runs x
+                                WHERE x.enterprise_id = c.enterprise_id
+                                  AND x.pipeline_id = c.pipeline_id
+                                  AND x.status = 'success' AND x.ended_at < c.ended_at),
+                               '-infinity')))
              OR c.status IN ('failure', 'timeout')
                 AND EXISTS (SELECT FROM pipeline_runs r
                             WHERE r.enterprise_id = c.enterprise_id
