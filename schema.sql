@@ -604,6 +604,11 @@ CREATE OR REPLACE FUNCTION insights_period(at timestamptz) RETURNS timestamptz
 LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
     SELECT date_bin('6 hours', at, timestamptz '2000-01-01 00:00Z')
 $$;
+-- The UTC hour `at` is in (the watermark's grain).
+CREATE OR REPLACE FUNCTION insights_hour(at timestamptz) RETURNS timestamptz
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT date_bin('1 hour', at, timestamptz '2000-01-01 00:00Z')
+$$;
 CREATE TABLE IF NOT EXISTS run_insights_totals (
     enterprise_id    text        NOT NULL,
     pipeline_id      uuid        NOT NULL,
@@ -620,7 +625,21 @@ CREATE TABLE IF NOT EXISTS run_insights_totals (
     queue            bytea       NOT NULL,
     PRIMARY KEY (enterprise_id, pipeline_id, at)
 ) WITH (toast_tuple_target = 8160);  -- rows of a few KB stay inline, uncompressed:
-                                      -- the write path rewrites the current row each time
+                                      -- a reach-back change rewrites them in place
+-- The running totals hold CLOSED hours only: per enterprise, everything before `through`
+-- (an hour start; no row: nothing closed, '-infinity'); a period's row holds its hours
+-- before `through` (all of them once the period has ended). Keys and recoveries at or
+-- after it are only in run_insights and run_recoveries, which answers read from `through`
+-- on; so the write path's usual change (keys of the current hour) writes no totals row at
+-- all, and a change reaching back before `through` (an old run deleted or backdated)
+-- still adds to every row from its period on. run_insights_close (the sweeper, soon after
+-- each hour ends; the seeder) moves it forward under the enterprise's feed lock, the lock
+-- the write path's pass runs under: no change falls between the hourly rows and the
+-- totals.
+CREATE TABLE IF NOT EXISTS run_insights_closed (
+    enterprise_id text        PRIMARY KEY,
+    through       timestamptz NOT NULL
+);
 
 -- A time in microseconds (the bins' unit; exact: extract gives numeric).
 CREATE OR REPLACE FUNCTION insights_micros(t interval) RETURNS bigint
@@ -792,13 +811,15 @@ $$;
 -- A pipeline's running totals from the period of `since` on rebuilt from run_insights and
 -- run_recoveries (whole: replay's repair, migration 0007's fill; from its batch's first
 -- period: the seeder's bulk load), period by period in order (each add then writes one
--- row, carrying over the one before).
+-- row, carrying over the one before), up to its enterprise's watermark (run_insights_closed).
 CREATE OR REPLACE FUNCTION run_insights_totals_rebuild(e text, p uuid,
                                                        since timestamptz DEFAULT '-infinity')
 RETURNS void
 LANGUAGE plpgsql AS $$
 DECLARE
     k record;
+    upto timestamptz := coalesce((SELECT c.through FROM run_insights_closed c
+                                  WHERE c.enterprise_id = e), '-infinity');
 BEGIN
     IF isfinite(since) THEN
         since := insights_period(since);
@@ -810,7 +831,7 @@ BEGIN
         FROM (SELECT insights_period(i.hour) AS at,
                      i.metric, i.bin, sum(i.n)::bigint AS n
               FROM run_insights i
-              WHERE i.enterprise_id = e AND i.hour >= since
+              WHERE i.enterprise_id = e AND i.hour >= since AND i.hour < upto
                 AND (i.pipeline_id = p OR p = '00000000-0000-0000-0000-000000000000')
               GROUP BY 1, 2, 3
               UNION ALL
@@ -820,6 +841,7 @@ BEGIN
                                AS micros
                     FROM run_recoveries r
                     WHERE r.enterprise_id = e AND r.recovered_at >= since
+                      AND r.recovered_at < upto
                       AND (r.pipeline_id = p OR p = '00000000-0000-0000-0000-000000000000')
                     GROUP BY 1) AS r,
                    LATERAL (VALUES ('recovered', r.n), ('recovered_micros', r.micros))
@@ -829,6 +851,65 @@ BEGIN
     LOOP
         PERFORM run_insights_totals_add(e, ARRAY[p], k.at, k.metrics, k.bins, k.ns);
     END LOOP;
+END
+$$;
+
+-- Close an enterprise's hours that ended by `upto` (at most the current hour's start: an
+-- hour is closed once it has ended): each period from the watermark on gets its hours
+-- before `upto` added to its row, per pipeline with keys or recoveries in them and the
+-- rollup, in order (each add writes or rewrites one row, carrying over the one before),
+-- and the watermark moves to `upto`. Hourly, so answers read at most the current hour
+-- (and the sweeper's lag) from run_insights at a window's end; the current period's row
+-- is rewritten once an hour instead of once a change. The caller holds the enterprise's
+-- feed lock (the write path's pass runs under it: no change is applied between reading
+-- the hours' rows here and moving the watermark). Returns the rows written or rewritten.
+-- Closing hours without keys only moves the watermark.
+CREATE OR REPLACE FUNCTION run_insights_close(e text, upto timestamptz) RETURNS integer
+LANGUAGE plpgsql AS $$
+DECLARE
+    was timestamptz;
+    k record;
+    made integer := 0;
+BEGIN
+    upto := least(insights_hour(upto), insights_hour(now()));
+    was := coalesce((SELECT c.through FROM run_insights_closed c WHERE c.enterprise_id = e),
+                    '-infinity');
+    IF upto <= was THEN
+        RETURN 0;
+    END IF;
+    FOR k IN
+        SELECT u.p, u.at, array_agg(u.metric) AS metrics, array_agg(u.bin) AS bins,
+               array_agg(u.n) AS ns
+        FROM (SELECT l.p, insights_period(i.hour) AS at, i.metric, i.bin,
+                     sum(i.n)::bigint AS n
+              FROM run_insights i,
+                   LATERAL (VALUES (i.pipeline_id),
+                                   ('00000000-0000-0000-0000-000000000000'::uuid)) AS l(p)
+              WHERE i.enterprise_id = e AND i.hour >= was AND i.hour < upto
+              GROUP BY 1, 2, 3, 4
+              UNION ALL
+              SELECT r.p, r.at, m.metric, 0, m.n
+              FROM (SELECT l.p, insights_period(r.recovered_at) AS at, count(*) AS n,
+                           sum(insights_micros(r.recovered_at - r.failed_at))::bigint
+                               AS micros
+                    FROM run_recoveries r,
+                         LATERAL (VALUES (r.pipeline_id),
+                                         ('00000000-0000-0000-0000-000000000000'::uuid))
+                             AS l(p)
+                    WHERE r.enterprise_id = e AND r.recovered_at >= was
+                      AND r.recovered_at < upto
+                    GROUP BY 1, 2) AS r,
+                   LATERAL (VALUES ('recovered', r.n), ('recovered_micros', r.micros))
+                       AS m(metric, n)) AS u
+        WHERE u.n <> 0
+        GROUP BY u.at, u.p ORDER BY u.at, u.p
+    LOOP
+        PERFORM run_insights_totals_add(e, ARRAY[k.p], k.at, k.metrics, k.bins, k.ns);
+        made := made + 1;
+    END LOOP;
+    INSERT INTO run_insights_closed AS c (enterprise_id, through) VALUES (e, upto)
+    ON CONFLICT (enterprise_id) DO UPDATE SET through = EXCLUDED.through;
+    RETURN made;
 END
 $$;
 
@@ -904,7 +985,12 @@ LANGUAGE sql STABLE AS $$
     GROUP BY 1, 2, 3, 4, 5 HAVING sum(c.sign) <> 0
 $$;
 -- The pass over a transaction's notes: their keys (run_insights_note_keys) into
--- run_insights (one INSERT ... ON CONFLICT) and into the running totals once per distinct
+-- run_insights (one INSERT ... ON CONFLICT), which also says whether any moved key is in a
+-- closed period (before its enterprise's watermark, run_insights_closed): the usual
+-- change's keys are all in the open period, and the running totals are left alone (no
+-- second statement: measured, the totals' statement cost half the pass even when it
+-- found nothing). Only then (a change reaching back), the closed periods' keys into the
+-- running totals once per distinct
 -- (pipeline, period) they touch (run_insights_totals_add: that period's row and any later
 -- one). One run's change (the API's one-run transactions: at most two notes) moves its
 -- pipeline's row and the rollup's together; notes of several runs move, per period, each
@@ -914,7 +1000,9 @@ $$;
 -- change (run_recoveries_refresh from the first to the last of their ends: the stretches
 -- between successes recomputed from the runs as they are at commit, as one refresh per
 -- run did). A failure or timeout that no success follows (the usual newest run) is in no
--- closed streak: nothing to recompute.
+-- closed streak: nothing to recompute; nor is a new success with no failure or timeout
+-- since the success before it (the usual success: it closes no streak, and no streak
+-- after it changes, there being no failure there).
 -- (Generic plans: planning its statements for each transaction's notes cost more than
 -- running them; measured: half the pass's own time.)
 CREATE OR REPLACE FUNCTION run_insights_pass(changes run_insights_change[], rated boolean)
@@ -922,38 +1010,41 @@ RETURNS void
 LANGUAGE plpgsql SET plan_cache_mode = force_generic_plan AS $$
 DECLARE
     g record;
+    reaching_back boolean;
 BEGIN
-    IF cardinality(changes) <= 2 THEN
+    -- The hourly rows, and whether a moved key is in a closed period (before its
+    -- enterprise's watermark): the usual change's are all in the open one, and it stops here.
+    WITH k AS MATERIALIZED (SELECT * FROM run_insights_note_keys(changes)),
+    moved AS (
+        INSERT INTO run_insights AS i (enterprise_id, hour, pipeline_id, metric, bin, n)
+        SELECT k.e, k.hour, k.p, k.metric, k.bin, k.n FROM k ORDER BY 1, 2, 3, 4, 5
+        ON CONFLICT (enterprise_id, hour, pipeline_id, metric, bin)
+        DO UPDATE SET n = i.n + EXCLUDED.n
+        RETURNING i.enterprise_id, i.hour
+    )
+    SELECT EXISTS (SELECT FROM moved m JOIN run_insights_closed c
+                   ON c.enterprise_id = m.enterprise_id AND m.hour < c.through)
+    INTO reaching_back;
+    IF reaching_back AND cardinality(changes) <= 2 THEN
         FOR g IN
-            WITH k AS MATERIALIZED (SELECT * FROM run_insights_note_keys(changes)),
-            hourly AS (
-                INSERT INTO run_insights AS i (enterprise_id, hour, pipeline_id, metric, bin,
-                                               n)
-                SELECT k.e, k.hour, k.p, k.metric, k.bin, k.n FROM k ORDER BY 1, 2, 3, 4, 5
-                ON CONFLICT (enterprise_id, hour, pipeline_id, metric, bin)
-                DO UPDATE SET n = i.n + EXCLUDED.n
-            )
             SELECT k.e, insights_period(k.hour) AS at,
                    ARRAY[k.p, '00000000-0000-0000-0000-000000000000'::uuid] AS ps,
                    array_agg(k.metric) AS metrics, array_agg(k.bin) AS bins,
                    array_agg(k.n) AS ns
-            FROM k GROUP BY k.e, 2, k.p ORDER BY 1, 2, 3
+            FROM run_insights_note_keys(changes) AS k
+            JOIN run_insights_closed c ON c.enterprise_id = k.e AND k.hour < c.through
+            GROUP BY k.e, 2, k.p ORDER BY 1, 2, 3
         LOOP
             PERFORM run_insights_totals_add(g.e, g.ps, g.at, g.metrics, g.bins, g.ns);
         END LOOP;
-    ELSE
+    ELSIF reaching_back THEN
         FOR g IN
-            WITH k AS MATERIALIZED (SELECT * FROM run_insights_note_keys(changes)),
-            hourly AS (
-                INSERT INTO run_insights AS i (enterprise_id, hour, pipeline_id, metric, bin,
-                                               n)
-                SELECT k.e, k.hour, k.p, k.metric, k.bin, k.n FROM k ORDER BY 1, 2, 3, 4, 5
-                ON CONFLICT (enterprise_id, hour, pipeline_id, metric, bin)
-                DO UPDATE SET n = i.n + EXCLUDED.n
-            ), d AS MATERIALIZED (  -- per period
+            WITH d AS MATERIALIZED (  -- per period, closed ones only
                 SELECT k.e, k.p, insights_period(k.hour) AS at, k.metric, k.bin,
                        sum(k.n)::bigint AS n
-                FROM k GROUP BY 1, 2, 3, 4, 5 HAVING sum(k.n) <> 0
+                FROM run_insights_note_keys(changes) AS k
+                JOIN run_insights_closed c ON c.enterprise_id = k.e AND k.hour < c.through
+                GROUP BY 1, 2, 3, 4, 5 HAVING sum(k.n) <> 0
             ), many AS (  -- the periods that more than one pipeline moves
                 SELECT d.e, d.at FROM d GROUP BY 1, 2 HAVING count(DISTINCT d.p) > 1
             )
@@ -984,11 +1075,23 @@ BEGIN
     PERFORM run_recoveries_refresh(s.e, s.p, s.lo, s.hi)
     FROM (SELECT c.enterprise_id AS e, c.pipeline_id AS p, min(c.ended_at) AS lo,
                  max(c.ended_at) AS hi
-          FROM (SELECT u.enterprise_id, u.pipeline_id, u.status,
+          FROM (SELECT u.enterprise_id, u.pipeline_id, u.status, u.sign,
                        timestamptz 'epoch' + u.ended_at * interval '1 microsecond'
                            AS ended_at
                 FROM unnest(changes) AS u) AS c
           WHERE c.status = 'success'
+                AND (c.sign < 0  -- a success gone: its recovery may go
+                     OR EXISTS (  -- a failure or timeout since the last success before it
+                         SELECT FROM pipeline_runs r
+                         WHERE r.enterprise_id = c.enterprise_id
+                           AND r.pipeline_id = c.pipeline_id
+                           AND r.status IN ('failure', 'timeout')
+                           AND r.ended_at > coalesce(
+                               (SELECT max(x.ended_at) FROM pipeline_runs x
+                                WHERE x.enterprise_id = c.enterprise_id
+                                  AND x.pipeline_id = c.pipeline_id
+                                  AND x.status = 'success' AND x.ended_at < c.ended_at),
+                               '-infinity')))
              OR c.status IN ('failure', 'timeout')
                 AND EXISTS (SELECT FROM pipeline_runs r
                             WHERE r.enterprise_id = c.enterprise_id
@@ -1060,6 +1163,10 @@ DECLARE
 BEGIN
     IF current_setting('insights.bulk_load', true) = 'on' THEN
         RETURN NULL;  -- the seeder rebuilds the running totals of its batch's periods
+    END IF;
+    IF NOT EXISTS (SELECT FROM run_insights_closed c WHERE c.enterprise_id = r.enterprise_id
+                   AND c.through > r.recovered_at) THEN
+        RETURN NULL;  -- an open period's: answers read it from run_recoveries
     END IF;
     PERFORM run_insights_totals_add(
         r.enterprise_id, ARRAY[r.pipeline_id, '00000000-0000-0000-0000-000000000000'::uuid],

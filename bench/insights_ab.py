@@ -14,10 +14,15 @@ other work on the machine, the CPU of the database backends per change (user + s
 (pg_stat_user_functions, track_functions = all on the scratch database). `--batch N` makes
 each start and flip statement change N runs, as a group commit does (creates and the
 general path's finishes stay one a transaction, as the API makes them).
-The lead measures on a quiet machine.
+The lead measures on a quiet machine. `--http` measures through the service instead, and
+`--reach-back N` the cost of deleting old runs (bench/insights_http.py).
 
     .venv/bin/python bench/insights_ab.py [--connections 8] [--seconds 5] [--rounds 2]
                                           [--batch 1]
+    .venv/bin/python bench/insights_ab.py --http [--enterprises 4] [--pipelines 5]
+                                          [--clients 8] [--seconds 5] [--rounds 2]
+    .venv/bin/python bench/insights_ab.py --reach-back 40 [--history-runs 20000]
+                                          [--pipelines 5]
 """
 from __future__ import annotations
 
@@ -41,7 +46,7 @@ from service.app import runs as app_runs  # noqa: E402
 from service.app.context import Actor, OnConnection  # noqa: E402
 from service.domain import lifecycle  # noqa: E402
 from service.infra.db import init_connection  # noqa: E402
-from service.store import meta, moves, pipelines, runs  # noqa: E402
+from service.store import insights, meta, moves, pipelines, runs  # noqa: E402
 
 ENTERPRISE = "ab"
 TRIGGERS = ("run_insights_insert_delete", "run_insights_update", "run_insights_collect_update",
@@ -158,6 +163,8 @@ async def main_async(dsn: str, args) -> list[tuple]:
     await conn.execute(f"ALTER DATABASE {conn._params.database} SET track_functions = 'all'")
     await init_connection(conn)
     pipeline = await pipelines.create_pipeline(conn, ENTERPRISE, 1, {"name": "ab"})
+    if await conn.fetchval("SELECT to_regproc('run_insights_close') IS NOT NULL"):
+        await insights.close(conn, ENTERPRISE)  # a watermark, as the sweeper keeps it
     pool = await asyncpg.create_pool(dsn, min_size=args.connections, max_size=args.connections,
                                      init=init_connection)
     held = [await pool.acquire() for _ in range(args.connections)]  # every backend's pid
@@ -199,7 +206,20 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--batch", type=int, default=1,
                         help="runs changed per start and flip statement")
+    parser.add_argument("--http", action="store_true",
+                        help="through the service instead (bench/insights_http.py)")
+    parser.add_argument("--enterprises", type=int, default=4, help="--http: enterprises")
+    parser.add_argument("--pipelines", type=int, default=5,
+                        help="--http, --reach-back: pipelines (each enterprise's)")
+    parser.add_argument("--clients", type=int, default=8, help="--http: concurrent clients")
+    parser.add_argument("--reach-back", type=int, default=0, metavar="N",
+                        help="delete N runs created ~80 days ago, ms each (insights_http.py)")
+    parser.add_argument("--history-runs", type=int, default=20000,
+                        help="--reach-back: runs seeded over 90 days")
     args = parser.parse_args()
+    if args.http or args.reach_back:
+        import insights_http
+        return insights_http.reach_back(args) if args.reach_back else insights_http.http_ab(args)
     name = f"pr_ab_{uuid.uuid4().hex[:8]}"
     with scratchdb.admin_dsn() as admin:
         asyncio.run(scratchdb.admin(admin, f'CREATE DATABASE "{name}"'))

@@ -241,6 +241,9 @@ def cmd_verify(config: Config, args) -> int:
               f"(enterprise {enterprise_id}): "
               + ("missing" if d.actual is None else "surplus" if d.expected is None
                  else ", ".join(d.fields) + " differ") + " (the events' running totals)")
+    for c in result.closed_drifts:
+        print(f"DRIFT run_insights_closed (enterprise {c.enterprise_id}): through "
+              f"{c.through.isoformat()} is {c.why}")
     def recovery(v) -> str:  # (recovered_at, failed_at) or None
         return "none" if v is None else f"failed {v[1].isoformat()} recovered {v[0].isoformat()}"
 

@@ -58,15 +58,32 @@ def _period(at: datetime) -> datetime:
     return at.replace(hour=at.hour - at.hour % 6, minute=0, second=0, microsecond=0)
 
 
+async def _closed_ahead(db, *enterprises) -> None:
+    """Every period counts as closed for these enterprises (their watermark a year ahead):
+    each change then moves the running totals, as one reaching back before the watermark
+    does, which is the path these tests exercise."""
+    await db.execute("INSERT INTO run_insights_closed SELECT e, insights_period(now()) "
+                     "+ interval '366 days' FROM unnest($1::text[]) AS e", list(enterprises))
+
+
 async def _expected_totals(db, enterprise) -> dict:
     """Running totals per (pipeline or rollup, period) folded here from the runs' keys and
-    recoveries: only periods with something of their own."""
+    recoveries before the watermark (closed hours): only periods with something of their
+    own."""
+    through = await db.fetchval("SELECT through FROM run_insights_closed "
+                                "WHERE enterprise_id = $1", enterprise)
+    if through is None:
+        return {}
     own: dict = defaultdict(lambda: defaultdict(int))
     for r in await db.fetch(KEYS_FROM_RUNS, enterprise):
+        if r["hour"] >= through:
+            continue
         for p in (r["pipeline_id"], ALL_PIPELINES):
             own[(p, _period(r["hour"]))][(r["metric"], r["bin"])] += r["n"]
     for r in await db.fetch(RECOVERIES_FROM_RUNS, enterprise):
         micros = (r["recovered_at"] - r["failed_at"]) // timedelta(microseconds=1)
+        if r["recovered_at"] >= through:
+            continue
         for p in (r["pipeline_id"], ALL_PIPELINES):
             own[(p, _period(r["recovered_at"]))][("recovered", 0)] += 1
             own[(p, _period(r["recovered_at"]))][("recovered_micros", 0)] += micros
@@ -138,6 +155,7 @@ async def _end(db, enterprise, pipeline_id, ids, targets) -> None:
 
 
 async def test_many_runs_of_a_pipeline_in_one_statement_and_one_transaction(db, enterprise):
+    await _closed_ahead(db, enterprise)
     pipeline = await pipelines.create_pipeline(db, enterprise, 1, {"name": "many"})
     other = await pipelines.create_pipeline(db, enterprise, 1, {"name": "other"})
     async with db.transaction():  # 25 creates of two pipelines: one pass at commit
@@ -165,6 +183,7 @@ async def test_many_runs_of_a_pipeline_in_one_statement_and_one_transaction(db, 
 
 
 async def test_a_rolled_back_savepoint_takes_its_changes_out_of_the_pass(db, enterprise):
+    await _closed_ahead(db, enterprise)
     pipeline = await pipelines.create_pipeline(db, enterprise, 1, {"name": "sp"})
     async with db.transaction():
         ids = await _create(db, enterprise, pipeline["id"], 12)
@@ -195,6 +214,7 @@ async def test_a_rolled_back_savepoint_takes_its_changes_out_of_the_pass(db, ent
 async def test_a_group_commit_of_starts_stays_exact(api, client, db, enterprise):
     """Group commit takes the simple moves: pending -> running stamps started_at (a queue
     key) for many runs of one pipeline in one statement."""
+    await _closed_ahead(db, enterprise)
     pipeline = await api.pipeline()
     runs = [await api.run(pipeline["id"]) for _ in range(30)]
     group = client.server.app[GROUP_COMMIT]
@@ -214,6 +234,7 @@ async def test_a_transaction_moves_each_running_total_once(db, enterprise):
     """The upkeep follows the distinct (pipeline, period) rows, not the runs: 25 runs of two
     pipelines started by one statement are one pass, which moves each pipeline's row once
     and the rollup's once (three calls of run_insights_totals_add, not 25 of two rows)."""
+    await _closed_ahead(db, enterprise)
     many = await pipelines.create_pipeline(db, enterprise, 1, {"name": "many"})
     few = await pipelines.create_pipeline(db, enterprise, 1, {"name": "few"})
     async with db.transaction():
@@ -237,6 +258,7 @@ async def test_one_statement_of_two_enterprises_keeps_each_exact(db, enterprise)
     """A group commit's statement may carry several enterprises' changes (lanes): the pass
     keeps each enterprise's keys, rows and rollup apart."""
     other = enterprise + "-b"
+    await _closed_ahead(db, enterprise, other)
     made = []
     for ent in (enterprise, other):
         pipeline = await pipelines.create_pipeline(db, ent, 1, {"name": "lane"})
@@ -264,3 +286,33 @@ async def test_one_transaction_reaching_back_over_many_periods(seeded, db):
             await app_runs.delete(OnConnection(db), Actor("ins", "t", None), r["pipeline_id"],
                                   r["id"])
     await _assert_exact(db, "ins")
+
+
+async def test_a_change_in_the_open_period_writes_no_running_total(db, enterprise):
+    """The usual change (keys of the current period, at or after the watermark) moves the
+    hourly rows only: no run_insights_totals_add, no row; closing the period later (the
+    sweeper) brings them in, as the fold gives them."""
+    pipeline = await pipelines.create_pipeline(db, enterprise, 1, {"name": "open"})
+    await db.execute("INSERT INTO run_insights_closed VALUES ($1, insights_hour(now()))",
+                     enterprise)
+    async with db.transaction():
+        ids = await _create(db, enterprise, pipeline["id"], 6)
+    async with db.transaction():
+        await db.execute("SET LOCAL track_functions = 'all'")
+        await moves.change_statuses(db, _changes(enterprise, pipeline["id"], ids,
+                                                 ["running"] * 6))
+        await _end(db, enterprise, pipeline["id"], ids, ["failure", "success"] * 3)
+        await db.execute("SET CONSTRAINTS ALL IMMEDIATE")
+        calls = dict(await db.fetch(
+            "SELECT funcname, calls FROM pg_stat_xact_user_functions WHERE funcname IN "
+            "('run_insights_pass', 'run_insights_totals_add')"))
+    assert calls == {"run_insights_pass": 1}
+    assert await db.fetchval("SELECT count(*) FROM run_insights_totals "
+                             "WHERE enterprise_id = $1", enterprise) == 0
+    assert await db.fetchval("SELECT count(*) FROM run_recoveries "
+                             "WHERE enterprise_id = $1", enterprise) == 3
+    await _assert_exact(db, enterprise)
+    # a period that has not ended is never closed, whatever `upto` says
+    assert await db.fetchval("SELECT run_insights_close($1, now() + interval '1 day')",
+                             enterprise) == 0
+    await _assert_exact(db, enterprise)

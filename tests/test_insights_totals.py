@@ -22,6 +22,7 @@ DAY = NOW.replace(hour=0)
 ROOT = Path(__file__).resolve().parent.parent
 MIGRATION = ROOT / "migrations" / "0007_insights_totals.sql"
 BYTES_MIGRATION = ROOT / "migrations" / "0008_insights_totals_bytes.sql"
+CLOSED_MIGRATION = ROOT / "migrations" / "0010_insights_closed.sql"
 SCHEMA = ROOT / "schema.sql"
 ROWS = "SELECT * FROM run_insights_totals ORDER BY 1, 2, 3"
 
@@ -68,14 +69,17 @@ async def test_the_running_totals_follow_writes_that_reach_back(seeded, db):
     old = next(r for r in runs if r["created_at"] < NOW - timedelta(days=40)
                and r["status"] == "success")
     await seeded.delete(f"/pipelines/{old['pipeline_id']}/runs/{old['id']}/")
-    # a period whose only keys go: its row leaves (it would equal the one before)
+    # the open period's keys are hourly rows only; a run backdated into a closed period has
+    # a row there, and when its only keys go the row leaves (it would equal the one before)
     pipeline = await seeded.pipeline("lonely")
     run = await seeded.run(pipeline["id"])
-    assert await db.fetchval("SELECT count(*) FROM run_insights_totals WHERE pipeline_id = $1",
-                             pipeline["id"]) == 1
+    count = "SELECT count(*) FROM run_insights_totals WHERE pipeline_id = $1"
+    assert await db.fetchval(count, pipeline["id"]) == 0
+    await db.execute("UPDATE pipeline_runs SET created_at = created_at - interval '10 days' "
+                     "WHERE id = $1", run["id"])
+    assert await db.fetchval(count, pipeline["id"]) == 1
     await seeded.delete(f"/pipelines/{pipeline['id']}/runs/{run['id']}/")
-    assert await db.fetchval("SELECT count(*) FROM run_insights_totals WHERE pipeline_id = $1",
-                             pipeline["id"]) == 0
+    assert await db.fetchval(count, pipeline["id"]) == 0
     assert (await verify(db)).clean  # byte for byte the running totals of the fold's keys
     frm, to = DAY - timedelta(days=60), NOW
     await _compare(seeded, [r for r in await _states_now(db)],
@@ -105,8 +109,9 @@ async def test_verify_names_a_tampered_running_total_and_replay_restores_it(seed
 
 
 async def test_migrations_0007_and_0008_fill_what_the_triggers_keep(seeded, db):
-    """0007 makes and fills the running totals with int4[] histograms, 0008 turns them into
-    bytes, and schema.sql then keeps them: byte for byte what the triggers kept."""
+    """0007 makes and fills the running totals with int4[] histograms (every period's),
+    0008 turns them into bytes, 0010 drops the rows of periods not closed, and schema.sql
+    then keeps them: byte for byte what the triggers and the closing kept."""
     before = await db.fetch(ROWS)
     assert {r["pipeline_id"] for r in before} >= {ALL_PIPELINES}
     async with db.transaction():
@@ -116,6 +121,7 @@ async def test_migrations_0007_and_0008_fill_what_the_triggers_keep(seeded, db):
                                  "attrelid = 'run_insights_totals'::regclass AND "
                                  "attname = 'duration'") == "integer[]"
         await db.execute(BYTES_MIGRATION.read_text())
+        await db.execute(CLOSED_MIGRATION.read_text())  # the open period's rows go
         await db.execute(SCHEMA.read_text())
     assert await db.fetch(ROWS) == before
 

@@ -1,7 +1,8 @@
 """Insights: run figures per time bucket and pipeline, from the insights projections.
 
-The window is widened to whole UTC hours (the projection's grain); its whole 6-hour
-periods come from the running totals, its ragged ends from the hourly rows; `as_of` answers
+The window is widened to whole UTC hours (the projection's grain); its whole 6-hour periods
+come from the running totals up to the enterprise's watermark (the closed hours), its
+ragged ends and the hours from the watermark on from the hourly rows; `as_of` answers
 from the events as they stood then (store/insights.py).
 """
 from __future__ import annotations
@@ -65,7 +66,9 @@ async def insights(conn: asyncpg.Connection, enterprise_id: str, *, start=None, 
             raise NotFound("pipeline not found")
         names = await _within_max_rows(conn, enterprise_id, frm, to, granularity, pipeline_ids,
                                        pipeline_name) if group else {}
-        span = store.tier_span((frm, to), granularity, as_of, now)
+        span = store.tier_span((frm, to), granularity, as_of, now,
+                               await store.closed_through(conn, enterprise_id)
+                               if as_of is None and granularity != "hour" else None)
         tallies: dict[tuple, insights_sums.Tally] = defaultdict(insights_sums.Tally)
         for r in await store.counters(conn, *args, span=span):
             tallies[(r["bucket"], r["pipeline_id"])].add_counters(r)

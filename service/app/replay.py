@@ -27,6 +27,7 @@ import time
 from collections import Counter, defaultdict
 from contextlib import aclosing
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from typing import Any, Callable, Iterator
 
 import asyncpg
@@ -81,6 +82,14 @@ class TotalDrift:
 
 
 @dataclass
+class ClosedDrift:
+    enterprise_id: str
+    through: datetime  # the watermark run_insights_closed holds
+    why: str  # "not an hour start"
+    pipelines: set  # the enterprise's pipelines with running totals (replay rebuilds them)
+
+
+@dataclass
 class Scan:
     events: int = 0
     runs: int = 0
@@ -107,11 +116,15 @@ class Scan:
     # run_insights_totals rows that differ from the running totals of the fold's keys (and
     # run_recoveries).
     total_drifts: list[TotalDrift] = field(default_factory=list)
+    # run_insights_closed watermarks that are not an hour start (the rows are checked as
+    # total_drifts against each watermark: rows of periods at or after it are surplus).
+    closed_drifts: list[ClosedDrift] = field(default_factory=list)
 
     @property
     def clean(self) -> bool:
         return not (self.drifts or self.counter_drifts or self.version_drifts
-                    or self.insight_drifts or self.recovery_drifts or self.total_drifts)
+                    or self.insight_drifts or self.recovery_drifts or self.total_drifts
+                    or self.closed_drifts)
 
 
 _ROW = operator.itemgetter(*sql.PROJECTION_COLUMNS)
@@ -522,6 +535,7 @@ class _Stored:
     orphan_stage_runs: list
     totals: list
     recoveries_by_period: list
+    closed: dict  # {enterprise_id: watermark}
 
 
 async def _stored(conn: asyncpg.Connection) -> _Stored:
@@ -529,7 +543,8 @@ async def _stored(conn: asyncpg.Connection) -> _Stored:
                    await insights_store.recovery_drifts(conn),
                    await conn.fetch(sql.ORPHAN_STAGE_RUN_KEYS),
                    await insights_store.all_totals(conn),
-                   await insights_store.recoveries_by_period(conn))
+                   await insights_store.recoveries_by_period(conn),
+                   await insights_store.all_closed(conn))
 
 
 async def _scan_rest(conn: asyncpg.Connection, result: Scan, counted: _Counts,
@@ -543,7 +558,9 @@ async def _scan_rest(conn: asyncpg.Connection, result: Scan, counted: _Counts,
         _compare_table(n, table, stored.tables[n], result, counted)
     result.recovery_drifts = _recovery_drifts(stored.recoveries)
     result.total_drifts = _total_drifts(counted.folded(_INSIGHTS), stored.totals,
-                                        stored.recoveries_by_period)
+                                        stored.recoveries_by_period, stored.closed)
+    result.closed_drifts = _closed_drifts(stored.closed, stored.totals,
+                                          counted.folded(_INSIGHTS))
     known = {d.run_key for d in result.drifts}
     for row in stored.orphan_stage_runs:
         key = (row["enterprise_id"], row["run_id"])
@@ -569,15 +586,24 @@ def _compare_table(n: int, table: _Table, stored: dict, result: Scan,
         result.insight_errors[table.name] = Counter(errors)
 
 
-def _total_drifts(folded: dict, stored: list, recoveries: list) -> list[TotalDrift]:
+def _total_drifts(folded: dict, stored: list, recoveries: list,
+                  closed: dict) -> list[TotalDrift]:
     """run_insights_totals (stored) against the running totals of the fold's run_insights
     keys (folded: {(enterprise_id, pipeline_id): {(hour number, metric, bin): n}}) and of
     run_recoveries (per pipeline and period), per pipeline and period, and per enterprise
-    (the rollup: every pipeline's)."""
+    (the rollup: every pipeline's), for the closed hours (before each enterprise's
+    watermark, `closed`; the recoveries come counted so): a row of a period at or after it
+    is surplus."""
     own: dict[tuple, dict] = defaultdict(lambda: defaultdict(Counter))
     for (enterprise_id, pipeline_id), cells in folded.items():
         mine, rollup = own[(enterprise_id, pipeline_id)], own[(enterprise_id, _ROLLUP)]
+        through = closed.get(enterprise_id)
+        # the first hour number not closed (hours before `through`: numbers below it)
+        limit = -((insight_keys.hour_at(0) - through) // timedelta(hours=1)) \
+            if through is not None else None
         for (hour, metric, bin_), n in cells.items():
+            if limit is None or hour >= limit:
+                continue  # not closed: not in the running totals
             at = insight_keys.period_of(hour)
             mine[at][(metric, bin_)] += n
             rollup[at][(metric, bin_)] += n
@@ -601,6 +627,22 @@ def _total_drifts(folded: dict, stored: list, recoveries: list) -> list[TotalDri
                           if w is None or h is None or w[i] != h[i]]
                 drifts.append(TotalDrift((*pipeline, at), fields, w, h))
     return sorted(drifts, key=lambda d: str(d.key))
+
+
+def _closed_drifts(closed: dict, totals: list, folded: dict) -> list[ClosedDrift]:
+    """Watermarks that are not an hour start, with the enterprise's pipelines to rebuild.
+    (One ahead of now is no drift: every change before it keeps the totals, as a change
+    reaching back does; one that disagrees with the rows shows as their drift: rows at or
+    after it surplus, rows of a period before it missing.)"""
+    drifts = []
+    for enterprise_id, through in sorted(closed.items()):
+        why = "not an hour start" if insight_keys.hour_start(through) != through else None
+        if why:
+            pipelines = ({r["pipeline_id"] for r in totals
+                          if r["enterprise_id"] == enterprise_id}
+                         | {p for e, p in folded if e == enterprise_id} | {_ROLLUP})
+            drifts.append(ClosedDrift(enterprise_id, through, why, pipelines))
+    return drifts
 
 
 
@@ -691,7 +733,8 @@ async def _replay(conn: asyncpg.Connection, dsn: str | None, memory_mb: int) -> 
     caught_up = await _catch_up(conn, result.heads, {item[0] for item in skipped},
                                 result.counter_errors, result.insight_errors,
                                 {d.key[:2] for d in result.recovery_drifts},
-                                _totals_to_rebuild(result))
+                                _totals_to_rebuild(result),
+                                [d.enterprise_id for d in result.closed_drifts])
     return ReplayReport(result.events, result.runs, len(result.drifts), caught_up,
                         time.perf_counter() - started,
                         counters_repaired=len(result.counter_errors),
@@ -706,13 +749,15 @@ def _totals_to_rebuild(result: Scan) -> set[tuple]:
     triggers; and their enterprises' rollups."""
     pipelines = ({d.key[:2] for d in result.total_drifts}
                  | {(k[0], k[2]) for errors in result.insight_errors.values() for k in errors}
-                 | {d.key[:2] for d in result.recovery_drifts})
+                 | {d.key[:2] for d in result.recovery_drifts}
+                 | {(d.enterprise_id, p) for d in result.closed_drifts for p in d.pipelines})
     return pipelines | {(e, insight_keys.ALL_PIPELINES) for e, _ in pipelines}
 
 
 async def _catch_up(conn: asyncpg.Connection, heads: dict[str, int], keys: set,
                     counter_errors: Counter, insight_errors: dict[str, Counter],
-                    recovered: set[tuple], totals: set[tuple]) -> int:
+                    recovered: set[tuple], totals: set[tuple],
+                    watermarks: list[str]) -> int:
     """Under a short write lock: re-fold the runs changed since the scan, and the skipped;
     take the counters' snapshot error back out (patches and writes never change it)."""
     async with conn.transaction():
@@ -734,6 +779,7 @@ async def _catch_up(conn: asyncpg.Connection, heads: dict[str, int], keys: set,
         # Recoveries follow the runs projection (its patches move them at commit); the
         # pipelines whose recoveries drifted otherwise are recomputed whole.
         await insights_store.refresh_recoveries(conn, recovered)
+        await insights_store.fix_watermarks(conn, watermarks)  # then the totals up to them
         await insights_store.rebuild_totals(conn, totals)
         return len(keys)
 

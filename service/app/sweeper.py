@@ -1,5 +1,8 @@
 """The timeout sweeper: moves overdue runs and stage runs to timeout, as `system` events.
 
+Each sweep also closes the insights hours that ended (close_insights: the running
+totals' watermark, docs/insights.md).
+
 Every TIMEOUT_SWEEP_SECONDS, in every service process; a session advisory lock lets only
 one process sweep at a time. Each run is moved in its own transaction through the same
 locked write path callers use, so a sweep is idempotent and a caller moving the same run
@@ -20,7 +23,7 @@ from service.domain.errors import Conflict, NotFound
 from service.infra.metrics import Metrics
 from service.app import runs, stage_runs
 from service.app.context import OnConnection, system
-from service.store import idempotency, partitions, timeouts
+from service.store import idempotency, insights, partitions, timeouts
 from service.infra.appended import appended_events
 from service.infra.db import UNAVAILABLE
 
@@ -43,6 +46,7 @@ async def sweep_once(pool: asyncpg.Pool, metrics: Metrics | None = None,
             stage_runs_moved = await _sweep_stage_runs(conn, metrics, appended)
             await idempotency.purge_expired(conn)  # Idempotency-Keys older than 24 h
             await _ensure_partitions(conn)
+            await close_insights(conn)
         finally:
             await timeouts.unlock(conn)
     if metrics is not None:
@@ -61,6 +65,21 @@ async def _ensure_partitions(conn: asyncpg.Connection) -> None:
         return
     if made:
         log.info("created %d run_events partitions ahead", made)
+
+
+async def close_insights(conn: asyncpg.Connection) -> int:
+    """Close every enterprise's ended insights hours (store/insights.py close): one
+    transaction each, under its feed lock, so writers of one enterprise wait at most for
+    its own closing; never fatal (the next sweep tries again, and answers are right
+    whatever the watermark's lag: they read more hourly rows). The rows written."""
+    made = 0
+    try:
+        for enterprise_id in await insights.to_close(conn):
+            async with conn.transaction():
+                made += await insights.close(conn, enterprise_id)
+    except (asyncpg.PostgresError, OSError) as exc:
+        log.warning("insights hours not closed this time: %s", exc)
+    return made
 
 
 async def _in_batches(fetch, move, metrics: Metrics | None,

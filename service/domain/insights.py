@@ -149,6 +149,11 @@ def period_of(hour: int) -> datetime:
     return hour_at(hour - hour % 6)
 
 
+def hour_start(at: datetime) -> datetime:
+    """The start of the UTC hour a time is in (SQL's insights_hour)."""
+    return at.astimezone(timezone.utc).replace(minute=0, second=0, microsecond=0)
+
+
 def total_rows(periods: Mapping[datetime, Mapping[tuple[str, int], int]]) -> list[tuple]:
     """A pipeline's run_insights_totals rows (at, *TOTAL_COLUMNS) from each period's own
     counts {(metric, bin): n} (its run_insights keys, and 'recovered' and 'recovered_micros'

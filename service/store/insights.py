@@ -6,7 +6,7 @@ recoveries: $1 enterprise, $2 from, $3 to (UTC hours), $4 pipeline ids (NULL: al
 pipeline name (NULL: any), $6 as_of (NULL: now), and live $7, $8 the span of whole
 6-hour periods the running totals answer instead (tier_span); one statement per
 granularity, grouping and as_of (COUNTERS, RECOVERIES). The running totals:
-TIER_PIPELINES, TIER_ROLLUP.
+TIER_PIPELINES, TIER_ROLLUP (closed hours only: CLOSED_THROUGH).
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import asyncpg
 
 from service.domain.insights import (ALL_PIPELINES, HISTOGRAMS, OUTCOMES, PERIOD,
                                      TOTAL_COUNTS)
-from service.store.locks import FEED_LOCKS
+from service.store.locks import FEED_LOCK, FEED_LOCKS
 
 _TERMINAL = ", ".join(f"'{o}'" for o in OUTCOMES)
 
@@ -192,6 +192,27 @@ TIER_ROLLUP = _TIER.format(members=f"""
     WHERE p.enterprise_id = $1 AND p.deleted_at IS NOT NULL
       AND $2::uuid[] IS NULL AND $3::text IS NULL""")
 
+# The running totals' watermark (schema.sql run_insights_closed), and its moving on: an
+# enterprise's ended hours closed under its feed lock (the write path's pass runs under
+# it), in one transaction per enterprise (the sweeper, the seeder, tests).
+CLOSED_THROUGH = "SELECT through FROM run_insights_closed WHERE enterprise_id = $1"
+CLOSE = f"""
+WITH feed_lock AS MATERIALIZED (SELECT {FEED_LOCK} AS locked)
+SELECT run_insights_close($1, coalesce($2::timestamptz, now())) FROM feed_lock
+"""
+# The enterprises whose watermark is behind the current hour's start (or that have none
+# and hourly rows): from the pipelines (a few thousand rows), not run_insights.
+TO_CLOSE = """
+SELECT e.enterprise_id FROM (SELECT DISTINCT enterprise_id FROM pipelines) AS e
+LEFT JOIN run_insights_closed c ON c.enterprise_id = e.enterprise_id
+WHERE (c.through IS NULL AND EXISTS (SELECT FROM run_insights i
+                                     WHERE i.enterprise_id = e.enterprise_id
+                                       AND i.hour < insights_hour(now())))
+   OR c.through < insights_hour(now())
+ORDER BY 1
+"""
+ALL_CLOSED = "SELECT enterprise_id, through FROM run_insights_closed"
+
 PIPELINE_IS_LIVE = """
 SELECT EXISTS (SELECT FROM pipelines WHERE enterprise_id = $1 AND id = $2 AND deleted_at IS NULL)
 """
@@ -308,7 +329,8 @@ WHERE w.run_id IS NULL OR s.run_id IS NULL
 ORDER BY 1, 2, 3
 """
 # Verify: every running total, and the recoveries per (pipeline and rollup, period)
-# they are compared with (run_recoveries is checked against the runs on its own).
+# before the watermark they are compared with (run_recoveries is checked against the runs
+# on its own).
 ALL_TOTALS = """
 SELECT enterprise_id, pipeline_id, at, created, success, failure, timeout, invalid,
        cancelled, recovered, recovered_micros, duration, queue
@@ -318,8 +340,10 @@ RECOVERIES_BY_PERIOD = f"""
 SELECT r.enterprise_id, p.pipeline_id,
        insights_period(r.recovered_at) AS at,
        count(*) AS n, sum(insights_micros(r.recovered_at - r.failed_at))::bigint AS micros
-FROM run_recoveries r, LATERAL (VALUES (r.pipeline_id), ('{ALL_PIPELINES}'::uuid))
-    AS p(pipeline_id)
+FROM run_recoveries r
+JOIN run_insights_closed c  -- the closed hours': the running totals hold those only
+  ON c.enterprise_id = r.enterprise_id AND r.recovered_at < c.through,
+     LATERAL (VALUES (r.pipeline_id), ('{ALL_PIPELINES}'::uuid)) AS p(pipeline_id)
 GROUP BY 1, 2, 3
 """
 # Replay: drifted pipelines' (and rollups') running totals rebuilt whole from run_insights
@@ -330,6 +354,16 @@ WITH feed_locks AS MATERIALIZED (
 )
 SELECT run_insights_totals_rebuild(p.e, p.p)
 FROM feed_locks, unnest($1::text[], $2::uuid[]) AS p(e, p)
+"""
+# Replay: watermarks that are no hour start moved back to one (their enterprises'
+# running totals then rebuilt up to it), under their enterprises' feed locks.
+FIX_WATERMARKS = f"""
+WITH feed_locks AS MATERIALIZED (
+    {FEED_LOCKS.format(enterprises="SELECT unnest($1::text[])")}
+)
+UPDATE run_insights_closed c
+SET through = insights_hour(c.through)
+FROM feed_locks WHERE c.enterprise_id = ANY($1::text[])
 """
 # Replay: a drifted pipeline's recoveries recomputed whole, under its enterprise's feed lock.
 REFRESH_PIPELINES = f"""
@@ -359,21 +393,32 @@ def _args(enterprise_id: str, window: tuple, pipeline_ids, pipeline_name, as_of)
     return (enterprise_id, window[0], window[1], pipeline_ids, pipeline_name, as_of)
 
 
-def tier_span(window: tuple, granularity, as_of, now: datetime) -> tuple[datetime, datetime]:
-    """The whole periods [first, last) the running totals answer ([to, to): none).
+def tier_span(window: tuple, granularity, as_of, now: datetime,
+              through: datetime | None) -> tuple[datetime, datetime]:
+    """The whole periods [first, last) the running totals answer ([to, to): none), up to
+    `through` at most (the enterprise's watermark, an hour start; None: nothing closed): a
+    period's row holds its hours before it, so `last` may fall inside a period; the window
+    from `through` on comes from the hourly rows.
 
     A period the window covers in part is read from them (less its hours outside the
     window) when fewer of its hours lie outside than inside, else its hours inside come
     from the hourly rows; hours after now count as none (nothing has happened there)."""
     frm, to = window
-    if as_of is not None or granularity == "hour":
+    if as_of is not None or granularity == "hour" or through is None:
         return to, to
     first, last = _period(frm), _period(to)
     if frm - first >= first + PERIOD - frm:
         first += PERIOD  # the first period's hours in the window from the hourly rows
     if to > last and min(last + PERIOD, max(now, to)) - to < to - last:
         last += PERIOD  # the last period from the totals, less its hours from `to` on
+    last = min(last, through)
     return (first, last) if first < last else (to, to)
+
+
+async def closed_through(conn: asyncpg.Connection, enterprise_id: str) -> datetime | None:
+    """The enterprise's watermark: the running totals hold everything before it (None:
+    nothing closed)."""
+    return await conn.fetchval(CLOSED_THROUGH, enterprise_id)
 
 
 def _period(at: datetime) -> datetime:
@@ -441,6 +486,24 @@ async def rebuild_batch_totals(conn: asyncpg.Connection, enterprise_id: str,
     await conn.execute(REBUILD_BATCH_TOTALS, enterprise_id, run_ids)
 
 
+async def close(conn: asyncpg.Connection, enterprise_id: str,
+                upto: datetime | None = None) -> int:
+    """Close the enterprise's hours ended by `upto` (None: now; never an hour not yet
+    ended) under its feed lock, held to the end of the caller's transaction (else of this
+    statement); the running totals' rows written."""
+    return await conn.fetchval(CLOSE, enterprise_id, upto)
+
+
+async def to_close(conn: asyncpg.Connection) -> list[str]:
+    """The enterprises with ended hours not yet closed."""
+    return [r[0] for r in await conn.fetch(TO_CLOSE)]
+
+
+async def all_closed(conn: asyncpg.Connection) -> dict[str, datetime]:
+    """{enterprise_id: watermark} (verify)."""
+    return {r[0]: r[1] for r in await conn.fetch(ALL_CLOSED)}
+
+
 async def all_totals(conn: asyncpg.Connection) -> list[asyncpg.Record]:
     return await conn.fetch(ALL_TOTALS)
 
@@ -459,6 +522,12 @@ async def _per_pipeline(conn: asyncpg.Connection, sql: str, pipelines: set[tuple
 async def rebuild_totals(conn: asyncpg.Connection, pipelines: set[tuple]) -> None:
     """Rebuild these (enterprise_id, pipeline_id)'s running totals (replay)."""
     await _per_pipeline(conn, REBUILD_TOTALS, pipelines)
+
+
+async def fix_watermarks(conn: asyncpg.Connection, enterprises: list[str]) -> None:
+    """Move these enterprises' watermarks back to an hour start (replay)."""
+    if enterprises:
+        await conn.execute(FIX_WATERMARKS, sorted(enterprises))
 
 
 async def add_recoveries(conn: asyncpg.Connection, enterprise_id: str, run_ids: list) -> None:

@@ -90,3 +90,4 @@ async def copy_batch(conn: asyncpg.Connection, enterprise_id: str, events: list[
             await insights.add_runs(conn, enterprise_id, [r[_ID] for r in runs])
             await insights.add_recoveries(conn, enterprise_id, [r[_ID] for r in runs])
             await insights.rebuild_batch_totals(conn, enterprise_id, [r[_ID] for r in runs])
+            await insights.close(conn, enterprise_id)  # its ended hours
