@@ -808,6 +808,36 @@ BEGIN
 END
 $$;
 
+-- What run_insights and run_recoveries hold in [lo, hi), summed per period (insights_period)
+-- under each pipeline and under the rollup (the all-zeros id), as the keys
+-- run_insights_totals_add takes ('recovered' and 'recovered_micros' at bin 0); `only_p`:
+-- that pipeline's (or the rollup's) alone. What a period adds to the running totals, for
+-- their rebuild and for closing hours alike.
+CREATE OR REPLACE FUNCTION run_insights_period_keys(e text, lo timestamptz, hi timestamptz,
+                                                    only_p uuid DEFAULT NULL)
+RETURNS TABLE (p uuid, at timestamptz, metrics text[], bins integer[], ns bigint[])
+LANGUAGE sql STABLE AS $$
+    SELECT u.p, u.at, array_agg(u.metric), array_agg(u.bin), array_agg(u.n)
+    FROM (SELECT l.p, insights_period(i.hour) AS at, i.metric, i.bin, sum(i.n)::bigint AS n
+          FROM run_insights i,
+               LATERAL (VALUES (i.pipeline_id), ('00000000-0000-0000-0000-000000000000'::uuid)) AS l(p)
+          WHERE i.enterprise_id = e AND i.hour >= lo AND i.hour < hi
+            AND (only_p IS NULL OR l.p = only_p)
+          GROUP BY 1, 2, 3, 4
+          UNION ALL
+          SELECT r.p, r.at, m.metric, 0, m.n
+          FROM (SELECT l.p, insights_period(r.recovered_at) AS at, count(*) AS n,
+                       sum(insights_micros(r.recovered_at - r.failed_at))::bigint AS micros
+                FROM run_recoveries r,
+                     LATERAL (VALUES (r.pipeline_id), ('00000000-0000-0000-0000-000000000000'::uuid)) AS l(p)
+                WHERE r.enterprise_id = e AND r.recovered_at >= lo AND r.recovered_at < hi
+                  AND (only_p IS NULL OR l.p = only_p)
+                GROUP BY 1, 2) AS r,
+               LATERAL (VALUES ('recovered', r.n), ('recovered_micros', r.micros))
+                   AS m(metric, n)) AS u
+    WHERE u.n <> 0
+    GROUP BY u.at, u.p
+$$;
 -- A pipeline's running totals from the period of `since` on rebuilt from run_insights and
 -- run_recoveries (whole: replay's repair, migration 0007's fill; from its batch's first
 -- period: the seeder's bulk load), period by period in order (each add then writes one
@@ -826,28 +856,7 @@ BEGIN
     END IF;
     DELETE FROM run_insights_totals WHERE enterprise_id = e AND pipeline_id = p AND at >= since;
     FOR k IN
-        SELECT u.at, array_agg(u.metric) AS metrics, array_agg(u.bin) AS bins,
-               array_agg(u.n) AS ns
-        FROM (SELECT insights_period(i.hour) AS at,
-                     i.metric, i.bin, sum(i.n)::bigint AS n
-              FROM run_insights i
-              WHERE i.enterprise_id = e AND i.hour >= since AND i.hour < upto
-                AND (i.pipeline_id = p OR p = '00000000-0000-0000-0000-000000000000')
-              GROUP BY 1, 2, 3
-              UNION ALL
-              SELECT r.at, m.metric, 0, m.n
-              FROM (SELECT insights_period(r.recovered_at) AS at, count(*) AS n,
-                           sum(insights_micros(r.recovered_at - r.failed_at))::bigint
-                               AS micros
-                    FROM run_recoveries r
-                    WHERE r.enterprise_id = e AND r.recovered_at >= since
-                      AND r.recovered_at < upto
-                      AND (r.pipeline_id = p OR p = '00000000-0000-0000-0000-000000000000')
-                    GROUP BY 1) AS r,
-                   LATERAL (VALUES ('recovered', r.n), ('recovered_micros', r.micros))
-                       AS m(metric, n)) AS u
-        WHERE u.n <> 0
-        GROUP BY u.at ORDER BY u.at
+        SELECT * FROM run_insights_period_keys(e, since, upto, p) ORDER BY at
     LOOP
         PERFORM run_insights_totals_add(e, ARRAY[p], k.at, k.metrics, k.bins, k.ns);
     END LOOP;
@@ -878,31 +887,7 @@ BEGIN
         RETURN 0;
     END IF;
     FOR k IN
-        SELECT u.p, u.at, array_agg(u.metric) AS metrics, array_agg(u.bin) AS bins,
-               array_agg(u.n) AS ns
-        FROM (SELECT l.p, insights_period(i.hour) AS at, i.metric, i.bin,
-                     sum(i.n)::bigint AS n
-              FROM run_insights i,
-                   LATERAL (VALUES (i.pipeline_id),
-                                   ('00000000-0000-0000-0000-000000000000'::uuid)) AS l(p)
-              WHERE i.enterprise_id = e AND i.hour >= was AND i.hour < upto
-              GROUP BY 1, 2, 3, 4
-              UNION ALL
-              SELECT r.p, r.at, m.metric, 0, m.n
-              FROM (SELECT l.p, insights_period(r.recovered_at) AS at, count(*) AS n,
-                           sum(insights_micros(r.recovered_at - r.failed_at))::bigint
-                               AS micros
-                    FROM run_recoveries r,
-                         LATERAL (VALUES (r.pipeline_id),
-                                         ('00000000-0000-0000-0000-000000000000'::uuid))
-                             AS l(p)
-                    WHERE r.enterprise_id = e AND r.recovered_at >= was
-                      AND r.recovered_at < upto
-                    GROUP BY 1, 2) AS r,
-                   LATERAL (VALUES ('recovered', r.n), ('recovered_micros', r.micros))
-                       AS m(metric, n)) AS u
-        WHERE u.n <> 0
-        GROUP BY u.at, u.p ORDER BY u.at, u.p
+        SELECT * FROM run_insights_period_keys(e, was, upto) ORDER BY at, p
     LOOP
         PERFORM run_insights_totals_add(e, ARRAY[k.p], k.at, k.metrics, k.bins, k.ns);
         made := made + 1;
