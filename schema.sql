@@ -898,21 +898,27 @@ BEGIN
 END
 $$;
 
--- The write path's upkeep, proportional to the distinct keys a transaction touches, not to
--- its rows (a group commit changes ~30 runs of an enterprise in one statement):
--- 1. run_insights_collect, a plain row trigger (filtered like the deferred one), notes each
---    changed row's state before (sign -1) and after (+1) in the transaction-local setting
---    insights.pending (set_config(..., true): a rolled-back savepoint takes its notes
---    back with it, and the transaction's end clears them). It takes no lock.
--- 2. run_insights_move, the deferred constraint trigger, fires at commit once per changed
---    row; its first firing applies every note at once (run_insights_pass) and clears them,
---    the others find nothing and return. So, as before, the projection's row locks are
---    taken at commit, after every statement of the transaction, hence after the feed locks
---    its appends took (store/append.py): like run_counts, its rows are only written by the
---    holder of their enterprise's feed lock, and no writer waits on them (a SET
---    CONSTRAINTS ... IMMEDIATE applies the notes so far, also after the appends).
--- The notes are the runs' states, not their keys: the pass computes the keys and the
--- recoveries' stretches of all of them set-based.
+-- The write path's upkeep: a plain row trigger (run_insights_row) moves the changed run's
+-- keys (its state before out, after in) in the same statement, after the statement's own
+-- row locks and under its enterprise's feed lock:
+-- - a one-statement write (a run created or deleted, a group commit's status changes)
+--   took that lock in the statement itself (store/append.py), and AFTER row triggers fire
+--   at the end of the statement, so after it; the trigger's own pg_advisory_xact_lock then
+--   finds it held (a lookup, no wait);
+-- - a writer that changes the runs before it appends (replay's patches) takes it here, after
+--   the row locks it holds (replay takes every feed lock of a batch first, in order:
+--   store/replay.py), the order every writer keeps;
+-- so, like run_counts, the projection's rows are only written by the holder of their
+-- enterprise's feed lock, and no writer waits on them. Only updates that move a key fire
+-- it (the WHEN below: most simple moves, queued, processing, waiting, a second running,
+-- cost nothing). The usual change's keys are in the open hours: one INSERT ... ON
+-- CONFLICT of its two to four keys, which also says whether a key is in a closed hour
+-- (before its enterprise's watermark, run_insights_closed); only then, and only when a
+-- success, failure or timeout is among its states, does it build the run's two states as
+-- notes (run_insights_change) for the running totals (run_insights_reach_back) and the
+-- recoveries (run_recoveries_pass). (It replaced notes collected per row in a setting and
+-- applied by a deferred trigger at commit, which cost the write path ~10 % of its CPU:
+-- docs/performance.md.)
 DO $$
 BEGIN
     IF to_regtype('run_insights_change') IS NULL THEN
@@ -921,38 +927,6 @@ BEGIN
             created_at bigint, started_at bigint, ended_at bigint,  -- micros since 1970
             status text);
     END IF;
-END
-$$;
-CREATE OR REPLACE FUNCTION run_insights_collect() RETURNS trigger
-LANGUAGE plpgsql AS $$
-DECLARE
-    notes text := nullif(current_setting('insights.pending', true), '');
-    note text;
-BEGIN
-    IF current_setting('insights.bulk_load', true) = 'on' THEN
-        RETURN NULL;  -- the seeder adds its runs' keys and recoveries itself
-    END IF;
-    -- Each note an element of a run_insights_change[] literal, quoted as array_out quotes
-    -- it; times as microseconds since 1970, exact both ways whatever the session's
-    -- DateStyle and TimeZone. (Plain expressions: no query, no function call per row.)
-    IF TG_OP <> 'INSERT' THEN
-        note := ARRAY[ROW(-1, OLD.enterprise_id, OLD.pipeline_id,
-                          (extract(epoch FROM OLD.created_at) * 1000000)::bigint,
-                          (extract(epoch FROM OLD.started_at) * 1000000)::bigint,
-                          (extract(epoch FROM OLD.ended_at) * 1000000)::bigint,
-                          OLD.status)::run_insights_change]::text;
-        notes := concat_ws(',', notes, substr(note, 2, length(note) - 2));
-    END IF;
-    IF TG_OP <> 'DELETE' THEN
-        note := ARRAY[ROW(1, NEW.enterprise_id, NEW.pipeline_id,
-                          (extract(epoch FROM NEW.created_at) * 1000000)::bigint,
-                          (extract(epoch FROM NEW.started_at) * 1000000)::bigint,
-                          (extract(epoch FROM NEW.ended_at) * 1000000)::bigint,
-                          NEW.status)::run_insights_change]::text;
-        notes := concat_ws(',', notes, substr(note, 2, length(note) - 2));
-    END IF;
-    PERFORM set_config('insights.pending', notes, true);
-    RETURN NULL;
 END
 $$;
 -- The notes' keys: every run's keys (run_insight_keys) before out and after in, summed per
@@ -969,94 +943,41 @@ LANGUAGE sql STABLE AS $$
          LATERAL run_insight_keys(c.created_at, c.started_at, c.ended_at, c.status) AS k
     GROUP BY 1, 2, 3, 4, 5 HAVING sum(c.sign) <> 0
 $$;
--- The pass over a transaction's notes: their keys (run_insights_note_keys) into
--- run_insights (one INSERT ... ON CONFLICT), which also says whether any moved key is in a
--- closed period (before its enterprise's watermark, run_insights_closed): the usual
--- change's keys are all in the open period, and the running totals are left alone (no
--- second statement: measured, the totals' statement cost half the pass even when it
--- found nothing). Only then (a change reaching back), the closed periods' keys into the
--- running totals once per distinct
--- (pipeline, period) they touch (run_insights_totals_add: that period's row and any later
--- one). One run's change (the API's one-run transactions: at most two notes) moves its
--- pipeline's row and the rollup's together; notes of several runs move, per period, each
--- pipeline's row and then the rollup's once with their sums (the two statements differ
--- only in that: the split costs the one-run pass a third more, measured). Then, per
--- pipeline, its recoveries recomputed once over the stretch its noted finished runs can
--- change (run_recoveries_refresh from the first to the last of their ends: the stretches
--- between successes recomputed from the runs as they are at commit, as one refresh per
--- run did). A failure or timeout that no success follows (the usual newest run) is in no
--- closed streak: nothing to recompute; nor is a new success with no failure or timeout
--- since the success before it (the usual success: it closes no streak, and no streak
--- after it changes, there being no failure there).
--- (Generic plans: planning its statements for each transaction's notes cost more than
--- running them; measured: half the pass's own time.)
-CREATE OR REPLACE FUNCTION run_insights_pass(changes run_insights_change[], rated boolean)
+-- A change reaching back (keys in closed hours: an old run deleted or backdated): those
+-- keys into the running totals, once per (pipeline, period) they touch
+-- (run_insights_totals_add: that period's row and any later one, the pipeline's and the
+-- rollup's together).
+CREATE OR REPLACE FUNCTION run_insights_reach_back(changes run_insights_change[])
 RETURNS void
-LANGUAGE plpgsql SET plan_cache_mode = force_generic_plan AS $$
+LANGUAGE plpgsql AS $$
 DECLARE
     g record;
-    reaching_back boolean;
 BEGIN
-    -- The hourly rows, and whether a moved key is in a closed period (before its
-    -- enterprise's watermark): the usual change's are all in the open one, and it stops here.
-    WITH k AS MATERIALIZED (SELECT * FROM run_insights_note_keys(changes)),
-    moved AS (
-        INSERT INTO run_insights AS i (enterprise_id, hour, pipeline_id, metric, bin, n)
-        SELECT k.e, k.hour, k.p, k.metric, k.bin, k.n FROM k ORDER BY 1, 2, 3, 4, 5
-        ON CONFLICT (enterprise_id, hour, pipeline_id, metric, bin)
-        DO UPDATE SET n = i.n + EXCLUDED.n
-        RETURNING i.enterprise_id, i.hour
-    )
-    SELECT EXISTS (SELECT FROM moved m JOIN run_insights_closed c
-                   ON c.enterprise_id = m.enterprise_id AND m.hour < c.through)
-    INTO reaching_back;
-    IF reaching_back AND cardinality(changes) <= 2 THEN
-        FOR g IN
-            SELECT k.e, insights_period(k.hour) AS at,
-                   ARRAY[k.p, '00000000-0000-0000-0000-000000000000'::uuid] AS ps,
-                   array_agg(k.metric) AS metrics, array_agg(k.bin) AS bins,
-                   array_agg(k.n) AS ns
-            FROM run_insights_note_keys(changes) AS k
-            JOIN run_insights_closed c ON c.enterprise_id = k.e AND k.hour < c.through
-            GROUP BY k.e, 2, k.p ORDER BY 1, 2, 3
-        LOOP
-            PERFORM run_insights_totals_add(g.e, g.ps, g.at, g.metrics, g.bins, g.ns);
-        END LOOP;
-    ELSIF reaching_back THEN
-        FOR g IN
-            WITH d AS MATERIALIZED (  -- per period, closed ones only
-                SELECT k.e, k.p, insights_period(k.hour) AS at, k.metric, k.bin,
-                       sum(k.n)::bigint AS n
-                FROM run_insights_note_keys(changes) AS k
-                JOIN run_insights_closed c ON c.enterprise_id = k.e AND k.hour < c.through
-                GROUP BY 1, 2, 3, 4, 5 HAVING sum(k.n) <> 0
-            ), many AS (  -- the periods that more than one pipeline moves
-                SELECT d.e, d.at FROM d GROUP BY 1, 2 HAVING count(DISTINCT d.p) > 1
-            )
-            SELECT d.e, d.at, d.p,
-                   CASE WHEN m.e IS NULL
-                        THEN ARRAY[d.p, '00000000-0000-0000-0000-000000000000'::uuid]
-                        ELSE ARRAY[d.p] END AS ps,
-                   array_agg(d.metric) AS metrics, array_agg(d.bin) AS bins,
-                   array_agg(d.n) AS ns
-            FROM d LEFT JOIN many m ON m.e = d.e AND m.at = d.at
-            GROUP BY d.e, d.at, d.p, m.e
-            UNION ALL
-            SELECT r.e, r.at, '00000000-0000-0000-0000-000000000000'::uuid,
-                   ARRAY['00000000-0000-0000-0000-000000000000'::uuid],
-                   array_agg(r.metric), array_agg(r.bin), array_agg(r.n)
-            FROM (SELECT d.e, d.at, d.metric, d.bin, sum(d.n)::bigint AS n
-                  FROM d JOIN many m ON m.e = d.e AND m.at = d.at
-                  GROUP BY 1, 2, 3, 4 HAVING sum(d.n) <> 0) AS r
-            GROUP BY r.e, r.at
-            ORDER BY 1, 2, 3
-        LOOP
-            PERFORM run_insights_totals_add(g.e, g.ps, g.at, g.metrics, g.bins, g.ns);
-        END LOOP;
-    END IF;
-    IF NOT rated THEN
-        RETURN;  -- no note was or is a success, failure or timeout: no recovery moves
-    END IF;
+    FOR g IN
+        SELECT k.e, insights_period(k.hour) AS at,
+               ARRAY[k.p, '00000000-0000-0000-0000-000000000000'::uuid] AS ps,
+               array_agg(k.metric) AS metrics, array_agg(k.bin) AS bins,
+               array_agg(k.n) AS ns
+        FROM run_insights_note_keys(changes) AS k
+        JOIN run_insights_closed c ON c.enterprise_id = k.e AND k.hour < c.through
+        GROUP BY k.e, 2, k.p ORDER BY 1, 2, 3
+    LOOP
+        PERFORM run_insights_totals_add(g.e, g.ps, g.at, g.metrics, g.bins, g.ns);
+    END LOOP;
+END
+$$;
+-- The recoveries a change can move: per pipeline, recomputed once over the stretch its
+-- noted finished runs can change (run_recoveries_refresh from the first to the last of
+-- their ends: the stretches between successes recomputed from the runs as they are). A
+-- failure or timeout that no success follows (the usual newest run) is in no closed
+-- streak: nothing to recompute; nor is a new success with no failure or timeout since the
+-- success before it (the usual success: it closes no streak, and no streak after it
+-- changes, there being no failure there). (plpgsql: its plan is cached, where a SQL
+-- function's would be made on every call; generic: planned once, not per change.)
+CREATE OR REPLACE FUNCTION run_recoveries_pass(changes run_insights_change[])
+RETURNS void
+LANGUAGE plpgsql SET plan_cache_mode = force_generic_plan AS $$
+BEGIN
     PERFORM run_recoveries_refresh(s.e, s.p, s.lo, s.hi)
     FROM (SELECT c.enterprise_id AS e, c.pipeline_id AS p, min(c.ended_at) AS lo,
                  max(c.ended_at) AS hi
@@ -1085,59 +1006,89 @@ BEGIN
           GROUP BY 1, 2 ORDER BY 1, 2) AS s;
 END
 $$;
--- The deferred trigger: its first firing in a transaction (at commit) applies the notes.
-CREATE OR REPLACE FUNCTION run_insights_move() RETURNS trigger
-LANGUAGE plpgsql AS $$
+-- The row trigger (see above). OLD / NEW as rows, NULL where the operation has none: a
+-- NULL row has no keys (run_insight_keys of NULL times gives none).
+CREATE OR REPLACE FUNCTION run_insights_row() RETURNS trigger
+LANGUAGE plpgsql SET plan_cache_mode = force_generic_plan AS $$
 DECLARE
-    notes text := nullif(current_setting('insights.pending', true), '');
+    o pipeline_runs := CASE WHEN TG_OP <> 'INSERT' THEN OLD END;
+    n pipeline_runs := CASE WHEN TG_OP <> 'DELETE' THEN NEW END;
+    e text := coalesce(n.enterprise_id, o.enterprise_id);
+    reaching_back boolean;
+    changes run_insights_change[];
 BEGIN
-    IF notes IS NULL THEN
-        RETURN NULL;  -- an earlier firing applied them (or a bulk load took none)
+    IF current_setting('insights.bulk_load', true) = 'on' THEN
+        RETURN NULL;  -- the seeder adds its runs' keys and recoveries itself
     END IF;
-    PERFORM set_config('insights.pending', '', true);
-    -- `rated`: a cheap look at the text first (an enterprise id may hold these words too:
-    -- then the pass only looks at the statuses for nothing)
-    PERFORM run_insights_pass(('{' || notes || '}')::run_insights_change[],
-                              strpos(notes, 'success') > 0 OR strpos(notes, 'failure') > 0
-                              OR strpos(notes, 'timeout') > 0);
+    PERFORM pg_advisory_xact_lock(1701, hashtext(e));  -- the feed lock (store/locks.py)
+    WITH k AS (
+        SELECT o.pipeline_id AS p, x.hour, x.metric, x.bin, -1 AS n
+        FROM run_insight_keys(o.created_at, o.started_at, o.ended_at, o.status) AS x
+        UNION ALL
+        SELECT n.pipeline_id, y.hour, y.metric, y.bin, 1
+        FROM run_insight_keys(n.created_at, n.started_at, n.ended_at, n.status) AS y
+    ), moved AS (
+        INSERT INTO run_insights AS i (enterprise_id, hour, pipeline_id, metric, bin, n)
+        SELECT e, k.hour, k.p, k.metric, k.bin, sum(k.n) FROM k
+        GROUP BY k.hour, k.p, k.metric, k.bin HAVING sum(k.n) <> 0
+        ORDER BY 2, 3, 4, 5
+        ON CONFLICT (enterprise_id, hour, pipeline_id, metric, bin)
+        DO UPDATE SET n = i.n + EXCLUDED.n
+        RETURNING i.hour
+    )
+    SELECT EXISTS (SELECT FROM moved m JOIN run_insights_closed c
+                   ON c.enterprise_id = e AND m.hour < c.through)
+    INTO reaching_back;
+    IF reaching_back OR o.status IN ('success', 'failure', 'timeout')
+                     OR n.status IN ('success', 'failure', 'timeout') THEN
+        changes := ARRAY[]::run_insights_change[];
+        IF o.enterprise_id IS NOT NULL THEN
+            changes := changes || ROW(-1, o.enterprise_id, o.pipeline_id,
+                (extract(epoch FROM o.created_at) * 1000000)::bigint,
+                (extract(epoch FROM o.started_at) * 1000000)::bigint,
+                (extract(epoch FROM o.ended_at) * 1000000)::bigint,
+                o.status)::run_insights_change;
+        END IF;
+        IF n.enterprise_id IS NOT NULL THEN
+            changes := changes || ROW(1, n.enterprise_id, n.pipeline_id,
+                (extract(epoch FROM n.created_at) * 1000000)::bigint,
+                (extract(epoch FROM n.started_at) * 1000000)::bigint,
+                (extract(epoch FROM n.ended_at) * 1000000)::bigint,
+                n.status)::run_insights_change;
+        END IF;
+        IF reaching_back THEN
+            PERFORM run_insights_reach_back(changes);
+        END IF;
+        IF o.status IN ('success', 'failure', 'timeout')
+           OR n.status IN ('success', 'failure', 'timeout') THEN
+            PERFORM run_recoveries_pass(changes);
+        END IF;
+    END IF;
     RETURN NULL;
 END
 $$;
 -- Which updates move a key (the rest, most simple moves: queued, processing, waiting, a
--- second running, note and queue nothing): checked per row by both triggers' WHEN.
--- Deferred to commit (after the feed lock: see above). (CREATE OR REPLACE does not take
--- constraint triggers: created when missing.)
+-- second running, fire nothing): the update trigger's WHEN, checked per row.
 DO $$
-DECLARE
-    moves_a_key CONSTANT text := $w$
-        OLD.started_at IS DISTINCT FROM NEW.started_at
-        OR OLD.ended_at IS DISTINCT FROM NEW.ended_at
-        OR OLD.status IS DISTINCT FROM NEW.status
-           AND (NEW.status IN ('success', 'failure', 'timeout', 'invalid', 'cancelled')
-                OR OLD.status IN ('success', 'failure', 'timeout', 'invalid', 'cancelled'))
-        OR OLD.created_at IS DISTINCT FROM NEW.created_at
-        OR OLD.pipeline_id IS DISTINCT FROM NEW.pipeline_id$w$;
 BEGIN
     IF NOT EXISTS (SELECT FROM pg_trigger WHERE tgrelid = 'pipeline_runs'::regclass
-                   AND tgname = 'run_insights_insert_delete') THEN
-        CREATE CONSTRAINT TRIGGER run_insights_insert_delete
-            AFTER INSERT OR DELETE ON pipeline_runs DEFERRABLE INITIALLY DEFERRED
-            FOR EACH ROW EXECUTE FUNCTION run_insights_move();
+                   AND tgname = 'run_insights_row_update') THEN
+        CREATE TRIGGER run_insights_row_update AFTER UPDATE ON pipeline_runs FOR EACH ROW
+        WHEN (OLD.started_at IS DISTINCT FROM NEW.started_at
+              OR OLD.ended_at IS DISTINCT FROM NEW.ended_at
+              OR OLD.status IS DISTINCT FROM NEW.status
+                 AND (NEW.status IN ('success', 'failure', 'timeout', 'invalid', 'cancelled')
+                      OR OLD.status IN ('success', 'failure', 'timeout', 'invalid',
+                                        'cancelled'))
+              OR OLD.created_at IS DISTINCT FROM NEW.created_at
+              OR OLD.pipeline_id IS DISTINCT FROM NEW.pipeline_id)
+        EXECUTE FUNCTION run_insights_row();
     END IF;
-    IF NOT EXISTS (SELECT FROM pg_trigger WHERE tgrelid = 'pipeline_runs'::regclass
-                   AND tgname = 'run_insights_update') THEN
-        EXECUTE 'CREATE CONSTRAINT TRIGGER run_insights_update
-            AFTER UPDATE ON pipeline_runs DEFERRABLE INITIALLY DEFERRED
-            FOR EACH ROW WHEN (' || moves_a_key || ') EXECUTE FUNCTION run_insights_move()';
-    END IF;
-    EXECUTE 'CREATE OR REPLACE TRIGGER run_insights_collect_update
-        AFTER UPDATE ON pipeline_runs FOR EACH ROW WHEN (' || moves_a_key || ')
-        EXECUTE FUNCTION run_insights_collect()';
 END
 $$;
-CREATE OR REPLACE TRIGGER run_insights_collect_insert_delete
+CREATE OR REPLACE TRIGGER run_insights_row_insert_delete
     AFTER INSERT OR DELETE ON pipeline_runs FOR EACH ROW
-    EXECUTE FUNCTION run_insights_collect();
+    EXECUTE FUNCTION run_insights_row();
 -- run_recoveries' rows in the running totals of their pipeline and the rollup:
 -- every writer of run_recoveries (run_recoveries_refresh, under the feed lock) moves them.
 CREATE OR REPLACE FUNCTION run_recoveries_move() RETURNS trigger

@@ -41,6 +41,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 import asyncpg  # noqa: E402
 
 import scratchdb  # noqa: E402
+from insights_http import toggle  # noqa: E402
 
 from service.app import runs as app_runs  # noqa: E402
 from service.app.context import Actor, OnConnection  # noqa: E402
@@ -49,21 +50,10 @@ from service.infra.db import init_connection  # noqa: E402
 from service.store import insights, meta, moves, pipelines, runs  # noqa: E402
 
 ENTERPRISE = "ab"
-TRIGGERS = ("run_insights_insert_delete", "run_insights_update", "run_insights_collect_update",
-            "run_insights_collect_insert_delete")
-
-
-async def _toggle(conn: asyncpg.Connection, on: bool) -> None:
-    names = {r[0] for r in await conn.fetch(  # those the schema has (an older one: fewer)
-        "SELECT tgname FROM pg_trigger WHERE tgrelid = 'pipeline_runs'::regclass")}
-    for name in (n for n in TRIGGERS if n in names):
-        await conn.execute(f"ALTER TABLE pipeline_runs {'ENABLE' if on else 'DISABLE'} "
-                           f"TRIGGER {name}")
-
 
 TICKS = os.sysconf("SC_CLK_TCK")
 # The insights functions whose time per change is reported (pg_stat_user_functions).
-FUNCTIONS = ("run_insights_move", "run_insights_collect", "run_insights_pass",
+FUNCTIONS = ("run_insights_row", "run_insights_reach_back", "run_recoveries_pass",
              "run_insights_totals_add", "run_recoveries_refresh", "run_recoveries_move")
 FUNCTION_TIMES = """
 SELECT funcname, sum(self_time) FROM pg_stat_user_functions
@@ -180,7 +170,7 @@ async def main_async(dsn: str, args) -> list[tuple]:
                 # of the runs behind the recoveries' EXISTS) stay cached in every backend,
                 # and each round's finish cost more than the last (0.2 -> 9.5 ms).
                 await conn.execute("ANALYZE")
-                await _toggle(conn, on)
+                await toggle(conn, on)
                 pools: dict = {}
                 for kind in ("create", "start", "flip", "finish"):
                     cpu, fn = _backend_cpu(pids), await _function_ms(conn)
@@ -192,7 +182,7 @@ async def main_async(dsn: str, args) -> list[tuple]:
                     per = {k: 1000 * (fn2[k] - fn.get(k, 0)) / max(n, 1) for k in fn2}
                     results.append((round_, "A with" if on else "B without", kind,
                                     n / took, 1e6 * cpu / max(n, 1), per))
-        await _toggle(conn, True)
+        await toggle(conn, True)
     finally:
         await pool.close()
         await conn.close()

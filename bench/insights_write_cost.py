@@ -5,7 +5,8 @@ One connection writes to each of two existing databases in turn (A B, then B A, 
 runs a statement, as group commit makes them), each round under a new enterprise (fresh
 running-total rows). Per phase and database: the backend's CPU per change (user + system
 from /proc) and the insights triggers' time per change (pg_stat_user_functions, their
-total time: run_insights_move, and run_insights_collect where the schema has it).
+total time: run_insights_row, or run_insights_move and run_insights_collect in schemas
+before it).
 Medians over the rounds. To compare a schema with an older one, migrate one database with
 each checkout's `python -m service migrate` (or meta.migrate), then:
 
@@ -33,7 +34,7 @@ from service.domain import lifecycle  # noqa: E402
 from service.infra.db import init_connection  # noqa: E402
 from service.store import moves, pipelines, runs  # noqa: E402
 
-FUNCTIONS = ["run_insights_move", "run_insights_collect"]
+FUNCTIONS = ["run_insights_move", "run_insights_collect", "run_insights_row"]
 TRIGGER_MS = "SELECT coalesce(sum(total_time), 0) FROM pg_stat_user_functions " \
              "WHERE funcname = ANY($1::text[])"
 

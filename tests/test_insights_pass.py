@@ -1,9 +1,9 @@
-"""The insights' write path as notes and one pass per transaction (schema.sql,
-run_insights_collect / run_insights_pass): many runs of a pipeline changed by one
-statement (of one or two enterprises), by a group commit, in a transaction with a
-rolled-back savepoint, and deletes reaching back over many periods leave run_insights, the
-running totals and the recoveries equal to a computation over the runs table; replay
-rebuilds them byte for byte; a transaction moves each running total once."""
+"""The insights' write path, one row trigger per key-moving change (schema.sql
+run_insights_row): many runs of a pipeline changed by one statement (of one or two
+enterprises), by a group commit, in a transaction with a rolled-back savepoint, and deletes
+reaching back over many periods leave run_insights, the running totals and the recoveries
+equal to a computation over the runs table; replay rebuilds them byte for byte; a change
+that moves no key costs no call."""
 from __future__ import annotations
 
 import asyncio
@@ -230,27 +230,34 @@ async def test_a_group_commit_of_starts_stays_exact(api, client, db, enterprise)
     await _replay_is_byte_for_byte(db, enterprise)
 
 
-async def test_a_transaction_moves_each_running_total_once(db, enterprise):
-    """The upkeep follows the distinct (pipeline, period) rows, not the runs: 25 runs of two
-    pipelines started by one statement are one pass, which moves each pipeline's row once
-    and the rollup's once (three calls of run_insights_totals_add, not 25 of two rows)."""
+async def test_each_run_moves_its_rows_once_and_a_flip_fires_nothing(db, enterprise):
+    """The upkeep is one row trigger per key-moving change: 25 runs of two pipelines started
+    by one statement reaching back (the watermark ahead) are 25 calls, each moving its
+    pipeline's running total and the rollup's in one run_insights_totals_add; flipping them
+    running -> waiting moves no key, and the trigger's WHEN lets the statement pass without
+    a call."""
     await _closed_ahead(db, enterprise)
     many = await pipelines.create_pipeline(db, enterprise, 1, {"name": "many"})
     few = await pipelines.create_pipeline(db, enterprise, 1, {"name": "few"})
     async with db.transaction():
         ids = await _create(db, enterprise, many["id"], 20)
         others = await _create(db, enterprise, few["id"], 5)
+    calls = "SELECT funcname, calls FROM pg_stat_xact_user_functions WHERE funcname IN " \
+            "('run_insights_row', 'run_insights_totals_add')"
     async with db.transaction():
         await db.execute("SET LOCAL track_functions = 'all'")
         await moves.change_statuses(
             db, _changes(enterprise, many["id"], ids, ["running"] * len(ids))
             + _changes(enterprise, few["id"], others, ["running"] * len(others)))
-        await db.execute("SET CONSTRAINTS ALL IMMEDIATE")  # the deferred pass, now
-        calls = dict(await db.fetch(
-            "SELECT funcname, calls FROM pg_stat_xact_user_functions WHERE funcname IN "
-            "('run_insights_pass', 'run_insights_collect', 'run_insights_totals_add')"))
-    assert calls == {"run_insights_pass": 1, "run_insights_collect": 25,
-                     "run_insights_totals_add": 3}
+        assert dict(await db.fetch(calls)) == {"run_insights_row": 25,
+                                               "run_insights_totals_add": 25}
+    await _assert_exact(db, enterprise)
+    async with db.transaction():
+        await db.execute("SET LOCAL track_functions = 'all'")
+        done = await moves.change_statuses(
+            db, _changes(enterprise, many["id"], ids, ["waiting"] * len(ids)))
+        assert all(r["changed"] for r in done)
+        assert dict(await db.fetch(calls)) == {}
     await _assert_exact(db, enterprise)
 
 
@@ -302,11 +309,10 @@ async def test_a_change_in_the_open_period_writes_no_running_total(db, enterpris
         await moves.change_statuses(db, _changes(enterprise, pipeline["id"], ids,
                                                  ["running"] * 6))
         await _end(db, enterprise, pipeline["id"], ids, ["failure", "success"] * 3)
-        await db.execute("SET CONSTRAINTS ALL IMMEDIATE")
         calls = dict(await db.fetch(
             "SELECT funcname, calls FROM pg_stat_xact_user_functions WHERE funcname IN "
-            "('run_insights_pass', 'run_insights_totals_add')"))
-    assert calls == {"run_insights_pass": 1}
+            "('run_insights_row', 'run_insights_totals_add')"))
+    assert calls == {"run_insights_row": 12}
     assert await db.fetchval("SELECT count(*) FROM run_insights_totals "
                              "WHERE enterprise_id = $1", enterprise) == 0
     assert await db.fetchval("SELECT count(*) FROM run_recoveries "

@@ -1,8 +1,9 @@
 """The only code that appends events: the enterprise's feed lock, the counters, the insert.
 
-Every write of the store is ONE statement (or, on the general path, ends with one) whose
-own CTEs compute the events to append in a CTE named `appended` (APPENDED_COLUMNS, plus
-`ord`: their order) and which then ends with `appending()`'s CTEs. In that order:
+Every write of the store is ONE statement (the general path updates a run's stage runs
+before it: store/changes.py) whose own CTEs compute the events to append in a CTE named
+`appended` (APPENDED_COLUMNS, plus `ord`: their order) and which then ends with the
+append's CTEs (`statement`). In that order:
 - the feed lock of each enterprise appended to (store/locks.py; one, but for a group
   commit's statement): taken only if something is appended, after every row lock the
   statement's own CTEs took, right before the events get their positions, and held to
@@ -56,27 +57,27 @@ def statement(ctes: str, select: str) -> str:
     return f"WITH {ctes},\n{_APPEND}\n{select}"
 
 
-# The general path's append (store/changes.py): events given as arrays, one per column.
-APPEND_EVENTS = statement(f"""appended AS (
+# The general path's events (store/changes.py), given as arrays, one per column: the
+# `appended` CTE for $1 enterprise, $2 pipeline, $3 run, $4 occurred_at and $5..$11 the
+# arrays (event_arrays).
+EVENTS_FROM_ARRAYS = """appended AS (
     SELECT $1::text AS enterprise_id, $2::uuid AS pipeline_id, $3::uuid AS run_id,
            ev.version, ev.type, ev.from_status, ev.to_status, ev.actor, ev.actor_id,
            $4::timestamptz AS occurred_at, ev.data, ev.n AS ord
     FROM unnest($5::int[], $6::text[], $7::text[], $8::text[], $9::text[], $10::bigint[],
                 $11::jsonb[]) WITH ORDINALITY
          AS ev(version, type, from_status, to_status, actor, actor_id, data, n)
-)""", "SELECT count(*) FROM appended_events")
+)"""
+
+
+def event_arrays(events: list[dict]) -> list[list]:
+    """EVENTS_FROM_ARRAYS' $5..$11: the events' columns, in list order."""
+    return [[e[k] for e in events] for k in ("version", "type", "from_status", "to_status",
+                                              "actor", "actor_id", "data")]
+
 
 # Bulk loads (the seeder): the feed lock alone; the rows then go in by COPY.
 TAKE_FEED_LOCK = f"SELECT {FEED_LOCK}"
-
-
-async def append_events(conn: asyncpg.Connection, enterprise_id: str, pipeline_id, run_id,
-                        occurred_at, events: list[dict]) -> None:
-    """Append one run's events (dicts with the other APPENDED_COLUMNS) in list order."""
-    await conn.execute(
-        APPEND_EVENTS, enterprise_id, pipeline_id, run_id, occurred_at,
-        *([e[k] for e in events] for k in ("version", "type", "from_status", "to_status",
-                                            "actor", "actor_id", "data")))
 
 
 async def copy_events(conn: asyncpg.Connection, enterprise_id: str, records: list[tuple]) -> None:

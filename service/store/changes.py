@@ -32,16 +32,19 @@ FOR UPDATE
 """
 # Taken after the row locks, so a run's event times grow with its versions.
 NOW = "SELECT clock_timestamp()"
-UPDATE_RUN_ROW = """
-UPDATE pipeline_runs SET status = $3, status_meta = $4, updated_by = $5, updated_at = $6,
-    started_at = $7, ended_at = $8, version = $9
-WHERE enterprise_id = $1 AND id = $2
-"""
 UPDATE_STAGE_ROW = """
 UPDATE stage_runs SET status = $3, updated_by = $4, updated_at = $5, started_at = $6,
     ended_at = $7
 WHERE enterprise_id = $1 AND id = $2
 """
+# The run's row and its events in one statement (append.py), so the insights' row trigger,
+# which fires at its end, finds the feed lock taken (schema.sql run_insights_row) and the
+# lock is held no longer than the append's. The row is locked already (LOCK_RUN).
+WRITE_RUN = append.statement(f"""run_row AS (
+    UPDATE pipeline_runs SET status = $12, status_meta = $13, updated_by = $14,
+        updated_at = $15, started_at = $16, ended_at = $17, version = $18
+    WHERE enterprise_id = $1 AND id = $3
+), {append.EVENTS_FROM_ARRAYS}""", "SELECT count(*) FROM appended_events")
 
 
 async def load_for_update(conn: asyncpg.Connection, enterprise_id: str, run_id: uuid.UUID,
@@ -62,14 +65,13 @@ async def now(conn: asyncpg.Connection) -> datetime:
 async def write(conn: asyncpg.Connection, before: dict[str, Any], after: dict[str, Any],
                 events: list[dict[str, Any]]) -> None:
     """Write the folded state `after` over `before`, and append the events that made it."""
-    await conn.execute(
-        UPDATE_RUN_ROW, after["enterprise_id"], after["id"], after["status"],
-        after["status_meta"], after["updated_by"], after["updated_at"], after["started_at"],
-        after["ended_at"], after["version"])
     changed = [s for s, old in zip(after["stage_runs"], before["stage_runs"]) if s != old]
     if changed:
         await conn.executemany(UPDATE_STAGE_ROW, [
             (s["enterprise_id"], s["id"], s["status"], s["updated_by"], s["updated_at"],
              s["started_at"], s["ended_at"]) for s in changed])
-    await append.append_events(conn, after["enterprise_id"], after["pipeline_id"],
-                               after["id"], events[0]["occurred_at"], events)
+    await conn.execute(
+        WRITE_RUN, after["enterprise_id"], after["pipeline_id"], after["id"],
+        events[0]["occurred_at"], *append.event_arrays(events),
+        after["status"], after["status_meta"], after["updated_by"], after["updated_at"],
+        after["started_at"], after["ended_at"], after["version"])
