@@ -345,38 +345,49 @@ CREATE OR REPLACE TRIGGER run_events_chain BEFORE INSERT ON run_events
 -- those heads moved to the last event chained, once. A statement of one event per
 -- enterprise (a PUT, a group commit) skips it by the WHEN, before any function runs.
 -- The settings are the caller's to write (any role may set_config them), so a head moves
--- only forward, onto an event of its enterprise holding that hash; else the statement is
--- refused (one index probe per enterprise left behind, per statement).
--- Its INSERT's plan is kept generic: left to choose, the plan cache kept planning it anew
+-- only forward, onto its enterprise's latest event holding that hash; else the statement
+-- is refused (one index probe per enterprise left behind, per statement).
+-- Its plans are kept generic: left to choose, the plan cache kept planning its INSERT anew
 -- for each statement (~0.4 ms, a tenth of a PUT's database CPU under group commit;
 -- docs/performance.md), its generic plan being no worse.
 CREATE OR REPLACE FUNCTION run_events_chain_heads() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = public, pg_temp
 SET plan_cache_mode = force_generic_plan AS $$
 DECLARE
-    lagging text[] := current_setting('pipeline_runs.chain_lagging')::text[];
+    e text;
+    s text;
+    pos bigint;
+    hash bytea;
     moved bigint;
 BEGIN
-    INSERT INTO event_chain_heads AS h (enterprise_id, position, events, chain_hash)
-    SELECT e, split_part(s, ':', 1)::bigint, split_part(s, ':', 2)::bigint,
-           decode(split_part(s, ':', 3), 'hex')
-    FROM unnest(lagging) AS e, current_setting('pipeline_runs.chain_' || md5(e)) AS s
-    WHERE EXISTS (SELECT FROM run_events r WHERE r.enterprise_id = e
-                  AND r.position = split_part(s, ':', 1)::bigint
-                  AND r.chain_hash = decode(split_part(s, ':', 3), 'hex'))
-    ON CONFLICT (enterprise_id) DO UPDATE
-    SET position = EXCLUDED.position, events = EXCLUDED.events,
-        chain_hash = EXCLUDED.chain_hash
-    WHERE h.position < EXCLUDED.position;
-    GET DIAGNOSTICS moved = ROW_COUNT;
-    IF moved <> cardinality(lagging) THEN
-        RAISE EXCEPTION 'run_events: a chain head set by hand is refused'
-            USING ERRCODE = 'insufficient_privilege';
-    END IF;
-    PERFORM set_config('pipeline_runs.chain_' || md5(e),  -- caught up: no longer lagging
-                       regexp_replace(current_setting('pipeline_runs.chain_' || md5(e)),
-                                      ':lag$', ''), true)
-    FROM unnest(lagging) AS e;
+    -- One enterprise at a time; the event its setting names must be the enterprise's
+    -- latest (this statement appended it, under the feed lock): read as the primary key's
+    -- last entry, an order no other index gives. (Read as an equality on position, the
+    -- generic plan, made while run_events was small, kept to another index and read every
+    -- event of the enterprise.)
+    FOREACH e IN ARRAY current_setting('pipeline_runs.chain_lagging')::text[] LOOP
+        s := current_setting('pipeline_runs.chain_' || md5(e));
+        pos := split_part(s, ':', 1)::bigint;
+        hash := decode(split_part(s, ':', 3), 'hex');
+        moved := 0;
+        IF (SELECT r.position = pos AND r.chain_hash = hash FROM run_events r
+            WHERE r.enterprise_id = e ORDER BY r.position DESC LIMIT 1) THEN
+            INSERT INTO event_chain_heads AS h (enterprise_id, position, events, chain_hash)
+            VALUES (e, pos, split_part(s, ':', 2)::bigint, hash)
+            ON CONFLICT (enterprise_id) DO UPDATE
+            SET position = EXCLUDED.position, events = EXCLUDED.events,
+                chain_hash = EXCLUDED.chain_hash
+            WHERE h.position < EXCLUDED.position;
+            GET DIAGNOSTICS moved = ROW_COUNT;
+        END IF;
+        IF moved <> 1 THEN
+            RAISE EXCEPTION 'run_events: a chain head set by hand is refused'
+                USING ERRCODE = 'insufficient_privilege';
+        END IF;
+        -- caught up: no longer lagging
+        PERFORM set_config('pipeline_runs.chain_' || md5(e), regexp_replace(s, ':lag$', ''),
+                           true);
+    END LOOP;
     PERFORM set_config('pipeline_runs.chain_lagging', '', true);
     RETURN NULL;
 END
@@ -912,13 +923,13 @@ $$;
 -- enterprise's feed lock, and no writer waits on them. Only updates that move a key fire
 -- it (the WHEN below: most simple moves, queued, processing, waiting, a second running,
 -- cost nothing). The usual change's keys are in the open hours: one INSERT ... ON
--- CONFLICT of its two to four keys, which also says whether a key is in a closed hour
--- (before its enterprise's watermark, run_insights_closed); only then, and only when a
--- success, failure or timeout is among its states, does it build the run's two states as
--- notes (run_insights_change) for the running totals (run_insights_reach_back) and the
--- recoveries (run_recoveries_pass). (It replaced notes collected per row in a setting and
--- applied by a deferred trigger at commit, which cost the write path ~10 % of its CPU:
--- docs/performance.md.)
+-- CONFLICT of the keys that moved, which also says whether one is in a closed hour (before
+-- its enterprise's watermark, run_insights_closed); only then does it build the run's two
+-- states as notes (run_insights_change) for the running totals (run_insights_reach_back).
+-- A success, failure or timeout among its states has the recoveries around it checked
+-- (run_recoveries_check). (It replaced notes collected per row in a setting and applied by
+-- a deferred trigger at commit: docs/performance.md, "The insights write path, one row
+-- trigger".)
 DO $$
 BEGIN
     IF to_regtype('run_insights_change') IS NULL THEN
@@ -966,103 +977,100 @@ BEGIN
     END LOOP;
 END
 $$;
--- The recoveries a change can move: per pipeline, recomputed once over the stretch its
--- noted finished runs can change (run_recoveries_refresh from the first to the last of
--- their ends: the stretches between successes recomputed from the runs as they are). A
--- failure or timeout that no success follows (the usual newest run) is in no closed
--- streak: nothing to recompute; nor is a new success with no failure or timeout since the
--- success before it (the usual success: it closes no streak, and no streak after it
--- changes, there being no failure there). (plpgsql: its plan is cached, where a SQL
--- function's would be made on every call; generic: planned once, not per change.)
-CREATE OR REPLACE FUNCTION run_recoveries_pass(changes run_insights_change[])
-RETURNS void
-LANGUAGE plpgsql SET plan_cache_mode = force_generic_plan AS $$
+-- The recoveries one of a changed run's states (gone: its state before the change, else
+-- after) can move, recomputed over that state's stretch (run_recoveries_refresh: the
+-- stretches between successes around its end, from the runs as they are). A failure or
+-- timeout that no success follows (the usual newest run) is in no closed streak: nothing
+-- to recompute; nor is a new success with no failure or timeout since the success before
+-- it (the usual success: it closes no streak, and no streak after it changes, there being
+-- no failure there). One status a probe, so each is one range of
+-- pipeline_runs_pipeline_status_ended (with both statuses in one probe the generic plan
+-- read every failure of the enterprise by another index: ms per change at 10,000 runs).
+CREATE OR REPLACE FUNCTION run_recoveries_check(e text, p uuid, at timestamptz, status text,
+                                                gone boolean) RETURNS void
+LANGUAGE plpgsql SET enable_seqscan = off AS $$
+DECLARE
+    since timestamptz;
 BEGIN
-    PERFORM run_recoveries_refresh(s.e, s.p, s.lo, s.hi)
-    FROM (SELECT c.enterprise_id AS e, c.pipeline_id AS p, min(c.ended_at) AS lo,
-                 max(c.ended_at) AS hi
-          FROM (SELECT u.enterprise_id, u.pipeline_id, u.status, u.sign,
-                       timestamptz 'epoch' + u.ended_at * interval '1 microsecond'
-                           AS ended_at
-                FROM unnest(changes) AS u) AS c
-          WHERE c.status = 'success'
-                AND (c.sign < 0  -- a success gone: its recovery may go
-                     OR EXISTS (  -- a failure or timeout since the last success before it
-                         SELECT FROM pipeline_runs r
-                         WHERE r.enterprise_id = c.enterprise_id
-                           AND r.pipeline_id = c.pipeline_id
-                           AND r.status IN ('failure', 'timeout')
-                           AND r.ended_at > coalesce(
-                               (SELECT max(x.ended_at) FROM pipeline_runs x
-                                WHERE x.enterprise_id = c.enterprise_id
-                                  AND x.pipeline_id = c.pipeline_id
-                                  AND x.status = 'success' AND x.ended_at < c.ended_at),
-                               '-infinity')))
-             OR c.status IN ('failure', 'timeout')
-                AND EXISTS (SELECT FROM pipeline_runs r
-                            WHERE r.enterprise_id = c.enterprise_id
-                              AND r.pipeline_id = c.pipeline_id AND r.status = 'success'
-                              AND r.ended_at >= c.ended_at)
-          GROUP BY 1, 2 ORDER BY 1, 2) AS s;
+    IF status = 'success' AND NOT gone THEN
+        since := coalesce((SELECT max(x.ended_at) FROM pipeline_runs x
+                           WHERE x.enterprise_id = e AND x.pipeline_id = p
+                             AND x.status = 'success' AND x.ended_at < at), '-infinity');
+        IF NOT EXISTS (SELECT FROM pipeline_runs r WHERE r.enterprise_id = e
+                       AND r.pipeline_id = p AND r.status = 'failure' AND r.ended_at > since)
+           AND NOT EXISTS (SELECT FROM pipeline_runs r WHERE r.enterprise_id = e
+                           AND r.pipeline_id = p AND r.status = 'timeout'
+                           AND r.ended_at > since) THEN
+            RETURN;
+        END IF;
+    ELSIF status <> 'success' AND NOT EXISTS (
+            SELECT FROM pipeline_runs r WHERE r.enterprise_id = e AND r.pipeline_id = p
+            AND r.status = 'success' AND r.ended_at >= at) THEN
+        RETURN;
+    END IF;
+    PERFORM run_recoveries_refresh(e, p, at, at);  -- a success gone: its recovery may go
 END
 $$;
--- The row trigger (see above). OLD / NEW as rows, NULL where the operation has none: a
--- NULL row has no keys (run_insight_keys of NULL times gives none).
+-- The row trigger (see above). OLD's fields are NULL on an INSERT, NEW's on a DELETE, and a
+-- state of NULL times has no keys (run_insight_keys gives none). Its plans are generic:
+-- planning its INSERT folds the bins' bounds (insights_bounds), ~2 ms, which a custom plan
+-- would do on every change.
 CREATE OR REPLACE FUNCTION run_insights_row() RETURNS trigger
 LANGUAGE plpgsql SET plan_cache_mode = force_generic_plan AS $$
 DECLARE
-    o pipeline_runs := CASE WHEN TG_OP <> 'INSERT' THEN OLD END;
-    n pipeline_runs := CASE WHEN TG_OP <> 'DELETE' THEN NEW END;
-    e text := coalesce(n.enterprise_id, o.enterprise_id);
     reaching_back boolean;
     changes run_insights_change[];
 BEGIN
     IF current_setting('insights.bulk_load', true) = 'on' THEN
         RETURN NULL;  -- the seeder adds its runs' keys and recoveries itself
     END IF;
-    PERFORM pg_advisory_xact_lock(1701, hashtext(e));  -- the feed lock (store/locks.py)
+    -- the feed lock (store/locks.py), before anything is written
+    PERFORM pg_advisory_xact_lock(1701, hashtext(coalesce(NEW.enterprise_id,
+                                                          OLD.enterprise_id)));
+    -- No ORDER BY: the feed lock serializes every writer of these rows, none can deadlock.
     WITH k AS (
-        SELECT o.pipeline_id AS p, x.hour, x.metric, x.bin, -1 AS n
-        FROM run_insight_keys(o.created_at, o.started_at, o.ended_at, o.status) AS x
+        SELECT OLD.pipeline_id AS p, x.hour, x.metric, x.bin, -1 AS n
+        FROM run_insight_keys(OLD.created_at, OLD.started_at, OLD.ended_at, OLD.status) AS x
         UNION ALL
-        SELECT n.pipeline_id, y.hour, y.metric, y.bin, 1
-        FROM run_insight_keys(n.created_at, n.started_at, n.ended_at, n.status) AS y
+        SELECT NEW.pipeline_id, y.hour, y.metric, y.bin, 1
+        FROM run_insight_keys(NEW.created_at, NEW.started_at, NEW.ended_at, NEW.status) AS y
     ), moved AS (
         INSERT INTO run_insights AS i (enterprise_id, hour, pipeline_id, metric, bin, n)
-        SELECT e, k.hour, k.p, k.metric, k.bin, sum(k.n) FROM k
-        GROUP BY k.hour, k.p, k.metric, k.bin HAVING sum(k.n) <> 0
-        ORDER BY 2, 3, 4, 5
+        SELECT coalesce(NEW.enterprise_id, OLD.enterprise_id), k.hour, k.p, k.metric, k.bin,
+               sum(k.n)
+        FROM k GROUP BY k.hour, k.p, k.metric, k.bin HAVING sum(k.n) <> 0
         ON CONFLICT (enterprise_id, hour, pipeline_id, metric, bin)
         DO UPDATE SET n = i.n + EXCLUDED.n
-        RETURNING i.hour
+        RETURNING i.enterprise_id, i.hour
     )
     SELECT EXISTS (SELECT FROM moved m JOIN run_insights_closed c
-                   ON c.enterprise_id = e AND m.hour < c.through)
+                   ON c.enterprise_id = m.enterprise_id AND m.hour < c.through)
     INTO reaching_back;
-    IF reaching_back OR o.status IN ('success', 'failure', 'timeout')
-                     OR n.status IN ('success', 'failure', 'timeout') THEN
+    IF reaching_back THEN
         changes := ARRAY[]::run_insights_change[];
-        IF o.enterprise_id IS NOT NULL THEN
-            changes := changes || ROW(-1, o.enterprise_id, o.pipeline_id,
-                (extract(epoch FROM o.created_at) * 1000000)::bigint,
-                (extract(epoch FROM o.started_at) * 1000000)::bigint,
-                (extract(epoch FROM o.ended_at) * 1000000)::bigint,
-                o.status)::run_insights_change;
+        IF OLD.enterprise_id IS NOT NULL THEN
+            changes := changes || ROW(-1, OLD.enterprise_id, OLD.pipeline_id,
+                (extract(epoch FROM OLD.created_at) * 1000000)::bigint,
+                (extract(epoch FROM OLD.started_at) * 1000000)::bigint,
+                (extract(epoch FROM OLD.ended_at) * 1000000)::bigint,
+                OLD.status)::run_insights_change;
         END IF;
-        IF n.enterprise_id IS NOT NULL THEN
-            changes := changes || ROW(1, n.enterprise_id, n.pipeline_id,
-                (extract(epoch FROM n.created_at) * 1000000)::bigint,
-                (extract(epoch FROM n.started_at) * 1000000)::bigint,
-                (extract(epoch FROM n.ended_at) * 1000000)::bigint,
-                n.status)::run_insights_change;
+        IF NEW.enterprise_id IS NOT NULL THEN
+            changes := changes || ROW(1, NEW.enterprise_id, NEW.pipeline_id,
+                (extract(epoch FROM NEW.created_at) * 1000000)::bigint,
+                (extract(epoch FROM NEW.started_at) * 1000000)::bigint,
+                (extract(epoch FROM NEW.ended_at) * 1000000)::bigint,
+                NEW.status)::run_insights_change;
         END IF;
-        IF reaching_back THEN
-            PERFORM run_insights_reach_back(changes);
-        END IF;
-        IF o.status IN ('success', 'failure', 'timeout')
-           OR n.status IN ('success', 'failure', 'timeout') THEN
-            PERFORM run_recoveries_pass(changes);
-        END IF;
+        PERFORM run_insights_reach_back(changes);
+    END IF;
+    IF OLD.status IN ('success', 'failure', 'timeout') THEN
+        PERFORM run_recoveries_check(OLD.enterprise_id, OLD.pipeline_id, OLD.ended_at,
+                                     OLD.status, true);
+    END IF;
+    IF NEW.status IN ('success', 'failure', 'timeout') THEN
+        PERFORM run_recoveries_check(NEW.enterprise_id, NEW.pipeline_id, NEW.ended_at,
+                                     NEW.status, false);
     END IF;
     RETURN NULL;
 END

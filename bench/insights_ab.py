@@ -53,7 +53,7 @@ ENTERPRISE = "ab"
 
 TICKS = os.sysconf("SC_CLK_TCK")
 # The insights functions whose time per change is reported (pg_stat_user_functions).
-FUNCTIONS = ("run_insights_row", "run_insights_reach_back", "run_recoveries_pass",
+FUNCTIONS = ("run_insights_row", "run_insights_reach_back", "run_recoveries_check",
              "run_insights_totals_add", "run_recoveries_refresh", "run_recoveries_move")
 FUNCTION_TIMES = """
 SELECT funcname, sum(self_time) FROM pg_stat_user_functions
