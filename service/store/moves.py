@@ -35,11 +35,12 @@ _ENDS = sorted(t for t in lifecycle.SIMPLE_RUN_TARGETS if lifecycle.stamps_ended
 _ANSWER = ",\n       ".join(
     f"CASE WHEN upd.id IS NULL THEN cur.{col} ELSE upd.{col} END AS {col}" for col in RUN_FIELDS)
 
+# The changes' rows come from a function (schema.sql run_status_changes), so the statement
+# keeps one generic plan however few changes it carries.
 _CHANGE_STATUSES = append.statement(f"""c AS (
-    SELECT * FROM unnest($1::text[], $2::uuid[], $3::uuid[], $4::text[], $5::text[],
-                         $6::bigint[], $7::jsonb[], $8::jsonb[], $9::int[])
-         WITH ORDINALITY AS c(enterprise_id, pipeline_id, run_id, target, actor, actor_id,
-                              data, status_meta, expected_version, ord)
+    SELECT * FROM run_status_changes($1::text[], $2::uuid[], $3::uuid[], $4::text[],
+                                     $5::text[], $6::bigint[], $7::jsonb[], $8::jsonb[],
+                                     $9::int[]) AS c
 ), cur AS (
     SELECT r.*, p.name AS pipeline_name, c.ord, clock_timestamp() AS at
     FROM pipeline_runs r
