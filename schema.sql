@@ -505,13 +505,13 @@ CREATE TABLE IF NOT EXISTS run_counts (
 -- in the hour of its started_at, both in the log bin of the time in microseconds
 -- (insights_bin: bins at most 2% wide, so a bin's midpoint is within 1% of every value in
 -- it; a mergeable DDSketch-style histogram). Outcome and `created` rows use bin 0.
--- Kept by a deferred trigger on pipeline_runs: every writer of the runs projection moves
--- it in the same transaction (a run's keys out, its new keys in), at commit, when the
--- transaction already holds its enterprises' feed locks, so like run_counts its rows are
--- only written by the holder of the feed lock and no writer waits on them. Runs of
--- soft-deleted pipelines stay in (readers join the live pipelines); a deleted run leaves.
--- Whole days are answered from run_insights_days (below), the hours at a window's ends
--- from here. Replay rebuilds it from the fold and verify names its drift (app/replay.py).
+-- Kept by a row trigger on pipeline_runs (run_insights_row, below): every writer of the
+-- runs projection moves it in the same statement (a run's keys out, its new keys in),
+-- under its enterprise's feed lock, so like run_counts its rows are only written by the
+-- holder of the feed lock and no writer waits on them. Runs of soft-deleted pipelines
+-- stay in (readers join the live pipelines); a deleted run leaves. Whole 6-hour periods
+-- before the watermark are answered from run_insights_totals (below), the hours at a
+-- window's ends and from the watermark on from here. Replay rebuilds it from the fold and verify names its drift (app/replay.py).
 CREATE TABLE IF NOT EXISTS run_insights (
     enterprise_id text        NOT NULL,
     hour          timestamptz NOT NULL,
@@ -677,8 +677,8 @@ CREATE TABLE IF NOT EXISTS run_insights_totals (
 -- all, and a change reaching back before `through` (an old run deleted or backdated)
 -- still adds to every row from its period on. run_insights_close (the sweeper, soon after
 -- each hour ends; the seeder) moves it forward under the enterprise's feed lock, the lock
--- the write path's pass runs under: no change falls between the hourly rows and the
--- totals.
+-- the write path's insights trigger runs under: no change falls between the hourly rows
+-- and the totals.
 CREATE TABLE IF NOT EXISTS run_insights_closed (
     enterprise_id text        PRIMARY KEY,
     through       timestamptz NOT NULL
@@ -913,8 +913,8 @@ $$;
 -- and the watermark moves to `upto`. Hourly, so answers read at most the current hour
 -- (and the sweeper's lag) from run_insights at a window's end; the current period's row
 -- is rewritten once an hour instead of once a change. The caller holds the enterprise's
--- feed lock (the write path's pass runs under it: no change is applied between reading
--- the hours' rows here and moving the watermark). Returns the rows written or rewritten.
+-- feed lock (the write path's insights trigger runs under it: no change is applied
+-- between reading the hours' rows here and moving the watermark). Returns the rows written or rewritten.
 -- Closing hours without keys only moves the watermark.
 CREATE OR REPLACE FUNCTION run_insights_close(e text, upto timestamptz) RETURNS integer
 LANGUAGE plpgsql AS $$
@@ -972,6 +972,16 @@ BEGIN
     END IF;
 END
 $$;
+-- A run's state as a note: sign -1 for the state a change leaves, +1 for the one it makes.
+CREATE OR REPLACE FUNCTION run_insights_note(sign integer, r pipeline_runs)
+RETURNS run_insights_change
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT ROW(sign, r.enterprise_id, r.pipeline_id,
+               (extract(epoch FROM r.created_at) * 1000000)::bigint,
+               (extract(epoch FROM r.started_at) * 1000000)::bigint,
+               (extract(epoch FROM r.ended_at) * 1000000)::bigint,
+               r.status)::run_insights_change
+$$;
 -- The notes' keys: every run's keys (run_insight_keys) before out and after in, summed per
 -- key, zero sums left out.
 CREATE OR REPLACE FUNCTION run_insights_note_keys(changes run_insights_change[])
@@ -1018,6 +1028,8 @@ $$;
 -- no failure there). One status a probe, so each is one range of
 -- pipeline_runs_pipeline_status_ended (with both statuses in one probe the generic plan
 -- read every failure of the enterprise by another index: ms per change at 10,000 runs).
+-- enable_seqscan off: its plans are kept by the pool's connections for their life, and
+-- one made while pipeline_runs was a few pages would read the whole table later.
 CREATE OR REPLACE FUNCTION run_recoveries_check(e text, p uuid, at timestamptz, status text,
                                                 gone boolean) RETURNS void
 LANGUAGE plpgsql SET enable_seqscan = off AS $$
@@ -1081,18 +1093,10 @@ BEGIN
     IF reaching_back THEN
         changes := ARRAY[]::run_insights_change[];
         IF OLD.enterprise_id IS NOT NULL THEN
-            changes := changes || ROW(-1, OLD.enterprise_id, OLD.pipeline_id,
-                (extract(epoch FROM OLD.created_at) * 1000000)::bigint,
-                (extract(epoch FROM OLD.started_at) * 1000000)::bigint,
-                (extract(epoch FROM OLD.ended_at) * 1000000)::bigint,
-                OLD.status)::run_insights_change;
+            changes := changes || run_insights_note(-1, OLD);
         END IF;
         IF NEW.enterprise_id IS NOT NULL THEN
-            changes := changes || ROW(1, NEW.enterprise_id, NEW.pipeline_id,
-                (extract(epoch FROM NEW.created_at) * 1000000)::bigint,
-                (extract(epoch FROM NEW.started_at) * 1000000)::bigint,
-                (extract(epoch FROM NEW.ended_at) * 1000000)::bigint,
-                NEW.status)::run_insights_change;
+            changes := changes || run_insights_note(1, NEW);
         END IF;
         PERFORM run_insights_reach_back(changes);
     END IF;

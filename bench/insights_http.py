@@ -23,7 +23,6 @@ import statistics
 import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
 
 import aiohttp
@@ -165,13 +164,7 @@ async def _http_ab(admin_dsn: str, name: str, args) -> list[tuple]:
 
 
 def http_ab(args) -> int:
-    name = f"pr_abh_{uuid.uuid4().hex[:8]}"
-    with scratchdb.admin_dsn() as admin:
-        asyncio.run(scratchdb.admin(admin, f'CREATE DATABASE "{name}"'))
-        try:
-            results = asyncio.run(_http_ab(admin, name, args))
-        finally:
-            asyncio.run(scratchdb.admin(admin, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    results = scratchdb.run_scratch("pr_abh", lambda admin, name: _http_ab(admin, name, args))
     print(f"load average {os.getloadavg()[0]:.2f}; {args.enterprises} enterprises x "
           f"{args.pipelines} pipelines, {args.clients} clients, {args.seconds:g} s a phase")
     print("| round | trigger | changes/s | service CPU µs/change | database CPU µs/change | "
@@ -221,13 +214,7 @@ async def _reach_back(admin_dsn: str, name: str, args) -> list[float]:
 
 
 def reach_back(args) -> int:
-    name = f"pr_abr_{uuid.uuid4().hex[:8]}"
-    with scratchdb.admin_dsn() as admin:
-        asyncio.run(scratchdb.admin(admin, f'CREATE DATABASE "{name}"'))
-        try:
-            took = asyncio.run(_reach_back(admin, name, args))
-        finally:
-            asyncio.run(scratchdb.admin(admin, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    took = scratchdb.run_scratch("pr_abr", lambda admin, name: _reach_back(admin, name, args))
     ordered = sorted(took)
     print(f"load average {os.getloadavg()[0]:.2f}; {args.history_runs:,} runs over 90 days, "
           f"{args.pipelines} pipelines; {len(took)} runs created 78-82 days ago deleted: "

@@ -3,13 +3,16 @@ from __future__ import annotations
 
 import asyncio
 import os
+import uuid
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Awaitable, Callable, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
 ROOT = Path(__file__).resolve().parent.parent
+T = TypeVar("T")
 
 
 def dsn_for(admin_dsn: str, dbname: str) -> str:
@@ -66,3 +69,15 @@ async def admin(dsn: str, sql: str) -> None:
         await conn.execute(sql)
     finally:
         await conn.close()
+
+
+def run_scratch(prefix: str, main: Callable[[str, str], Awaitable[T]]) -> T:
+    """asyncio.run(main(admin_dsn, name)) on a new database `name` (prefix + a random
+    suffix), dropped afterwards whatever happens."""
+    name = f"{prefix}_{uuid.uuid4().hex[:8]}"
+    with admin_dsn() as admin_url:
+        asyncio.run(admin(admin_url, f'CREATE DATABASE "{name}"'))
+        try:
+            return asyncio.run(main(admin_url, name))
+        finally:
+            asyncio.run(admin(admin_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))

@@ -98,10 +98,9 @@ except ImportError:  # pragma: no cover - orjson is optional
 def _encode_jsonb(value) -> bytes:
     # Binary jsonb: version byte 1, then the text. orjson where it can (a status change
     # writes two jsonb values: ~5 µs of the service's CPU less a PUT, 3.3 and 1.8 µs
-    # against 0.2 and 0.1); the standard library
-    # for what orjson refuses (an integer past 64 bits, a key that is not a string). Either
-    # text makes the same jsonb (PostgreSQL normalizes it; NaN never gets here: request
-    # bodies refuse it, web/parser.py).
+    # against 0.2 and 0.1); the standard library for what orjson refuses (an integer past
+    # 64 bits, a key that is not a string). Either text makes the same jsonb (PostgreSQL
+    # normalizes it; NaN never gets here: request bodies refuse it, web/parser.py).
     if _fast_dumps is not None:
         try:
             return b"\x01" + _fast_dumps(value)

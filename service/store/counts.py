@@ -17,7 +17,7 @@ from typing import Iterable
 
 import asyncpg
 
-from service.store.locks import FEED_LOCKS
+from service.store.locks import FEED_LOCKS_OF_ARRAY
 
 # A data-modifying CTE body: `rows` yields (enterprise_id, pipeline_id, status, delta), at
 # most one row per key, and must read the statement's feed_lock CTE so the lock comes first.
@@ -29,7 +29,7 @@ COUNT_DELTAS = """INSERT INTO run_counts AS c (enterprise_id, pipeline_id, statu
 # enterprises concerned, in one fixed order, then the deltas.
 APPLY_DELTAS = f"""
 WITH feed_locks AS (
-    {FEED_LOCKS.format(enterprises="SELECT unnest($1::text[])")}
+    {FEED_LOCKS_OF_ARRAY}
 )
 {COUNT_DELTAS.format(rows='''
     SELECT d.enterprise_id, d.pipeline_id, d.status, d.delta

@@ -16,7 +16,7 @@ import asyncpg
 
 from service.domain.insights import (ALL_PIPELINES, HISTOGRAMS, OUTCOMES, PERIOD,
                                      TOTAL_COUNTS)
-from service.store.locks import FEED_LOCK, FEED_LOCKS
+from service.store.locks import FEED_LOCK, FEED_LOCKS_OF_ARRAY
 
 _TERMINAL = ", ".join(f"'{o}'" for o in OUTCOMES)
 
@@ -193,8 +193,8 @@ TIER_ROLLUP = _TIER.format(members=f"""
       AND $2::uuid[] IS NULL AND $3::text IS NULL""")
 
 # The running totals' watermark (schema.sql run_insights_closed), and its moving on: an
-# enterprise's ended hours closed under its feed lock (the write path's pass runs under
-# it), in one transaction per enterprise (the sweeper, the seeder, tests).
+# enterprise's ended hours closed under its feed lock (the write path's insights trigger
+# runs under it), in one transaction per enterprise (the sweeper, the seeder, tests).
 CLOSED_THROUGH = "SELECT through FROM run_insights_closed WHERE enterprise_id = $1"
 CLOSE = f"""
 WITH feed_lock AS MATERIALIZED (SELECT {FEED_LOCK} AS locked)
@@ -241,7 +241,7 @@ FROM run_insights WHERE n <> 0 GROUP BY enterprise_id, pipeline_id
 """
 APPLY_DELTAS = f"""
 WITH feed_locks AS (
-    {FEED_LOCKS.format(enterprises="SELECT unnest($1::text[])")}
+    {FEED_LOCKS_OF_ARRAY}
 )
 INSERT INTO run_insights AS i (enterprise_id, hour, pipeline_id, metric, bin, n)
 SELECT d.* FROM unnest($1::text[], $2::timestamptz[], $3::uuid[], $4::text[], $5::int[],
@@ -350,7 +350,7 @@ GROUP BY 1, 2, 3
 # and run_recoveries, under their enterprises' feed locks.
 REBUILD_TOTALS = f"""
 WITH feed_locks AS MATERIALIZED (
-    {FEED_LOCKS.format(enterprises="SELECT unnest($1::text[])")}
+    {FEED_LOCKS_OF_ARRAY}
 )
 SELECT run_insights_totals_rebuild(p.e, p.p)
 FROM feed_locks, unnest($1::text[], $2::uuid[]) AS p(e, p)
@@ -359,7 +359,7 @@ FROM feed_locks, unnest($1::text[], $2::uuid[]) AS p(e, p)
 # running totals then rebuilt up to it), under their enterprises' feed locks.
 FIX_WATERMARKS = f"""
 WITH feed_locks AS MATERIALIZED (
-    {FEED_LOCKS.format(enterprises="SELECT unnest($1::text[])")}
+    {FEED_LOCKS_OF_ARRAY}
 )
 UPDATE run_insights_closed c
 SET through = insights_hour(c.through)
@@ -368,7 +368,7 @@ FROM feed_locks WHERE c.enterprise_id = ANY($1::text[])
 # Replay: a drifted pipeline's recoveries recomputed whole, under its enterprise's feed lock.
 REFRESH_PIPELINES = f"""
 WITH feed_locks AS MATERIALIZED (
-    {FEED_LOCKS.format(enterprises="SELECT unnest($1::text[])")}
+    {FEED_LOCKS_OF_ARRAY}
 )
 SELECT run_recoveries_refresh(p.e, p.p, '-infinity', 'infinity')
 FROM feed_locks, unnest($1::text[], $2::uuid[]) AS p(e, p)

@@ -29,6 +29,9 @@ FEED_LOCK = _FEED_LOCK_OF.format("$1")
 # each other's; {enterprises} is a query of enterprise ids. One row, whatever it locked.
 FEED_LOCKS = (f"SELECT count({_FEED_LOCK_OF.format('k.e')}) AS n "
               "FROM (SELECT DISTINCT e FROM ({enterprises}) AS d(e) ORDER BY 1) AS k")
+# The same for the enterprises of $1::text[] (writers outside the one-statement paths:
+# replay's patches and repairs, closing and rebuilding insights).
+FEED_LOCKS_OF_ARRAY = FEED_LOCKS.format(enterprises="SELECT unnest($1::text[])")
 # The wake-up, sent after commit by whoever committed: one statement for many enterprises.
 # (Its transaction writes a commit record but nothing else, so its commit waits for no
 # WAL flush: measured, docs/performance.md.)

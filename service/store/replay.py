@@ -10,7 +10,7 @@ import asyncpg
 from service.store import counts
 from service.store.columns import RUN_STATE_COLUMNS as PROJECTION_COLUMNS
 from service.store.columns import STAGE_RUN_COLUMNS
-from service.store.locks import FEED_LOCKS, REPLAY_LOCK
+from service.store.locks import FEED_LOCKS_OF_ARRAY, REPLAY_LOCK
 _P = ", ".join(f"p.{c} AS p_{c}" for c in PROJECTION_COLUMNS)
 
 # The scan reads the log in the heap's order, a sequential read (reading each run's events
@@ -151,10 +151,6 @@ VALUES ({', '.join(f"${i + 1}" for i in range(len(STAGE_RUN_COLUMNS)))})
 """
 DELETE_ROW = "DELETE FROM pipeline_runs WHERE enterprise_id = $1 AND id = $2"
 DELETE_STAGE_ROWS = "DELETE FROM stage_runs WHERE enterprise_id = $1 AND run_id = $2"
-# The feed locks of a patch's enterprises, in one fixed order, after its row locks and
-# before its writes: the insights' row trigger writes under them (schema.sql
-# run_insights_row), as every writer's does.
-TAKE_FEED_LOCKS = FEED_LOCKS.format(enterprises="SELECT unnest($1::text[])")
 # Row locks of the runs a patch is about to write, with what their counters count.
 LOCK_VERSIONS = """
 SELECT r.enterprise_id, r.id, r.version, r.pipeline_id, r.status FROM pipeline_runs r
@@ -186,7 +182,10 @@ async def patch_runs(conn: asyncpg.Connection, items: list[tuple], guarded: bool
         items = kept
     if not items:
         return skipped
-    await conn.fetchval(TAKE_FEED_LOCKS, sorted({key[0] for key, _, _ in items}))
+    # The batch's feed locks, in one fixed order, after its row locks and before its
+    # writes: the insights' row trigger writes under them (schema.sql run_insights_row),
+    # as every writer's does.
+    await conn.fetchval(FEED_LOCKS_OF_ARRAY, sorted({key[0] for key, _, _ in items}))
     deltas: Counter = Counter()
     for (enterprise_id, run_id), expected, _seen in items:
         row = current.get((enterprise_id, run_id))
