@@ -172,6 +172,49 @@ $$;
 -- Only the owner and the runtime role (granted by migrate) may call it.
 REVOKE EXECUTE ON FUNCTION run_events_ensure_partitions(timestamptz, timestamptz) FROM PUBLIC;
 
+-- Planner statistics where autovacuum keeps none (autovacuum = off in the cluster, or a
+-- table's autovacuum_enabled = false): ANALYZE the first table of the schema that
+-- autovacuum would have analyzed by now, by autovacuum's own rule (more rows changed since
+-- its last analysis than autovacuum_analyze_threshold + autovacuum_analyze_scale_factor x
+-- its rows; the cluster's settings). Leaf tables only, as autovacuum: run_events'
+-- partitions, not the partitioned parent. Returns the table analyzed, NULL when none is
+-- due or another caller is at it (advisory lock 1706); one table a call, so each call's
+-- transaction and locks stay short (the caller calls again). Why the service cares: a
+-- table never analyzed gives the planner no row counts per enterprise or pipeline, and it
+-- then reads a run by any index that starts with enterprise_id (all of its pipeline's
+-- entries) as readily as by the primary key (docs/performance.md, "Planner statistics").
+-- ANALYZE samples at most 30,000 rows a table and takes SHARE UPDATE EXCLUSIVE, which
+-- blocks no read or write. SECURITY DEFINER: only a table's owner may analyze it and the
+-- runtime role owns nothing; search_path fixed, pg_temp last, as above.
+CREATE OR REPLACE FUNCTION service_analyze_stale() RETURNS text
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = public, pg_temp AS $$
+DECLARE
+    due regclass;
+BEGIN
+    IF NOT pg_try_advisory_xact_lock(1706) THEN
+        RETURN NULL;
+    END IF;
+    SELECT c.oid::regclass INTO due
+    FROM pg_stat_user_tables s JOIN pg_class c ON c.oid = s.relid
+    WHERE c.relnamespace = 'public'::regnamespace AND c.relkind = 'r'
+      AND c.relowner = (SELECT oid FROM pg_roles WHERE rolname = current_user)
+      AND (current_setting('autovacuum')::boolean IS FALSE
+           OR EXISTS (SELECT FROM pg_options_to_table(c.reloptions) o
+                      WHERE o.option_name = 'autovacuum_enabled'
+                        AND o.option_value::boolean IS FALSE))
+      AND s.n_mod_since_analyze > current_setting('autovacuum_analyze_threshold')::float8
+          + current_setting('autovacuum_analyze_scale_factor')::float8 * greatest(c.reltuples, 0)
+    ORDER BY s.n_mod_since_analyze DESC, c.oid
+    LIMIT 1;
+    IF due IS NULL THEN
+        RETURN NULL;
+    END IF;
+    EXECUTE format('ANALYZE %s', due);
+    RETURN due::text;
+END
+$$;
+REVOKE EXECUTE ON FUNCTION service_analyze_stale() FROM PUBLIC;
+
 -- Every partition keeps its TRUNCATE guard (partitions made by hand or restored included).
 DO $$
 DECLARE

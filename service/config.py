@@ -100,6 +100,9 @@ class Config:
     shutdown_timeout: float = 10.0  # SIGTERM: how long in-flight requests may finish
     token_cache_seconds: float = 2.0
     timeout_sweep_seconds: float = 60.0
+    # Tables autovacuum does not analyze (it is off) are analyzed by the service when due,
+    # checked this often (app/statistics.py); 0: never.
+    analyze_check_seconds: float = 5.0
     # Long-polls re-query this often besides NOTIFY wake-ups (a lost one only delays them).
     feed_tick_seconds: float = 1.0
     max_body_bytes: int = 1024 * 1024
@@ -172,6 +175,7 @@ class Config:
                                                 60_000),
             token_cache_seconds=_float(env, "TOKEN_CACHE_SECONDS", 2.0),
             timeout_sweep_seconds=_float(env, "TIMEOUT_SWEEP_SECONDS", 60.0),
+            analyze_check_seconds=_float(env, "ANALYZE_CHECK_SECONDS", 5.0),
             feed_tick_seconds=_float(env, "FEED_TICK_SECONDS", 1.0),
             event_loop=_choice(env, "EVENT_LOOP", "auto", ("auto", "uvloop", "asyncio")),
             workers=_int(env, "WORKERS", 1),

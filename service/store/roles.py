@@ -6,8 +6,9 @@ no UPDATE, DELETE or TRUNCATE, no ownership (so no ALTER/DETACH/DROP and no trig
 switched off), no superuser (so no session_replication_role = replica). Elsewhere it gets
 the rows the service writes (SELECT/INSERT/UPDATE/DELETE on the other tables), and the
 things it needs an owner for go through SECURITY DEFINER functions of schema.sql: making
-next month's partition, moving run_heads (the per-run version guard) and moving
-event_chain_heads (each enterprise's hash chain).
+next month's partition, moving run_heads (the per-run version guard), moving
+event_chain_heads (each enterprise's hash chain) and analyzing the tables where
+autovacuum does not (store/statistics.py).
 """
 from __future__ import annotations
 
@@ -43,6 +44,8 @@ SELECT format('GRANT USAGE ON ALL SEQUENCES IN SCHEMA %I TO %I', current_schema(
 UNION ALL
 SELECT format('GRANT EXECUTE ON FUNCTION run_events_ensure_partitions(timestamptz, '
               'timestamptz) TO %I', $1::text)
+UNION ALL
+SELECT format('GRANT EXECUTE ON FUNCTION service_analyze_stale() TO %I', $1::text)
 UNION ALL
 (SELECT format('GRANT %s ON %s TO %I',
                CASE c.relname WHEN 'run_events' THEN 'SELECT, INSERT'

@@ -51,6 +51,7 @@ from service.web.schemas import document_empty_values
 from service.infra import tracing
 from service.infra.metrics import Metrics, metrics_app
 from service.infra.metrics import handler as metrics_handler
+from service.app.statistics import run_forever as keep_statistics
 from service.app.sweeper import run_forever
 from service.app.dispatcher import Dispatcher
 from service.app.webhook_http import Sender, Targets
@@ -111,14 +112,19 @@ async def _pool_ctx(app: web.Application) -> AsyncIterator[None]:
         waiters = positions.feed_waiters(config, pool, track_position=replicas is not None)
         await waiters.start()
         app[FEED_WAITERS] = waiters
-        sweeper = asyncio.create_task(run_forever(pool, config.timeout_sweep_seconds,
-                                                   app[METRICS], waiters.notify))
+        tasks = [asyncio.create_task(run_forever(pool, config.timeout_sweep_seconds,
+                                                 app[METRICS], waiters.notify))]
+        if config.analyze_check_seconds > 0:
+            tasks.append(asyncio.create_task(
+                keep_statistics(pool, config.analyze_check_seconds)))
         try:
             yield
         finally:
-            sweeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await sweeper
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             await waiters.stop()
             if replicas is not None:
                 await replicas.stop()
