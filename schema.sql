@@ -176,7 +176,8 @@ REVOKE EXECUTE ON FUNCTION run_events_ensure_partitions(timestamptz, timestamptz
 -- table's autovacuum_enabled = false): ANALYZE the first table of the schema that
 -- autovacuum would have analyzed by now, by autovacuum's own rule (more rows changed since
 -- its last analysis than autovacuum_analyze_threshold + autovacuum_analyze_scale_factor x
--- its rows; the cluster's settings). Leaf tables only, as autovacuum: run_events'
+-- its rows; the cluster's settings), and no more often than autovacuum would (once an
+-- autovacuum_naptime; a table never analyzed at once). Leaf tables only, as autovacuum: run_events'
 -- partitions, not the partitioned parent. Returns the table analyzed, NULL when none is
 -- due or another caller is at it (advisory lock 1706); one table a call, so each call's
 -- transaction and locks stay short (the caller calls again). Why the service cares: a
@@ -204,6 +205,8 @@ BEGIN
                         AND o.option_value::boolean IS FALSE))
       AND s.n_mod_since_analyze > current_setting('autovacuum_analyze_threshold')::float8
           + current_setting('autovacuum_analyze_scale_factor')::float8 * greatest(c.reltuples, 0)
+      AND coalesce(greatest(s.last_analyze, s.last_autoanalyze), '-infinity')
+          < now() - current_setting('autovacuum_naptime')::interval
     ORDER BY s.n_mod_since_analyze DESC, c.oid
     LIMIT 1;
     IF due IS NULL THEN

@@ -105,5 +105,12 @@ async def test_the_keeper_analyzes_by_autovacuums_rule_and_one_process_at_a_time
         assert "pipelines" not in await statistics.analyze_stale(runtime)
         assert await db.fetchval("SELECT last_analyze FROM pg_stat_user_tables "
                                  "WHERE relname = 'pipelines'") == analyzed
+        # Due again, but analyzed less than autovacuum_naptime ago (a minute, by default):
+        # no more often than autovacuum would.
+        await db.execute("UPDATE pipelines SET description = 'y' WHERE enterprise_id = 'keeper'")
+        await db.execute("SELECT pg_stat_force_next_flush()")
+        assert "pipelines" not in await statistics.analyze_stale(runtime)
+        assert await db.fetchval("SELECT n_mod_since_analyze FROM pg_stat_user_tables "
+                                 "WHERE relname = 'pipelines'") >= 60
     finally:
         await runtime.close()
