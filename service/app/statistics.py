@@ -36,5 +36,7 @@ async def run_forever(pool: asyncpg.Pool, every_seconds: float) -> None:
         except UNAVAILABLE as exc:  # an outage: one line a tick, not a traceback a tick
             log.warning("statistics keeper: database unavailable (%s: %s)",
                         type(exc).__name__, exc)
+        except asyncpg.PostgresError as exc:  # e.g. a statement timeout: the next tick retries
+            log.warning("statistics keeper: %s: %s", type(exc).__name__, exc)
         except Exception:
             log.exception("statistics keeper failed; trying again in %.0fs", every_seconds)
