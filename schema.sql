@@ -177,10 +177,10 @@ REVOKE EXECUTE ON FUNCTION run_events_ensure_partitions(timestamptz, timestamptz
 -- autovacuum would have analyzed by now, by autovacuum's own rule (more rows changed since
 -- its last analysis than autovacuum_analyze_threshold + autovacuum_analyze_scale_factor x
 -- its rows; the cluster's settings), and no more often than autovacuum would (once an
--- autovacuum_naptime; a table never analyzed at once). Leaf tables only, as autovacuum: run_events'
--- partitions, not the partitioned parent. Returns the table analyzed, NULL when none is
--- due or another caller is at it (advisory lock 1706); one table a call, so each call's
--- transaction and locks stay short (the caller calls again). Why the service cares: a
+-- autovacuum_naptime; a table never analyzed at once). Leaf tables only, as autovacuum:
+-- run_events' partitions, not the partitioned parent. Returns the table analyzed, NULL
+-- when none is due or another caller is at it (advisory lock 1706); one table a call, so
+-- each call's transaction and locks stay short (the caller calls again). Why the service cares: a
 -- table never analyzed gives the planner no row counts per enterprise or pipeline, and it
 -- then reads a run by any index that starts with enterprise_id (all of its pipeline's
 -- entries) as readily as by the primary key (docs/performance.md, "Planner statistics").
@@ -198,7 +198,7 @@ BEGIN
     SELECT c.oid::regclass INTO due
     FROM pg_stat_user_tables s JOIN pg_class c ON c.oid = s.relid
     WHERE c.relnamespace = 'public'::regnamespace AND c.relkind = 'r'
-      AND c.relowner = (SELECT oid FROM pg_roles WHERE rolname = current_user)
+      AND c.relowner = current_user::regrole  -- (the definer: only its own tables)
       AND (current_setting('autovacuum')::boolean IS FALSE
            OR EXISTS (SELECT FROM pg_options_to_table(c.reloptions) o
                       WHERE o.option_name = 'autovacuum_enabled'
