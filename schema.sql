@@ -987,27 +987,24 @@ BEGIN
 END
 $$;
 
--- The write path's upkeep: a plain row trigger (run_insights_row) moves the changed run's
--- keys (its state before out, after in) in the same statement, after the statement's own
--- row locks and under its enterprise's feed lock:
--- - a one-statement write (a run created or deleted, a group commit's status changes)
---   took that lock in the statement itself (store/append.py), and AFTER row triggers fire
---   at the end of the statement, so after it; the trigger's own pg_advisory_xact_lock then
---   finds it held (a lookup, no wait);
--- - a writer that changes the runs before it appends (replay's patches) takes it here, after
---   the row locks it holds (replay takes every feed lock of a batch first, in order:
---   store/replay.py), the order every writer keeps;
--- so, like run_counts, the projection's rows are only written by the holder of their
--- enterprise's feed lock, and no writer waits on them. Only updates that move a key fire
--- it (the WHEN below: most simple moves, queued, processing, waiting, a second running,
--- cost nothing). The usual change's keys are in the open hours: one INSERT ... ON
--- CONFLICT of the keys that moved, which also says whether one is in a closed hour (before
--- its enterprise's watermark, run_insights_closed); only then does it build the run's two
--- states as notes (run_insights_change) for the running totals (run_insights_reach_back).
--- A success, failure or timeout among its states has the recoveries around it checked
--- (run_recoveries_check). (It replaced notes collected per row in a setting and applied by
--- a deferred trigger at commit: docs/performance.md, "The insights write path, one row
--- trigger".)
+-- The write path's upkeep, in the writing statement itself (service/store/append.py
+-- INSIGHTS): every one-statement writer of pipeline_runs (a run created or deleted, a group
+-- commit's status changes, the general path's write) names the states its statement
+-- leaves and makes, for the runs whose keys move, in a CTE (`run_states`), and the
+-- statement, after its feed lock, moves their keys in run_insights (one INSERT ... ON
+-- CONFLICT, which also says whether one lies in a closed hour: before its enterprise's
+-- watermark, run_insights_closed); only when a state is rated (success, failure, timeout)
+-- or a key reaches back does it call run_insights_rest with the states as notes
+-- (run_insights_change): the running totals (run_insights_reach_back) and the
+-- recoveries around the run (run_recoveries_check). So, like run_counts, the projection's
+-- rows are only written by the holder of their enterprise's feed lock, and no writer
+-- waits on them; and the usual change pays no trigger, no second statement and no
+-- PL/pgSQL call (docs/performance.md, "The insights upkeep in the writing statement").
+-- Writers of pipeline_runs outside those statements (replay's patches) set
+-- insights.by_trigger = 'on' in their transaction: the row trigger (run_insights_row)
+-- then does the same per row, after their row locks and under the feed lock, which it
+-- takes itself (replay takes every feed lock of a batch first, in order:
+-- store/replay.py), the order every writer keeps.
 DO $$
 BEGIN
     IF to_regtype('run_insights_change') IS NULL THEN
@@ -1101,6 +1098,31 @@ BEGIN
     PERFORM run_recoveries_refresh(e, p, at, at);  -- a success gone: its recovery may go
 END
 $$;
+-- The rest of a writing statement's upkeep (store/append.py INSIGHTS), called only when
+-- one of its notes is rated or one of its keys reached back (`back`): the running totals
+-- of the closed hours and the recoveries around each rated state, as the row trigger
+-- does. Called from the statement after its writes to pipeline_runs (it aggregates their
+-- RETURNING rows first), so its queries see the runs as the statement left them.
+CREATE OR REPLACE FUNCTION run_insights_rest(changes run_insights_change[], back boolean)
+RETURNS integer
+LANGUAGE plpgsql AS $$
+DECLARE
+    c run_insights_change;
+BEGIN
+    IF back THEN
+        PERFORM run_insights_reach_back(changes);
+    END IF;
+    FOREACH c IN ARRAY changes LOOP
+        IF c.status IN ('success', 'failure', 'timeout') THEN
+            PERFORM run_recoveries_check(
+                c.enterprise_id, c.pipeline_id,
+                timestamptz 'epoch' + c.ended_at * interval '1 microsecond', c.status,
+                c.sign < 0);
+        END IF;
+    END LOOP;
+    RETURN 1;
+END
+$$;
 -- The row trigger (see above). OLD's fields are NULL on an INSERT, NEW's on a DELETE, and a
 -- state of NULL times has no keys (run_insight_keys gives none). Its plans are generic:
 -- planning its INSERT folds the bins' bounds (insights_bounds), ~2 ms, which a custom plan
@@ -1158,27 +1180,35 @@ BEGIN
 END
 $$;
 -- Which updates move a key (the rest, most simple moves: queued, processing, waiting, a
--- second running, fire nothing): the update trigger's WHEN, checked per row.
+-- second running, fire nothing): the update trigger's WHEN, checked per row; and only in
+-- a transaction that asked for the row trigger (insights.by_trigger: the one-statement
+-- writers keep the projection themselves).
 DO $$
 BEGIN
     IF NOT EXISTS (SELECT FROM pg_trigger WHERE tgrelid = 'pipeline_runs'::regclass
                    AND tgname = 'run_insights_row_update') THEN
         CREATE TRIGGER run_insights_row_update AFTER UPDATE ON pipeline_runs FOR EACH ROW
-        WHEN (OLD.started_at IS DISTINCT FROM NEW.started_at
-              OR OLD.ended_at IS DISTINCT FROM NEW.ended_at
-              OR OLD.status IS DISTINCT FROM NEW.status
-                 AND (NEW.status IN ('success', 'failure', 'timeout', 'invalid', 'cancelled')
-                      OR OLD.status IN ('success', 'failure', 'timeout', 'invalid',
-                                        'cancelled'))
-              OR OLD.created_at IS DISTINCT FROM NEW.created_at
-              OR OLD.pipeline_id IS DISTINCT FROM NEW.pipeline_id)
+        WHEN (current_setting('insights.by_trigger', true) = 'on'
+              AND (OLD.started_at IS DISTINCT FROM NEW.started_at
+                   OR OLD.ended_at IS DISTINCT FROM NEW.ended_at
+                   OR OLD.status IS DISTINCT FROM NEW.status
+                      AND (NEW.status IN ('success', 'failure', 'timeout', 'invalid',
+                                          'cancelled')
+                           OR OLD.status IN ('success', 'failure', 'timeout', 'invalid',
+                                             'cancelled'))
+                   OR OLD.created_at IS DISTINCT FROM NEW.created_at
+                   OR OLD.pipeline_id IS DISTINCT FROM NEW.pipeline_id))
         EXECUTE FUNCTION run_insights_row();
+    END IF;
+    IF NOT EXISTS (SELECT FROM pg_trigger WHERE tgrelid = 'pipeline_runs'::regclass
+                   AND tgname = 'run_insights_row_insert_delete') THEN
+        CREATE TRIGGER run_insights_row_insert_delete
+            AFTER INSERT OR DELETE ON pipeline_runs FOR EACH ROW
+            WHEN (current_setting('insights.by_trigger', true) = 'on')
+            EXECUTE FUNCTION run_insights_row();
     END IF;
 END
 $$;
-CREATE OR REPLACE TRIGGER run_insights_row_insert_delete
-    AFTER INSERT OR DELETE ON pipeline_runs FOR EACH ROW
-    EXECUTE FUNCTION run_insights_row();
 -- run_recoveries' rows in the running totals of their pipeline and the rollup:
 -- every writer of run_recoveries (run_recoveries_refresh, under the feed lock) moves them.
 CREATE OR REPLACE FUNCTION run_recoveries_move() RETURNS trigger

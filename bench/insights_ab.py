@@ -1,13 +1,16 @@
 """The write path with and without the insights projection's trigger: a small local A/B.
 
 A scratch database; C connections write flat out for S seconds per round, with the
-run_insights triggers enabled (A) and disabled (B), alternately A B A B:
-- create: runs created (the trigger adds their `created` key);
-- start: the one-statement status change pending -> running (store/moves.py; the trigger
+insights upkeep (A) and without it (B), alternately A B A B:
+- create: runs created (the upkeep adds their `created` key);
+- start: the one-statement status change pending -> running (store/moves.py; the upkeep
   adds the queue-time key);
-- flip: running <-> waiting (the trigger's WHEN lets these pass: nothing queued);
-- finish: running/waiting -> timeout by the general path (app/runs.py; the trigger moves the
+- flip: running <-> waiting (no key moves: nothing to do);
+- finish: running/waiting -> timeout by the general path (app/runs.py; the upkeep moves the
   outcome and duration keys and recomputes the pipeline's recoveries around the run).
+The upkeep is in the write statements (store/append.py INSIGHTS): B runs the same
+statements made without it (bench/service_without_insights.py statement_pairs); an older
+checkout's schema, whose upkeep was in triggers, has them disabled for B.
 Changes per second per phase (A B, then B A, ...), and A against B; and, less moved by
 other work on the machine, the CPU of the database backends per change (user + system from
 /proc, the pool's backends) and the insights functions' own time per change
@@ -155,22 +158,36 @@ async def main_async(dsn: str, args) -> list[tuple]:
     pipeline = await pipelines.create_pipeline(conn, ENTERPRISE, 1, {"name": "ab"})
     if await conn.fetchval("SELECT to_regproc('run_insights_close') IS NOT NULL"):
         await insights.close(conn, ENTERPRISE)  # a watermark, as the sweeper keeps it
+    # The upkeep is in the write statements (store/append.py INSIGHTS): B runs them without
+    # it; an older checkout's schema kept it in triggers, disabled for B.
+    pairs = None
+    if await conn.fetchval("SELECT to_regproc('run_insights_rest') IS NOT NULL"):
+        from service_without_insights import statement_pairs
+        pairs = statement_pairs()
+    # max_queries: never replaced (asyncpg's default closes a connection after 50,000
+    # queries, and its backend's CPU would be lost with it)
     pool = await asyncpg.create_pool(dsn, min_size=args.connections, max_size=args.connections,
-                                     init=init_connection)
+                                     init=init_connection, max_queries=10**9)
     held = [await pool.acquire() for _ in range(args.connections)]  # every backend's pid
     pids = [await c.fetchval("SELECT pg_backend_pid()") for c in held]
     for c in held:
         await pool.release(c)
     results = []
     try:
-        for round_ in range(args.rounds):
+        # Round -1 warms up, unreported: the first ANALYZE sees empty tables, and the plans
+        # a connection makes on them (a whole phase's worth) cost up to twice as much.
+        for round_ in range(-1, args.rounds):
             for on in ((True, False) if round_ % 2 == 0 else (False, True)):  # ABBA
                 # As autovacuum would (it is off on some machines, this one included):
                 # without, plans made on the first round's tiny tables (a sequential scan
                 # of the runs behind the recoveries' EXISTS) stay cached in every backend,
                 # and each round's finish cost more than the last (0.2 -> 9.5 ms).
                 await conn.execute("ANALYZE")
-                await toggle(conn, on)
+                if pairs is None:
+                    await toggle(conn, on)
+                else:
+                    for (module, name), (with_, without) in pairs.items():
+                        setattr(module, name, with_ if on else without)
                 pools: dict = {}
                 for kind in ("create", "start", "flip", "finish"):
                     cpu, fn = _backend_cpu(pids), await _function_ms(conn)
@@ -180,9 +197,14 @@ async def main_async(dsn: str, args) -> list[tuple]:
                     await _flush(pool, args.connections)
                     fn2 = await _function_ms(conn)
                     per = {k: 1000 * (fn2[k] - fn.get(k, 0)) / max(n, 1) for k in fn2}
-                    results.append((round_, "A with" if on else "B without", kind,
-                                    n / took, 1e6 * cpu / max(n, 1), per))
-        await toggle(conn, True)
+                    if round_ >= 0:
+                        results.append((round_, "A with" if on else "B without", kind,
+                                        n / took, 1e6 * cpu / max(n, 1), per))
+        if pairs is None:
+            await toggle(conn, True)
+        else:
+            for (module, name), (with_, _) in pairs.items():
+                setattr(module, name, with_)
     finally:
         await pool.close()
         await conn.close()

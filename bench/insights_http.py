@@ -4,8 +4,10 @@
 enterprises with P pipelines each, a token each, their insights watermarks set (as the
 sweeper keeps them); C clients drive run lifecycles round the pipelines: create, queued,
 processing, running, then complete + success (70%) or failure (20%), or timeout (10%),
-for S seconds a phase, the insights triggers enabled (A) and disabled (B) alternately
-(ABBA per round). Per phase: changes/s (each 2xx POST or PUT is a change), and the CPU
+for S seconds a phase, with the insights upkeep (A: the service) and without it (B: a
+second service process whose write statements leave it out,
+bench/service_without_insights.py; with an older checkout's schema, whose upkeep was in
+triggers, the triggers disabled) alternately (ABBA per round). Per phase: changes/s (each 2xx POST or PUT is a change), and the CPU
 per change of the service process and of the database backends of the scratch database
 (user + system, /proc), which other work on the machine moves less than the rates.
 
@@ -17,6 +19,7 @@ each (wall, sequential, client included).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import random
 import statistics
@@ -137,28 +140,45 @@ async def _lifecycles(base: str, targets: list, clients: int, seconds: float,
 
 
 async def _http_ab(admin_dsn: str, name: str, args) -> list[tuple]:
+    """Rounds of A (the service) and B (the same without the insights upkeep), alternated.
+
+    The upkeep is in the write statements (store/append.py INSIGHTS): B is a second service
+    process on the same database whose statements leave it out
+    (bench/service_without_insights.py); each phase sends its load to one of the two. A
+    schema of before that (an older checkout's) kept it in triggers: one process, and B
+    with the triggers disabled."""
     dsn = scratchdb.dsn_for(admin_dsn, name)
     conn = await asyncpg.connect(dsn)
     await meta.migrate(conn)  # the service migrates again at start: nothing left to do
+    in_statements = await conn.fetchval("SELECT to_regproc('run_insights_rest') IS NOT NULL")
+    without = [str(Path(__file__).resolve().parent / "service_without_insights.py")]
     results = []
-    with scale.service_process(dsn, Path("/tmp")) as (base, proc):
+    with contextlib.ExitStack() as stack:
+        base, proc = stack.enter_context(scale.service_process(dsn, Path("/tmp")))
+        base_b, proc_b = (stack.enter_context(scale.service_process(dsn, Path("/tmp"),
+                                                                    entry=without))
+                          if in_statements else (base, proc))
         targets = await _setup(conn, base, args.enterprises, args.pipelines)
-        await _lifecycles(base, targets, args.clients, 2, 0)  # warm up (plans, caches)
+        for url in {base, base_b}:
+            await _lifecycles(url, targets, args.clients, 2, 0)  # warm up (plans, caches)
         for round_ in range(args.rounds):
             for on in ((True, False) if round_ % 2 == 0 else (False, True)):
                 await conn.execute("ANALYZE")
-                await toggle(conn, on)
+                if not in_statements:
+                    await toggle(conn, on)
+                url, service = (base, proc) if on else (base_b, proc_b)
                 pids = await _db_pids(conn, name)
-                before = _cpu([proc.pid]), _cpu(pids)
-                n, failed, took = await _lifecycles(base, targets, args.clients, args.seconds,
+                before = _cpu([service.pid]), _cpu(pids)
+                n, failed, took = await _lifecycles(url, targets, args.clients, args.seconds,
                                                     round_ * 2 + on)
-                service_cpu = _cpu([proc.pid]) - before[0]
+                service_cpu = _cpu([service.pid]) - before[0]
                 # backends the pool opened meanwhile count whole
                 db_cpu = _cpu(set(pids) | set(await _db_pids(conn, name))) - before[1]
                 results.append((round_, "A with" if on else "B without", n / took,
                                 1e6 * service_cpu / max(n, 1), 1e6 * db_cpu / max(n, 1),
                                 failed))
-        await toggle(conn, True)
+        if not in_statements:
+            await toggle(conn, True)
     await conn.close()
     return results
 

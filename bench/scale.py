@@ -153,15 +153,18 @@ def service(dsn: str, workdir: Path, workers: int = 1):
 
 
 @contextmanager
-def service_process(dsn: str, workdir: Path, workers: int = 1, log_level: str = "WARNING"):
+def service_process(dsn: str, workdir: Path, workers: int = 1, log_level: str = "WARNING",
+                    entry: list[str] | None = None):
     """service(), yielding (base URL, the Popen) for tools that read its CPU time or its
-    access lines (log_level INFO: in workdir/scale-service.log)."""
+    access lines (log_level INFO: in workdir/scale-service.log). entry: what runs instead
+    of `-m service` (bench/insights_ab.py's B side)."""
     port = free_port()
     env = {**os.environ, **scratchdb.service_env(dsn), "LOG_LEVEL": log_level,
            "TIMEOUT_SWEEP_SECONDS": "3600"}  # no sweeper writes during the measurement
-    log = workdir / "scale-service.log"
+    log = workdir / ("scale-service.log" if entry is None else "scale-service-b.log")
     with log.open("w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "service", "serve", "--port", str(port),
+        proc = subprocess.Popen([sys.executable, *(entry or ["-m", "service"]), "serve",
+                                 "--port", str(port),
                                  "--workers", str(workers)],
                                 cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"

@@ -1,9 +1,10 @@
-"""The insights' write path, one row trigger per key-moving change (schema.sql
-run_insights_row): many runs of a pipeline changed by one statement (of one or two
+"""The insights' write path, kept by the writing statements themselves (store/append.py
+INSIGHTS): many runs of a pipeline changed by one statement (of one or two
 enterprises), by a group commit, in a transaction with a rolled-back savepoint, and deletes
 reaching back over many periods leave run_insights, the running totals and the recoveries
 equal to a computation over the runs table; replay rebuilds them byte for byte; a change
-that moves no key costs no call."""
+that moves no key, or moves keys of the open hours only and no outcome, costs no function
+call."""
 from __future__ import annotations
 
 import asyncio
@@ -231,11 +232,11 @@ async def test_a_group_commit_of_starts_stays_exact(api, client, db, enterprise)
 
 
 async def test_each_run_moves_its_rows_once_and_a_flip_fires_nothing(db, enterprise):
-    """The upkeep is one row trigger per key-moving change: 25 runs of two pipelines started
-    by one statement reaching back (the watermark ahead) are 25 calls, each moving its
-    pipeline's running total and the rollup's in one run_insights_totals_add; flipping them
-    running -> waiting moves no key, and the trigger's WHEN lets the statement pass without
-    a call."""
+    """The upkeep is the statement's: 25 runs of two pipelines started by one statement
+    reaching back (the watermark ahead) are one call of run_insights_rest, which moves each
+    pipeline's running total and the rollup's in one run_insights_totals_add per pipeline,
+    and the row trigger stays out; flipping them running -> waiting moves no key and calls
+    nothing."""
     await _closed_ahead(db, enterprise)
     many = await pipelines.create_pipeline(db, enterprise, 1, {"name": "many"})
     few = await pipelines.create_pipeline(db, enterprise, 1, {"name": "few"})
@@ -248,8 +249,8 @@ async def test_each_run_moves_its_rows_once_and_a_flip_fires_nothing(db, enterpr
         await moves.change_statuses(
             db, _changes(enterprise, many["id"], ids, ["running"] * len(ids))
             + _changes(enterprise, few["id"], others, ["running"] * len(others)))
-        assert await _calls(db) - before == Counter({"run_insights_row": 25,
-                                                     "run_insights_totals_add": 25})
+        assert await _calls(db) - before == Counter({"run_insights_rest": 1,
+                                                     "run_insights_totals_add": 2})
     await _assert_exact(db, enterprise)
     async with db.transaction():
         await db.execute("SET LOCAL track_functions = 'all'")
@@ -266,7 +267,7 @@ async def _calls(db) -> Counter:
     (pg_stat_xact_user_functions: they may include earlier transactions'; compare two)."""
     return Counter(dict(await db.fetch(
         "SELECT funcname, calls FROM pg_stat_xact_user_functions WHERE funcname IN "
-        "('run_insights_row', 'run_insights_totals_add')")))
+        "('run_insights_row', 'run_insights_rest', 'run_insights_totals_add')")))
 
 
 async def test_one_statement_of_two_enterprises_keeps_each_exact(db, enterprise):
@@ -305,7 +306,8 @@ async def test_one_transaction_reaching_back_over_many_periods(seeded, db):
 
 async def test_a_change_in_the_open_period_writes_no_running_total(db, enterprise):
     """The usual change (keys of the current period, at or after the watermark) moves the
-    hourly rows only: no run_insights_totals_add, no row; closing the period later (the
+    hourly rows only: no run_insights_totals_add, no row; a start calls nothing, an end
+    one run_insights_rest (its recoveries); closing the period later (the
     sweeper) brings them in, as the fold gives them."""
     pipeline = await pipelines.create_pipeline(db, enterprise, 1, {"name": "open"})
     await db.execute("INSERT INTO run_insights_closed VALUES ($1, insights_hour(now()))",
@@ -318,7 +320,7 @@ async def test_a_change_in_the_open_period_writes_no_running_total(db, enterpris
         await moves.change_statuses(db, _changes(enterprise, pipeline["id"], ids,
                                                  ["running"] * 6))
         await _end(db, enterprise, pipeline["id"], ids, ["failure", "success"] * 3)
-        assert await _calls(db) - before == Counter({"run_insights_row": 12})
+        assert await _calls(db) - before == Counter({"run_insights_rest": 6})
     assert await db.fetchval("SELECT count(*) FROM run_insights_totals "
                              "WHERE enterprise_id = $1", enterprise) == 0
     assert await db.fetchval("SELECT count(*) FROM run_recoveries "

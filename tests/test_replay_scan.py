@@ -141,15 +141,17 @@ async def test_a_scan_in_many_ranges_is_the_scan_in_one(api, db, db_dsn, monkeyp
 
 async def test_counter_tables_compare_alike_in_one_process_and_split(api, db, db_dsn,
                                                                      monkeypatch, enterprise):
-    """A row changed behind the log's back moves the counter tables with it (their
-    triggers): verify names the counters the events disagree with, the same whole or split
+    """A row changed behind the log's back with the insights' row trigger on (as replay's
+    patches write) moves the counter tables with it: verify names the counters the events disagree with, the same whole or split
     across processes and ranges; replay puts all back. (The enterprise's insights periods
     count as closed, its watermark ahead, so its changes move the running totals too.)"""
     await db.execute("INSERT INTO run_insights_closed VALUES "
                      "($1, insights_period(now()) + interval '366 days')", enterprise)
     runs = await _busy_runs(api, 6)
-    await db.execute("UPDATE pipeline_runs SET status = 'timeout', ended_at = now() "
-                     "WHERE id = $1", uuid.UUID(runs[2]["id"]))
+    async with db.transaction():  # as replay's patches write: the row trigger on
+        await db.execute("SET LOCAL insights.by_trigger = 'on'")
+        await db.execute("UPDATE pipeline_runs SET status = 'timeout', ended_at = now() "
+                         "WHERE id = $1", uuid.UUID(runs[2]["id"]))
     await db.execute("UPDATE run_insights SET n = n + 2 WHERE ctid = "
                      "(SELECT min(ctid) FROM run_insights)")
     await db.execute("ANALYZE pipeline_runs")

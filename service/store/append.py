@@ -12,6 +12,8 @@ append's CTEs (`statement`). In that order:
   leaves `from_status` and enters `to_status`), so no writer computes them by hand; written
   after the feed lock, which is what keeps counter rows free of contention (counts.py);
 - the events, in `ord` order, so positions follow the order the writer gave.
+- the insights' upkeep (INSIGHTS), for writers of pipeline_runs: the keys of the runs'
+  states named in their CTE `run_states` (RUN_STATES), after the feed lock.
 """
 from __future__ import annotations
 
@@ -49,12 +51,59 @@ _APPEND = f"""feed_lock AS (
 )"""
 
 
-def statement(ctes: str, select: str) -> str:
+# The insights projection (schema.sql run_insights), kept by the statements that write
+# pipeline_runs: each names, in a CTE `run_states` with these columns, the states it
+# leaves (sign -1) and makes (+1) of each run whose keys may move (a run created or
+# deleted; an update that stamps started_at or ended_at or enters or leaves an outcome);
+# the rest of its runs it leaves out (most moves: queued, processing, waiting move no key).
+RUN_STATES = ("sign", "enterprise_id", "pipeline_id", "created_at", "started_at", "ended_at",
+              "status")
+_RATED = "'success', 'failure', 'timeout'"
+_MICROS = "(extract(epoch FROM s.{}) * 1000000)::bigint"
+# After the feed lock, the keys' deltas in one INSERT (its RETURNING says whether a key
+# lies before its enterprise's watermark); then, only when a state is rated or a key
+# reached back, one call for the rest (schema.sql run_insights_rest: running totals,
+# recoveries). Its aggregate reads every `run_states` row first, i.e. the RETURNING rows
+# of the statement's own writes of pipeline_runs, so by the call those writes are done
+# and its queries (a fresh snapshot and command id, as a volatile function's) see them.
+# A CTE that nothing reads is not run: the events' INSERT reads `insights_rest`'s count,
+# an init plan evaluated once.
+INSIGHTS = f"""insights_keys AS (
+    INSERT INTO run_insights AS i (enterprise_id, hour, pipeline_id, metric, bin, n)
+    SELECT s.enterprise_id, k.hour, s.pipeline_id, k.metric, k.bin, sum(s.sign)
+    FROM run_states s, feed_lock,
+         LATERAL run_insight_keys(s.created_at, s.started_at, s.ended_at, s.status) AS k
+    GROUP BY 1, 2, 3, 4, 5 HAVING sum(s.sign) <> 0
+    ON CONFLICT (enterprise_id, hour, pipeline_id, metric, bin)
+    DO UPDATE SET n = i.n + EXCLUDED.n
+    RETURNING i.enterprise_id, i.hour
+), insights_rest AS (
+    SELECT run_insights_rest(x.notes, x.back)
+    FROM (SELECT array_agg(ROW(s.sign, s.enterprise_id, s.pipeline_id,
+                               {_MICROS.format("created_at")}, {_MICROS.format("started_at")},
+                               {_MICROS.format("ended_at")}, s.status)::run_insights_change)
+                     AS notes,
+                 bool_or(s.status IN ({_RATED})) AS rated,
+                 EXISTS (SELECT FROM insights_keys k JOIN run_insights_closed c
+                         ON c.enterprise_id = k.enterprise_id AND k.hour < c.through) AS back
+          FROM run_states s, feed_lock) AS x
+    WHERE x.rated OR x.back
+)"""
+
+
+def statement(ctes: str, select: str, *, run_states: bool = False) -> str:
     """A write statement: the writer's CTEs (the last named `appended`), the append, `select`.
 
-    `select` may read `appended_events` (what was appended).
+    `select` may read `appended_events` (what was appended). run_states: the writer's CTEs
+    name `run_states` (RUN_STATES), whose insights keys the statement moves.
     """
-    return f"WITH {ctes},\n{_APPEND}\n{select}"
+    if not run_states:
+        return f"WITH {ctes},\n{_APPEND}\n{select}"
+    head, events = _APPEND.split("), appended_events AS (")
+    events = events.replace("FROM appended a, feed_lock\n",
+                            "FROM appended a, feed_lock\n"
+                            "    WHERE (SELECT count(*) FROM insights_rest) >= 0\n")
+    return (f"WITH {ctes},\n{head}), {INSIGHTS}, appended_events AS ({events}\n{select}")
 
 
 # The general path's events (store/changes.py), given as arrays, one per column: the

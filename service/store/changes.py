@@ -13,8 +13,11 @@ from typing import Any
 
 import asyncpg
 
+from service.domain import lifecycle
 from service.store import append
 from service.store.columns import RUN_STATE_COLUMNS, STAGE_RUN_COLUMNS
+
+_RUN_STATES = ", ".join(append.RUN_STATES)
 
 LOCK_RUN = f"""
 SELECT {', '.join('r.' + c for c in RUN_STATE_COLUMNS)}, p.name AS pipeline_name
@@ -37,14 +40,35 @@ UPDATE stage_runs SET status = $3, updated_by = $4, updated_at = $5, started_at 
     ended_at = $7
 WHERE enterprise_id = $1 AND id = $2
 """
-# The run's row and its events in one statement (append.py), so the insights' row trigger,
-# which fires at its end, finds the feed lock taken (schema.sql run_insights_row) and the
-# lock is held no longer than the append's. The row is locked already (LOCK_RUN).
-WRITE_RUN = append.statement(f"""run_row AS (
+# The run's row, its insights keys and its events in one statement (append.py), so the
+# keys move under the feed lock, held no longer than the append's. The row is locked
+# already (LOCK_RUN). Two statements: when the write moves an insights key (moves_a_key),
+# the one that keeps them, its run states the fold's `before` ($19 status, $20
+# started_at, $21 ended_at) and the row as written; else the one without (moves.py).
+_RUN_ROW = """run_row AS (
     UPDATE pipeline_runs SET status = $12, status_meta = $13, updated_by = $14,
         updated_at = $15, started_at = $16, ended_at = $17, version = $18
     WHERE enterprise_id = $1 AND id = $3
-), {append.EVENTS_FROM_ARRAYS}""", "SELECT count(*) FROM appended_events")
+    RETURNING enterprise_id, pipeline_id, created_at, started_at, ended_at, status
+)"""
+WRITE_RUN = append.statement(f"{_RUN_ROW}, {append.EVENTS_FROM_ARRAYS}",
+                             "SELECT count(*) FROM appended_events")
+WRITE_RUN_KEYS = append.statement(f"""{_RUN_ROW}, run_states AS (
+    SELECT x.* FROM run_row r,
+         LATERAL (VALUES (-1, r.enterprise_id, r.pipeline_id, r.created_at, $20::timestamptz,
+                          $21::timestamptz, $19::text),
+                         (1, r.enterprise_id, r.pipeline_id, r.created_at, r.started_at,
+                          r.ended_at, r.status)) AS x({_RUN_STATES})
+), {append.EVENTS_FROM_ARRAYS}""", "SELECT count(*) FROM appended_events", run_states=True)
+
+
+def moves_a_key(before: dict[str, Any], after: dict[str, Any]) -> bool:
+    """Whether writing `after` over `before` moves one of the run's insights keys: a start
+    or an end stamped or changed, an outcome entered or left (schema.sql run_insight_keys)."""
+    return (before["started_at"] != after["started_at"]
+            or before["ended_at"] != after["ended_at"]
+            or before["status"] != after["status"]
+            and (before["status"] in lifecycle.TERMINAL or after["status"] in lifecycle.TERMINAL))
 
 
 async def load_for_update(conn: asyncpg.Connection, enterprise_id: str, run_id: uuid.UUID,
@@ -70,8 +94,12 @@ async def write(conn: asyncpg.Connection, before: dict[str, Any], after: dict[st
         await conn.executemany(UPDATE_STAGE_ROW, [
             (s["enterprise_id"], s["id"], s["status"], s["updated_by"], s["updated_at"],
              s["started_at"], s["ended_at"]) for s in changed])
-    await conn.execute(
-        WRITE_RUN, after["enterprise_id"], after["pipeline_id"], after["id"],
-        events[0]["occurred_at"], *append.event_arrays(events),
-        after["status"], after["status_meta"], after["updated_by"], after["updated_at"],
-        after["started_at"], after["ended_at"], after["version"])
+    args = [after["enterprise_id"], after["pipeline_id"], after["id"],
+            events[0]["occurred_at"], *append.event_arrays(events),
+            after["status"], after["status_meta"], after["updated_by"], after["updated_at"],
+            after["started_at"], after["ended_at"], after["version"]]
+    if moves_a_key(before, after):
+        await conn.execute(WRITE_RUN_KEYS, *args, before["status"], before["started_at"],
+                           before["ended_at"])
+    else:
+        await conn.execute(WRITE_RUN, *args)

@@ -261,6 +261,9 @@ _BATCH_RUNS = """unnest($2::uuid[]) AS u(id),
      LATERAL (SELECT x.* FROM pipeline_runs x
               WHERE x.enterprise_id = $1 AND x.id = u.id OFFSET 0) AS r"""
 BULK_LOAD = "SET LOCAL insights.bulk_load = 'on'"
+# Writers of pipeline_runs other than the one-statement paths (replay's patches): the row
+# trigger keeps the insights for this transaction's writes (schema.sql run_insights_row).
+ROW_TRIGGER = "SET LOCAL insights.by_trigger = 'on'"
 ADD_RUNS = f"""
 INSERT INTO run_insights AS i (enterprise_id, hour, pipeline_id, metric, bin, n)
 SELECT r.enterprise_id, k.hour, r.pipeline_id, k.metric, k.bin, count(*)

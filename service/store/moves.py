@@ -30,6 +30,11 @@ LEGAL_MOVES = sorted(f"{source}>{target}" for target in lifecycle.SIMPLE_RUN_TAR
 _STARTS = sorted(t for t in lifecycle.SIMPLE_RUN_TARGETS if lifecycle.stamps_started(t))
 _ENDS = sorted(t for t in lifecycle.SIMPLE_RUN_TARGETS if lifecycle.stamps_ended(t))
 
+# The insights' run states (append.RUN_STATES) of the changes that move a key: a start or an
+# end stamped, an outcome entered or left.
+_RUN_STATES = ", ".join(append.RUN_STATES)
+_OUTCOMES = ", ".join(f"'{s}'" for s in sorted(lifecycle.TERMINAL))
+
 # The run as answered: as updated, or as it is (locked) when the change was a no-op or
 # refused.
 _ANSWER = ",\n       ".join(
@@ -37,7 +42,7 @@ _ANSWER = ",\n       ".join(
 
 # The changes' rows come from a function (schema.sql run_status_changes), so the statement
 # keeps one generic plan however few changes it carries.
-_CHANGE_STATUSES = append.statement(f"""c AS (
+_CHANGES = f"""c AS (
     SELECT * FROM run_status_changes($1::text[], $2::uuid[], $3::uuid[], $4::text[],
                                      $5::text[], $6::bigint[], $7::jsonb[], $8::jsonb[],
                                      $9::int[]) AS c
@@ -65,12 +70,25 @@ _CHANGE_STATUSES = append.statement(f"""c AS (
       AND (cur.status || '>' || c.target) = ANY($12::text[])
       AND (c.expected_version IS NULL OR cur.version = c.expected_version)
     RETURNING r.*, cur.pipeline_name, cur.status AS from_status, cur.ord
-), appended AS (
+)"""
+_RUN_STATES_CTE = f"""run_states AS (
+    SELECT x.* FROM upd JOIN cur ON cur.ord = upd.ord,
+         LATERAL (VALUES (-1, cur.enterprise_id, cur.pipeline_id, cur.created_at,
+                          cur.started_at, cur.ended_at, cur.status),
+                         (1, upd.enterprise_id, upd.pipeline_id, upd.created_at,
+                          upd.started_at, upd.ended_at, upd.status)) AS x({_RUN_STATES})
+    WHERE cur.started_at IS DISTINCT FROM upd.started_at
+       OR cur.ended_at IS DISTINCT FROM upd.ended_at
+       OR cur.status <> upd.status
+          AND (cur.status IN ({_OUTCOMES}) OR upd.status IN ({_OUTCOMES}))
+)"""
+_APPENDED = """appended AS (
     SELECT upd.enterprise_id, upd.pipeline_id, upd.id AS run_id, upd.version,
            $13::text AS type, upd.from_status, upd.status AS to_status, c.actor, c.actor_id,
            upd.updated_at AS occurred_at, c.data, upd.ord
     FROM upd JOIN c ON c.ord = upd.ord
-)""", f"""SELECT c.ord, cur.status AS current_status, cur.version AS current_version,
+)"""
+_ANSWERS = f"""SELECT c.ord, cur.status AS current_status, cur.version AS current_version,
        upd.id IS NOT NULL AS changed,
        cur.ord IS NULL AND EXISTS (
            SELECT FROM pipeline_runs r
@@ -83,12 +101,23 @@ _CHANGE_STATUSES = append.statement(f"""c AS (
 FROM c
 LEFT JOIN cur ON cur.ord = c.ord
 LEFT JOIN upd ON upd.ord = c.ord
-ORDER BY c.ord""")
+ORDER BY c.ord"""
+# Two statements: changes that may move an insights key (a start, an end: KEY_TARGETS)
+# go by the one that keeps them (append.INSIGHTS), the rest (most moves: queued,
+# processing, waiting) by the one without, which costs nothing for it: its plan has
+# no insights nodes to start at every execution (~55 µs a statement, measured:
+# docs/performance.md).
+_PLAIN = append.statement(f"{_CHANGES}, {_APPENDED}", _ANSWERS)
+_KEYS = append.statement(f"{_CHANGES}, {_RUN_STATES_CTE}, {_APPENDED}", _ANSWERS,
+                         run_states=True)
+KEY_TARGETS = frozenset(_STARTS) | frozenset(_ENDS)
 # Waits for rows other transactions hold (a change alone), or passes them over: a group
 # must not wait behind one busy run; its changes of busy runs come back `busy`. (`busy`
 # needs a live pipeline too: a run of a deleted pipeline is not found, never busy.)
-CHANGE_STATUSES = _CHANGE_STATUSES.format(skip="")
-CHANGE_STATUSES_SKIP_LOCKED = _CHANGE_STATUSES.format(skip="SKIP LOCKED")
+CHANGE_STATUSES = _PLAIN.format(skip="")
+CHANGE_STATUSES_SKIP_LOCKED = _PLAIN.format(skip="SKIP LOCKED")
+CHANGE_STATUSES_KEYS = _KEYS.format(skip="")
+CHANGE_STATUSES_KEYS_SKIP_LOCKED = _KEYS.format(skip="SKIP LOCKED")
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,10 +145,16 @@ async def change_statuses(conn: asyncpg.Connection, changes: list[StatusChange],
     run as updated or as it is. Outside a transaction the statement commits by itself.
     """
     return await conn.fetch(
-        CHANGE_STATUSES_SKIP_LOCKED if skip_locked else CHANGE_STATUSES,
+        _statement(skip_locked, any(c.target in KEY_TARGETS for c in changes)),
         [c.enterprise_id for c in changes], [c.pipeline_id for c in changes], [c.run_id for c in changes],
         [c.target for c in changes], [c.actor for c in changes],
         [c.actor_id for c in changes], [c.data for c in changes],
         [lifecycle.status_meta(c.data) for c in changes],
         [c.expected_version for c in changes],
         _STARTS, _ENDS, LEGAL_MOVES, lifecycle.RUN_STATUS_CHANGED)
+
+
+def _statement(skip_locked: bool, keys: bool) -> str:
+    if keys:
+        return CHANGE_STATUSES_KEYS_SKIP_LOCKED if skip_locked else CHANGE_STATUSES_KEYS
+    return CHANGE_STATUSES_SKIP_LOCKED if skip_locked else CHANGE_STATUSES

@@ -7,7 +7,7 @@ from collections import Counter
 
 import asyncpg
 
-from service.store import counts
+from service.store import counts, insights
 from service.store.columns import RUN_STATE_COLUMNS as PROJECTION_COLUMNS
 from service.store.columns import STAGE_RUN_COLUMNS
 from service.store.locks import FEED_LOCKS_OF_ARRAY, REPLAY_LOCK
@@ -186,6 +186,7 @@ async def patch_runs(conn: asyncpg.Connection, items: list[tuple], guarded: bool
     # writes: the insights' row trigger writes under them (schema.sql run_insights_row),
     # as every writer's does.
     await conn.fetchval(FEED_LOCKS_OF_ARRAY, sorted({key[0] for key, _, _ in items}))
+    await conn.execute(insights.ROW_TRIGGER)  # these writes carry no upkeep of their own
     deltas: Counter = Counter()
     for (enterprise_id, run_id), expected, _seen in items:
         row = current.get((enterprise_id, run_id))

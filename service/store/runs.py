@@ -52,6 +52,10 @@ CREATE_RUN = append.statement(f"""p AS (
                               'created_by', s.created_by),
            s.timeout_seconds, r.status, r.created_by, r.created_by, r.created_at, r.created_at
     FROM s, r
+), run_states AS (
+    SELECT 1 AS sign, r.enterprise_id, r.pipeline_id, r.created_at, r.started_at, r.ended_at,
+           r.status
+    FROM r
 ), appended AS (
     SELECT r.enterprise_id, r.pipeline_id, r.id AS run_id, 1 AS version, $7::text AS type,
            NULL::text AS from_status, r.status AS to_status, $5::text AS actor,
@@ -68,7 +72,7 @@ CREATE_RUN = append.statement(f"""p AS (
            1 AS ord
     FROM r, p
 )""", f"""SELECT {run_select('r', 'p.name')}, (SELECT count(*) FROM s) AS stage_count
-FROM r, p""")
+FROM r, p""", run_states=True)
 
 # The run (locked), deleted only if at the version asked for; `deleted` says which.
 DELETE_RUN = append.statement(f"""cur AS (
@@ -79,16 +83,22 @@ DELETE_RUN = append.statement(f"""cur AS (
 ), del AS (
     DELETE FROM pipeline_runs r USING cur
     WHERE r.enterprise_id = $1 AND r.id = cur.id AND ($7::int IS NULL OR cur.version = $7)
-    RETURNING r.enterprise_id, r.pipeline_id, r.id, r.version, r.status, cur.at
+    RETURNING r.enterprise_id, r.pipeline_id, r.id, r.version, r.status, cur.at,
+              r.created_at, r.started_at, r.ended_at
 ), stage_rows AS (
     DELETE FROM stage_runs s USING del WHERE s.enterprise_id = $1 AND s.run_id = del.id
+), run_states AS (
+    SELECT -1 AS sign, del.enterprise_id, del.pipeline_id, del.created_at, del.started_at,
+           del.ended_at, del.status
+    FROM del
 ), appended AS (
     SELECT del.enterprise_id, del.pipeline_id, del.id AS run_id, del.version + 1 AS version,
            $8::text AS type, del.status AS from_status, NULL::text AS to_status,
            $4::text AS actor, $5::bigint AS actor_id, del.at AS occurred_at,
            $6::jsonb AS data, 1 AS ord
     FROM del
-)""", "SELECT cur.*, EXISTS (SELECT FROM appended_events) AS deleted FROM cur")
+)""", "SELECT cur.*, EXISTS (SELECT FROM appended_events) AS deleted FROM cur",
+   run_states=True)
 
 SELECT_RUN = f"""
 SELECT {run_select()}, {replication.POSITION_COLUMN} FROM {RUN_JOIN}
