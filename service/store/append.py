@@ -60,12 +60,17 @@ RUN_STATES = ("sign", "enterprise_id", "pipeline_id", "created_at", "started_at"
               "status")
 _RATED = "'success', 'failure', 'timeout'"
 _MICROS = "(extract(epoch FROM s.{}) * 1000000)::bigint"
+# Whether a moved key lies before its enterprise's watermark (a change reaching back).
+_BACK = """EXISTS (SELECT FROM insights_keys k JOIN run_insights_closed c
+                       ON c.enterprise_id = k.enterprise_id AND k.hour < c.through)"""
 # After the feed lock, the keys' deltas in one INSERT (its RETURNING says whether a key
 # lies before its enterprise's watermark); then, only when a state is rated or a key
 # reached back, one call for the rest (schema.sql run_insights_rest: running totals,
-# recoveries). Its aggregate reads every `run_states` row first, i.e. the RETURNING rows
-# of the statement's own writes of pipeline_runs, so by the call those writes are done
-# and its queries (a fresh snapshot and command id, as a volatile function's) see them.
+# recoveries); its conditions are one-time filters, so a statement that needs none pays
+# two probes. Its argument aggregates every `run_states` row first, i.e. the RETURNING
+# rows of the statement's own writes of pipeline_runs, so by the call those writes are
+# done and its queries (a fresh snapshot and command id, as a volatile function's) see
+# them; and it runs after the feed lock (its FROM, and insights_keys, read feed_lock).
 # A CTE that nothing reads is not run: the events' INSERT reads `insights_rest`'s count,
 # an init plan evaluated once.
 INSIGHTS = f"""insights_keys AS (
@@ -78,16 +83,15 @@ INSIGHTS = f"""insights_keys AS (
     DO UPDATE SET n = i.n + EXCLUDED.n
     RETURNING i.enterprise_id, i.hour
 ), insights_rest AS (
-    SELECT run_insights_rest(x.notes, x.back)
-    FROM (SELECT array_agg(ROW(s.sign, s.enterprise_id, s.pipeline_id,
-                               {_MICROS.format("created_at")}, {_MICROS.format("started_at")},
-                               {_MICROS.format("ended_at")}, s.status)::run_insights_change)
-                     AS notes,
-                 bool_or(s.status IN ({_RATED})) AS rated,
-                 EXISTS (SELECT FROM insights_keys k JOIN run_insights_closed c
-                         ON c.enterprise_id = k.enterprise_id AND k.hour < c.through) AS back
-          FROM run_states s, feed_lock) AS x
-    WHERE x.rated OR x.back
+    SELECT run_insights_rest(
+               (SELECT array_agg(ROW(s.sign, s.enterprise_id, s.pipeline_id,
+                                     {_MICROS.format("created_at")},
+                                     {_MICROS.format("started_at")},
+                                     {_MICROS.format("ended_at")}, s.status)::run_insights_change)
+                FROM run_states s),
+               {_BACK})
+    FROM feed_lock
+    WHERE EXISTS (SELECT FROM run_states s WHERE s.status IN ({_RATED})) OR {_BACK}
 )"""
 
 
