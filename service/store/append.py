@@ -32,7 +32,7 @@ _COLUMNS = ", ".join(APPENDED_COLUMNS)
 # Events whose statuses are the run's (a stage run's event carries the stage run's).
 _RUN_LEVEL = ", ".join(f"'{t}'" for t in lifecycle.RUN_EVENT_TYPES)
 
-_APPEND = f"""feed_lock AS (
+_LOCK_AND_COUNTS = f"""feed_lock AS (
     {FEED_LOCKS.format(enterprises="SELECT enterprise_id FROM appended")}
 ), counted AS (
     {COUNT_DELTAS.format(rows=f'''
@@ -42,10 +42,13 @@ _APPEND = f"""feed_lock AS (
     WHERE a.type IN ({_RUN_LEVEL}) AND d.status IS NOT NULL
     GROUP BY 1, 2, 3 HAVING sum(d.delta) <> 0
     ORDER BY 1, 2, 3''')}
-), appended_events AS (
+)"""
+# {after}: a condition the events wait for (the insights' upkeep, below), or TRUE.
+_EVENTS = f"""appended_events AS (
     INSERT INTO run_events ({_COLUMNS})
     SELECT {', '.join('a.' + c for c in APPENDED_COLUMNS)}
     FROM appended a, feed_lock
+    WHERE {{after}}
     ORDER BY a.ord
     RETURNING position
 )"""
@@ -102,12 +105,9 @@ def statement(ctes: str, select: str, *, run_states: bool = False) -> str:
     name `run_states` (RUN_STATES), whose insights keys the statement moves.
     """
     if not run_states:
-        return f"WITH {ctes},\n{_APPEND}\n{select}"
-    head, events = _APPEND.split("), appended_events AS (")
-    events = events.replace("FROM appended a, feed_lock\n",
-                            "FROM appended a, feed_lock\n"
-                            "    WHERE (SELECT count(*) FROM insights_rest) >= 0\n")
-    return (f"WITH {ctes},\n{head}), {INSIGHTS}, appended_events AS ({events}\n{select}")
+        return f"WITH {ctes},\n{_LOCK_AND_COUNTS}, {_EVENTS.format(after='TRUE')}\n{select}"
+    return (f"WITH {ctes},\n{_LOCK_AND_COUNTS}, {INSIGHTS}, "
+            f"{_EVENTS.format(after='(SELECT count(*) FROM insights_rest) >= 0')}\n{select}")
 
 
 # The general path's events (store/changes.py), given as arrays, one per column: the
