@@ -262,6 +262,16 @@ async def test_each_run_moves_its_rows_once_and_a_flip_fires_nothing(db, enterpr
     await _assert_exact(db, enterprise)
 
 
+def test_a_simple_move_moves_a_key_only_by_stamping_a_start_or_an_end():
+    """What moves.py's run_states relies on: no simple move leaves an outcome, entering one
+    stamps ended_at, and only starts and ends stamp (KEY_TARGETS: the statement that keeps
+    the keys)."""
+    assert not [m for m in moves.LEGAL_MOVES if m.split(">")[0] in lifecycle.TERMINAL]
+    assert all(lifecycle.stamps_ended(t) for t in lifecycle.TERMINAL)
+    assert moves.KEY_TARGETS == {t for t in lifecycle.SIMPLE_RUN_TARGETS
+                                 if lifecycle.stamps_started(t) or lifecycle.stamps_ended(t)}
+
+
 async def _calls(db) -> Counter:
     """The insights functions' calls this backend counted and has not reported yet
     (pg_stat_xact_user_functions: they may include earlier transactions'; compare two)."""

@@ -13,7 +13,7 @@ from typing import Any
 
 import asyncpg
 
-from service.domain import lifecycle
+from service.domain import insights
 from service.store import append
 from service.store.columns import RUN_STATE_COLUMNS, STAGE_RUN_COLUMNS
 
@@ -63,12 +63,15 @@ WRITE_RUN_KEYS = append.statement(f"""{_RUN_ROW}, run_states AS (
 
 
 def moves_a_key(before: dict[str, Any], after: dict[str, Any]) -> bool:
-    """Whether writing `after` over `before` moves one of the run's insights keys: a start
-    or an end stamped or changed, an outcome entered or left (schema.sql run_insight_keys)."""
-    return (before["started_at"] != after["started_at"]
-            or before["ended_at"] != after["ended_at"]
-            or before["status"] != after["status"]
-            and (before["status"] in lifecycle.TERMINAL or after["status"] in lifecycle.TERMINAL))
+    """Whether writing `after` over `before` moves one of the run's insights keys (their
+    Python twin, domain/insights.py run_cells, as replay counts them; the general path
+    changes neither the run's pipeline nor its created_at)."""
+    return sorted(_cells(before)) != sorted(_cells(after))
+
+
+def _cells(run: dict[str, Any]) -> list[tuple[int, str, int]]:
+    return insights.run_cells(run["created_at"], run["started_at"], run["ended_at"],
+                              run["status"])
 
 
 async def load_for_update(conn: asyncpg.Connection, enterprise_id: str, run_id: uuid.UUID,
