@@ -284,15 +284,21 @@ def _report_chains(chains: int, breaks: list, seconds: float, events: int) -> bo
 
 
 def cmd_seed(config: Config, args) -> int:
-    from service.app.seed import seed
+    from service.app.seed import analyze_loaded, seed
 
     def progress(report) -> None:
         print(f"  {report.runs:,} runs, {report.events:,} events in {report.seconds:.1f}s "
               f"({report.rate:,.0f} runs/s)", flush=True)
 
+    async def analyze() -> None:
+        # As the tables' owner: DATABASE_URL's runtime role may not ANALYZE them (PostgreSQL
+        # skips them with a warning, and the 1M seed's later batches ran on stale estimates).
+        await _with_conn(cfg, analyze_loaded, cfg.migrate_database_url)
+
     async def work(conn):
         return await seed(conn, args.enterprise, args.pipelines, args.runs, days=args.days,
-                          seed=args.seed, batch=args.batch, progress=progress)
+                          seed=args.seed, batch=args.batch, progress=progress,
+                          analyze=analyze if cfg.migrate_database_url else None)
 
     with database(config) as cfg:
         report = asyncio.run(_migrated(cfg, work))

@@ -125,3 +125,37 @@ async def test_the_seed_analyzes_the_tables_it_loads_as_they_grow(db):
                           ["pipeline_runs", "run_insights", "run_recoveries"])
     assert len(rows) == 3 and all(r["last_analyze"] is not None for r in rows), rows
     assert before is None or min(r["last_analyze"] for r in rows) > before
+
+
+def test_cli_seed_as_the_runtime_role_analyzes_through_the_owner(db_dsn):
+    # The runtime role may not ANALYZE the tables it loads (PostgreSQL skips them with a
+    # warning): the seed asks MIGRATE_DATABASE_URL's owner, so later batches plan on
+    # estimates of the tables as they are.
+    env = {"DATABASE_URL": as_runtime(db_dsn), "MIGRATE_DATABASE_URL": db_dsn,
+           "PATH": "/usr/bin:/bin"}
+    done = subprocess.run([sys.executable, "-m", "service", "seed", "--enterprise", "owned",
+                           "--pipelines", "2", "--runs", "60", "--batch", "20"],
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "skipping" not in done.stderr, done.stderr
+    rows = subprocess.run(
+        ["psql", db_dsn, "-Atc", "SELECT count(*) FROM pg_stat_user_tables WHERE relname IN "
+         "('pipeline_runs', 'run_insights', 'run_recoveries') AND last_analyze IS NOT NULL"],
+        capture_output=True, text=True, timeout=30)
+    assert rows.stdout.strip() == "3", rows
+
+
+async def test_a_seed_behind_the_watermark_rebuilds_the_running_totals(db):
+    # The seeder closes hours only up to its batch's last creation, so its batches never
+    # reach back by themselves; when something else has closed them (the service's
+    # sweeper, here up to the current hour), every batch lands in closed hours and must
+    # rebuild the running totals it reaches, its recoveries included.
+    await db.execute("INSERT INTO run_insights_closed VALUES ('behind', insights_hour(now()))")
+    report = await seed(db, "behind", pipelines=3, runs=240, batch=60, seed=11)
+    assert report.outcomes["failure"] > 0 and report.outcomes["success"] > 0
+    assert await db.fetchval("SELECT count(*) FROM run_recoveries "
+                             "WHERE enterprise_id = 'behind'") > 0
+    assert await db.fetchval("SELECT count(*) FROM run_insights_totals "
+                             "WHERE enterprise_id = 'behind'") > 0
+    result = await verify(db)
+    assert result.drifts == []

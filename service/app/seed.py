@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from itertools import accumulate
 from operator import itemgetter
-from typing import Any, Callable
+from typing import Any, Awaitable, Callable
 
 import asyncpg
 
@@ -323,11 +323,19 @@ def _pipelines(enterprise_id: str, count: int, rng: random.Random, created_at: d
     return pipelines
 
 
+async def analyze_loaded(conn: asyncpg.Connection) -> None:
+    """ANALYZE the tables a seed loads (conn: their owner's)."""
+    await sql.analyze_loaded(conn)
+
+
 async def seed(conn: asyncpg.Connection, enterprise_id: str, pipelines: int, runs: int, *,
                days: float = 90.0, seed: int = 0, batch: int = 5000,
                now: datetime | None = None,
-               progress: Callable[[SeedReport], None] | None = None) -> SeedReport:
-    """Create `pipelines` pipelines and `runs` runs in the enterprise (conn: init_connection'd)."""
+               progress: Callable[[SeedReport], None] | None = None,
+               analyze: Callable[[], Awaitable[None]] | None = None) -> SeedReport:
+    """Create `pipelines` pipelines and `runs` runs in the enterprise (conn: init_connection'd).
+    `analyze`: ANALYZE the loaded tables as they grow (default: on conn, which must own them:
+    PostgreSQL skips the tables of another owner, with a warning)."""
     if pipelines < 1 or runs < 0:
         raise ValueError("seed needs at least one pipeline and a non-negative run count")
     started = time.perf_counter()
@@ -364,9 +372,11 @@ async def seed(conn: asyncpg.Connection, enterprise_id: str, pipelines: int, run
     def make(start: int):
         """One batch's COPY records (CPU only: runs in a thread while the last one is copied)."""
         ordered: list[list[dict]] = []
+        created_at = first
         for i in range(start, min(start + batch, runs)):
             pipeline = plan[owners[i]]
             pipeline.next_number += 1
+            # grows with i: a later batch's runs are all created after this one's
             created_at = first + timedelta(seconds=span * (i + rng.random()) / runs)
             ordered.append(gen.run(pipeline, pipeline.next_number, created_at))
         # Positions follow time within the batch; a run's events keep their version order
@@ -376,37 +386,39 @@ async def seed(conn: asyncpg.Connection, enterprise_id: str, pipelines: int, run
         events = list(map(event_tuple, merged))
         run_rows, stage_rows = gen.take()
         run_counts = Counter((enterprise_id, r[_PIPELINE], r[_STATUS]) for r in run_rows)
-        return len(ordered), events, run_rows, stage_rows, run_counts
+        return len(ordered), events, run_rows, stage_rows, run_counts, created_at
 
     loop = asyncio.get_running_loop()
     async with sql.fast_jsonb(conn):
-        await _batches(conn, make, loop, runs, batch, report, started, progress)
+        await _batches(conn, make, loop, runs, batch, report, started, progress,
+                       analyze or (lambda: sql.analyze_loaded(conn)))
+    await sql.close_hours(conn, enterprise_id)
     report.outcomes = dict(sorted(gen.outcomes.items(), key=lambda kv: -kv[1]))
     report.seconds = time.perf_counter() - started
     return report
 
 
 async def _batches(conn, make, loop, runs: int, batch: int, report: SeedReport,
-                   started: float, progress) -> None:
+                   started: float, progress, analyze) -> None:
     """COPY batch after batch, making the next one meanwhile."""
     enterprise_id = report.enterprise_id
     analyzed = 0  # runs loaded when the tables were last analyzed
     with ThreadPoolExecutor(1, thread_name_prefix="seed") as pool:
         ready = make(0) if runs else None
         for start in range(0, runs, batch):
-            made, events, run_rows, stage_rows, run_counts = ready
+            made, events, run_rows, stage_rows, run_counts, last_created = ready
             following = (loop.run_in_executor(pool, make, start + batch)
                          if start + batch < runs else None)
             try:
                 await sql.copy_batch(conn, enterprise_id, events, run_rows, stage_rows,
-                                     run_counts)
+                                     run_counts, closes=last_created)
             finally:
                 ready = await following if following is not None else None
             report.runs += made
             if report.runs >= 2 * analyzed and start + batch < runs:
                 # Each time the load has doubled (8 times for 1M runs in batches of
                 # 5,000): the next batches' plans see the tables as they are.
-                await sql.analyze_loaded(conn)
+                await analyze()
                 analyzed = report.runs
             report.live_runs += len(run_rows)
             report.events += len(events)

@@ -273,25 +273,27 @@ GROUP BY 1, 2, 3, 4, 5 ORDER BY 1, 2, 3, 4, 5
 ON CONFLICT (enterprise_id, hour, pipeline_id, metric, bin) DO UPDATE SET n = i.n + EXCLUDED.n
 """
 # ... then (after their recoveries) the running totals of their pipelines and the rollup
-# rebuilt from the first period the batch can have changed: its runs' first key, or the
-# last success before its runs' first end (their recoveries reach back to it).
+# rebuilt from the first period the batch can have changed, where that period holds
+# closed hours (the totals hold nothing else: before the watermark, run_insights_closed).
+# That period is its runs' first key's: their recoveries (ADD_RECOVERIES) only move rows
+# recovered at or after the batch's first end of the pipeline, every such row being at a
+# success's end with no success between the last one before that end and it. The seeder
+# closes hours only up to its batch's last creation (no later batch's key lies before it:
+# runs are made in creation order), so a batch rebuilds nothing unless something else
+# (the service's sweeper) closed hours meanwhile; a rebuild up to the watermark after
+# every batch cost a quarter of a seed's database time (docs/performance.md).
 REBUILD_BATCH_TOTALS = f"""
 WITH since AS MATERIALIZED (
-    SELECT b.pipeline_id, least(b.first_key, s.last_success) AS since
-    FROM (SELECT r.pipeline_id, min(least(r.created_at, r.started_at, r.ended_at)) AS first_key,
-                 min(r.ended_at) AS first_end
-          FROM {_BATCH_RUNS}
-          GROUP BY 1) AS b
-    LEFT JOIN LATERAL (
-        SELECT max(x.ended_at) AS last_success FROM pipeline_runs x
-        WHERE x.enterprise_id = $1 AND x.pipeline_id = b.pipeline_id AND x.status = 'success'
-          AND x.ended_at < b.first_end) AS s ON true
+    SELECT r.pipeline_id, min(least(r.created_at, r.started_at, r.ended_at)) AS since
+    FROM {_BATCH_RUNS}
+    GROUP BY 1
 )
 SELECT count(run_insights_totals_rebuild($1, p.pipeline_id, p.since))
 FROM (SELECT pipeline_id, since FROM since
       UNION ALL
       SELECT '{ALL_PIPELINES}'::uuid, min(since) FROM since HAVING count(*) > 0
       ORDER BY 1) AS p
+WHERE p.since < (SELECT c.through FROM run_insights_closed c WHERE c.enterprise_id = $1)
 """
 DROP_ZEROS = "DELETE FROM run_insights WHERE n = 0"
 # The loaded runs' pipelines' recoveries around them (the trigger stood aside).

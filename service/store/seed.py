@@ -73,9 +73,11 @@ async def analyze_loaded(conn: asyncpg.Connection) -> None:
 
 
 async def copy_batch(conn: asyncpg.Connection, enterprise_id: str, events: list[tuple],
-                     runs: list[tuple], stage_runs: list[tuple], run_counts: Counter) -> None:
+                     runs: list[tuple], stage_runs: list[tuple], run_counts: Counter,
+                     closes: datetime) -> None:
     """One batch in one transaction: the events (positions in list order), their projection
-    and its counters (run_counts deltas, keyed (enterprise_id, pipeline_id, status))."""
+    and its counters (run_counts deltas, keyed (enterprise_id, pipeline_id, status)); the
+    hours ended by `closes` closed (no later batch has a key before it)."""
     async with conn.transaction():
         await conn.execute(insights.BULK_LOAD)  # the keys of the batch's runs: added below
         await append.copy_events(conn, enterprise_id, events)
@@ -90,4 +92,10 @@ async def copy_batch(conn: asyncpg.Connection, enterprise_id: str, events: list[
             await insights.add_runs(conn, enterprise_id, [r[_ID] for r in runs])
             await insights.add_recoveries(conn, enterprise_id, [r[_ID] for r in runs])
             await insights.rebuild_batch_totals(conn, enterprise_id, [r[_ID] for r in runs])
-            await insights.close(conn, enterprise_id)  # its ended hours
+            await insights.close(conn, enterprise_id, closes)
+
+
+async def close_hours(conn: asyncpg.Connection, enterprise_id: str) -> None:
+    """After the last batch: every ended hour closed, as the sweeper would."""
+    async with conn.transaction():
+        await insights.close(conn, enterprise_id)
