@@ -204,7 +204,30 @@ def http_ab(args) -> int:
           f"service + database CPU {ca:,.0f} against {cb:,.0f} µs/change: "
           f"{100 * (ca - cb) / cb:+.1f}% (database alone {da:,.0f} against {db:,.0f}: "
           f"{100 * (da - db) / db:+.1f}%)")
+    print(paired(results))
     return 0
+
+
+# Two-sided 95 % quantiles of Student's t by degrees of freedom (beyond: the normal's).
+_T95 = {1: 12.71, 2: 4.30, 3: 3.18, 4: 2.78, 5: 2.57, 6: 2.45, 7: 2.36, 8: 2.31, 9: 2.26,
+        10: 2.23, 12: 2.18, 15: 2.13, 20: 2.09, 25: 2.06, 30: 2.04}
+
+
+def paired(results: list[tuple]) -> str:
+    """The rounds as pairs: each round's A against its own B (the machine drifts between
+    rounds more than within one), their mean with a 95 % interval and their median."""
+    by_round: dict[int, dict[bool, float]] = {}
+    for r in results:
+        by_round.setdefault(r[0], {})[r[1].startswith("A")] = r[2]
+    diffs = [100 * (p[True] - p[False]) / p[False] for p in by_round.values() if len(p) == 2]
+    if len(diffs) < 2:
+        return "paired per round: too few rounds"
+    mean, sd = statistics.fmean(diffs), statistics.stdev(diffs)
+    t = _T95[max(k for k in _T95 if k <= len(diffs) - 1)] if len(diffs) <= 31 else 1.96
+    half = t * sd / len(diffs) ** 0.5
+    return (f"paired per round ({len(diffs)}): mean {mean:+.1f}% "
+            f"(95% interval {mean - half:+.1f}% .. {mean + half:+.1f}%), "
+            f"median {statistics.median(diffs):+.1f}%")
 
 
 async def _reach_back(admin_dsn: str, name: str, args) -> list[float]:
