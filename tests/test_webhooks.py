@@ -6,6 +6,7 @@ import uuid
 import pytest
 from standardwebhooks.webhooks import Webhook
 
+from service.store import webhooks as webhook_store
 from service.web.keys import DISPATCHER
 from tests.helpers import make_token, wait_until
 from service.client import WebhookVerificationError, verify_webhook
@@ -311,3 +312,29 @@ def test_standardwebhooks_and_the_client_agree():
     assert verify_webhook(headers, body.encode(), secret) == {"type": "x"}
     with pytest.raises(WebhookVerificationError):
         verify_webhook(headers, body, "whsec_" + "A" * 32)
+
+
+async def test_a_redelivery_asked_for_while_an_attempt_is_out_stands(db):
+    # The attempt's outcome lands on its own claim only. It used to mark the delivery done
+    # (or failed) whatever had happened meanwhile, so a redelivery asked for while the
+    # attempt was out was lost (test_ping_and_redeliver, once, under load).
+    enterprise, hook = f"ent-{uuid.uuid4().hex[:8]}", uuid.uuid4()
+    await db.execute("INSERT INTO webhooks (enterprise_id, id, url, secret) "
+                     "VALUES ($1, $2, 'http://127.0.0.1:9/ok', 'whsec_test')", enterprise, hook)
+    await db.execute("INSERT INTO webhook_deliveries (enterprise_id, webhook_id, position, "
+                     "event_id, run_id, version, occurred_at) "
+                     "VALUES ($1, $2, 1, $3, $4, 1, now())", enterprise, hook, uuid.uuid4(),
+                     uuid.uuid4())
+    state = ("SELECT state, attempts, claimed_until IS NULL AS unclaimed "
+             "FROM webhook_deliveries WHERE enterprise_id = $1")
+    (out,) = await webhook_store.claim_due(db, 10, 30.0, 8, {})
+    assert await webhook_store.redeliver(db, enterprise, hook, out["event_id"])
+    assert await webhook_store.delivered(db, out) is False  # the attempt that was out
+    assert dict(await db.fetchrow(state, enterprise)) == {
+        "state": "pending", "attempts": 1, "unclaimed": True}
+    (again,) = await webhook_store.claim_due(db, 10, 30.0, 8, {})  # the redelivery
+    assert again["attempts"] == 2
+    assert await webhook_store.failed(db, out, None) is False  # nor can it fail the new one
+    assert await webhook_store.delivered(db, again) is True
+    assert dict(await db.fetchrow(state, enterprise)) == {
+        "state": "delivered", "attempts": 2, "unclaimed": True}

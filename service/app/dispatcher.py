@@ -202,8 +202,8 @@ class Dispatcher:
                                          f"{d['event_id']} at {now.isoformat()}", "gone")
         else:
             next_at = retry_at(d["failures"] + 1, self.schedule, now)
-            await store.failed(conn, d, next_at)
-            if next_at is None:
+            # (no longer its claim: a redelivery was asked for meanwhile, which stands)
+            if await store.failed(conn, d, next_at) and next_at is None:
                 await self._disable(conn, d, f"all {d['failures'] + 1} attempts to deliver "
                                              f"event {d['event_id']} failed; the last: "
                                              f"{outcome.error}", "exhausted")

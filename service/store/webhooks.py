@@ -129,17 +129,22 @@ RETURNING d.enterprise_id, d.webhook_id, d.position, d.event_id, d.run_id, d.ver
 EVENT_AT = f"""
 SELECT {EVENT_COLUMNS} FROM run_events e WHERE e.enterprise_id = $1 AND e.position = $2
 """
-DELIVERED = """
+# An attempt's outcome lands only on the claim that made it ($4: the attempt number its
+# claim gave, and the claim still held): a redelivery asked for while it was out
+# (REDELIVER clears the claim) or another worker's claim after its lease ran out (a new
+# attempt number) is left as it is, instead of being marked done by an older attempt.
+_OWN_CLAIM = "attempts = $4 AND claimed_until IS NOT NULL"
+DELIVERED = f"""
 UPDATE webhook_deliveries SET state = 'delivered', delivered_at = now(), failures = 0,
        claimed_until = NULL
-WHERE enterprise_id = $1 AND webhook_id = $2 AND position = $3
+WHERE enterprise_id = $1 AND webhook_id = $2 AND position = $3 AND {_OWN_CLAIM}
 """
-# A failed attempt: the next one at $4, or (NULL) none left: the delivery failed for good.
-FAILED = """
+# A failed attempt: the next one at $5, or (NULL) none left: the delivery failed for good.
+FAILED = f"""
 UPDATE webhook_deliveries SET failures = failures + 1, claimed_until = NULL,
-       state = CASE WHEN $4::timestamptz IS NULL THEN 'failed' ELSE 'pending' END,
-       next_attempt_at = coalesce($4, next_attempt_at)
-WHERE enterprise_id = $1 AND webhook_id = $2 AND position = $3
+       state = CASE WHEN $5::timestamptz IS NULL THEN 'failed' ELSE 'pending' END,
+       next_attempt_at = coalesce($5, next_attempt_at)
+WHERE enterprise_id = $1 AND webhook_id = $2 AND position = $3 AND {_OWN_CLAIM}
 """
 DISABLE = """
 UPDATE webhooks SET is_active = false, disabled_reason = $3, disabled_at = now(),
@@ -250,12 +255,17 @@ async def event_and_run(conn: asyncpg.Connection, enterprise_id: str, position: 
     return public_event(event), [e for e in history if e["version"] <= event["version"]], name
 
 
-async def delivered(conn: asyncpg.Connection, d: asyncpg.Record) -> None:
-    await conn.execute(DELIVERED, d["enterprise_id"], d["webhook_id"], d["position"])
+async def delivered(conn: asyncpg.Connection, d: asyncpg.Record) -> bool:
+    """The claimed delivery `d` (CLAIM_DUE's row) done; False: no longer its claim."""
+    return await conn.execute(DELIVERED, d["enterprise_id"], d["webhook_id"], d["position"],
+                              d["attempts"]) == "UPDATE 1"
 
 
-async def failed(conn: asyncpg.Connection, d: asyncpg.Record, next_at: datetime | None) -> None:
-    await conn.execute(FAILED, d["enterprise_id"], d["webhook_id"], d["position"], next_at)
+async def failed(conn: asyncpg.Connection, d: asyncpg.Record, next_at: datetime | None) -> bool:
+    """The claimed delivery `d` failed (next attempt at `next_at`, None: never); False: no
+    longer its claim."""
+    return await conn.execute(FAILED, d["enterprise_id"], d["webhook_id"], d["position"],
+                              d["attempts"], next_at) == "UPDATE 1"
 
 
 async def disable(conn: asyncpg.Connection, enterprise_id: str, webhook_id: uuid.UUID,
