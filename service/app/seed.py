@@ -19,7 +19,10 @@ What a seeded enterprise looks like:
 - Event times grow with versions; positions follow time within each batch of runs.
 
 Writes use COPY (copy_records_to_table), one transaction per batch, holding the
-enterprise's feed lock like every append, so a live feed reader never sees a gap.
+enterprise's feed lock like every append, so a live feed reader never sees a gap. Each
+batch closes the insights' hours up to its last run's creation (no later batch has a key
+before it), so no batch reaches back into the running totals; the rest are closed once,
+at the end. The tables are ANALYZEd as they grow (through `analyze`: their owner).
 The shape of the data is deterministic for a given --seed (ids are random; times follow
 `now`).
 """
