@@ -394,7 +394,7 @@ async def seed(conn: asyncpg.Connection, enterprise_id: str, pipelines: int, run
     loop = asyncio.get_running_loop()
     async with sql.fast_jsonb(conn):
         await _batches(conn, make, loop, runs, batch, report, started, progress,
-                       analyze or (lambda: sql.analyze_loaded(conn)))
+                       analyze or (lambda: analyze_loaded(conn)))
     await sql.close_hours(conn, enterprise_id)
     report.outcomes = dict(sorted(gen.outcomes.items(), key=lambda kv: -kv[1]))
     report.seconds = time.perf_counter() - started

@@ -61,6 +61,7 @@ _EVENTS = f"""appended_events AS (
 # the rest of its runs it leaves out (most moves: queued, processing, waiting move no key).
 RUN_STATES = ("sign", "enterprise_id", "pipeline_id", "created_at", "started_at", "ended_at",
               "status")
+RUN_STATE_NAMES = ", ".join(RUN_STATES)  # the column list of a `run_states` VALUES alias
 _RATED = "'success', 'failure', 'timeout'"
 _MICROS = "(extract(epoch FROM s.{}) * 1000000)::bigint"
 # Whether a moved key lies before its enterprise's watermark (a change reaching back).

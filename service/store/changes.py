@@ -17,8 +17,6 @@ from service.domain import insights
 from service.store import append
 from service.store.columns import RUN_STATE_COLUMNS, STAGE_RUN_COLUMNS
 
-_RUN_STATES = ", ".join(append.RUN_STATES)
-
 LOCK_RUN = f"""
 SELECT {', '.join('r.' + c for c in RUN_STATE_COLUMNS)}, p.name AS pipeline_name
 FROM pipeline_runs r
@@ -58,7 +56,7 @@ WRITE_RUN_KEYS = append.statement(f"""{_RUN_ROW}, run_states AS (
          LATERAL (VALUES (-1, r.enterprise_id, r.pipeline_id, r.created_at, $20::timestamptz,
                           $21::timestamptz, $19::text),
                          (1, r.enterprise_id, r.pipeline_id, r.created_at, r.started_at,
-                          r.ended_at, r.status)) AS x({_RUN_STATES})
+                          r.ended_at, r.status)) AS x({append.RUN_STATE_NAMES})
 ), {append.EVENTS_FROM_ARRAYS}""", "SELECT count(*) FROM appended_events", run_states=True)
 
 

@@ -30,11 +30,6 @@ LEGAL_MOVES = sorted(f"{source}>{target}" for target in lifecycle.SIMPLE_RUN_TAR
 _STARTS = sorted(t for t in lifecycle.SIMPLE_RUN_TARGETS if lifecycle.stamps_started(t))
 _ENDS = sorted(t for t in lifecycle.SIMPLE_RUN_TARGETS if lifecycle.stamps_ended(t))
 
-# The insights' run states (append.RUN_STATES) of the changes that move a key. A simple
-# move moves one only by stamping started_at or ended_at: none leaves an outcome, and
-# entering one stamps ended_at (schema.sql run_insight_keys; tests/test_insights_pass.py
-# holds the lifecycle to it).
-_RUN_STATES = ", ".join(append.RUN_STATES)
 
 # The run as answered: as updated, or as it is (locked) when the change was a no-op or
 # refused.
@@ -72,12 +67,16 @@ _CHANGES = f"""c AS (
       AND (c.expected_version IS NULL OR cur.version = c.expected_version)
     RETURNING r.*, cur.pipeline_name, cur.status AS from_status, cur.ord
 )"""
+# The insights' run states (append.RUN_STATES) of the changes that move a key. A simple
+# move moves one only by stamping started_at or ended_at: none leaves an outcome, and
+# entering one stamps ended_at (schema.sql run_insight_keys; tests/test_insights_pass.py
+# holds the lifecycle to it).
 _RUN_STATES_CTE = f"""run_states AS (
     SELECT x.* FROM upd JOIN cur ON cur.ord = upd.ord,
          LATERAL (VALUES (-1, cur.enterprise_id, cur.pipeline_id, cur.created_at,
                           cur.started_at, cur.ended_at, cur.status),
                          (1, upd.enterprise_id, upd.pipeline_id, upd.created_at,
-                          upd.started_at, upd.ended_at, upd.status)) AS x({_RUN_STATES})
+                          upd.started_at, upd.ended_at, upd.status)) AS x({append.RUN_STATE_NAMES})
     WHERE cur.started_at IS DISTINCT FROM upd.started_at
        OR cur.ended_at IS DISTINCT FROM upd.ended_at
 )"""
