@@ -30,7 +30,6 @@ LEGAL_MOVES = sorted(f"{source}>{target}" for target in lifecycle.SIMPLE_RUN_TAR
 _STARTS = sorted(t for t in lifecycle.SIMPLE_RUN_TARGETS if lifecycle.stamps_started(t))
 _ENDS = sorted(t for t in lifecycle.SIMPLE_RUN_TARGETS if lifecycle.stamps_ended(t))
 
-
 # The run as answered: as updated, or as it is (locked) when the change was a no-op or
 # refused.
 _ANSWER = ",\n       ".join(
