@@ -992,8 +992,9 @@ $$;
 -- commit's status changes, the general path's write) names the states its statement
 -- leaves and makes, for the runs whose keys move, in a CTE (`run_states`), and the
 -- statement, after its feed lock, moves their keys in run_insights (one INSERT ... ON
--- CONFLICT, which also says whether one lies in a closed hour: before its enterprise's
--- watermark, run_insights_closed); only when a state is rated (success, failure, timeout)
+-- CONFLICT, whose RETURNING says whether one lies in a closed hour: before its enterprise's
+-- watermark, run_insights_closed, read afresh by run_insights_back); only when a state is
+-- rated (success, failure, timeout)
 -- or a key reaches back does it call run_insights_rest with the states as notes
 -- (run_insights_change): the running totals (run_insights_reach_back) and the
 -- recoveries around the run (run_recoveries_check). So, like run_counts, the projection's
@@ -1013,6 +1014,20 @@ BEGIN
             created_at bigint, started_at bigint, ended_at bigint,  -- micros since 1970
             status text);
     END IF;
+END
+$$;
+-- Whether any key (enterprise es[i], hour hs[i]) lies before its enterprise's watermark,
+-- read afresh. The writing statement asks once it holds the feed lock: its own snapshot
+-- was taken before it waited for that lock, and a close committed meanwhile (the sweeper,
+-- under the same lock) moved the watermark past hours this statement's keys are in; read
+-- with that snapshot, the keys would miss the running totals (a run deleted while its
+-- hour closed stayed counted: tests/test_insights_close_race.py). PL/pgSQL and VOLATILE:
+-- its query takes a new snapshot (READ COMMITTED) and keeps its plan across calls.
+CREATE OR REPLACE FUNCTION run_insights_back(es text[], hs timestamptz[]) RETURNS boolean
+LANGUAGE plpgsql VOLATILE AS $$
+BEGIN
+    RETURN EXISTS (SELECT FROM unnest(es, hs) AS k(e, h)
+                   JOIN run_insights_closed c ON c.enterprise_id = k.e AND k.h < c.through);
 END
 $$;
 -- A run's state as a note: sign -1 for the state a change leaves, +1 for the one it makes.

@@ -64,17 +64,19 @@ RUN_STATES = ("sign", "enterprise_id", "pipeline_id", "created_at", "started_at"
 RUN_STATE_NAMES = ", ".join(RUN_STATES)  # the column list of a `run_states` VALUES alias
 _RATED = "'success', 'failure', 'timeout'"
 _MICROS = "(extract(epoch FROM s.{}) * 1000000)::bigint"
-# Whether a moved key lies before its enterprise's watermark (a change reaching back).
-_BACK = """EXISTS (SELECT FROM insights_keys k JOIN run_insights_closed c
-                       ON c.enterprise_id = k.enterprise_id AND k.hour < c.through)"""
-# After the feed lock, the keys' deltas in one INSERT (its RETURNING says whether a key
-# lies before its enterprise's watermark); then, only when a state is rated or a key
+# Whether a moved key lies before its enterprise's watermark (a change reaching back): the
+# watermark read afresh after the feed lock (schema.sql run_insights_back: this statement's
+# snapshot predates a close committed while it waited for the lock), once (a CTE read twice).
+_BACK = "(SELECT back FROM insights_back)"
+# After the feed lock, the keys' deltas in one INSERT (its RETURNING, the keys' hours, says
+# with the watermark whether one reached back); then, only when a state is rated or a key
 # reached back, one call for the rest (schema.sql run_insights_rest: running totals,
-# recoveries); its conditions are one-time filters, so a statement that needs none pays
-# two probes. Its argument aggregates every `run_states` row first, i.e. the RETURNING
-# rows of the statement's own writes of pipeline_runs, so by the call those writes are
-# done and its queries (a fresh snapshot and command id, as a volatile function's) see
-# them; and it runs after the feed lock (its FROM, and insights_keys, read feed_lock).
+# recoveries); its conditions are one-time filters, so a statement that needs none pays a
+# probe and the watermark's read. Its argument aggregates every `run_states` row first,
+# i.e. the RETURNING rows of the statement's own writes of pipeline_runs, so by the call
+# those writes are done and its queries (a fresh snapshot and command id, as a volatile
+# function's) see them; and it runs after the feed lock (its FROM, and insights_keys, read
+# feed_lock).
 # A CTE that nothing reads is not run: the events' INSERT reads `insights_rest`'s count,
 # an init plan evaluated once.
 INSIGHTS = f"""insights_keys AS (
@@ -86,6 +88,9 @@ INSIGHTS = f"""insights_keys AS (
     ON CONFLICT (enterprise_id, hour, pipeline_id, metric, bin)
     DO UPDATE SET n = i.n + EXCLUDED.n
     RETURNING i.enterprise_id, i.hour
+), insights_back AS (
+    SELECT run_insights_back(array_agg(k.enterprise_id), array_agg(k.hour)) AS back
+    FROM insights_keys k
 ), insights_rest AS (
     SELECT run_insights_rest(
                (SELECT array_agg(ROW(s.sign, s.enterprise_id, s.pipeline_id,
