@@ -227,7 +227,12 @@ def paired(results: list[tuple]) -> str:
     half = t * sd / len(diffs) ** 0.5
     return (f"paired per round ({len(diffs)}): mean {mean:+.1f}% "
             f"(95% interval {mean - half:+.1f}% .. {mean + half:+.1f}%), "
-            f"median {statistics.median(diffs):+.1f}%")
+            f"median {statistics.median(diffs):+.1f}%; target within 5%: {verdict(mean)}")
+
+
+def verdict(mean: float) -> str:
+    """Issue 21's write target read off the paired mean: `met` or `missed`, plainly."""
+    return "met" if mean >= -5.0 else "missed"
 
 
 async def _reach_back(admin_dsn: str, name: str, args) -> list[float]:

@@ -39,3 +39,13 @@ def test_the_service_at_scale_with_writers(admin_dsn, tmp_path):
     assert "while 2 writers changed statuses" in report
     assert "worst p99 of the first pages" in report
     assert "verify:" in report and "clean" in report
+
+
+def test_the_insights_write_ab_through_http_reads_its_target(admin_dsn):
+    out = _bench(admin_dsn, "insights_ab.py", "--http", "--enterprises", "1", "--pipelines",
+                 "2", "--clients", "2", "--seconds", "0.5", "--rounds", "2")
+    rows = [line for line in out.splitlines() if line.startswith("| ") and "with" in line]
+    assert len(rows) == 4, out  # A and B in each of the 2 rounds
+    assert all(line.rstrip(" |").endswith("| 0") for line in rows), out  # no change failed
+    assert "paired per round (2): mean" in out
+    assert "target within 5%: met" in out or "target within 5%: missed" in out
