@@ -994,13 +994,13 @@ $$;
 -- statement, after its feed lock, moves their keys in run_insights (one INSERT ... ON
 -- CONFLICT, whose RETURNING says whether one lies in a closed hour: before its enterprise's
 -- watermark, run_insights_closed, read afresh by run_insights_back); only when a state is
--- rated (success, failure, timeout)
--- or a key reaches back does it call run_insights_rest with the states as notes
--- (run_insights_change): the running totals (run_insights_reach_back) and the
--- recoveries around the run (run_recoveries_check). So, like run_counts, the projection's
--- rows are only written by the holder of their enterprise's feed lock, and no writer
--- waits on them; and the usual change pays no trigger, no second statement and no
--- PL/pgSQL call (docs/performance.md, "The insights upkeep in the writing statement").
+-- rated (success, failure, timeout) or a key reaches back does it call run_insights_rest
+-- with the states as notes (run_insights_change): the running totals
+-- (run_insights_reach_back) and the recoveries around the run (run_recoveries_check). So,
+-- like run_counts, the projection's rows are only written by the holder of their
+-- enterprise's feed lock, and no writer waits on them; and the usual change pays no
+-- trigger, no second statement and no PL/pgSQL call but the watermark's read
+-- (docs/performance.md, "The insights upkeep in the writing statement").
 -- Writers of pipeline_runs outside those statements (replay's patches) set
 -- insights.by_trigger = 'on' in their transaction: the row trigger (run_insights_row)
 -- then does the same per row, after their row locks and under the feed lock, which it

@@ -3,8 +3,8 @@ INSIGHTS): many runs of a pipeline changed by one statement (of one or two
 enterprises), by a group commit, in a transaction with a rolled-back savepoint, and deletes
 reaching back over many periods leave run_insights, the running totals and the recoveries
 equal to a computation over the runs table; replay rebuilds them byte for byte; a change
-that moves no key, or moves keys of the open hours only and no outcome, costs no function
-call."""
+that moves no key, or moves keys of the open hours only and no outcome, calls none of the
+upkeep's functions (the trigger, the rest, the running totals; the watermark's read aside)."""
 from __future__ import annotations
 
 import asyncio
